@@ -1,0 +1,8 @@
+//! weft: a pure-userspace overlay router.
+//!
+//! The crate is split the way the design brief describes: sans-IO protocol
+//! cores (`wire`, `noise`, `mesh`, `host` decisions) and thin I/O drivers
+//! (`datapath`, `router`, `api`) around them.
+
+pub mod wire;
+pub mod host;

@@ -1,0 +1,22 @@
+//! Zero-copy views and builders over packet bytes.
+//!
+//! Every parser here is total: any byte string gives `Ok` or `Err`, never a
+//! panic. Header layouts are named byte ranges in a `field` module per
+//! protocol, in the style of smoltcp.
+
+/// Errors from parsing packet bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The buffer is shorter than the header (or the length it declares).
+    #[error("packet truncated")]
+    Truncated,
+    /// A field holds a value this parser does not accept.
+    #[error("malformed packet")]
+    Malformed,
+}
+
+/// Result of a wire parse.
+pub type Result<T> = core::result::Result<T, WireError>;
+
+/// A byte range inside a header.
+pub type Field = core::ops::Range<usize>;
