@@ -6,3 +6,4 @@
 
 pub mod wire;
 pub mod host;
+pub mod noise;
