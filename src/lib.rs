@@ -7,3 +7,4 @@
 pub mod wire;
 pub mod host;
 pub mod noise;
+pub mod mesh;

@@ -24,3 +24,4 @@ pub type Field = core::ops::Range<usize>;
 pub mod overhead;
 pub mod sleeve;
 pub mod vxlan;
+pub mod heartbeat;
