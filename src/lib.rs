@@ -8,3 +8,5 @@ pub mod wire;
 pub mod host;
 pub mod noise;
 pub mod mesh;
+pub mod datapath;
+pub mod api;
