@@ -10,3 +10,7 @@ pub mod noise;
 pub mod mesh;
 pub mod datapath;
 pub mod api;
+pub mod router;
+pub mod cli;
+pub mod launch;
+pub mod logging;
