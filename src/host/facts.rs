@@ -62,7 +62,10 @@ pub struct Finding<S> {
 impl<S> Finding<S> {
     /// A finding with its evidence.
     pub fn new(state: S, detail: impl Into<String>) -> Self {
-        Finding { state, detail: detail.into() }
+        Finding {
+            state,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -136,21 +139,25 @@ impl Facts {
                 let found = if interface_exists(name) {
                     Ok(name.clone())
                 } else {
-                    Err(format!("interface {name} does not exist in this network namespace"))
+                    Err(format!(
+                        "interface {name} does not exist in this network namespace"
+                    ))
                 };
                 (found, "from --underlay-iface".to_string(), false)
             }
             UnderlaySelector::Peer(peer) => {
                 let found = iface_for_peer(*peer);
                 let source = match &found {
-                    Ok((_, local)) => format!("route to peer {peer} (local address {local})"),
+                    Ok((_, local)) => format!("route to peer {peer} via local address {local}"),
                     Err(_) => format!("route to peer {peer}"),
                 };
                 (found.map(|(name, _)| name), source, peer.is_ipv6())
             }
-            UnderlaySelector::DefaultRoute => {
-                (default_route_iface(), "IPv4 default route".to_string(), false)
-            }
+            UnderlaySelector::DefaultRoute => (
+                default_route_iface(),
+                "IPv4 default route".to_string(),
+                false,
+            ),
         };
         let unknown_offload =
             |why: &str| Finding::new(Offload::Unknown, format!("not probed: {why}"));
@@ -225,7 +232,9 @@ pub fn kernel_release() -> String {
 }
 
 fn interface_exists(name: &str) -> bool {
-    let Ok(cname) = std::ffi::CString::new(name) else { return false };
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return false;
+    };
     // SAFETY: cname is a valid NUL-terminated string.
     unsafe { libc::if_nametoindex(cname.as_ptr()) != 0 }
 }
@@ -233,8 +242,12 @@ fn interface_exists(name: &str) -> bool {
 /// Finds the interface whose address the kernel would use to reach `peer`.
 /// A UDP `connect` only resolves the route; it sends nothing.
 fn iface_for_peer(peer: IpAddr) -> Result<(String, IpAddr), String> {
-    let bind: SocketAddr = if peer.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-        .map_err(|e| format!("internal address error: {e}"))?;
+    let bind: SocketAddr = if peer.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .map_err(|e| format!("internal address error: {e}"))?;
     let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     // Port 6783 only because connect needs one; no datagram is sent.
     socket
@@ -267,7 +280,9 @@ fn iface_owning_address(address: IpAddr) -> Result<Option<String>, String> {
             let entry_address = match family {
                 libc::AF_INET => {
                     let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-                    Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                    Some(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ))
                 }
                 libc::AF_INET6 => {
                     let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
@@ -304,8 +319,12 @@ fn parse_default_route(table: &str) -> Option<String> {
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (iface, destination, mask, metric) =
-                (fields.first()?, fields.get(1)?, fields.get(7)?, fields.get(6)?);
+            let (iface, destination, mask, metric) = (
+                fields.first()?,
+                fields.get(1)?,
+                fields.get(7)?,
+                fields.get(6)?,
+            );
             let metric: u32 = metric.parse().ok()?;
             (*destination == "00000000" && *mask == "00000000").then(|| (metric, iface.to_string()))
         })
@@ -343,7 +362,10 @@ fn interface_mtu(iface: &str) -> Result<u32, String> {
     let mut request = ifreq_for(iface)?;
     // SAFETY: request is a valid ifreq for SIOCGIFMTU.
     if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &mut request) } != 0 {
-        return Err(format!("SIOCGIFMTU on {iface} failed: {}", io::Error::last_os_error()));
+        return Err(format!(
+            "SIOCGIFMTU on {iface} failed: {}",
+            io::Error::last_os_error()
+        ));
     }
     // SAFETY: SIOCGIFMTU fills ifru_mtu.
     let mtu = unsafe { request.ifr_ifru.ifru_mtu };
@@ -375,12 +397,18 @@ fn offload_features(iface: &str) -> (Finding<Offload>, Finding<Offload>, Finding
     match feature_table(iface) {
         Ok(features) => {
             let lookup = |name: &str, note: &str| match features.iter().find(|(n, _)| n == name) {
-                Some((_, true)) => Finding::new(Offload::On, format!("{name} on {iface}")),
-                Some((_, false)) => Finding::new(Offload::Off, format!("{name} off on {iface}")),
-                None => Finding::new(Offload::NotOffered, format!("{name} not offered on {iface}{note}")),
+                Some((_, true)) => Finding::new(Offload::On, format!("{name}: on ({iface})")),
+                Some((_, false)) => Finding::new(Offload::Off, format!("{name}: off ({iface})")),
+                None => Finding::new(
+                    Offload::NotOffered,
+                    format!("{name}: not offered by {iface}{note}"),
+                ),
             };
             (
-                lookup("tx-udp-fragmentation", " (UFO was removed from Linux in 4.14)"),
+                lookup(
+                    "tx-udp-fragmentation",
+                    " (UFO was removed from Linux in 4.14)",
+                ),
                 lookup("tx-udp-segmentation", ""),
                 lookup("tx-generic-segmentation", ""),
             )
@@ -389,13 +417,18 @@ fn offload_features(iface: &str) -> (Finding<Offload>, Finding<Offload>, Finding
             // Kernels before 2.6.39 lack ETHTOOL_GFEATURES; GUFO still answers there.
             let ufo = match legacy_ufo(iface) {
                 Ok(true) => Finding::new(Offload::On, format!("UFO on {iface} (ETHTOOL_GUFO)")),
-                Ok(false) => Finding::new(Offload::Off, format!("UFO off on {iface} (ETHTOOL_GUFO)")),
+                Ok(false) => {
+                    Finding::new(Offload::Off, format!("UFO off on {iface} (ETHTOOL_GUFO)"))
+                }
                 Err(e) => Finding::new(
                     Offload::Unknown,
                     format!("ethtool on {iface} failed ({features_error}; ETHTOOL_GUFO: {e})"),
                 ),
             };
-            let unknown = Finding::new(Offload::Unknown, format!("ethtool features of {iface}: {features_error}"));
+            let unknown = Finding::new(
+                Offload::Unknown,
+                format!("ethtool features of {iface}: {features_error}"),
+            );
             (ufo, unknown.clone(), unknown)
         }
     }
@@ -440,7 +473,8 @@ fn feature_table(iface: &str) -> Result<Vec<(String, bool)>, String> {
     let mut features = vec![0u32; 2 + blocks * 4];
     features[0] = ETHTOOL_GFEATURES;
     features[1] = blocks as u32;
-    ethtool(iface, &socket, features.as_mut_ptr()).map_err(|e| format!("ETHTOOL_GFEATURES: {e}"))?;
+    ethtool(iface, &socket, features.as_mut_ptr())
+        .map_err(|e| format!("ETHTOOL_GFEATURES: {e}"))?;
     Ok(names
         .into_iter()
         .enumerate()
@@ -481,11 +515,19 @@ mod ovs {
 
     /// The family id of `name`, `None` if the kernel does not know it.
     pub fn lookup_family(name: &str) -> Result<Option<u16>, String> {
-        let mut socket = Socket::new(NETLINK_GENERIC).map_err(|e| format!("netlink socket: {e}"))?;
-        socket.bind_auto().map_err(|e| format!("netlink bind: {e}"))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| format!("netlink connect: {e}"))?;
+        let mut socket =
+            Socket::new(NETLINK_GENERIC).map_err(|e| format!("netlink socket: {e}"))?;
+        socket
+            .bind_auto()
+            .map_err(|e| format!("netlink bind: {e}"))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| format!("netlink connect: {e}"))?;
         // The kernel answers synchronously; the timeout only guards against surprises.
-        let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
+        let timeout = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
         // SAFETY: valid fd and a timeval of the right size.
         unsafe {
             libc::setsockopt(
@@ -507,15 +549,21 @@ mod ovs {
         message.finalize();
         let mut buffer = vec![0u8; message.buffer_len()];
         message.serialize(&mut buffer);
-        socket.send(&buffer, 0).map_err(|e| format!("netlink send: {e}"))?;
-        let (reply, _) = socket.recv_from_full().map_err(|e| format!("netlink receive: {e}"))?;
+        socket
+            .send(&buffer, 0)
+            .map_err(|e| format!("netlink send: {e}"))?;
+        let (reply, _) = socket
+            .recv_from_full()
+            .map_err(|e| format!("netlink receive: {e}"))?;
         let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&reply)
             .map_err(|e| format!("malformed netlink reply: {e}"))?;
         match reply.payload {
-            NetlinkPayload::InnerMessage(genl) => Ok(genl.payload.nlas.iter().find_map(|nla| match nla {
-                GenlCtrlAttrs::FamilyId(id) => Some(*id),
-                _ => None,
-            })),
+            NetlinkPayload::InnerMessage(genl) => {
+                Ok(genl.payload.nlas.iter().find_map(|nla| match nla {
+                    GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                    _ => None,
+                }))
+            }
             NetlinkPayload::Error(error) => match error.code {
                 Some(code) if code.get() == -libc::ENOENT => Ok(None),
                 Some(code) => Err(std::io::Error::from_raw_os_error(-code.get()).to_string()),
@@ -537,7 +585,9 @@ fn probe_af_xdp() -> Finding<Tri> {
     }
     let error = io::Error::last_os_error();
     let hint = match error.raw_os_error() {
-        Some(libc::EAFNOSUPPORT) => " (kernel built without CONFIG_XDP_SOCKETS, or older than 4.18)",
+        Some(libc::EAFNOSUPPORT) => {
+            " (kernel built without CONFIG_XDP_SOCKETS, or older than 4.18)"
+        }
         Some(libc::EPERM) | Some(libc::EACCES) => " (needs CAP_NET_RAW: run as root)",
         _ => "",
     };
@@ -576,20 +626,44 @@ fn probe_tun() -> (Finding<Tri>, Finding<Tri>, Finding<Tri>) {
     );
     let mut request = match ifreq_for(&name) {
         Ok(request) => request,
-        Err(e) => return (Finding::new(Tri::Unknown, e), skipped("no TUN"), skipped("no TUN")),
+        Err(e) => {
+            return (
+                Finding::new(Tri::Unknown, e),
+                skipped("no TUN"),
+                skipped("no TUN"),
+            )
+        }
     };
-    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    request.ifr_ifru.ifru_flags =
+        (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
     // SAFETY: valid TUN fd and ifreq.
     if unsafe { libc::ioctl(tun_fd.as_raw_fd(), libc::TUNSETIFF, &mut request) } != 0 {
         let error = io::Error::last_os_error();
-        let hint = if error.raw_os_error() == Some(libc::EPERM) { " (needs CAP_NET_ADMIN: run as root)" } else { "" };
-        let tun = Finding::new(Tri::No, format!("TUNSETIFF with IFF_VNET_HDR failed: {error}{hint}"));
+        let hint = if error.raw_os_error() == Some(libc::EPERM) {
+            " (needs CAP_NET_ADMIN: run as root)"
+        } else {
+            ""
+        };
+        let tun = Finding::new(
+            Tri::No,
+            format!("TUNSETIFF with IFF_VNET_HDR failed: {error}{hint}"),
+        );
         return (tun, skipped("no TUN"), skipped("no TUN"));
     }
-    let tun = Finding::new(Tri::Yes, "/dev/net/tun creates a TUN device with IFF_VNET_HDR");
+    let tun = Finding::new(
+        Tri::Yes,
+        "/dev/net/tun creates a TUN device with IFF_VNET_HDR",
+    );
     let set_offload = |flags: libc::c_uint| -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        if unsafe { libc::ioctl(tun_fd.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) } != 0 {
+        if unsafe {
+            libc::ioctl(
+                tun_fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                flags as libc::c_ulong,
+            )
+        } != 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -597,7 +671,12 @@ fn probe_tun() -> (Finding<Tri>, Finding<Tri>, Finding<Tri>) {
     let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
     let offloads = match set_offload(base) {
         Ok(()) => Finding::new(Tri::Yes, "TUNSETOFFLOAD accepts CSUM|TSO4|TSO6"),
-        Err(e) => Finding::new(Tri::No, format!("TUNSETOFFLOAD CSUM|TSO4|TSO6 refused: {e} (no TCP segmentation offload: slower)")),
+        Err(e) => Finding::new(
+            Tri::No,
+            format!(
+                "TUNSETOFFLOAD CSUM|TSO4|TSO6 refused: {e} (no TCP segmentation offload: slower)"
+            ),
+        ),
     };
     // USO4 and USO6 must be set together (and with CSUM).
     let uso = match set_offload(base | TUN_F_USO4 | TUN_F_USO6) {
@@ -618,13 +697,16 @@ pub(crate) mod tests {
     pub(crate) static GATHER_LOCK: Mutex<()> = Mutex::new(());
 
     fn gather(selector: UnderlaySelector) -> Facts {
-        let _guard = GATHER_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = GATHER_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         Facts::gather(selector)
     }
 
     #[test]
     fn default_route_parser_is_total_and_picks_lowest_metric() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
                      eth1\t00000000\t0102A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
                      eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
                      eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
@@ -654,7 +736,11 @@ pub(crate) mod tests {
     #[test]
     fn unknown_interface_is_reported_not_panicked() {
         let facts = gather(UnderlaySelector::Iface("weftnosuch0".into()));
-        assert!(facts.underlay_iface.as_ref().unwrap_err().contains("weftnosuch0"));
+        assert!(facts
+            .underlay_iface
+            .as_ref()
+            .unwrap_err()
+            .contains("weftnosuch0"));
         assert!(facts.underlay_mtu.is_err());
         assert_eq!(facts.ufo.state, Offload::Unknown);
     }
@@ -678,24 +764,44 @@ pub(crate) mod tests {
             eprintln!("skipping: needs root");
             return;
         }
-        let _guard = GATHER_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = GATHER_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let before = probe_devices();
         let facts = Facts::gather(UnderlaySelector::Iface("lo".into()));
         assert_eq!(facts.underlay_iface.as_deref(), Ok("lo"));
-        let sys_mtu: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap().trim().parse().unwrap();
+        let sys_mtu: u32 = std::fs::read_to_string("/sys/class/net/lo/mtu")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(facts.underlay_mtu, Ok(sys_mtu));
         assert!(!facts.kernel_release.is_empty());
         assert_eq!(facts.tun.state, Tri::Yes, "{}", facts.tun.detail);
         assert_ne!(facts.gso.state, Offload::Unknown, "{}", facts.gso.detail);
-        assert_ne!(facts.ovs_datapath.state, Tri::Unknown, "{}", facts.ovs_datapath.detail);
+        assert_ne!(
+            facts.ovs_datapath.state,
+            Tri::Unknown,
+            "{}",
+            facts.ovs_datapath.detail
+        );
         assert_eq!(before, Vec::<String>::new());
-        assert_eq!(probe_devices(), Vec::<String>::new(), "TUN probe device left behind");
+        assert_eq!(
+            probe_devices(),
+            Vec::<String>::new(),
+            "TUN probe device left behind"
+        );
     }
 
     #[test]
     fn peer_route_finds_loopback() {
         let facts = gather(UnderlaySelector::Peer("127.0.0.1".parse().unwrap()));
-        assert_eq!(facts.underlay_iface.as_deref(), Ok("lo"), "{}", facts.underlay_source);
+        assert_eq!(
+            facts.underlay_iface.as_deref(),
+            Ok("lo"),
+            "{}",
+            facts.underlay_source
+        );
         assert!(facts.underlay_source.contains("127.0.0.1"));
     }
 }

@@ -22,7 +22,11 @@ pub struct KernelVersion {
 impl KernelVersion {
     /// A version from its three numbers; `const` so the known-issue table can use it.
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        KernelVersion { major, minor, patch }
+        KernelVersion {
+            major,
+            minor,
+            patch,
+        }
     }
 }
 
@@ -84,7 +88,9 @@ pub enum KernelParseError {
         component: String,
     },
     /// An `.elN` tag is present but the build number before it is malformed.
-    #[error("kernel release {release:?} has an enterprise tag but a malformed build number {build:?}")]
+    #[error(
+        "kernel release {release:?} has an enterprise tag but a malformed build number {build:?}"
+    )]
     BadEnterpriseBuild {
         /// The offending release string.
         release: String,
@@ -108,16 +114,21 @@ impl KernelRelease {
             .unwrap_or(raw.len());
         let (version_text, rest) = raw.split_at(version_end);
         let version_text = version_text.trim_end_matches('.');
-        let no_version = || KernelParseError::NoVersion { release: raw.to_string() };
+        let no_version = || KernelParseError::NoVersion {
+            release: raw.to_string(),
+        };
         let mut numbers = Vec::with_capacity(3);
         for component in version_text.split('.') {
             if component.is_empty() {
                 return Err(no_version());
             }
-            let number = component.parse::<u32>().map_err(|_| KernelParseError::NumberOutOfRange {
-                release: raw.to_string(),
-                component: component.to_string(),
-            })?;
+            let number =
+                component
+                    .parse::<u32>()
+                    .map_err(|_| KernelParseError::NumberOutOfRange {
+                        release: raw.to_string(),
+                        component: component.to_string(),
+                    })?;
             numbers.push(number);
         }
         let (major, minor, patch) = match numbers.as_slice() {
@@ -133,7 +144,11 @@ impl KernelRelease {
         } else {
             parse_suffix(raw, suffix)?
         };
-        Ok(KernelRelease { raw: raw.to_string(), upstream, distro })
+        Ok(KernelRelease {
+            raw: raw.to_string(),
+            upstream,
+            distro,
+        })
     }
 
     /// The el7 build number when this is a RHEL/CentOS 7 kernel.
@@ -148,7 +163,12 @@ impl KernelRelease {
     pub fn describe(&self) -> String {
         match &self.distro {
             DistroBuild::Enterprise { el, build } => {
-                format!("upstream {}, el{} build {}", self.upstream, el, join_build(build))
+                format!(
+                    "upstream {}, el{} build {}",
+                    self.upstream,
+                    el,
+                    join_build(build)
+                )
             }
             _ => format!("upstream {}", self.upstream),
         }
@@ -157,17 +177,25 @@ impl KernelRelease {
 
 /// Formats a dotted build number (`[327, 10, 1]` -> `327.10.1`).
 pub fn join_build(build: &[u32]) -> String {
-    build.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+    build
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// Recognises the `.elN` (or `.elN_M`) tag in a suffix; everything else is `Other`.
 fn parse_suffix(raw: &str, suffix: &str) -> Result<DistroBuild, KernelParseError> {
     let tokens: Vec<&str> = suffix.split('.').collect();
-    let el_position = tokens.iter().position(|token| enterprise_tag(token).is_some());
+    let el_position = tokens
+        .iter()
+        .position(|token| enterprise_tag(token).is_some());
     let Some(el_position) = el_position else {
         return Ok(DistroBuild::Other(suffix.to_string()));
     };
-    let el = tokens.get(el_position).and_then(|token| enterprise_tag(token));
+    let el = tokens
+        .get(el_position)
+        .and_then(|token| enterprise_tag(token));
     let build_tokens = tokens.get(..el_position).unwrap_or(&[]);
     let bad_build = || KernelParseError::BadEnterpriseBuild {
         release: raw.to_string(),
@@ -211,26 +239,73 @@ mod tests {
     use super::*;
 
     fn ent(el: u32, build: &[u32]) -> DistroBuild {
-        DistroBuild::Enterprise { el, build: build.to_vec() }
+        DistroBuild::Enterprise {
+            el,
+            build: build.to_vec(),
+        }
     }
 
     #[test]
     fn parses_release_table() {
         let table: &[(&str, KernelVersion, DistroBuild)] = &[
-            ("3.10.0-327.10.1.el7.x86_64", KernelVersion::new(3, 10, 0), ent(7, &[327, 10, 1])),
-            ("3.10.0-123.el7.x86_64", KernelVersion::new(3, 10, 0), ent(7, &[123])),
-            ("3.10.0-123.4.4.el7.x86_64", KernelVersion::new(3, 10, 0), ent(7, &[123, 4, 4])),
-            ("4.18.0-348.7.1.el8_5.x86_64", KernelVersion::new(4, 18, 0), ent(8, &[348, 7, 1])),
+            (
+                "3.10.0-327.10.1.el7.x86_64",
+                KernelVersion::new(3, 10, 0),
+                ent(7, &[327, 10, 1]),
+            ),
+            (
+                "3.10.0-123.el7.x86_64",
+                KernelVersion::new(3, 10, 0),
+                ent(7, &[123]),
+            ),
+            (
+                "3.10.0-123.4.4.el7.x86_64",
+                KernelVersion::new(3, 10, 0),
+                ent(7, &[123, 4, 4]),
+            ),
+            (
+                "4.18.0-348.7.1.el8_5.x86_64",
+                KernelVersion::new(4, 18, 0),
+                ent(8, &[348, 7, 1]),
+            ),
             ("4.4.0", KernelVersion::new(4, 4, 0), DistroBuild::Upstream),
             ("4.4", KernelVersion::new(4, 4, 0), DistroBuild::Upstream),
-            ("5.15.0-91-generic", KernelVersion::new(5, 15, 0), DistroBuild::Other("91-generic".into())),
-            ("6.1.0-56-amd64", KernelVersion::new(6, 1, 0), DistroBuild::Other("56-amd64".into())),
-            ("6.18.44-fc-v669", KernelVersion::new(6, 18, 44), DistroBuild::Other("fc-v669".into())),
+            (
+                "5.15.0-91-generic",
+                KernelVersion::new(5, 15, 0),
+                DistroBuild::Other("91-generic".into()),
+            ),
+            (
+                "6.1.0-56-amd64",
+                KernelVersion::new(6, 1, 0),
+                DistroBuild::Other("56-amd64".into()),
+            ),
+            (
+                "6.18.44-fc-v669",
+                KernelVersion::new(6, 18, 44),
+                DistroBuild::Other("fc-v669".into()),
+            ),
             ("6.8.0+", KernelVersion::new(6, 8, 0), DistroBuild::Upstream),
-            ("6.9.0-rc1", KernelVersion::new(6, 9, 0), DistroBuild::Other("rc1".into())),
-            ("  5.4.0-1\n", KernelVersion::new(5, 4, 0), DistroBuild::Other("1".into())),
-            ("4.19.30-1.el7.x86_64", KernelVersion::new(4, 19, 30), ent(7, &[1])),
-            ("5.10.0.1", KernelVersion::new(5, 10, 0), DistroBuild::Upstream),
+            (
+                "6.9.0-rc1",
+                KernelVersion::new(6, 9, 0),
+                DistroBuild::Other("rc1".into()),
+            ),
+            (
+                "  5.4.0-1\n",
+                KernelVersion::new(5, 4, 0),
+                DistroBuild::Other("1".into()),
+            ),
+            (
+                "4.19.30-1.el7.x86_64",
+                KernelVersion::new(4, 19, 30),
+                ent(7, &[1]),
+            ),
+            (
+                "5.10.0.1",
+                KernelVersion::new(5, 10, 0),
+                DistroBuild::Upstream,
+            ),
         ];
         for (release, upstream, distro) in table {
             let parsed = KernelRelease::parse(release).unwrap_or_else(|e| panic!("{release}: {e}"));
@@ -239,20 +314,32 @@ mod tests {
         }
     }
 
+    type ErrorCheck = fn(&KernelParseError) -> bool;
+
     #[test]
     fn rejects_unparsable_releases() {
-        let table: &[(&str, fn(&KernelParseError) -> bool)] = &[
+        let table: &[(&str, ErrorCheck)] = &[
             ("", |e| matches!(e, KernelParseError::Empty)),
             ("   ", |e| matches!(e, KernelParseError::Empty)),
             ("linux", |e| matches!(e, KernelParseError::NoVersion { .. })),
             ("6", |e| matches!(e, KernelParseError::NoVersion { .. })),
-            ("6-generic", |e| matches!(e, KernelParseError::NoVersion { .. })),
+            ("6-generic", |e| {
+                matches!(e, KernelParseError::NoVersion { .. })
+            }),
             (".6.1", |e| matches!(e, KernelParseError::NoVersion { .. })),
             ("6..1", |e| matches!(e, KernelParseError::NoVersion { .. })),
-            ("99999999999.1.0", |e| matches!(e, KernelParseError::NumberOutOfRange { .. })),
-            ("3.10.0-.el7.x86_64", |e| matches!(e, KernelParseError::BadEnterpriseBuild { .. })),
-            ("3.10.0-abc.el7.x86_64", |e| matches!(e, KernelParseError::BadEnterpriseBuild { .. })),
-            ("3.10.0-99999999999.el7", |e| matches!(e, KernelParseError::BadEnterpriseBuild { .. })),
+            ("99999999999.1.0", |e| {
+                matches!(e, KernelParseError::NumberOutOfRange { .. })
+            }),
+            ("3.10.0-.el7.x86_64", |e| {
+                matches!(e, KernelParseError::BadEnterpriseBuild { .. })
+            }),
+            ("3.10.0-abc.el7.x86_64", |e| {
+                matches!(e, KernelParseError::BadEnterpriseBuild { .. })
+            }),
+            ("3.10.0-99999999999.el7", |e| {
+                matches!(e, KernelParseError::BadEnterpriseBuild { .. })
+            }),
         ];
         for (release, expected) in table {
             match KernelRelease::parse(release) {
@@ -266,7 +353,13 @@ mod tests {
     fn versions_and_builds_order_numerically() {
         assert!(KernelVersion::new(3, 9, 0) < KernelVersion::new(3, 12, 0));
         assert!(KernelVersion::new(4, 4, 300) < KernelVersion::new(4, 5, 0));
-        let b = |s: &str| KernelRelease::parse(s).unwrap().el7_build().unwrap().to_vec();
+        let b = |s: &str| {
+            KernelRelease::parse(s)
+                .unwrap()
+                .el7_build()
+                .unwrap()
+                .to_vec()
+        };
         assert!(b("3.10.0-123.el7.x86_64") < b("3.10.0-229.el7.x86_64"));
         assert!(b("3.10.0-327.el7.x86_64") < b("3.10.0-327.10.1.el7.x86_64"));
         assert!(b("3.10.0-327.36.3.el7.x86_64") < b("3.10.0-514.el7.x86_64"));
@@ -279,12 +372,28 @@ mod tests {
         assert_eq!(r.describe(), "upstream 3.10.0, el7 build 327.10.1");
         let r = KernelRelease::parse("6.18.44-fc-v669").unwrap();
         assert_eq!(r.describe(), "upstream 6.18.44");
-        assert_eq!(KernelRelease::parse("5.15.0-91-generic").unwrap().el7_build(), None);
+        assert_eq!(
+            KernelRelease::parse("5.15.0-91-generic")
+                .unwrap()
+                .el7_build(),
+            None
+        );
     }
 
     #[test]
     fn never_panics_on_odd_input() {
-        for s in ["\u{0}", "é.1", "1.é", "3.10.0-1.el", "3.10.0-1.el7_", "3.10.0-1.elx", "1.2.3.4.5.6-....el7", "-", "..", "1.1-el7"] {
+        for s in [
+            "\u{0}",
+            "é.1",
+            "1.é",
+            "3.10.0-1.el",
+            "3.10.0-1.el7_",
+            "3.10.0-1.elx",
+            "1.2.3.4.5.6-....el7",
+            "-",
+            "..",
+            "1.1-el7",
+        ] {
             let _ = KernelRelease::parse(s);
         }
     }

@@ -20,7 +20,8 @@ pub struct VersionRange {
 impl VersionRange {
     /// Whether `version` lies in the range.
     pub fn contains(&self, version: KernelVersion) -> bool {
-        self.from.is_none_or(|from| version >= from) && self.before.is_none_or(|before| version < before)
+        self.from.map_or(true, |from| version >= from)
+            && self.before.map_or(true, |before| version < before)
     }
 }
 
@@ -53,11 +54,14 @@ pub struct KernelRange {
 impl KernelRange {
     /// Whether `release` is in the range.
     pub fn contains(&self, release: &KernelRelease) -> bool {
-        let upstream_match = || self.upstream.is_some_and(|range| range.contains(release.upstream));
+        let upstream_match = || {
+            self.upstream
+                .is_some_and(|range| range.contains(release.upstream))
+        };
         match (release.el7_build(), self.el7) {
             (Some(_), El7Scope::NotAffected) => false,
             (Some(build), El7Scope::Builds { from, before }) => {
-                build >= from && before.is_none_or(|before| build < before)
+                build >= from && before.map_or(true, |before| build < before)
             }
             (Some(_), El7Scope::AsUpstream) | (None, _) => upstream_match(),
         }
@@ -78,8 +82,15 @@ impl KernelRange {
             El7Scope::AsUpstream => {}
             El7Scope::NotAffected => parts.push("not el7 (backported)".to_string()),
             El7Scope::Builds { from, before } => parts.push(match before {
-                Some(before) => format!("el7 builds {} to before {}", join_build(from), join_build(before)),
-                None => format!("el7 builds {} and later (no fixed build known)", join_build(from)),
+                Some(before) => format!(
+                    "el7 builds {} to before {}",
+                    join_build(from),
+                    join_build(before)
+                ),
+                None => format!(
+                    "el7 builds {} and later (no fixed build known)",
+                    join_build(from)
+                ),
             }),
         }
         parts.join("; ")
@@ -193,7 +204,10 @@ pub fn evaluate(facts: &Facts) -> Result<Vec<IssueMatch>, KernelParseError> {
 
 /// [`evaluate`] for an already parsed release.
 pub fn evaluate_release(release: &KernelRelease, facts: &Facts) -> Vec<IssueMatch> {
-    let iface = facts.underlay_iface.as_deref().unwrap_or("<underlay interface>");
+    let iface = facts
+        .underlay_iface
+        .as_deref()
+        .unwrap_or("<underlay interface>");
     KNOWN_ISSUES
         .iter()
         .filter(|issue| issue.kernels.contains(release))
@@ -201,7 +215,11 @@ pub fn evaluate_release(release: &KernelRelease, facts: &Facts) -> Vec<IssueMatc
             let condition = condition_holds(issue.condition, facts, iface)?;
             Some(IssueMatch {
                 issue,
-                why: format!("kernel {} ({}); {condition}", release.raw, release.describe()),
+                why: format!(
+                    "kernel {} ({}); {condition}",
+                    release.raw,
+                    release.describe()
+                ),
                 mitigation: issue.mitigation.replace("{iface}", iface),
             })
         })
@@ -214,18 +232,29 @@ fn condition_holds(condition: Condition, facts: &Facts, iface: &str) -> Option<S
         Condition::Always => Some("applies regardless of configuration".to_string()),
         Condition::UfoOn => match facts.ufo.state {
             Offload::On => Some(format!("UFO is on on {iface}")),
-            Offload::Unknown => Some(format!("UFO state of {iface} unknown ({}), assumed on", facts.ufo.detail)),
+            Offload::Unknown => Some(format!(
+                "UFO state of {iface} unknown ({}), assumed on",
+                facts.ufo.detail
+            )),
             Offload::Off | Offload::NotOffered => None,
         },
         Condition::UnderlayMtuBelow(limit) => match &facts.underlay_mtu {
-            Ok(mtu) if *mtu < limit => Some(format!("underlay MTU {mtu} of {iface} is below {limit}")),
+            Ok(mtu) if *mtu < limit => {
+                Some(format!("underlay MTU {mtu} of {iface} is below {limit}"))
+            }
             Ok(_) => None,
-            Err(why) => Some(format!("underlay MTU unknown ({why}), assumed below {limit}")),
+            Err(why) => Some(format!(
+                "underlay MTU unknown ({why}), assumed below {limit}"
+            )),
         },
         Condition::UnderlayMtuAbove(limit) => match &facts.underlay_mtu {
-            Ok(mtu) if *mtu > limit => Some(format!("underlay MTU {mtu} of {iface} is above {limit}")),
+            Ok(mtu) if *mtu > limit => {
+                Some(format!("underlay MTU {mtu} of {iface} is above {limit}"))
+            }
             Ok(_) => None,
-            Err(why) => Some(format!("underlay MTU unknown ({why}), assumed above {limit}")),
+            Err(why) => Some(format!(
+                "underlay MTU unknown ({why}), assumed above {limit}"
+            )),
         },
     }
 }
@@ -256,14 +285,22 @@ pub(crate) mod tests {
     }
 
     fn ids(facts: &Facts) -> Vec<&'static str> {
-        evaluate(facts).expect("parsable").iter().map(|m| m.issue.id).collect()
+        evaluate(facts)
+            .expect("parsable")
+            .iter()
+            .map(|m| m.issue.id)
+            .collect()
     }
 
     #[test]
     fn every_row_has_its_own_test_and_rules_out_something() {
         for issue in KNOWN_ISSUES {
             assert!(!issue.rules_out.is_empty(), "{}", issue.id);
-            assert!(!issue.source.is_empty() && !issue.mitigation.is_empty(), "{}", issue.id);
+            assert!(
+                !issue.source.is_empty() && !issue.mitigation.is_empty(),
+                "{}",
+                issue.id
+            );
         }
         let unique: std::collections::HashSet<_> = KNOWN_ISSUES.iter().map(|i| i.id).collect();
         assert_eq!(unique.len(), KNOWN_ISSUES.len());
@@ -277,7 +314,11 @@ pub(crate) mod tests {
         assert!(ids(&facts("3.10.0-123.4.4.el7.x86_64", 1500, Offload::Unknown)).contains(&row));
         let matched = evaluate(&facts("3.10.0-123.el7.x86_64", 1500, Offload::On)).unwrap();
         let ufo = matched.iter().find(|m| m.issue.id == row).unwrap();
-        assert!(ufo.mitigation.starts_with("ethtool -K eth0 ufo off"), "{}", ufo.mitigation);
+        assert!(
+            ufo.mitigation.starts_with("ethtool -K eth0 ufo off"),
+            "{}",
+            ufo.mitigation
+        );
         // Mitigation applied: UFO off (or not offered) -> no match.
         assert!(!ids(&facts("3.10.0-123.el7.x86_64", 1500, Offload::Off)).contains(&row));
         assert!(!ids(&facts("3.10.0-123.el7.x86_64", 1500, Offload::NotOffered)).contains(&row));
@@ -301,7 +342,12 @@ pub(crate) mod tests {
         assert!(!ids(&facts("5.15.0-91-generic", 1450, Offload::Off)).contains(&row));
         let matched = evaluate(&facts("3.10.0-327.el7.x86_64", 1450, Offload::Off)).unwrap();
         let m = matched.iter().find(|m| m.issue.id == row).unwrap();
-        assert!(m.mitigation.contains("raise the underlay MTU of eth0 to 1500"), "{}", m.mitigation);
+        assert!(
+            m.mitigation
+                .contains("raise the underlay MTU of eth0 to 1500"),
+            "{}",
+            m.mitigation
+        );
         assert!(m.why.contains("1450"), "{}", m.why);
     }
 
@@ -329,8 +375,17 @@ pub(crate) mod tests {
 
     #[test]
     fn modern_kernels_match_nothing() {
-        for kernel in ["6.18.44-fc-v669", "6.1.0-56-amd64", "5.15.0-91-generic", "3.10.0-1160.el7.x86_64"] {
-            assert_eq!(ids(&facts(kernel, 1500, Offload::NotOffered)), Vec::<&str>::new(), "{kernel}");
+        for kernel in [
+            "6.18.44-fc-v669",
+            "6.1.0-56-amd64",
+            "5.15.0-91-generic",
+            "3.10.0-1160.el7.x86_64",
+        ] {
+            assert_eq!(
+                ids(&facts(kernel, 1500, Offload::NotOffered)),
+                Vec::<&str>::new(),
+                "{kernel}"
+            );
         }
     }
 

@@ -2,8 +2,8 @@
 //! to a [`Plan`] that says what runs, at which overlay MTU, and why.
 
 use super::facts::{Facts, Offload, Tri};
-use super::known_issues::{self, KNOWN_ISSUES};
 use super::kernel::KernelRelease;
+use super::known_issues::{self, Condition, KNOWN_ISSUES};
 use serde::Serialize;
 use std::fmt;
 
@@ -53,14 +53,18 @@ pub struct Request {
 impl Default for Request {
     /// weft's default network: encrypted, L3 (TUN), IPv4 inside.
     fn default() -> Self {
-        Request { encrypted: true, l2: false, overlay_ipv6: false }
+        Request {
+            encrypted: true,
+            l2: false,
+            overlay_ipv6: false,
+        }
     }
 }
 
 /// One line of preflight output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// Short name (`kernel`, `underlay-mtu`, `issue:<id>`).
+    /// Short name (`kernel`, `underlay-mtu`, `known-issue`, ...).
     pub name: String,
     /// Whether the finding is good for weft.
     pub passed: bool,
@@ -134,7 +138,12 @@ pub fn overlay_mtu(underlay_mtu: u32, ipv6: bool, l2: bool, encrypted: bool) -> 
 pub fn encapsulation_overhead(ipv6: bool, l2: bool, encrypted: bool) -> u32 {
     let ip = if ipv6 { IPV6_HEADER } else { IPV4_HEADER };
     if encrypted {
-        ip + UDP_HEADER + WEFT_HEADER + RECORD_LEN + VXLAN_HEADER + AEAD_TAG + if l2 { INNER_ETHERNET } else { 0 }
+        ip + UDP_HEADER
+            + WEFT_HEADER
+            + RECORD_LEN
+            + VXLAN_HEADER
+            + AEAD_TAG
+            + if l2 { INNER_ETHERNET } else { 0 }
     } else {
         ip + UDP_HEADER + VXLAN_HEADER + INNER_ETHERNET
     }
@@ -156,32 +165,69 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
     let mut reasons = Vec::new();
     let mut rejected: Vec<Rejection> = Vec::new();
     let mut reject = |datapath: Datapath, reason: String| {
-        if !rejected.iter().any(|r| r.datapath == datapath && r.reason == reason) {
+        if !rejected
+            .iter()
+            .any(|r| r.datapath == datapath && r.reason == reason)
+        {
             rejected.push(Rejection { datapath, reason });
         }
     };
-    let check = |name: &str, passed: bool, detail: String| Check { name: name.to_string(), passed, detail };
-    let iface = facts.underlay_iface.as_deref().unwrap_or("<underlay interface>");
+    let check = |name: &str, passed: bool, detail: String| Check {
+        name: name.to_string(),
+        passed,
+        detail,
+    };
+    let iface = facts
+        .underlay_iface
+        .as_deref()
+        .unwrap_or("<underlay interface>");
 
     // Kernel release.
     let release = KernelRelease::parse(&facts.kernel_release);
     match &release {
         Ok(release) => {
-            let source = if facts.kernel_source == "uname" { String::new() } else { format!(", {}", facts.kernel_source) };
-            checks.push(check("kernel", true, format!("{} ({}{source})", release.raw, release.describe())));
+            let source = if facts.kernel_source == "uname" {
+                String::new()
+            } else {
+                format!(", {}", facts.kernel_source)
+            };
+            checks.push(check(
+                "kernel",
+                true,
+                format!("{} ({}{source})", release.raw, release.describe()),
+            ));
         }
         Err(e) => {
-            checks.push(check("kernel", false, format!("{e}: known kernel issues cannot be ruled out")));
-            reject(Datapath::Fastdp, format!("kernel release unknown ({e}): treated conservatively, no kernel fast datapath"));
+            checks.push(check(
+                "kernel",
+                false,
+                format!("{e}: known kernel issues cannot be ruled out"),
+            ));
+            reject(
+                Datapath::Fastdp,
+                format!(
+                    "kernel release unknown ({e}): treated conservatively, no kernel fast datapath"
+                ),
+            );
         }
     }
 
     // Underlay interface and MTU.
     match &facts.underlay_iface {
-        Ok(name) => checks.push(check("underlay", true, format!("{name} ({})", facts.underlay_source))),
+        Ok(name) => checks.push(check(
+            "underlay",
+            true,
+            format!("{name} ({})", facts.underlay_source),
+        )),
         Err(why) => {
-            checks.push(check("underlay", false, format!("{why} ({})", facts.underlay_source)));
-            warnings.push(format!("underlay interface not found: {why}; fix: pass --underlay-iface IF or --peer ADDR"));
+            checks.push(check(
+                "underlay",
+                false,
+                format!("{why} ({})", facts.underlay_source),
+            ));
+            warnings.push(format!(
+                "underlay interface not found: {why}; fix: pass --underlay-iface IF or --peer ADDR"
+            ));
         }
     }
     let floor = minimum_overlay_mtu(request.overlay_ipv6);
@@ -196,18 +242,23 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
             true
         }
         (Ok(mtu), _) => {
-            let needed =
-                u32::from(floor) + encapsulation_overhead(facts.underlay_ipv6, request.l2, request.encrypted);
+            let needed = u32::from(floor)
+                + encapsulation_overhead(facts.underlay_ipv6, request.l2, request.encrypted);
             let inner = if request.overlay_ipv6 { "IPv6" } else { "IPv4" };
             checks.push(check(
                 "underlay-mtu",
                 false,
-                format!("{mtu} on {iface} leaves overlay MTU {} (< {floor} for {inner})", overlay.map_or(0, u32::from)),
+                format!(
+                    "{mtu} on {iface} leaves overlay MTU {} (< {floor} for {inner})",
+                    overlay.map_or(0, u32::from)
+                ),
             ));
             warnings.push(format!(
                 "the underlay MTU {mtu} of {iface} is too small for any overlay; fix: raise the underlay MTU of {iface} to at least {needed} (ip link set dev {iface} mtu 1500)"
             ));
-            reasons.push(format!("no datapath can run: an overlay MTU below {floor} cannot carry {inner} traffic"));
+            reasons.push(format!(
+                "no datapath can run: an overlay MTU below {floor} cannot carry {inner} traffic"
+            ));
             false
         }
         (Err(why), _) => {
@@ -218,20 +269,52 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
         }
     };
 
-    // Offloads.
-    checks.push(check("ufo", facts.ufo.state != Offload::On, facts.ufo.detail.clone()));
+    // Offloads. UFO on is only a problem where a known issue says so.
+    let issue_matches = release
+        .as_ref()
+        .ok()
+        .map(|r| known_issues::evaluate_release(r, facts));
+    let ufo_bites = issue_matches
+        .iter()
+        .flatten()
+        .any(|m| m.issue.condition == Condition::UfoOn);
+    let ufo_detail = if facts.ufo.state == Offload::On && !ufo_bites {
+        format!(
+            "{} (no known issue with UFO on this kernel)",
+            facts.ufo.detail
+        )
+    } else {
+        facts.ufo.detail.clone()
+    };
+    checks.push(check("ufo", !ufo_bites, ufo_detail));
     checks.push(check(
         "udp-gso",
         true,
-        format!("uso {} ({}), gso {} ({})", facts.uso.state, facts.uso.detail, facts.gso.state, facts.gso.detail),
+        format!("{}; {}", facts.uso.detail, facts.gso.detail),
     ));
 
     // Capabilities.
-    checks.push(check("ovs-datapath", facts.ovs_datapath.state == Tri::Yes, facts.ovs_datapath.detail.clone()));
-    checks.push(check("af-xdp", facts.af_xdp.state == Tri::Yes, facts.af_xdp.detail.clone()));
-    checks.push(check("tun", facts.tun.state == Tri::Yes, facts.tun.detail.clone()));
+    checks.push(check(
+        "ovs-datapath",
+        facts.ovs_datapath.state == Tri::Yes,
+        facts.ovs_datapath.detail.clone(),
+    ));
+    checks.push(check(
+        "af-xdp",
+        facts.af_xdp.state == Tri::Yes,
+        facts.af_xdp.detail.clone(),
+    ));
+    checks.push(check(
+        "tun",
+        facts.tun.state == Tri::Yes,
+        facts.tun.detail.clone(),
+    ));
     let offload_detail = format!("{}; {}", facts.tun_offloads.detail, facts.tun_uso.detail);
-    checks.push(check("tun-offloads", facts.tun_offloads.state == Tri::Yes, offload_detail));
+    checks.push(check(
+        "tun-offloads",
+        facts.tun_offloads.state == Tri::Yes,
+        offload_detail,
+    ));
     if facts.tun.state == Tri::Yes && facts.tun_offloads.state != Tri::Yes {
         warnings.push(format!(
             "the TUN device refuses segmentation offloads ({}): every packet crosses the TUN singly, which is slower; fix: a kernel with TUNSETOFFLOAD support (2.6.27+; USO needs 6.2+)",
@@ -239,42 +322,73 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
         ));
     }
     if facts.ovs_datapath.state != Tri::Yes {
-        reject(Datapath::Fastdp, format!("kernel OVS datapath unavailable: {}", facts.ovs_datapath.detail));
+        reject(
+            Datapath::Fastdp,
+            format!(
+                "kernel OVS datapath unavailable: {}",
+                facts.ovs_datapath.detail
+            ),
+        );
     }
     if facts.af_xdp.state != Tri::Yes {
-        reject(Datapath::Xdp, format!("AF_XDP unavailable: {}", facts.af_xdp.detail));
+        reject(
+            Datapath::Xdp,
+            format!("AF_XDP unavailable: {}", facts.af_xdp.detail),
+        );
     }
     if facts.tun.state != Tri::Yes {
         let reason = format!("no TUN device for the local side: {}", facts.tun.detail);
         reject(Datapath::Xdp, reason.clone());
         reject(Datapath::Udp, reason);
-        warnings.push(format!("/dev/net/tun does not work: {}; fix: run as root with CONFIG_TUN (modprobe tun)", facts.tun.detail));
+        warnings.push(format!(
+            "/dev/net/tun does not work: {}; fix: run as root with CONFIG_TUN (modprobe tun)",
+            facts.tun.detail
+        ));
     }
 
     // Known kernel issues.
-    if let Ok(release) = &release {
-        let matches = known_issues::evaluate_release(release, facts);
+    if let Some(matches) = issue_matches {
         if matches.is_empty() {
             checks.push(check(
                 "known-issues",
                 true,
-                format!("none of the {} known kernel issues apply", KNOWN_ISSUES.len()),
+                format!(
+                    "none of the {} known kernel issues apply",
+                    KNOWN_ISSUES.len()
+                ),
             ));
         }
         for m in &matches {
             let ruled_out: Vec<&str> = m.issue.rules_out.iter().map(|d| d.name()).collect();
             checks.push(check(
-                &format!("issue:{}", m.issue.id),
+                "known-issue",
                 false,
-                format!("{}; {} (rules out {}; source: {})", m.why, m.issue.consequence, ruled_out.join(", "), m.issue.source),
+                format!(
+                    "{}: {}; {} (rules out {}; source: {})",
+                    m.issue.id,
+                    m.why,
+                    m.issue.consequence,
+                    ruled_out.join(", "),
+                    m.issue.source
+                ),
             ));
-            warnings.push(format!("{}: {}; fix: {}", m.issue.id, m.issue.consequence, m.mitigation));
+            warnings.push(format!(
+                "{}: {}; fix: {}",
+                m.issue.id, m.issue.consequence, m.mitigation
+            ));
             for datapath in m.issue.rules_out {
-                reject(*datapath, format!("known kernel issue {}: {}", m.issue.id, m.why));
+                reject(
+                    *datapath,
+                    format!("known kernel issue {}: {}", m.issue.id, m.why),
+                );
             }
         }
     } else {
-        checks.push(check("known-issues", false, "not evaluated: kernel release unparsable".to_string()));
+        checks.push(check(
+            "known-issues",
+            false,
+            "not evaluated: kernel release unparsable".to_string(),
+        ));
     }
 
     // The decision.
@@ -302,7 +416,9 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
     let datapath = chosen.unwrap_or(Datapath::Udp);
     match chosen {
         Some(d) => reasons.push(format!("{d} chosen: {}", why_chosen(d, facts))),
-        None => reasons.push("no datapath can run: every datapath is ruled out (see above)".to_string()),
+        None => {
+            reasons.push("no datapath can run: every datapath is ruled out (see above)".to_string())
+        }
     }
     let runnable = chosen.is_some() && mtu_ok;
     Plan {
@@ -321,7 +437,9 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
 
 fn why_chosen(datapath: Datapath, facts: &Facts) -> String {
     match datapath {
-        Datapath::Fastdp => "kernel OVS datapath present and no known kernel issue rules it out".to_string(),
+        Datapath::Fastdp => {
+            "kernel OVS datapath present and no known kernel issue rules it out".to_string()
+        }
         Datapath::Xdp => format!("AF_XDP sockets work ({})", facts.af_xdp.detail),
         Datapath::Udp => "the userspace UDP sleeve works on every kernel with TUN".to_string(),
     }
@@ -354,10 +472,18 @@ pub struct ModeResolution {
 /// usable MTU, and fastdp on an encrypted network (it would send plaintext).
 pub fn resolve_mode(plan: &Plan, requested: Mode, force: bool) -> Result<ModeResolution, String> {
     if !plan.mtu_usable || (requested == Mode::Auto && !plan.runnable) {
-        return Err(format!("preflight found no runnable datapath: {}", plan.reasons.join("; ")));
+        return Err(format!(
+            "preflight found no runnable datapath: {}",
+            plan.reasons.join("; ")
+        ));
     }
     let datapath = match requested {
-        Mode::Auto => return Ok(ModeResolution { datapath: plan.datapath, warning: None }),
+        Mode::Auto => {
+            return Ok(ModeResolution {
+                datapath: plan.datapath,
+                warning: None,
+            })
+        }
         Mode::Fastdp => Datapath::Fastdp,
         Mode::Xdp => Datapath::Xdp,
         Mode::Udp => Datapath::Udp,
@@ -368,14 +494,24 @@ pub fn resolve_mode(plan: &Plan, requested: Mode, force: bool) -> Result<ModeRes
         );
     }
     if plan.host_allows.contains(&datapath) {
-        return Ok(ModeResolution { datapath, warning: None });
+        return Ok(ModeResolution {
+            datapath,
+            warning: None,
+        });
     }
-    let why: Vec<&str> = plan.rejected.iter().filter(|r| r.datapath == datapath).map(|r| r.reason.as_str()).collect();
+    let why: Vec<&str> = plan
+        .rejected
+        .iter()
+        .filter(|r| r.datapath == datapath)
+        .map(|r| r.reason.as_str())
+        .collect();
     let why = why.join("; ");
     if force {
         Ok(ModeResolution {
             datapath,
-            warning: Some(format!("--force: running datapath {datapath} although preflight found it unsafe: {why}")),
+            warning: Some(format!(
+                "--force: running datapath {datapath} although preflight found it unsafe: {why}"
+            )),
         })
     } else {
         Err(format!(
@@ -406,7 +542,11 @@ mod tests {
     use crate::host::known_issues::tests::facts;
 
     fn plaintext() -> Request {
-        Request { encrypted: false, l2: true, overlay_ipv6: false }
+        Request {
+            encrypted: false,
+            l2: true,
+            overlay_ipv6: false,
+        }
     }
 
     #[test]
@@ -426,21 +566,34 @@ mod tests {
 
     #[test]
     fn healthy_plaintext_host_gets_fastdp() {
-        let plan = decide(&facts("6.1.0-56-amd64", 1500, Offload::NotOffered), &plaintext());
+        let plan = decide(
+            &facts("6.1.0-56-amd64", 1500, Offload::NotOffered),
+            &plaintext(),
+        );
         assert_eq!(plan.datapath, Datapath::Fastdp);
         assert!(plan.runnable);
         assert_eq!(plan.overlay_mtu, Some(1450));
-        assert_eq!(plan.host_allows, vec![Datapath::Fastdp, Datapath::Xdp, Datapath::Udp]);
+        assert_eq!(
+            plan.host_allows,
+            vec![Datapath::Fastdp, Datapath::Xdp, Datapath::Udp]
+        );
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
     }
 
     #[test]
     fn encrypted_network_stays_on_the_sleeve_even_when_fastdp_is_allowed() {
-        let plan = decide(&facts("6.1.0-56-amd64", 1500, Offload::NotOffered), &Request::default());
+        let plan = decide(
+            &facts("6.1.0-56-amd64", 1500, Offload::NotOffered),
+            &Request::default(),
+        );
         assert_eq!(plan.datapath, Datapath::Xdp);
         assert!(plan.host_allows.contains(&Datapath::Fastdp));
         assert_eq!(plan.overlay_mtu, Some(1430));
-        assert!(plan.reasons.iter().any(|r| r.contains("no encryption")), "{:?}", plan.reasons);
+        assert!(
+            plan.reasons.iter().any(|r| r.contains("no encryption")),
+            "{:?}",
+            plan.reasons
+        );
     }
 
     #[test]
@@ -449,7 +602,10 @@ mod tests {
         f.ovs_datapath = Finding::new(Tri::No, "family not found");
         let plan = decide(&f, &plaintext());
         assert_eq!(plan.datapath, Datapath::Xdp);
-        assert!(plan.reasons.iter().any(|r| r.starts_with("fastdp not used") && r.contains("family not found")));
+        assert!(plan
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("fastdp not used") && r.contains("family not found")));
         f.af_xdp = Finding::new(Tri::No, "EAFNOSUPPORT");
         let plan = decide(&f, &plaintext());
         assert_eq!(plan.datapath, Datapath::Udp);
@@ -462,28 +618,65 @@ mod tests {
         let plan = decide(&facts("not-a-kernel", 1500, Offload::Off), &plaintext());
         assert_eq!(plan.datapath, Datapath::Xdp);
         assert!(!plan.host_allows.contains(&Datapath::Fastdp));
-        assert!(plan.reasons.iter().any(|r| r.contains("treated conservatively")), "{:?}", plan.reasons);
+        assert!(
+            plan.reasons
+                .iter()
+                .any(|r| r.contains("treated conservatively")),
+            "{:?}",
+            plan.reasons
+        );
         assert!(plan.checks.iter().any(|c| c.name == "kernel" && !c.passed));
     }
 
     #[test]
     fn ufo_kernel_rules_out_fastdp_until_ufo_is_off() {
-        let plan = decide(&facts("3.10.0-123.el7.x86_64", 1500, Offload::On), &plaintext());
+        let plan = decide(
+            &facts("3.10.0-123.el7.x86_64", 1500, Offload::On),
+            &plaintext(),
+        );
         assert!(!plan.host_allows.contains(&Datapath::Fastdp));
-        assert!(plan.warnings.iter().any(|w| w.contains("ethtool -K eth0 ufo off")), "{:?}", plan.warnings);
-        assert!(plan.checks.iter().any(|c| c.name == "issue:virtio-net-ufo-corruption" && !c.passed));
-        let plan = decide(&facts("3.10.0-123.el7.x86_64", 1500, Offload::Off), &plaintext());
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("ethtool -K eth0 ufo off")),
+            "{:?}",
+            plan.warnings
+        );
+        assert!(plan.checks.iter().any(|c| c.name == "known-issue"
+            && c.detail.starts_with("virtio-net-ufo-corruption:")
+            && !c.passed));
+        assert!(plan.checks.iter().any(|c| c.name == "ufo" && !c.passed));
+        // UFO on where no issue applies is reported but passes.
+        let plan = decide(&facts("6.1.0", 1500, Offload::On), &plaintext());
+        let ufo = plan.checks.iter().find(|c| c.name == "ufo").unwrap();
+        assert!(
+            ufo.passed && ufo.detail.contains("no known issue"),
+            "{ufo:?}"
+        );
+        let plan = decide(
+            &facts("3.10.0-123.el7.x86_64", 1500, Offload::Off),
+            &plaintext(),
+        );
         assert_eq!(plan.datapath, Datapath::Fastdp);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
     }
 
     #[test]
     fn df_kernel_with_small_mtu_keeps_fastdp_off_with_the_fix() {
-        let plan = decide(&facts("3.10.0-327.10.1.el7.x86_64", 1450, Offload::Off), &plaintext());
+        let plan = decide(
+            &facts("3.10.0-327.10.1.el7.x86_64", 1450, Offload::Off),
+            &plaintext(),
+        );
         assert_eq!(plan.datapath, Datapath::Xdp);
-        assert!(plan.warnings.iter().any(|w| w.contains("raise the underlay MTU of eth0 to 1500")));
+        assert!(plan
+            .warnings
+            .iter()
+            .any(|w| w.contains("raise the underlay MTU of eth0 to 1500")));
         assert_eq!(plan.overlay_mtu, Some(1400));
-        let plan = decide(&facts("3.10.0-327.10.1.el7.x86_64", 1500, Offload::Off), &plaintext());
+        let plan = decide(
+            &facts("3.10.0-327.10.1.el7.x86_64", 1500, Offload::Off),
+            &plaintext(),
+        );
         assert_eq!(plan.datapath, Datapath::Fastdp);
     }
 
@@ -492,16 +685,35 @@ mod tests {
         let plan = decide(&facts("6.1.0", 600, Offload::Off), &Request::default());
         assert!(!plan.runnable);
         assert_eq!(plan.overlay_mtu, Some(530));
-        assert!(plan.warnings.iter().any(|w| w.contains("at least 646")), "{:?}", plan.warnings);
+        assert!(
+            plan.warnings.iter().any(|w| w.contains("at least 646")),
+            "{:?}",
+            plan.warnings
+        );
         let plan = decide(&facts("6.1.0", 646, Offload::Off), &Request::default());
         assert!(plan.runnable);
-        let v6 = Request { overlay_ipv6: true, ..Request::default() };
+        let v6 = Request {
+            overlay_ipv6: true,
+            ..Request::default()
+        };
         assert!(!decide(&facts("6.1.0", 1349, Offload::Off), &v6).runnable);
         assert!(decide(&facts("6.1.0", 1350, Offload::Off), &v6).runnable);
         let plan = decide(&facts("6.1.0", 50, Offload::Off), &Request::default());
         assert!(!plan.runnable);
         assert_eq!(plan.overlay_mtu, None);
-        assert!(plan.warnings.iter().any(|w| w.contains("at least 646")), "{:?}", plan.warnings);
+        assert!(
+            plan.warnings.iter().any(|w| w.contains("at least 646")),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn ipv6_underlay_costs_20_more_bytes() {
+        let mut f = facts("6.1.0", 1500, Offload::Off);
+        f.underlay_ipv6 = true;
+        assert_eq!(decide(&f, &Request::default()).overlay_mtu, Some(1410));
+        assert_eq!(decide(&f, &plaintext()).overlay_mtu, Some(1430));
     }
 
     #[test]
@@ -530,14 +742,28 @@ mod tests {
         let mut f = facts("3.10.0-123.el7.x86_64", 1500, Offload::On);
         f.af_xdp = Finding::new(Tri::No, "EAFNOSUPPORT");
         let plan = decide(&f, &plaintext());
-        assert_eq!(resolve_mode(&plan, Mode::Auto, false).unwrap().datapath, Datapath::Udp);
-        assert_eq!(resolve_mode(&plan, Mode::Udp, false).unwrap(), ModeResolution { datapath: Datapath::Udp, warning: None });
+        assert_eq!(
+            resolve_mode(&plan, Mode::Auto, false).unwrap().datapath,
+            Datapath::Udp
+        );
+        assert_eq!(
+            resolve_mode(&plan, Mode::Udp, false).unwrap(),
+            ModeResolution {
+                datapath: Datapath::Udp,
+                warning: None
+            }
+        );
         let refused = resolve_mode(&plan, Mode::Fastdp, false).unwrap_err();
-        assert!(refused.contains("virtio-net-ufo-corruption") && refused.contains("--force"), "{refused}");
+        assert!(
+            refused.contains("virtio-net-ufo-corruption") && refused.contains("--force"),
+            "{refused}"
+        );
         let forced = resolve_mode(&plan, Mode::Fastdp, true).unwrap();
         assert_eq!(forced.datapath, Datapath::Fastdp);
         assert!(forced.warning.unwrap().contains("unsafe"));
-        assert!(resolve_mode(&plan, Mode::Xdp, false).unwrap_err().contains("EAFNOSUPPORT"));
+        assert!(resolve_mode(&plan, Mode::Xdp, false)
+            .unwrap_err()
+            .contains("EAFNOSUPPORT"));
         // Encryption is never forced away.
         let plan = decide(&facts("6.1.0", 1500, Offload::Off), &Request::default());
         assert!(resolve_mode(&plan, Mode::Fastdp, true).is_err());
@@ -549,10 +775,18 @@ mod tests {
 
     #[test]
     fn unimplemented_datapaths_fall_back_to_udp_with_a_line() {
-        assert_eq!(launch_datapath(Datapath::Udp, &[Datapath::Udp]), (Datapath::Udp, None));
+        assert_eq!(
+            launch_datapath(Datapath::Udp, &[Datapath::Udp]),
+            (Datapath::Udp, None)
+        );
         let (d, line) = launch_datapath(Datapath::Fastdp, &[Datapath::Udp]);
         assert_eq!(d, Datapath::Udp);
-        assert!(line.unwrap().contains("fastdp chosen by preflight is not implemented"));
-        assert_eq!(launch_datapath(Datapath::Xdp, &[Datapath::Xdp, Datapath::Udp]), (Datapath::Xdp, None));
+        assert!(line
+            .unwrap()
+            .contains("fastdp chosen by preflight is not implemented"));
+        assert_eq!(
+            launch_datapath(Datapath::Xdp, &[Datapath::Xdp, Datapath::Udp]),
+            (Datapath::Xdp, None)
+        );
     }
 }

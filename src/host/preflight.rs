@@ -79,14 +79,18 @@ pub struct PreflightArgs {
 fn parse_peer(text: &str) -> Result<IpAddr, String> {
     text.parse::<IpAddr>()
         .or_else(|_| text.parse::<SocketAddr>().map(|s| s.ip()))
-        .map_err(|_| format!("{text:?} is not an IP address (expected e.g. 198.18.0.2 or [fd00::2]:6783)"))
+        .map_err(|_| {
+            format!("{text:?} is not an IP address (expected e.g. 198.18.0.2 or [fd00::2]:6783)")
+        })
 }
 
 /// Parses `--assume-mtu` with a message that says the accepted range.
 fn parse_mtu(text: &str) -> Result<u32, String> {
-    let mtu: u32 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number; an MTU is between {MIN_ASSUMED_MTU} and {MAX_ASSUMED_MTU}"))?;
+    let mtu: u32 = text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not a number; an MTU is between {MIN_ASSUMED_MTU} and {MAX_ASSUMED_MTU}"
+        )
+    })?;
     check_mtu(mtu)
 }
 
@@ -94,7 +98,9 @@ fn check_mtu(mtu: u32) -> Result<u32, String> {
     if (MIN_ASSUMED_MTU..=MAX_ASSUMED_MTU).contains(&mtu) {
         Ok(mtu)
     } else {
-        Err(format!("MTU {mtu} is out of range: an MTU is between {MIN_ASSUMED_MTU} and {MAX_ASSUMED_MTU}"))
+        Err(format!(
+            "MTU {mtu} is out of range: an MTU is between {MIN_ASSUMED_MTU} and {MAX_ASSUMED_MTU}"
+        ))
     }
 }
 
@@ -103,7 +109,9 @@ impl PreflightArgs {
     /// arguments (clap already rejects them when parsing a command line).
     pub fn underlay(&self) -> Result<UnderlaySelector, String> {
         match (&self.underlay_iface, self.peer) {
-            (Some(_), Some(_)) => Err("--underlay-iface and --peer cannot be used together".to_string()),
+            (Some(_), Some(_)) => {
+                Err("--underlay-iface and --peer cannot be used together".to_string())
+            }
             (Some(iface), None) => Ok(UnderlaySelector::Iface(iface.clone())),
             (None, Some(peer)) => Ok(UnderlaySelector::Peer(peer)),
             (None, None) => Ok(UnderlaySelector::DefaultRoute),
@@ -144,7 +152,11 @@ pub fn run(args: &PreflightArgs) -> ExitCode {
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&render_json(&plan)).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&render_json(&plan))
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        );
     } else {
         print!("{}", render_text(&plan));
     }
@@ -165,16 +177,28 @@ pub fn log_lines(plan: &Plan) -> Vec<String> {
     let mut lines = Vec::new();
     for check in &plan.checks {
         let status = if check.passed { "ok" } else { "no" };
-        lines.push(format!("check  {:<15} {:<5} {}", check.name, status, check.detail));
+        lines.push(format!(
+            "check  {:<15} {:<5} {}",
+            check.name, status, check.detail
+        ));
     }
-    let mtu = plan.overlay_mtu.map_or_else(|| "unknown".to_string(), |m| m.to_string());
+    let mtu = plan
+        .overlay_mtu
+        .map_or_else(|| "unknown".to_string(), |m| m.to_string());
     if plan.runnable {
-        lines.push(format!("decision  datapath {}, overlay mtu {mtu}", plan.datapath));
+        lines.push(format!(
+            "decision  datapath {}, overlay mtu {mtu}",
+            plan.datapath
+        ));
     } else {
         lines.push(format!("decision  no datapath can run (overlay mtu {mtu})"));
     }
     let allowed: Vec<&str> = plan.host_allows.iter().map(|d| d.name()).collect();
-    let allowed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+    let allowed = if allowed.is_empty() {
+        "none".to_string()
+    } else {
+        allowed.join(", ")
+    };
     lines.push(format!("allowed   {allowed} (by this host)"));
     for reason in &plan.reasons {
         lines.push(format!("reason    {reason}"));
@@ -220,23 +244,53 @@ mod tests {
     }
 
     fn parse(argv: &[&str]) -> Result<PreflightArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("preflight").chain(argv.iter().copied())).map(|c| c.args)
+        Cli::try_parse_from(std::iter::once("preflight").chain(argv.iter().copied()))
+            .map(|c| c.args)
     }
 
     #[test]
     fn parses_every_flag() {
         let args = parse(&[
-            "--json", "--underlay-iface", "eth0", "--assume-kernel", "4.4.0", "--assume-mtu", "9000",
-            "--assume-ufo", "on", "--assume-ovs", "yes", "--assume-xdp", "no",
+            "--json",
+            "--underlay-iface",
+            "eth0",
+            "--assume-kernel",
+            "4.4.0",
+            "--assume-mtu",
+            "9000",
+            "--assume-ufo",
+            "on",
+            "--assume-ovs",
+            "yes",
+            "--assume-xdp",
+            "no",
         ])
         .unwrap();
         assert!(args.json);
-        assert_eq!(args.underlay().unwrap(), UnderlaySelector::Iface("eth0".into()));
+        assert_eq!(
+            args.underlay().unwrap(),
+            UnderlaySelector::Iface("eth0".into())
+        );
         let a = args.assumptions().unwrap();
-        assert_eq!((a.kernel.as_deref(), a.mtu, a.ufo, a.ovs, a.xdp), (Some("4.4.0"), Some(9000), Some(true), Some(true), Some(false)));
+        assert_eq!(
+            (a.kernel.as_deref(), a.mtu, a.ufo, a.ovs, a.xdp),
+            (
+                Some("4.4.0"),
+                Some(9000),
+                Some(true),
+                Some(true),
+                Some(false)
+            )
+        );
         let args = parse(&["--peer", "198.18.0.2:6783"]).unwrap();
-        assert_eq!(args.underlay().unwrap(), UnderlaySelector::Peer("198.18.0.2".parse().unwrap()));
-        assert_eq!(parse(&[]).unwrap().underlay().unwrap(), UnderlaySelector::DefaultRoute);
+        assert_eq!(
+            args.underlay().unwrap(),
+            UnderlaySelector::Peer("198.18.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&[]).unwrap().underlay().unwrap(),
+            UnderlaySelector::DefaultRoute
+        );
     }
 
     #[test]
@@ -247,39 +301,74 @@ mod tests {
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("between 68 and 65536"), "{e}");
         assert_eq!(parse(&["--assume-mtu", "x"]).unwrap_err().exit_code(), 2);
-        assert_eq!(parse(&["--assume-ufo", "maybe"]).unwrap_err().exit_code(), 2);
-        assert!(parse(&["--peer", "host.example"]).unwrap_err().to_string().contains("not an IP address"));
+        assert_eq!(
+            parse(&["--assume-ufo", "maybe"]).unwrap_err().exit_code(),
+            2
+        );
+        assert!(parse(&["--peer", "host.example"])
+            .unwrap_err()
+            .to_string()
+            .contains("not an IP address"));
         // Constructed programmatically, the same checks hold.
-        let args = PreflightArgs { assume_mtu: Some(0), ..Default::default() };
+        let args = PreflightArgs {
+            assume_mtu: Some(0),
+            ..Default::default()
+        };
         assert!(plan_for(&args).unwrap_err().contains("out of range"));
     }
 
     #[test]
     fn text_report_is_aligned_and_complete() {
-        let plan = decide(&facts("3.10.0-327.10.1.el7.x86_64", 1450, Offload::Off), &Request::default());
+        let plan = decide(
+            &facts("3.10.0-327.10.1.el7.x86_64", 1450, Offload::Off),
+            &Request::default(),
+        );
         let text = render_text(&plan);
         assert!(
             text.contains("check  kernel          ok    3.10.0-327.10.1.el7.x86_64 (upstream 3.10.0, el7 build 327.10.1, test)"),
             "{text}"
         );
-        assert!(text.contains("check  issue:vxlan-df-heartbeat-dropped no    "), "{text}");
-        assert!(text.contains("decision  datapath xdp, overlay mtu 1380"), "{text}");
-        assert!(text.contains("warning   vxlan-df-heartbeat-dropped:"), "{text}");
-        assert!(text.contains("raise the underlay MTU of eth0 to 1500"), "{text}");
+        assert!(
+            text.contains(
+                "check  known-issue     no    vxlan-df-heartbeat-dropped: kernel 3.10.0-327.10.1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("decision  datapath xdp, overlay mtu 1380"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning   vxlan-df-heartbeat-dropped:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("raise the underlay MTU of eth0 to 1500"),
+            "{text}"
+        );
         assert_eq!(log_lines(&plan).len(), text.lines().count());
         assert_eq!(exit_code(&plan), 0);
     }
 
     #[test]
     fn json_report_has_the_promised_fields() {
-        let plan = decide(&facts("6.1.0-56-amd64", 600, Offload::Off), &Request::default());
+        let plan = decide(
+            &facts("6.1.0-56-amd64", 600, Offload::Off),
+            &Request::default(),
+        );
         let json = render_json(&plan);
         assert_eq!(json["datapath"], "xdp");
         assert_eq!(json["overlay_mtu"], 530);
         assert_eq!(json["runnable"], false);
         let checks = json["checks"].as_array().unwrap();
-        assert!(checks.iter().all(|c| c["name"].is_string() && c["passed"].is_boolean() && c["detail"].is_string()));
-        assert!(json["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("raise the underlay MTU")));
+        assert!(checks
+            .iter()
+            .all(|c| c["name"].is_string() && c["passed"].is_boolean() && c["detail"].is_string()));
+        assert!(json["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("raise the underlay MTU")));
         assert!(json["reasons"].is_array());
         assert_eq!(exit_code(&plan), 1);
     }
@@ -290,8 +379,20 @@ mod tests {
             eprintln!("skipping: needs root for the TUN probe");
             return;
         }
-        let _guard = crate::host::facts::tests::GATHER_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let args = parse(&["--underlay-iface", "lo", "--assume-mtu", "1500", "--assume-xdp", "no", "--assume-ovs", "no"]).unwrap();
+        let _guard = crate::host::facts::tests::GATHER_LOCK
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let args = parse(&[
+            "--underlay-iface",
+            "lo",
+            "--assume-mtu",
+            "1500",
+            "--assume-xdp",
+            "no",
+            "--assume-ovs",
+            "no",
+        ])
+        .unwrap();
         let plan = plan_for(&args).unwrap();
         assert!(plan.runnable, "{}", render_text(&plan));
         assert_eq!(plan.datapath, Datapath::Udp);
