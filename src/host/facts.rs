@@ -440,12 +440,17 @@ fn feature_table(iface: &str) -> Result<Vec<(String, bool)>, String> {
     // ethtool_sset_info: cmd, reserved, sset_mask (u64), data[1].
     let mut sset = [0u32; 5];
     sset[0] = ETHTOOL_GSSET_INFO;
+    // sset_mask is a u64 in two u32 slots, in native byte order.
     let mask = 1u64 << ETH_SS_FEATURES;
-    sset[2] = mask as u32;
-    sset[3] = (mask >> 32) as u32;
+    let mask_bytes = mask.to_ne_bytes();
+    let (low, high) = mask_bytes.split_at(4);
+    sset[2] = u32::from_ne_bytes(low.try_into().unwrap_or([0; 4]));
+    sset[3] = u32::from_ne_bytes(high.try_into().unwrap_or([0; 4]));
     ethtool(iface, &socket, sset.as_mut_ptr()).map_err(|e| format!("ETHTOOL_GSSET_INFO: {e}"))?;
-    let returned_mask = u64::from(sset[2]) | (u64::from(sset[3]) << 32);
-    if returned_mask & mask == 0 {
+    let mut returned = [0u8; 8];
+    returned[..4].copy_from_slice(&sset[2].to_ne_bytes());
+    returned[4..].copy_from_slice(&sset[3].to_ne_bytes());
+    if u64::from_ne_bytes(returned) & mask == 0 {
         return Err("driver reports no feature string set".to_string());
     }
     let count = sset[4].min(MAX_FEATURES);
