@@ -6,3 +6,7 @@
 
 pub mod wire;
 pub mod host;
+pub mod noise;
+pub mod mesh;
+pub mod datapath;
+pub mod api;

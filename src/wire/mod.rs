@@ -20,3 +20,8 @@ pub type Result<T> = core::result::Result<T, WireError>;
 
 /// A byte range inside a header.
 pub type Field = core::ops::Range<usize>;
+
+pub mod overhead;
+pub mod sleeve;
+pub mod vxlan;
+pub mod heartbeat;
