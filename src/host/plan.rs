@@ -4,6 +4,7 @@
 use super::facts::{Facts, Offload, Tri};
 use super::kernel::KernelRelease;
 use super::known_issues::{self, Condition, KNOWN_ISSUES};
+use crate::wire::overhead::{self, Framing};
 use serde::Serialize;
 use std::fmt;
 
@@ -109,52 +110,52 @@ pub struct Plan {
     pub reasons: Vec<String>,
 }
 
-// Overhead figures from the wire format note (the lead will move these to src/wire).
-const IPV4_HEADER: u32 = 20;
-const IPV6_HEADER: u32 = 40;
-const UDP_HEADER: u32 = 8;
-const WEFT_HEADER: u32 = 16;
-const RECORD_LEN: u32 = 2;
-const VXLAN_HEADER: u32 = 8;
-const AEAD_TAG: u32 = 16;
-const INNER_ETHERNET: u32 = 14;
-/// The largest IP packet (IPv4 total length is 16 bits).
-const MAX_IP_PACKET: u32 = 65535;
-
-/// The overlay MTU for an underlay MTU. Encrypted: IP + UDP + weft header +
-/// record length + VXLAN + tag (70 over IPv4, 90 over IPv6), plus 14 for the
-/// inner Ethernet header in L2 mode. Plaintext is standard VXLAN, which is
-/// bridge-only, so the inner Ethernet header always counts (50 / 70), exactly
-/// like a Linux vxlan device. `None` if the underlay MTU cannot carry it.
-pub fn overlay_mtu(underlay_mtu: u32, ipv6: bool, l2: bool, encrypted: bool) -> Option<u16> {
-    let mtu = underlay_mtu.checked_sub(encapsulation_overhead(ipv6, l2, encrypted))?;
-    if mtu == 0 {
-        return None;
+/// The framing a request uses on the wire.
+fn framing(encrypted: bool) -> Framing {
+    if encrypted {
+        Framing::Sleeve
+    } else {
+        Framing::PlainVxlan
     }
-    u16::try_from(mtu.min(MAX_IP_PACKET)).ok()
+}
+
+/// Plaintext is standard VXLAN, which is bridge-only (and fastdp always
+/// carries Ethernet frames), so the inner Ethernet header always counts there.
+fn carries_ethernet(l2: bool, encrypted: bool) -> bool {
+    l2 || !encrypted
+}
+
+/// The overlay MTU for an underlay MTU, by the overhead math in
+/// `wire::overhead` (1500 -> 1430 encrypted L3, 1416 encrypted L2, 1450
+/// plaintext VXLAN). Takes `u32` because interface MTUs can exceed 65535
+/// (loopback has 65536); those are clamped to 65535. `None` if the underlay
+/// MTU cannot carry anything.
+pub fn overlay_mtu(underlay_mtu: u32, ipv6: bool, l2: bool, encrypted: bool) -> Option<u16> {
+    let underlay = u16::try_from(underlay_mtu).unwrap_or(u16::MAX);
+    overhead::overlay_mtu(
+        underlay,
+        framing(encrypted),
+        ipv6,
+        carries_ethernet(l2, encrypted),
+    )
 }
 
 /// Bytes added to each overlay packet on the underlay (see [`overlay_mtu`]).
 pub fn encapsulation_overhead(ipv6: bool, l2: bool, encrypted: bool) -> u32 {
-    let ip = if ipv6 { IPV6_HEADER } else { IPV4_HEADER };
-    if encrypted {
-        ip + UDP_HEADER
-            + WEFT_HEADER
-            + RECORD_LEN
-            + VXLAN_HEADER
-            + AEAD_TAG
-            + if l2 { INNER_ETHERNET } else { 0 }
+    let ethernet = if carries_ethernet(l2, encrypted) {
+        overhead::ETHERNET_HEADER
     } else {
-        ip + UDP_HEADER + VXLAN_HEADER + INNER_ETHERNET
-    }
+        0
+    };
+    u32::from(overhead::datagram_overhead(framing(encrypted), ipv6)) + u32::from(ethernet)
 }
 
 /// The smallest overlay MTU an IP overlay may have (RFC 791 / RFC 8200).
 pub fn minimum_overlay_mtu(overlay_ipv6: bool) -> u16 {
     if overlay_ipv6 {
-        1280
+        overhead::MIN_OVERLAY_MTU_IPV6
     } else {
-        576
+        overhead::MIN_OVERLAY_MTU_IPV4
     }
 }
 
@@ -560,8 +561,11 @@ mod tests {
         assert_eq!(overlay_mtu(1500, true, true, false), Some(1430));
         assert_eq!(overlay_mtu(70, false, false, true), None);
         assert_eq!(overlay_mtu(0, false, false, true), None);
-        assert_eq!(overlay_mtu(65536, false, false, true), Some(65466));
-        assert_eq!(overlay_mtu(u32::MAX, false, false, true), Some(65535));
+        assert_eq!(overlay_mtu(65536, false, false, true), Some(65465));
+        assert_eq!(overlay_mtu(u32::MAX, false, false, true), Some(65465));
+        assert_eq!(encapsulation_overhead(false, false, true), 70);
+        assert_eq!(encapsulation_overhead(true, true, true), 104);
+        assert_eq!(encapsulation_overhead(false, false, false), 50);
     }
 
     #[test]
