@@ -31,7 +31,7 @@ const MAX_HANDSHAKING_INBOUND: usize = 64;
 /// A TCP connect that takes longer than this has failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the status snapshot is refreshed.
-const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// Room for one datagram: the largest UDP payload.
 const BUF_LEN: usize = 65536;
 
@@ -210,7 +210,10 @@ impl Router {
             };
             let Some(dst) = destination(&self.buf[front..front + n]) else { continue };
             let Some(&token) = self.routes.get(&dst) else {
-                self.drops.no_route += 1;
+                // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
+                if !dst.is_multicast() {
+                    self.drops.no_route += 1;
+                }
                 continue;
             };
             let Some(stream) = self.streams.get_mut(&token) else { continue };
@@ -462,11 +465,20 @@ impl Router {
         });
         if let Some((other, other_dir)) = duplicate {
             let keep_this = initiator_key(this_dir, &remote_static) < initiator_key(other_dir, &remote_static);
-            let loser = if keep_this { other } else { token };
+            let (winner, loser) = if keep_this { (token, other) } else { (other, token) };
             tracing::info!(peer = %self.streams[&token].peer_addr, "two connections to the same peer; keeping one");
-            if let Some(l) = self.streams.get_mut(&loser).and_then(|s| s.link.as_mut()) {
-                l.goodbye("duplicate connection");
-                l.on_control_closed("duplicate connection to the same peer (the other one is kept)");
+            // A configured peer whose dial lost is satisfied by the winner:
+            // no failure, no backoff, no redial.
+            for cp in self.configured.iter_mut().filter(|c| c.stream == Some(loser)) {
+                cp.stream = Some(winner);
+                cp.last_failure = None;
+            }
+            if let Some(s) = self.streams.get_mut(&loser) {
+                s.configured = None;
+                if let Some(l) = s.link.as_mut() {
+                    l.goodbye("duplicate connection");
+                    l.on_control_closed("duplicate connection to the same peer (the other one is kept)");
+                }
             }
             if loser == token {
                 return;
@@ -490,7 +502,12 @@ impl Router {
             let dir = l.direction;
             // An inbound connection from a configured peer satisfies it too.
             if dir == Direction::Inbound {
-                if let Some(cp) = self.configured.iter_mut().find(|c| c.addr.ip() == s.peer_addr.ip() && c.stream.is_none()) {
+                let endpoint = l.endpoint();
+                if let Some(cp) = self
+                    .configured
+                    .iter_mut()
+                    .find(|c| c.stream.is_none() && (Some(c.addr) == endpoint || c.addr.ip() == s.peer_addr.ip()))
+                {
                     cp.stream = Some(token);
                 }
             }
