@@ -166,7 +166,7 @@ impl Status {
         out.push_str(&format!("           Name: {} ({})\n", self.name, self.public_key));
         out.push_str(&format!("      Interface: {} {} mtu={}\n", self.interface, self.overlay, self.overlay_mtu));
         out.push_str(&format!("       Underlay: {} mtu={} listen={}\n", self.underlay, self.underlay_mtu, self.listen));
-        out.push_str(&format!("       Datapath: {} ({})\n", self.datapath, self.datapath_reason));
+        out.push_str(&format!("       Datapath: {} - {}\n", self.datapath, self.datapath_reason));
         out.push_str(&format!("     Encryption: {}\n", self.encryption));
         out.push_str(&format!("         Uptime: {}s\n", self.uptime_secs));
         let d = &self.dropped;
