@@ -66,6 +66,34 @@ pub struct LaunchArgs {
     /// TOML file with any of these options (command-line flags win).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Local device: `tun` (L3, IP packets) or `bridge` (L2: a TAP on a
+    /// Linux bridge; Ethernet frames, MAC learning). `--mode plain` implies bridge.
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub iface: Option<IfaceKind>,
+    /// Bridge mode: the Linux bridge to create, or attach to if it exists (default weft).
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// Allow `--mode plain`: frames cross the underlay unencrypted and
+    /// unauthenticated (only for trusted links or measurements).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    /// Plaintext mode: the VXLAN UDP port (default 4789, the IANA port).
+    #[arg(long, value_name = "PORT")]
+    pub vxlan_port: Option<u16>,
+    /// Plaintext mode: a static VXLAN tunnel endpoint (IP[:PORT]) that
+    /// speaks no weft protocol, e.g. a Linux vxlan device (repeat for more).
+    #[arg(long = "vtep", value_name = "ADDR")]
+    pub vteps: Vec<String>,
+}
+
+/// The local device kind of `--iface`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfaceKind {
+    /// L3: a TUN device carrying IP packets.
+    Tun,
+    /// L2: a TAP device on a Linux bridge carrying Ethernet frames.
+    Bridge,
 }
 
 /// The config file: the same options as the flags, plus timers.
@@ -84,6 +112,12 @@ struct ConfigFile {
     cipher: Option<String>,
     name: Option<String>,
     mode: Option<String>,
+    iface: Option<IfaceKind>,
+    bridge: Option<String>,
+    insecure_plaintext: Option<bool>,
+    vxlan_port: Option<u16>,
+    #[serde(default)]
+    vteps: Vec<String>,
     #[serde(default)]
     timers: TimerConfig,
 }
@@ -96,6 +130,8 @@ struct TimerConfig {
     heartbeat_established_ms: Option<u64>,
     missed_limit: Option<u32>,
     rekey_after_secs: Option<u64>,
+    /// Bridge mode: idle age of learned MAC addresses (default 600).
+    mac_age_secs: Option<u64>,
 }
 
 /// A launch failure and its exit code.
@@ -117,7 +153,8 @@ struct Plan {
     overlay_prefix: u8,
     listen: SocketAddr,
     peers: Vec<SocketAddr>,
-    secret: NetworkSecret,
+    /// `None` only in plaintext mode, which authenticates nothing.
+    secret: Option<NetworkSecret>,
     key: StaticKey,
     iface_name: String,
     status_addr: SocketAddr,
@@ -127,6 +164,15 @@ struct Plan {
     mode: crate::host::plan::Mode,
     force: bool,
     timers: Timers,
+    l2: Option<L2Plan>,
+}
+
+/// Bridge-mode settings.
+struct L2Plan {
+    bridge: String,
+    mac_age: Duration,
+    vxlan_port: u16,
+    vteps: Vec<SocketAddr>,
 }
 
 /// Parses `ADDR/PREFIX`.
@@ -221,15 +267,61 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
             return Err(usage(format!("--peer {p} is this host's own --listen address")));
         }
     }
+    let mode = match (args.mode, &file.mode) {
+        (Some(m), _) => m,
+        (None, Some(text)) => <crate::host::plan::Mode as clap::ValueEnum>::from_str(text, true)
+            .map_err(|_| usage(format!("mode {text:?} in --config is not one of auto, fastdp, xdp, udp, plain")))?,
+        (None, None) => crate::host::plan::Mode::Auto,
+    };
+    let plain = mode == crate::host::plan::Mode::Plain;
+    if plain && !(args.insecure_plaintext || file.insecure_plaintext == Some(true)) {
+        return Err(usage(
+            "--mode plain sends every frame unencrypted and unauthenticated (standard VXLAN): anyone on the path can read and inject traffic. Add --insecure-plaintext to confirm this is a trusted link, or drop --mode plain for the encrypted sleeve",
+        ));
+    }
+    let iface_kind = match args.iface.or(file.iface) {
+        Some(IfaceKind::Tun) if plain => {
+            return Err(usage("--mode plain is standard VXLAN, which carries Ethernet frames: use --iface bridge (or leave --iface out)"))
+        }
+        Some(k) => k,
+        None if plain => IfaceKind::Bridge,
+        None => IfaceKind::Tun,
+    };
+    let vxlan_port = args.vxlan_port.or(file.vxlan_port).unwrap_or(crate::wire::vxlan::DEFAULT_PORT);
+    if vxlan_port == 0 {
+        return Err(usage("--vxlan-port 0 is not a port; the standard VXLAN port is 4789"));
+    }
+    let vtep_texts = if args.vteps.is_empty() { file.vteps } else { args.vteps };
+    let vteps = vtep_texts
+        .iter()
+        .map(|t| parse_peer(t).map(|a| if t.parse::<SocketAddr>().is_ok() { a } else { SocketAddr::new(a.ip(), vxlan_port) }))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(e.replace("--peer", "--vtep")))?;
+    if !vteps.is_empty() && !plain {
+        return Err(usage("--vtep adds a plaintext VXLAN endpoint: it needs --mode plain --insecure-plaintext (the encrypted sleeve only talks to weft peers, given with --peer)"));
+    }
+    if plain && !peers.is_empty() {
+        return Err(usage("--mode plain speaks only standard VXLAN and no weft control protocol: list the other hosts with --vtep ADDR (their VXLAN port defaults to --vxlan-port) instead of --peer"));
+    }
+    let l2 = match iface_kind {
+        IfaceKind::Tun => None,
+        IfaceKind::Bridge => Some(L2Plan {
+            bridge: args.bridge.or(file.bridge).unwrap_or_else(|| "weft".into()),
+            mac_age: Duration::from_secs(file.timers.mac_age_secs.unwrap_or(600).max(1)),
+            vxlan_port,
+            vteps,
+        }),
+    };
     let secret = match args.secret_file.or(file.secret_file) {
         Some(path) => {
             if let Some(w) = keys::permission_warning(&path) {
                 tracing::warn!("{w}");
             }
-            NetworkSecret::from_file(&path).map_err(|e| usage(e.to_string()))?
+            Some(NetworkSecret::from_file(&path).map_err(|e| usage(e.to_string()))?)
         }
         None => match std::env::var_os("WEFT_SECRET") {
-            Some(v) => NetworkSecret::from_bytes(v.as_encoded_bytes(), "WEFT_SECRET").map_err(|e| usage(e.to_string()))?,
+            Some(v) => Some(NetworkSecret::from_bytes(v.as_encoded_bytes(), "WEFT_SECRET").map_err(|e| usage(e.to_string()))?),
+            None if plain => None,
             None => {
                 return Err(usage(
                     "no network secret: pass --secret-file FILE (the same file on every host) or set WEFT_SECRET",
@@ -249,7 +341,11 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
             StaticKey::generate()
         }
     };
-    let iface_name = args.iface_name.or(file.iface_name).unwrap_or_else(|| "weft0".into());
+    let default_iface = match &l2 {
+        Some(l2) => format!("{}-tap", l2.bridge).chars().take(15).collect(),
+        None => "weft0".to_string(),
+    };
+    let iface_name = args.iface_name.or(file.iface_name).unwrap_or(default_iface);
     if iface_name.is_empty() || iface_name.len() > 15 || iface_name.contains(['/', ' ', ':']) {
         return Err(usage(format!(
             "--iface-name {iface_name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
@@ -266,12 +362,6 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
     }
     let cipher = parse_cipher(&args.cipher.or(file.cipher).unwrap_or_else(|| "auto".into())).map_err(usage)?;
     let name = args.name.or(file.name).unwrap_or_else(hostname);
-    let mode = match (args.mode, file.mode) {
-        (Some(m), _) => m,
-        (None, Some(text)) => <crate::host::plan::Mode as clap::ValueEnum>::from_str(&text, true)
-            .map_err(|_| usage(format!("mode {text:?} in --config is not one of auto, fastdp, xdp, udp")))?,
-        (None, None) => crate::host::plan::Mode::Auto,
-    };
     let mut timers = Timers::default();
     let t = &file.timers;
     if let Some(ms) = t.heartbeat_connecting_ms {
@@ -301,6 +391,7 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         mode,
         force: args.force,
         timers,
+        l2,
     })
 }
 
@@ -394,13 +485,20 @@ pub fn run(args: LaunchArgs) -> ExitCode {
 
 fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     let plan = build_plan(args)?;
+    let plain = plan.mode == crate::host::plan::Mode::Plain;
+    let l2 = plan.l2.is_some();
+    let framing = if plain { Framing::PlainVxlan } else { Framing::Sleeve };
+    let remotes: Vec<SocketAddr> = match &plan.l2 {
+        Some(l2) if plain => l2.vteps.clone(),
+        _ => plan.peers.clone(),
+    };
 
-    let (underlay_iface, underlay_mtu, why) = underlay(plan.listen, &plan.peers)?;
+    let (underlay_iface, underlay_mtu, why) = underlay(plan.listen, &remotes)?;
     tracing::info!("underlay: {underlay_iface} mtu {underlay_mtu} ({why})");
-    let ipv6_underlay = plan.listen.is_ipv6() || plan.peers.first().is_some_and(|p| p.is_ipv6());
-    let overlay_mtu = overhead::overlay_mtu(underlay_mtu, Framing::Sleeve, ipv6_underlay, false);
+    let ipv6_underlay = plan.listen.is_ipv6() || remotes.first().is_some_and(|p| p.is_ipv6());
+    let overlay_mtu = overhead::overlay_mtu(underlay_mtu, framing, ipv6_underlay, l2);
     let min = if plan.overlay_addr.is_ipv4() { overhead::MIN_OVERLAY_MTU_IPV4 } else { overhead::MIN_OVERLAY_MTU_IPV6 };
-    let overhead_bytes = overhead::datagram_overhead(Framing::Sleeve, ipv6_underlay);
+    let overhead_bytes = overhead::datagram_overhead(framing, ipv6_underlay) + if l2 { overhead::ETHERNET_HEADER } else { 0 };
     let overlay_mtu = match overlay_mtu {
         Some(m) if m >= min => m,
         _ => {
@@ -409,15 +507,20 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             )))
         }
     };
-    tracing::info!(
-        "overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, weft header, record, VXLAN, AEAD tag)"
-    );
+    if plain {
+        tracing::info!("overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, VXLAN, inner Ethernet)");
+    } else {
+        tracing::info!(
+            "overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, weft header, record, VXLAN, AEAD tag{})",
+            if l2 { ", inner Ethernet" } else { "" }
+        );
+    }
     // Preflight: the same checks `weft preflight` prints, logged line by line.
     let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(underlay_iface.clone()));
     facts.apply(&crate::host::facts::Assumptions::default());
     let preflight = crate::host::plan::decide(
         &facts,
-        &crate::host::plan::Request { encrypted: true, l2: false, overlay_ipv6: plan.overlay_addr.is_ipv6() },
+        &crate::host::plan::Request { encrypted: !plain, l2, overlay_ipv6: plan.overlay_addr.is_ipv6() },
     );
     for line in crate::host::preflight::log_lines(&preflight) {
         tracing::info!("preflight: {line}");
@@ -444,6 +547,42 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         )));
     }
 
+    if let (true, Some(l2plan)) = (plain, plan.l2.as_ref()) {
+        return crate::router::plain::launch(crate::router::plain::PlainLaunch {
+            bind: SocketAddr::new(plan.listen.ip(), l2plan.vxlan_port),
+            vteps: l2plan.vteps.clone(),
+            vni: plan.vni,
+            bridge: l2plan.bridge.clone(),
+            tap_name: plan.iface_name.clone(),
+            overlay: (plan.overlay_addr, plan.overlay_prefix),
+            overlay_mtu,
+            mac_age: l2plan.mac_age,
+            status_addr: plan.status_addr,
+            status_template: Status {
+                version: env!("CARGO_PKG_VERSION").into(),
+                name: plan.name.clone(),
+                public_key: plan.key.public_base64(),
+                interface: plan.iface_name.clone(),
+                overlay: format!("{}/{}", plan.overlay_addr, plan.overlay_prefix),
+                overlay_mtu,
+                underlay: underlay_iface.clone(),
+                underlay_mtu,
+                listen: SocketAddr::new(plan.listen.ip(), l2plan.vxlan_port).to_string(),
+                datapath: format!("{datapath} (plaintext VXLAN)"),
+                datapath_reason,
+                encryption: "none: plaintext VXLAN (--insecure-plaintext)".into(),
+                ..Status::default()
+            },
+        })
+        .map_err(|e| match e {
+            crate::router::plain::PlainError::Usage(m) => LaunchError::Usage(m),
+            crate::router::plain::PlainError::Runtime(m) => LaunchError::Runtime(m),
+        });
+    }
+    let Some(secret) = plan.secret else {
+        return Err(usage("no network secret: pass --secret-file FILE (the same file on every host) or set WEFT_SECRET"));
+    };
+
     // Bind everything before creating the device, so an error leaves nothing behind.
     let udp_socket = udp::bind_data_socket(plan.listen).map_err(|e| usage(e.to_string()))?;
     let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
@@ -457,8 +596,25 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             .map_err(|e| LaunchError::Runtime(format!("cannot handle signal {sig}: {e}")))?;
     }
 
-    let tun = TunDevice::create(&plan.iface_name, plan.overlay_addr, plan.overlay_prefix, overlay_mtu)
-        .map_err(|e| usage(e.to_string()))?;
+    // Bridge mode: a TAP on a bridge that holds the overlay address; the
+    // guard removes what weft created when launch returns.
+    let mut bridge_guard = None;
+    let tun = match &plan.l2 {
+        None => TunDevice::create(&plan.iface_name, plan.overlay_addr, plan.overlay_prefix, overlay_mtu)
+            .map_err(|e| usage(e.to_string()))?,
+        Some(l2plan) => {
+            let (tap, guard) = crate::datapath::tap::create(
+                &l2plan.bridge,
+                &plan.iface_name,
+                overlay_mtu,
+                Some((plan.overlay_addr, plan.overlay_prefix)),
+            )
+            .map_err(usage)?;
+            tracing::info!("bridge {} holds {}/{}; TAP {} on it, mtu {overlay_mtu}", l2plan.bridge, plan.overlay_addr, plan.overlay_prefix, tap.name());
+            bridge_guard = Some(guard);
+            tap
+        }
+    };
     tracing::info!(
         "created {} with {}/{} mtu {overlay_mtu}",
         tun.name(),
@@ -492,14 +648,14 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
 
     let link = Arc::new(LinkConfig {
         key: plan.key,
-        secret: plan.secret,
+        secret,
         hello: Hello {
             version: PROTOCOL_VERSION,
             name: plan.name,
             overlay: vec![format!("{}/{}", plan.overlay_addr, plan.overlay_prefix)],
             vni: plan.vni,
             udp_port: plan.listen.port(),
-            device: LocalDevice::Tun,
+            device: if l2 { LocalDevice::Bridge } else { LocalDevice::Tun },
             cipher: plan.cipher,
             aes_hw: crate::noise::cipher::cpu_has_aes(),
             session_index: 0,
@@ -513,12 +669,24 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         udp_socket,
         listener,
         signal_rx,
-        RouterConfig { link, peers: plan.peers, vni: plan.vni, overlay_mtu, status_template },
+        RouterConfig {
+            link,
+            peers: plan.peers,
+            vni: plan.vni,
+            overlay_mtu,
+            status_template,
+            l2: plan.l2.as_ref().zip(bridge_guard.as_ref()).map(|(p, g)| crate::router::L2Config {
+                bridge: p.bridge.clone(),
+                bridge_created: g.created(),
+                mac_age: p.mac_age,
+            }),
+        },
         snapshot,
     )
     .map_err(|e| LaunchError::Runtime(format!("cannot start the event loop: {e}")))?;
     router.run().map_err(|e| LaunchError::Runtime(format!("event loop failed: {e}")))?;
-    tracing::info!("stopped; the TUN device and its route are gone");
+    drop(bridge_guard);
+    tracing::info!("stopped; the {} device and its route are gone", if l2 { "TAP" } else { "TUN" });
     Ok(())
 }
 

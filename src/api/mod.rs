@@ -3,6 +3,7 @@
 //! `weft status`.
 
 pub mod http;
+pub mod l2_status;
 pub mod status;
 
 pub use status::{ConnectionStatus, DropCounters, Status};

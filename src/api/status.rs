@@ -101,6 +101,12 @@ pub struct Status {
     pub connections: Vec<ConnectionStatus>,
     /// Drops by reason.
     pub dropped: DropCounters,
+    /// Bridge mode: MAC learning, frame counters, static VTEPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<super::l2_status::L2Status>,
+    /// Frames per sealed datagram and datagrams per sendmmsg call.
+    #[serde(default)]
+    pub batching: super::l2_status::BatchCounters,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -174,6 +180,16 @@ impl Status {
             "        Dropped: malformed={} unknown-session={} auth={} replay={} bad-record={} no-route={} control-rejected={} send-errors={}\n",
             d.malformed, d.unknown_session, d.authentication, d.replay, d.bad_record, d.no_route, d.control_rejected, d.send_errors
         ));
+        if let Some(l2) = &self.l2 {
+            out.push_str(&l2.render_text());
+        }
+        let b = &self.batching;
+        if b.sealed_datagrams > 0 || b.sendmmsg_calls > 0 {
+            out.push_str(&format!(
+                "       Batching: sealed={} frames={} largest={}B sendmmsg={}/{} calls\n",
+                b.sealed_datagrams, b.sealed_frames, b.largest_datagram, b.sendmmsg_datagrams, b.sendmmsg_calls
+            ));
+        }
         out.push_str(&format!("    Connections: {}\n", self.connections.len()));
         for c in &self.connections {
             out.push_str(&c.line());

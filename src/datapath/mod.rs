@@ -2,5 +2,7 @@
 //! only move bytes; every decision is made in `router` from `mesh` and
 //! `noise` state.
 
+pub mod batch;
+pub mod tap;
 pub mod tun;
 pub mod udp;

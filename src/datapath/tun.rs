@@ -64,6 +64,12 @@ impl TunDevice {
         Ok(TunDevice { device, name: name.to_string() })
     }
 
+    /// Wraps a device opened elsewhere (the TAP of bridge mode, see
+    /// `datapath::tap`): reads and writes work the same for both layers.
+    pub fn from_device(device: tun_rs::SyncDevice, name: String) -> TunDevice {
+        TunDevice { device, name }
+    }
+
     /// Interface name.
     pub fn name(&self) -> &str {
         &self.name

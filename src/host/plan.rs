@@ -457,6 +457,9 @@ pub enum Mode {
     Xdp,
     /// Insist on the userspace UDP sleeve.
     Udp,
+    /// Plaintext, standard RFC 7348 VXLAN through the userspace UDP
+    /// datapath, bridge mode only; needs `--insecure-plaintext`.
+    Plain,
 }
 
 /// The datapath to run, plus a warning when `--force` overrode preflight.
@@ -487,7 +490,7 @@ pub fn resolve_mode(plan: &Plan, requested: Mode, force: bool) -> Result<ModeRes
         }
         Mode::Fastdp => Datapath::Fastdp,
         Mode::Xdp => Datapath::Xdp,
-        Mode::Udp => Datapath::Udp,
+        Mode::Udp | Mode::Plain => Datapath::Udp,
     };
     if datapath == Datapath::Fastdp && plan.encrypted {
         return Err(

@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod fdb;
 pub mod link;
 
 #[cfg(test)]

@@ -47,6 +47,8 @@ pub struct RouterConfig {
     pub overlay_mtu: u16,
     /// The static part of the status (name, addresses, datapath decision).
     pub status_template: Status,
+    /// Bridge (L2) mode: the device is a TAP and frames are switched by MAC.
+    pub l2: Option<super::l2::L2Config>,
 }
 
 struct Stream {
@@ -93,6 +95,14 @@ pub struct Router {
     started: Instant,
     last_status: Instant,
     buf: Box<[u8]>,
+    /// Bridge mode's MAC learning switch (`None` in TUN mode).
+    l2: Option<super::l2::L2Switch>,
+    /// Packs frames per peer into sealed datagrams, sent with sendmmsg.
+    batcher: super::sleeve_batch::SleeveBatcher,
+    /// Received datagrams, read with recvmmsg.
+    recv_batch: Option<crate::datapath::batch::RecvBatch>,
+    /// Reused list of flood targets (no allocation per frame).
+    flood_targets: Vec<Token>,
 }
 
 impl Router {
@@ -115,6 +125,7 @@ impl Router {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
+        let (cfg_l2, overlay_mtu, vni) = (cfg.l2.clone(), cfg.overlay_mtu, cfg.vni);
         let configured = cfg
             .peers
             .iter()
@@ -137,6 +148,13 @@ impl Router {
             started: now,
             last_status: now - STATUS_INTERVAL,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            l2: cfg_l2.as_ref().map(|c| super::l2::L2Switch::new(overlay_mtu, c.mac_age)),
+            batcher: super::sleeve_batch::SleeveBatcher::new(
+                super::sleeve_batch::SleeveBatcher::limit_for(overlay_mtu, if cfg_l2.is_some() { 14 } else { 0 }),
+                vni,
+            ),
+            recv_batch: Some(crate::datapath::batch::RecvBatch::new(BUF_LEN)),
+            flood_targets: Vec::new(),
         })
     }
 
@@ -194,56 +212,85 @@ impl Router {
     // ---- data path -------------------------------------------------------
 
     fn on_tun_readable(&mut self) {
-        // Leave room in front for the sleeve header and the record header,
-        // so the packet is read straight into place and sealed without a copy.
-        let front = sleeve::HEADER_LEN + sleeve::RECORD_OVERHEAD;
+        let fd = self.udp.as_raw_fd();
+        let now = Instant::now();
+        let l2_header = if self.l2.is_some() { 14 } else { 0 };
+        let max = usize::from(self.cfg.overlay_mtu).max(1500) + 64 + l2_header;
+        let mut burst = 0;
         loop {
-            let max = usize::from(self.cfg.overlay_mtu).max(1500) + 64;
-            let n = match self.tun.recv(&mut self.buf[front..front + max]) {
+            if burst == crate::datapath::batch::BATCH {
+                // Bound the latency of the first frame of a long burst.
+                self.batcher.flush(fd);
+                burst = 0;
+            }
+            let n = match self.tun.recv(&mut self.buf[..max]) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading the TUN device failed");
-                    return;
+                    tracing::warn!(error = %e, "reading the local device failed");
+                    break;
                 }
             };
-            let Some(dst) = destination(&self.buf[front..front + n]) else { continue };
-            let Some(&token) = self.routes.get(&dst) else {
-                // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
-                if !dst.is_multicast() {
-                    self.drops.no_route += 1;
+            burst += 1;
+            let frame = &self.buf[..n];
+            let Some(switch) = self.l2.as_mut() else {
+                let Some(dst) = destination(frame) else { continue };
+                let Some(&token) = self.routes.get(&dst) else {
+                    // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
+                    if !dst.is_multicast() {
+                        self.drops.no_route += 1;
+                    }
+                    continue;
+                };
+                if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, self.cfg.overlay_mtu, 0) {
+                    self.drops.send_errors += 1;
                 }
                 continue;
             };
-            let Some(stream) = self.streams.get_mut(&token) else { continue };
-            let Some(link) = stream.link.as_ref() else { continue };
-            let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else { continue };
-            let record = &mut self.buf[sleeve::HEADER_LEN..];
-            let Some(record_len) = sleeve::emit_record_header(record, self.cfg.vni, n) else { continue };
-            match session.seal(sleeve::MessageType::Data, &mut self.buf, record_len) {
-                Ok(len) => match self.udp.send_to(&self.buf[..len], endpoint) {
-                    Ok(_) => {
-                        stream.counters.tx_bytes += n as u64;
-                        stream.counters.tx_packets += 1;
+            match switch.from_local(frame, now) {
+                super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id)) => {
+                    if !queue_frame(&mut self.batcher, &mut self.streams, fd, Token(id), frame, self.cfg.overlay_mtu, 14) {
+                        self.drops.send_errors += 1;
                     }
-                    Err(_) => self.drops.send_errors += 1,
-                },
-                Err(_) => self.drops.send_errors += 1,
+                }
+                super::l2::Egress::Flood => {
+                    self.flood_targets.clear();
+                    self.flood_targets.extend(self.streams.iter().filter_map(|(t, s)| {
+                        s.link.as_ref().filter(|l| l.sending_session().is_some() && l.endpoint().is_some()).map(|_| *t)
+                    }));
+                    for &token in &self.flood_targets {
+                        if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, self.cfg.overlay_mtu, 14) {
+                            self.drops.send_errors += 1;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
+        self.batcher.flush(fd);
     }
 
     fn on_udp_readable(&mut self) {
+        let Some(mut batch) = self.recv_batch.take() else { return };
+        let fd = self.udp.as_raw_fd();
         loop {
-            let (n, from) = match self.udp.recv_from(&mut self.buf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            let count = match batch.recv(fd) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => continue, // ICMP errors surface here; nothing to do
             };
-            self.on_datagram(n, from);
+            for i in 0..count {
+                let Some((datagram, from)) = batch.get_mut(i) else { continue };
+                // on_datagram works on self.buf (opened in place there).
+                let n = datagram.len().min(self.buf.len());
+                self.buf[..n].copy_from_slice(&datagram[..n]);
+                self.on_datagram(n, from);
+            }
         }
+        self.recv_batch = Some(batch);
     }
 
     fn on_datagram(&mut self, n: usize, from: SocketAddr) {
@@ -284,9 +331,22 @@ impl Router {
                         self.drops.bad_record += 1;
                         break;
                     };
-                    if record.vni != self.cfg.vni || destination(record.frame).is_none() {
+                    if record.vni != self.cfg.vni {
                         self.drops.bad_record += 1;
                         continue;
+                    }
+                    match self.l2.as_mut() {
+                        // Counted by the switch (oversized, bad source) when refused.
+                        Some(switch) => {
+                            if !switch.from_remote(record.frame, crate::mesh::fdb::Location::Peer(token.0), now) {
+                                continue;
+                            }
+                        }
+                        None if destination(record.frame).is_none() => {
+                            self.drops.bad_record += 1;
+                            continue;
+                        }
+                        None => {}
                     }
                     match self.tun.send(record.frame) {
                         Ok(_) => {
@@ -533,6 +593,9 @@ impl Router {
         let _ = self.poll.registry().deregister(&mut s.stream);
         self.routes.retain(|_, t| *t != token);
         self.sessions.retain(|_, (t, _)| *t != token);
+        if let Some(switch) = self.l2.as_mut() {
+            switch.fdb.forget(crate::mesh::fdb::Location::Peer(token.0));
+        }
         let authenticated = s.link.as_ref().is_some_and(|l| l.remote_hello().is_some());
         if s.link.is_some() && !authenticated {
             self.drops.control_rejected += 1;
@@ -557,6 +620,9 @@ impl Router {
     }
 
     fn run_timers(&mut self, now: Instant) {
+        if let Some(switch) = self.l2.as_mut() {
+            switch.tick(now);
+        }
         let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {
             let Some(s) = self.streams.get_mut(&token) else { continue };
@@ -601,6 +667,17 @@ impl Router {
         let mut status = self.cfg.status_template.clone();
         status.uptime_secs = now.duration_since(self.started).as_secs();
         status.dropped = self.drops.clone();
+        status.dropped.send_errors += self.batcher.send_errors;
+        status.batching = self.batcher.counters.clone();
+        if let (Some(switch), Some(c)) = (self.l2.as_ref(), self.cfg.l2.as_ref()) {
+            status.l2 = Some(crate::api::l2_status::L2Status {
+                bridge: c.bridge.clone(),
+                bridge_created: c.bridge_created,
+                mac_age_secs: switch.fdb.age().as_secs(),
+                counters: switch.counters.clone(),
+                ..Default::default()
+            });
+        }
         let mut shown: Vec<Token> = Vec::new();
         let mut connections = Vec::new();
         for (i, cp) in self.configured.iter().enumerate() {
@@ -698,6 +775,32 @@ impl Router {
         }
         let _ = &self.signals;
     }
+}
+
+/// Queues `frame` for the peer on connection `token` into the batcher.
+/// False when the peer has no session yet or the frame cannot fit.
+fn queue_frame(
+    batcher: &mut super::sleeve_batch::SleeveBatcher,
+    streams: &mut HashMap<Token, Stream>,
+    fd: std::os::fd::RawFd,
+    token: Token,
+    frame: &[u8],
+    overlay_mtu: u16,
+    l2_header: usize,
+) -> bool {
+    let Some(stream) = streams.get_mut(&token) else { return true };
+    let Some(link) = stream.link.as_ref() else { return true };
+    let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else { return true };
+    // Never exceed the smaller of the two ends' MTUs (the lead's verified
+    // per-peer path MTU replaces this when it lands).
+    let mtu = link.remote_hello().map(|h| h.overlay_mtu.min(overlay_mtu)).unwrap_or(overlay_mtu);
+    let limit = super::sleeve_batch::SleeveBatcher::limit_for(mtu, l2_header);
+    if !batcher.push(fd, token.0, session, endpoint, limit, frame) {
+        return false;
+    }
+    stream.counters.tx_bytes += frame.len() as u64;
+    stream.counters.tx_packets += 1;
+    true
 }
 
 /// The destination address of an IP packet, or `None` if it is not one.

@@ -3,5 +3,9 @@
 //! and the control streams.
 
 mod event_loop;
+pub mod l2;
+pub mod plain;
+pub mod sleeve_batch;
 
 pub use event_loop::{Router, RouterConfig};
+pub use l2::L2Config;
