@@ -145,6 +145,9 @@ impl Container {
     pub fn new(name: &str, mac: &str, ip: &str, mtu: u16, host: &Netns, bridge: &str) -> Container {
         let ns = Netns::new(name);
         ns.run("sysctl -qw net.ipv4.icmp_echo_ignore_broadcasts=0");
+        // Announce the address with a gratuitous ARP whenever the link comes
+        // up, as container runtimes do after attaching or moving a container.
+        ns.run("sysctl -qw net.ipv4.conf.all.arp_notify=1 net.ipv4.conf.default.arp_notify=1");
         let c = Container { ns, mac: mac.into(), ip: ip.into(), host_end: format!("v{name}") };
         c.plug(host, bridge, mtu);
         c
@@ -158,8 +161,54 @@ impl Container {
         self.ns.run(&format!("ip link set {he}c name eth0"));
         self.ns.run(&format!("ip link set eth0 address {} mtu {mtu}", self.mac));
         self.ns.run(&format!("ip addr add {}/16 dev eth0", self.ip));
-        self.ns.run("ip link set eth0 up");
+        self.ns.run("sysctl -qw net.ipv4.conf.eth0.arp_notify=1");
+        // Host side on the bridge first, so the announcement is not lost.
         host.run(&format!("ip link set {he} mtu {mtu} master {bridge} up"));
+        self.ns.run("ip link set eth0 up");
+    }
+
+    /// Waits until the bridge forwards on the container's port, then sends
+    /// a gratuitous ARP from it (what a container runtime does after it
+    /// attaches or moves a container: `arping -U`).
+    pub fn announce(&self, host: &Netns) {
+        let he = self.host_end.clone();
+        let forwarding = wait_for(Duration::from_secs(3), || {
+            host.try_run(&format!("bridge link show dev {he}")).1.contains("state forwarding").then_some(())
+        });
+        assert!(forwarding.is_some(), "bridge port {he} never started forwarding");
+        let mac: Vec<u8> = self.mac.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+        let ip: std::net::Ipv4Addr = self.ip.parse().unwrap();
+        self.ns.enter(move || {
+            let mut frame = vec![0xffu8; 6];
+            frame.extend_from_slice(&mac);
+            frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+            frame.extend_from_slice(&mac);
+            frame.extend_from_slice(&ip.octets());
+            frame.extend_from_slice(&[0; 6]);
+            frame.extend_from_slice(&ip.octets());
+            frame.resize(60, 0);
+            // SAFETY: a raw packet socket we own, sockaddr_ll on the stack.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+                let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_ifindex = ifindex as i32;
+                sll.sll_halen = 6;
+                sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+                let n = libc::sendto(
+                    fd,
+                    frame.as_ptr() as *const libc::c_void,
+                    frame.len(),
+                    0,
+                    &sll as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(n, frame.len() as isize, "gratuitous ARP: {}", std::io::Error::last_os_error());
+                libc::close(fd);
+            }
+        });
     }
 
     /// Unplugs the container from whatever host it is on.
