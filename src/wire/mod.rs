@@ -20,3 +20,12 @@ pub type Result<T> = core::result::Result<T, WireError>;
 
 /// A byte range inside a header.
 pub type Field = core::ops::Range<usize>;
+
+pub mod arp;
+pub mod checksum;
+pub mod ethernet;
+pub mod icmpv4;
+pub mod icmpv6;
+pub mod ipv4;
+pub mod ipv6;
+pub mod udp;
