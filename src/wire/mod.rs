@@ -29,3 +29,7 @@ pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod udp;
+pub mod totality;
+
+#[cfg(test)]
+mod fuzz_tests;
