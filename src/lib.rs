@@ -6,3 +6,5 @@
 
 pub mod wire;
 pub mod host;
+pub mod noise;
+pub mod mesh;

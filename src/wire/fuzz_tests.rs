@@ -76,3 +76,30 @@ proptest! {
         totality::exercise_all(&bytes);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Well-formed record chains (with arbitrary frames and a possibly
+    /// chopped tail) parse back frame by frame.
+    #[test]
+    fn sleeve_record_chains(
+        frames in proptest::collection::vec((0u32..=0x00ff_ffff, header_like_bytes()), 0..5),
+        chop in 0usize..16,
+    ) {
+        let mut plaintext = vec![0u8; frames.iter().map(|(_, f)| f.len() + super::sleeve::RECORD_OVERHEAD).sum()];
+        let mut at = 0;
+        for (vni, frame) in &frames {
+            at += super::sleeve::emit_record(&mut plaintext[at..], *vni, frame).unwrap();
+        }
+        let parsed: Vec<_> = super::sleeve::Records::new(&plaintext).collect();
+        prop_assert_eq!(parsed.len(), frames.len());
+        for (record, (vni, frame)) in parsed.iter().zip(&frames) {
+            let record = record.unwrap();
+            prop_assert_eq!(record.vni, *vni);
+            prop_assert_eq!(record.frame, &frame[..]);
+        }
+        let chopped = &plaintext[..plaintext.len().saturating_sub(chop)];
+        totality::exercise_all(chopped);
+    }
+}

@@ -24,12 +24,16 @@ pub type Field = core::ops::Range<usize>;
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod heartbeat;
 pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
-pub mod udp;
+pub mod overhead;
+pub mod sleeve;
 pub mod totality;
+pub mod udp;
+pub mod vxlan;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -8,7 +8,7 @@
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{arp, checksum, ethernet, icmpv4, icmpv6, ipv4, ipv6, udp};
+use super::{arp, checksum, ethernet, heartbeat, icmpv4, icmpv6, ipv4, ipv6, overhead, sleeve, udp, vxlan};
 
 /// Runs every parser on `bytes` directly and as the payload of the
 /// protocols that can carry it.
@@ -23,6 +23,11 @@ pub fn exercise_all(bytes: &[u8]) {
     exercise_arp(bytes);
     exercise_ipv6_extension_walk(bytes);
     exercise_error_builders(bytes);
+    exercise_vxlan(bytes);
+    exercise_sleeve(bytes);
+    exercise_records(bytes);
+    exercise_heartbeat(bytes);
+    exercise_overhead(bytes);
 }
 
 /// The fast checksum must equal the plain RFC 1071 loop.
@@ -242,6 +247,77 @@ pub fn exercise_error_builders(bytes: &[u8]) {
                 assert!(bytes.starts_with(data), "quote is not a prefix of the offending packet");
             }
             other => panic!("packet-too-big reply parsed as {other:?}"),
+        }
+    }
+}
+
+/// VXLAN header: parse/emit round trip, then the inner Ethernet frame.
+pub fn exercise_vxlan(bytes: &[u8]) {
+    let Ok(packet) = vxlan::Packet::new_checked(bytes) else { return };
+    let _ = (packet.flags(), packet.vni());
+    let Ok(repr) = vxlan::Repr::parse(&packet) else { return };
+    assert!(repr.vni <= vxlan::MAX_VNI);
+    let mut header = [0u8; vxlan::HEADER_LEN];
+    repr.emit(&mut vxlan::Packet::new_unchecked(&mut header[..]));
+    let again = vxlan::Packet::new_checked(&header[..]).expect("emitted header is checked");
+    assert_eq!(vxlan::Repr::parse(&again), Ok(repr), "vxlan round trip changed the VNI");
+    exercise_ethernet(packet.payload());
+}
+
+/// Sleeve datagram header: parse/emit round trip.
+pub fn exercise_sleeve(bytes: &[u8]) {
+    let Ok(packet) = sleeve::Packet::new_checked(bytes) else { return };
+    let _ = (packet.receiver_index(), packet.counter(), packet.header(), packet.sealed());
+    let repr = sleeve::Repr::parse(&packet).expect("checked sleeve packet must parse");
+    let mut buffer = [0u8; sleeve::HEADER_LEN + sleeve::TAG_LEN];
+    repr.emit(&mut sleeve::Packet::new_unchecked(&mut buffer[..]));
+    assert_eq!(&buffer[..sleeve::HEADER_LEN], &bytes[..sleeve::HEADER_LEN], "sleeve emit differs from input");
+}
+
+/// Sleeve DATA plaintext: every record, and every frame in it as IP and
+/// as Ethernet; records re-emitted must give the same bytes.
+pub fn exercise_records(bytes: &[u8]) {
+    let mut consumed = 0usize;
+    let mut rebuilt = [0u8; 2048];
+    for (count, record) in sleeve::Records::new(bytes).enumerate() {
+        assert!(count <= bytes.len() / sleeve::RECORD_OVERHEAD, "more records than bytes allow");
+        let Ok(record) = record else { break };
+        exercise_ipv4(record.frame);
+        exercise_ipv6(record.frame);
+        exercise_ethernet(record.frame);
+        let len = sleeve::RECORD_OVERHEAD + record.frame.len();
+        if len <= rebuilt.len() {
+            let written = sleeve::emit_record(&mut rebuilt, record.vni, record.frame).expect("record fits");
+            assert_eq!(written, len);
+            let again = sleeve::Records::new(&rebuilt[..written]).next();
+            assert_eq!(again, Some(Ok(record)), "record round trip changed it");
+        }
+        consumed += len;
+    }
+    assert!(consumed <= bytes.len());
+}
+
+/// Heartbeat plaintext: parse/emit round trip.
+pub fn exercise_heartbeat(bytes: &[u8]) {
+    let Ok(repr) = heartbeat::Repr::parse(bytes) else { return };
+    let mut buffer = [0u8; heartbeat::LEN];
+    assert_eq!(repr.emit(&mut buffer), Ok(heartbeat::LEN));
+    assert_eq!(&buffer[..], &bytes[..heartbeat::LEN], "heartbeat emit differs from input");
+}
+
+/// Overhead math on an arbitrary underlay MTU never panics and never
+/// yields more than the underlay carries.
+pub fn exercise_overhead(bytes: &[u8]) {
+    let Some(b) = bytes.get(..2) else { return };
+    let underlay_mtu = u16::from_be_bytes([b[0], b[1]]);
+    for framing in [overhead::Framing::Sleeve, overhead::Framing::PlainVxlan] {
+        for ipv6_underlay in [false, true] {
+            for l2 in [false, true] {
+                if let Some(mtu) = overhead::overlay_mtu(underlay_mtu, framing, ipv6_underlay, l2) {
+                    let used = u32::from(mtu) + u32::from(overhead::datagram_overhead(framing, ipv6_underlay));
+                    assert!(used <= u32::from(underlay_mtu), "overlay MTU {mtu} overflows underlay {underlay_mtu}");
+                }
+            }
         }
     }
 }

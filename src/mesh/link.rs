@@ -1,0 +1,633 @@
+//! One control connection to a peer, as a sans-IO state machine.
+//!
+//! The router feeds it bytes from the TCP stream, authenticated datagrams
+//! from the UDP socket, and the time; it answers with [`Output`]s: bytes to
+//! write, datagrams to send, sessions to install, and a reason when the
+//! connection must close. Nothing in here does I/O or reads the clock.
+
+use super::control::{self, negotiate_cipher, ControlMessage, Hello, PROTOCOL_VERSION};
+use crate::noise::handshake::{DataKeys, Established};
+use crate::noise::session::REKEY_AFTER_MESSAGES;
+use crate::noise::{CipherKind, Handshake, NetworkSecret, Rekey, Session, StaticKey};
+use crate::wire::{heartbeat, sleeve};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Timer settings. Defaults are the issue's; tests shorten some through the
+/// config file.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    /// Heartbeat interval until the first reply arrives.
+    pub heartbeat_connecting: Duration,
+    /// Heartbeat interval once established.
+    pub heartbeat_established: Duration,
+    /// Missed heartbeat intervals after which the peer is down.
+    pub missed_limit: u32,
+    /// Start a rekey when the current epoch is this old.
+    pub rekey_after: Duration,
+    /// Give up a handshake (or a rekey) that takes longer than this.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            heartbeat_connecting: Duration::from_millis(500),
+            heartbeat_established: Duration::from_secs(10),
+            missed_limit: 6,
+            rekey_after: Duration::from_secs(120),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every link of this host shares.
+#[derive(Debug)]
+pub struct LinkConfig {
+    /// This host's static key.
+    pub key: StaticKey,
+    /// The network secret.
+    pub secret: NetworkSecret,
+    /// This host's hello; `session_index` is filled in per link.
+    pub hello: Hello,
+    /// Timer settings.
+    pub timers: Timers,
+}
+
+/// Who opened the TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We connected to a configured peer.
+    Outbound,
+    /// The peer connected to us.
+    Inbound,
+}
+
+impl Direction {
+    /// Arrow used in status lines, as in `weave status connections`.
+    pub fn arrow(self) -> &'static str {
+        match self {
+            Direction::Outbound => "->",
+            Direction::Inbound => "<-",
+        }
+    }
+}
+
+/// Where the link is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// TCP is up; the Noise handshake and hellos are in progress.
+    Handshaking,
+    /// Authenticated; waiting for the first heartbeat reply over UDP.
+    Connecting,
+    /// Heartbeats flow over UDP.
+    Established,
+    /// Closed, with the reason.
+    Failed(String),
+}
+
+impl LinkState {
+    /// Short name for status.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LinkState::Handshaking | LinkState::Connecting => "connecting",
+            LinkState::Established => "established",
+            LinkState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What the router must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Write these bytes to the control connection.
+    Control(Vec<u8>),
+    /// Send this datagram over UDP.
+    Datagram {
+        /// Destination.
+        to: SocketAddr,
+        /// The sealed datagram.
+        bytes: Vec<u8>,
+    },
+    /// A session to accept datagrams for (by its local index).
+    SessionUp(Arc<Session>),
+    /// A session retired: forget its local index.
+    SessionDown(u32),
+    /// Handshake and hellos are done: the peer's identity and hello.
+    PeerReady {
+        /// The peer's authenticated static key.
+        remote_static: [u8; 32],
+        /// What the peer said about itself.
+        hello: Hello,
+    },
+    /// The first heartbeat reply arrived over UDP.
+    Established,
+    /// Close the connection; the link is dead.
+    Close(String),
+}
+
+/// One control connection and the data sessions it keyed.
+pub struct Link {
+    /// Who connected.
+    pub direction: Direction,
+    /// The TCP peer address.
+    pub tcp_peer: SocketAddr,
+    state: LinkState,
+    cfg: Arc<LinkConfig>,
+    handshake: Option<Handshake>,
+    transport: Option<snow::TransportState>,
+    handshake_hash: [u8; 32],
+    first_keys: Option<DataKeys>,
+    first_index: u32,
+    remote_static: Option<[u8; 32]>,
+    remote_hello: Option<Hello>,
+    cipher: Option<CipherKind>,
+    current: Option<Arc<Session>>,
+    previous: Option<Arc<Session>>,
+    next: Option<Arc<Session>>,
+    rekey: Option<(Rekey, u32, Instant)>,
+    endpoint: Option<SocketAddr>,
+    rx_buf: Vec<u8>,
+    outputs: VecDeque<Output>,
+    created: Instant,
+    connecting_since: Option<Instant>,
+    last_rx: Option<Instant>,
+    next_heartbeat: Option<Instant>,
+    heartbeat_seq: u32,
+    rtt: Option<Duration>,
+}
+
+fn random_index() -> u32 {
+    let mut b = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("OS random source works");
+    u32::from_ne_bytes(b)
+}
+
+impl Link {
+    /// A link for a fresh TCP connection. An outbound link writes the first
+    /// handshake message at once.
+    pub fn new(direction: Direction, tcp_peer: SocketAddr, cfg: Arc<LinkConfig>, now: Instant) -> Link {
+        let mut link = Link {
+            direction,
+            tcp_peer,
+            state: LinkState::Handshaking,
+            handshake: None,
+            transport: None,
+            handshake_hash: [0; 32],
+            first_keys: None,
+            first_index: random_index(),
+            remote_static: None,
+            remote_hello: None,
+            cipher: None,
+            current: None,
+            previous: None,
+            next: None,
+            rekey: None,
+            endpoint: None,
+            rx_buf: Vec::new(),
+            outputs: VecDeque::new(),
+            created: now,
+            connecting_since: None,
+            last_rx: None,
+            next_heartbeat: None,
+            heartbeat_seq: 0,
+            rtt: None,
+            cfg,
+        };
+        let started = match direction {
+            Direction::Outbound => Handshake::initiator(&link.cfg.key, &link.cfg.secret),
+            Direction::Inbound => Handshake::responder(&link.cfg.key, &link.cfg.secret),
+        };
+        match started {
+            Ok(hs) => {
+                link.handshake = Some(hs);
+                if direction == Direction::Outbound {
+                    link.write_handshake();
+                }
+            }
+            Err(e) => link.fail(format!("cannot start handshake: {e}")),
+        }
+        link
+    }
+
+    /// The link's state.
+    pub fn state(&self) -> &LinkState {
+        &self.state
+    }
+
+    /// Whether the link has failed and must be dropped.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, LinkState::Failed(_))
+    }
+
+    /// The peer's static key, once authenticated.
+    pub fn remote_static(&self) -> Option<&[u8; 32]> {
+        self.remote_static.as_ref()
+    }
+
+    /// The peer's hello.
+    pub fn remote_hello(&self) -> Option<&Hello> {
+        self.remote_hello.as_ref()
+    }
+
+    /// The session to seal outgoing data with.
+    pub fn sending_session(&self) -> Option<&Arc<Session>> {
+        self.current.as_ref()
+    }
+
+    /// Where to send datagrams for this peer.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
+    }
+
+    /// The agreed data cipher.
+    pub fn cipher(&self) -> Option<CipherKind> {
+        self.cipher
+    }
+
+    /// The last measured round-trip time over UDP.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// When this link was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// The next output to act on.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.is_closed() {
+            return;
+        }
+        for s in [self.current.take(), self.previous.take(), self.next.take()].into_iter().flatten() {
+            self.outputs.push_back(Output::SessionDown(s.local_index));
+        }
+        self.state = LinkState::Failed(reason.clone());
+        self.outputs.push_back(Output::Close(reason));
+    }
+
+    /// The TCP connection closed or failed underneath.
+    pub fn on_control_closed(&mut self, reason: &str) {
+        self.fail(reason.to_string());
+    }
+
+    /// Sends a goodbye before a deliberate close.
+    pub fn goodbye(&mut self, reason: &str) {
+        if self.transport.is_some() && !self.is_closed() {
+            self.send_control(&ControlMessage::Goodbye { reason: reason.into() });
+        }
+    }
+
+    fn write_handshake(&mut self) {
+        let Some(hs) = self.handshake.as_mut() else { return };
+        match hs.write(&[]) {
+            Ok(msg) => {
+                let mut out = Vec::with_capacity(msg.len() + 2);
+                control::push_frame(&mut out, &msg);
+                self.outputs.push_back(Output::Control(out));
+            }
+            Err(e) => {
+                self.fail(format!("handshake failed: {e}"));
+                return;
+            }
+        }
+        self.maybe_finish_handshake();
+    }
+
+    fn maybe_finish_handshake(&mut self) {
+        if !self.handshake.as_ref().is_some_and(|h| h.is_finished()) {
+            return;
+        }
+        let hs = self.handshake.take().expect("checked above");
+        match hs.finish() {
+            Ok(Established { transport, remote_static, data_keys, handshake_hash }) => {
+                self.transport = Some(transport);
+                self.remote_static = Some(remote_static);
+                self.first_keys = Some(data_keys);
+                self.handshake_hash = handshake_hash;
+                let mut hello = self.cfg.hello.clone();
+                hello.session_index = self.first_index;
+                self.send_control(&ControlMessage::Hello(hello));
+            }
+            Err(e) => self.fail(format!("handshake failed: {e}")),
+        }
+    }
+
+    fn send_control(&mut self, message: &ControlMessage) {
+        let Some(t) = self.transport.as_mut() else { return };
+        let plain = message.encode();
+        let mut buf = vec![0u8; plain.len() + 16];
+        match t.write_message(&plain, &mut buf) {
+            Ok(n) => {
+                let mut out = Vec::with_capacity(n + 2);
+                control::push_frame(&mut out, &buf[..n]);
+                self.outputs.push_back(Output::Control(out));
+            }
+            Err(e) => self.fail(format!("cannot encrypt control message: {e}")),
+        }
+    }
+
+    /// Bytes arrived on the control connection.
+    pub fn on_control_bytes(&mut self, bytes: &[u8], now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        self.rx_buf.extend_from_slice(bytes);
+        let mut consumed = 0;
+        while !self.is_closed() {
+            let Some((body, used)) = control::take_frame(&self.rx_buf[consumed..]) else { break };
+            let body = body.to_vec();
+            consumed += used;
+            self.on_frame(&body, now);
+        }
+        self.rx_buf.drain(..consumed);
+        // A peer that sends more than a maximal frame without completing one
+        // is not speaking our protocol.
+        if self.rx_buf.len() > control::MAX_FRAME + 2 {
+            self.fail("control stream desynchronised".into());
+        }
+    }
+
+    fn on_frame(&mut self, body: &[u8], now: Instant) {
+        if let Some(hs) = self.handshake.as_mut() {
+            if let Err(e) = hs.read(body) {
+                self.fail(format!("handshake with {} failed: {e}", self.tcp_peer));
+                return;
+            }
+            if self.handshake.as_ref().is_some_and(|h| h.is_my_turn() && !h.is_finished()) {
+                self.write_handshake();
+            } else {
+                self.maybe_finish_handshake();
+            }
+            return;
+        }
+        let Some(t) = self.transport.as_mut() else { return };
+        let mut plain = vec![0u8; body.len()];
+        let n = match t.read_message(body, &mut plain) {
+            Ok(n) => n,
+            Err(_) => {
+                self.fail("control message did not authenticate".into());
+                return;
+            }
+        };
+        match ControlMessage::decode(&plain[..n]) {
+            Ok(m) => self.on_message(m, now),
+            Err(e) => self.fail(format!("malformed control message: {e}")),
+        }
+    }
+
+    fn on_message(&mut self, message: ControlMessage, now: Instant) {
+        match message {
+            ControlMessage::Hello(hello) => self.on_hello(hello, now),
+            ControlMessage::RekeyInit { index, noise } => {
+                if self.direction != Direction::Inbound || self.cipher.is_none() {
+                    return self.fail("unexpected rekey from the connection's responder".into());
+                }
+                let keys = Rekey::responder(&self.handshake_hash).and_then(|mut r| {
+                    r.read(&noise)?;
+                    let reply = r.write()?;
+                    Ok((reply, r.finish()?))
+                });
+                match keys {
+                    Ok((reply, keys)) => {
+                        let local = random_index();
+                        let session = Arc::new(Session::new(self.cipher.expect("checked"), &keys, local, index, now));
+                        if let Some(old) = self.next.replace(session.clone()) {
+                            self.outputs.push_back(Output::SessionDown(old.local_index));
+                        }
+                        self.outputs.push_back(Output::SessionUp(session));
+                        self.send_control(&ControlMessage::RekeyResp { index: local, noise: reply });
+                    }
+                    Err(e) => self.fail(format!("rekey failed: {e}")),
+                }
+            }
+            ControlMessage::RekeyResp { index, noise } => {
+                let Some((mut rekey, local, _)) = self.rekey.take() else {
+                    return self.fail("unexpected rekey response".into());
+                };
+                match rekey.read(&noise).and_then(|_| rekey.finish()) {
+                    Ok(keys) => {
+                        let session = Arc::new(Session::new(self.cipher.expect("rekey only after hello"), &keys, local, index, now));
+                        self.rotate_in(session);
+                        // Tell the responder at once that the new epoch is live.
+                        self.send_heartbeat(heartbeat::Kind::Request, 0, now, None);
+                    }
+                    Err(e) => self.fail(format!("rekey failed: {e}")),
+                }
+            }
+            ControlMessage::PmtuAck { .. } => {}
+            ControlMessage::Goodbye { reason } => self.fail(format!("peer closed the connection: {reason}")),
+        }
+    }
+
+    fn rotate_in(&mut self, session: Arc<Session>) {
+        if let Some(old) = self.previous.take() {
+            self.outputs.push_back(Output::SessionDown(old.local_index));
+        }
+        self.previous = self.current.take();
+        self.outputs.push_back(Output::SessionUp(session.clone()));
+        self.current = Some(session);
+    }
+
+    fn on_hello(&mut self, hello: Hello, now: Instant) {
+        if self.remote_hello.is_some() {
+            return self.fail("peer sent a second hello".into());
+        }
+        let ours = &self.cfg.hello;
+        if hello.version != PROTOCOL_VERSION {
+            return self.fail(format!(
+                "peer speaks control protocol version {} and this host {}: run the same weft release on both",
+                hello.version, PROTOCOL_VERSION
+            ));
+        }
+        if hello.vni != ours.vni {
+            return self.fail(format!("VNI mismatch: this host uses {} and the peer {}; set the same --vni on both", ours.vni, hello.vni));
+        }
+        if hello.device != ours.device {
+            return self.fail(format!(
+                "device mismatch: this host runs {:?} mode and the peer {:?}; use the same --iface on both",
+                ours.device, hello.device
+            ));
+        }
+        let cipher = match negotiate_cipher(ours, &hello) {
+            Ok(c) => c,
+            Err(e) => return self.fail(e),
+        };
+        let Some(keys) = self.first_keys.take() else {
+            return self.fail("hello before the handshake finished".into());
+        };
+        self.cipher = Some(cipher);
+        let session = Arc::new(Session::new(cipher, &keys, self.first_index, hello.session_index, now));
+        self.endpoint = Some(match self.direction {
+            Direction::Outbound => self.tcp_peer,
+            Direction::Inbound => SocketAddr::new(self.tcp_peer.ip(), hello.udp_port),
+        });
+        self.remote_hello = Some(hello.clone());
+        self.rotate_in(session);
+        self.outputs.push_back(Output::PeerReady {
+            remote_static: self.remote_static.expect("set with the transport"),
+            hello,
+        });
+        self.state = LinkState::Connecting;
+        self.connecting_since = Some(now);
+        self.next_heartbeat = Some(now);
+    }
+
+    /// A datagram for one of this link's sessions authenticated. Keeps the
+    /// peer alive, follows its address (NAT, roaming) and confirms a rekey.
+    #[inline]
+    pub fn on_authenticated(&mut self, local_index: u32, from: SocketAddr, now: Instant) {
+        self.last_rx = Some(now);
+        if self.endpoint != Some(from) {
+            tracing::info!(peer = %self.tcp_peer, old = ?self.endpoint, new = %from, "peer's UDP address changed; following it");
+            self.endpoint = Some(from);
+        }
+        if self.next.as_ref().is_some_and(|n| n.local_index == local_index) {
+            let next = self.next.take().expect("checked");
+            // Already announced with SessionUp; rotate without announcing again.
+            if let Some(old) = self.previous.take() {
+                self.outputs.push_back(Output::SessionDown(old.local_index));
+            }
+            self.previous = self.current.replace(next);
+        }
+    }
+
+    /// The plaintext of an authenticated heartbeat.
+    pub fn on_heartbeat(&mut self, plaintext: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(hb) = heartbeat::Repr::parse(plaintext) else { return };
+        match hb.kind {
+            heartbeat::Kind::Request => {
+                self.send_heartbeat(heartbeat::Kind::Reply, hb.seq, now, Some((hb.echo_micros, from)));
+            }
+            heartbeat::Kind::Reply => {
+                let sent = self.created + Duration::from_micros(hb.echo_micros);
+                if let Some(rtt) = now.checked_duration_since(sent) {
+                    self.rtt = Some(rtt);
+                }
+                if self.state == LinkState::Connecting {
+                    self.state = LinkState::Established;
+                    self.next_heartbeat = Some(now + self.cfg.timers.heartbeat_established);
+                    self.outputs.push_back(Output::Established);
+                }
+            }
+        }
+    }
+
+    fn send_heartbeat(&mut self, kind: heartbeat::Kind, seq: u32, now: Instant, reply_to: Option<(u64, SocketAddr)>) {
+        let (Some(session), Some(endpoint)) = (self.current.as_ref(), self.endpoint) else { return };
+        let (echo_micros, to) = match reply_to {
+            Some((echo, from)) => (echo, from),
+            None => {
+                self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
+                (now.saturating_duration_since(self.created).as_micros() as u64, endpoint)
+            }
+        };
+        let seq = if reply_to.is_some() { seq } else { self.heartbeat_seq };
+        let mut buf = vec![0u8; sleeve::HEADER_LEN + heartbeat::LEN + sleeve::TAG_LEN];
+        let repr = heartbeat::Repr { kind, seq, echo_micros };
+        if repr.emit(&mut buf[sleeve::HEADER_LEN..]).is_err() {
+            return;
+        }
+        if let Ok(n) = session.seal(sleeve::MessageType::Heartbeat, &mut buf, heartbeat::LEN) {
+            buf.truncate(n);
+            self.outputs.push_back(Output::Datagram { to, bytes: buf });
+        }
+    }
+
+    /// When [`Link::poll`] next has work, so the event loop can sleep.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        let timers = &self.cfg.timers;
+        let mut t = self.next_heartbeat;
+        if self.handshake.is_some() || self.remote_hello.is_none() {
+            let deadline = self.created + timers.handshake_timeout;
+            t = Some(t.map_or(deadline, |x| x.min(deadline)));
+        }
+        t
+    }
+
+    /// Runs timers: heartbeats, liveness, handshake timeout, rekey.
+    pub fn poll(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        let timers = self.cfg.timers.clone();
+        if self.remote_hello.is_none() {
+            if now.duration_since(self.created) > timers.handshake_timeout {
+                self.fail(format!(
+                    "no complete handshake with {} within {} s: is weft running there with the same version?",
+                    self.tcp_peer,
+                    timers.handshake_timeout.as_secs()
+                ));
+            }
+            return;
+        }
+        let established = self.state == LinkState::Established;
+        let interval = if established { timers.heartbeat_established } else { timers.heartbeat_connecting };
+        let since = self.last_rx.or(self.connecting_since).unwrap_or(now);
+        let silence = now.saturating_duration_since(since);
+        if silence > interval * timers.missed_limit {
+            let port = self.endpoint.map(|e| e.port()).unwrap_or(0);
+            let reason = if established {
+                format!("peer down: {} heartbeats missed ({} s without UDP from {:?})", timers.missed_limit, silence.as_secs(), self.endpoint)
+            } else {
+                format!(
+                    "no heartbeat reply over UDP from {:?} within {:.1} s: check that UDP port {} is open between the hosts",
+                    self.endpoint,
+                    silence.as_secs_f64(),
+                    port
+                )
+            };
+            return self.fail(reason);
+        }
+        if self.next_heartbeat.is_some_and(|t| now >= t) {
+            self.send_heartbeat(heartbeat::Kind::Request, 0, now, None);
+            self.next_heartbeat = Some(now + interval);
+        }
+        // Rekey: the connection's initiator drives it.
+        if let Some((_, _, started)) = &self.rekey {
+            if now.duration_since(*started) > timers.handshake_timeout {
+                tracing::warn!(peer = %self.tcp_peer, "rekey got no answer in time; retrying");
+                self.rekey = None;
+            }
+        }
+        if self.direction == Direction::Outbound && self.rekey.is_none() {
+            if let Some(cur) = &self.current {
+                let due = now.duration_since(cur.established_at) >= timers.rekey_after
+                    || cur.sent_messages() >= REKEY_AFTER_MESSAGES;
+                if due {
+                    self.start_rekey(now);
+                }
+            }
+        }
+    }
+
+    fn start_rekey(&mut self, now: Instant) {
+        let started = Rekey::initiator(&self.handshake_hash).and_then(|mut r| {
+            let msg = r.write()?;
+            Ok((r, msg))
+        });
+        match started {
+            Ok((rekey, msg)) => {
+                let index = random_index();
+                self.rekey = Some((rekey, index, now));
+                self.send_control(&ControlMessage::RekeyInit { index, noise: msg });
+            }
+            Err(e) => self.fail(format!("cannot start rekey: {e}")),
+        }
+    }
+
+    /// Local indices of every live session (for the router's map).
+    pub fn session_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        [&self.current, &self.previous, &self.next].into_iter().flatten().map(|s| s.local_index)
+    }
+}

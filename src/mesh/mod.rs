@@ -1,0 +1,9 @@
+//! Sans-IO control plane: control messages, the per-peer link state
+//! machine (handshake, hello, heartbeats, rekey), reconnect backoff.
+
+pub mod backoff;
+pub mod control;
+pub mod link;
+
+#[cfg(test)]
+mod sim_tests;

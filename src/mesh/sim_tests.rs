@@ -1,0 +1,186 @@
+//! Two links wired back to back in memory: the whole control protocol
+//! (handshake, hellos, heartbeats, rekey, failures) without sockets.
+
+use super::control::{CipherChoice, Hello, LocalDevice, PROTOCOL_VERSION};
+use super::link::{Direction, Link, LinkConfig, Output, Timers};
+use crate::noise::{NetworkSecret, Session, StaticKey};
+use crate::wire::sleeve;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn cfg(secret: &[u8], vni: u32, timers: Timers) -> Arc<LinkConfig> {
+    Arc::new(LinkConfig {
+        key: StaticKey::generate(),
+        secret: NetworkSecret::from_bytes(secret, "test").unwrap(),
+        hello: Hello {
+            version: PROTOCOL_VERSION,
+            name: "sim".into(),
+            overlay: vec!["10.40.0.1/16".into()],
+            vni,
+            udp_port: 6783,
+            device: LocalDevice::Tun,
+            cipher: CipherChoice::Auto,
+            aes_hw: true,
+            session_index: 0,
+            overlay_mtu: 1430,
+        },
+        timers,
+    })
+}
+
+struct Side {
+    link: Link,
+    addr: SocketAddr,
+    sessions: HashMap<u32, Arc<Session>>,
+    closed: Option<String>,
+    established: bool,
+    ready: bool,
+}
+
+/// Moves outputs from one side to the other; drops datagrams when
+/// `udp_works` is false. Returns (progressed, datagrams delivered).
+fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool, usize) {
+    let (mut progressed, mut delivered) = (false, 0);
+    while let Some(out) = from.link.poll_output() {
+        progressed = true;
+        match out {
+            Output::Control(bytes) => to.link.on_control_bytes(&bytes, now),
+            Output::Datagram { mut bytes, .. } => {
+                if !udp_works {
+                    continue;
+                }
+                let repr = sleeve::Repr::parse(&sleeve::Packet::new_checked(&bytes[..]).unwrap()).unwrap();
+                let session = to.sessions.get(&repr.receiver_index).cloned().expect("known index");
+                let n = session.open(repr.counter, &mut bytes).unwrap();
+                to.link.on_authenticated(repr.receiver_index, from.addr, now);
+                to.link.on_heartbeat(&bytes[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n], from.addr, now);
+                delivered += 1;
+            }
+            Output::SessionUp(s) => {
+                from.sessions.insert(s.local_index, s);
+            }
+            Output::SessionDown(i) => {
+                from.sessions.remove(&i);
+            }
+            Output::PeerReady { .. } => from.ready = true,
+            Output::Established => from.established = true,
+            Output::Close(r) => {
+                from.closed = Some(r);
+                to.link.on_control_closed("peer closed");
+            }
+        }
+    }
+    (progressed, delivered)
+}
+
+/// Runs both sides until neither has output.
+fn pump(a: &mut Side, b: &mut Side, now: Instant, udp_works: bool) -> usize {
+    let mut delivered = 0;
+    loop {
+        let (p1, d1) = drain(a, b, now, udp_works);
+        let (p2, d2) = drain(b, a, now, udp_works);
+        delivered += d1 + d2;
+        if !p1 && !p2 {
+            return delivered;
+        }
+    }
+}
+
+fn sides(ca: Arc<LinkConfig>, cb: Arc<LinkConfig>, now: Instant) -> (Side, Side) {
+    let a_addr: SocketAddr = "198.18.0.1:6783".parse().unwrap();
+    let b_addr: SocketAddr = "198.18.0.2:6783".parse().unwrap();
+    let mk = |link, addr| Side { link, addr, sessions: HashMap::new(), closed: None, established: false, ready: false };
+    (
+        mk(Link::new(Direction::Outbound, b_addr, ca, now), a_addr),
+        mk(Link::new(Direction::Inbound, a_addr, cb, now), b_addr),
+    )
+}
+
+#[test]
+fn handshake_hello_and_heartbeats_establish() {
+    let t0 = Instant::now();
+    let (ca, cb) = (cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()));
+    let kb = cb.key.public();
+    let (mut a, mut b) = sides(ca, cb, t0);
+    pump(&mut a, &mut b, t0, true);
+    assert!(a.ready && b.ready);
+    assert_eq!(a.link.remote_static(), Some(&kb));
+    a.link.poll(t0);
+    b.link.poll(t0);
+    assert!(pump(&mut a, &mut b, t0, true) >= 2);
+    assert!(a.established && b.established, "{:?} {:?}", a.link.state(), b.link.state());
+    assert_eq!(b.link.endpoint(), Some(a.addr));
+}
+
+#[test]
+fn wrong_secret_never_gets_a_session() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = sides(cfg(b"one", 1, Timers::default()), cfg(b"two", 1, Timers::default()), t0);
+    pump(&mut a, &mut b, t0, true);
+    assert!(a.sessions.is_empty() && b.sessions.is_empty());
+    assert!(b.closed.as_deref().unwrap().contains("different network secret"), "{:?}", b.closed);
+    assert!(a.link.is_closed());
+}
+
+#[test]
+fn vni_mismatch_is_explained() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 2, Timers::default()), t0);
+    pump(&mut a, &mut b, t0, true);
+    let reason = a.closed.or(b.closed).unwrap();
+    assert!(reason.contains("VNI mismatch") || reason.contains("peer closed"), "{reason}");
+}
+
+#[test]
+fn silent_udp_fails_with_reason_after_six_intervals() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()), t0);
+    pump(&mut a, &mut b, t0, false);
+    let mut now = t0;
+    for _ in 0..5 {
+        now += Duration::from_millis(500);
+        a.link.poll(now);
+        pump(&mut a, &mut b, now, false);
+    }
+    assert!(!a.link.is_closed(), "not yet after 2.5 s");
+    now += Duration::from_millis(600);
+    a.link.poll(now);
+    pump(&mut a, &mut b, now, false);
+    let reason = a.closed.clone().unwrap();
+    assert!(reason.contains("no heartbeat reply over UDP"), "{reason}");
+}
+
+#[test]
+fn rekey_swaps_sessions_without_loss() {
+    let timers = Timers { rekey_after: Duration::from_secs(5), ..Timers::default() };
+    let t0 = Instant::now();
+    let (mut a, mut b) = sides(cfg(b"s", 1, timers.clone()), cfg(b"s", 1, timers), t0);
+    pump(&mut a, &mut b, t0, true);
+    a.link.poll(t0);
+    b.link.poll(t0);
+    pump(&mut a, &mut b, t0, true);
+    assert!(a.established && b.established);
+    let first = a.link.sending_session().unwrap().local_index;
+    let before_b = b.link.sending_session().unwrap().remote_index;
+    // A datagram sealed on the old epoch but still in flight.
+    let old = a.link.sending_session().unwrap().clone();
+    let mut in_flight = vec![0u8; sleeve::HEADER_LEN + 4 + 16];
+    let n = old.seal(sleeve::MessageType::Data, &mut in_flight, 4).unwrap();
+    in_flight.truncate(n);
+
+    let t1 = t0 + Duration::from_secs(6);
+    a.link.poll(t1);
+    b.link.poll(t1);
+    pump(&mut a, &mut b, t1, true);
+    assert!(a.closed.is_none() && b.closed.is_none(), "{:?} {:?}", a.closed, b.closed);
+    let after = a.link.sending_session().unwrap().local_index;
+    assert_ne!(first, after, "initiator moved to the new epoch");
+    assert_ne!(b.link.sending_session().unwrap().remote_index, before_b, "responder promoted the new epoch");
+    // The old epoch still opens on the receiver.
+    let repr = sleeve::Repr::parse(&sleeve::Packet::new_checked(&in_flight[..]).unwrap()).unwrap();
+    let s = b.sessions.get(&repr.receiver_index).expect("previous session kept");
+    assert!(s.open(repr.counter, &mut in_flight).is_ok());
+    assert!(!a.link.is_closed() && !b.link.is_closed());
+}

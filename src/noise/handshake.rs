@@ -1,0 +1,282 @@
+//! The control-connection handshake and the rekey handshake, over `snow`.
+//!
+//! Control: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s`.
+//! - `psk0` mixes the network secret in before the first message, so the
+//!   very first message is authenticated with it: a responder with another
+//!   secret fails on message 1, an initiator with another secret fails on
+//!   message 2. Nothing else is ever sent to a host without the secret.
+//! - `XX` transmits both static keys encrypted and authenticates them with
+//!   DH, so each side learns and proves the other's identity.
+//! - The `ee` DH of fresh ephemeral keys gives forward secrecy.
+//!
+//! Rekey: `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s` carried inside the already
+//! authenticated control channel, with the control handshake's hash as PSK
+//! (binding it to that channel). Fresh ephemerals each time give every data
+//! epoch its own forward-secret keys.
+
+use super::keys::{NetworkSecret, StaticKey};
+
+/// Noise protocol name of the control handshake.
+pub const CONTROL_PATTERN: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Noise protocol name of the rekey handshake.
+pub const REKEY_PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Prologue bound into every control handshake (protocol and version).
+const PROLOGUE: &[u8] = b"weft control v1";
+const REKEY_PROLOGUE: &[u8] = b"weft rekey v1";
+/// Largest Noise message.
+pub const MAX_MESSAGE: usize = 65535;
+
+/// A handshake step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Decryption of a handshake message failed: the peer does not have
+    /// this network's secret (or the message was tampered with).
+    #[error("handshake message did not authenticate: the peer uses a different network secret, or the connection was tampered with")]
+    Authentication,
+    /// Any other protocol error (out-of-turn message, bad length, ...).
+    #[error("handshake protocol error: {0}")]
+    Protocol(String),
+}
+
+fn map_err(e: snow::Error) -> HandshakeError {
+    match e {
+        snow::Error::Decrypt => HandshakeError::Authentication,
+        other => HandshakeError::Protocol(other.to_string()),
+    }
+}
+
+/// Keys for one data epoch, from this side's point of view.
+#[derive(Clone)]
+pub struct DataKeys {
+    /// Key for packets this side sends.
+    pub send: [u8; 32],
+    /// Key for packets this side receives.
+    pub recv: [u8; 32],
+}
+
+impl std::fmt::Debug for DataKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKeys(..)")
+    }
+}
+
+/// Derives the data keys from a Noise split. Separate keys from the ones
+/// snow uses for the control transport, so nonces never collide.
+fn derive_data_keys(initiator: bool, k_i2r: &[u8; 32], k_r2i: &[u8; 32]) -> DataKeys {
+    fn expand(ikm: &[u8; 32], info: &[u8]) -> [u8; 32] {
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"weft data keys v1");
+        let prk = salt.extract(ikm);
+        let mut out = [0u8; 32];
+        prk.expand(&[info], ring::hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("32 bytes is a valid HKDF-SHA256 length");
+        out
+    }
+    let i2r = expand(k_i2r, b"initiator to responder");
+    let r2i = expand(k_r2i, b"responder to initiator");
+    if initiator {
+        DataKeys { send: i2r, recv: r2i }
+    } else {
+        DataKeys { send: r2i, recv: i2r }
+    }
+}
+
+/// The result of a finished control handshake.
+pub struct Established {
+    /// Encrypts the rest of the control connection.
+    pub transport: snow::TransportState,
+    /// The peer's static public key, authenticated by the handshake.
+    pub remote_static: [u8; 32],
+    /// The first data epoch's keys.
+    pub data_keys: DataKeys,
+    /// The handshake hash: binds later rekeys to this connection.
+    pub handshake_hash: [u8; 32],
+}
+
+/// An in-progress control handshake.
+pub struct Handshake {
+    state: snow::HandshakeState,
+}
+
+impl Handshake {
+    fn build(key: &StaticKey, secret: &NetworkSecret, initiator: bool) -> Result<Self, HandshakeError> {
+        let builder = snow::Builder::new(CONTROL_PATTERN.parse().expect("valid pattern"))
+            .local_private_key(key.private_bytes())
+            .map_err(map_err)?
+            .psk(0, secret.psk())
+            .map_err(map_err)?
+            .prologue(PROLOGUE)
+            .map_err(map_err)?;
+        let state = if initiator { builder.build_initiator() } else { builder.build_responder() }
+            .map_err(map_err)?;
+        Ok(Handshake { state })
+    }
+
+    /// Starts the side that opened the TCP connection.
+    pub fn initiator(key: &StaticKey, secret: &NetworkSecret) -> Result<Self, HandshakeError> {
+        Self::build(key, secret, true)
+    }
+
+    /// Starts the side that accepted the TCP connection.
+    pub fn responder(key: &StaticKey, secret: &NetworkSecret) -> Result<Self, HandshakeError> {
+        Self::build(key, secret, false)
+    }
+
+    /// Whether this side writes next.
+    pub fn is_my_turn(&self) -> bool {
+        self.state.is_my_turn()
+    }
+
+    /// Whether all messages have been exchanged.
+    pub fn is_finished(&self) -> bool {
+        self.state.is_handshake_finished()
+    }
+
+    /// Writes the next handshake message carrying `payload`.
+    pub fn write(&mut self, payload: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+        let mut out = vec![0u8; MAX_MESSAGE];
+        let n = self.state.write_message(payload, &mut out).map_err(map_err)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Reads the peer's next handshake message and returns its payload.
+    pub fn read(&mut self, message: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+        let mut out = vec![0u8; MAX_MESSAGE];
+        let n = self.state.read_message(message, &mut out).map_err(map_err)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Finishes a completed handshake.
+    pub fn finish(mut self) -> Result<Established, HandshakeError> {
+        if !self.state.is_handshake_finished() {
+            return Err(HandshakeError::Protocol("handshake not finished".into()));
+        }
+        let remote_static: [u8; 32] = self
+            .state
+            .get_remote_static()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| HandshakeError::Protocol("no remote static key".into()))?;
+        let mut handshake_hash = [0u8; 32];
+        handshake_hash.copy_from_slice(&self.state.get_handshake_hash()[..32]);
+        let initiator = self.state.is_initiator();
+        let (k1, k2) = self.state.dangerously_get_raw_split();
+        let data_keys = derive_data_keys(initiator, &k1, &k2);
+        let transport = self.state.into_transport_mode().map_err(map_err)?;
+        Ok(Established { transport, remote_static, data_keys, handshake_hash })
+    }
+}
+
+/// An in-progress rekey handshake (two messages).
+pub struct Rekey {
+    state: snow::HandshakeState,
+}
+
+impl Rekey {
+    fn build(binding: &[u8; 32], initiator: bool) -> Result<Self, HandshakeError> {
+        let builder = snow::Builder::new(REKEY_PATTERN.parse().expect("valid pattern"))
+            .psk(0, binding)
+            .map_err(map_err)?
+            .prologue(REKEY_PROLOGUE)
+            .map_err(map_err)?;
+        let state = if initiator { builder.build_initiator() } else { builder.build_responder() }
+            .map_err(map_err)?;
+        Ok(Rekey { state })
+    }
+
+    /// Starts a rekey as the side that opened the control connection.
+    pub fn initiator(binding: &[u8; 32]) -> Result<Self, HandshakeError> {
+        Self::build(binding, true)
+    }
+
+    /// Answers a rekey.
+    pub fn responder(binding: &[u8; 32]) -> Result<Self, HandshakeError> {
+        Self::build(binding, false)
+    }
+
+    /// Writes the next message.
+    pub fn write(&mut self) -> Result<Vec<u8>, HandshakeError> {
+        let mut out = vec![0u8; 256];
+        let n = self.state.write_message(&[], &mut out).map_err(map_err)?;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Reads the peer's message.
+    pub fn read(&mut self, message: &[u8]) -> Result<(), HandshakeError> {
+        let mut out = vec![0u8; 256];
+        self.state.read_message(message, &mut out).map_err(map_err)?;
+        Ok(())
+    }
+
+    /// The new epoch's data keys, once both messages are exchanged.
+    pub fn finish(mut self) -> Result<DataKeys, HandshakeError> {
+        if !self.state.is_handshake_finished() {
+            return Err(HandshakeError::Protocol("rekey not finished".into()));
+        }
+        let initiator = self.state.is_initiator();
+        let (k1, k2) = self.state.dangerously_get_raw_split();
+        Ok(derive_data_keys(initiator, &k1, &k2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(a: &NetworkSecret, b: &NetworkSecret) -> Result<(Established, Established), HandshakeError> {
+        let (ka, kb) = (StaticKey::generate(), StaticKey::generate());
+        let mut i = Handshake::initiator(&ka, a)?;
+        let mut r = Handshake::responder(&kb, b)?;
+        let m1 = i.write(b"")?;
+        r.read(&m1)?;
+        let m2 = r.write(b"r")?;
+        i.read(&m2)?;
+        let m3 = i.write(b"i")?;
+        r.read(&m3)?;
+        let (ei, er) = (i.finish()?, r.finish()?);
+        assert_eq!(ei.remote_static, kb.public());
+        assert_eq!(er.remote_static, ka.public());
+        Ok((ei, er))
+    }
+
+    #[test]
+    fn handshake_agrees_on_keys() {
+        let s = NetworkSecret::from_bytes(b"s3cret", "t").unwrap();
+        let (i, r) = run(&s, &s).unwrap();
+        assert_eq!(i.data_keys.send, r.data_keys.recv);
+        assert_eq!(i.data_keys.recv, r.data_keys.send);
+        assert_ne!(i.data_keys.send, i.data_keys.recv);
+        assert_eq!(i.handshake_hash, r.handshake_hash);
+    }
+
+    #[test]
+    fn wrong_secret_fails_at_first_message() {
+        let a = NetworkSecret::from_bytes(b"one", "t").unwrap();
+        let b = NetworkSecret::from_bytes(b"two", "t").unwrap();
+        let (ka, kb) = (StaticKey::generate(), StaticKey::generate());
+        let mut i = Handshake::initiator(&ka, &a).unwrap();
+        let mut r = Handshake::responder(&kb, &b).unwrap();
+        let m1 = i.write(b"").unwrap();
+        assert!(matches!(r.read(&m1), Err(HandshakeError::Authentication)));
+    }
+
+    #[test]
+    fn rekey_gives_fresh_matching_keys() {
+        let s = NetworkSecret::from_bytes(b"s3cret", "t").unwrap();
+        let (i, r) = run(&s, &s).unwrap();
+        let mut ri = Rekey::initiator(&i.handshake_hash).unwrap();
+        let mut rr = Rekey::responder(&r.handshake_hash).unwrap();
+        rr.read(&ri.write().unwrap()).unwrap();
+        ri.read(&rr.write().unwrap()).unwrap();
+        let (ki, kr) = (ri.finish().unwrap(), rr.finish().unwrap());
+        assert_eq!(ki.send, kr.recv);
+        assert_eq!(ki.recv, kr.send);
+        assert_ne!(ki.send, i.data_keys.send);
+        // A rekey bound to another connection does not authenticate.
+        let mut bad = Rekey::responder(&[9u8; 32]).unwrap();
+        let mut ri2 = Rekey::initiator(&i.handshake_hash).unwrap();
+        assert!(bad.read(&ri2.write().unwrap()).is_err());
+    }
+}
