@@ -506,6 +506,8 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             overlay_mtu,
         },
         timers: plan.timers,
+        underlay_mtu,
+        ipv6_underlay,
     });
     tracing::info!("weft {} up: key {public}, listening on {}, {} configured peer(s)", env!("CARGO_PKG_VERSION"), plan.listen, plan.peers.len());
     let router = Router::new(
@@ -513,7 +515,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         udp_socket,
         listener,
         signal_rx,
-        RouterConfig { link, peers: plan.peers, vni: plan.vni, overlay_mtu, status_template },
+        RouterConfig { link, peers: plan.peers, vni: plan.vni, overlay_mtu, datagram_overhead: overhead_bytes, status_template },
         snapshot,
     )
     .map_err(|e| LaunchError::Runtime(format!("cannot start the event loop: {e}")))?;
