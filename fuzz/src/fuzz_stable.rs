@@ -33,7 +33,10 @@ impl Rng {
 }
 
 /// Interesting values for length and type fields.
-const MAGIC: &[u8] = &[0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x08, 0x11, 0x14, 0x28, 0x2c, 0x3a, 0x40, 0x45, 0x4f, 0x60, 0x7f, 0x80, 0x81, 0xfe, 0xff];
+const MAGIC: &[u8] = &[
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x08, 0x11, 0x14, 0x28, 0x2c, 0x3a, 0x40, 0x45, 0x4f,
+    0x60, 0x7f, 0x80, 0x81, 0xfe, 0xff,
+];
 
 /// One random edit of `input`, libFuzzer style.
 fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
@@ -86,10 +89,16 @@ fn load_corpus(dirs: &[PathBuf]) -> Vec<Vec<u8>> {
     let mut corpus = Vec::new();
     for dir in dirs {
         let Ok(entries) = fs::read_dir(dir) else {
-            eprintln!("fuzz_stable: cannot read corpus directory {}, skipping it", dir.display());
+            eprintln!(
+                "fuzz_stable: cannot read corpus directory {}, skipping it",
+                dir.display()
+            );
             continue;
         };
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
         paths.sort();
         for path in paths {
             match fs::read(&path) {
@@ -114,7 +123,11 @@ fn run_one(input: &[u8]) -> bool {
     let outcome = panic::catch_unwind(|| weft::wire::totality::exercise_all(input));
     if outcome.is_err() {
         let path = save_crash(input);
-        eprintln!("fuzz_stable: input of {} bytes failed; saved to {}", input.len(), path.display());
+        eprintln!(
+            "fuzz_stable: input of {} bytes failed; saved to {}",
+            input.len(),
+            path.display()
+        );
         return false;
     }
     true
@@ -127,8 +140,18 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--iterations" => iterations = args.next().and_then(|v| v.parse().ok()).expect("--iterations needs a number"),
-            "--seed" => seed = args.next().and_then(|v| v.parse().ok()).expect("--seed needs a number"),
+            "--iterations" => {
+                iterations = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--iterations needs a number")
+            }
+            "--seed" => {
+                seed = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--seed needs a number")
+            }
             _ => dirs.push(PathBuf::from(arg)),
         }
     }
