@@ -1,0 +1,8 @@
+//! Status and metrics: the snapshot the router publishes, its text and
+//! JSON renderings, the HTTP server that serves them and the client behind
+//! `weft status`.
+
+pub mod http;
+pub mod status;
+
+pub use status::{ConnectionStatus, DropCounters, Status};

@@ -1,0 +1,290 @@
+//! The status snapshot and its renderings.
+
+use serde::{Deserialize, Serialize};
+
+/// Datagrams and connections dropped, by reason. None of these is answered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DropCounters {
+    /// Too short, unknown type or bad reserved bytes: not a weft datagram.
+    pub malformed: u64,
+    /// Receiver index matches no live session.
+    pub unknown_session: u64,
+    /// The AEAD rejected it (forged, corrupted, another key).
+    pub authentication: u64,
+    /// Counter seen before or older than the replay window.
+    pub replay: u64,
+    /// Decrypted fine but the records inside were malformed or had another VNI.
+    pub bad_record: u64,
+    /// A packet from the local device for an overlay address no peer has.
+    pub no_route: u64,
+    /// Control connections closed because they failed authentication or
+    /// spoke something else.
+    pub control_rejected: u64,
+    /// Packets that could not be sent (socket buffer full, EMSGSIZE, ...).
+    pub send_errors: u64,
+}
+
+impl DropCounters {
+    /// Datagrams dropped from the network (everything but local drops).
+    pub fn network_total(&self) -> u64 {
+        self.malformed + self.unknown_session + self.authentication + self.replay + self.bad_record
+    }
+}
+
+/// One connection (or configured peer), as in `weave status connections`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionStatus {
+    /// `->` we connected, `<-` the peer connected.
+    pub direction: String,
+    /// The peer's control address.
+    pub address: String,
+    /// `connecting`, `established` or `failed`.
+    pub state: String,
+    /// Why it failed (or what it waits for).
+    pub reason: Option<String>,
+    /// `sleeve` (encrypted userspace path).
+    pub mode: String,
+    /// The data cipher, once agreed.
+    pub encryption: Option<String>,
+    /// The overlay MTU used towards this peer.
+    pub overlay_mtu: u16,
+    /// Last heartbeat round-trip time, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Inner bytes sent.
+    pub tx_bytes: u64,
+    /// Inner packets sent.
+    pub tx_packets: u64,
+    /// Inner bytes received.
+    pub rx_bytes: u64,
+    /// Inner packets received.
+    pub rx_packets: u64,
+    /// The peer's host name.
+    pub peer_name: Option<String>,
+    /// The peer's public key (base64).
+    pub peer_key: Option<String>,
+    /// The peer's overlay addresses.
+    pub peer_overlay: Vec<String>,
+    /// Where datagrams for the peer go (learned from authenticated packets).
+    pub endpoint: Option<String>,
+}
+
+/// The whole snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Status {
+    /// weft version.
+    pub version: String,
+    /// This host's name.
+    pub name: String,
+    /// This host's public key (base64).
+    pub public_key: String,
+    /// The local device.
+    pub interface: String,
+    /// This host's overlay address.
+    pub overlay: String,
+    /// The local device MTU.
+    pub overlay_mtu: u16,
+    /// The underlay interface and its MTU.
+    pub underlay: String,
+    /// The underlay MTU.
+    pub underlay_mtu: u16,
+    /// The listen address (TCP control and UDP data).
+    pub listen: String,
+    /// The datapath in use (`udp`).
+    pub datapath: String,
+    /// Why that datapath.
+    pub datapath_reason: String,
+    /// `encrypted (...)` or `plaintext`.
+    pub encryption: String,
+    /// Seconds since launch.
+    pub uptime_secs: u64,
+    /// Connections and configured peers.
+    pub connections: Vec<ConnectionStatus>,
+    /// Drops by reason.
+    pub dropped: DropCounters,
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+impl ConnectionStatus {
+    /// One line, in the spirit of `weave status connections`:
+    /// `-> 198.18.0.2:6783  established  sleeve  chacha20poly1305  mtu=1430  rtt=0.21ms  ...`
+    pub fn line(&self) -> String {
+        let mut s = format!("{} {:<21} {:<11}", self.direction, self.address, self.state);
+        if self.state == "failed" || self.state == "connecting" {
+            if let Some(r) = &self.reason {
+                s.push_str(&format!(" {r}"));
+            }
+            if self.peer_key.is_none() {
+                return s;
+            }
+        }
+        s.push_str(&format!(
+            " {} {} mtu={}",
+            self.mode,
+            self.encryption.as_deref().unwrap_or("-"),
+            self.overlay_mtu
+        ));
+        match self.rtt_ms {
+            Some(r) => s.push_str(&format!(" rtt={r:.2}ms")),
+            None => s.push_str(" rtt=-"),
+        }
+        s.push_str(&format!(
+            " tx={}/{}p rx={}/{}p",
+            human_bytes(self.tx_bytes),
+            self.tx_packets,
+            human_bytes(self.rx_bytes),
+            self.rx_packets
+        ));
+        if let Some(name) = &self.peer_name {
+            s.push_str(&format!(" peer={name}"));
+        }
+        if !self.peer_overlay.is_empty() {
+            s.push_str(&format!(" overlay={}", self.peer_overlay.join(",")));
+        }
+        s
+    }
+}
+
+impl Status {
+    /// The text `weft status` prints.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("        Version: weft {}\n", self.version));
+        out.push_str(&format!("           Name: {} ({})\n", self.name, self.public_key));
+        out.push_str(&format!("      Interface: {} {} mtu={}\n", self.interface, self.overlay, self.overlay_mtu));
+        out.push_str(&format!("       Underlay: {} mtu={} listen={}\n", self.underlay, self.underlay_mtu, self.listen));
+        out.push_str(&format!("       Datapath: {} - {}\n", self.datapath, self.datapath_reason));
+        out.push_str(&format!("     Encryption: {}\n", self.encryption));
+        out.push_str(&format!("         Uptime: {}s\n", self.uptime_secs));
+        let d = &self.dropped;
+        out.push_str(&format!(
+            "        Dropped: malformed={} unknown-session={} auth={} replay={} bad-record={} no-route={} control-rejected={} send-errors={}\n",
+            d.malformed, d.unknown_session, d.authentication, d.replay, d.bad_record, d.no_route, d.control_rejected, d.send_errors
+        ));
+        out.push_str(&format!("    Connections: {}\n", self.connections.len()));
+        for c in &self.connections {
+            out.push_str(&c.line());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Prometheus text exposition, built with `prometheus-client`.
+    pub fn render_metrics(&self) -> String {
+        use prometheus_client::encoding::text::encode;
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::registry::Registry;
+
+        type Labels = Vec<(String, String)>;
+        let mut registry = Registry::with_prefix("weft");
+        let up = Family::<Labels, Gauge>::default();
+        let tx_bytes = Family::<Labels, Counter>::default();
+        let rx_bytes = Family::<Labels, Counter>::default();
+        let tx_packets = Family::<Labels, Counter>::default();
+        let rx_packets = Family::<Labels, Counter>::default();
+        let rtt = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let dropped = Family::<Labels, Counter>::default();
+        let overlay_mtu = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        for c in &self.connections {
+            let l: Labels = vec![("peer".into(), c.address.clone()), ("direction".into(), c.direction.clone())];
+            up.get_or_create(&l).set(i64::from(c.state == "established"));
+            tx_bytes.get_or_create(&l).inc_by(c.tx_bytes);
+            rx_bytes.get_or_create(&l).inc_by(c.rx_bytes);
+            tx_packets.get_or_create(&l).inc_by(c.tx_packets);
+            rx_packets.get_or_create(&l).inc_by(c.rx_packets);
+            if let Some(r) = c.rtt_ms {
+                rtt.get_or_create(&l).set(r / 1000.0);
+            }
+        }
+        let d = &self.dropped;
+        for (reason, n) in [
+            ("malformed", d.malformed),
+            ("unknown_session", d.unknown_session),
+            ("authentication", d.authentication),
+            ("replay", d.replay),
+            ("bad_record", d.bad_record),
+            ("no_route", d.no_route),
+            ("control_rejected", d.control_rejected),
+            ("send_error", d.send_errors),
+        ] {
+            dropped.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
+        }
+        overlay_mtu.set(i64::from(self.overlay_mtu));
+        registry.register("connection_up", "1 when the connection is established", up);
+        registry.register("tx_bytes", "Inner bytes sent to a peer", tx_bytes);
+        registry.register("rx_bytes", "Inner bytes received from a peer", rx_bytes);
+        registry.register("tx_packets", "Inner packets sent to a peer", tx_packets);
+        registry.register("rx_packets", "Inner packets received from a peer", rx_packets);
+        registry.register("rtt_seconds", "Last heartbeat round-trip time", rtt);
+        registry.register("dropped", "Datagrams, packets or connections dropped, by reason", dropped);
+        registry.register("overlay_mtu", "MTU of the local overlay device", overlay_mtu);
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            version: "0.1.0".into(),
+            overlay_mtu: 1430,
+            connections: vec![ConnectionStatus {
+                direction: "->".into(),
+                address: "198.18.0.2:6783".into(),
+                state: "established".into(),
+                reason: None,
+                mode: "sleeve".into(),
+                encryption: Some("aes256gcm".into()),
+                overlay_mtu: 1430,
+                rtt_ms: Some(0.25),
+                tx_bytes: 2048,
+                tx_packets: 2,
+                rx_bytes: 10,
+                rx_packets: 1,
+                peer_name: Some("h2".into()),
+                peer_key: Some("k".into()),
+                peer_overlay: vec!["10.40.0.2/16".into()],
+                endpoint: Some("198.18.0.2:6783".into()),
+            }],
+            dropped: DropCounters { authentication: 3, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn text_line_has_the_fields() {
+        let line = sample().connections[0].line();
+        for want in ["-> 198.18.0.2:6783", "established", "sleeve", "aes256gcm", "mtu=1430", "rtt=0.25ms", "tx=2.0KiB/2p"] {
+            assert!(line.contains(want), "{want} missing from {line}");
+        }
+    }
+
+    #[test]
+    fn json_round_trip_and_metrics() {
+        let s = sample();
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Status>(&j).unwrap(), s);
+        let m = s.render_metrics();
+        assert!(m.contains("weft_tx_bytes_total{peer=\"198.18.0.2:6783\",direction=\"->\"} 2048"), "{m}");
+        assert!(m.contains("weft_dropped_total{reason=\"authentication\"} 3"), "{m}");
+    }
+}

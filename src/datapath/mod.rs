@@ -1,0 +1,6 @@
+//! I/O drivers: the local device (TUN) and the underlay socket (UDP). They
+//! only move bytes; every decision is made in `router` from `mesh` and
+//! `noise` state.
+
+pub mod tun;
+pub mod udp;

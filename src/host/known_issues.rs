@@ -1,0 +1,405 @@
+//! The one table of known kernel issues that make a datapath unsafe.
+//!
+//! Data, not scattered ifs: each row says which kernels, under which
+//! condition, what goes wrong, how to avoid it, and where we learned it.
+//! [`evaluate`] matches the table against [`Facts`].
+
+use super::facts::{Facts, Offload};
+use super::kernel::{join_build, KernelParseError, KernelRelease, KernelVersion};
+use super::plan::Datapath;
+
+/// A half-open range of upstream versions `[from, before)`; `None` = unbounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionRange {
+    /// First affected version (inclusive).
+    pub from: Option<KernelVersion>,
+    /// First unaffected version (exclusive).
+    pub before: Option<KernelVersion>,
+}
+
+impl VersionRange {
+    /// Whether `version` lies in the range.
+    pub fn contains(&self, version: KernelVersion) -> bool {
+        self.from.map_or(true, |from| version >= from)
+            && self.before.map_or(true, |before| version < before)
+    }
+}
+
+/// How a row treats RHEL/CentOS 7 kernels, whose upstream version (3.10.0)
+/// says little because Red Hat backports features and fixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum El7Scope {
+    /// Judge el7 kernels by their upstream version like any other.
+    AsUpstream,
+    /// el7 kernels are not affected (the feature was backported).
+    NotAffected,
+    /// el7 builds `[from, before)` are affected (`before: None` = no fixed build known).
+    Builds {
+        /// First affected build (inclusive), e.g. `&[123]`.
+        from: &'static [u32],
+        /// First fixed build (exclusive), e.g. `&[229]`.
+        before: Option<&'static [u32]>,
+    },
+}
+
+/// Which kernels a row applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelRange {
+    /// Affected upstream versions (`None` = no upstream kernel is affected).
+    pub upstream: Option<VersionRange>,
+    /// How RHEL/CentOS 7 kernels are judged.
+    pub el7: El7Scope,
+}
+
+impl KernelRange {
+    /// Whether `release` is in the range.
+    pub fn contains(&self, release: &KernelRelease) -> bool {
+        let upstream_match = || {
+            self.upstream
+                .is_some_and(|range| range.contains(release.upstream))
+        };
+        match (release.el7_build(), self.el7) {
+            (Some(_), El7Scope::NotAffected) => false,
+            (Some(build), El7Scope::Builds { from, before }) => {
+                build >= from && before.map_or(true, |before| build < before)
+            }
+            (Some(_), El7Scope::AsUpstream) | (None, _) => upstream_match(),
+        }
+    }
+
+    /// A human description of the range, for documentation and `--help`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(range) = self.upstream {
+            parts.push(match (range.from, range.before) {
+                (Some(from), Some(before)) => format!("upstream {from} to before {before}"),
+                (None, Some(before)) => format!("upstream before {before}"),
+                (Some(from), None) => format!("upstream {from} and later"),
+                (None, None) => "every upstream kernel".to_string(),
+            });
+        }
+        match self.el7 {
+            El7Scope::AsUpstream => {}
+            El7Scope::NotAffected => parts.push("not el7 (backported)".to_string()),
+            El7Scope::Builds { from, before } => parts.push(match before {
+                Some(before) => format!(
+                    "el7 builds {} to before {}",
+                    join_build(from),
+                    join_build(before)
+                ),
+                None => format!(
+                    "el7 builds {} and later (no fixed build known)",
+                    join_build(from)
+                ),
+            }),
+        }
+        parts.join("; ")
+    }
+}
+
+/// The host condition under which a row bites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Whenever the kernel is in range.
+    Always,
+    /// When UDP fragmentation offload is on (or unknown) on the underlay.
+    UfoOn,
+    /// When the underlay MTU is below this value (or unknown).
+    UnderlayMtuBelow(u32),
+    /// When the underlay MTU is above this value (or unknown).
+    UnderlayMtuAbove(u32),
+}
+
+/// One known kernel issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownIssue {
+    /// Short stable identifier, used in check names and JSON.
+    pub id: &'static str,
+    /// Affected kernels.
+    pub kernels: KernelRange,
+    /// When it bites.
+    pub condition: Condition,
+    /// What goes wrong.
+    pub consequence: &'static str,
+    /// What the operator can do; `{iface}` is replaced by the underlay interface.
+    pub mitigation: &'static str,
+    /// The datapaths this issue makes unsafe.
+    pub rules_out: &'static [Datapath],
+    /// Where this is documented (commit, bug, issue).
+    pub source: &'static str,
+}
+
+/// The table. Keep rows sorted by kernel age; add a test for every row.
+pub static KNOWN_ISSUES: &[KnownIssue] = &[
+    KnownIssue {
+        id: "ovs-vxlan-vport-missing",
+        kernels: KernelRange {
+            upstream: Some(VersionRange { from: None, before: Some(KernelVersion::new(3, 12, 0)) }),
+            el7: El7Scope::NotAffected,
+        },
+        condition: Condition::Always,
+        consequence: "the kernel OVS datapath has no usable VXLAN vport before Linux 3.12, so the fast datapath cannot encapsulate",
+        mitigation: "upgrade to Linux 3.12 or later (RHEL/CentOS 7 kernels have the backport); weft uses the userspace datapath meanwhile",
+        rules_out: &[Datapath::Fastdp],
+        source: "upstream commit \"openvswitch: Add vxlan tunneling support\" (merged for Linux 3.12); el7 kernels carry it as a backport",
+    },
+    KnownIssue {
+        id: "virtio-net-ufo-corruption",
+        kernels: KernelRange {
+            upstream: Some(VersionRange { from: None, before: Some(KernelVersion::new(3, 13, 0)) }),
+            el7: El7Scope::Builds { from: &[0], before: Some(&[229]) },
+        },
+        condition: Condition::UfoOn,
+        consequence: "oversized UDP sends with UDP fragmentation offload on can corrupt virtio_net and stop the VM's network until the driver is reloaded",
+        mitigation: "ethtool -K {iface} ufo off (or upgrade to el7 3.10.0-229 / upstream 3.13 or later)",
+        rules_out: &[Datapath::Fastdp],
+        source: "weaveworks/weave#2289 (CentOS 7 3.10.0-123.4.4.el7, virtio_net: network lost after weave connect); fixed in el7 3.10.0-229 and upstream 3.13",
+    },
+    KnownIssue {
+        id: "vxlan-df-heartbeat-dropped",
+        kernels: KernelRange {
+            upstream: None,
+            el7: El7Scope::Builds { from: &[327], before: None },
+        },
+        condition: Condition::UnderlayMtuBelow(1474),
+        consequence: "skb_scrub_packet resets ignore_df, so DF-set VXLAN packets larger than the underlay MTU are dropped silently; fast-datapath heartbeats time out",
+        mitigation: "raise the underlay MTU of {iface} to 1500 (ip link set dev {iface} mtu 1500) or keep the userspace datapath",
+        rules_out: &[Datapath::Fastdp],
+        source: "weaveworks/weave#2634 (CentOS 3.10.0-327.28.2.el7: fastdp falls back to sleeve, \"timed out waiting for vxlan heartbeat\"); no fixed el7 build is known to weft",
+    },
+    KnownIssue {
+        id: "vxlan-vport-mtu-1500",
+        kernels: KernelRange {
+            upstream: Some(VersionRange {
+                from: Some(KernelVersion::new(4, 3, 0)),
+                before: Some(KernelVersion::new(4, 5, 0)),
+            }),
+            el7: El7Scope::AsUpstream,
+        },
+        condition: Condition::UnderlayMtuAbove(1500),
+        consequence: "Linux 4.3 and 4.4 cap the MTU of an OVS VXLAN vport at 1500, so fast-datapath packets sized for the larger underlay MTU are dropped",
+        mitigation: "set the underlay MTU of {iface} to 1500 (ip link set dev {iface} mtu 1500) or upgrade to Linux 4.5 or later",
+        rules_out: &[Datapath::Fastdp],
+        source: "weaveworks/weave#1853 (CoreOS, Linux 4.3; torvalds/linux commit 614732eaa12d), weaveworks/weave#2376",
+    },
+];
+
+/// A row that applies to this host, with the evidence and the concrete fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueMatch {
+    /// The table row.
+    pub issue: &'static KnownIssue,
+    /// Why it applies here (kernel and condition as found).
+    pub why: String,
+    /// The mitigation with the underlay interface filled in.
+    pub mitigation: String,
+}
+
+/// The rows of [`KNOWN_ISSUES`] that apply to `facts`. An unparsable kernel
+/// release is returned as an error: the caller must be conservative.
+pub fn evaluate(facts: &Facts) -> Result<Vec<IssueMatch>, KernelParseError> {
+    let release = KernelRelease::parse(&facts.kernel_release)?;
+    Ok(evaluate_release(&release, facts))
+}
+
+/// [`evaluate`] for an already parsed release.
+pub fn evaluate_release(release: &KernelRelease, facts: &Facts) -> Vec<IssueMatch> {
+    let iface = facts
+        .underlay_iface
+        .as_deref()
+        .unwrap_or("<underlay interface>");
+    KNOWN_ISSUES
+        .iter()
+        .filter(|issue| issue.kernels.contains(release))
+        .filter_map(|issue| {
+            let condition = condition_holds(issue.condition, facts, iface)?;
+            Some(IssueMatch {
+                issue,
+                why: format!(
+                    "kernel {} ({}); {condition}",
+                    release.raw,
+                    release.describe()
+                ),
+                mitigation: issue.mitigation.replace("{iface}", iface),
+            })
+        })
+        .collect()
+}
+
+/// `Some(evidence)` when the condition holds; unknown facts count as holding.
+fn condition_holds(condition: Condition, facts: &Facts, iface: &str) -> Option<String> {
+    match condition {
+        Condition::Always => Some("applies regardless of configuration".to_string()),
+        Condition::UfoOn => match facts.ufo.state {
+            Offload::On => Some(format!("UFO is on on {iface}")),
+            Offload::Unknown => Some(format!(
+                "UFO state of {iface} unknown ({}), assumed on",
+                facts.ufo.detail
+            )),
+            Offload::Off | Offload::NotOffered => None,
+        },
+        Condition::UnderlayMtuBelow(limit) => match &facts.underlay_mtu {
+            Ok(mtu) if *mtu < limit => {
+                Some(format!("underlay MTU {mtu} of {iface} is below {limit}"))
+            }
+            Ok(_) => None,
+            Err(why) => Some(format!(
+                "underlay MTU unknown ({why}), assumed below {limit}"
+            )),
+        },
+        Condition::UnderlayMtuAbove(limit) => match &facts.underlay_mtu {
+            Ok(mtu) if *mtu > limit => {
+                Some(format!("underlay MTU {mtu} of {iface} is above {limit}"))
+            }
+            Ok(_) => None,
+            Err(why) => Some(format!(
+                "underlay MTU unknown ({why}), assumed above {limit}"
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::host::facts::{Finding, Tri};
+
+    /// Facts of a healthy host; tests change one thing at a time.
+    pub(crate) fn facts(kernel: &str, mtu: u32, ufo: Offload) -> Facts {
+        Facts {
+            kernel_release: kernel.to_string(),
+            kernel_source: "test".to_string(),
+            underlay_iface: Ok("eth0".to_string()),
+            underlay_source: "test".to_string(),
+            underlay_ipv6: false,
+            underlay_mtu: Ok(mtu),
+            ufo: Finding::new(ufo, format!("{ufo}")),
+            uso: Finding::new(Offload::On, "on"),
+            gso: Finding::new(Offload::On, "on"),
+            ovs_datapath: Finding::new(Tri::Yes, "present"),
+            af_xdp: Finding::new(Tri::Yes, "openable"),
+            tun: Finding::new(Tri::Yes, "works"),
+            tun_offloads: Finding::new(Tri::Yes, "accepted"),
+            tun_uso: Finding::new(Tri::Yes, "accepted"),
+        }
+    }
+
+    fn ids(facts: &Facts) -> Vec<&'static str> {
+        evaluate(facts)
+            .expect("parsable")
+            .iter()
+            .map(|m| m.issue.id)
+            .collect()
+    }
+
+    #[test]
+    fn every_row_has_its_own_test_and_rules_out_something() {
+        for issue in KNOWN_ISSUES {
+            assert!(!issue.rules_out.is_empty(), "{}", issue.id);
+            assert!(
+                !issue.source.is_empty() && !issue.mitigation.is_empty(),
+                "{}",
+                issue.id
+            );
+        }
+        let unique: std::collections::HashSet<_> = KNOWN_ISSUES.iter().map(|i| i.id).collect();
+        assert_eq!(unique.len(), KNOWN_ISSUES.len());
+    }
+
+    #[test]
+    fn ufo_row_and_its_mitigations() {
+        let row = "virtio-net-ufo-corruption";
+        // Affected: el7 3.10.0-123 with UFO on, and with UFO unknown (conservative).
+        assert!(ids(&facts("3.10.0-123.el7.x86_64", 1500, Offload::On)).contains(&row));
+        assert!(ids(&facts("3.10.0-123.4.4.el7.x86_64", 1500, Offload::Unknown)).contains(&row));
+        let matched = evaluate(&facts("3.10.0-123.el7.x86_64", 1500, Offload::On)).unwrap();
+        let ufo = matched.iter().find(|m| m.issue.id == row).unwrap();
+        assert!(
+            ufo.mitigation.starts_with("ethtool -K eth0 ufo off"),
+            "{}",
+            ufo.mitigation
+        );
+        // Mitigation applied: UFO off (or not offered) -> no match.
+        assert!(!ids(&facts("3.10.0-123.el7.x86_64", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("3.10.0-123.el7.x86_64", 1500, Offload::NotOffered)).contains(&row));
+        // Fixed kernels: el7 3.10.0-229 and upstream 3.13.
+        assert!(!ids(&facts("3.10.0-229.el7.x86_64", 1500, Offload::On)).contains(&row));
+        assert!(!ids(&facts("3.10.0-229.1.2.el7.x86_64", 1500, Offload::On)).contains(&row));
+        assert!(!ids(&facts("3.13.0", 1500, Offload::On)).contains(&row));
+        assert!(ids(&facts("3.12.9", 1500, Offload::On)).contains(&row));
+    }
+
+    #[test]
+    fn df_heartbeat_row_and_its_mitigation() {
+        let row = "vxlan-df-heartbeat-dropped";
+        assert!(ids(&facts("3.10.0-327.el7.x86_64", 1450, Offload::Off)).contains(&row));
+        assert!(ids(&facts("3.10.0-327.10.1.el7.x86_64", 1473, Offload::Off)).contains(&row));
+        // Mitigation: MTU 1500 (anything >= 1474) is fine.
+        assert!(!ids(&facts("3.10.0-327.10.1.el7.x86_64", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("3.10.0-327.el7.x86_64", 1474, Offload::Off)).contains(&row));
+        // Earlier el7 builds and non-el7 kernels are not in range.
+        assert!(!ids(&facts("3.10.0-229.el7.x86_64", 1450, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("5.15.0-91-generic", 1450, Offload::Off)).contains(&row));
+        let matched = evaluate(&facts("3.10.0-327.el7.x86_64", 1450, Offload::Off)).unwrap();
+        let m = matched.iter().find(|m| m.issue.id == row).unwrap();
+        assert!(
+            m.mitigation
+                .contains("raise the underlay MTU of eth0 to 1500"),
+            "{}",
+            m.mitigation
+        );
+        assert!(m.why.contains("1450"), "{}", m.why);
+    }
+
+    #[test]
+    fn vxlan_vport_row_needs_3_12_except_el7() {
+        let row = "ovs-vxlan-vport-missing";
+        assert!(ids(&facts("3.11.10", 1500, Offload::Off)).contains(&row));
+        assert!(ids(&facts("2.6.32", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("3.12.0", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("3.10.0-229.el7.x86_64", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("6.1.0-56-amd64", 1500, Offload::Off)).contains(&row));
+    }
+
+    #[test]
+    fn vport_mtu_cap_row_on_4_3_and_4_4() {
+        let row = "vxlan-vport-mtu-1500";
+        assert!(ids(&facts("4.4.0", 9000, Offload::Off)).contains(&row));
+        assert!(ids(&facts("4.4.0-210-generic", 1501, Offload::Off)).contains(&row));
+        assert!(ids(&facts("4.3.3", 9000, Offload::Off)).contains(&row));
+        // Mitigation: MTU 1500; and unaffected kernels.
+        assert!(!ids(&facts("4.4.0", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("4.2.2", 9000, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("4.5.0", 9000, Offload::Off)).contains(&row));
+    }
+
+    #[test]
+    fn modern_kernels_match_nothing() {
+        for kernel in [
+            "6.18.44-fc-v669",
+            "6.1.0-56-amd64",
+            "5.15.0-91-generic",
+            "3.10.0-1160.el7.x86_64",
+        ] {
+            assert_eq!(
+                ids(&facts(kernel, 1500, Offload::NotOffered)),
+                Vec::<&str>::new(),
+                "{kernel}"
+            );
+        }
+    }
+
+    #[test]
+    fn unparsable_release_is_an_error() {
+        assert!(evaluate(&facts("garbage", 1500, Offload::Off)).is_err());
+    }
+
+    #[test]
+    fn ranges_describe_themselves() {
+        let d: Vec<String> = KNOWN_ISSUES.iter().map(|i| i.kernels.describe()).collect();
+        assert_eq!(d[0], "upstream before 3.12.0; not el7 (backported)");
+        assert_eq!(d[1], "upstream before 3.13.0; el7 builds 0 to before 229");
+        assert_eq!(d[2], "el7 builds 327 and later (no fixed build known)");
+        assert_eq!(d[3], "upstream 4.3.0 to before 4.5.0");
+    }
+}

@@ -1,0 +1,570 @@
+//! `weft launch`: validate everything, set up the host, run the router,
+//! and leave nothing behind.
+
+use crate::api::http::StatusServer;
+use crate::api::Status;
+use crate::datapath::{tun::TunDevice, udp};
+use crate::mesh::control::{CipherChoice, Hello, LocalDevice, PROTOCOL_VERSION};
+use crate::mesh::link::{LinkConfig, Timers};
+use crate::noise::{keys, CipherKind, NetworkSecret, StaticKey};
+use crate::router::{Router, RouterConfig};
+use crate::wire::overhead::{self, Framing};
+use clap::Args;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The default control/data port.
+pub const DEFAULT_PORT: u16 = 6783;
+
+/// Arguments of `weft launch`. Every option can also come from `--config`.
+#[derive(Args, Debug, Default)]
+pub struct LaunchArgs {
+    /// This host's overlay address and prefix, e.g. 10.40.0.1/16. Packets to
+    /// other addresses in the prefix go to the peer that owns them.
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    pub overlay: Option<String>,
+    /// Address for the TCP control listener and the UDP data socket.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+    /// A peer to connect to (repeat for more). Port defaults to 6783.
+    #[arg(long = "peer", value_name = "IP[:PORT]")]
+    pub peers: Vec<String>,
+    /// File holding the network secret shared by all hosts (or set WEFT_SECRET).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// This host's static private key (from `weft keygen`). Without it a
+    /// fresh key is made for this run.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Name of the TUN device to create.
+    #[arg(long, value_name = "NAME")]
+    pub iface_name: Option<String>,
+    /// Where to serve `weft status` and Prometheus /metrics.
+    #[arg(long, value_name = "IP:PORT")]
+    pub status_addr: Option<String>,
+    /// VXLAN network identifier carried in every frame; all hosts must agree.
+    #[arg(long, value_name = "N")]
+    pub vni: Option<u32>,
+    /// Data cipher: auto (AES-256-GCM when both hosts have AES hardware,
+    /// else ChaCha20-Poly1305), chacha20poly1305 or aes256gcm.
+    #[arg(long, value_name = "CIPHER")]
+    pub cipher: Option<String>,
+    /// Name shown to peers (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Datapath: auto (what preflight decides), fastdp, xdp or udp. An
+    /// explicit mode that preflight finds unsafe refuses to start without --force.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<crate::host::plan::Mode>,
+    /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
+    #[arg(long)]
+    pub force: bool,
+    /// TOML file with any of these options (command-line flags win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The config file: the same options as the flags, plus timers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    overlay: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    secret_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    iface_name: Option<String>,
+    status_addr: Option<String>,
+    vni: Option<u32>,
+    cipher: Option<String>,
+    name: Option<String>,
+    mode: Option<String>,
+    #[serde(default)]
+    timers: TimerConfig,
+}
+
+/// Timer overrides (mainly for tests and unusual networks).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimerConfig {
+    heartbeat_connecting_ms: Option<u64>,
+    heartbeat_established_ms: Option<u64>,
+    missed_limit: Option<u32>,
+    rekey_after_secs: Option<u64>,
+}
+
+/// A launch failure and its exit code.
+#[derive(Debug)]
+pub enum LaunchError {
+    /// Bad input or environment the user must fix: exit 2.
+    Usage(String),
+    /// Failure while running: exit 1.
+    Runtime(String),
+}
+
+fn usage(msg: impl Into<String>) -> LaunchError {
+    LaunchError::Usage(msg.into())
+}
+
+/// Everything validated, before touching the host.
+struct Plan {
+    overlay_addr: IpAddr,
+    overlay_prefix: u8,
+    listen: SocketAddr,
+    peers: Vec<SocketAddr>,
+    secret: NetworkSecret,
+    key: StaticKey,
+    iface_name: String,
+    status_addr: SocketAddr,
+    vni: u32,
+    cipher: CipherChoice,
+    name: String,
+    mode: crate::host::plan::Mode,
+    force: bool,
+    timers: Timers,
+}
+
+/// Parses `ADDR/PREFIX`.
+pub fn parse_overlay(text: &str) -> Result<(IpAddr, u8), String> {
+    let bad = || {
+        format!("--overlay {text:?} is not an address with a prefix length; write it like 10.40.0.1/16 (this host's address inside the overlay)")
+    };
+    let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix == 0 || prefix > max {
+        return Err(format!("--overlay {text:?}: prefix length must be between 1 and {max}"));
+    }
+    if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
+        return Err(format!("--overlay {text:?}: {addr} cannot be a host address; use a unicast address such as 10.40.0.1/16"));
+    }
+    if let IpAddr::V4(a) = addr {
+        if prefix <= 30 {
+            let host_bits = u32::from(a) & (u32::MAX >> prefix);
+            if host_bits == 0 || host_bits == u32::MAX >> prefix {
+                return Err(format!(
+                    "--overlay {text:?}: {a} is the network or broadcast address of its /{prefix}; pick a host address"
+                ));
+            }
+        }
+    }
+    Ok((addr, prefix))
+}
+
+/// Parses `IP[:PORT]` (IPv6 as `[addr]:port`).
+pub fn parse_peer(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(format!("--peer {text:?}: port 0 is not a valid peer port"));
+        }
+        return Ok(sa);
+    }
+    if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    Err(format!(
+        "--peer {text:?} is not an address; write it as IP or IP:PORT, e.g. 198.18.0.2:6783 (host names are not resolved)"
+    ))
+}
+
+fn parse_listen(text: &str, flag: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| format!("{flag} {text:?} is not IP:PORT, e.g. 198.18.0.1:6783 or 0.0.0.0:6783"))
+}
+
+fn parse_cipher(text: &str) -> Result<CipherChoice, String> {
+    match text {
+        "auto" => Ok(CipherChoice::Auto),
+        "chacha20poly1305" | "chachapoly" => Ok(CipherChoice::Exactly(CipherKind::ChaChaPoly)),
+        "aes256gcm" | "aesgcm" => Ok(CipherChoice::Exactly(CipherKind::AesGcm)),
+        other => Err(format!("--cipher {other:?} is not known; use auto, chacha20poly1305 or aes256gcm")),
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "weft".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
+    let file: ConfigFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read --config {}: {e}", path.display())))?;
+            toml::from_str(&text).map_err(|e| usage(format!("--config {}: {e}", path.display())))?
+        }
+        None => ConfigFile::default(),
+    };
+    let overlay = args.overlay.or(file.overlay).ok_or_else(|| {
+        usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16")
+    })?;
+    let (overlay_addr, overlay_prefix) = parse_overlay(&overlay).map_err(usage)?;
+    let listen = match args.listen.or(file.listen) {
+        Some(l) => parse_listen(&l, "--listen").map_err(usage)?,
+        None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_PORT),
+    };
+    let peer_texts = if args.peers.is_empty() { file.peers } else { args.peers };
+    let peers = peer_texts.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>, _>>().map_err(usage)?;
+    for p in &peers {
+        if p.ip() == listen.ip() && p.port() == listen.port() {
+            return Err(usage(format!("--peer {p} is this host's own --listen address")));
+        }
+    }
+    let secret = match args.secret_file.or(file.secret_file) {
+        Some(path) => {
+            if let Some(w) = keys::permission_warning(&path) {
+                tracing::warn!("{w}");
+            }
+            NetworkSecret::from_file(&path).map_err(|e| usage(e.to_string()))?
+        }
+        None => match std::env::var_os("WEFT_SECRET") {
+            Some(v) => NetworkSecret::from_bytes(v.as_encoded_bytes(), "WEFT_SECRET").map_err(|e| usage(e.to_string()))?,
+            None => {
+                return Err(usage(
+                    "no network secret: pass --secret-file FILE (the same file on every host) or set WEFT_SECRET",
+                ))
+            }
+        },
+    };
+    let key = match args.key_file.or(file.key_file) {
+        Some(path) => {
+            if let Some(w) = keys::permission_warning(&path) {
+                tracing::warn!("{w}");
+            }
+            StaticKey::from_file(&path).map_err(|e| usage(e.to_string()))?
+        }
+        None => {
+            tracing::info!("no --key-file: using a fresh static key for this run");
+            StaticKey::generate()
+        }
+    };
+    let iface_name = args.iface_name.or(file.iface_name).unwrap_or_else(|| "weft0".into());
+    if iface_name.is_empty() || iface_name.len() > 15 || iface_name.contains(['/', ' ', ':']) {
+        return Err(usage(format!(
+            "--iface-name {iface_name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
+        )));
+    }
+    let status_addr = parse_listen(
+        &args.status_addr.or(file.status_addr).unwrap_or_else(|| crate::cli::DEFAULT_STATUS_ADDR.into()),
+        "--status-addr",
+    )
+    .map_err(usage)?;
+    let vni = args.vni.or(file.vni).unwrap_or(1);
+    if vni > crate::wire::vxlan::MAX_VNI {
+        return Err(usage(format!("--vni {vni} does not fit VXLAN's 24 bits (0..=16777215)")));
+    }
+    let cipher = parse_cipher(&args.cipher.or(file.cipher).unwrap_or_else(|| "auto".into())).map_err(usage)?;
+    let name = args.name.or(file.name).unwrap_or_else(hostname);
+    let mode = match (args.mode, file.mode) {
+        (Some(m), _) => m,
+        (None, Some(text)) => <crate::host::plan::Mode as clap::ValueEnum>::from_str(&text, true)
+            .map_err(|_| usage(format!("mode {text:?} in --config is not one of auto, fastdp, xdp, udp")))?,
+        (None, None) => crate::host::plan::Mode::Auto,
+    };
+    let mut timers = Timers::default();
+    let t = &file.timers;
+    if let Some(ms) = t.heartbeat_connecting_ms {
+        timers.heartbeat_connecting = Duration::from_millis(ms.max(10));
+    }
+    if let Some(ms) = t.heartbeat_established_ms {
+        timers.heartbeat_established = Duration::from_millis(ms.max(10));
+    }
+    if let Some(n) = t.missed_limit {
+        timers.missed_limit = n.max(1);
+    }
+    if let Some(s) = t.rekey_after_secs {
+        timers.rekey_after = Duration::from_secs(s.max(1));
+    }
+    Ok(Plan {
+        overlay_addr,
+        overlay_prefix,
+        listen,
+        peers,
+        secret,
+        key,
+        iface_name,
+        status_addr,
+        vni,
+        cipher,
+        name,
+        mode,
+        force: args.force,
+        timers,
+    })
+}
+
+/// An existing route that overlaps the overlay prefix, if any, as text.
+pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
+    match addr {
+        IpAddr::V4(a) => {
+            let text = std::fs::read_to_string("/proc/net/route").ok()?;
+            let mask = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
+            let ours = u32::from(a) & mask(prefix);
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 8 {
+                    continue;
+                }
+                let (Ok(dst), Ok(m)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16)) else { continue };
+                let (dst, m) = (u32::from_be(dst.swap_bytes().to_be()), u32::from_be(m.swap_bytes().to_be()));
+                // /proc/net/route prints the raw little-endian words.
+                let (dst, m) = (u32::from_be_bytes(dst.to_le_bytes()), u32::from_be_bytes(m.to_le_bytes()));
+                let theirs_prefix = m.count_ones() as u8;
+                if theirs_prefix == 0 {
+                    continue; // the default route overlaps everything by design
+                }
+                let common = mask(prefix.min(theirs_prefix));
+                if ours & common == dst & common {
+                    return Some(format!("{}/{} dev {}", std::net::Ipv4Addr::from(dst), theirs_prefix, f[0]));
+                }
+            }
+            None
+        }
+        IpAddr::V6(a) => {
+            let text = std::fs::read_to_string("/proc/net/ipv6_route").ok()?;
+            let ours = u128::from(a);
+            let mask = |p: u8| if p == 0 { 0 } else { u128::MAX << (128 - u32::from(p)) };
+            for line in text.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 10 {
+                    continue;
+                }
+                let (Ok(dst), Ok(p)) = (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16)) else { continue };
+                let ip = std::net::Ipv6Addr::from(dst);
+                if p == 0 || ip.is_loopback() || ip.is_multicast() || (dst >> 118) == 0x3fa || f[9] == "lo" {
+                    continue;
+                }
+                let common = mask(prefix.min(p));
+                if ours & common == dst & common {
+                    return Some(format!("{ip}/{p} dev {}", f[9]));
+                }
+            }
+            None
+        }
+    }
+}
+
+/// Finds the underlay interface and its MTU, saying how it was found.
+fn underlay(listen: SocketAddr, peers: &[SocketAddr]) -> Result<(String, u16, String), LaunchError> {
+    let local = if !listen.ip().is_unspecified() {
+        Some((listen.ip(), format!("it holds the --listen address {}", listen.ip())))
+    } else {
+        peers.first().and_then(|p| {
+            udp::local_address_towards(*p).ok().map(|ip| (ip, format!("the route to peer {p} leaves through it")))
+        })
+    };
+    let Some((ip, why)) = local else {
+        return Err(usage(
+            "cannot tell the underlay interface: give --listen a concrete address (or at least one --peer)",
+        ));
+    };
+    let iface = udp::interface_with_address(ip)
+        .ok_or_else(|| usage(format!("no interface holds {ip}; use one of this host's addresses in --listen")))?;
+    let mtu = udp::interface_mtu(&iface)
+        .map_err(|e| LaunchError::Runtime(format!("cannot read the MTU of {iface}: {e}")))?;
+    Ok((iface, mtu, why))
+}
+
+/// Runs `weft launch` to completion and returns the exit code.
+pub fn run(args: LaunchArgs) -> ExitCode {
+    crate::logging::init();
+    match launch(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(LaunchError::Usage(m)) => {
+            tracing::error!("{m}");
+            ExitCode::from(2)
+        }
+        Err(LaunchError::Runtime(m)) => {
+            tracing::error!("{m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
+    let plan = build_plan(args)?;
+
+    let (underlay_iface, underlay_mtu, why) = underlay(plan.listen, &plan.peers)?;
+    tracing::info!("underlay: {underlay_iface} mtu {underlay_mtu} ({why})");
+    let ipv6_underlay = plan.listen.is_ipv6() || plan.peers.first().is_some_and(|p| p.is_ipv6());
+    let overlay_mtu = overhead::overlay_mtu(underlay_mtu, Framing::Sleeve, ipv6_underlay, false);
+    let min = if plan.overlay_addr.is_ipv4() { overhead::MIN_OVERLAY_MTU_IPV4 } else { overhead::MIN_OVERLAY_MTU_IPV6 };
+    let overhead_bytes = overhead::datagram_overhead(Framing::Sleeve, ipv6_underlay);
+    let overlay_mtu = match overlay_mtu {
+        Some(m) if m >= min => m,
+        _ => {
+            return Err(LaunchError::Runtime(format!(
+                "underlay MTU {underlay_mtu} of {underlay_iface} minus weft's {overhead_bytes}-byte overhead leaves less than the {min} bytes an overlay needs: raise the MTU of {underlay_iface}"
+            )))
+        }
+    };
+    tracing::info!(
+        "overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, weft header, record, VXLAN, AEAD tag)"
+    );
+    // Preflight: the same checks `weft preflight` prints, logged line by line.
+    let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(underlay_iface.clone()));
+    facts.apply(&crate::host::facts::Assumptions::default());
+    let preflight = crate::host::plan::decide(
+        &facts,
+        &crate::host::plan::Request { encrypted: true, l2: false, overlay_ipv6: plan.overlay_addr.is_ipv6() },
+    );
+    for line in crate::host::preflight::log_lines(&preflight) {
+        tracing::info!("preflight: {line}");
+    }
+    let resolved = crate::host::plan::resolve_mode(&preflight, plan.mode, plan.force).map_err(usage)?;
+    if let Some(w) = &resolved.warning {
+        tracing::warn!("{w}");
+    }
+    let (datapath, fallback) = crate::host::plan::launch_datapath(resolved.datapath, &[crate::host::plan::Datapath::Udp]);
+    let datapath_reason = match &fallback {
+        Some(line) => {
+            tracing::info!("{line}");
+            line.clone()
+        }
+        None if plan.mode == crate::host::plan::Mode::Auto => preflight.reasons.join("; "),
+        None => format!("--mode {datapath} requested"),
+    };
+    tracing::info!("datapath: {datapath} ({datapath_reason})");
+
+    if let Some(route) = overlapping_route(plan.overlay_addr, plan.overlay_prefix) {
+        return Err(usage(format!(
+            "--overlay {}/{} collides with the existing route {route}: choose an overlay prefix no route on this host uses",
+            plan.overlay_addr, plan.overlay_prefix
+        )));
+    }
+
+    // Bind everything before creating the device, so an error leaves nothing behind.
+    let udp_socket = udp::bind_data_socket(plan.listen).map_err(|e| usage(e.to_string()))?;
+    let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
+    let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
+
+    let (signal_rx, signal_tx) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| LaunchError::Runtime(format!("cannot create the signal pipe: {e}")))?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let tx = signal_tx.try_clone().map_err(|e| LaunchError::Runtime(e.to_string()))?;
+        signal_hook::low_level::pipe::register(sig, tx)
+            .map_err(|e| LaunchError::Runtime(format!("cannot handle signal {sig}: {e}")))?;
+    }
+
+    let tun = TunDevice::create(&plan.iface_name, plan.overlay_addr, plan.overlay_prefix, overlay_mtu)
+        .map_err(|e| usage(e.to_string()))?;
+    tracing::info!(
+        "created {} with {}/{} mtu {overlay_mtu}",
+        tun.name(),
+        plan.overlay_addr,
+        plan.overlay_prefix
+    );
+
+    let public = plan.key.public_base64();
+    let cipher_desc = match plan.cipher {
+        CipherChoice::Auto => "encrypted (Noise XXpsk0; data cipher negotiated per peer)".to_string(),
+        CipherChoice::Exactly(c) => format!("encrypted (Noise XXpsk0; data cipher {})", c.name()),
+    };
+    let status_template = Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        name: plan.name.clone(),
+        public_key: public.clone(),
+        interface: plan.iface_name.clone(),
+        overlay: format!("{}/{}", plan.overlay_addr, plan.overlay_prefix),
+        overlay_mtu,
+        underlay: underlay_iface.clone(),
+        underlay_mtu,
+        listen: plan.listen.to_string(),
+        datapath: datapath.to_string(),
+        datapath_reason,
+        encryption: cipher_desc,
+        ..Status::default()
+    };
+    let snapshot = Arc::new(Mutex::new(status_template.clone()));
+    let _status_server = StatusServer::start(http, snapshot.clone());
+    tracing::info!("status on http://{}/status (and /metrics); `weft status --status-addr {}`", plan.status_addr, plan.status_addr);
+
+    let link = Arc::new(LinkConfig {
+        key: plan.key,
+        secret: plan.secret,
+        hello: Hello {
+            version: PROTOCOL_VERSION,
+            name: plan.name,
+            overlay: vec![format!("{}/{}", plan.overlay_addr, plan.overlay_prefix)],
+            vni: plan.vni,
+            udp_port: plan.listen.port(),
+            device: LocalDevice::Tun,
+            cipher: plan.cipher,
+            aes_hw: crate::noise::cipher::cpu_has_aes(),
+            session_index: 0,
+            overlay_mtu,
+        },
+        timers: plan.timers,
+    });
+    tracing::info!("weft {} up: key {public}, listening on {}, {} configured peer(s)", env!("CARGO_PKG_VERSION"), plan.listen, plan.peers.len());
+    let router = Router::new(
+        tun,
+        udp_socket,
+        listener,
+        signal_rx,
+        RouterConfig { link, peers: plan.peers, vni: plan.vni, overlay_mtu, status_template },
+        snapshot,
+    )
+    .map_err(|e| LaunchError::Runtime(format!("cannot start the event loop: {e}")))?;
+    router.run().map_err(|e| LaunchError::Runtime(format!("event loop failed: {e}")))?;
+    tracing::info!("stopped; the TUN device and its route are gone");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_parsing() {
+        assert_eq!(parse_overlay("10.40.0.1/16").unwrap(), ("10.40.0.1".parse().unwrap(), 16));
+        assert_eq!(parse_overlay("fd00::1/64").unwrap().1, 64);
+        for bad in ["10.40.0.1", "10.40.0.1/33", "10.40.0.1/0", "x/16", "10.40.0.0/16", "10.40.255.255/16", "127.0.0.1/8", ""] {
+            let e = parse_overlay(bad).unwrap_err();
+            assert!(e.contains("--overlay"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn peer_parsing() {
+        assert_eq!(parse_peer("198.18.0.2:7000").unwrap(), "198.18.0.2:7000".parse().unwrap());
+        assert_eq!(parse_peer("198.18.0.2").unwrap().port(), DEFAULT_PORT);
+        assert_eq!(parse_peer("[fd00::2]:6783").unwrap().port(), 6783);
+        assert!(parse_peer("host.example:6783").unwrap_err().contains("--peer"));
+        assert!(parse_peer("198.18.0.2:0").is_err());
+    }
+
+    #[test]
+    fn cipher_names() {
+        assert_eq!(parse_cipher("auto").unwrap(), CipherChoice::Auto);
+        assert!(parse_cipher("rot13").unwrap_err().contains("rot13"));
+    }
+
+    #[test]
+    fn loopback_route_collides() {
+        // 127.0.0.0/8 is always routed (local table is not in /proc/net/route,
+        // so check something on the main table when one exists).
+        let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+        if let Some(line) = text.lines().nth(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let dst = u32::from_str_radix(f[1], 16).unwrap();
+            let m = u32::from_str_radix(f[7], 16).unwrap();
+            if m != 0 {
+                let ip = std::net::Ipv4Addr::from(u32::from_be_bytes(dst.to_le_bytes()) | 1);
+                assert!(overlapping_route(IpAddr::V4(ip), 24).is_some());
+            }
+        }
+        assert!(overlapping_route("10.213.77.1".parse().unwrap(), 24).is_none_or(|r| !r.is_empty()));
+    }
+}

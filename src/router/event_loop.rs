@@ -1,0 +1,718 @@
+//! One mio event loop: TUN <-> route -> frame -> seal <-> UDP, and the
+//! control connections that key the sessions.
+
+use crate::api::{ConnectionStatus, DropCounters, Status};
+use crate::datapath::tun::TunDevice;
+use crate::mesh::backoff::Backoff;
+use crate::mesh::link::{Direction, Link, LinkConfig, LinkState, Output};
+use crate::noise::keys::short_key;
+use crate::noise::session::OpenError;
+use crate::noise::Session;
+use crate::wire::sleeve;
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TUN: Token = Token(0);
+const UDP: Token = Token(1);
+const LISTENER: Token = Token(2);
+const SIGNALS: Token = Token(3);
+const FIRST_STREAM: usize = 16;
+
+/// Inbound connections still in their handshake; more are refused, so a
+/// flood of half-open connections cannot eat memory.
+const MAX_HANDSHAKING_INBOUND: usize = 64;
+/// A TCP connect that takes longer than this has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the status snapshot is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// Room for one datagram: the largest UDP payload.
+const BUF_LEN: usize = 65536;
+
+/// Everything the router needs from the launcher.
+pub struct RouterConfig {
+    /// Shared by every link.
+    pub link: Arc<LinkConfig>,
+    /// Configured peers to connect to (and reconnect with backoff).
+    pub peers: Vec<SocketAddr>,
+    /// The VNI.
+    pub vni: u32,
+    /// Device MTU.
+    pub overlay_mtu: u16,
+    /// The static part of the status (name, addresses, datapath decision).
+    pub status_template: Status,
+}
+
+struct Stream {
+    stream: TcpStream,
+    /// `None` while a non-blocking connect is in progress.
+    link: Option<Link>,
+    connect_started: Instant,
+    out: Vec<u8>,
+    peer_addr: SocketAddr,
+    configured: Option<usize>,
+    counters: LinkCounters,
+}
+
+#[derive(Default, Clone, Copy)]
+struct LinkCounters {
+    tx_bytes: u64,
+    tx_packets: u64,
+    rx_bytes: u64,
+    rx_packets: u64,
+}
+
+struct ConfiguredPeer {
+    addr: SocketAddr,
+    backoff: Backoff,
+    stream: Option<Token>,
+    last_failure: Option<String>,
+}
+
+/// The router: owns the sockets, the device and every link.
+pub struct Router {
+    poll: Poll,
+    tun: TunDevice,
+    udp: UdpSocket,
+    listener: TcpListener,
+    signals: std::os::unix::net::UnixStream,
+    cfg: RouterConfig,
+    streams: HashMap<Token, Stream>,
+    next_token: usize,
+    sessions: HashMap<u32, (Token, Arc<Session>)>,
+    routes: HashMap<IpAddr, Token>,
+    configured: Vec<ConfiguredPeer>,
+    drops: DropCounters,
+    snapshot: Arc<Mutex<Status>>,
+    started: Instant,
+    last_status: Instant,
+    buf: Box<[u8]>,
+}
+
+impl Router {
+    /// Wraps already-bound sockets and the created device. The signal
+    /// stream becomes readable when SIGINT or SIGTERM arrives.
+    pub fn new(
+        tun: TunDevice,
+        udp: std::net::UdpSocket,
+        listener: std::net::TcpListener,
+        signals: std::os::unix::net::UnixStream,
+        cfg: RouterConfig,
+        snapshot: Arc<Mutex<Status>>,
+    ) -> io::Result<Router> {
+        let poll = Poll::new()?;
+        let mut udp = UdpSocket::from_std(udp);
+        let mut listener = TcpListener::from_std(listener);
+        signals.set_nonblocking(true)?;
+        poll.registry().register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
+        poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        let now = Instant::now();
+        let configured = cfg
+            .peers
+            .iter()
+            .map(|&addr| ConfiguredPeer { addr, backoff: Backoff::new(now), stream: None, last_failure: None })
+            .collect();
+        Ok(Router {
+            poll,
+            tun,
+            udp,
+            listener,
+            signals,
+            cfg,
+            streams: HashMap::new(),
+            next_token: FIRST_STREAM,
+            sessions: HashMap::new(),
+            routes: HashMap::new(),
+            configured,
+            drops: DropCounters::default(),
+            snapshot,
+            started: now,
+            last_status: now - STATUS_INTERVAL,
+            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+        })
+    }
+
+    /// Runs until SIGINT or SIGTERM, then says goodbye to every peer.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            let timeout = self.next_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut stop = false;
+            for event in events.iter() {
+                match event.token() {
+                    TUN => self.on_tun_readable(),
+                    UDP => self.on_udp_readable(),
+                    LISTENER => self.on_accept(),
+                    SIGNALS => stop = true,
+                    token => self.on_stream_event(token, event.is_readable(), event.is_writable()),
+                }
+            }
+            if stop {
+                break;
+            }
+            let now = Instant::now();
+            self.run_timers(now);
+            if now.duration_since(self.last_status) >= STATUS_INTERVAL {
+                self.publish_status(now);
+                self.last_status = now;
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn next_timeout(&self, now: Instant) -> Duration {
+        let mut t = now + STATUS_INTERVAL;
+        for s in self.streams.values() {
+            if let Some(w) = s.link.as_ref().and_then(|l| l.next_wakeup()) {
+                t = t.min(w);
+            }
+        }
+        for p in &self.configured {
+            if p.stream.is_none() {
+                t = t.min(p.backoff.next_attempt());
+            }
+        }
+        t.saturating_duration_since(now).max(Duration::from_millis(1))
+    }
+
+    // ---- data path -------------------------------------------------------
+
+    fn on_tun_readable(&mut self) {
+        // Leave room in front for the sleeve header and the record header,
+        // so the packet is read straight into place and sealed without a copy.
+        let front = sleeve::HEADER_LEN + sleeve::RECORD_OVERHEAD;
+        loop {
+            let max = usize::from(self.cfg.overlay_mtu).max(1500) + 64;
+            let n = match self.tun.recv(&mut self.buf[front..front + max]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the TUN device failed");
+                    return;
+                }
+            };
+            let Some(dst) = destination(&self.buf[front..front + n]) else { continue };
+            let Some(&token) = self.routes.get(&dst) else {
+                // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
+                if !dst.is_multicast() {
+                    self.drops.no_route += 1;
+                }
+                continue;
+            };
+            let Some(stream) = self.streams.get_mut(&token) else { continue };
+            let Some(link) = stream.link.as_ref() else { continue };
+            let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else { continue };
+            let record = &mut self.buf[sleeve::HEADER_LEN..];
+            let Some(record_len) = sleeve::emit_record_header(record, self.cfg.vni, n) else { continue };
+            match session.seal(sleeve::MessageType::Data, &mut self.buf, record_len) {
+                Ok(len) => match self.udp.send_to(&self.buf[..len], endpoint) {
+                    Ok(_) => {
+                        stream.counters.tx_bytes += n as u64;
+                        stream.counters.tx_packets += 1;
+                    }
+                    Err(_) => self.drops.send_errors += 1,
+                },
+                Err(_) => self.drops.send_errors += 1,
+            }
+        }
+    }
+
+    fn on_udp_readable(&mut self) {
+        loop {
+            let (n, from) = match self.udp.recv_from(&mut self.buf) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => continue, // ICMP errors surface here; nothing to do
+            };
+            self.on_datagram(n, from);
+        }
+    }
+
+    fn on_datagram(&mut self, n: usize, from: SocketAddr) {
+        let now = Instant::now();
+        let datagram = &mut self.buf[..n];
+        let Ok(packet) = sleeve::Packet::new_checked(&*datagram) else {
+            self.drops.malformed += 1;
+            return;
+        };
+        let Ok(repr) = sleeve::Repr::parse(&packet) else {
+            self.drops.malformed += 1;
+            return;
+        };
+        let Some((token, session)) = self.sessions.get(&repr.receiver_index) else {
+            self.drops.unknown_session += 1;
+            return;
+        };
+        let token = *token;
+        let plain_len = match session.open(repr.counter, datagram) {
+            Ok(len) => len,
+            Err(OpenError::Replay) => {
+                self.drops.replay += 1;
+                return;
+            }
+            Err(_) => {
+                self.drops.authentication += 1;
+                return;
+            }
+        };
+        let Some(stream) = self.streams.get_mut(&token) else { return };
+        let Some(link) = stream.link.as_mut() else { return };
+        link.on_authenticated(repr.receiver_index, from, now);
+        let plaintext = &self.buf[sleeve::HEADER_LEN..sleeve::HEADER_LEN + plain_len];
+        match repr.message_type {
+            sleeve::MessageType::Data => {
+                for record in sleeve::Records::new(plaintext) {
+                    let Ok(record) = record else {
+                        self.drops.bad_record += 1;
+                        break;
+                    };
+                    if record.vni != self.cfg.vni || destination(record.frame).is_none() {
+                        self.drops.bad_record += 1;
+                        continue;
+                    }
+                    match self.tun.send(record.frame) {
+                        Ok(_) => {
+                            stream.counters.rx_bytes += record.frame.len() as u64;
+                            stream.counters.rx_packets += 1;
+                        }
+                        Err(_) => self.drops.send_errors += 1,
+                    }
+                }
+            }
+            sleeve::MessageType::Heartbeat => link.on_heartbeat(plaintext, from, now),
+            sleeve::MessageType::PmtuProbe => {}
+        }
+        self.drive_link(token, now);
+    }
+
+    // ---- control connections --------------------------------------------
+
+    fn on_accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => {
+                    let handshaking = self
+                        .streams
+                        .values()
+                        .filter(|s| s.link.as_ref().is_some_and(|l| l.remote_hello().is_none()))
+                        .count();
+                    if handshaking >= MAX_HANDSHAKING_INBOUND {
+                        self.drops.control_rejected += 1;
+                        continue; // dropping the stream closes it
+                    }
+                    let now = Instant::now();
+                    let link = Link::new(Direction::Inbound, addr, self.cfg.link.clone(), now);
+                    if let Some(token) = self.add_stream(stream, addr, Some(link), None, now) {
+                        self.drive_link(token, now);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a control connection failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_stream(
+        &mut self,
+        mut stream: TcpStream,
+        peer_addr: SocketAddr,
+        link: Option<Link>,
+        configured: Option<usize>,
+        now: Instant,
+    ) -> Option<Token> {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+            tracing::warn!(error = %e, "cannot watch a control connection");
+            return None;
+        }
+        self.streams.insert(
+            token,
+            Stream {
+                stream,
+                link,
+                connect_started: now,
+                out: Vec::new(),
+                peer_addr,
+                configured,
+                counters: LinkCounters::default(),
+            },
+        );
+        Some(token)
+    }
+
+    fn on_stream_event(&mut self, token: Token, readable: bool, writable: bool) {
+        let now = Instant::now();
+        let Some(s) = self.streams.get_mut(&token) else { return };
+        if s.link.is_none() {
+            // A connect in progress: it finished (either way) when writable.
+            if !(writable || readable) {
+                return;
+            }
+            match s.stream.take_error() {
+                Ok(None) if s.stream.peer_addr().is_ok() => {
+                    tracing::info!(peer = %s.peer_addr, "control connection open; authenticating");
+                    s.link = Some(Link::new(Direction::Outbound, s.peer_addr, self.cfg.link.clone(), now));
+                }
+                Ok(None) => return, // spurious wakeup, still connecting
+                Ok(Some(e)) | Err(e) => {
+                    let reason = format!("cannot connect to {}: {e}", s.peer_addr);
+                    self.close_stream(token, &reason, now);
+                    return;
+                }
+            }
+        }
+        if readable {
+            let mut chunk = [0u8; 16384];
+            loop {
+                let Some(s) = self.streams.get_mut(&token) else { return };
+                match s.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        if let Some(l) = s.link.as_mut() {
+                            l.on_control_closed("the peer closed the control connection");
+                        }
+                        break;
+                    }
+                    Ok(n) => {
+                        if let Some(l) = s.link.as_mut() {
+                            l.on_control_bytes(&chunk[..n], now);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if let Some(l) = s.link.as_mut() {
+                            l.on_control_closed(&format!("control connection error: {e}"));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.drive_link(token, now);
+    }
+
+    /// Applies a link's outputs.
+    fn drive_link(&mut self, token: Token, now: Instant) {
+        loop {
+            let Some(s) = self.streams.get_mut(&token) else { return };
+            let Some(output) = s.link.as_mut().and_then(|l| l.poll_output()) else { break };
+            match output {
+                Output::Control(bytes) => s.out.extend_from_slice(&bytes),
+                Output::Datagram { to, bytes } => {
+                    if self.udp.send_to(&bytes, to).is_err() {
+                        self.drops.send_errors += 1;
+                    }
+                }
+                Output::SessionUp(session) => {
+                    self.sessions.insert(session.local_index, (token, session));
+                }
+                Output::SessionDown(index) => {
+                    self.sessions.remove(&index);
+                }
+                Output::PeerReady { remote_static, hello } => self.on_peer_ready(token, remote_static, hello),
+                Output::Established => {
+                    let s = self.streams.get_mut(&token).expect("present");
+                    tracing::info!(peer = %s.peer_addr, "connection established: heartbeats flow over UDP");
+                    if let Some(i) = s.configured {
+                        self.configured[i].backoff.succeeded();
+                        self.configured[i].last_failure = None;
+                    }
+                }
+                Output::Close(reason) => {
+                    self.flush(token);
+                    self.close_stream(token, &reason, now);
+                    return;
+                }
+            }
+        }
+        self.flush(token);
+    }
+
+    fn on_peer_ready(&mut self, token: Token, remote_static: [u8; 32], hello: crate::mesh::control::Hello) {
+        // One connection per peer pair: if both sides dialled, keep the one
+        // opened by the host with the smaller public key. Both ends decide
+        // the same way without talking.
+        let ours = self.cfg.link.key.public();
+        let initiator_key = |dir: Direction, theirs: &[u8; 32]| if dir == Direction::Outbound { ours } else { *theirs };
+        let this_dir = self.streams[&token].link.as_ref().map(|l| l.direction).unwrap_or(Direction::Inbound);
+        let duplicate = self.streams.iter().find_map(|(t, s)| {
+            let l = s.link.as_ref()?;
+            (*t != token && !l.is_closed() && l.remote_static() == Some(&remote_static)).then_some((*t, l.direction))
+        });
+        if let Some((other, other_dir)) = duplicate {
+            let keep_this = initiator_key(this_dir, &remote_static) < initiator_key(other_dir, &remote_static);
+            let (winner, loser) = if keep_this { (token, other) } else { (other, token) };
+            tracing::info!(peer = %self.streams[&token].peer_addr, "two connections to the same peer; keeping one");
+            // A configured peer whose dial lost is satisfied by the winner:
+            // no failure, no backoff, no redial.
+            for cp in self.configured.iter_mut().filter(|c| c.stream == Some(loser)) {
+                cp.stream = Some(winner);
+                cp.last_failure = None;
+            }
+            if let Some(s) = self.streams.get_mut(&loser) {
+                s.configured = None;
+                if let Some(l) = s.link.as_mut() {
+                    l.goodbye("duplicate connection");
+                    l.on_control_closed("duplicate connection to the same peer (the other one is kept)");
+                }
+            }
+            if loser == token {
+                return;
+            }
+        }
+        let s = self.streams.get_mut(&token).expect("present");
+        for cidr in &hello.overlay {
+            if let Some(ip) = cidr.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()) {
+                self.routes.insert(ip, token);
+            }
+        }
+        tracing::info!(
+            peer = %s.peer_addr,
+            name = %hello.name,
+            key = %short_key(&remote_static),
+            overlay = ?hello.overlay,
+            cipher = ?s.link.as_ref().and_then(|l| l.cipher()).map(|c| c.name()),
+            "peer authenticated"
+        );
+        if let Some(l) = s.link.as_ref() {
+            let dir = l.direction;
+            // An inbound connection from a configured peer satisfies it too.
+            if dir == Direction::Inbound {
+                let endpoint = l.endpoint();
+                if let Some(cp) = self
+                    .configured
+                    .iter_mut()
+                    .find(|c| c.stream.is_none() && (Some(c.addr) == endpoint || c.addr.ip() == s.peer_addr.ip()))
+                {
+                    cp.stream = Some(token);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, token: Token) {
+        let Some(s) = self.streams.get_mut(&token) else { return };
+        while !s.out.is_empty() {
+            match s.stream.write(&s.out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    s.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // WouldBlock: a writable event will come
+            }
+        }
+    }
+
+    fn close_stream(&mut self, token: Token, reason: &str, now: Instant) {
+        let Some(mut s) = self.streams.remove(&token) else { return };
+        let _ = self.poll.registry().deregister(&mut s.stream);
+        self.routes.retain(|_, t| *t != token);
+        self.sessions.retain(|_, (t, _)| *t != token);
+        let authenticated = s.link.as_ref().is_some_and(|l| l.remote_hello().is_some());
+        if s.link.is_some() && !authenticated {
+            self.drops.control_rejected += 1;
+        }
+        if reason.starts_with("duplicate") {
+            tracing::info!(peer = %s.peer_addr, "{reason}");
+        } else {
+            tracing::warn!(peer = %s.peer_addr, "connection closed: {reason}");
+        }
+        let configured = s.configured.or_else(|| self.configured.iter().position(|c| c.stream == Some(token)));
+        if let Some(i) = configured {
+            let cp = &mut self.configured[i];
+            cp.stream = None;
+            cp.backoff.failed(now);
+            if !reason.starts_with("duplicate") {
+                cp.last_failure = Some(reason.to_string());
+            }
+            if s.configured.is_some() {
+                tracing::info!(peer = %cp.addr, "retrying in {:.1} s", cp.backoff.next_attempt().saturating_duration_since(now).as_secs_f64());
+            }
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        let tokens: Vec<Token> = self.streams.keys().copied().collect();
+        for token in tokens {
+            let Some(s) = self.streams.get_mut(&token) else { continue };
+            match s.link.as_mut() {
+                Some(l) => l.poll(now),
+                None => {
+                    if now.duration_since(s.connect_started) > CONNECT_TIMEOUT {
+                        let reason = format!("cannot connect to {}: timed out after {} s", s.peer_addr, CONNECT_TIMEOUT.as_secs());
+                        self.close_stream(token, &reason, now);
+                        continue;
+                    }
+                }
+            }
+            self.drive_link(token, now);
+        }
+        for i in 0..self.configured.len() {
+            let cp = &self.configured[i];
+            if cp.stream.is_some() || !cp.backoff.due(now) {
+                continue;
+            }
+            // Already connected to this host by its own dial?
+            let addr = cp.addr;
+            match TcpStream::connect(addr) {
+                Ok(stream) => {
+                    tracing::debug!(peer = %addr, "connecting");
+                    let token = self.add_stream(stream, addr, None, Some(i), now);
+                    self.configured[i].stream = token;
+                    if token.is_none() {
+                        self.configured[i].backoff.failed(now);
+                    }
+                }
+                Err(e) => {
+                    let cp = &mut self.configured[i];
+                    cp.last_failure = Some(format!("cannot connect to {addr}: {e}"));
+                    cp.backoff.failed(now);
+                }
+            }
+        }
+    }
+
+    fn publish_status(&mut self, now: Instant) {
+        let mut status = self.cfg.status_template.clone();
+        status.uptime_secs = now.duration_since(self.started).as_secs();
+        status.dropped = self.drops.clone();
+        let mut shown: Vec<Token> = Vec::new();
+        let mut connections = Vec::new();
+        for (i, cp) in self.configured.iter().enumerate() {
+            match cp.stream.and_then(|t| self.streams.get(&t).map(|s| (t, s))) {
+                Some((t, s)) => {
+                    shown.push(t);
+                    connections.push(self.connection_status(s, Some(i), now));
+                }
+                None => connections.push(ConnectionStatus {
+                    direction: "->".into(),
+                    address: cp.addr.to_string(),
+                    state: if cp.last_failure.is_some() { "failed".into() } else { "connecting".into() },
+                    reason: Some(format!(
+                        "{}retry in {:.1}s",
+                        cp.last_failure.as_ref().map(|r| format!("{r}; ")).unwrap_or_default(),
+                        cp.backoff.next_attempt().saturating_duration_since(now).as_secs_f64()
+                    )),
+                    mode: "sleeve".into(),
+                    encryption: None,
+                    overlay_mtu: self.cfg.overlay_mtu,
+                    rtt_ms: None,
+                    tx_bytes: 0,
+                    tx_packets: 0,
+                    rx_bytes: 0,
+                    rx_packets: 0,
+                    peer_name: None,
+                    peer_key: None,
+                    peer_overlay: vec![],
+                    endpoint: None,
+                }),
+            }
+        }
+        let mut rest: Vec<_> = self.streams.iter().filter(|(t, _)| !shown.contains(t)).collect();
+        rest.sort_by_key(|(t, _)| t.0);
+        for (_, s) in rest {
+            // Unauthenticated inbound connections are not peers yet.
+            if s.link.as_ref().is_some_and(|l| l.remote_hello().is_some()) {
+                connections.push(self.connection_status(s, None, now));
+            }
+        }
+        status.connections = connections;
+        if let Ok(mut g) = self.snapshot.lock() {
+            *g = status;
+        }
+    }
+
+    fn connection_status(&self, s: &Stream, _configured: Option<usize>, _now: Instant) -> ConnectionStatus {
+        let link = s.link.as_ref();
+        let hello = link.and_then(|l| l.remote_hello());
+        let (state, reason) = match link.map(|l| l.state()) {
+            None => ("connecting".to_string(), Some("TCP connect in progress".to_string())),
+            Some(LinkState::Handshaking) => ("connecting".into(), Some("authenticating".into())),
+            Some(LinkState::Connecting) => ("connecting".into(), Some("waiting for a heartbeat reply over UDP".into())),
+            Some(LinkState::Established) => ("established".into(), None),
+            Some(LinkState::Failed(r)) => ("failed".into(), Some(r.clone())),
+        };
+        ConnectionStatus {
+            direction: link.map(|l| l.direction.arrow()).unwrap_or("->").into(),
+            address: s.peer_addr.to_string(),
+            state,
+            reason,
+            mode: "sleeve".into(),
+            encryption: link.and_then(|l| l.cipher()).map(|c| c.name().to_string()),
+            overlay_mtu: hello.map(|h| h.overlay_mtu.min(self.cfg.overlay_mtu)).unwrap_or(self.cfg.overlay_mtu),
+            rtt_ms: link.and_then(|l| l.rtt()).map(|r| r.as_secs_f64() * 1000.0),
+            tx_bytes: s.counters.tx_bytes,
+            tx_packets: s.counters.tx_packets,
+            rx_bytes: s.counters.rx_bytes,
+            rx_packets: s.counters.rx_packets,
+            peer_name: hello.map(|h| h.name.clone()),
+            peer_key: link.and_then(|l| l.remote_static()).map(|k| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(k)
+            }),
+            peer_overlay: hello.map(|h| h.overlay.clone()).unwrap_or_default(),
+            endpoint: link.and_then(|l| l.endpoint()).map(|e| e.to_string()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        tracing::info!("shutting down: telling peers goodbye");
+        let tokens: Vec<Token> = self.streams.keys().copied().collect();
+        for token in tokens {
+            if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
+                l.goodbye("weft on the peer is shutting down");
+            }
+            if let Some(s) = self.streams.get_mut(&token) {
+                while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
+                    if let Output::Control(bytes) = out {
+                        s.out.extend_from_slice(&bytes);
+                    }
+                }
+            }
+            self.flush(token);
+        }
+        let _ = &self.signals;
+    }
+}
+
+/// The destination address of an IP packet, or `None` if it is not one.
+#[inline]
+fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
