@@ -210,7 +210,11 @@ pub struct Repr {
 
 impl Repr {
     /// A request "who has `target`? tell `source_protocol_addr`".
-    pub fn request(source_hardware_addr: MacAddr, source_protocol_addr: Ipv4Addr, target: Ipv4Addr) -> Repr {
+    pub fn request(
+        source_hardware_addr: MacAddr,
+        source_protocol_addr: Ipv4Addr,
+        target: Ipv4Addr,
+    ) -> Repr {
         Repr {
             operation: Operation::Request,
             source_hardware_addr,
@@ -286,7 +290,11 @@ mod tests {
     ];
 
     fn request() -> Repr {
-        Repr::request(MacAddr([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]), Ipv4Addr::new(10, 32, 0, 1), Ipv4Addr::new(10, 32, 0, 2))
+        Repr::request(
+            MacAddr([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]),
+            Ipv4Addr::new(10, 32, 0, 1),
+            Ipv4Addr::new(10, 32, 0, 2),
+        )
     }
 
     #[test]
@@ -295,7 +303,10 @@ mod tests {
         assert_eq!(packet.hardware_type(), 1);
         assert_eq!(packet.protocol_type(), EtherType::Ipv4);
         assert_eq!(packet.operation(), Operation::Request);
-        assert_eq!(packet.source_hardware_addr(), MacAddr([0x02, 0x42, 0xac, 0x11, 0x00, 0x02]));
+        assert_eq!(
+            packet.source_hardware_addr(),
+            MacAddr([0x02, 0x42, 0xac, 0x11, 0x00, 0x02])
+        );
         assert_eq!(packet.source_protocol_addr(), Ipv4Addr::new(10, 32, 0, 1));
         assert_eq!(packet.target_hardware_addr(), MacAddr([0; 6]));
         assert_eq!(packet.target_protocol_addr(), Ipv4Addr::new(10, 32, 0, 2));
@@ -304,9 +315,14 @@ mod tests {
     #[test]
     fn construct_parse_emit() {
         let mut bytes = [0xffu8; 28];
-        request().emit(&mut Packet::new_unchecked(&mut bytes[..])).unwrap();
+        request()
+            .emit(&mut Packet::new_unchecked(&mut bytes[..]))
+            .unwrap();
         assert_eq!(bytes, REQUEST_BYTES);
-        assert_eq!(Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap(), request());
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap(),
+            request()
+        );
     }
 
     #[test]
@@ -325,14 +341,24 @@ mod tests {
     #[test]
     fn truncated_and_foreign() {
         for len in 0..PACKET_LEN {
-            assert_eq!(Packet::new_checked(&REQUEST_BYTES[..len]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                Packet::new_checked(&REQUEST_BYTES[..len]).unwrap_err(),
+                WireError::Truncated
+            );
         }
         for byte in [1usize, 2, 4, 5] {
             let mut bytes = REQUEST_BYTES;
             bytes[byte] ^= 0x01;
-            assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), WireError::Malformed, "byte {byte}");
+            assert_eq!(
+                Packet::new_checked(&bytes[..]).unwrap_err(),
+                WireError::Malformed,
+                "byte {byte}"
+            );
         }
         let mut small = [0u8; 27];
-        assert_eq!(request().emit(&mut Packet::new_unchecked(&mut small[..])), Err(WireError::Truncated));
+        assert_eq!(
+            request().emit(&mut Packet::new_unchecked(&mut small[..])),
+            Err(WireError::Truncated)
+        );
     }
 }

@@ -118,7 +118,11 @@ mod tests {
         }
         let ones = [0xFFu8; 67];
         for len in 0..ones.len() {
-            assert_eq!(data(&ones[..len]), reference(&ones[..len]), "ones len {len}");
+            assert_eq!(
+                data(&ones[..len]),
+                reference(&ones[..len]),
+                "ones len {len}"
+            );
         }
     }
 

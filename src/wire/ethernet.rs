@@ -57,7 +57,11 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -210,7 +214,11 @@ impl Repr {
     /// Parses a checked frame.
     pub fn parse<T: AsRef<[u8]>>(frame: &Frame<T>) -> Result<Repr> {
         frame.check_len()?;
-        Ok(Repr { src_addr: frame.src_addr(), dst_addr: frame.dst_addr(), ethertype: frame.ethertype() })
+        Ok(Repr {
+            src_addr: frame.src_addr(),
+            dst_addr: frame.dst_addr(),
+            ethertype: frame.ethertype(),
+        })
     }
 
     /// Length of the header this emits.
@@ -265,7 +273,9 @@ mod tests {
         let mut bytes = [0u8; 18];
         let mut frame = Frame::new_unchecked(&mut bytes[..]);
         repr().emit(&mut frame);
-        frame.payload_mut().copy_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd]);
+        frame
+            .payload_mut()
+            .copy_from_slice(&[0xaa, 0xbb, 0xcc, 0xdd]);
         assert_eq!(bytes, FRAME_BYTES);
         let parsed = Repr::parse(&Frame::new_checked(&bytes[..]).unwrap()).unwrap();
         assert_eq!(parsed, repr());
@@ -275,7 +285,10 @@ mod tests {
     #[test]
     fn truncated_at_every_length() {
         for len in 0..HEADER_LEN {
-            assert_eq!(Frame::new_checked(&FRAME_BYTES[..len]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                Frame::new_checked(&FRAME_BYTES[..len]).unwrap_err(),
+                WireError::Truncated
+            );
         }
         assert!(Frame::new_checked(&FRAME_BYTES[..HEADER_LEN]).is_ok());
     }
@@ -291,7 +304,10 @@ mod tests {
     #[test]
     fn mac_from_bytes() {
         assert_eq!(MacAddr::from_bytes(&[1, 2, 3, 4, 5]), None);
-        assert_eq!(MacAddr::from_bytes(&[1, 2, 3, 4, 5, 6, 7]), Some(MacAddr([1, 2, 3, 4, 5, 6])));
+        assert_eq!(
+            MacAddr::from_bytes(&[1, 2, 3, 4, 5, 6, 7]),
+            Some(MacAddr([1, 2, 3, 4, 5, 6]))
+        );
         assert!(MacAddr([0x01, 0, 0x5e, 0, 0, 1]).is_multicast());
         assert!(!MacAddr([0x01, 0, 0x5e, 0, 0, 1]).is_broadcast());
     }

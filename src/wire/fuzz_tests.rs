@@ -8,7 +8,16 @@ use super::totality;
 /// Bytes that look like the start of real headers often enough to get
 /// past the first length/version checks.
 fn header_like_bytes() -> impl Strategy<Value = Vec<u8>> {
-    (prop_oneof![Just(0x45u8), Just(0x46), Just(0x60), Just(0x00), any::<u8>()], proptest::collection::vec(any::<u8>(), 0..700))
+    (
+        prop_oneof![
+            Just(0x45u8),
+            Just(0x46),
+            Just(0x60),
+            Just(0x00),
+            any::<u8>()
+        ],
+        proptest::collection::vec(any::<u8>(), 0..700),
+    )
         .prop_map(|(first, mut rest)| {
             rest.insert(0, first);
             // Make declared lengths often match the buffer.

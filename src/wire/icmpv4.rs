@@ -178,7 +178,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The four type-specific header bytes after the checksum.
     #[inline]
     pub fn rest_of_header(&self) -> [u8; 4] {
-        self.buffer.as_ref()[field::REST_OF_HEADER].try_into().unwrap()
+        self.buffer.as_ref()[field::REST_OF_HEADER]
+            .try_into()
+            .unwrap()
     }
 
     /// Everything after the header (for errors: the quoted packet).
@@ -304,14 +306,27 @@ impl<'a> Repr<'a> {
         }
         let data = &packet.buffer.as_ref()[field::DATA..];
         Ok(match packet.msg_type() {
-            Message::EchoRequest => {
-                Repr::EchoRequest { ident: packet.echo_ident(), seq_no: packet.echo_seq_no(), data }
-            }
-            Message::EchoReply => Repr::EchoReply { ident: packet.echo_ident(), seq_no: packet.echo_seq_no(), data },
-            Message::DstUnreachable => {
-                Repr::DstUnreachable { code: packet.msg_code(), next_hop_mtu: packet.next_hop_mtu(), data }
-            }
-            msg_type => Repr::Other { msg_type, code: packet.msg_code(), rest_of_header: packet.rest_of_header(), data },
+            Message::EchoRequest => Repr::EchoRequest {
+                ident: packet.echo_ident(),
+                seq_no: packet.echo_seq_no(),
+                data,
+            },
+            Message::EchoReply => Repr::EchoReply {
+                ident: packet.echo_ident(),
+                seq_no: packet.echo_seq_no(),
+                data,
+            },
+            Message::DstUnreachable => Repr::DstUnreachable {
+                code: packet.msg_code(),
+                next_hop_mtu: packet.next_hop_mtu(),
+                data,
+            },
+            msg_type => Repr::Other {
+                msg_type,
+                code: packet.msg_code(),
+                rest_of_header: packet.rest_of_header(),
+                data,
+            },
         })
     }
 
@@ -344,19 +359,29 @@ impl<'a> Repr<'a> {
         }
         match *self {
             Repr::EchoRequest { ident, seq_no, .. } | Repr::EchoReply { ident, seq_no, .. } => {
-                let msg_type =
-                    if matches!(self, Repr::EchoRequest { .. }) { Message::EchoRequest } else { Message::EchoReply };
+                let msg_type = if matches!(self, Repr::EchoRequest { .. }) {
+                    Message::EchoRequest
+                } else {
+                    Message::EchoReply
+                };
                 packet.set_msg_type(msg_type);
                 packet.set_msg_code(0);
                 packet.set_echo_ident(ident);
                 packet.set_echo_seq_no(seq_no);
             }
-            Repr::DstUnreachable { code, next_hop_mtu, .. } => {
+            Repr::DstUnreachable {
+                code, next_hop_mtu, ..
+            } => {
                 packet.set_msg_type(Message::DstUnreachable);
                 packet.set_msg_code(code);
                 packet.set_next_hop_mtu(next_hop_mtu);
             }
-            Repr::Other { msg_type, code, rest_of_header, .. } => {
+            Repr::Other {
+                msg_type,
+                code,
+                rest_of_header,
+                ..
+            } => {
                 packet.set_msg_type(msg_type);
                 packet.set_msg_code(code);
                 packet.set_rest_of_header(rest_of_header);
@@ -376,7 +401,8 @@ impl<'a> Repr<'a> {
 pub fn error_allowed<T: AsRef<[u8]>>(offending: &ipv4::Packet<T>) -> bool {
     let src = offending.src_addr();
     let dst = offending.dst_addr();
-    let bad_addr = |addr: Ipv4Addr| addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast();
+    let bad_addr =
+        |addr: Ipv4Addr| addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast();
     if offending.frag_offset() != 0 || bad_addr(src) || bad_addr(dst) {
         return false;
     }
@@ -401,14 +427,21 @@ pub fn error_allowed<T: AsRef<[u8]>>(offending: &ipv4::Packet<T>) -> bool {
 /// a valid IPv4 packet or `out` cannot hold header + minimum quote
 /// (`Truncated`). Only send this for packets with DF set; others may be
 /// fragmented instead.
-pub fn build_frag_needed(offending: &[u8], next_hop_mtu: u16, out: &mut [u8]) -> Result<Option<usize>> {
+pub fn build_frag_needed(
+    offending: &[u8],
+    next_hop_mtu: u16,
+    out: &mut [u8],
+) -> Result<Option<usize>> {
     let offending = ipv4::Packet::new_checked(offending)?;
     if !error_allowed(&offending) {
         return Ok(None);
     }
     let offending_len = usize::from(offending.total_len());
     let min_quote = offending_len.min(offending.header_len() + 8);
-    let room = out.len().checked_sub(ipv4::HEADER_LEN + HEADER_LEN).ok_or(WireError::Truncated)?;
+    let room = out
+        .len()
+        .checked_sub(ipv4::HEADER_LEN + HEADER_LEN)
+        .ok_or(WireError::Truncated)?;
     let quote_len = offending_len.min(MAX_QUOTE_LEN).min(room);
     if quote_len < min_quote {
         return Err(WireError::Truncated);
@@ -431,7 +464,11 @@ pub fn build_frag_needed(offending: &[u8], next_hop_mtu: u16, out: &mut [u8]) ->
     };
     let out = &mut out[..total_len];
     ip_repr.emit(&mut ipv4::Packet::new_unchecked(&mut *out))?;
-    let icmp_repr = Repr::DstUnreachable { code: CODE_FRAG_NEEDED, next_hop_mtu, data: quote };
+    let icmp_repr = Repr::DstUnreachable {
+        code: CODE_FRAG_NEEDED,
+        next_hop_mtu,
+        data: quote,
+    };
     icmp_repr.emit(&mut Packet::new_unchecked(&mut out[ipv4::HEADER_LEN..]))?;
     Ok(Some(total_len))
 }
@@ -442,7 +479,9 @@ mod tests {
 
     // Echo request, ident 0x1234, seq 1, data "abcd"; checksum computed
     // with a separate script.
-    static ECHO_BYTES: [u8; 12] = [0x08, 0x00, 0x21, 0x04, 0x12, 0x34, 0x00, 0x01, 0x61, 0x62, 0x63, 0x64];
+    static ECHO_BYTES: [u8; 12] = [
+        0x08, 0x00, 0x21, 0x04, 0x12, 0x34, 0x00, 0x01, 0x61, 0x62, 0x63, 0x64,
+    ];
 
     #[test]
     fn deconstruct_echo() {
@@ -458,19 +497,36 @@ mod tests {
     #[test]
     fn echo_parse_emit_round_trip() {
         let repr = Repr::parse(&Packet::new_checked(&ECHO_BYTES[..]).unwrap()).unwrap();
-        assert_eq!(repr, Repr::EchoRequest { ident: 0x1234, seq_no: 1, data: b"abcd" });
+        assert_eq!(
+            repr,
+            Repr::EchoRequest {
+                ident: 0x1234,
+                seq_no: 1,
+                data: b"abcd"
+            }
+        );
         let mut bytes = [0u8; 12];
-        repr.emit(&mut Packet::new_unchecked(&mut bytes[..])).unwrap();
+        repr.emit(&mut Packet::new_unchecked(&mut bytes[..]))
+            .unwrap();
         assert_eq!(bytes, ECHO_BYTES);
         let mut long = [0u8; 13];
-        assert_eq!(repr.emit(&mut Packet::new_unchecked(&mut long[..])), Err(WireError::Malformed));
-        assert_eq!(repr.emit(&mut Packet::new_unchecked(&mut bytes[..11])), Err(WireError::Truncated));
+        assert_eq!(
+            repr.emit(&mut Packet::new_unchecked(&mut long[..])),
+            Err(WireError::Malformed)
+        );
+        assert_eq!(
+            repr.emit(&mut Packet::new_unchecked(&mut bytes[..11])),
+            Err(WireError::Truncated)
+        );
     }
 
     #[test]
     fn truncated_and_corrupted() {
         for len in 0..HEADER_LEN {
-            assert_eq!(Packet::new_checked(&ECHO_BYTES[..len]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                Packet::new_checked(&ECHO_BYTES[..len]).unwrap_err(),
+                WireError::Truncated
+            );
         }
         for byte in 0..ECHO_BYTES.len() {
             let mut bytes = ECHO_BYTES;
@@ -498,7 +554,8 @@ mod tests {
             more_frags: false,
             frag_offset: 0,
         };
-        repr.emit(&mut ipv4::Packet::new_unchecked(&mut bytes[..])).unwrap();
+        repr.emit(&mut ipv4::Packet::new_unchecked(&mut bytes[..]))
+            .unwrap();
         for (i, b) in bytes[28..].iter_mut().enumerate() {
             *b = i as u8;
         }
@@ -511,7 +568,9 @@ mod tests {
         // separate script from the RFC 791/792/1191 layouts.
         let offending = offending_udp(4);
         let mut out = [0u8; 600];
-        let len = build_frag_needed(&offending, 1430, &mut out).unwrap().unwrap();
+        let len = build_frag_needed(&offending, 1430, &mut out)
+            .unwrap()
+            .unwrap();
         assert_eq!(len, 20 + 8 + 32);
         #[rustfmt::skip]
         let expected_head: [u8; 28] = [
@@ -527,7 +586,9 @@ mod tests {
     fn frag_needed_parses_back() {
         let offending = offending_udp(1500 - 28);
         let mut out = [0u8; 1500];
-        let len = build_frag_needed(&offending, 1430, &mut out).unwrap().unwrap();
+        let len = build_frag_needed(&offending, 1430, &mut out)
+            .unwrap()
+            .unwrap();
         assert_eq!(len, 576);
         let ip = ipv4::Packet::new_checked(&out[..len]).unwrap();
         let ip_repr = ipv4::Repr::parse(&ip).unwrap();
@@ -536,7 +597,11 @@ mod tests {
         assert_eq!(ip_repr.protocol, IpProtocol::Icmp);
         let icmp = Packet::new_checked(ip.payload()).unwrap();
         match Repr::parse(&icmp).unwrap() {
-            Repr::DstUnreachable { code, next_hop_mtu, data } => {
+            Repr::DstUnreachable {
+                code,
+                next_hop_mtu,
+                data,
+            } => {
                 assert_eq!(code, CODE_FRAG_NEEDED);
                 assert_eq!(next_hop_mtu, 1430);
                 assert_eq!(data, &offending[..MAX_QUOTE_LEN]);
@@ -550,10 +615,17 @@ mod tests {
         let offending = offending_udp(100);
         // Room for exactly header + 28-byte quote.
         let mut out = [0u8; 56];
-        assert_eq!(build_frag_needed(&offending, 1400, &mut out).unwrap(), Some(56));
+        assert_eq!(
+            build_frag_needed(&offending, 1400, &mut out).unwrap(),
+            Some(56)
+        );
         for len in 0..56 {
             let mut out = vec![0u8; len];
-            assert_eq!(build_frag_needed(&offending, 1400, &mut out), Err(WireError::Truncated), "out len {len}");
+            assert_eq!(
+                build_frag_needed(&offending, 1400, &mut out),
+                Err(WireError::Truncated),
+                "out len {len}"
+            );
         }
         for len in 0..offending.len() {
             assert!(build_frag_needed(&offending[..len], 1400, &mut [0u8; 600]).is_err());
@@ -570,7 +642,9 @@ mod tests {
         assert_eq!(build_frag_needed(&icmp_error, 1400, &mut out), Ok(None));
         // ... but an echo request is.
         icmp_error[20] = 8;
-        assert!(build_frag_needed(&icmp_error, 1400, &mut out).unwrap().is_some());
+        assert!(build_frag_needed(&icmp_error, 1400, &mut out)
+            .unwrap()
+            .is_some());
         // Multicast destination and non-first fragments are not.
         let mut multicast = offending_udp(4);
         multicast[16] = 224;

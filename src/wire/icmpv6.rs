@@ -162,7 +162,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The four type-specific header bytes after the checksum.
     #[inline]
     pub fn rest_of_header(&self) -> [u8; 4] {
-        self.buffer.as_ref()[field::REST_OF_HEADER].try_into().unwrap()
+        self.buffer.as_ref()[field::REST_OF_HEADER]
+            .try_into()
+            .unwrap()
     }
 
     /// Everything after the header (for errors: the quoted packet).
@@ -175,7 +177,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// message) is correct for these addresses.
     pub fn verify_checksum(&self, src: &Ipv6Addr, dst: &Ipv6Addr) -> bool {
         let bytes = self.buffer.as_ref();
-        let Ok(length) = u32::try_from(bytes.len()) else { return false };
+        let Ok(length) = u32::try_from(bytes.len()) else {
+            return false;
+        };
         let pseudo = checksum::pseudo_header_v6(src, dst, IpProtocol::Icmpv6.into(), length);
         checksum::combine(&[pseudo, checksum::data(bytes)]) == 0xffff
     }
@@ -299,12 +303,26 @@ impl<'a> Repr<'a> {
         }
         let data = &packet.buffer.as_ref()[field::DATA..];
         Ok(match packet.msg_type() {
-            Message::EchoRequest => {
-                Repr::EchoRequest { ident: packet.echo_ident(), seq_no: packet.echo_seq_no(), data }
-            }
-            Message::EchoReply => Repr::EchoReply { ident: packet.echo_ident(), seq_no: packet.echo_seq_no(), data },
-            Message::PacketTooBig if packet.msg_code() == 0 => Repr::PacketTooBig { mtu: packet.mtu(), data },
-            msg_type => Repr::Other { msg_type, code: packet.msg_code(), rest_of_header: packet.rest_of_header(), data },
+            Message::EchoRequest => Repr::EchoRequest {
+                ident: packet.echo_ident(),
+                seq_no: packet.echo_seq_no(),
+                data,
+            },
+            Message::EchoReply => Repr::EchoReply {
+                ident: packet.echo_ident(),
+                seq_no: packet.echo_seq_no(),
+                data,
+            },
+            Message::PacketTooBig if packet.msg_code() == 0 => Repr::PacketTooBig {
+                mtu: packet.mtu(),
+                data,
+            },
+            msg_type => Repr::Other {
+                msg_type,
+                code: packet.msg_code(),
+                rest_of_header: packet.rest_of_header(),
+                data,
+            },
         })
     }
 
@@ -356,7 +374,12 @@ impl<'a> Repr<'a> {
                 packet.set_msg_code(0);
                 packet.set_mtu(mtu);
             }
-            Repr::Other { msg_type, code, rest_of_header, .. } => {
+            Repr::Other {
+                msg_type,
+                code,
+                rest_of_header,
+                ..
+            } => {
                 packet.set_msg_type(msg_type);
                 packet.set_msg_code(code);
                 packet.set_rest_of_header(rest_of_header);
@@ -409,7 +432,10 @@ pub fn build_packet_too_big(offending: &[u8], mtu: u32, out: &mut [u8]) -> Resul
     }
     let offending_len = ipv6::HEADER_LEN + usize::from(offending.payload_len());
     let min_quote = offending_len.min(ipv6::HEADER_LEN + 8);
-    let room = out.len().checked_sub(ipv6::HEADER_LEN + HEADER_LEN).ok_or(WireError::Truncated)?;
+    let room = out
+        .len()
+        .checked_sub(ipv6::HEADER_LEN + HEADER_LEN)
+        .ok_or(WireError::Truncated)?;
     let quote_len = offending_len.min(MAX_QUOTE_LEN).min(room);
     if quote_len < min_quote {
         return Err(WireError::Truncated);
@@ -431,7 +457,11 @@ pub fn build_packet_too_big(offending: &[u8], mtu: u32, out: &mut [u8]) -> Resul
     let out = &mut out[..total_len];
     ip_repr.emit(&mut ipv6::Packet::new_unchecked(&mut *out))?;
     let icmp_repr = Repr::PacketTooBig { mtu, data: quote };
-    icmp_repr.emit(&reply_src, &reply_dst, &mut Packet::new_unchecked(&mut out[ipv6::HEADER_LEN..]))?;
+    icmp_repr.emit(
+        &reply_src,
+        &reply_dst,
+        &mut Packet::new_unchecked(&mut out[ipv6::HEADER_LEN..]),
+    )?;
     Ok(Some(total_len))
 }
 
@@ -445,7 +475,9 @@ mod tests {
 
     // Echo request fd00::1 -> fd00::2, ident 0x1234, seq 1, "abcd";
     // checksum computed with a separate script.
-    static ECHO_BYTES: [u8; 12] = [0x80, 0x00, 0xae, 0xb8, 0x12, 0x34, 0x00, 0x01, 0x61, 0x62, 0x63, 0x64];
+    static ECHO_BYTES: [u8; 12] = [
+        0x80, 0x00, 0xae, 0xb8, 0x12, 0x34, 0x00, 0x01, 0x61, 0x62, 0x63, 0x64,
+    ];
 
     #[test]
     fn deconstruct_echo() {
@@ -462,9 +494,17 @@ mod tests {
     fn echo_parse_emit_round_trip() {
         let (src, dst) = (addr("fd00::1"), addr("fd00::2"));
         let repr = Repr::parse(&src, &dst, &Packet::new_checked(&ECHO_BYTES[..]).unwrap()).unwrap();
-        assert_eq!(repr, Repr::EchoRequest { ident: 0x1234, seq_no: 1, data: b"abcd" });
+        assert_eq!(
+            repr,
+            Repr::EchoRequest {
+                ident: 0x1234,
+                seq_no: 1,
+                data: b"abcd"
+            }
+        );
         let mut bytes = [0u8; 12];
-        repr.emit(&src, &dst, &mut Packet::new_unchecked(&mut bytes[..])).unwrap();
+        repr.emit(&src, &dst, &mut Packet::new_unchecked(&mut bytes[..]))
+            .unwrap();
         assert_eq!(bytes, ECHO_BYTES);
     }
 
@@ -472,13 +512,20 @@ mod tests {
     fn truncated_and_corrupted() {
         let (src, dst) = (addr("fd00::1"), addr("fd00::2"));
         for len in 0..HEADER_LEN {
-            assert_eq!(Packet::new_checked(&ECHO_BYTES[..len]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                Packet::new_checked(&ECHO_BYTES[..len]).unwrap_err(),
+                WireError::Truncated
+            );
         }
         for byte in 0..ECHO_BYTES.len() {
             let mut bytes = ECHO_BYTES;
             bytes[byte] ^= 0x40;
             let packet = Packet::new_checked(&bytes[..]).unwrap();
-            assert_eq!(Repr::parse(&src, &dst, &packet), Err(WireError::Malformed), "flip in byte {byte}");
+            assert_eq!(
+                Repr::parse(&src, &dst, &packet),
+                Err(WireError::Malformed),
+                "flip in byte {byte}"
+            );
         }
     }
 
@@ -495,7 +542,8 @@ mod tests {
             traffic_class: 0,
             flow_label: 0,
         };
-        repr.emit(&mut ipv6::Packet::new_unchecked(&mut bytes[..])).unwrap();
+        repr.emit(&mut ipv6::Packet::new_unchecked(&mut bytes[..]))
+            .unwrap();
         for (i, b) in bytes[40..].iter_mut().enumerate() {
             *b = i as u8;
         }
@@ -506,7 +554,9 @@ mod tests {
     fn packet_too_big_golden() {
         let offending = offending_udp(0);
         let mut out = [0u8; 1280];
-        let len = build_packet_too_big(&offending, 1410, &mut out).unwrap().unwrap();
+        let len = build_packet_too_big(&offending, 1410, &mut out)
+            .unwrap()
+            .unwrap();
         assert_eq!(len, 40 + 8 + 48);
         #[rustfmt::skip]
         let expected_head: [u8; 48] = [
@@ -523,7 +573,9 @@ mod tests {
     fn packet_too_big_fills_1280_and_parses_back() {
         let offending = offending_udp(2000);
         let mut out = [0u8; 2000];
-        let len = build_packet_too_big(&offending, 1410, &mut out).unwrap().unwrap();
+        let len = build_packet_too_big(&offending, 1410, &mut out)
+            .unwrap()
+            .unwrap();
         assert_eq!(len, 1280);
         let ip = ipv6::Packet::new_checked(&out[..len]).unwrap();
         assert_eq!(ip.src_addr(), addr("fd00::b"));
@@ -543,10 +595,17 @@ mod tests {
     fn packet_too_big_small_output_and_bad_input() {
         let offending = offending_udp(100);
         let mut out = [0u8; 96];
-        assert_eq!(build_packet_too_big(&offending, 1400, &mut out).unwrap(), Some(96));
+        assert_eq!(
+            build_packet_too_big(&offending, 1400, &mut out).unwrap(),
+            Some(96)
+        );
         for len in 0..96 {
             let mut out = vec![0u8; len];
-            assert_eq!(build_packet_too_big(&offending, 1400, &mut out), Err(WireError::Truncated), "out len {len}");
+            assert_eq!(
+                build_packet_too_big(&offending, 1400, &mut out),
+                Err(WireError::Truncated),
+                "out len {len}"
+            );
         }
         for len in 0..offending.len() {
             assert!(build_packet_too_big(&offending[..len], 1400, &mut [0u8; 1280]).is_err());
@@ -561,10 +620,15 @@ mod tests {
         icmp_error[40] = 1; // destination unreachable
         assert_eq!(build_packet_too_big(&icmp_error, 1400, &mut out), Ok(None));
         icmp_error[40] = 128; // echo request is answered
-        assert!(build_packet_too_big(&icmp_error, 1400, &mut out).unwrap().is_some());
+        assert!(build_packet_too_big(&icmp_error, 1400, &mut out)
+            .unwrap()
+            .is_some());
         let mut multicast_src = offending_udp(8);
         multicast_src[8] = 0xff;
-        assert_eq!(build_packet_too_big(&multicast_src, 1400, &mut out), Ok(None));
+        assert_eq!(
+            build_packet_too_big(&multicast_src, 1400, &mut out),
+            Ok(None)
+        );
         let mut bad_ext = offending_udp(8);
         bad_ext[6] = 0; // hop-by-hop claiming 8 * 256 bytes
         bad_ext[41] = 0xff;

@@ -287,7 +287,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// and must be a multiple of 8.
     #[inline]
     pub fn set_frag(&mut self, dont_frag: bool, more_frags: bool, frag_offset: u16) {
-        let value = (u16::from(dont_frag) << 14) | (u16::from(more_frags) << 13) | ((frag_offset >> 3) & 0x1fff);
+        let value = (u16::from(dont_frag) << 14)
+            | (u16::from(more_frags) << 13)
+            | ((frag_offset >> 3) & 0x1fff);
         write_u16(self.buffer.as_mut(), field::FLG_OFF, value)
     }
 
@@ -395,7 +397,8 @@ impl Repr {
     /// [`HEADER_LEN`] bytes). Fails with `Malformed` if the payload length
     /// does not fit the 16-bit total length.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) -> Result<()> {
-        let total_len = u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| WireError::Malformed)?;
+        let total_len =
+            u16::try_from(HEADER_LEN + self.payload_len).map_err(|_| WireError::Malformed)?;
         if packet.buffer.as_ref().len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
@@ -421,8 +424,8 @@ mod tests {
     // 192.168.1.10 -> 192.168.1.20, UDP, DF, TTL 64, ident 0x1c46,
     // 4 payload bytes, checksum 0x9b20 (computed with a separate script).
     static PACKET_BYTES: [u8; 24] = [
-        0x45, 0x00, 0x00, 0x18, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x11, 0x9b, 0x20, 0xc0, 0xa8, 0x01, 0x0a, 0xc0, 0xa8,
-        0x01, 0x14, 0xde, 0xad, 0xbe, 0xef,
+        0x45, 0x00, 0x00, 0x18, 0x1c, 0x46, 0x40, 0x00, 0x40, 0x11, 0x9b, 0x20, 0xc0, 0xa8, 0x01,
+        0x0a, 0xc0, 0xa8, 0x01, 0x14, 0xde, 0xad, 0xbe, 0xef,
     ];
 
     fn repr() -> Repr {
@@ -465,7 +468,9 @@ mod tests {
         let mut bytes = [0u8; 24];
         let mut packet = Packet::new_unchecked(&mut bytes[..]);
         repr().emit(&mut packet).unwrap();
-        packet.payload_mut().copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        packet
+            .payload_mut()
+            .copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(bytes, PACKET_BYTES);
         let parsed = Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap();
         assert_eq!(parsed, repr());
@@ -492,14 +497,26 @@ mod tests {
     fn rejects_bad_header_fields() {
         let mut bytes = PACKET_BYTES;
         bytes[0] = 0x44; // IHL 4
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            WireError::Malformed
+        );
         bytes[0] = 0x65; // version 6
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            WireError::Malformed
+        );
         bytes = PACKET_BYTES;
         bytes[3] = 19; // total length < header length
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            WireError::Malformed
+        );
         bytes[3] = 25; // total length > buffer
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            WireError::Truncated
+        );
         bytes = PACKET_BYTES;
         bytes[0] = 0x46; // IHL 6 = 24 bytes header = whole buffer: ok, empty payload
         bytes[3] = 24;
@@ -516,7 +533,10 @@ mod tests {
             let mut bytes = PACKET_BYTES;
             bytes[byte] ^= 0x01;
             if let Ok(packet) = Packet::new_checked(&bytes[..]) {
-                assert!(!packet.verify_checksum(), "flip in byte {byte} not detected");
+                assert!(
+                    !packet.verify_checksum(),
+                    "flip in byte {byte} not detected"
+                );
                 assert_eq!(Repr::parse(&packet), Err(WireError::Malformed));
             }
         }
@@ -540,7 +560,13 @@ mod tests {
         let mut bytes = [0u8; 20];
         let mut r = repr();
         r.payload_len = 65536;
-        assert_eq!(r.emit(&mut Packet::new_unchecked(&mut bytes[..])), Err(WireError::Malformed));
-        assert_eq!(repr().emit(&mut Packet::new_unchecked(&mut bytes[..10])), Err(WireError::Truncated));
+        assert_eq!(
+            r.emit(&mut Packet::new_unchecked(&mut bytes[..])),
+            Err(WireError::Malformed)
+        );
+        assert_eq!(
+            repr().emit(&mut Packet::new_unchecked(&mut bytes[..10])),
+            Err(WireError::Truncated)
+        );
     }
 }

@@ -229,7 +229,9 @@ pub fn skip_extension_headers(mut next_header: IpProtocol, payload: &[u8]) -> Re
                 (usize::from(len_field) + 1) * 8
             }
             IpProtocol::Ipv6Frag => {
-                let frag = payload.get(offset..offset + 8).ok_or(WireError::Truncated)?;
+                let frag = payload
+                    .get(offset..offset + 8)
+                    .ok_or(WireError::Truncated)?;
                 let frag_offset = u16::from_be_bytes([frag[2], frag[3]]) >> 3;
                 non_first_fragment |= frag_offset != 0;
                 8
@@ -239,9 +241,17 @@ pub fn skip_extension_headers(mut next_header: IpProtocol, payload: &[u8]) -> Re
                 let len_field = *payload.get(offset + 1).ok_or(WireError::Truncated)?;
                 (usize::from(len_field) + 2) * 4
             }
-            protocol => return Ok(UpperLayer { protocol, offset, non_first_fragment }),
+            protocol => {
+                return Ok(UpperLayer {
+                    protocol,
+                    offset,
+                    non_first_fragment,
+                })
+            }
         };
-        let header = payload.get(offset..offset + header_len).ok_or(WireError::Truncated)?;
+        let header = payload
+            .get(offset..offset + header_len)
+            .ok_or(WireError::Truncated)?;
         next_header = IpProtocol::from(header[0]);
         offset += header_len;
     }
@@ -342,12 +352,22 @@ mod tests {
         assert_eq!(packet.payload_len(), 4);
         assert_eq!(packet.next_header(), IpProtocol::Udp);
         assert_eq!(packet.hop_limit(), 64);
-        assert_eq!(packet.src_addr(), "2001:db8::1".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(packet.dst_addr(), "2001:db8::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            packet.src_addr(),
+            "2001:db8::1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            packet.dst_addr(),
+            "2001:db8::2".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(packet.payload(), &[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(
             packet.upper_layer().unwrap(),
-            UpperLayer { protocol: IpProtocol::Udp, offset: 0, non_first_fragment: false }
+            UpperLayer {
+                protocol: IpProtocol::Udp,
+                offset: 0,
+                non_first_fragment: false
+            }
         );
     }
 
@@ -356,19 +376,31 @@ mod tests {
         let mut bytes = [0xffu8; 44];
         let mut packet = Packet::new_unchecked(&mut bytes[..]);
         repr().emit(&mut packet).unwrap();
-        packet.payload_mut().copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        packet
+            .payload_mut()
+            .copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
         assert_eq!(bytes, PACKET_BYTES);
-        assert_eq!(Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap(), repr());
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap(),
+            repr()
+        );
     }
 
     #[test]
     fn truncated_at_every_length() {
         for len in 0..PACKET_BYTES.len() {
-            assert_eq!(Packet::new_checked(&PACKET_BYTES[..len]).unwrap_err(), WireError::Truncated, "len {len}");
+            assert_eq!(
+                Packet::new_checked(&PACKET_BYTES[..len]).unwrap_err(),
+                WireError::Truncated,
+                "len {len}"
+            );
         }
         let mut bytes = PACKET_BYTES;
         bytes[0] = 0x4b;
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 
     #[test]
@@ -381,17 +413,30 @@ mod tests {
         payload[16] = 58; // dest opts: next = ICMPv6, len 1 -> 16 bytes
         payload[17] = 1;
         let upper = skip_extension_headers(IpProtocol::HopByHop, &payload).unwrap();
-        assert_eq!(upper, UpperLayer { protocol: IpProtocol::Icmpv6, offset: 32, non_first_fragment: false });
+        assert_eq!(
+            upper,
+            UpperLayer {
+                protocol: IpProtocol::Icmpv6,
+                offset: 32,
+                non_first_fragment: false
+            }
+        );
         // A non-first fragment is flagged.
         payload[10] = 0x05; // fragment offset 0x05 << 5 ... non-zero
         let upper = skip_extension_headers(IpProtocol::HopByHop, &payload).unwrap();
         assert!(upper.non_first_fragment);
         // Every truncation of the chain is an error, never a panic.
         for len in 0..32 {
-            assert_eq!(skip_extension_headers(IpProtocol::HopByHop, &payload[..len]), Err(WireError::Truncated));
+            assert_eq!(
+                skip_extension_headers(IpProtocol::HopByHop, &payload[..len]),
+                Err(WireError::Truncated)
+            );
         }
         // AH: length 1 -> (1 + 2) * 4 = 12 bytes.
         let ah = [17u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(skip_extension_headers(IpProtocol::Ah, &ah).unwrap().offset, 12);
+        assert_eq!(
+            skip_extension_headers(IpProtocol::Ah, &ah).unwrap().offset,
+            12
+        );
     }
 }

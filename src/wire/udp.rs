@@ -246,10 +246,16 @@ mod tests {
 
     // 49152 -> 4789, length 12, payload de ad be ef; checksum for
     // SRC_V4 -> DST_V4 computed with a separate script.
-    static DATAGRAM_BYTES: [u8; 12] = [0xc0, 0x00, 0x12, 0xb5, 0x00, 0x0c, 0x0c, 0x14, 0xde, 0xad, 0xbe, 0xef];
+    static DATAGRAM_BYTES: [u8; 12] = [
+        0xc0, 0x00, 0x12, 0xb5, 0x00, 0x0c, 0x0c, 0x14, 0xde, 0xad, 0xbe, 0xef,
+    ];
 
     fn repr() -> Repr {
-        Repr { src_port: 49152, dst_port: 4789, payload_len: 4 }
+        Repr {
+            src_port: 49152,
+            dst_port: 4789,
+            payload_len: 4,
+        }
     }
 
     #[test]
@@ -267,22 +273,37 @@ mod tests {
         let mut bytes = [0u8; 12];
         let mut packet = Packet::new_unchecked(&mut bytes[..]);
         repr().emit(&mut packet).unwrap();
-        packet.payload_mut().copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        packet
+            .payload_mut()
+            .copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
         packet.fill_checksum_v4(&SRC_V4, &DST_V4);
         assert_eq!(bytes, DATAGRAM_BYTES);
-        assert_eq!(Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap(), repr());
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&bytes[..]).unwrap()).unwrap(),
+            repr()
+        );
     }
 
     #[test]
     fn truncated_and_malformed() {
         for len in 0..DATAGRAM_BYTES.len() {
-            assert_eq!(Packet::new_checked(&DATAGRAM_BYTES[..len]).unwrap_err(), WireError::Truncated, "len {len}");
+            assert_eq!(
+                Packet::new_checked(&DATAGRAM_BYTES[..len]).unwrap_err(),
+                WireError::Truncated,
+                "len {len}"
+            );
         }
         let mut bytes = DATAGRAM_BYTES;
         bytes[5] = 7;
-        assert_eq!(Packet::new_checked(&bytes[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&bytes[..]).unwrap_err(),
+            WireError::Malformed
+        );
         let mut small = [0u8; 8];
-        assert_eq!(repr().emit(&mut Packet::new_unchecked(&mut small[..])), Err(WireError::Truncated));
+        assert_eq!(
+            repr().emit(&mut Packet::new_unchecked(&mut small[..])),
+            Err(WireError::Truncated)
+        );
     }
 
     #[test]
@@ -294,7 +315,10 @@ mod tests {
             let mut bytes = DATAGRAM_BYTES;
             bytes[byte] ^= 0x10;
             let packet = Packet::new_checked(&bytes[..]).unwrap();
-            assert!(!packet.verify_checksum_v4(&SRC_V4, &DST_V4), "flip in byte {byte}");
+            assert!(
+                !packet.verify_checksum_v4(&SRC_V4, &DST_V4),
+                "flip in byte {byte}"
+            );
         }
         // Wrong addresses are detected too.
         let packet = Packet::new_checked(&DATAGRAM_BYTES[..]).unwrap();
@@ -307,7 +331,13 @@ mod tests {
         let dst: Ipv6Addr = "fd00::2".parse().unwrap();
         let mut bytes = [0u8; 13];
         let mut packet = Packet::new_unchecked(&mut bytes[..]);
-        Repr { src_port: 6783, dst_port: 6783, payload_len: 5 }.emit(&mut packet).unwrap();
+        Repr {
+            src_port: 6783,
+            dst_port: 6783,
+            payload_len: 5,
+        }
+        .emit(&mut packet)
+        .unwrap();
         packet.payload_mut().copy_from_slice(b"hello");
         packet.fill_checksum_v6(&src, &dst);
         let packet = Packet::new_checked(&bytes[..]).unwrap();
@@ -318,6 +348,9 @@ mod tests {
         zeroed[7] = 0;
         let packet = Packet::new_checked(&zeroed[..]).unwrap();
         assert!(!packet.verify_checksum_v6(&src, &dst));
-        assert!(packet.verify_checksum_v4(&SRC_V4, &DST_V4), "zero means no checksum over IPv4");
+        assert!(
+            packet.verify_checksum_v4(&SRC_V4, &DST_V4),
+            "zero means no checksum over IPv4"
+        );
     }
 }
