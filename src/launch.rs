@@ -27,7 +27,8 @@ pub struct LaunchArgs {
     /// other addresses in the prefix go to the peer that owns them.
     #[arg(long, value_name = "ADDR/PREFIX")]
     pub overlay: Option<String>,
-    /// Address for the TCP control listener and the UDP data socket.
+    /// Address for the TCP control listener and the UDP data socket
+    /// [default: 0.0.0.0:6783].
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<String>,
     /// A peer to connect to (repeat for more). Port defaults to 6783.
@@ -40,24 +41,26 @@ pub struct LaunchArgs {
     /// fresh key is made for this run.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Name of the TUN device to create.
+    /// Name of the TUN device to create [default: weft0].
     #[arg(long, value_name = "NAME")]
     pub iface_name: Option<String>,
-    /// Where to serve `weft status` and Prometheus /metrics.
+    /// Where to serve `weft status` and Prometheus /metrics [default: 127.0.0.1:6782].
     #[arg(long, value_name = "IP:PORT")]
     pub status_addr: Option<String>,
-    /// VXLAN network identifier carried in every frame; all hosts must agree.
+    /// VXLAN network identifier carried in every frame; all hosts must agree [default: 1].
     #[arg(long, value_name = "N")]
     pub vni: Option<u32>,
     /// Data cipher: auto (AES-256-GCM when both hosts have AES hardware,
-    /// else ChaCha20-Poly1305), chacha20poly1305 or aes256gcm.
+    /// else ChaCha20-Poly1305), chacha20poly1305 or aes256gcm [default: auto].
     #[arg(long, value_name = "CIPHER")]
     pub cipher: Option<String>,
     /// Name shown to peers (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Datapath: auto (what preflight decides), fastdp, xdp or udp. An
-    /// explicit mode that preflight finds unsafe refuses to start without --force.
+    /// Datapath: auto (what preflight decides), fastdp, xdp or udp
+    /// [default: auto]. An explicit mode that preflight finds unsafe refuses
+    /// to start without --force. This build implements udp only: fastdp and
+    /// xdp fall back to udp with a log line saying so.
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<crate::host::plan::Mode>,
     /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
