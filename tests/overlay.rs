@@ -171,6 +171,7 @@ fn rekey_under_traffic_loses_nothing() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success() && text.contains(" 0% packet loss"), "ping lost packets across rekeys: {text}");
     let indexes = watcher.join().expect("watcher");
+    eprintln!("session indexes seen on the underlay: {indexes:?}");
     assert!(indexes.len() >= 3, "expected >= 3 session indexes (rekeys) in 7 s, saw {indexes:?}");
 
     // And a TCP stream across further rekeys.
@@ -180,38 +181,7 @@ fn rekey_under_traffic_loses_nothing() {
 }
 
 /// Receiver indexes of weft DATA datagrams (type 1) arriving on this
-/// namespace's `u0`, seen with a packet socket for `window`.
+/// namespace's underlay during `window`.
 fn receiver_indexes_seen(window: Duration) -> std::collections::BTreeSet<u32> {
-    let mut seen = std::collections::BTreeSet::new();
-    // SAFETY: plain socket calls on a fd we own; the buffer outlives recv.
-    unsafe {
-        let proto = (libc::ETH_P_IP as u16).to_be() as libc::c_int;
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto);
-        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 200_000 };
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
-        let deadline = Instant::now() + window;
-        let mut buf = [0u8; 2048];
-        while Instant::now() < deadline {
-            let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
-            if n <= 0 {
-                continue;
-            }
-            let p = &buf[..n as usize];
-            if p.len() < 20 || p[0] >> 4 != 4 || p[9] != libc::IPPROTO_UDP as u8 {
-                continue;
-            }
-            let ihl = usize::from(p[0] & 0x0f) * 4;
-            let Some(udp) = p.get(ihl..) else { continue };
-            if udp.len() < 8 + 16 || u16::from_be_bytes([udp[2], udp[3]]) != PORT {
-                continue;
-            }
-            let weft = &udp[8..];
-            if weft[0] == 1 {
-                seen.insert(u32::from_le_bytes([weft[4], weft[5], weft[6], weft[7]]));
-            }
-        }
-        libc::close(fd);
-    }
-    seen
+    capture_weft_datagrams(window).into_iter().filter(|d| d.kind == 1).map(|d| d.receiver_index).collect()
 }

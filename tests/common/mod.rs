@@ -500,3 +500,66 @@ pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, port: u16, total: usize, 
     let (recv_hash, received) = server.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
     (sent_hash, recv_hash, received)
 }
+
+/// The header of one weft datagram seen on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct SeenDatagram {
+    /// Sender's underlay address and port.
+    pub source: std::net::SocketAddrV4,
+    /// weft type byte (1 DATA, 2 HEARTBEAT, 3 PMTU_PROBE).
+    pub kind: u8,
+    /// Receiver index (little-endian in the header).
+    pub receiver_index: u32,
+    /// UDP payload length.
+    pub len: usize,
+}
+
+/// Headers of the UDP datagrams to port [`PORT`] with at least a weft
+/// header's 16 bytes that reach this thread's namespace during `window`
+/// (a packet socket, so nothing else is needed; call inside [`in_netns`]).
+pub fn capture_weft_datagrams(window: Duration) -> Vec<SeenDatagram> {
+    let mut seen = Vec::new();
+    // SAFETY: plain socket calls on a fd we own; the buffer outlives recv.
+    unsafe {
+        let proto = (libc::ETH_P_IP as u16).to_be() as libc::c_int;
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto);
+        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let deadline = Instant::now() + window;
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
+            if n <= 0 {
+                continue;
+            }
+            let p = &buf[..n as usize];
+            if p.len() < 20 || p[0] >> 4 != 4 || p[9] != libc::IPPROTO_UDP as u8 {
+                continue;
+            }
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let Some(udp) = p.get(ihl..) else { continue };
+            if udp.len() < 8 + 16 || u16::from_be_bytes([udp[2], udp[3]]) != PORT {
+                continue;
+            }
+            let weft = &udp[8..];
+            seen.push(SeenDatagram {
+                source: std::net::SocketAddrV4::new(
+                    Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+                    u16::from_be_bytes([udp[0], udp[1]]),
+                ),
+                kind: weft[0],
+                receiver_index: u32::from_le_bytes([weft[4], weft[5], weft[6], weft[7]]),
+                len: weft.len(),
+            });
+        }
+        libc::close(fd);
+    }
+    seen
+}
