@@ -37,6 +37,8 @@ enum Command {
     Pubkey,
     /// Create the overlay device and join the network; runs in the foreground until SIGINT/SIGTERM.
     Launch(Box<LaunchArgs>),
+    /// Check this host (kernel, MTU, offloads, OVS, AF_XDP, TUN) and print which datapath weft would use, and why.
+    Preflight(crate::host::preflight::PreflightArgs),
     /// Show this host's connections (from the status server of a running `weft launch`).
     Status {
         /// Print JSON instead of text.
@@ -66,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Pubkey => pubkey(),
         Command::Launch(args) => launch::run(*args),
         Command::Status { json, status_addr } => status(json, status_addr),
+        Command::Preflight(args) => crate::host::preflight::run(&args),
     }
 }
 

@@ -56,6 +56,13 @@ pub struct LaunchArgs {
     /// Name shown to peers (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Datapath: auto (what preflight decides), fastdp, xdp or udp. An
+    /// explicit mode that preflight finds unsafe refuses to start without --force.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<crate::host::plan::Mode>,
+    /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
+    #[arg(long)]
+    pub force: bool,
     /// TOML file with any of these options (command-line flags win).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -76,6 +83,7 @@ struct ConfigFile {
     vni: Option<u32>,
     cipher: Option<String>,
     name: Option<String>,
+    mode: Option<String>,
     #[serde(default)]
     timers: TimerConfig,
 }
@@ -116,6 +124,8 @@ struct Plan {
     vni: u32,
     cipher: CipherChoice,
     name: String,
+    mode: crate::host::plan::Mode,
+    force: bool,
     timers: Timers,
 }
 
@@ -256,6 +266,12 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
     }
     let cipher = parse_cipher(&args.cipher.or(file.cipher).unwrap_or_else(|| "auto".into())).map_err(usage)?;
     let name = args.name.or(file.name).unwrap_or_else(hostname);
+    let mode = match (args.mode, file.mode) {
+        (Some(m), _) => m,
+        (None, Some(text)) => <crate::host::plan::Mode as clap::ValueEnum>::from_str(&text, true)
+            .map_err(|_| usage(format!("mode {text:?} in --config is not one of auto, fastdp, xdp, udp")))?,
+        (None, None) => crate::host::plan::Mode::Auto,
+    };
     let mut timers = Timers::default();
     let t = &file.timers;
     if let Some(ms) = t.heartbeat_connecting_ms {
@@ -282,6 +298,8 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         vni,
         cipher,
         name,
+        mode,
+        force: args.force,
         timers,
     })
 }
@@ -393,7 +411,30 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     tracing::info!(
         "overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, weft header, record, VXLAN, AEAD tag)"
     );
-    tracing::info!("datapath: udp (encrypted sleeve over UDP sockets; the only datapath in this build)");
+    // Preflight: the same checks `weft preflight` prints, logged line by line.
+    let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(underlay_iface.clone()));
+    facts.apply(&crate::host::facts::Assumptions::default());
+    let preflight = crate::host::plan::decide(
+        &facts,
+        &crate::host::plan::Request { encrypted: true, l2: false, overlay_ipv6: plan.overlay_addr.is_ipv6() },
+    );
+    for line in crate::host::preflight::log_lines(&preflight) {
+        tracing::info!("preflight: {line}");
+    }
+    let resolved = crate::host::plan::resolve_mode(&preflight, plan.mode, plan.force).map_err(usage)?;
+    if let Some(w) = &resolved.warning {
+        tracing::warn!("{w}");
+    }
+    let (datapath, fallback) = crate::host::plan::launch_datapath(resolved.datapath, &[crate::host::plan::Datapath::Udp]);
+    let datapath_reason = match &fallback {
+        Some(line) => {
+            tracing::info!("{line}");
+            line.clone()
+        }
+        None if plan.mode == crate::host::plan::Mode::Auto => preflight.reasons.join("; "),
+        None => format!("--mode {datapath} requested"),
+    };
+    tracing::info!("datapath: {datapath} ({datapath_reason})");
 
     if let Some(route) = overlapping_route(plan.overlay_addr, plan.overlay_prefix) {
         return Err(usage(format!(
@@ -439,8 +480,8 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         underlay: underlay_iface.clone(),
         underlay_mtu,
         listen: plan.listen.to_string(),
-        datapath: "udp".into(),
-        datapath_reason: "userspace sleeve over UDP sockets; the only datapath in this build".into(),
+        datapath: datapath.to_string(),
+        datapath_reason,
         encryption: cipher_desc,
         ..Status::default()
     };
@@ -464,6 +505,8 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             overlay_mtu,
         },
         timers: plan.timers,
+        underlay_mtu,
+        ipv6_underlay,
     });
     tracing::info!("weft {} up: key {public}, listening on {}, {} configured peer(s)", env!("CARGO_PKG_VERSION"), plan.listen, plan.peers.len());
     let router = Router::new(
@@ -471,7 +514,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         udp_socket,
         listener,
         signal_rx,
-        RouterConfig { link, peers: plan.peers, vni: plan.vni, overlay_mtu, status_template },
+        RouterConfig { link, peers: plan.peers, vni: plan.vni, overlay_mtu, datagram_overhead: overhead_bytes, status_template },
         snapshot,
     )
     .map_err(|e| LaunchError::Runtime(format!("cannot start the event loop: {e}")))?;

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod control;
 pub mod link;
+pub mod pmtu;
 
 #[cfg(test)]
 mod sim_tests;

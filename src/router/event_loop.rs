@@ -43,8 +43,10 @@ pub struct RouterConfig {
     pub peers: Vec<SocketAddr>,
     /// The VNI.
     pub vni: u32,
-    /// Device MTU.
+    /// Device MTU from the interface MTU (the most the overlay ever gets).
     pub overlay_mtu: u16,
+    /// Bytes each datagram adds to an inner packet (outer IP and UDP included).
+    pub datagram_overhead: u16,
     /// The static part of the status (name, addresses, datapath decision).
     pub status_template: Status,
 }
@@ -93,6 +95,9 @@ pub struct Router {
     started: Instant,
     last_status: Instant,
     buf: Box<[u8]>,
+    /// The device MTU now: lowered when a peer's verified path is smaller.
+    tun_mtu: u16,
+    icmp_buf: Box<[u8]>,
 }
 
 impl Router {
@@ -115,6 +120,7 @@ impl Router {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
+        let cfg_overlay_mtu = cfg.overlay_mtu;
         let configured = cfg
             .peers
             .iter()
@@ -137,6 +143,8 @@ impl Router {
             started: now,
             last_status: now - STATUS_INTERVAL,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            tun_mtu: cfg_overlay_mtu,
+            icmp_buf: vec![0u8; 1280].into_boxed_slice(),
         })
     }
 
@@ -219,6 +227,27 @@ impl Router {
             let Some(stream) = self.streams.get_mut(&token) else { continue };
             let Some(link) = stream.link.as_ref() else { continue };
             let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else { continue };
+            // Larger than this peer's verified path carries: tell the local
+            // sender the real MTU instead of fragmenting or dropping silently.
+            let limit = link
+                .path_mtu()
+                .map_or(self.cfg.overlay_mtu, |p| p.saturating_sub(self.cfg.datagram_overhead))
+                .min(self.cfg.overlay_mtu);
+            if n > usize::from(limit) {
+                self.drops.too_big += 1;
+                let packet = &self.buf[front..front + n];
+                let reply = match packet[0] >> 4 {
+                    4 if packet.len() > 6 && packet[6] & 0x40 != 0 => {
+                        crate::wire::icmpv4::build_frag_needed(packet, limit, &mut self.icmp_buf)
+                    }
+                    6 => crate::wire::icmpv6::build_packet_too_big(packet, u32::from(limit), &mut self.icmp_buf),
+                    _ => Ok(None),
+                };
+                if let Ok(Some(len)) = reply {
+                    let _ = self.tun.send(&self.icmp_buf[..len]);
+                }
+                continue;
+            }
             let record = &mut self.buf[sleeve::HEADER_LEN..];
             let Some(record_len) = sleeve::emit_record_header(record, self.cfg.vni, n) else { continue };
             match session.seal(sleeve::MessageType::Data, &mut self.buf, record_len) {
@@ -227,7 +256,14 @@ impl Router {
                         stream.counters.tx_bytes += n as u64;
                         stream.counters.tx_packets += 1;
                     }
-                    Err(_) => self.drops.send_errors += 1,
+                    Err(e) => {
+                        self.drops.send_errors += 1;
+                        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                            if let Some(l) = stream.link.as_mut() {
+                                l.on_data_too_big();
+                            }
+                        }
+                    }
                 },
                 Err(_) => self.drops.send_errors += 1,
             }
@@ -298,7 +334,7 @@ impl Router {
                 }
             }
             sleeve::MessageType::Heartbeat => link.on_heartbeat(plaintext, from, now),
-            sleeve::MessageType::PmtuProbe => {}
+            sleeve::MessageType::PmtuProbe => link.on_pmtu_probe(plaintext, n),
         }
         self.drive_link(token, now);
     }
@@ -427,6 +463,20 @@ impl Router {
                         self.drops.send_errors += 1;
                     }
                 }
+                Output::Probe { to, bytes, id } => {
+                    if let Err(e) = self.udp.send_to(&bytes, to) {
+                        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                            if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
+                                l.on_probe_too_big(id);
+                            }
+                        }
+                    }
+                }
+                Output::PathMtu(v) => {
+                    let peer = self.streams[&token].peer_addr;
+                    tracing::info!(%peer, "verified path MTU {v} (probes with DF, acknowledged over TCP)");
+                    self.update_tun_mtu();
+                }
                 Output::SessionUp(session) => {
                     self.sessions.insert(session.local_index, (token, session));
                 }
@@ -510,6 +560,29 @@ impl Router {
                 {
                     cp.stream = Some(token);
                 }
+            }
+        }
+    }
+
+    /// Sets the device MTU to the smallest verified path MTU minus the
+    /// overhead (never above what the interface MTU allows).
+    fn update_tun_mtu(&mut self) {
+        let smallest = self
+            .streams
+            .values()
+            .filter_map(|s| s.link.as_ref()?.path_mtu())
+            .map(|p| p.saturating_sub(self.cfg.datagram_overhead))
+            .min()
+            .unwrap_or(self.cfg.overlay_mtu)
+            .min(self.cfg.overlay_mtu)
+            .max(crate::wire::overhead::MIN_OVERLAY_MTU_IPV4);
+        if smallest != self.tun_mtu {
+            match self.tun.set_mtu(smallest) {
+                Ok(()) => {
+                    tracing::info!("overlay MTU {} -> {smallest} (smallest verified path MTU minus {} bytes overhead)", self.tun_mtu, self.cfg.datagram_overhead);
+                    self.tun_mtu = smallest;
+                }
+                Err(e) => tracing::warn!("cannot set the overlay MTU to {smallest}: {e}"),
             }
         }
     }
@@ -599,6 +672,7 @@ impl Router {
 
     fn publish_status(&mut self, now: Instant) {
         let mut status = self.cfg.status_template.clone();
+        status.overlay_mtu = self.tun_mtu;
         status.uptime_secs = now.duration_since(self.started).as_secs();
         status.dropped = self.drops.clone();
         let mut shown: Vec<Token> = Vec::new();
@@ -621,6 +695,7 @@ impl Router {
                     mode: "sleeve".into(),
                     encryption: None,
                     overlay_mtu: self.cfg.overlay_mtu,
+                    path_mtu: None,
                     rtt_ms: None,
                     tx_bytes: 0,
                     tx_packets: 0,
@@ -664,7 +739,11 @@ impl Router {
             reason,
             mode: "sleeve".into(),
             encryption: link.and_then(|l| l.cipher()).map(|c| c.name().to_string()),
-            overlay_mtu: hello.map(|h| h.overlay_mtu.min(self.cfg.overlay_mtu)).unwrap_or(self.cfg.overlay_mtu),
+            overlay_mtu: link
+                .and_then(|l| l.path_mtu())
+                .map(|p| p.saturating_sub(self.cfg.datagram_overhead).min(self.cfg.overlay_mtu))
+                .unwrap_or(self.cfg.overlay_mtu),
+            path_mtu: link.and_then(|l| l.path_mtu()),
             rtt_ms: link.and_then(|l| l.rtt()).map(|r| r.as_secs_f64() * 1000.0),
             tx_bytes: s.counters.tx_bytes,
             tx_packets: s.counters.tx_packets,
