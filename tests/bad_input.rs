@@ -186,3 +186,21 @@ fn secret_from_environment_works() {
     net.wait_established(std::time::Duration::from_secs(10));
     assert!(wait_until(std::time::Duration::from_secs(5), || ping(&net.a.ns, &net.b.overlay_ip())));
 }
+
+/// A secret or key file others can read works but gets a warning naming it.
+#[test]
+fn readable_secret_file_warns() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let mut net = Net::pair(1500);
+    let secret = net.a.path("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    net.a.start(&[]);
+    assert!(wait_until(std::time::Duration::from_secs(5), || status_json(&net.a.ns).is_some()), "weft did not start");
+    let logs = net.a.logs();
+    let path = secret.display().to_string();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN") && l.contains(&path)),
+        "no warning naming the readable secret file {path}:\n{logs}"
+    );
+}

@@ -185,3 +185,22 @@ fn rekey_under_traffic_loses_nothing() {
 fn receiver_indexes_seen(window: Duration) -> std::collections::BTreeSet<u32> {
     capture_weft_datagrams(window).into_iter().filter(|d| d.kind == 1).map(|d| d.receiver_index).collect()
 }
+
+/// A 9000-byte underlay gives an 8930-byte overlay, and a full-size
+/// don't-fragment packet crosses it.
+#[test]
+fn jumbo_underlay_gives_overlay_mtu_8930() {
+    require_root!();
+    let mut net = Net::pair(9000);
+    net.start_both(&[]);
+    net.wait_established(Duration::from_secs(10));
+    let status = status_json(&net.a.ns).expect("status");
+    assert_eq!(status["overlay_mtu"], 8930, "{status:#}");
+    let link = String::from_utf8_lossy(&run("ip", &["-n", &net.a.ns, "link", "show", "weft0"]).stdout).to_string();
+    assert!(link.contains("mtu 8930"), "{link}");
+    let b_ip = net.b.overlay_ip();
+    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)));
+    // 8930 - 20 (IPv4) - 8 (ICMP) = 8902 bytes of payload, DF set.
+    let out = ns_exec(&net.a.ns, &["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "8902", &b_ip]);
+    assert!(out.status.success(), "full-size DF ping failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
