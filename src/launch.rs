@@ -320,7 +320,6 @@ pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
                     continue;
                 }
                 let (Ok(dst), Ok(m)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16)) else { continue };
-                let (dst, m) = (u32::from_be(dst.swap_bytes().to_be()), u32::from_be(m.swap_bytes().to_be()));
                 // /proc/net/route prints the raw little-endian words.
                 let (dst, m) = (u32::from_be_bytes(dst.to_le_bytes()), u32::from_be_bytes(m.to_le_bytes()));
                 let theirs_prefix = m.count_ones() as u8;
