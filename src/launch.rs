@@ -205,7 +205,11 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("cannot read --config {}: {e}", path.display())))?;
-            toml::from_str(&text).map_err(|e| usage(format!("--config {}: {e}", path.display())))?
+            toml::from_str(&text).map_err(|e: toml::de::Error| {
+                let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                usage(format!("--config {}: {}{at}", path.display(), e.message().trim().replace('\n', " ")))
+            })?
         }
         None => ConfigFile::default(),
     };

@@ -357,6 +357,13 @@ impl Link {
 
     /// The TCP connection closed or failed underneath.
     pub fn on_control_closed(&mut self, reason: &str) {
+        if self.handshake.is_some() && self.direction == Direction::Outbound {
+            // A responder that cannot authenticate our first message just
+            // closes: the one reason that happens between weft hosts.
+            return self.fail(format!(
+                "{reason} during the handshake: the peer probably uses a different network secret (compare --secret-file on both hosts)"
+            ));
+        }
         self.fail(reason.to_string());
     }
 
