@@ -39,6 +39,8 @@ enum Command {
     Launch(Box<LaunchArgs>),
     /// Check this host (kernel, MTU, offloads, OVS, AF_XDP, TUN) and print which datapath weft would use, and why.
     Preflight(crate::host::preflight::PreflightArgs),
+    /// Measure the in-process pipeline (frame, seal, open, unframe) per cipher: packets/s and Gbit/s per core.
+    Bench(crate::bench::BenchArgs),
     /// Show this host's connections (from the status server of a running `weft launch`).
     Status {
         /// Print JSON instead of text.
@@ -69,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Launch(args) => launch::run(*args),
         Command::Status { json, status_addr } => status(json, status_addr),
         Command::Preflight(args) => crate::host::preflight::run(&args),
+        Command::Bench(args) => crate::bench::run(&args),
     }
 }
 

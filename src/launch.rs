@@ -27,7 +27,8 @@ pub struct LaunchArgs {
     /// other addresses in the prefix go to the peer that owns them.
     #[arg(long, value_name = "ADDR/PREFIX")]
     pub overlay: Option<String>,
-    /// Address for the TCP control listener and the UDP data socket.
+    /// Address for the TCP control listener and the UDP data socket
+    /// [default: 0.0.0.0:6783].
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<String>,
     /// A peer to connect to (repeat for more). Port defaults to 6783.
@@ -40,24 +41,26 @@ pub struct LaunchArgs {
     /// fresh key is made for this run.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
-    /// Name of the TUN device to create.
+    /// Name of the TUN device to create [default: weft0].
     #[arg(long, value_name = "NAME")]
     pub iface_name: Option<String>,
-    /// Where to serve `weft status` and Prometheus /metrics.
+    /// Where to serve `weft status` and Prometheus /metrics [default: 127.0.0.1:6782].
     #[arg(long, value_name = "IP:PORT")]
     pub status_addr: Option<String>,
-    /// VXLAN network identifier carried in every frame; all hosts must agree.
+    /// VXLAN network identifier carried in every frame; all hosts must agree [default: 1].
     #[arg(long, value_name = "N")]
     pub vni: Option<u32>,
     /// Data cipher: auto (AES-256-GCM when both hosts have AES hardware,
-    /// else ChaCha20-Poly1305), chacha20poly1305 or aes256gcm.
+    /// else ChaCha20-Poly1305), chacha20poly1305 or aes256gcm [default: auto].
     #[arg(long, value_name = "CIPHER")]
     pub cipher: Option<String>,
     /// Name shown to peers (default: the host name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Datapath: auto (what preflight decides), fastdp, xdp or udp. An
-    /// explicit mode that preflight finds unsafe refuses to start without --force.
+    /// Datapath: auto (what preflight decides), fastdp, xdp or udp
+    /// [default: auto]. An explicit mode that preflight finds unsafe refuses
+    /// to start without --force. This build implements udp only: fastdp and
+    /// xdp fall back to udp with a log line saying so.
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<crate::host::plan::Mode>,
     /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
@@ -248,7 +251,11 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("cannot read --config {}: {e}", path.display())))?;
-            toml::from_str(&text).map_err(|e| usage(format!("--config {}: {e}", path.display())))?
+            toml::from_str(&text).map_err(|e: toml::de::Error| {
+                let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                usage(format!("--config {}: {}{at}", path.display(), e.message().trim().replace('\n', " ")))
+            })?
         }
         None => ConfigFile::default(),
     };
@@ -408,7 +415,6 @@ pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
                     continue;
                 }
                 let (Ok(dst), Ok(m)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16)) else { continue };
-                let (dst, m) = (u32::from_be(dst.swap_bytes().to_be()), u32::from_be(m.swap_bytes().to_be()));
                 // /proc/net/route prints the raw little-endian words.
                 let (dst, m) = (u32::from_be_bytes(dst.to_le_bytes()), u32::from_be_bytes(m.to_le_bytes()));
                 let theirs_prefix = m.count_ones() as u8;
@@ -662,6 +668,8 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             overlay_mtu,
         },
         timers: plan.timers,
+        underlay_mtu,
+        ipv6_underlay,
     });
     tracing::info!("weft {} up: key {public}, listening on {}, {} configured peer(s)", env!("CARGO_PKG_VERSION"), plan.listen, plan.peers.len());
     let router = Router::new(
@@ -674,6 +682,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             peers: plan.peers,
             vni: plan.vni,
             overlay_mtu,
+            datagram_overhead: overhead_bytes,
             status_template,
             l2: plan.l2.as_ref().zip(bridge_guard.as_ref()).map(|(p, g)| crate::router::L2Config {
                 bridge: p.bridge.clone(),

@@ -14,3 +14,4 @@ pub mod router;
 pub mod cli;
 pub mod launch;
 pub mod logging;
+pub mod bench;

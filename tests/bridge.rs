@@ -109,7 +109,7 @@ fn bridge_arp_ping_broadcast_oversize_and_cleanup() {
         wait_for(Duration::from_secs(2), || (stat(&t.net.h1, "/l2/counters/oversized") > before).then_some(())).is_some(),
         "oversized frame not counted"
     );
-    assert!(t.net.h1.run(&format!("{WEFT} status")).contains("Bridge: br1"));
+    assert!(t.net.h1.run(&format!("{} status", weft_bin())).contains("Bridge: br1"));
 
     // On exit weft removes the bridge it created and its TAPs, and leaves
     // the pre-existing bridge (without the address it added).

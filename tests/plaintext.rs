@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[test]
 fn plain_mode_needs_the_insecure_plaintext_flag() {
-    let out = std::process::Command::new(WEFT)
+    let out = std::process::Command::new(weft_bin())
         .args(["launch", "--mode", "plain", "--vni", "42", "--overlay", "10.50.0.1/16", "--vtep", "198.18.0.2"])
         .output()
         .unwrap();
@@ -18,7 +18,7 @@ fn plain_mode_needs_the_insecure_plaintext_flag() {
     let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("--insecure-plaintext") && text.contains("unencrypted"), "{text}");
     // --vtep without plaintext mode is refused too, with the reason.
-    let out = std::process::Command::new(WEFT)
+    let out = std::process::Command::new(weft_bin())
         .args(["launch", "--overlay", "10.50.0.1/16", "--vtep", "198.18.0.2"])
         .env("WEFT_SECRET", "s3cret-s3cret-s3cret")
         .output()
@@ -104,7 +104,7 @@ fn plain_vxlan_interoperates_with_a_linux_vxlan_device() {
     let vtep = &s["l2"]["vteps"][0];
     assert_eq!(vtep["address"], "198.18.0.2:4789");
     assert!(vtep["tx_packets"].as_u64().unwrap() >= 1 && vtep["rx_packets"].as_u64().unwrap() >= 1, "{vtep}");
-    let text = net.h1.run(&format!("{WEFT} status"));
+    let text = net.h1.run(&format!("{} status", weft_bin()));
     assert!(text.contains("Static VTEPs: 1") && text.contains("198.18.0.2:4789"), "{text}");
 
     assert_eq!(w1.stop(), Some(0), "{}", w1.log_text());

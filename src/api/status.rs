@@ -22,6 +22,10 @@ pub struct DropCounters {
     pub control_rejected: u64,
     /// Packets that could not be sent (socket buffer full, EMSGSIZE, ...).
     pub send_errors: u64,
+    /// Local packets larger than the peer's path carries (answered with
+    /// ICMP fragmentation-needed / packet-too-big).
+    #[serde(default)]
+    pub too_big: u64,
 }
 
 impl DropCounters {
@@ -48,6 +52,9 @@ pub struct ConnectionStatus {
     pub encryption: Option<String>,
     /// The overlay MTU used towards this peer.
     pub overlay_mtu: u16,
+    /// The verified path MTU (whole IP datagram), once probed.
+    #[serde(default)]
+    pub path_mtu: Option<u16>,
     /// Last heartbeat round-trip time, milliseconds.
     pub rtt_ms: Option<f64>,
     /// Inner bytes sent.
@@ -138,10 +145,11 @@ impl ConnectionStatus {
             }
         }
         s.push_str(&format!(
-            " {} {} mtu={}",
+            " {} {} mtu={} pmtu={}",
             self.mode,
             self.encryption.as_deref().unwrap_or("-"),
-            self.overlay_mtu
+            self.overlay_mtu,
+            self.path_mtu.map_or("-".to_string(), |p| p.to_string())
         ));
         match self.rtt_ms {
             Some(r) => s.push_str(&format!(" rtt={r:.2}ms")),
@@ -177,8 +185,8 @@ impl Status {
         out.push_str(&format!("         Uptime: {}s\n", self.uptime_secs));
         let d = &self.dropped;
         out.push_str(&format!(
-            "        Dropped: malformed={} unknown-session={} auth={} replay={} bad-record={} no-route={} control-rejected={} send-errors={}\n",
-            d.malformed, d.unknown_session, d.authentication, d.replay, d.bad_record, d.no_route, d.control_rejected, d.send_errors
+            "        Dropped: malformed={} unknown-session={} auth={} replay={} bad-record={} no-route={} too-big={} control-rejected={} send-errors={}\n",
+            d.malformed, d.unknown_session, d.authentication, d.replay, d.bad_record, d.no_route, d.too_big, d.control_rejected, d.send_errors
         ));
         if let Some(l2) = &self.l2 {
             out.push_str(&l2.render_text());
@@ -237,6 +245,7 @@ impl Status {
             ("no_route", d.no_route),
             ("control_rejected", d.control_rejected),
             ("send_error", d.send_errors),
+            ("too_big", d.too_big),
         ] {
             dropped.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
         }
@@ -271,6 +280,7 @@ mod tests {
                 mode: "sleeve".into(),
                 encryption: Some("aes256gcm".into()),
                 overlay_mtu: 1430,
+                path_mtu: Some(1500),
                 rtt_ms: Some(0.25),
                 tx_bytes: 2048,
                 tx_packets: 2,

@@ -4,8 +4,10 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
+
+use super::sockaddr::{from_storage, to_storage};
 
 /// Datagrams per system call (wireguard-go and Tailscale use 64-128).
 pub const BATCH: usize = 64;
@@ -29,54 +31,6 @@ impl Slots {
     fn slot(&self, i: usize) -> &[u8] {
         let start = i * self.slot_len;
         &self.bytes[start..start + self.slot_len]
-    }
-}
-
-fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            (storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            (storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
-        }
-    }
-}
-
-fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(sin6.sin6_port)))
-        }
-        _ => None,
     }
 }
 
@@ -281,9 +235,14 @@ impl SendBatch {
 }
 
 /// Sends datagrams that live in the caller's own buffers with sendmmsg,
-/// [`BATCH`] per call. A datagram the kernel refuses is skipped. Returns
+/// [`BATCH`] per call. A datagram the kernel refuses is reported to
+/// `on_error` (its index in the iteration, errno) and skipped. Returns
 /// (datagrams sent, sendmmsg calls made).
-pub fn send_slices<'a>(fd: RawFd, datagrams: impl Iterator<Item = (&'a [u8], SocketAddr)>) -> (u64, u64) {
+pub fn send_slices<'a>(
+    fd: RawFd,
+    datagrams: impl Iterator<Item = (&'a [u8], SocketAddr)>,
+    mut on_error: impl FnMut(usize, i32),
+) -> (u64, u64) {
     let mut sent = 0u64;
     let mut calls = 0u64;
     let mut iov: [libc::iovec; BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
@@ -291,6 +250,7 @@ pub fn send_slices<'a>(fd: RawFd, datagrams: impl Iterator<Item = (&'a [u8], Soc
         // SAFETY: all-zero sockaddr_storage values are valid.
         unsafe { std::mem::zeroed() };
     let mut datagrams = datagrams.peekable();
+    let mut base = 0usize;
     while datagrams.peek().is_some() {
         let mut n = 0;
         while n < BATCH {
@@ -315,15 +275,18 @@ pub fn send_slices<'a>(fd: RawFd, datagrams: impl Iterator<Item = (&'a [u8], Soc
                 libc::sendmmsg(fd, msgs[start..].as_mut_ptr(), (n - start) as libc::c_uint, libc::MSG_DONTWAIT)
             };
             if rc <= 0 {
-                if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                let e = io::Error::last_os_error();
+                if rc < 0 && e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
+                on_error(base + start, e.raw_os_error().unwrap_or(0));
                 start += 1; // skip the datagram the kernel refused
             } else {
                 sent += rc as u64;
                 start += rc as usize;
             }
         }
+        base += n;
     }
     (sent, calls)
 }

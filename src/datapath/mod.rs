@@ -3,6 +3,8 @@
 //! `noise` state.
 
 pub mod batch;
+pub mod offload;
+pub mod sockaddr;
 pub mod tap;
 pub mod tun;
 pub mod udp;

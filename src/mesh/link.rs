@@ -6,6 +6,7 @@
 //! connection must close. Nothing in here does I/O or reads the clock.
 
 use super::control::{self, negotiate_cipher, ControlMessage, Hello, PROTOCOL_VERSION};
+use super::pmtu::{self, PmtuSearch};
 use crate::noise::handshake::{DataKeys, Established};
 use crate::noise::session::REKEY_AFTER_MESSAGES;
 use crate::noise::{CipherKind, Handshake, NetworkSecret, Rekey, Session, StaticKey};
@@ -54,6 +55,21 @@ pub struct LinkConfig {
     pub hello: Hello,
     /// Timer settings.
     pub timers: Timers,
+    /// MTU of the underlay interface: no datagram is ever larger.
+    pub underlay_mtu: u16,
+    /// Whether the underlay is IPv6 (header sizes, probe floor).
+    pub ipv6_underlay: bool,
+}
+
+impl LinkConfig {
+    /// Outer IP header size on the underlay.
+    pub fn ip_header_len(&self) -> usize {
+        if self.ipv6_underlay {
+            40
+        } else {
+            20
+        }
+    }
 }
 
 /// Who opened the TCP connection.
@@ -122,6 +138,19 @@ pub enum Output {
         /// What the peer said about itself.
         hello: Hello,
     },
+    /// Send this path-MTU probe; report EMSGSIZE back with
+    /// [`Link::on_probe_too_big`].
+    Probe {
+        /// Destination.
+        to: SocketAddr,
+        /// The sealed, padded datagram.
+        bytes: Vec<u8>,
+        /// The probe's id.
+        id: u32,
+    },
+    /// A path-MTU search finished with a new verified size (whole IP
+    /// datagram bytes).
+    PathMtu(u16),
     /// The first heartbeat reply arrived over UDP.
     Established,
     /// Close the connection; the link is dead.
@@ -157,6 +186,7 @@ pub struct Link {
     next_heartbeat: Option<Instant>,
     heartbeat_seq: u32,
     rtt: Option<Duration>,
+    pmtu: PmtuSearch,
 }
 
 fn random_index() -> u32 {
@@ -194,6 +224,10 @@ impl Link {
             next_heartbeat: None,
             heartbeat_seq: 0,
             rtt: None,
+            pmtu: PmtuSearch::new(
+                if cfg.ipv6_underlay { pmtu::FLOOR_IPV6 } else { pmtu::FLOOR_IPV4 },
+                cfg.underlay_mtu,
+            ),
             cfg,
         };
         let started = match direction {
@@ -252,6 +286,54 @@ impl Link {
         self.rtt
     }
 
+    /// The verified path MTU (whole IP datagram), once a search finished.
+    pub fn path_mtu(&self) -> Option<u16> {
+        self.pmtu.verified()
+    }
+
+    /// Sending probe `id` failed with EMSGSIZE.
+    pub fn on_probe_too_big(&mut self, id: u32) {
+        self.pmtu.on_too_big(id);
+    }
+
+    /// Sending data to this peer failed with EMSGSIZE: the path shrank.
+    pub fn on_data_too_big(&mut self) {
+        self.pmtu.path_shrank();
+    }
+
+    /// An authenticated path-MTU probe arrived; `udp_payload_len` is the
+    /// size of the datagram's UDP payload. Acknowledged over TCP, which
+    /// always gets through whatever the path MTU.
+    pub fn on_pmtu_probe(&mut self, plaintext: &[u8], udp_payload_len: usize) {
+        let Ok(hb) = heartbeat::Repr::parse(plaintext) else { return };
+        let size = udp_payload_len + 8 + self.cfg.ip_header_len();
+        let size = u16::try_from(size).unwrap_or(u16::MAX);
+        self.send_control(&ControlMessage::PmtuAck { id: hb.seq, size });
+    }
+
+    fn send_probe(&mut self, probe: pmtu::Probe, now: Instant) {
+        let (Some(session), Some(to)) = (self.current.as_ref(), self.endpoint) else { return };
+        let overhead = self.cfg.ip_header_len() + 8 + sleeve::HEADER_LEN + sleeve::TAG_LEN;
+        let Some(plain_len) = usize::from(probe.size).checked_sub(overhead) else { return };
+        if plain_len < heartbeat::LEN {
+            return;
+        }
+        let mut buf = vec![0u8; sleeve::HEADER_LEN + plain_len + sleeve::TAG_LEN];
+        let repr = heartbeat::Repr {
+            kind: heartbeat::Kind::Request,
+            seq: probe.id,
+            echo_micros: now.saturating_duration_since(self.created).as_micros() as u64,
+        };
+        if repr.emit(&mut buf[sleeve::HEADER_LEN..]).is_err() {
+            return;
+        }
+        if let Ok(n) = session.seal(sleeve::MessageType::PmtuProbe, &mut buf, plain_len) {
+            buf.truncate(n);
+            debug_assert!(n + 8 + self.cfg.ip_header_len() <= usize::from(self.cfg.underlay_mtu));
+            self.outputs.push_back(Output::Probe { to, bytes: buf, id: probe.id });
+        }
+    }
+
     /// When this link was created.
     pub fn created(&self) -> Instant {
         self.created
@@ -275,6 +357,13 @@ impl Link {
 
     /// The TCP connection closed or failed underneath.
     pub fn on_control_closed(&mut self, reason: &str) {
+        if self.handshake.is_some() && self.direction == Direction::Outbound {
+            // A responder that cannot authenticate our first message just
+            // closes: the one reason that happens between weft hosts.
+            return self.fail(format!(
+                "{reason} during the handshake: the peer probably uses a different network secret (compare --secret-file on both hosts)"
+            ));
+        }
         self.fail(reason.to_string());
     }
 
@@ -422,7 +511,11 @@ impl Link {
                     Err(e) => self.fail(format!("rekey failed: {e}")),
                 }
             }
-            ControlMessage::PmtuAck { .. } => {}
+            ControlMessage::PmtuAck { id, size: _ } => {
+                if let Some(v) = self.pmtu.on_ack(id, now) {
+                    self.outputs.push_back(Output::PathMtu(v));
+                }
+            }
             ControlMessage::Goodbye { reason } => self.fail(format!("peer closed the connection: {reason}")),
         }
     }
@@ -515,6 +608,8 @@ impl Link {
                     self.state = LinkState::Established;
                     self.next_heartbeat = Some(now + self.cfg.timers.heartbeat_established);
                     self.outputs.push_back(Output::Established);
+                    // UDP works: now find out how large a datagram the path carries.
+                    self.pmtu.start();
                 }
             }
         }
@@ -552,7 +647,15 @@ impl Link {
             let deadline = self.created + timers.handshake_timeout;
             t = Some(t.map_or(deadline, |x| x.min(deadline)));
         }
-        t
+        let probe = if self.pmtu.searching() && self.pmtu.next_wakeup().is_none() {
+            Some(self.created) // a probe is due now
+        } else {
+            self.pmtu.next_wakeup()
+        };
+        match (t, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs timers: heartbeats, liveness, handshake timeout, rekey.
@@ -592,6 +695,15 @@ impl Link {
         if self.next_heartbeat.is_some_and(|t| now >= t) {
             self.send_heartbeat(heartbeat::Kind::Request, 0, now, None);
             self.next_heartbeat = Some(now + interval);
+        }
+        if self.state == LinkState::Established {
+            let (probe, done) = self.pmtu.poll(now);
+            if let Some(p) = probe {
+                self.send_probe(p, now);
+            }
+            if let Some(v) = done {
+                self.outputs.push_back(Output::PathMtu(v));
+            }
         }
         // Rekey: the connection's initiator drives it.
         if let Some((_, _, started)) = &self.rekey {

@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod control;
 pub mod fdb;
 pub mod link;
+pub mod pmtu;
 
 #[cfg(test)]
 mod sim_tests;

@@ -27,6 +27,8 @@ fn cfg(secret: &[u8], vni: u32, timers: Timers) -> Arc<LinkConfig> {
             overlay_mtu: 1430,
         },
         timers,
+        underlay_mtu: 1500,
+        ipv6_underlay: false,
     })
 }
 
@@ -37,6 +39,8 @@ struct Side {
     closed: Option<String>,
     established: bool,
     ready: bool,
+    probes: Vec<usize>,
+    path_mtu: Option<u16>,
 }
 
 /// Moves outputs from one side to the other; drops datagrams when
@@ -65,6 +69,19 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool
                 from.sessions.remove(&i);
             }
             Output::PeerReady { .. } => from.ready = true,
+            Output::Probe { bytes, .. } => {
+                if !udp_works {
+                    continue;
+                }
+                let mut bytes = bytes;
+                let len = bytes.len();
+                let repr = sleeve::Repr::parse(&sleeve::Packet::new_checked(&bytes[..]).unwrap()).unwrap();
+                let session = to.sessions.get(&repr.receiver_index).cloned().expect("known index");
+                let n = session.open(repr.counter, &mut bytes).unwrap();
+                to.link.on_pmtu_probe(&bytes[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n], len);
+                from.probes.push(len);
+            }
+            Output::PathMtu(v) => from.path_mtu = Some(v),
             Output::Established => from.established = true,
             Output::Close(r) => {
                 from.closed = Some(r);
@@ -91,7 +108,7 @@ fn pump(a: &mut Side, b: &mut Side, now: Instant, udp_works: bool) -> usize {
 fn sides(ca: Arc<LinkConfig>, cb: Arc<LinkConfig>, now: Instant) -> (Side, Side) {
     let a_addr: SocketAddr = "198.18.0.1:6783".parse().unwrap();
     let b_addr: SocketAddr = "198.18.0.2:6783".parse().unwrap();
-    let mk = |link, addr| Side { link, addr, sessions: HashMap::new(), closed: None, established: false, ready: false };
+    let mk = |link, addr| Side { link, addr, sessions: HashMap::new(), closed: None, established: false, ready: false, probes: vec![], path_mtu: None };
     (
         mk(Link::new(Direction::Outbound, b_addr, ca, now), a_addr),
         mk(Link::new(Direction::Inbound, a_addr, cb, now), b_addr),
@@ -183,4 +200,22 @@ fn rekey_swaps_sessions_without_loss() {
     let s = b.sessions.get(&repr.receiver_index).expect("previous session kept");
     assert!(s.open(repr.counter, &mut in_flight).is_ok());
     assert!(!a.link.is_closed() && !b.link.is_closed());
+}
+
+#[test]
+fn path_mtu_is_verified_after_establishment() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()), t0);
+    pump(&mut a, &mut b, t0, true);
+    a.link.poll(t0);
+    b.link.poll(t0);
+    pump(&mut a, &mut b, t0, true);
+    assert!(a.established);
+    let t1 = t0 + Duration::from_millis(10);
+    a.link.poll(t1);
+    pump(&mut a, &mut b, t1, true);
+    assert_eq!(a.path_mtu, Some(1500));
+    assert_eq!(a.link.path_mtu(), Some(1500));
+    // The probe's UDP payload plus UDP and IPv4 headers is exactly the MTU.
+    assert_eq!(a.probes, vec![1500 - 28]);
 }

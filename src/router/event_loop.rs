@@ -43,8 +43,10 @@ pub struct RouterConfig {
     pub peers: Vec<SocketAddr>,
     /// The VNI.
     pub vni: u32,
-    /// Device MTU.
+    /// Device MTU from the interface MTU (the most the overlay ever gets).
     pub overlay_mtu: u16,
+    /// Bytes each datagram adds to an inner packet (outer IP and UDP included).
+    pub datagram_overhead: u16,
     /// The static part of the status (name, addresses, datapath decision).
     pub status_template: Status,
     /// Bridge (L2) mode: the device is a TAP and frames are switched by MAC.
@@ -103,6 +105,9 @@ pub struct Router {
     recv_batch: Option<crate::datapath::batch::RecvBatch>,
     /// Reused list of flood targets (no allocation per frame).
     flood_targets: Vec<Token>,
+    /// The device MTU now: lowered when a peer's verified path is smaller.
+    tun_mtu: u16,
+    icmp_buf: Box<[u8]>,
 }
 
 impl Router {
@@ -126,6 +131,7 @@ impl Router {
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
         let (cfg_l2, overlay_mtu, vni) = (cfg.l2.clone(), cfg.overlay_mtu, cfg.vni);
+        let cfg_overlay_mtu = cfg.overlay_mtu;
         let configured = cfg
             .peers
             .iter()
@@ -155,6 +161,8 @@ impl Router {
             ),
             recv_batch: Some(crate::datapath::batch::RecvBatch::new(BUF_LEN)),
             flood_targets: Vec::new(),
+            tun_mtu: cfg_overlay_mtu,
+            icmp_buf: vec![0u8; 1280].into_boxed_slice(),
         })
     }
 
@@ -220,7 +228,7 @@ impl Router {
         loop {
             if burst == crate::datapath::batch::BATCH {
                 // Bound the latency of the first frame of a long burst.
-                self.batcher.flush(fd);
+                self.flush_batcher(fd);
                 burst = 0;
             }
             let n = match self.tun.recv(&mut self.buf[..max]) {
@@ -234,6 +242,7 @@ impl Router {
             };
             burst += 1;
             let frame = &self.buf[..n];
+            let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header };
             let Some(switch) = self.l2.as_mut() else {
                 let Some(dst) = destination(frame) else { continue };
                 let Some(&token) = self.routes.get(&dst) else {
@@ -243,15 +252,33 @@ impl Router {
                     }
                     continue;
                 };
-                if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, self.cfg.overlay_mtu, 0) {
-                    self.drops.send_errors += 1;
+                let Some(link) = self.streams.get(&token).and_then(|s| s.link.as_ref()) else { continue };
+                // Larger than this peer's verified path carries: tell the local
+                // sender the real MTU instead of fragmenting or dropping silently.
+                let limit = limits.payload_mtu(link);
+                if n > usize::from(limit) {
+                    self.drops.too_big += 1;
+                    let reply = match frame[0] >> 4 {
+                        4 if frame.len() > 6 && frame[6] & 0x40 != 0 => {
+                            crate::wire::icmpv4::build_frag_needed(frame, limit, &mut self.icmp_buf)
+                        }
+                        6 => crate::wire::icmpv6::build_packet_too_big(frame, u32::from(limit), &mut self.icmp_buf),
+                        _ => Ok(None),
+                    };
+                    if let Ok(Some(len)) = reply {
+                        let _ = self.tun.send(&self.icmp_buf[..len]);
+                    }
+                    continue;
+                }
+                if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, &limits) {
+                    self.drops.too_big += 1;
                 }
                 continue;
             };
             match switch.from_local(frame, now) {
                 super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id)) => {
-                    if !queue_frame(&mut self.batcher, &mut self.streams, fd, Token(id), frame, self.cfg.overlay_mtu, 14) {
-                        self.drops.send_errors += 1;
+                    if !queue_frame(&mut self.batcher, &mut self.streams, fd, Token(id), frame, &limits) {
+                        self.drops.too_big += 1;
                     }
                 }
                 super::l2::Egress::Flood => {
@@ -260,15 +287,26 @@ impl Router {
                         s.link.as_ref().filter(|l| l.sending_session().is_some() && l.endpoint().is_some()).map(|_| *t)
                     }));
                     for &token in &self.flood_targets {
-                        if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, self.cfg.overlay_mtu, 14) {
-                            self.drops.send_errors += 1;
+                        if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, &limits) {
+                            self.drops.too_big += 1;
                         }
                     }
                 }
                 _ => {}
             }
         }
+        self.flush_batcher(fd);
+    }
+
+    /// Sends what the batcher holds; a peer whose datagram the kernel
+    /// refused as too big gets its path MTU searched again.
+    fn flush_batcher(&mut self, fd: std::os::fd::RawFd) {
         self.batcher.flush(fd);
+        while let Some(peer) = self.batcher.too_big_peers.pop() {
+            if let Some(l) = self.streams.get_mut(&Token(peer)).and_then(|s| s.link.as_mut()) {
+                l.on_data_too_big();
+            }
+        }
     }
 
     fn on_udp_readable(&mut self) {
@@ -358,7 +396,7 @@ impl Router {
                 }
             }
             sleeve::MessageType::Heartbeat => link.on_heartbeat(plaintext, from, now),
-            sleeve::MessageType::PmtuProbe => {}
+            sleeve::MessageType::PmtuProbe => link.on_pmtu_probe(plaintext, n),
         }
         self.drive_link(token, now);
     }
@@ -487,6 +525,20 @@ impl Router {
                         self.drops.send_errors += 1;
                     }
                 }
+                Output::Probe { to, bytes, id } => {
+                    if let Err(e) = self.udp.send_to(&bytes, to) {
+                        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                            if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
+                                l.on_probe_too_big(id);
+                            }
+                        }
+                    }
+                }
+                Output::PathMtu(v) => {
+                    let peer = self.streams[&token].peer_addr;
+                    tracing::info!(%peer, "verified path MTU {v} (probes with DF, acknowledged over TCP)");
+                    self.update_tun_mtu();
+                }
                 Output::SessionUp(session) => {
                     self.sessions.insert(session.local_index, (token, session));
                 }
@@ -570,6 +622,29 @@ impl Router {
                 {
                     cp.stream = Some(token);
                 }
+            }
+        }
+    }
+
+    /// Sets the device MTU to the smallest verified path MTU minus the
+    /// overhead (never above what the interface MTU allows).
+    fn update_tun_mtu(&mut self) {
+        let smallest = self
+            .streams
+            .values()
+            .filter_map(|s| s.link.as_ref()?.path_mtu())
+            .map(|p| p.saturating_sub(self.cfg.datagram_overhead))
+            .min()
+            .unwrap_or(self.cfg.overlay_mtu)
+            .min(self.cfg.overlay_mtu)
+            .max(crate::wire::overhead::MIN_OVERLAY_MTU_IPV4);
+        if smallest != self.tun_mtu {
+            match self.tun.set_mtu(smallest) {
+                Ok(()) => {
+                    tracing::info!("overlay MTU {} -> {smallest} (smallest verified path MTU minus {} bytes overhead)", self.tun_mtu, self.cfg.datagram_overhead);
+                    self.tun_mtu = smallest;
+                }
+                Err(e) => tracing::warn!("cannot set the overlay MTU to {smallest}: {e}"),
             }
         }
     }
@@ -665,6 +740,7 @@ impl Router {
 
     fn publish_status(&mut self, now: Instant) {
         let mut status = self.cfg.status_template.clone();
+        status.overlay_mtu = self.tun_mtu;
         status.uptime_secs = now.duration_since(self.started).as_secs();
         status.dropped = self.drops.clone();
         status.dropped.send_errors += self.batcher.send_errors;
@@ -698,6 +774,7 @@ impl Router {
                     mode: "sleeve".into(),
                     encryption: None,
                     overlay_mtu: self.cfg.overlay_mtu,
+                    path_mtu: None,
                     rtt_ms: None,
                     tx_bytes: 0,
                     tx_packets: 0,
@@ -741,7 +818,11 @@ impl Router {
             reason,
             mode: "sleeve".into(),
             encryption: link.and_then(|l| l.cipher()).map(|c| c.name().to_string()),
-            overlay_mtu: hello.map(|h| h.overlay_mtu.min(self.cfg.overlay_mtu)).unwrap_or(self.cfg.overlay_mtu),
+            overlay_mtu: link
+                .and_then(|l| l.path_mtu())
+                .map(|p| p.saturating_sub(self.cfg.datagram_overhead).min(self.cfg.overlay_mtu))
+                .unwrap_or(self.cfg.overlay_mtu),
+            path_mtu: link.and_then(|l| l.path_mtu()),
             rtt_ms: link.and_then(|l| l.rtt()).map(|r| r.as_secs_f64() * 1000.0),
             tx_bytes: s.counters.tx_bytes,
             tx_packets: s.counters.tx_packets,
@@ -777,24 +858,44 @@ impl Router {
     }
 }
 
+/// What bounds the datagrams towards one peer.
+struct PeerLimit {
+    overlay_mtu: u16,
+    datagram_overhead: u16,
+    /// 14 in bridge mode (the inner Ethernet header), else 0.
+    l2_header: usize,
+}
+
+impl PeerLimit {
+    /// The largest inner packet (L3) or Ethernet payload (L2) the peer's
+    /// verified path carries, never above either end's device MTU.
+    fn payload_mtu(&self, link: &Link) -> u16 {
+        let mut mtu = link
+            .path_mtu()
+            .map_or(self.overlay_mtu, |p| p.saturating_sub(self.datagram_overhead))
+            .min(self.overlay_mtu);
+        if let Some(h) = link.remote_hello() {
+            mtu = mtu.min(h.overlay_mtu);
+        }
+        mtu
+    }
+}
+
 /// Queues `frame` for the peer on connection `token` into the batcher.
-/// False when the peer has no session yet or the frame cannot fit.
+/// False when the frame does not fit the peer's path; true otherwise
+/// (including when the peer has no session yet: nothing to count).
 fn queue_frame(
     batcher: &mut super::sleeve_batch::SleeveBatcher,
     streams: &mut HashMap<Token, Stream>,
     fd: std::os::fd::RawFd,
     token: Token,
     frame: &[u8],
-    overlay_mtu: u16,
-    l2_header: usize,
+    limits: &PeerLimit,
 ) -> bool {
     let Some(stream) = streams.get_mut(&token) else { return true };
     let Some(link) = stream.link.as_ref() else { return true };
     let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else { return true };
-    // Never exceed the smaller of the two ends' MTUs (the lead's verified
-    // per-peer path MTU replaces this when it lands).
-    let mtu = link.remote_hello().map(|h| h.overlay_mtu.min(overlay_mtu)).unwrap_or(overlay_mtu);
-    let limit = super::sleeve_batch::SleeveBatcher::limit_for(mtu, l2_header);
+    let limit = super::sleeve_batch::SleeveBatcher::limit_for(limits.payload_mtu(link), limits.l2_header);
     if !batcher.push(fd, token.0, session, endpoint, limit, frame) {
         return false;
     }

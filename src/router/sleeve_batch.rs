@@ -29,7 +29,8 @@ struct Pending {
 /// Per-burst packer of sleeve datagrams.
 pub struct SleeveBatcher {
     pending: Vec<Pending>,
-    sealed: Vec<(Box<[u8]>, usize, SocketAddr)>,
+    /// Sealed datagrams waiting for sendmmsg: buffer, length, destination, peer.
+    sealed: Vec<(Box<[u8]>, usize, SocketAddr, usize)>,
     pool: Vec<Box<[u8]>>,
     buf_len: usize,
     vni: u32,
@@ -37,6 +38,9 @@ pub struct SleeveBatcher {
     pub counters: BatchCounters,
     /// Datagrams that could not be sealed or sent.
     pub send_errors: u64,
+    /// Peers whose datagram the kernel refused with EMSGSIZE (the path
+    /// MTU shrank): the router restarts their path-MTU search.
+    pub too_big_peers: Vec<usize>,
 }
 
 impl SleeveBatcher {
@@ -51,6 +55,7 @@ impl SleeveBatcher {
             vni,
             counters: BatchCounters::default(),
             send_errors: 0,
+            too_big_peers: Vec::new(),
         }
     }
 
@@ -117,7 +122,7 @@ impl SleeveBatcher {
                 if self.sealed.len() >= BATCH {
                     self.send_sealed(fd);
                 }
-                self.sealed.push((p.buf, len, p.to));
+                self.sealed.push((p.buf, len, p.to, p.peer));
             }
             _ => {
                 self.send_errors += 1;
@@ -130,11 +135,21 @@ impl SleeveBatcher {
         if self.sealed.is_empty() {
             return;
         }
-        let (sent, calls) = batch::send_slices(fd, self.sealed.iter().map(|(b, len, to)| (&b[..*len], *to)));
+        let sealed = &self.sealed;
+        let too_big = &mut self.too_big_peers;
+        let (sent, calls) = batch::send_slices(fd, sealed.iter().map(|(b, len, to, _)| (&b[..*len], *to)), |i, errno| {
+            if errno == libc::EMSGSIZE {
+                if let Some((_, _, _, peer)) = sealed.get(i) {
+                    if !too_big.contains(peer) {
+                        too_big.push(*peer);
+                    }
+                }
+            }
+        });
         self.counters.sendmmsg_calls += calls;
         self.counters.sendmmsg_datagrams += sent;
         self.send_errors += self.sealed.len() as u64 - sent;
-        for (b, _, _) in self.sealed.drain(..) {
+        for (b, _, _, _) in self.sealed.drain(..) {
             self.pool.push(b);
         }
     }

@@ -21,7 +21,19 @@ pub type Result<T> = core::result::Result<T, WireError>;
 /// A byte range inside a header.
 pub type Field = core::ops::Range<usize>;
 
+pub mod arp;
+pub mod checksum;
+pub mod ethernet;
+pub mod heartbeat;
+pub mod icmpv4;
+pub mod icmpv6;
+pub mod ipv4;
+pub mod ipv6;
 pub mod overhead;
 pub mod sleeve;
+pub mod totality;
+pub mod udp;
 pub mod vxlan;
-pub mod heartbeat;
+
+#[cfg(test)]
+mod fuzz_tests;

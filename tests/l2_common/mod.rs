@@ -13,8 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// The weft binary under test.
-pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+/// The weft binary under test: `WEFT_BIN` if set (a copy of this tree's
+/// build when several worktrees share one target directory), else cargo's.
+pub fn weft_bin() -> String {
+    std::env::var("WEFT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weft").to_string())
+}
 
 /// Runs a command line through `sh -c`, returning (success, stdout+stderr).
 pub fn sh(cmd: &str) -> (bool, String) {
@@ -232,7 +235,7 @@ impl Weft {
         let log = std::env::temp_dir().join(format!("weft-{}.log", ns.name));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, WEFT, "launch"])
+            .args(["netns", "exec", &ns.name, &weft_bin(), "launch"])
             .args(args.split_whitespace())
             .env("RUST_LOG", "info")
             .stdout(file.try_clone().expect("log"))
@@ -281,7 +284,7 @@ impl Drop for Weft {
 
 /// `weft status --json` from inside `ns`, parsed.
 pub fn status(ns: &Netns) -> Option<serde_json::Value> {
-    let (ok, out) = ns.try_run(&format!("{WEFT} status --json"));
+    let (ok, out) = ns.try_run(&format!("{} status --json", weft_bin()));
     if !ok {
         return None;
     }

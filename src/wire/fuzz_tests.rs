@@ -1,0 +1,114 @@
+//! Property tests: every parser, accessor and builder is total on
+//! arbitrary bytes, and parse/emit round trips hold (see `totality`).
+
+use proptest::prelude::*;
+
+use super::totality;
+
+/// Bytes that look like the start of real headers often enough to get
+/// past the first length/version checks.
+fn header_like_bytes() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![
+            Just(0x45u8),
+            Just(0x46),
+            Just(0x60),
+            Just(0x00),
+            any::<u8>()
+        ],
+        proptest::collection::vec(any::<u8>(), 0..700),
+    )
+        .prop_map(|(first, mut rest)| {
+            rest.insert(0, first);
+            // Make declared lengths often match the buffer.
+            let len = rest.len();
+            if first & 0xf0 == 0x40 && len >= 4 {
+                rest[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            }
+            if first & 0xf0 == 0x60 && len >= 40 {
+                rest[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+            }
+            rest
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn all_parsers_total_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+        totality::exercise_all(&bytes);
+    }
+
+    #[test]
+    fn all_parsers_total_on_header_like_bytes(bytes in header_like_bytes()) {
+        totality::exercise_all(&bytes);
+    }
+
+    #[test]
+    fn ethernet_wrapped_bytes_are_total(ethertype in prop_oneof![Just(0x0800u16), Just(0x86dd), Just(0x0806)], payload in header_like_bytes()) {
+        let mut frame = vec![2u8, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(&payload);
+        totality::exercise_all(&frame);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Random ICMP messages with a correct checksum reach the Repr round
+    /// trip, which random bytes almost never do.
+    #[test]
+    fn checksummed_icmp_round_trips(mut bytes in proptest::collection::vec(any::<u8>(), 8..600)) {
+        super::icmpv4::Packet::new_unchecked(&mut bytes[..]).fill_checksum();
+        let packet = super::icmpv4::Packet::new_checked(&bytes[..]).unwrap();
+        prop_assert!(super::icmpv4::Repr::parse(&packet).is_ok());
+        totality::exercise_icmpv4(&bytes);
+
+        let (src, dst) = (core::net::Ipv6Addr::LOCALHOST, core::net::Ipv6Addr::UNSPECIFIED);
+        super::icmpv6::Packet::new_unchecked(&mut bytes[..]).fill_checksum(&src, &dst);
+        let packet = super::icmpv6::Packet::new_checked(&bytes[..]).unwrap();
+        prop_assert!(super::icmpv6::Repr::parse(&src, &dst, &packet).is_ok());
+        totality::exercise_icmpv6(&bytes, &src, &dst);
+    }
+
+    /// Random IPv4 headers with a correct checksum reach the Repr round trip.
+    #[test]
+    fn checksummed_ipv4_round_trips(ihl in 5u8..=15, mut bytes in proptest::collection::vec(any::<u8>(), 60..700)) {
+        bytes[0] = 0x40 | ihl;
+        let len = bytes.len() as u16;
+        bytes[2..4].copy_from_slice(&len.to_be_bytes());
+        super::ipv4::Packet::new_unchecked(&mut bytes[..]).fill_checksum();
+        let packet = super::ipv4::Packet::new_checked(&bytes[..]).unwrap();
+        prop_assert!(super::ipv4::Repr::parse(&packet).is_ok());
+        totality::exercise_all(&bytes);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Well-formed record chains (with arbitrary frames and a possibly
+    /// chopped tail) parse back frame by frame.
+    #[test]
+    fn sleeve_record_chains(
+        frames in proptest::collection::vec((0u32..=0x00ff_ffff, header_like_bytes()), 0..5),
+        chop in 0usize..16,
+    ) {
+        let mut plaintext = vec![0u8; frames.iter().map(|(_, f)| f.len() + super::sleeve::RECORD_OVERHEAD).sum()];
+        let mut at = 0;
+        for (vni, frame) in &frames {
+            at += super::sleeve::emit_record(&mut plaintext[at..], *vni, frame).unwrap();
+        }
+        let parsed: Vec<_> = super::sleeve::Records::new(&plaintext).collect();
+        prop_assert_eq!(parsed.len(), frames.len());
+        for (record, (vni, frame)) in parsed.iter().zip(&frames) {
+            let record = record.unwrap();
+            prop_assert_eq!(record.vni, *vni);
+            prop_assert_eq!(record.frame, &frame[..]);
+        }
+        let chopped = &plaintext[..plaintext.len().saturating_sub(chop)];
+        totality::exercise_all(chopped);
+    }
+}
