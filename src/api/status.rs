@@ -258,6 +258,7 @@ impl Status {
         registry.register("rtt_seconds", "Last heartbeat round-trip time", rtt);
         registry.register("dropped", "Datagrams, packets or connections dropped, by reason", dropped);
         registry.register("overlay_mtu", "MTU of the local overlay device", overlay_mtu);
+        super::l2_status::register_metrics(&mut registry, self.l2.as_ref(), &self.batching);
         let mut out = String::new();
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
