@@ -34,9 +34,12 @@ impl Slots {
     }
 }
 
-/// Up to [`BATCH`] received datagrams and their senders.
+/// Up to [`BATCH`] received datagrams and their senders. Each slot is its
+/// own buffer so a caller can swap one out (see [`RecvBatch::swap_slot`])
+/// and process the datagram in its own buffer without copying it.
 pub struct RecvBatch {
-    slots: Slots,
+    slots: Vec<Box<[u8]>>,
+    slot_len: usize,
     lens: [usize; BATCH],
     from: Box<[libc::sockaddr_storage; BATCH]>,
     count: usize,
@@ -46,7 +49,8 @@ impl RecvBatch {
     /// Room for [`BATCH`] datagrams of up to `max_datagram` bytes each.
     pub fn new(max_datagram: usize) -> RecvBatch {
         RecvBatch {
-            slots: Slots::new(max_datagram),
+            slots: (0..BATCH).map(|_| vec![0u8; max_datagram].into_boxed_slice()).collect(),
+            slot_len: max_datagram,
             lens: [0; BATCH],
             // SAFETY: all-zero sockaddr_storage values are valid.
             from: Box::new(unsafe { std::mem::zeroed() }),
@@ -60,11 +64,9 @@ impl RecvBatch {
         let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         // SAFETY: mmsghdr is plain old data; zero is valid.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        let slot_len = self.slots.slot_len;
-        let base = self.slots.bytes.as_mut_ptr();
         for i in 0..BATCH {
-            // SAFETY: slot i lies inside the allocation of BATCH * slot_len bytes.
-            iov[i].write(libc::iovec { iov_base: unsafe { base.add(i * slot_len) } as *mut libc::c_void, iov_len: slot_len });
+            let slot = &mut self.slots[i];
+            iov[i].write(libc::iovec { iov_base: slot.as_mut_ptr() as *mut libc::c_void, iov_len: slot.len() });
             msgs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &mut self.from[i] as *mut _ as *mut libc::c_void;
@@ -78,7 +80,7 @@ impl RecvBatch {
         }
         let n = n as usize;
         for (i, m) in msgs.iter().take(n).enumerate() {
-            self.lens[i] = (m.msg_len as usize).min(slot_len);
+            self.lens[i] = (m.msg_len as usize).min(self.slots[i].len());
         }
         self.count = n;
         Ok(n)
@@ -102,7 +104,26 @@ impl RecvBatch {
         }
         let from = from_storage(&self.from[i])?;
         let len = self.lens[i];
-        Some((&mut self.slots.slot_mut(i)[..len], from))
+        Some((&mut self.slots[i][..len], from))
+    }
+
+    /// Datagram `i`'s length and sender, without borrowing its bytes.
+    pub fn meta(&self, i: usize) -> Option<(usize, SocketAddr)> {
+        if i >= self.count {
+            return None;
+        }
+        Some((self.lens[i], from_storage(&self.from[i])?))
+    }
+
+    /// Exchanges slot `i` with `buffer` (which must be at least as long as
+    /// a slot, or nothing happens and false is returned). The datagram
+    /// then lives in `buffer[..len]`; swap back after processing it.
+    pub fn swap_slot(&mut self, i: usize, buffer: &mut Box<[u8]>) -> bool {
+        if i >= BATCH || buffer.len() < self.slot_len {
+            return false;
+        }
+        std::mem::swap(&mut self.slots[i], buffer);
+        true
     }
 }
 

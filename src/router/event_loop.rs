@@ -321,11 +321,13 @@ impl Router {
                 Err(_) => continue, // ICMP errors surface here; nothing to do
             };
             for i in 0..count {
-                let Some((datagram, from)) = batch.get_mut(i) else { continue };
-                // on_datagram works on self.buf (opened in place there).
-                let n = datagram.len().min(self.buf.len());
-                self.buf[..n].copy_from_slice(&datagram[..n]);
-                self.on_datagram(n, from);
+                let Some((n, from)) = batch.meta(i) else { continue };
+                // on_datagram opens the datagram in place in self.buf: lend
+                // it the slot's buffer instead of copying the bytes.
+                if batch.swap_slot(i, &mut self.buf) {
+                    self.on_datagram(n, from);
+                    batch.swap_slot(i, &mut self.buf);
+                }
             }
         }
         self.recv_batch = Some(batch);
