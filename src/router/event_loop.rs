@@ -277,9 +277,8 @@ impl Router {
             };
             match switch.from_local(frame, now) {
                 super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id)) => {
-                    if !queue_frame(&mut self.batcher, &mut self.streams, fd, Token(id), frame, &limits) {
-                        self.drops.too_big += 1;
-                    }
+                    let queued = queue_frame(&mut self.batcher, &mut self.streams, fd, Token(id), frame, &limits);
+                    self.drops.too_big += u64::from(!queued);
                 }
                 super::l2::Egress::Flood => {
                     self.flood_targets.clear();
@@ -375,18 +374,17 @@ impl Router {
                         self.drops.bad_record += 1;
                         continue;
                     }
-                    match self.l2.as_mut() {
+                    let accepted = match self.l2.as_mut() {
                         // Counted by the switch (oversized, bad source) when refused.
-                        Some(switch) => {
-                            if !switch.from_remote(record.frame, crate::mesh::fdb::Location::Peer(token.0), now) {
-                                continue;
-                            }
+                        Some(switch) => switch.from_remote(record.frame, crate::mesh::fdb::Location::Peer(token.0), now),
+                        None => {
+                            let is_ip = destination(record.frame).is_some();
+                            self.drops.bad_record += u64::from(!is_ip);
+                            is_ip
                         }
-                        None if destination(record.frame).is_none() => {
-                            self.drops.bad_record += 1;
-                            continue;
-                        }
-                        None => {}
+                    };
+                    if !accepted {
+                        continue;
                     }
                     match self.tun.send(record.frame) {
                         Ok(_) => {
