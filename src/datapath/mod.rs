@@ -2,5 +2,7 @@
 //! only move bytes; every decision is made in `router` from `mesh` and
 //! `noise` state.
 
+pub mod offload;
+pub mod sockaddr;
 pub mod tun;
 pub mod udp;
