@@ -299,3 +299,59 @@ fn oversize_local_packet_gets_frag_needed_from_weft() {
     let (ok, text) = df_ping(&net.a.ns, &b_ip, 1330 - PING_HEADERS, 2);
     assert!(ok, "1330-byte DF ping on the /32 route: {text}");
 }
+
+/// The path shrinks while weft runs (the router's second hop goes from 1500
+/// to 1400). The first oversize datagram is lost and the router's ICMP
+/// teaches A's kernel the new size; the next one fails with EMSGSIZE, which
+/// restarts the search; the overlay shrinks to 1330 and TCP works again.
+#[test]
+fn path_shrinking_later_lowers_the_overlay() {
+    require_root!();
+    let started = Instant::now();
+    let mut net = Routed::new(1500, 1500);
+    net.start_both(&[]);
+    wait_path_mtu(&net.a, 1500, Duration::from_secs(10));
+    wait_path_mtu(&net.b, 1500, Duration::from_secs(3));
+    assert_eq!(device_mtu(&net.a.ns), 1430);
+    let b_ip = net.b.overlay_ip();
+    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)), "no plain ping through the overlay");
+
+    // Shrink the second hop on both of its ends.
+    run("ip", &["-n", &net.router.name, "link", "set", "r1", "mtu", "1400"]);
+    run("ip", &["-n", &net.b.ns, "link", "set", "u0", "mtu", "1400"]);
+    let shrunk = Instant::now();
+    // Full-size packets from A now hit the smaller hop. A few DF pings at
+    // the old overlay size: the first datagram dies at the router (ICMP to
+    // A's kernel), the next send fails with EMSGSIZE, weft searches again.
+    let adapted = wait_until(Duration::from_secs(8), || {
+        let _ = df_ping(&net.a.ns, &b_ip, 1430 - PING_HEADERS, 1);
+        device_mtu(&net.a.ns) == 1330
+    });
+    let status = status_json(&net.a.ns).expect("status");
+    assert!(adapted, "A's overlay MTU did not drop to 1330 after the path shrank: {status:#}\n{}", net.a.logs());
+    eprintln!("overlay adapted {:.2} s after the path shrank", shrunk.elapsed().as_secs_f64());
+    let c = first_connection(&status).expect("connection");
+    assert_eq!(c["path_mtu"].as_u64(), Some(1400), "{status:#}");
+    assert_eq!(status["overlay_mtu"].as_u64(), Some(1330), "{status:#}");
+    assert!(net.a.logs().contains("overlay MTU 1430 -> 1330"), "{}", net.a.logs());
+
+    let (ok, text) = df_ping(&net.a.ns, &b_ip, 1330 - PING_HEADERS, 2);
+    assert!(ok, "a DF ping of exactly the new overlay MTU must pass: {text}");
+    assert_df_ping_refused(&net.a.ns, &b_ip, 1330);
+    let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, &b_ip, 5012, 2 * 1024 * 1024, 0x1430);
+    assert_eq!(n, 2 * 1024 * 1024);
+    assert_eq!(sent, got, "SHA-256 differs after the path shrank");
+    // B's own interface shrank under it (its weft read 1500 at start), and
+    // TCP from B would not show it (A's SYN carries an MSS for 1330). A
+    // full-size DF packet from B fails with EMSGSIZE in weft's send, which
+    // restarts B's search too.
+    let a_ip = net.a.overlay_ip();
+    let adapted = wait_until(Duration::from_secs(8), || {
+        let _ = df_ping(&net.b.ns, &a_ip, 1430 - PING_HEADERS, 1);
+        device_mtu(&net.b.ns) == 1330
+    });
+    assert!(adapted, "B's overlay MTU did not drop to 1330: {:?}\n{}", status_json(&net.b.ns), net.b.logs());
+    let (ok, text) = df_ping(&net.b.ns, &a_ip, 1330 - PING_HEADERS, 2);
+    assert!(ok, "B -> A DF ping of exactly 1330 bytes: {text}");
+    eprintln!("path shrink: passed in {:.2} s", started.elapsed().as_secs_f64());
+}
