@@ -355,3 +355,45 @@ fn path_shrinking_later_lowers_the_overlay() {
     assert!(ok, "B -> A DF ping of exactly 1330 bytes: {text}");
     eprintln!("path shrink: passed in {:.2} s", started.elapsed().as_secs_f64());
 }
+
+/// A PMTU black hole: the router's second hop silently drops datagrams over
+/// 1400 bytes without any ICMP (a token-bucket qdisc whose bucket holds one
+/// 1414-byte frame, the way a misconfigured link or a filtering firewall
+/// behaves). No EMSGSIZE ever helps: only probe timeouts (700 ms, one retry)
+/// can find the size, and the search must still end at exactly 1400 from
+/// A to B, while B -> A (not filtered) keeps 1500.
+#[test]
+fn black_hole_without_icmp_found_by_timeouts() {
+    require_root!();
+    let started = Instant::now();
+    let mut net = Routed::new(1500, 1500);
+    for (ns, dev) in [(&net.a.ns, "u0"), (&net.b.ns, "u0"), (&net.router.name, "r0"), (&net.router.name, "r1")] {
+        disable_offloads(ns, dev);
+    }
+    // tbf drops every packet whose length (with the 14-byte Ethernet header)
+    // exceeds its burst: IP datagrams over 1400 bytes vanish on r1.
+    run("ip", &["netns", "exec", &net.router.name, "tc", "qdisc", "add", "dev", "r1", "root", "tbf", "rate", "1gbit", "burst", "1414", "limit", "1000000"]);
+    let cap_b = UnderlayCapture::start(&net.b.ns, "u0");
+    net.start_both(&[]);
+    let status_a = wait_path_mtu(&net.a, 1400, Duration::from_secs(15));
+    eprintln!("black hole: path MTU 1400 found after {:.2} s", started.elapsed().as_secs_f64());
+    let status_b = wait_path_mtu(&net.b, 1500, Duration::from_secs(3));
+    assert_eq!(status_a["overlay_mtu"].as_u64(), Some(1330), "{status_a:#}");
+    assert_eq!(status_b["overlay_mtu"].as_u64(), Some(1430), "the B -> A direction carries 1500: {status_b:#}");
+    assert_eq!(device_mtu(&net.a.ns), 1330);
+
+    let b_ip = net.b.overlay_ip();
+    let (ok, text) = df_ping(&net.a.ns, &b_ip, 1330 - PING_HEADERS, 2);
+    assert!(ok, "A -> B DF ping of exactly 1330 bytes: {text}");
+    assert_df_ping_refused(&net.a.ns, &b_ip, 1330);
+    let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, &b_ip, 5014, 2 * 1024 * 1024, 0xb1ac);
+    assert_eq!(n, 2 * 1024 * 1024);
+    assert_eq!(sent, got, "SHA-256 differs through the black-holed path");
+    let seen_b = cap_b.finish();
+    assert_wire_fits(&seen_b, 1500, "B's u0");
+    assert!(
+        seen_b.iter().all(|p| p.outgoing || p.len <= 1400),
+        "nothing over 1400 bytes may get through the black hole to B"
+    );
+    eprintln!("black hole: passed in {:.2} s", started.elapsed().as_secs_f64());
+}
