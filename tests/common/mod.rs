@@ -897,7 +897,7 @@ fn capture_packets(
                 continue;
             }
             let len = n as usize;
-            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
             if let Some(p) = parse_wire_packet(&buf[..len.min(buf.len())], len, outgoing) {
                 seen.push(p);
             }
