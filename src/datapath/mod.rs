@@ -4,3 +4,4 @@
 
 pub mod tun;
 pub mod udp;
+pub mod xdp;
