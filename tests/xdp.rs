@@ -251,3 +251,76 @@ fn missing_interface_error_names_the_step() {
     let err = err.expect("opening on a missing interface fails");
     assert!(err.contains("find the interface") && err.contains("nope0"), "{err}");
 }
+
+fn datapath(ns: &str) -> (String, String) {
+    let status = status_json(ns).unwrap_or_default();
+    (
+        status["datapath"].as_str().unwrap_or_default().to_string(),
+        status["datapath_reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// weft itself in xdp mode: overlay ping and a 64 MiB checksummed TCP
+/// transfer over AF_XDP while plain TCP between the underlay addresses runs
+/// at the same time; kill -9 and restart comes back in xdp mode; a clean
+/// exit leaves no XDP program.
+#[test]
+fn weft_in_xdp_mode_ping_transfer_restart_and_clean_exit() {
+    require_root!();
+    let started = Instant::now();
+    let mut net = Net::pair(1500);
+    net.start_both(&["--mode", "xdp"]);
+    net.wait_established(Duration::from_secs(10));
+    for h in [&net.a, &net.b] {
+        let (dp, reason) = datapath(&h.ns);
+        assert_eq!(dp, "xdp", "{}: datapath {dp} ({reason})\n{}", h.ns, h.logs());
+        assert!(reason.contains("AF_XDP native, copy"), "{reason}");
+        assert!(xdp_attached(&h.ns), "{}: program attached", h.ns);
+    }
+    assert!(ping(&net.a.ns, &net.b.overlay_ip()), "overlay ping A -> B");
+    assert!(ping(&net.b.ns, &net.a.overlay_ip()), "overlay ping B -> A");
+
+    // Underlay TCP (not weft) in parallel with the overlay transfer.
+    let (a_ns, b_ns, b_underlay) = (net.a.ns.clone(), net.b.ns.clone(), net.b.underlay.to_string());
+    let plain = std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, &b_underlay, 5002, 8 << 20, 3));
+    let total = 64 << 20;
+    let t = Instant::now();
+    let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, &net.b.overlay_ip(), 5001, total, 0x5eed);
+    let took = t.elapsed();
+    assert_eq!(n, total, "overlay bytes received");
+    assert_eq!(sent, got, "overlay SHA-256");
+    eprintln!("64 MiB over the overlay in xdp mode: {took:?} ({:.0} Mbit/s)", total as f64 * 8.0 / took.as_secs_f64() / 1e6);
+    let (psent, pgot, pn) = plain.join().expect("underlay TCP thread");
+    assert_eq!((pn, psent), (8 << 20, pgot), "underlay TCP beside the overlay");
+
+    // kill -9: the program stays; the restart clears it and comes up in xdp.
+    net.a.kill9();
+    assert!(xdp_attached(&net.a.ns), "killed weft left its program (what the restart must clear)");
+    net.a.start(&["--mode", "xdp"]);
+    net.wait_established(Duration::from_secs(10));
+    let (dp, reason) = datapath(&net.a.ns);
+    assert_eq!(dp, "xdp", "after restart: {reason}\n{}", net.a.logs());
+    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &net.b.overlay_ip())), "ping after restart");
+
+    for h in [&mut net.a, &mut net.b] {
+        let st = h.terminate().expect("running");
+        assert!(st.success(), "{}: clean exit {st:?}", h.ns);
+        assert!(!xdp_attached(&h.ns), "{}: no XDP program after a clean exit", h.ns);
+    }
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// Jumbo MTU does not fit a UMEM frame: --mode xdp falls back to udp and
+/// status says why (the step that failed).
+#[test]
+fn xdp_falls_back_to_udp_with_the_failing_step() {
+    require_root!();
+    let mut net = Net::pair(9000);
+    net.start_both(&["--mode", "xdp"]);
+    net.wait_established(Duration::from_secs(10));
+    let (dp, reason) = datapath(&net.a.ns);
+    assert_eq!(dp, "udp", "{reason}");
+    assert!(reason.contains("check the MTU") && reason.contains("MTU 9000"), "{reason}");
+    assert!(!xdp_attached(&net.a.ns));
+    assert!(ping(&net.a.ns, &net.b.overlay_ip()));
+}

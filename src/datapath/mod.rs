@@ -4,4 +4,5 @@
 
 pub mod tun;
 pub mod udp;
+pub mod underlay;
 pub mod xdp;
