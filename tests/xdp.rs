@@ -324,3 +324,68 @@ fn xdp_falls_back_to_udp_with_the_failing_step() {
     assert!(!xdp_attached(&net.a.ns));
     assert!(ping(&net.a.ns, &net.b.overlay_ip()));
 }
+
+/// IPv6 underlay: the AF_XDP side resolves its neighbour through ND (first
+/// datagram via the kernel), then sends and receives over AF_XDP with the
+/// mandatory UDP checksum (the plain receiver's kernel verifies it).
+#[test]
+fn xdp_underlay_over_ipv6() {
+    require_root!();
+    let net = Net::pair(1500);
+    let id = next_id() % 250 + 1;
+    let a_ip = format!("2001:db8:{id:x}::1");
+    let b_ip = format!("2001:db8:{id:x}::2");
+    for (h, ip) in [(&net.a, &a_ip), (&net.b, &b_ip)] {
+        run("ip", &["-n", &h.ns, "addr", "add", &format!("{ip}/64"), "dev", "u0", "nodad"]);
+    }
+    let a_addr: SocketAddr = format!("[{a_ip}]:{PORT}").parse().unwrap();
+    let b_addr: SocketAddr = format!("[{b_ip}]:{PORT}").parse().unwrap();
+    const N: usize = 50;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let b = spawn_in_netns(&net.b.ns, move || {
+        let socket = UdpSocket::bind(b_addr).expect("bind B v6");
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        while got < 2 * N {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) if from == a_addr && buf[..n] == payload(got % N)[..] => got += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        for i in 0..N {
+            socket.send_to(&payload(i), a_addr).unwrap();
+        }
+        got
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (received, stats) = in_netns(&net.a.ns, move || {
+        let mut underlay = open_underlay(a_addr);
+        for i in 0..N {
+            underlay.send_to(&payload(i), b_addr).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for i in 0..N {
+            underlay.send_to(&payload(i), b_addr).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let mut received = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received < N && Instant::now() < deadline {
+            match underlay.recv_from(&mut buf) {
+                Ok((n, from)) if from == b_addr && buf[..n] == payload(received)[..] => received += 1,
+                Ok(_) => {}
+                Err(_) => poll_readable(&underlay.poll_fds(), Duration::from_millis(100)),
+            }
+        }
+        (received, underlay.stats())
+    });
+    let b_got = b.join().unwrap();
+    eprintln!("v6 stats: {stats:?}");
+    assert_eq!(b_got, 2 * N, "B got {b_got} of {} (UDP checksum must be valid for IPv6)", 2 * N);
+    assert_eq!(received, N, "A got {received} of {N}");
+    assert_eq!(stats.rx_frames as usize, N, "{stats:?}");
+    assert!(stats.tx_frames as usize >= N, "second batch via AF_XDP after ND: {stats:?}");
+}
