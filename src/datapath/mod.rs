@@ -6,3 +6,5 @@ pub mod offload;
 pub mod sockaddr;
 pub mod tun;
 pub mod udp;
+pub mod underlay;
+pub mod xdp;
