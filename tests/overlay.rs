@@ -95,9 +95,14 @@ fn tcp_64mib_checksum_matches() {
     assert_eq!(received, total, "receiver got {received} of {total} bytes");
     assert_eq!(sent, received_hash, "SHA-256 differs between sender and receiver");
 
+    // The status snapshot refreshes every 100 ms: wait for it to catch up.
+    let counted = wait_until(Duration::from_secs(3), || {
+        status_json(&net.a.ns)
+            .and_then(|s| first_connection(&s).and_then(|c| c["tx_bytes"].as_u64()))
+            .is_some_and(|b| b >= total as u64)
+    });
     let status = status_json(&net.a.ns).expect("status");
-    let c = first_connection(&status).expect("connection");
-    assert!(c["tx_bytes"].as_u64().unwrap_or(0) >= total as u64, "tx_bytes should count the transfer: {status:#}");
+    assert!(counted, "tx_bytes should count the transfer: {status:#}");
 }
 
 /// A peer killed with SIGKILL and started again (same key) carries traffic
