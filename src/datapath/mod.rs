@@ -8,3 +8,5 @@ pub mod sockaddr;
 pub mod tap;
 pub mod tun;
 pub mod udp;
+pub mod underlay;
+pub mod xdp;
