@@ -25,14 +25,15 @@ struct TwoHosts {
 }
 
 /// h1 attaches to a bridge the test made beforehand; h2 lets weft create one.
-fn two_hosts(tag: &str, extra_config: &str) -> TwoHosts {
+/// `extra_args` go to both weft launches.
+fn two_hosts(tag: &str, extra_config: &str, extra_args: &str) -> TwoHosts {
     let net = Underlay::new(tag);
     let secret = write_file(&format!("{}-secret", net.h1.name), "bridge-test-secret-0123456789abcdef\n");
     let config = write_file(&format!("{}-config.toml", net.h1.name), &format!("[timers]\nheartbeat_connecting_ms = 100\n{extra_config}\n"));
     let (bridge1, bridge2) = ("br1".to_string(), "wbr2".to_string());
     net.h1.run(&format!("ip link add {bridge1} type bridge"));
     net.h1.run(&format!("ip link set {bridge1} up"));
-    let common = format!("--iface bridge --secret-file {} --config {}", secret.display(), config.display());
+    let common = format!("--iface bridge --secret-file {} --config {} {extra_args}", secret.display(), config.display());
     let w1 = Weft::start(
         &net.h1,
         &format!("--bridge {bridge1} --overlay 10.50.0.1/16 --listen 198.18.0.1:6783 --peer 198.18.0.2:6783 {common}"),
@@ -66,7 +67,7 @@ fn ping(from: &Container, to: &str) -> bool {
 
 #[test]
 fn bridge_arp_ping_broadcast_oversize_and_cleanup() {
-    let mut t = two_hosts("l2a", "");
+    let mut t = two_hosts("l2a", "", "");
     // MTUs: the bridge and TAP carry the overlay MTU.
     assert!(t.net.h2.run(&format!("ip link show {}", t.bridge2)).contains(&format!("mtu {MTU}")));
     assert!(t.net.h1.run("ip link show br1-tap").contains(&format!("mtu {MTU}")));
@@ -124,7 +125,7 @@ fn bridge_arp_ping_broadcast_oversize_and_cleanup() {
 
 #[test]
 fn container_moves_between_hosts() {
-    let t = two_hosts("l2m", "");
+    let t = two_hosts("l2m", "", "");
     assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c12.ip).then_some(())).is_some());
     assert!(ping(&t.c21, &t.c12.ip), "c21 cannot reach c12 before the move");
     // Move c12 (same MAC, same address) from host 1 to host 2.
@@ -156,7 +157,7 @@ fn container_moves_between_hosts() {
 
 #[test]
 fn mac_entries_expire() {
-    let t = two_hosts("l2e", "mac_age_secs = 2");
+    let t = two_hosts("l2e", "mac_age_secs = 2", "");
     assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip).then_some(())).is_some());
     assert_eq!(stat(&t.net.h1, "/l2/mac_age_secs"), 2);
     assert!(wait_for(Duration::from_secs(2), || (stat(&t.net.h1, "/l2/counters/fdb_entries") >= 2).then_some(())).is_some());
@@ -170,7 +171,8 @@ fn mac_entries_expire() {
 
 #[test]
 fn small_frames_share_sealed_datagrams_within_the_path_mtu() {
-    let t = two_hosts("l2b", "");
+    // The UDP datapath: AF_XDP frames bypass the AF_PACKET capture below.
+    let t = two_hosts("l2b", "", "--mode udp");
     assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip).then_some(())).is_some());
     let capture = capture_ipv4(&t.net.h2, Duration::from_millis(2500));
     // A burst of small datagrams from c11 to c21, plus a full-size ping.

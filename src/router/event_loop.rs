@@ -221,7 +221,6 @@ impl Router {
     // ---- data path -------------------------------------------------------
 
     fn on_tun_readable(&mut self) {
-        let fd = self.udp.as_raw_fd();
         let now = Instant::now();
         let l2_header = if self.l2.is_some() { 14 } else { 0 };
         let max = usize::from(self.cfg.overlay_mtu).max(1500) + 64 + l2_header;
@@ -229,7 +228,7 @@ impl Router {
         loop {
             if burst == crate::datapath::batch::BATCH {
                 // Bound the latency of the first frame of a long burst.
-                self.flush_batcher(fd);
+                self.flush_batcher();
                 burst = 0;
             }
             let n = match self.tun.recv(&mut self.buf[..max]) {
@@ -271,14 +270,14 @@ impl Router {
                     }
                     continue;
                 }
-                if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, &limits) {
+                if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, token, frame, &limits) {
                     self.drops.too_big += 1;
                 }
                 continue;
             };
             match switch.from_local(frame, now) {
                 super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id)) => {
-                    let queued = queue_frame(&mut self.batcher, &mut self.streams, fd, Token(id), frame, &limits);
+                    let queued = queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, Token(id), frame, &limits);
                     self.drops.too_big += u64::from(!queued);
                 }
                 super::l2::Egress::Flood => {
@@ -287,7 +286,7 @@ impl Router {
                         s.link.as_ref().filter(|l| l.sending_session().is_some() && l.endpoint().is_some()).map(|_| *t)
                     }));
                     for &token in &self.flood_targets {
-                        if !queue_frame(&mut self.batcher, &mut self.streams, fd, token, frame, &limits) {
+                        if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, token, frame, &limits) {
                             self.drops.too_big += 1;
                         }
                     }
@@ -295,13 +294,13 @@ impl Router {
                 _ => {}
             }
         }
-        self.flush_batcher(fd);
+        self.flush_batcher();
     }
 
     /// Sends what the batcher holds; a peer whose datagram the kernel
     /// refused as too big gets its path MTU searched again.
-    fn flush_batcher(&mut self, fd: std::os::fd::RawFd) {
-        self.batcher.flush(fd);
+    fn flush_batcher(&mut self) {
+        self.batcher.flush(&mut self.udp);
         while let Some(peer) = self.batcher.too_big_peers.pop() {
             if let Some(l) = self.streams.get_mut(&Token(peer)).and_then(|s| s.link.as_mut()) {
                 l.on_data_too_big();
@@ -310,8 +309,22 @@ impl Router {
     }
 
     fn on_udp_readable(&mut self) {
+        let fd = match &self.udp {
+            Underlay::Udp(socket) => socket.as_raw_fd(),
+            Underlay::Xdp { .. } => {
+                // AF_XDP hands frames over one by one from its own rings.
+                loop {
+                    let (n, from) = match self.udp.recv_from(&mut self.buf) {
+                        Ok(r) => r,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => continue,
+                    };
+                    self.on_datagram(n, from);
+                }
+            }
+        };
         let Some(mut batch) = self.recv_batch.take() else { return };
-        let fd = self.udp.as_raw_fd();
         loop {
             let count = match batch.recv(fd) {
                 Ok(0) => break,
@@ -888,7 +901,7 @@ impl PeerLimit {
 fn queue_frame(
     batcher: &mut super::sleeve_batch::SleeveBatcher,
     streams: &mut HashMap<Token, Stream>,
-    fd: std::os::fd::RawFd,
+    underlay: &mut Underlay,
     token: Token,
     frame: &[u8],
     limits: &PeerLimit,
@@ -897,7 +910,7 @@ fn queue_frame(
     let Some(link) = stream.link.as_ref() else { return true };
     let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else { return true };
     let limit = super::sleeve_batch::SleeveBatcher::limit_for(limits.payload_mtu(link), limits.l2_header);
-    if !batcher.push(fd, token.0, session, endpoint, limit, frame) {
+    if !batcher.push(underlay, token.0, session, endpoint, limit, frame) {
         return false;
     }
     stream.counters.tx_bytes += frame.len() as u64;

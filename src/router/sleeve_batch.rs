@@ -10,7 +10,8 @@ use crate::datapath::batch::{self, BATCH};
 use crate::noise::Session;
 use crate::wire::sleeve;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use crate::datapath::underlay::Underlay;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 /// A datagram being filled for one peer.
@@ -73,7 +74,7 @@ impl SleeveBatcher {
     /// that peer. Returns false when the frame cannot fit even alone
     /// (the caller counts the drop). A full datagram is sealed and queued
     /// first; a full send queue is flushed to `fd`.
-    pub fn push(&mut self, fd: RawFd, peer: usize, session: &Arc<Session>, to: SocketAddr, limit: usize, frame: &[u8]) -> bool {
+    pub fn push(&mut self, underlay: &mut Underlay, peer: usize, session: &Arc<Session>, to: SocketAddr, limit: usize, frame: &[u8]) -> bool {
         let record_len = sleeve::RECORD_OVERHEAD + frame.len();
         let limit = limit.min(self.buf_len);
         if sleeve::HEADER_LEN + record_len + sleeve::TAG_LEN > limit {
@@ -86,7 +87,7 @@ impl SleeveBatcher {
             {
                 // Full, or the session changed under it: seal what is there.
                 let p = self.pending.swap_remove(i);
-                self.seal(fd, p);
+                self.seal(underlay, p);
                 None
             }
             found => found,
@@ -95,7 +96,7 @@ impl SleeveBatcher {
             Some(i) => i,
             None => {
                 if self.pending.len() >= BATCH {
-                    self.flush(fd);
+                    self.flush(underlay);
                 }
                 let buf = self.take_buf();
                 self.pending.push(Pending { peer, session: session.clone(), to, limit, buf, plain_len: 0, frames: 0 });
@@ -113,14 +114,14 @@ impl SleeveBatcher {
         true
     }
 
-    fn seal(&mut self, fd: RawFd, mut p: Pending) {
+    fn seal(&mut self, underlay: &mut Underlay, mut p: Pending) {
         match p.session.seal(sleeve::MessageType::Data, &mut p.buf, p.plain_len) {
             Ok(len) if len <= p.limit => {
                 self.counters.sealed_datagrams += 1;
                 self.counters.sealed_frames += p.frames;
                 self.counters.largest_datagram = self.counters.largest_datagram.max(len as u64);
                 if self.sealed.len() >= BATCH {
-                    self.send_sealed(fd);
+                    self.send_sealed(underlay);
                 }
                 self.sealed.push((p.buf, len, p.to, p.peer));
             }
@@ -131,13 +132,13 @@ impl SleeveBatcher {
         }
     }
 
-    fn send_sealed(&mut self, fd: RawFd) {
+    fn send_sealed(&mut self, underlay: &mut Underlay) {
         if self.sealed.is_empty() {
             return;
         }
         let sealed = &self.sealed;
         let too_big = &mut self.too_big_peers;
-        let (sent, calls) = batch::send_slices(fd, sealed.iter().map(|(b, len, to, _)| (&b[..*len], *to)), |i, errno| {
+        let mut on_error = |i: usize, errno: i32| {
             if errno == libc::EMSGSIZE {
                 if let Some((_, _, _, peer)) = sealed.get(i) {
                     if !too_big.contains(peer) {
@@ -145,7 +146,24 @@ impl SleeveBatcher {
                     }
                 }
             }
-        });
+        };
+        let (sent, calls) = match underlay {
+            Underlay::Udp(socket) => {
+                batch::send_slices(socket.as_raw_fd(), sealed.iter().map(|(b, len, to, _)| (&b[..*len], *to)), on_error)
+            }
+            // AF_XDP queues frames itself and kicks the kernel in batches.
+            other => {
+                let mut sent = 0;
+                for (i, (b, len, to, _)) in sealed.iter().enumerate() {
+                    match other.send_to(&b[..*len], *to) {
+                        Ok(_) => sent += 1,
+                        Err(e) => on_error(i, e.raw_os_error().unwrap_or(0)),
+                    }
+                }
+                other.flush();
+                (sent, 0)
+            }
+        };
         self.counters.sendmmsg_calls += calls;
         self.counters.sendmmsg_datagrams += sent;
         self.send_errors += self.sealed.len() as u64 - sent;
@@ -155,10 +173,10 @@ impl SleeveBatcher {
     }
 
     /// Seals every datagram being filled and sends all of them.
-    pub fn flush(&mut self, fd: RawFd) {
+    pub fn flush(&mut self, underlay: &mut Underlay) {
         while let Some(p) = self.pending.pop() {
-            self.seal(fd, p);
+            self.seal(underlay, p);
         }
-        self.send_sealed(fd);
+        self.send_sealed(underlay);
     }
 }
