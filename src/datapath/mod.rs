@@ -6,3 +6,4 @@ pub mod offload;
 pub mod sockaddr;
 pub mod tun;
 pub mod udp;
+pub mod odp;
