@@ -59,8 +59,9 @@ pub struct LaunchArgs {
     pub name: Option<String>,
     /// Datapath: auto (what preflight decides), fastdp, xdp or udp
     /// [default: auto]. An explicit mode that preflight finds unsafe refuses
-    /// to start without --force. This build implements udp only: fastdp and
-    /// xdp fall back to udp with a log line saying so.
+    /// to start without --force. This build implements xdp and udp: fastdp
+    /// falls back to udp, and xdp falls back to udp when AF_XDP cannot be
+    /// opened on the underlay interface, with a log line saying why.
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<crate::host::plan::Mode>,
     /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
@@ -382,6 +383,22 @@ fn underlay(listen: SocketAddr, peers: &[SocketAddr]) -> Result<(String, u16, St
     Ok((iface, mtu, why))
 }
 
+/// Opens the AF_XDP underlay on `iface` around a duplicate of weft's UDP
+/// socket (the original stays usable for the UDP fallback).
+fn open_xdp(
+    iface: &str,
+    listen: SocketAddr,
+    udp_socket: &std::net::UdpSocket,
+) -> Result<crate::datapath::xdp::XdpUnderlay, String> {
+    let kernel = udp_socket.try_clone().map_err(|e| format!("AF_XDP: cannot duplicate the UDP socket: {e}"))?;
+    let config = crate::datapath::xdp::XdpConfig {
+        interface: iface.to_string(),
+        extra_ports: Vec::new(),
+        source: Some(listen.ip()).filter(|ip| !ip.is_unspecified()),
+    };
+    crate::datapath::xdp::XdpUnderlay::open(&config, kernel).map_err(|e| e.to_string())
+}
+
 /// Runs `weft launch` to completion and returns the exit code.
 pub fn run(args: LaunchArgs) -> ExitCode {
     crate::logging::init();
@@ -432,8 +449,11 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     if let Some(w) = &resolved.warning {
         tracing::warn!("{w}");
     }
-    let (datapath, fallback) = crate::host::plan::launch_datapath(resolved.datapath, &[crate::host::plan::Datapath::Udp]);
-    let datapath_reason = match &fallback {
+    let (mut datapath, fallback) = crate::host::plan::launch_datapath(
+        resolved.datapath,
+        &[crate::host::plan::Datapath::Xdp, crate::host::plan::Datapath::Udp],
+    );
+    let mut datapath_reason = match &fallback {
         Some(line) => {
             tracing::info!("{line}");
             line.clone()
@@ -452,6 +472,24 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
 
     // Bind everything before creating the device, so an error leaves nothing behind.
     let udp_socket = udp::bind_data_socket(plan.listen).map_err(|e| usage(e.to_string()))?;
+    let underlay_socket = if datapath == crate::host::plan::Datapath::Xdp {
+        match open_xdp(&underlay_iface, plan.listen, &udp_socket) {
+            Ok(xdp) => {
+                let mode = xdp.mode();
+                tracing::info!("datapath xdp: AF_XDP {mode} on {underlay_iface}, {} queue(s)", xdp.queue_count());
+                datapath_reason = format!("AF_XDP {mode} on {underlay_iface}; {datapath_reason}");
+                crate::datapath::underlay::Underlay::xdp(xdp)
+            }
+            Err(e) => {
+                tracing::warn!("{e}; falling back to udp");
+                datapath = crate::host::plan::Datapath::Udp;
+                datapath_reason = format!("xdp unusable, fell back to udp: {e}");
+                crate::datapath::underlay::Underlay::udp(udp_socket)
+            }
+        }
+    } else {
+        crate::datapath::underlay::Underlay::udp(udp_socket)
+    };
     let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
     let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
 
@@ -518,7 +556,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     tracing::info!("weft {} up: key {public}, listening on {}, {} configured peer(s)", env!("CARGO_PKG_VERSION"), plan.listen, plan.peers.len());
     let router = Router::new(
         tun,
-        udp_socket,
+        underlay_socket,
         listener,
         signal_rx,
         RouterConfig { link, peers: plan.peers, vni: plan.vni, overlay_mtu, datagram_overhead: overhead_bytes, status_template },

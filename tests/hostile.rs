@@ -14,7 +14,9 @@ fn wrong_secret_never_connects() {
     require_root!();
     let mut net = Net::pair(1500);
     std::fs::write(net.b.path("secret"), "a different network secret\n").expect("write B's secret");
-    net.start_both(&[]);
+    // udp mode: the sniffer reads an AF_PACKET socket, which frames that
+    // AF_XDP takes (xdp mode, what auto picks here) never reach.
+    net.start_both(&["--mode", "udp"]);
 
     // Watch B's underlay for weft datagrams while the hosts keep trying
     // (the first retry comes 2 s after the first failure).
@@ -66,7 +68,9 @@ fn wrong_secret_never_connects() {
 fn random_datagrams_and_bytes_are_dropped_and_counted() {
     require_root!();
     let mut net = Net::pair(1500);
-    net.start_both(&[]);
+    // udp mode: the sniffer reads an AF_PACKET socket, which frames that
+    // AF_XDP takes (xdp mode, what auto picks here) never reach.
+    net.start_both(&["--mode", "udp"]);
     net.wait_established(Duration::from_secs(10));
     let b_ip = net.b.overlay_ip();
     assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)));

@@ -158,8 +158,10 @@ fn rekey_under_traffic_loses_nothing() {
         std::fs::write(h.path("weft.toml"), "[timers]\nrekey_after_secs = 2\n").expect("config");
     }
     let (ca, cb) = (net.a.path("weft.toml").display().to_string(), net.b.path("weft.toml").display().to_string());
-    net.a.start(&["--config", &ca]);
-    net.b.start(&["--config", &cb]);
+    // udp mode: the watcher reads an AF_PACKET socket, which frames that
+    // AF_XDP takes (xdp mode, what auto picks here) never reach.
+    net.a.start(&["--config", &ca, "--mode", "udp"]);
+    net.b.start(&["--config", &cb, "--mode", "udp"]);
     net.wait_established(Duration::from_secs(10));
     let b_ip = net.b.overlay_ip();
     assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)));

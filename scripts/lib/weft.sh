@@ -95,7 +95,8 @@ weft_show_logs() {
 }
 
 # weft_start_pair MODE NS_A NS_B DIR
-#   MODE is "enc" (the Noise sleeve) or "plain" (standard VXLAN, no crypto).
+#   MODE is "enc" (the Noise sleeve) or "plain" (standard VXLAN, no crypto,
+#   bridge mode: weft0 is a TAP on a Linux bridge that carries the address).
 #   Launches weft in both namespaces with the creds from weft_make_creds,
 #   logs in DIR/weft-{a,b}.log, waits (bounded) until both report an
 #   established connection (enc) and a ping crosses the overlay both ways.
@@ -103,12 +104,22 @@ weft_show_logs() {
 #   weft exits or the overlay does not come up in time.
 weft_start_pair() {
     local mode="$1" ns_a="$2" ns_b="$3" dir="$4" port
-    local -a mode_args=()
+    # Per mode: extra flags, and how each host names the other. The sleeve
+    # authenticates with the shared secret and per-host keys; plaintext mode
+    # speaks bare RFC 7348 VXLAN (no control protocol, no keys), so the other
+    # host is a static VTEP rather than a --peer.
+    local -a mode_args=() args_a=() args_b=()
     case "$mode" in
-    enc) port="$WEFT_PORT" ;;
+    enc)
+        port="$WEFT_PORT"
+        args_a=(--peer "$WEFT_UNDERLAY_B:$port" --secret-file "$dir/secret" --key-file "$dir/key-a")
+        args_b=(--peer "$WEFT_UNDERLAY_A:$port" --secret-file "$dir/secret" --key-file "$dir/key-b")
+        ;;
     plain)
         port="$WEFT_PLAIN_PORT"
-        mode_args=(--mode plain --insecure-plaintext --vni "$WEFT_VNI")
+        mode_args=(--mode plain --insecure-plaintext --vni "$WEFT_VNI" --vxlan-port "$port")
+        args_a=(--vtep "$WEFT_UNDERLAY_B:$port")
+        args_b=(--vtep "$WEFT_UNDERLAY_A:$port")
         ;;
     *)
         netns_log "weft_start_pair: unknown mode '$mode' (enc or plain)"
@@ -118,14 +129,12 @@ weft_start_pair() {
 
     ns_spawn "$ns_a" "$dir/weft-a.log" "$WEFT_BIN" launch "${mode_args[@]}" \
         --overlay "$WEFT_OVERLAY_A/$WEFT_OVERLAY_PREFIX" \
-        --listen "$WEFT_UNDERLAY_A:$port" --peer "$WEFT_UNDERLAY_B:$port" \
-        --secret-file "$dir/secret" --key-file "$dir/key-a" \
+        --listen "$WEFT_UNDERLAY_A:$port" "${args_a[@]}" \
         --iface-name weft0 --status-addr "$WEFT_STATUS_ADDR"
     WEFT_PID_A="$NS_LAST_PID"
     ns_spawn "$ns_b" "$dir/weft-b.log" "$WEFT_BIN" launch "${mode_args[@]}" \
         --overlay "$WEFT_OVERLAY_B/$WEFT_OVERLAY_PREFIX" \
-        --listen "$WEFT_UNDERLAY_B:$port" --peer "$WEFT_UNDERLAY_A:$port" \
-        --secret-file "$dir/secret" --key-file "$dir/key-b" \
+        --listen "$WEFT_UNDERLAY_B:$port" "${args_b[@]}" \
         --iface-name weft0 --status-addr "$WEFT_STATUS_ADDR"
     WEFT_PID_B="$NS_LAST_PID"
 

@@ -7,3 +7,5 @@ pub mod sockaddr;
 pub mod tun;
 pub mod udp;
 pub mod odp;
+pub mod underlay;
+pub mod xdp;

@@ -9,7 +9,8 @@ use crate::noise::keys::short_key;
 use crate::noise::session::OpenError;
 use crate::noise::Session;
 use crate::wire::sleeve;
-use mio::net::{TcpListener, TcpStream, UdpSocket};
+use crate::datapath::underlay::Underlay;
+use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
@@ -81,7 +82,7 @@ struct ConfiguredPeer {
 pub struct Router {
     poll: Poll,
     tun: TunDevice,
-    udp: UdpSocket,
+    udp: Underlay,
     listener: TcpListener,
     signals: std::os::unix::net::UnixStream,
     cfg: RouterConfig,
@@ -105,18 +106,17 @@ impl Router {
     /// stream becomes readable when SIGINT or SIGTERM arrives.
     pub fn new(
         tun: TunDevice,
-        udp: std::net::UdpSocket,
+        mut udp: Underlay,
         listener: std::net::TcpListener,
         signals: std::os::unix::net::UnixStream,
         cfg: RouterConfig,
         snapshot: Arc<Mutex<Status>>,
     ) -> io::Result<Router> {
         let poll = Poll::new()?;
-        let mut udp = UdpSocket::from_std(udp);
         let mut listener = TcpListener::from_std(listener);
         signals.set_nonblocking(true)?;
         poll.registry().register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
-        poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
+        udp.register(poll.registry(), UDP)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
@@ -175,6 +175,7 @@ impl Router {
             }
             let now = Instant::now();
             self.run_timers(now);
+            self.udp.flush();
             if now.duration_since(self.last_status) >= STATUS_INTERVAL {
                 self.publish_status(now);
                 self.last_status = now;

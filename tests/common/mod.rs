@@ -563,3 +563,346 @@ pub fn capture_weft_datagrams(window: Duration) -> Vec<SeenDatagram> {
     }
     seen
 }
+
+/// A bare network namespace (no weft, no keys), deleted on drop. Used for
+/// the router in the middle of a [`Routed`] topology.
+pub struct Netns {
+    /// Namespace name.
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace with loopback up.
+    pub fn new(name: String) -> Netns {
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Two weft hosts that reach each other through a router namespace, so the
+/// path MTU can be smaller than either host's interface MTU:
+///
+/// ```text
+///   A u0 198.18.N.1/24 ==(mtu_a)== r0 198.18.N.254  R  198.19.N.254 r1 ==(mtu_b)== u0 198.19.N.2/24 B
+/// ```
+///
+/// R has `net.ipv4.ip_forward=1`, so a DF datagram too big for the second
+/// hop is answered with ICMP frag-needed (next-hop MTU = `mtu_b`) instead of
+/// being forwarded or fragmented. Overlay 10.40.0.1/16 and 10.40.0.2/16.
+pub struct Routed {
+    /// Host A (198.18.N.1, 10.40.0.1), on the `mtu_a` side.
+    pub a: Host,
+    /// Host B (198.19.N.2, 10.40.0.2), on the `mtu_b` side.
+    pub b: Host,
+    /// The router between them (interfaces `r0` towards A, `r1` towards B).
+    pub router: Netns,
+    /// R's address on A's link (the source of its ICMP errors to A).
+    pub router_a_side: Ipv4Addr,
+}
+
+impl Routed {
+    /// Builds the topology: A's link has MTU `mtu_a`, B's link `mtu_b`.
+    pub fn new(mtu_a: u32, mtu_b: u32) -> Routed {
+        let id = next_id();
+        let base = format!("wt-{}-{id}", std::process::id());
+        let subnet = (id % 250) as u8 + 1;
+        let router = Netns::new(format!("{base}-r"));
+        let router_a_side = Ipv4Addr::new(198, 18, subnet, 254);
+        let router_b_side = Ipv4Addr::new(198, 19, subnet, 254);
+        let mut a = Host::new(format!("{base}-a"), Ipv4Addr::new(198, 18, subnet, 1), "10.40.0.1/16");
+        let mut b = Host::new(format!("{base}-b"), Ipv4Addr::new(198, 19, subnet, 2), "10.40.0.2/16");
+        let (ma, mb) = (mtu_a.to_string(), mtu_b.to_string());
+        run("ip", &["link", "add", "u0", "netns", &a.ns, "mtu", &ma, "type", "veth", "peer", "name", "r0", "netns", &router.name, "mtu", &ma]);
+        run("ip", &["link", "add", "u0", "netns", &b.ns, "mtu", &mb, "type", "veth", "peer", "name", "r1", "netns", &router.name, "mtu", &mb]);
+        for (ns, dev, addr) in [
+            (a.ns.as_str(), "u0", a.underlay),
+            (b.ns.as_str(), "u0", b.underlay),
+            (router.name.as_str(), "r0", router_a_side),
+            (router.name.as_str(), "r1", router_b_side),
+        ] {
+            run("ip", &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+        }
+        run("ip", &["-n", &a.ns, "route", "add", &format!("198.19.{subnet}.0/24"), "via", &router_a_side.to_string()]);
+        run("ip", &["-n", &b.ns, "route", "add", &format!("198.18.{subnet}.0/24"), "via", &router_b_side.to_string()]);
+        // Forwarding is what makes R a router: without it the first hop's
+        // DF probes would be dropped without the ICMP that tells A the size.
+        let out = ns_exec(&router.name, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        assert!(out.status.success(), "enable forwarding in {}: {}", router.name, String::from_utf8_lossy(&out.stderr));
+        a.peers = vec![format!("{}:{PORT}", b.underlay)];
+        b.peers = vec![format!("{}:{PORT}", a.underlay)];
+        Routed { a, b, router, router_a_side }
+    }
+
+    /// Starts weft on both hosts with the usual arguments.
+    pub fn start_both(&mut self, extra: &[&str]) {
+        self.a.start(extra);
+        self.b.start(extra);
+    }
+}
+
+/// Turns off TSO, GSO and GRO on `iface` in `ns`. With them on, a packet
+/// socket sees TCP "super-packets" of up to 64 KiB that the NIC (here: the
+/// veth, which passes them unsegmented to its peer, so the receiving side
+/// sees them too) would only cut into MTU-sized segments later; with them
+/// off every captured packet is exactly one datagram on the wire.
+pub fn disable_offloads(ns: &str, iface: &str) {
+    let out = ns_exec(ns, &["ethtool", "-K", iface, "tso", "off", "gso", "off", "gro", "off"]);
+    assert!(
+        out.status.success(),
+        "ethtool -K {iface} tso off gso off gro off in {ns}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One IP packet seen by an [`UnderlayCapture`].
+#[derive(Debug, Clone)]
+pub struct WirePacket {
+    /// Sent by this namespace (`PACKET_OUTGOING`) rather than received.
+    pub outgoing: bool,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Bytes of the whole IP datagram as handed to the packet socket.
+    pub len: usize,
+    /// The IP header's own length field (total length; payload + 40 for IPv6).
+    pub header_len_field: usize,
+    /// IP protocol / IPv6 next header.
+    pub protocol: u8,
+    /// Source address.
+    pub src: std::net::IpAddr,
+    /// Destination address.
+    pub dst: std::net::IpAddr,
+    /// IPv4 DF bit (false for IPv6).
+    pub dont_fragment: bool,
+    /// A fragment: IPv4 MF or offset set, or an IPv6 fragment header.
+    pub fragment: bool,
+    /// UDP/TCP source and destination ports (first fragment only).
+    pub ports: Option<(u16, u16)>,
+    /// weft type byte, for UDP to or from [`PORT`] with a full weft header.
+    pub weft_kind: Option<u8>,
+    /// ICMPv4 (type, code, next-hop MTU field).
+    pub icmp: Option<(u8, u8, u16)>,
+    /// TCP flags byte (first fragment only).
+    pub tcp_flags: Option<u8>,
+}
+
+impl WirePacket {
+    /// TCP to or from weft's control port.
+    pub fn is_weft_control(&self) -> bool {
+        self.protocol == libc::IPPROTO_TCP as u8 && self.ports.is_some_and(|(s, d)| s == PORT || d == PORT)
+    }
+
+    /// A TCP SYN (without ACK): the first segment of a connection.
+    pub fn is_syn(&self) -> bool {
+        self.tcp_flags.is_some_and(|f| f & 0x12 == 0x02)
+    }
+
+    /// ICMPv4 destination unreachable, fragmentation needed.
+    pub fn frag_needed_mtu(&self) -> Option<u16> {
+        match self.icmp {
+            Some((3, 4, mtu)) => Some(mtu),
+            _ => None,
+        }
+    }
+}
+
+/// Parses one IP packet from a packet socket; None for anything else.
+pub fn parse_wire_packet(p: &[u8], len: usize, outgoing: bool) -> Option<WirePacket> {
+    use std::net::{IpAddr, Ipv6Addr};
+    let version = p.first()? >> 4;
+    let (header_len_field, protocol, src, dst, dont_fragment, fragment, first, l4) = match version {
+        4 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let hdr = p.get(..20)?;
+            let flags_off = u16::from_be_bytes([hdr[6], hdr[7]]);
+            let src = IpAddr::V4(Ipv4Addr::new(hdr[12], hdr[13], hdr[14], hdr[15]));
+            let dst = IpAddr::V4(Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]));
+            let more = flags_off & 0x2000 != 0;
+            let offset = flags_off & 0x1fff;
+            (
+                usize::from(u16::from_be_bytes([hdr[2], hdr[3]])),
+                hdr[9],
+                src,
+                dst,
+                flags_off & 0x4000 != 0,
+                more || offset != 0,
+                offset == 0,
+                p.get(ihl..).unwrap_or(&[]),
+            )
+        }
+        6 => {
+            let hdr = p.get(..40)?;
+            let src: [u8; 16] = hdr[8..24].try_into().ok()?;
+            let dst: [u8; 16] = hdr[24..40].try_into().ok()?;
+            let next = hdr[6];
+            (
+                usize::from(u16::from_be_bytes([hdr[4], hdr[5]])) + 40,
+                next,
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+                false,
+                next == 44,
+                next != 44,
+                &p[40..],
+            )
+        }
+        _ => return None,
+    };
+    let ports = (first && (protocol == 6 || protocol == 17))
+        .then(|| Some((u16::from_be_bytes([*l4.first()?, *l4.get(1)?]), u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]))))
+        .flatten();
+    let weft_kind = (protocol == 17 && ports.is_some_and(|(s, d)| s == PORT || d == PORT) && l4.len() >= 8 + 16)
+        .then(|| l4[8]);
+    let icmp = (version == 4 && protocol == 1 && first && l4.len() >= 8)
+        .then(|| (l4[0], l4[1], u16::from_be_bytes([l4[6], l4[7]])));
+    let tcp_flags = (protocol == 6 && first).then(|| l4.get(13).copied()).flatten();
+    Some(WirePacket {
+        outgoing,
+        ip_version: version,
+        len,
+        header_len_field,
+        protocol,
+        src,
+        dst,
+        dont_fragment,
+        fragment,
+        ports,
+        weft_kind,
+        icmp,
+        tcp_flags,
+    })
+}
+
+/// Records every IP packet on one interface of one namespace, both
+/// directions, from [`UnderlayCapture::start`] (which returns only once the
+/// packet socket is bound, so start it before weft) until
+/// [`UnderlayCapture::finish`]. Bounded: it stops by itself after 120 s.
+pub struct UnderlayCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<WirePacket>>>,
+}
+
+impl UnderlayCapture {
+    /// Opens an `AF_PACKET` socket on `iface` inside `ns` and starts recording.
+    pub fn start(ns: &str, iface: &str) -> UnderlayCapture {
+        use std::sync::atomic::AtomicBool;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let iface = iface.to_string();
+        let flag = stop.clone();
+        let thread = spawn_in_netns(ns, move || capture_packets(&iface, &flag, ready_tx));
+        let mut capture = UnderlayCapture { stop, thread: Some(thread) };
+        if ready_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+            // The thread failed before binding: surface its panic.
+            let thread = capture.thread.take().expect("thread");
+            let _ = thread.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            panic!("capture on {ns} did not become ready within 5 s");
+        }
+        capture
+    }
+
+    /// Stops recording and returns what was seen, in arrival order.
+    pub fn finish(mut self) -> Vec<WirePacket> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("capture thread");
+        thread.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for UnderlayCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn capture_packets(
+    iface: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    ready: std::sync::mpsc::Sender<()>,
+) -> Vec<WirePacket> {
+    let mut seen = Vec::new();
+    let name = std::ffi::CString::new(iface).expect("interface name");
+    // SAFETY: plain socket calls on a fd we own; buffers outlive the calls.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        assert!(ifindex != 0, "no interface {iface}: {}", std::io::Error::last_os_error());
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, libc::c_int::from(proto));
+        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        let rc = libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
+        assert!(rc == 0, "bind the packet socket to {iface}: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        // Room for the largest datagram: a 1 MiB receive buffer so nothing is
+        // lost while the test thread is busy elsewhere.
+        let rcvbuf: libc::c_int = 1 << 20;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &rcvbuf as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let _ = ready.send(());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut buf = vec![0u8; 65536];
+        // Drain what is queued even after the stop flag, so nothing sent
+        // before `finish` is missed.
+        let mut idle_after_stop = false;
+        let mut stopped_at: Option<Instant> = None;
+        while Instant::now() < deadline && !idle_after_stop {
+            let stopping = stop.load(Ordering::SeqCst);
+            if stopping {
+                // At most one more second of draining under continuous traffic.
+                let t = *stopped_at.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_secs(1) {
+                    break;
+                }
+            }
+            let mut from: libc::sockaddr_ll = std::mem::zeroed();
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // MSG_TRUNC: the return value is the real length even if larger than the buffer.
+            let n = libc::recvfrom(
+                fd,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_TRUNC,
+                &mut from as *mut _ as *mut libc::sockaddr,
+                &mut from_len,
+            );
+            if n <= 0 {
+                idle_after_stop = stopping;
+                continue;
+            }
+            let len = n as usize;
+            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
+            if let Some(p) = parse_wire_packet(&buf[..len.min(buf.len())], len, outgoing) {
+                seen.push(p);
+            }
+        }
+        libc::close(fd);
+    }
+    seen
+}
