@@ -9,6 +9,7 @@
 //! - `datapath`: one weft-owned datapath with its VXLAN vport and local
 //!   port; flows, packet execution, misses, stats;
 //! - `switch`: sans-IO MAC learning and flow decisions;
+//! - `proof`: sans-IO per-connection heartbeat proof (fastdp or userspace, and why);
 //! - `standalone`: the `weft fastdp` debug command.
 //!
 //! Fastdp carries no encryption: it is only for plaintext networks.
@@ -16,5 +17,6 @@
 pub mod attr;
 pub mod datapath;
 pub mod genl;
+pub mod proof;
 pub mod standalone;
 pub mod switch;
