@@ -100,6 +100,10 @@ fn print_stats(iface: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Per flow (in_port, eth src, eth dst): packet count at the last sweep and
+/// when it last changed.
+type FlowActivity = HashMap<(u32, [u8; 6], [u8; 6]), (u64, Instant)>;
+
 /// What the userspace side did: every miss is a packet weft handled itself.
 #[derive(Debug, Default, serde::Serialize)]
 struct Counters {
@@ -137,8 +141,7 @@ fn run_switch(
     });
     switch.set_peers(peers.to_vec());
     let mut counters = Counters::default();
-    // Per flow: packet count at the last sweep and when it last changed.
-    let mut activity: HashMap<(u32, [u8; 6], [u8; 6]), (u64, Instant)> = HashMap::new();
+    let mut activity = FlowActivity::new();
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let misses = dp.receive_misses(200).map_err(|e| e.to_string())?;
@@ -194,7 +197,7 @@ fn run_switch(
 /// Deletes flows whose packet count has not moved for `idle`.
 fn sweep_idle_flows(
     dp: &mut Datapath,
-    activity: &mut HashMap<(u32, [u8; 6], [u8; 6]), (u64, Instant)>,
+    activity: &mut FlowActivity,
     idle: Duration,
     now: Instant,
 ) -> u64 {
