@@ -6,5 +6,6 @@ pub mod offload;
 pub mod sockaddr;
 pub mod tun;
 pub mod udp;
+pub mod odp;
 pub mod underlay;
 pub mod xdp;
