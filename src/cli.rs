@@ -41,6 +41,8 @@ enum Command {
     Preflight(crate::host::preflight::PreflightArgs),
     /// Measure the in-process pipeline (frame, seal, open, unframe) per cipher: packets/s and Gbit/s per core.
     Bench(crate::bench::BenchArgs),
+    /// Kernel OVS fast datapath tools: run a standalone plaintext fastdp switch, dump its flows and counters.
+    Fastdp(crate::datapath::odp::standalone::FastdpArgs),
     /// Show this host's connections (from the status server of a running `weft launch`).
     Status {
         /// Print JSON instead of text.
@@ -72,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Status { json, status_addr } => status(json, status_addr),
         Command::Preflight(args) => crate::host::preflight::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
+        Command::Fastdp(args) => crate::datapath::odp::standalone::run(&args),
     }
 }
 

@@ -111,7 +111,9 @@ fn underlay_case(mtu: u32) {
     // together they see everything weft sends, from before its first SYN.
     let cap_a = UnderlayCapture::start(&net.a.ns, "u0");
     let cap_b = UnderlayCapture::start(&net.b.ns, "u0");
-    net.start_both(&[]);
+    // The UDP socket path: its datagrams are visible to the capture and it
+    // learns path shrinks from EMSGSIZE (see README, xdp mode limits).
+    net.start_both(&["--mode", "udp"]);
     net.wait_established(Duration::from_secs(10));
     for h in [&net.a, &net.b] {
         wait_path_mtu(h, mtu, Duration::from_secs(5));
@@ -203,7 +205,9 @@ fn smaller_path_behind_a_router_shrinks_the_overlay() {
     }
     let cap_a = UnderlayCapture::start(&net.a.ns, "u0");
     let cap_b = UnderlayCapture::start(&net.b.ns, "u0");
-    net.start_both(&[]);
+    // The UDP socket path: its datagrams are visible to the capture and it
+    // learns path shrinks from EMSGSIZE (see README, xdp mode limits).
+    net.start_both(&["--mode", "udp"]);
     for h in [&net.a, &net.b] {
         let ok = wait_until(Duration::from_secs(10), || {
             status_json(&h.ns).and_then(|s| first_connection(&s).map(|c| c["state"] == "established")).unwrap_or(false)
@@ -271,7 +275,9 @@ fn smaller_path_behind_a_router_shrinks_the_overlay() {
 fn oversize_local_packet_gets_frag_needed_from_weft() {
     require_root!();
     let mut net = Routed::new(1500, 1400);
-    net.start_both(&[]);
+    // The UDP socket path: its datagrams are visible to the capture and it
+    // learns path shrinks from EMSGSIZE (see README, xdp mode limits).
+    net.start_both(&["--mode", "udp"]);
     wait_path_mtu(&net.a, 1400, Duration::from_secs(10));
     let b_ip = net.b.overlay_ip();
     assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)), "no plain ping through the overlay");
@@ -309,7 +315,9 @@ fn path_shrinking_later_lowers_the_overlay() {
     require_root!();
     let started = Instant::now();
     let mut net = Routed::new(1500, 1500);
-    net.start_both(&[]);
+    // The UDP socket path: its datagrams are visible to the capture and it
+    // learns path shrinks from EMSGSIZE (see README, xdp mode limits).
+    net.start_both(&["--mode", "udp"]);
     wait_path_mtu(&net.a, 1500, Duration::from_secs(10));
     wait_path_mtu(&net.b, 1500, Duration::from_secs(3));
     assert_eq!(device_mtu(&net.a.ns), 1430);
@@ -374,7 +382,9 @@ fn black_hole_without_icmp_found_by_timeouts() {
     // exceeds its burst: IP datagrams over 1400 bytes vanish on r1.
     run("ip", &["netns", "exec", &net.router.name, "tc", "qdisc", "add", "dev", "r1", "root", "tbf", "rate", "1gbit", "burst", "1414", "limit", "1000000"]);
     let cap_b = UnderlayCapture::start(&net.b.ns, "u0");
-    net.start_both(&[]);
+    // The UDP socket path: its datagrams are visible to the capture and it
+    // learns path shrinks from EMSGSIZE (see README, xdp mode limits).
+    net.start_both(&["--mode", "udp"]);
     let status_a = wait_path_mtu(&net.a, 1400, Duration::from_secs(15));
     eprintln!("black hole: path MTU 1400 found after {:.2} s", started.elapsed().as_secs_f64());
     let status_b = wait_path_mtu(&net.b, 1500, Duration::from_secs(3));

@@ -112,6 +112,10 @@ weft_start_pair() {
     case "$mode" in
     enc)
         port="$WEFT_PORT"
+        # WEFT_DATAPATH=udp|xdp|auto picks the datapath (default: weft's own choice).
+        if [[ -n "${WEFT_DATAPATH:-}" ]]; then
+            mode_args=(--mode "$WEFT_DATAPATH")
+        fi
         args_a=(--peer "$WEFT_UNDERLAY_B:$port" --secret-file "$dir/secret" --key-file "$dir/key-a")
         args_b=(--peer "$WEFT_UNDERLAY_A:$port" --secret-file "$dir/secret" --key-file "$dir/key-b")
         ;;

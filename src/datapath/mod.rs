@@ -8,5 +8,6 @@ pub mod sockaddr;
 pub mod tap;
 pub mod tun;
 pub mod udp;
+pub mod odp;
 pub mod underlay;
 pub mod xdp;

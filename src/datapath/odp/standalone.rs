@@ -1,0 +1,222 @@
+//! `weft fastdp`: drive a kernel OVS datapath with weft's own netlink code.
+//!
+//! `weft fastdp run` is the fast datapath without weft's control plane:
+//! plaintext VXLAN to a static list of peers, MAC learning on misses, flow
+//! installation and idle expiry. It exists to exercise and debug the
+//! kernel datapath on its own (tests/vm runs it against a real
+//! openvswitch module); `weft fastdp flows` and `weft fastdp stats` inspect
+//! a running datapath from another process.
+
+use super::attr::FlowKey;
+use super::datapath::{Datapath, LOCAL_PORT};
+use super::switch::{Switch, SwitchConfig};
+use clap::{Args, Subcommand};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `weft fastdp ...`.
+#[derive(Args, Debug)]
+pub struct FastdpArgs {
+    #[command(subcommand)]
+    command: FastdpCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum FastdpCommand {
+    /// Create datapath IFACE with a VXLAN vport and forward between the local device and static peers until SIGTERM (plaintext, no control plane).
+    Run {
+        /// Datapath and local device name.
+        #[arg(long, default_value = "weft")]
+        iface: String,
+        /// UDP port of the VXLAN vport (weft's fastdp port).
+        #[arg(long, default_value_t = 6784)]
+        port: u16,
+        /// VXLAN network identifier.
+        #[arg(long, default_value_t = 1)]
+        vni: u32,
+        /// Underlay IPv4 address of a peer (repeat for each peer).
+        #[arg(long = "peer", value_name = "IPV4")]
+        peers: Vec<Ipv4Addr>,
+        /// Delete flows that matched nothing for this long.
+        #[arg(long, default_value_t = 10)]
+        flow_idle_secs: u64,
+        /// Where to write counters (JSON) on exit.
+        #[arg(long)]
+        counters_file: Option<std::path::PathBuf>,
+    },
+    /// Print the flows of datapath IFACE with their packet counts.
+    Flows {
+        /// Datapath name.
+        #[arg(long, default_value = "weft")]
+        iface: String,
+    },
+    /// Print the hit/missed/lost counters of datapath IFACE.
+    Stats {
+        /// Datapath name.
+        #[arg(long, default_value = "weft")]
+        iface: String,
+    },
+}
+
+/// Entry point of `weft fastdp`.
+pub fn run(args: &FastdpArgs) -> ExitCode {
+    let result = match &args.command {
+        FastdpCommand::Run { iface, port, vni, peers, flow_idle_secs, counters_file } => {
+            run_switch(iface, *port, *vni, peers, Duration::from_secs(*flow_idle_secs), counters_file.as_deref())
+        }
+        FastdpCommand::Flows { iface } => print_flows(iface),
+        FastdpCommand::Stats { iface } => print_stats(iface),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft fastdp: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_flows(iface: &str) -> Result<(), String> {
+    let mut dp = Datapath::open_existing(iface)?;
+    for flow in dp.dump_flows().map_err(|e| e.to_string())? {
+        let actions: Vec<String> = flow.actions.iter().map(|a| a.to_string()).collect();
+        let actions = if actions.is_empty() { "drop".to_string() } else { actions.join(",") };
+        println!(
+            "in_port({}),eth(src={},dst={}) packets:{} bytes:{} actions:{}",
+            flow.key.in_port, flow.key.eth_src, flow.key.eth_dst, flow.packets, flow.bytes, actions
+        );
+    }
+    Ok(())
+}
+
+fn print_stats(iface: &str) -> Result<(), String> {
+    let mut dp = Datapath::open_existing(iface)?;
+    let s = dp.stats().map_err(|e| e.to_string())?;
+    println!("hit:{} missed:{} lost:{} flows:{}", s.hit, s.missed, s.lost, s.flows);
+    Ok(())
+}
+
+/// Per flow (in_port, eth src, eth dst): packet count at the last sweep and
+/// when it last changed.
+type FlowActivity = HashMap<(u32, [u8; 6], [u8; 6]), (u64, Instant)>;
+
+/// What the userspace side did: every miss is a packet weft handled itself.
+#[derive(Debug, Default, serde::Serialize)]
+struct Counters {
+    misses: u64,
+    executed: u64,
+    flows_installed: u64,
+    flows_expired: u64,
+    flushes: u64,
+    errors: u64,
+}
+
+fn run_switch(
+    iface: &str,
+    port: u16,
+    vni: u32,
+    peers: &[Ipv4Addr],
+    flow_idle: Duration,
+    counters_file: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let mut dp = Datapath::create(iface, port)?;
+    eprintln!(
+        "weft fastdp: datapath {iface} up: local port {LOCAL_PORT} ({iface}), VXLAN vport {} on UDP {port}, vni {vni}, {} peer(s)",
+        dp.vxlan_port(),
+        peers.len()
+    );
+    let mut switch = Switch::new(SwitchConfig {
+        vni,
+        vxlan_port: dp.vxlan_port(),
+        ttl: 64,
+        mac_max_age: Duration::from_secs(300),
+    });
+    switch.set_peers(peers.to_vec());
+    let mut counters = Counters::default();
+    let mut activity = FlowActivity::new();
+    let mut next_sweep = Instant::now() + Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let misses = dp.receive_misses(200).map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        for miss in misses {
+            counters.misses += 1;
+            let decision = switch.on_miss(&miss.key, now);
+            if decision.flush {
+                match dp.flush_flows() {
+                    Ok(()) => counters.flushes += 1,
+                    Err(e) => {
+                        counters.errors += 1;
+                        tracing::warn!("{e}");
+                    }
+                }
+                activity.clear();
+            }
+            if let Some(key) = decision.flow {
+                match dp.install_flow(&key, &decision.actions) {
+                    Ok(()) => counters.flows_installed += 1,
+                    // EEXIST: two misses of one flow raced; the first installed it.
+                    Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        counters.errors += 1;
+                        eprintln!("weft fastdp: {e}");
+                    }
+                }
+            }
+            if !decision.actions.is_empty() {
+                match dp.execute(&miss.packet, &miss.key_raw, &decision.actions) {
+                    Ok(()) => counters.executed += 1,
+                    Err(e) => {
+                        counters.errors += 1;
+                        eprintln!("weft fastdp: {e}");
+                    }
+                }
+            }
+        }
+        if now >= next_sweep {
+            next_sweep = now + Duration::from_secs(1);
+            switch.expire(now);
+            counters.flows_expired += sweep_idle_flows(&mut dp, &mut activity, flow_idle, now);
+        }
+    }
+    if let Some(path) = counters_file {
+        let json = serde_json::to_string(&counters).unwrap_or_default();
+        std::fs::write(path, json).map_err(|e| format!("writing counters to {}: {e}", path.display()))?;
+    }
+    eprintln!("weft fastdp: stopping, {counters:?}");
+    dp.delete()
+}
+
+/// Deletes flows whose packet count has not moved for `idle`.
+fn sweep_idle_flows(
+    dp: &mut Datapath,
+    activity: &mut FlowActivity,
+    idle: Duration,
+    now: Instant,
+) -> u64 {
+    let Ok(flows) = dp.dump_flows() else { return 0 };
+    let mut expired = 0;
+    let mut seen = HashMap::new();
+    for flow in flows {
+        let id = (flow.key.in_port, flow.key.eth_src.0, flow.key.eth_dst.0);
+        let (last_packets, last_change) = activity.get(&id).copied().unwrap_or((u64::MAX, now));
+        let last_change = if flow.packets != last_packets { now } else { last_change };
+        if now.saturating_duration_since(last_change) >= idle {
+            let key = FlowKey { ethertype: None, tunnel: None, ..flow.key };
+            if dp.delete_flow(&key).is_ok() {
+                expired += 1;
+            }
+            continue;
+        }
+        seen.insert(id, (flow.packets, last_change));
+    }
+    *activity = seen;
+    expired
+}
