@@ -25,6 +25,7 @@ fn cfg(secret: &[u8], vni: u32, timers: Timers) -> Arc<LinkConfig> {
             aes_hw: true,
             session_index: 0,
             overlay_mtu: 1430,
+            fastdp_port: None,
         },
         timers,
         underlay_mtu: 1500,
