@@ -755,7 +755,9 @@ impl Router {
             switch.tick(now);
         }
         if let Some(f) = self.fastdp.as_mut() {
-            f.poll(now);
+            let mut actions = std::mem::take(&mut self.fastdp_actions);
+            f.poll(now, &mut actions);
+            self.apply_fastdp_actions(actions, now);
         }
         let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {
@@ -916,6 +918,14 @@ impl Router {
         let now = Instant::now();
         let mut actions = std::mem::take(&mut self.fastdp_actions);
         f.on_upcalls(now, &mut actions);
+        self.apply_fastdp_actions(actions, now);
+    }
+
+    fn apply_fastdp_actions(&mut self, mut actions: Vec<super::fastdp::FastdpAction>, now: Instant) {
+        if actions.is_empty() {
+            self.fastdp_actions = actions;
+            return;
+        }
         let l2_header = 14;
         let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header };
         for action in actions.drain(..) {
@@ -925,6 +935,11 @@ impl Router {
                         l.send_fastdp_ack(seq);
                     }
                     self.drive_link(Token(token), now);
+                }
+                super::fastdp::FastdpAction::PathShrank { token } => {
+                    if let Some(l) = self.streams.get_mut(&Token(token)).and_then(|s| s.link.as_mut()) {
+                        l.on_data_too_big();
+                    }
                 }
                 super::fastdp::FastdpAction::ToSleeve { token, frame } => {
                     if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, Token(token), &frame, &limits) {

@@ -83,7 +83,8 @@ pub struct FastdpConfig {
     pub datapath: String,
     /// The bridge weft runs (its TAP and the datapath port are on it).
     pub bridge: String,
-    /// The TAP of the userspace path (its bridge port's MACs are flushed on changes).
+    /// The TAP of the userspace path (its bridge port forgets its MACs
+    /// when a peer joins fastdp).
     pub tap: String,
     /// UDP port of the VXLAN vport (both ends must agree).
     pub port: u16,
@@ -135,6 +136,12 @@ pub enum FastdpAction {
         /// The heartbeat's sequence.
         seq: u64,
     },
+    /// The path to connection `token` is smaller than its verified path
+    /// MTU (a heartbeat no longer fits the interface): search it again.
+    PathShrank {
+        /// The connection.
+        token: usize,
+    },
     /// Send this frame to connection `token` on the sleeve.
     ToSleeve {
         /// The connection.
@@ -181,12 +188,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Forgets the MACs the bridge learned on `port` (so they are relearned
-/// on the path the peer now uses).
+/// Forgets the MACs the bridge learned on `port`.
 fn flush_bridge_port(port: &str) {
     let path = format!("/sys/class/net/{port}/brport/flush");
     if let Err(e) = std::fs::write(&path, "1") {
-        tracing::debug!("cannot flush the bridge's MACs on {port} ({path}): {e}");
+        tracing::warn!("fastdp: cannot flush the bridge's MAC entries on {port} ({path}): {e}");
     }
 }
 
@@ -352,12 +358,21 @@ impl Fastdp {
                 peer.logged = name;
             }
         }
+        let joined = sending.iter().any(|ip| !self.switch.sending().contains(ip));
         if self.switch.set_sending(sending) {
             self.flush_flows();
-            // The bridge learned the peers' MACs on whichever port their
-            // frames came through: relearn them on the path now in use.
-            flush_bridge_port(&self.cfg.datapath);
-            flush_bridge_port(&self.cfg.tap);
+            // A peer that left fastdp: the bridge relearns its MACs on the
+            // TAP when its frames arrive over the sleeve; until then frames
+            // for it reach the datapath and are handed to the sleeve one by
+            // one (no flood, no duplicates). A peer that joined fastdp: its
+            // MACs were learned on the TAP, and as long as both hosts keep
+            // answering over the sleeve the bridge would never move them, so
+            // the TAP port forgets its MACs (the next frame to each is
+            // flooded to both ports once, then relearned behind the
+            // datapath port).
+            if joined {
+                flush_bridge_port(&self.cfg.tap);
+            }
         }
     }
 
@@ -384,11 +399,11 @@ impl Fastdp {
     }
 
     /// Timers: heartbeats, idle flows, MAC ageing.
-    pub fn poll(&mut self, now: Instant) {
+    pub fn poll(&mut self, now: Instant, actions: &mut Vec<FastdpAction>) {
         let underlay_mtu = current_mtu(&self.cfg.underlay_iface);
         let (vni, vxlan_port) = (self.cfg.vni, self.dp.vxlan_port());
         let mut changed = false;
-        for peer in self.peers.values_mut() {
+        for (token, peer) in self.peers.iter_mut() {
             let Some(proof) = peer.proof.as_mut() else { continue };
             let before = proof.is_fastdp();
             let Some(heartbeat) = proof.poll(now) else {
@@ -406,6 +421,7 @@ impl Fastdp {
                     ),
                     now,
                 );
+                actions.push(FastdpAction::PathShrank { token: *token });
                 changed = true;
                 continue;
             }

@@ -14,7 +14,9 @@
 #  3. the underlay MTU is lowered below the verified path MTU: the fastdp
 #     heartbeats fail, the connection moves to the userspace sleeve with the
 #     reason in `weft status`, and ping + TCP continue over the sleeve;
-#  4. on SIGTERM the OVS datapath and the bridge are gone.
+#  4. the path MTU is verified again, and the periodic retry proves
+#     fastdp with smaller heartbeats: traffic is back in the kernel;
+#  5. on SIGTERM the OVS datapath and the bridge are gone.
 set -euo pipefail
 weft="$1"
 a=fl-a
@@ -58,7 +60,7 @@ cat >/tmp/fl-weft.toml <<'TOML'
 heartbeat_established_ms = 1000
 fastdp_heartbeat_ms = 200
 fastdp_missed_limit = 3
-fastdp_retry_secs = 120
+fastdp_retry_secs = 20
 TOML
 
 start() { # host-ns overlay-ip listen peer-args...
@@ -171,7 +173,21 @@ status $a >/tmp/status4.a
 after=$(grep -o 'tx=[^ ]*/[0-9]*p' /tmp/status4.a | head -1 | sed 's/.*\/\([0-9]*\)p/\1/')
 echo "fastdp-launch: sleeve tx packets on $a: $before -> $after"
 ((after - before > 500)) || fail "the transfer did not go over the userspace sleeve ($before -> $after packets)"
-grep -q "(sleeve: fastdp failed" /tmp/status4.a || fail "connection left the userspace path unexpectedly"
+grep -q "(sleeve: fastdp failed" /tmp/status4.a || fail "connection left the userspace path before the retry time"
+
+# The failed heartbeat made weft search the path MTU again (1400 now), the
+# bridge ports follow it, and the periodic retry proves fastdp again with
+# heartbeats of the new size.
+wait_mode $a "established fastdp .* pmtu=1400 .*heartbeats of 1400 bytes acknowledged" 45 ||
+    fail "$a: fastdp was not retried and proven again at the new path MTU"
+echo "fastdp-launch: status on $a after the retry:"
+status $a | tee /tmp/status5.a
+ip netns exec $ca ping -c 3 -i 0.2 -W 2 10.47.0.12 || fail "ping over fastdp after the retry failed"
+transfer 2097152 "fastdp TCP after the retry"
+status $a >/tmp/status6.a
+final=$(grep -o 'tx=[^ ]*/[0-9]*p' /tmp/status6.a | head -1 | sed 's/.*\/\([0-9]*\)p/\1/')
+echo "fastdp-launch: sleeve tx packets on $a after the retry: $after -> $final"
+((final - after < 100)) || fail "the transfer after the retry used the userspace sleeve ($after -> $final packets)"
 
 for pid in "${pids[@]}"; do kill "$pid"; done
 for pid in "${pids[@]}"; do wait "$pid" || fail "weft launch exited with an error"; done
