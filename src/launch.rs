@@ -59,9 +59,10 @@ pub struct LaunchArgs {
     pub name: Option<String>,
     /// Datapath: auto (what preflight decides), fastdp, xdp or udp
     /// [default: auto]. An explicit mode that preflight finds unsafe refuses
-    /// to start without --force. This build implements xdp and udp: fastdp
-    /// falls back to udp, and xdp falls back to udp when AF_XDP cannot be
-    /// opened on the underlay interface, with a log line saying why.
+    /// to start without --force. fastdp runs in bridge mode for peers in
+    /// --trusted-subnet (or every peer with --insecure-plaintext), else falls
+    /// back to udp; xdp falls back to udp when AF_XDP cannot be opened on
+    /// the underlay interface; a log line says why.
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<crate::host::plan::Mode>,
     /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
