@@ -68,6 +68,11 @@ pub struct LaunchArgs {
     /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
     #[arg(long)]
     pub force: bool,
+    /// Turn off TUN segmentation offloads (IFF_VNET_HDR, TSO/USO and GRO
+    /// coalescing): one packet per read and write. For debugging and for
+    /// comparing; on by default where the kernel accepts them.
+    #[arg(long)]
+    pub no_offload: bool,
     /// TOML file with any of these options (command-line flags win).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -126,6 +131,7 @@ struct ConfigFile {
     cipher: Option<String>,
     name: Option<String>,
     mode: Option<String>,
+    offload: Option<bool>,
     iface: Option<IfaceKind>,
     bridge: Option<String>,
     insecure_plaintext: Option<bool>,
@@ -188,6 +194,7 @@ struct Plan {
     name: String,
     mode: crate::host::plan::Mode,
     force: bool,
+    offload: bool,
     timers: Timers,
     l2: Option<L2Plan>,
     /// Who may get plaintext over fastdp (`None`: nobody, encrypted network).
@@ -455,6 +462,7 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         name,
         mode,
         force: args.force,
+        offload: !args.no_offload && file.offload.unwrap_or(true),
         timers,
         l2,
         plaintext_policy,
@@ -726,8 +734,16 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     // guard removes what weft created when launch returns.
     let mut bridge_guard = None;
     let tun = match &plan.l2 {
-        None => TunDevice::create(&plan.iface_name, plan.overlay_addr, plan.overlay_prefix, overlay_mtu)
-            .map_err(|e| usage(e.to_string()))?,
+        None => {
+            let tun = TunDevice::create(&plan.iface_name, plan.overlay_addr, plan.overlay_prefix, overlay_mtu, plan.offload)
+                .map_err(|e| usage(e.to_string()))?;
+            match (plan.offload, tun.vnet_hdr()) {
+                (true, true) => tracing::info!("TUN offloads on: IFF_VNET_HDR with TSO/USO; weft segments super-packets itself and coalesces what it writes (GRO)"),
+                (true, false) => tracing::info!("TUN offloads off: the kernel refused IFF_VNET_HDR/TUNSETOFFLOAD; one packet per read and write"),
+                (false, _) => tracing::info!("TUN offloads off (--no-offload): one packet per read and write"),
+            }
+            tun
+        }
         Some(l2plan) => {
             let (tap, guard) = crate::datapath::tap::create(
                 &l2plan.bridge,

@@ -83,6 +83,12 @@ pub struct BatchCounters {
     pub sendmmsg_datagrams: u64,
     /// sendmmsg calls (datagrams per call = the ratio).
     pub sendmmsg_calls: u64,
+    /// UDP GSO sendmsg calls (each sends a run of equal-size datagrams).
+    #[serde(default)]
+    pub gso_sends: u64,
+    /// Datagrams sent through UDP GSO.
+    #[serde(default)]
+    pub gso_datagrams: u64,
 }
 
 impl L2Status {
@@ -143,6 +149,8 @@ pub fn register_metrics(
     registry.register("sealed_frames", "Frames carried in sealed data datagrams (more than datagrams: packing)", counter(batching.sealed_frames));
     registry.register("sendmmsg_calls", "sendmmsg system calls", counter(batching.sendmmsg_calls));
     registry.register("sendmmsg_datagrams", "Datagrams sent by sendmmsg", counter(batching.sendmmsg_datagrams));
+    registry.register("gso_sends", "UDP GSO sendmsg calls", counter(batching.gso_sends));
+    registry.register("gso_datagrams", "Datagrams sent through UDP GSO", counter(batching.gso_datagrams));
     let Some(l2) = l2 else { return };
     let frames = Family::<Labels, Counter>::default();
     let c = &l2.counters;

@@ -204,8 +204,8 @@ impl Status {
         let b = &self.batching;
         if b.sealed_datagrams > 0 || b.sendmmsg_calls > 0 {
             out.push_str(&format!(
-                "       Batching: sealed={} frames={} largest={}B sendmmsg={}/{} calls\n",
-                b.sealed_datagrams, b.sealed_frames, b.largest_datagram, b.sendmmsg_datagrams, b.sendmmsg_calls
+                "       Batching: sealed={} frames={} largest={}B sendmmsg={}/{} calls gso={}/{} calls\n",
+                b.sealed_datagrams, b.sealed_frames, b.largest_datagram, b.sendmmsg_datagrams, b.sendmmsg_calls, b.gso_datagrams, b.gso_sends
             ));
         }
         if let Some((name, f)) = &self.fastdp {

@@ -117,16 +117,30 @@ pub fn split_super_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
 /// Sends `buf` as UDP datagrams of `segment` bytes each (the last may be
 /// shorter) to `to` with one sendmsg and UDP_SEGMENT.
 pub fn send_gso(fd: RawFd, buf: &[u8], segment: u16, to: SocketAddr) -> io::Result<usize> {
+    send_gso_slices(fd, &[buf], segment, to)
+}
+
+/// Sends the concatenation of `parts` as UDP datagrams of `segment` bytes
+/// (the last may be shorter) with one sendmsg and UDP_SEGMENT. The parts
+/// need not be contiguous: each sealed datagram can stay in its own buffer,
+/// as long as every part but the last is exactly `segment` bytes.
+pub fn send_gso_slices(fd: RawFd, parts: &[&[u8]], segment: u16, to: SocketAddr) -> io::Result<usize> {
     let (storage, namelen) = crate::datapath::sockaddr::to_storage(to);
-    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_GSO_SEGMENTS];
+    if parts.is_empty() || parts.len() > MAX_GSO_SEGMENTS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "1 to 64 parts per GSO send"));
+    }
+    for (slot, part) in iov.iter_mut().zip(parts) {
+        *slot = libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() };
+    }
     // Room for one cmsg carrying a u16.
     let mut control = [0u64; 4];
     // SAFETY: msghdr is plain old data; every pointer set below outlives the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = &storage as *const _ as *mut libc::c_void;
     msg.msg_namelen = namelen;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = parts.len();
     msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
     // SAFETY: CMSG_SPACE is a pure size computation.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
@@ -138,12 +152,23 @@ pub fn send_gso(fd: RawFd, buf: &[u8], segment: u16, to: SocketAddr) -> io::Resu
         (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment);
     }
-    // SAFETY: msg points at live buffers for the duration of the call.
-    let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+    loop {
+        // SAFETY: msg points at live buffers for the duration of the call.
+        let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
-    Ok(rc as usize)
+}
+
+/// Whether an error from a GSO send means "this socket or device cannot do
+/// UDP GSO" (fall back to sendmmsg for good) rather than a per-send failure.
+pub fn gso_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP))
 }
 
 #[cfg(test)]
@@ -173,6 +198,22 @@ mod tests {
             got.push((n, r[0]));
         }
         assert_eq!(got, vec![(100, 0), (100, 1), (50, 2)]);
+    }
+
+    #[test]
+    fn gso_from_separate_buffers() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a, b, c) = ([1u8; 80], [2u8; 80], [3u8; 30]);
+        match send_gso_slices(tx.as_raw_fd(), &[&a, &b, &c], 80, rx.local_addr().unwrap()) {
+            Ok(n) => assert_eq!(n, 190),
+            Err(e) if gso_unsupported(&e) => return,
+            Err(e) => panic!("{e}"),
+        }
+        let mut r = [0u8; 300];
+        let got: Vec<_> = (0..3).map(|_| { let n = rx.recv(&mut r).unwrap(); (n, r[0]) }).collect();
+        assert_eq!(got, vec![(80, 1), (80, 2), (30, 3)]);
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct Facts {
     pub ovs_datapath: Finding<Tri>,
     /// Whether an AF_XDP socket can be opened.
     pub af_xdp: Finding<Tri>,
+    /// The underlay interface's driver (ethtool GDRVINFO), e.g. `veth`.
+    pub underlay_driver: Option<String>,
     /// Whether /dev/net/tun creates a TUN device with IFF_VNET_HDR.
     pub tun: Finding<Tri>,
     /// Whether that TUN device accepts CSUM|TSO4|TSO6 offloads.
@@ -175,6 +177,7 @@ impl Facts {
             ),
         };
         let (tun, tun_offloads, tun_uso) = probe_tun();
+        let underlay_driver = underlay_iface.as_ref().ok().and_then(|name| driver_name(name));
         Facts {
             kernel_release: kernel_release(),
             kernel_source: "uname".to_string(),
@@ -187,6 +190,7 @@ impl Facts {
             gso,
             ovs_datapath: probe_ovs_datapath(),
             af_xdp: probe_af_xdp(),
+            underlay_driver,
             tun,
             tun_offloads,
             tun_uso,
@@ -390,6 +394,27 @@ fn ethtool(iface: &str, socket: &OwnedFd, command: *mut u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The driver of `iface` (ethtool ETHTOOL_GDRVINFO), or `None`.
+pub fn driver_name(iface: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo: cmd, driver[32], version[32], fw_version[32],
+    // bus_info[32], erom_version[32], reserved2[12], five u32 counters.
+    let mut info = [0u32; 49];
+    info[0] = ETHTOOL_GDRVINFO;
+    // SAFETY: plain socket() call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    ethtool(iface, &socket, info.as_mut_ptr()).ok()?;
+    let bytes: Vec<u8> = info[1..9].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    let name = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Reads the named feature bits of `iface`: (UFO, USO, GSO).

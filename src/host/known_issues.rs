@@ -278,6 +278,7 @@ pub(crate) mod tests {
             gso: Finding::new(Offload::On, "on"),
             ovs_datapath: Finding::new(Tri::Yes, "present"),
             af_xdp: Finding::new(Tri::Yes, "openable"),
+            underlay_driver: None,
             tun: Finding::new(Tri::Yes, "works"),
             tun_offloads: Finding::new(Tri::Yes, "accepted"),
             tun_uso: Finding::new(Tri::Yes, "accepted"),

@@ -116,7 +116,23 @@ pub struct Router {
     /// The kernel fast datapath (bridge mode, plaintext-allowed peers).
     fastdp: Option<super::fastdp::Fastdp>,
     fastdp_actions: Vec<super::fastdp::FastdpAction>,
+    /// TUN offloads: one read (virtio header + up to 64 KiB).
+    tun_in: Box<[u8]>,
+    /// TUN offloads: where a super-packet's segments are cut into.
+    segments: Vec<Vec<u8>>,
+    /// TUN offloads: received inner packets waiting to be written
+    /// coalesced, each behind `VNET_HDR_LEN` bytes of room.
+    gro_bufs: Vec<bytes::BytesMut>,
+    gro_count: usize,
+    gro_table: tun_rs::GROTable,
 }
+
+/// Most segments one TUN super-packet may be cut into (64 KiB at a small MSS).
+const MAX_SEGMENTS: usize = 128;
+/// Received packets gathered before one coalesced write to the TUN device.
+const GRO_BATCH: usize = 64;
+/// Room for the records one datagram may carry past `GRO_BATCH`.
+const GRO_SLOTS: usize = 128;
 
 impl Router {
     /// Wraps already-bound sockets and the created device. The signal
@@ -173,6 +189,11 @@ impl Router {
             ),
             recv_batch: Some(crate::datapath::batch::RecvBatch::new(BUF_LEN)),
             flood_targets: Vec::new(),
+            tun_in: vec![0u8; crate::datapath::offload::VNET_HDR_LEN + 65536].into_boxed_slice(),
+            segments: (0..MAX_SEGMENTS).map(|_| vec![0u8; usize::from(cfg_overlay_mtu) + 64]).collect(),
+            gro_bufs: (0..GRO_SLOTS).map(|_| bytes::BytesMut::with_capacity(crate::datapath::offload::VNET_HDR_LEN + 65536)).collect(),
+            gro_count: 0,
+            gro_table: tun_rs::GROTable::default(),
             tun_mtu: cfg_overlay_mtu,
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
             fastdp,
@@ -235,7 +256,115 @@ impl Router {
 
     // ---- data path -------------------------------------------------------
 
+    /// With TUN offloads: each read is one packet or a TSO/USO super-packet
+    /// behind a virtio header; super-packets are cut into path-sized
+    /// segments here (the kernel skipped segmenting them), each then routed
+    /// like a packet read on its own.
+    fn on_tun_readable_offload(&mut self) {
+        use crate::datapath::offload::{self, SuperPacket, VNET_HDR_LEN};
+        let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header: 0 };
+        let mut tun_in = std::mem::take(&mut self.tun_in);
+        let mut segments = std::mem::take(&mut self.segments);
+        let mut sizes = [0usize; MAX_SEGMENTS];
+        let mut burst = 0;
+        loop {
+            if burst == crate::datapath::batch::BATCH {
+                self.flush_batcher();
+                burst = 0;
+            }
+            let n = match self.tun.recv(&mut tun_in) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the local device failed");
+                    break;
+                }
+            };
+            burst += 1;
+            match offload::classify(&mut tun_in, n) {
+                Ok((_, SuperPacket::Single(len))) => {
+                    self.route_l3(&tun_in[VNET_HDR_LEN..VNET_HDR_LEN + len], &limits);
+                }
+                Ok((hdr, SuperPacket::Segmented { segment_len, count })) => {
+                    if count > MAX_SEGMENTS || segment_len > segments[0].len() {
+                        self.drops.too_big += 1;
+                        continue;
+                    }
+                    match offload::split_super_packet(&mut tun_in[VNET_HDR_LEN..n], hdr, &mut segments[..count], &mut sizes[..count], 0) {
+                        Ok(k) => {
+                            for i in 0..k {
+                                self.route_l3(&segments[i][..sizes[i]], &limits);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot segment a super-packet from the TUN device");
+                            self.drops.too_big += 1;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "unreadable packet from the TUN device"),
+            }
+        }
+        self.tun_in = tun_in;
+        self.segments = segments;
+        self.flush_batcher();
+    }
+
+    /// Routes one IP packet from the TUN device to its peer's batch, or
+    /// answers it with ICMP when it is too big for that peer's path.
+    fn route_l3(&mut self, frame: &[u8], limits: &PeerLimit) {
+        let Some(dst) = destination(frame) else { return };
+        let Some(&token) = self.routes.get(&dst) else {
+            // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
+            if !dst.is_multicast() {
+                self.drops.no_route += 1;
+            }
+            return;
+        };
+        let Some(link) = self.streams.get(&token).and_then(|s| s.link.as_ref()) else { return };
+        // Larger than this peer's verified path carries: tell the local
+        // sender the real MTU instead of fragmenting or dropping silently.
+        let limit = limits.payload_mtu(link);
+        if frame.len() > usize::from(limit) {
+            self.drops.too_big += 1;
+            let reply = match frame[0] >> 4 {
+                4 if frame.len() > 6 && frame[6] & 0x40 != 0 => {
+                    crate::wire::icmpv4::build_frag_needed(frame, limit, &mut self.icmp_buf)
+                }
+                6 => crate::wire::icmpv6::build_packet_too_big(frame, u32::from(limit), &mut self.icmp_buf),
+                _ => Ok(None),
+            };
+            if let Ok(Some(len)) = reply {
+                let _ = self.tun.send(&self.icmp_buf[..len]);
+            }
+            return;
+        }
+        if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, token, frame, limits) {
+            self.drops.too_big += 1;
+        }
+    }
+
+    /// Writes the gathered received packets to the TUN device, coalesced.
+    fn flush_gro(&mut self) {
+        if self.gro_count == 0 {
+            return;
+        }
+        let n = self.gro_count;
+        if let Err(e) = self.tun.send_coalesced(&mut self.gro_table, &mut self.gro_bufs[..n], crate::datapath::offload::VNET_HDR_LEN) {
+            tracing::debug!(error = %e, "coalesced write to the TUN device failed");
+            self.drops.send_errors += 1;
+        }
+        for b in &mut self.gro_bufs[..n] {
+            b.clear();
+        }
+        self.gro_count = 0;
+    }
+
     fn on_tun_readable(&mut self) {
+        if self.l2.is_none() && self.tun.vnet_hdr() {
+            return self.on_tun_readable_offload();
+        }
         let now = Instant::now();
         let l2_header = if self.l2.is_some() { 14 } else { 0 };
         let max = usize::from(self.cfg.overlay_mtu).max(1500) + 64 + l2_header;
@@ -259,35 +388,9 @@ impl Router {
             let frame = &self.buf[..n];
             let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header };
             let Some(switch) = self.l2.as_mut() else {
-                let Some(dst) = destination(frame) else { continue };
-                let Some(&token) = self.routes.get(&dst) else {
-                    // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
-                    if !dst.is_multicast() {
-                        self.drops.no_route += 1;
-                    }
-                    continue;
-                };
-                let Some(link) = self.streams.get(&token).and_then(|s| s.link.as_ref()) else { continue };
-                // Larger than this peer's verified path carries: tell the local
-                // sender the real MTU instead of fragmenting or dropping silently.
-                let limit = limits.payload_mtu(link);
-                if n > usize::from(limit) {
-                    self.drops.too_big += 1;
-                    let reply = match frame[0] >> 4 {
-                        4 if frame.len() > 6 && frame[6] & 0x40 != 0 => {
-                            crate::wire::icmpv4::build_frag_needed(frame, limit, &mut self.icmp_buf)
-                        }
-                        6 => crate::wire::icmpv6::build_packet_too_big(frame, u32::from(limit), &mut self.icmp_buf),
-                        _ => Ok(None),
-                    };
-                    if let Ok(Some(len)) = reply {
-                        let _ = self.tun.send(&self.icmp_buf[..len]);
-                    }
-                    continue;
-                }
-                if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, token, frame, &limits) {
-                    self.drops.too_big += 1;
-                }
+                let buf = std::mem::take(&mut self.buf);
+                self.route_l3(&buf[..n], &limits);
+                self.buf = buf;
                 continue;
             };
             match switch.from_local(frame, now) {
@@ -337,7 +440,7 @@ impl Router {
                 loop {
                     let (n, from) = match self.udp.recv_from(&mut self.buf) {
                         Ok(r) => r,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.flush_gro(),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(_) => continue,
                     };
@@ -365,9 +468,13 @@ impl Router {
             }
         }
         self.recv_batch = Some(batch);
+        self.flush_gro();
     }
 
     fn on_datagram(&mut self, n: usize, from: SocketAddr) {
+        if self.gro_count >= GRO_BATCH {
+            self.flush_gro();
+        }
         let now = Instant::now();
         let datagram = &mut self.buf[..n];
         let Ok(packet) = sleeve::Packet::new_checked(&*datagram) else {
@@ -419,6 +526,16 @@ impl Router {
                         }
                     };
                     if !accepted {
+                        continue;
+                    }
+                    if self.l2.is_none() && self.tun.vnet_hdr() && self.gro_count < GRO_SLOTS {
+                        // Gathered and written coalesced after the batch.
+                        let b = &mut self.gro_bufs[self.gro_count];
+                        b.extend_from_slice(&[0u8; crate::datapath::offload::VNET_HDR_LEN]);
+                        b.extend_from_slice(record.frame);
+                        self.gro_count += 1;
+                        stream.counters.rx_bytes += record.frame.len() as u64;
+                        stream.counters.rx_packets += 1;
                         continue;
                     }
                     match self.tun.send(record.frame) {

@@ -42,6 +42,30 @@ pub struct SleeveBatcher {
     /// Peers whose datagram the kernel refused with EMSGSIZE (the path
     /// MTU shrank): the router restarts their path-MTU search.
     pub too_big_peers: Vec<usize>,
+    /// Whether UDP GSO works on this socket (cleared on the first refusal).
+    gso: bool,
+}
+
+/// How many datagrams from `start` form a UDP GSO run: same destination,
+/// every one but the last exactly as long as the first, at most 64
+/// segments and 64 KB in all.
+fn gso_run(sealed: &[(Box<[u8]>, usize, SocketAddr, usize)], start: usize) -> usize {
+    let (_, seg, to, _) = sealed[start];
+    let mut n = 1;
+    let mut total = seg;
+    while start + n < sealed.len() && n < crate::datapath::offload::MAX_GSO_SEGMENTS {
+        let (_, len, next_to, _) = sealed[start + n];
+        // The previous one must be full-size for this one to join.
+        if next_to != to || len > seg || total + len > crate::datapath::offload::MAX_GSO_BYTES {
+            break;
+        }
+        total += len;
+        n += 1;
+        if len < seg {
+            break; // a short datagram ends the run
+        }
+    }
+    n
 }
 
 impl SleeveBatcher {
@@ -57,6 +81,7 @@ impl SleeveBatcher {
             counters: BatchCounters::default(),
             send_errors: 0,
             too_big_peers: Vec::new(),
+            gso: true,
         }
     }
 
@@ -149,7 +174,63 @@ impl SleeveBatcher {
         };
         let (sent, calls) = match underlay {
             Underlay::Udp(socket) => {
-                batch::send_slices(socket.as_raw_fd(), sealed.iter().map(|(b, len, to, _)| (&b[..*len], *to)), on_error)
+                let fd = socket.as_raw_fd();
+                let (mut sent, mut calls) = (0u64, 0u64);
+                // Runs of equal-size datagrams to one peer (a TCP burst cut
+                // into full segments) leave in one UDP GSO sendmsg; the rest,
+                // in order, in sendmmsg batches.
+                let mut singles_from = 0;
+                let mut i = 0;
+                while i < sealed.len() {
+                    let run = if self.gso { gso_run(sealed, i) } else { 1 };
+                    if run < 2 {
+                        i += 1;
+                        continue;
+                    }
+                    if singles_from < i {
+                        let (s, c) = batch::send_slices(
+                            fd,
+                            sealed[singles_from..i].iter().map(|(b, len, to, _)| (&b[..*len], *to)),
+                            |k, errno| on_error(singles_from + k, errno),
+                        );
+                        sent += s;
+                        calls += c;
+                    }
+                    let (_, seg_len, to, _) = sealed[i];
+                    let mut parts: [&[u8]; crate::datapath::offload::MAX_GSO_SEGMENTS] = [&[]; crate::datapath::offload::MAX_GSO_SEGMENTS];
+                    for (k, (b, len, _, _)) in sealed[i..i + run].iter().enumerate() {
+                        parts[k] = &b[..*len];
+                    }
+                    match crate::datapath::offload::send_gso_slices(fd, &parts[..run], seg_len as u16, to) {
+                        Ok(_) => {
+                            sent += run as u64;
+                            self.counters.gso_sends += 1;
+                            self.counters.gso_datagrams += run as u64;
+                            singles_from = i + run;
+                        }
+                        Err(e) if crate::datapath::offload::gso_unsupported(&e) => {
+                            tracing::info!("UDP GSO refused ({e}); sending datagrams one by one with sendmmsg from now on");
+                            self.gso = false;
+                            // Leave the run to the sendmmsg path below.
+                            singles_from = singles_from.min(i);
+                        }
+                        Err(e) => {
+                            on_error(i, e.raw_os_error().unwrap_or(0));
+                            singles_from = i + run;
+                        }
+                    }
+                    i += run;
+                }
+                if singles_from < sealed.len() {
+                    let (s, c) = batch::send_slices(
+                        fd,
+                        sealed[singles_from..].iter().map(|(b, len, to, _)| (&b[..*len], *to)),
+                        |k, errno| on_error(singles_from + k, errno),
+                    );
+                    sent += s;
+                    calls += c;
+                }
+                (sent, calls)
             }
             // AF_XDP queues frames itself and kicks the kernel in batches.
             other => {

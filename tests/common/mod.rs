@@ -655,7 +655,9 @@ impl Routed {
 /// sees them too) would only cut into MTU-sized segments later; with them
 /// off every captured packet is exactly one datagram on the wire.
 pub fn disable_offloads(ns: &str, iface: &str) {
-    let out = ns_exec(ns, &["ethtool", "-K", iface, "tso", "off", "gso", "off", "gro", "off"]);
+    // tx-udp-segmentation too: weft sends runs of equal-size datagrams with
+    // UDP GSO, and veth would pass such a run on as one super-packet.
+    let out = ns_exec(ns, &["ethtool", "-K", iface, "tso", "off", "gso", "off", "gro", "off", "tx-udp-segmentation", "off"]);
     assert!(
         out.status.success(),
         "ethtool -K {iface} tso off gso off gro off in {ns}: {}{}",
