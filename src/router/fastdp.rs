@@ -16,6 +16,10 @@
 //! both ports; the sleeve floods only to connections not on fastdp and the
 //! OVS switch only to proven fastdp peers, so each peer gets one copy.
 //!
+//! The TAP and the datapath port are isolated bridge ports: the bridge never
+//! forwards between the two paths to the peers (split horizon), so nothing
+//! loops even while two hosts disagree on a connection's path.
+//!
 //! Per connection the state is [`Proof`]: heartbeats sized to the verified
 //! path MTU go out through the VXLAN vport (`OVS_PACKET_CMD_EXECUTE`), the
 //! peer acknowledges them over the control connection. Until then, or after
@@ -210,6 +214,16 @@ impl Fastdp {
         ip(&["link", "set", "dev", &cfg.datapath, "master", &cfg.bridge])
             .map_err(|e| format!("cannot put the OVS datapath port {} on bridge {}: {e}", cfg.datapath, cfg.bridge))?;
         ip(&["link", "set", "dev", &cfg.datapath, "up"])?;
+        // Split horizon on the bridge: the TAP and the datapath port both
+        // lead to the peers, so the bridge must never forward between them
+        // (a frame from a peer over one path would go back out over the
+        // other, and while two hosts disagree on a connection's path a
+        // broadcast would loop). Isolated ports only talk to non-isolated
+        // ones: the containers and the bridge itself.
+        for port in [&cfg.datapath, &cfg.tap] {
+            ip(&["link", "set", "dev", port, "type", "bridge_slave", "isolated", "on"])
+                .map_err(|e| format!("cannot isolate bridge port {port} (needs Linux 4.18+): {e}"))?;
+        }
         let switch = Switch::new(SwitchConfig { vni: cfg.vni, vxlan_port: dp.vxlan_port(), ttl: 64, mac_max_age: cfg.mac_age });
         tracing::info!(
             "fastdp: OVS datapath {} (port {LOCAL_PORT} on bridge {}), VXLAN vport {} on UDP {}, vni {}",
