@@ -59,9 +59,10 @@ pub struct LaunchArgs {
     pub name: Option<String>,
     /// Datapath: auto (what preflight decides), fastdp, xdp or udp
     /// [default: auto]. An explicit mode that preflight finds unsafe refuses
-    /// to start without --force. This build implements xdp and udp: fastdp
-    /// falls back to udp, and xdp falls back to udp when AF_XDP cannot be
-    /// opened on the underlay interface, with a log line saying why.
+    /// to start without --force. fastdp runs in bridge mode for peers in
+    /// --trusted-subnet (or every peer with --insecure-plaintext), else falls
+    /// back to udp; xdp falls back to udp when AF_XDP cannot be opened on
+    /// the underlay interface; a log line says why.
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<crate::host::plan::Mode>,
     /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
@@ -93,6 +94,15 @@ pub struct LaunchArgs {
     /// speaks no weft protocol, e.g. a Linux vxlan device (repeat for more).
     #[arg(long = "vtep", value_name = "ADDR")]
     pub vteps: Vec<String>,
+    /// Fast datapath: peers whose underlay address is inside this IPv4
+    /// subnet may get plaintext VXLAN through the kernel OVS datapath
+    /// (repeat for more). Other peers stay on the encrypted sleeve. With
+    /// --insecure-plaintext (and no --mode plain) every peer may.
+    #[arg(long = "trusted-subnet", value_name = "CIDR")]
+    pub trusted_subnets: Vec<String>,
+    /// Fast datapath: UDP port of the kernel VXLAN vport [default: 6784]; all hosts must agree.
+    #[arg(long, value_name = "PORT")]
+    pub fastdp_port: Option<u16>,
 }
 
 /// The local device kind of `--iface`.
@@ -129,6 +139,9 @@ struct ConfigFile {
     #[serde(default)]
     vteps: Vec<String>,
     #[serde(default)]
+    trusted_subnets: Vec<String>,
+    fastdp_port: Option<u16>,
+    #[serde(default)]
     timers: TimerConfig,
 }
 
@@ -142,6 +155,14 @@ struct TimerConfig {
     rekey_after_secs: Option<u64>,
     /// Bridge mode: idle age of learned MAC addresses (default 600).
     mac_age_secs: Option<u64>,
+    /// Fastdp: heartbeat interval through the VXLAN vport (default 500).
+    fastdp_heartbeat_ms: Option<u64>,
+    /// Fastdp: unacknowledged heartbeats before the userspace path (default 4).
+    fastdp_missed_limit: Option<u32>,
+    /// Fastdp: seconds on the userspace path before trying fastdp again (default 60).
+    fastdp_retry_secs: Option<u64>,
+    /// Fastdp: idle flows are deleted after this many seconds (default 10).
+    fastdp_flow_idle_secs: Option<u64>,
 }
 
 /// A launch failure and its exit code.
@@ -176,6 +197,11 @@ struct Plan {
     offload: bool,
     timers: Timers,
     l2: Option<L2Plan>,
+    /// Who may get plaintext over fastdp (`None`: nobody, encrypted network).
+    plaintext_policy: Option<crate::router::fastdp::PlaintextPolicy>,
+    fastdp_port: u16,
+    fastdp_proof: crate::datapath::odp::proof::ProofConfig,
+    fastdp_flow_idle: Duration,
 }
 
 /// Bridge-mode settings.
@@ -391,6 +417,37 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
     if let Some(s) = t.rekey_after_secs {
         timers.rekey_after = Duration::from_secs(s.max(1));
     }
+    let mut fastdp_proof = crate::datapath::odp::proof::ProofConfig::default();
+    if let Some(ms) = t.fastdp_heartbeat_ms {
+        fastdp_proof.interval = Duration::from_millis(ms.max(10));
+    }
+    if let Some(n) = t.fastdp_missed_limit {
+        fastdp_proof.max_missed = n.max(1);
+    }
+    if let Some(s) = t.fastdp_retry_secs {
+        fastdp_proof.retry_after = Duration::from_secs(s.max(1));
+    }
+    let fastdp_flow_idle = Duration::from_secs(t.fastdp_flow_idle_secs.unwrap_or(10).max(1));
+    let trusted_texts = if args.trusted_subnets.is_empty() { file.trusted_subnets } else { args.trusted_subnets };
+    let trusted = trusted_texts
+        .iter()
+        .map(|t| crate::router::fastdp::parse_trusted_subnet(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
+    let insecure = args.insecure_plaintext || file.insecure_plaintext == Some(true);
+    let plaintext_policy = if plain {
+        None
+    } else if insecure {
+        Some(crate::router::fastdp::PlaintextPolicy::AllPeers)
+    } else if !trusted.is_empty() {
+        Some(crate::router::fastdp::PlaintextPolicy::TrustedSubnets(trusted))
+    } else {
+        None
+    };
+    let fastdp_port = args.fastdp_port.or(file.fastdp_port).unwrap_or(6784);
+    if fastdp_port == 0 || fastdp_port == listen.port() {
+        return Err(usage(format!("--fastdp-port {fastdp_port} must be a port other than 0 and the --listen port {}", listen.port())));
+    }
     Ok(Plan {
         overlay_addr,
         overlay_prefix,
@@ -408,6 +465,10 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         offload: !args.no_offload && file.offload.unwrap_or(true),
         timers,
         l2,
+        plaintext_policy,
+        fastdp_port,
+        fastdp_proof,
+        fastdp_flow_idle,
     })
 }
 
@@ -551,7 +612,13 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     facts.apply(&crate::host::facts::Assumptions::default());
     let preflight = crate::host::plan::decide(
         &facts,
-        &crate::host::plan::Request { encrypted: !plain, l2, overlay_ipv6: plan.overlay_addr.is_ipv6() },
+        // Fastdp sends plaintext: only a plaintext network (--insecure-plaintext)
+        // or trusted subnets make this request unencrypted.
+        &crate::host::plan::Request {
+            encrypted: !plain && plan.plaintext_policy.is_none(),
+            l2,
+            overlay_ipv6: plan.overlay_addr.is_ipv6(),
+        },
     );
     for line in crate::host::preflight::log_lines(&preflight) {
         tracing::info!("preflight: {line}");
@@ -560,10 +627,25 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     if let Some(w) = &resolved.warning {
         tracing::warn!("{w}");
     }
-    let (mut datapath, fallback) = crate::host::plan::launch_datapath(
-        resolved.datapath,
-        &[crate::host::plan::Datapath::Xdp, crate::host::plan::Datapath::Udp],
-    );
+    // Fastdp is implemented for bridge mode over an IPv4 underlay with a
+    // plaintext policy (a plaintext network or trusted subnets).
+    let fastdp_unusable = if !l2 || plain {
+        Some("fastdp needs bridge mode (--iface bridge) with the control protocol (not --mode plain)")
+    } else if ipv6_underlay {
+        Some("fastdp needs an IPv4 underlay in this build")
+    } else if plan.plaintext_policy.is_none() {
+        Some("fastdp carries no encryption: give --trusted-subnet CIDR or --insecure-plaintext")
+    } else {
+        None
+    };
+    let mut implemented = vec![crate::host::plan::Datapath::Xdp, crate::host::plan::Datapath::Udp];
+    if fastdp_unusable.is_none() {
+        implemented.push(crate::host::plan::Datapath::Fastdp);
+    }
+    let (mut datapath, mut fallback) = crate::host::plan::launch_datapath(resolved.datapath, &implemented);
+    if let (Some(why), true) = (fastdp_unusable, resolved.datapath == crate::host::plan::Datapath::Fastdp) {
+        fallback = Some(format!("fastdp chosen by preflight is not usable here ({why}); falling back to udp (the userspace sleeve)"));
+    }
     let mut datapath_reason = match &fallback {
         Some(line) => {
             tracing::info!("{line}");
@@ -682,6 +764,45 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         plan.overlay_prefix
     );
 
+    // Fast datapath: the OVS datapath's port joins the bridge next to the TAP.
+    let mut fastdp = None;
+    if let (crate::host::plan::Datapath::Fastdp, Some(l2plan), Some(policy)) = (datapath, plan.l2.as_ref(), plan.plaintext_policy.clone()) {
+        let config = crate::router::fastdp::FastdpConfig {
+            datapath: format!("{}-odp", l2plan.bridge).chars().take(15).collect(),
+            bridge: l2plan.bridge.clone(),
+            tap: plan.iface_name.clone(),
+            port: plan.fastdp_port,
+            vni: plan.vni,
+            policy: policy.clone(),
+            proof: plan.fastdp_proof,
+            underlay_iface: underlay_iface.clone(),
+            flow_idle: plan.fastdp_flow_idle,
+            mac_age: l2plan.mac_age,
+            overlay_mtu,
+        };
+        match crate::router::fastdp::Fastdp::start(config) {
+            Ok(f) => {
+                let who = match &policy {
+                    crate::router::fastdp::PlaintextPolicy::AllPeers => "every peer (--insecure-plaintext)".to_string(),
+                    crate::router::fastdp::PlaintextPolicy::TrustedSubnets(nets) => format!(
+                        "peers in --trusted-subnet {}",
+                        nets.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                datapath_reason = format!(
+                    "kernel OVS datapath {} for {who}, once each connection's heartbeats are acknowledged; other peers on the encrypted sleeve; {datapath_reason}",
+                    f.datapath_name()
+                );
+                fastdp = Some(f);
+            }
+            Err(e) => {
+                tracing::warn!("fastdp: {e}; falling back to udp (the userspace sleeve)");
+                datapath = crate::host::plan::Datapath::Udp;
+                datapath_reason = format!("fastdp unusable, fell back to udp: {e}");
+            }
+        }
+    }
+
     let public = plan.key.public_base64();
     let cipher_desc = match plan.cipher {
         CipherChoice::Auto => "encrypted (Noise XXpsk0; data cipher negotiated per peer)".to_string(),
@@ -720,6 +841,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             aes_hw: crate::noise::cipher::cpu_has_aes(),
             session_index: 0,
             overlay_mtu,
+            fastdp_port: fastdp.as_ref().map(|f| f.port()),
         },
         timers: plan.timers,
         underlay_mtu,
@@ -743,6 +865,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
                 bridge_created: g.created(),
                 mac_age: p.mac_age,
             }),
+            fastdp,
         },
         snapshot,
     )

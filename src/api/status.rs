@@ -46,8 +46,12 @@ pub struct ConnectionStatus {
     pub state: String,
     /// Why it failed (or what it waits for).
     pub reason: Option<String>,
-    /// `sleeve` (encrypted userspace path).
+    /// `sleeve` (encrypted userspace path) or `fastdp` (kernel OVS datapath).
     pub mode: String,
+    /// Why this mode (fastdp proven, proving, failed with a reason, or why
+    /// fastdp is not used for this peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_reason: Option<String>,
     /// The data cipher, once agreed.
     pub encryption: Option<String>,
     /// The overlay MTU used towards this peer.
@@ -114,6 +118,9 @@ pub struct Status {
     /// Frames per sealed datagram and datagrams per sendmmsg call.
     #[serde(default)]
     pub batching: super::l2_status::BatchCounters,
+    /// Fast datapath: the OVS datapath's name and what weft's userspace did for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastdp: Option<(String, crate::router::fastdp::FastdpCounters)>,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -168,6 +175,9 @@ impl ConnectionStatus {
         if !self.peer_overlay.is_empty() {
             s.push_str(&format!(" overlay={}", self.peer_overlay.join(",")));
         }
+        if let Some(why) = &self.mode_reason {
+            s.push_str(&format!(" ({}: {why})", self.mode));
+        }
         s
     }
 }
@@ -196,6 +206,12 @@ impl Status {
             out.push_str(&format!(
                 "       Batching: sealed={} frames={} largest={}B sendmmsg={}/{} calls gso={}/{} calls\n",
                 b.sealed_datagrams, b.sealed_frames, b.largest_datagram, b.sendmmsg_datagrams, b.sendmmsg_calls, b.gso_datagrams, b.gso_sends
+            ));
+        }
+        if let Some((name, f)) = &self.fastdp {
+            out.push_str(&format!(
+                "         Fastdp: datapath {name} misses={} flows-installed={} flows-expired={} flushes={} heartbeats-sent={} heartbeats-received={} to-sleeve={} errors={}\n",
+                f.misses, f.flows_installed, f.flows_expired, f.flushes, f.heartbeats_sent, f.heartbeats_received, f.to_sleeve, f.errors
             ));
         }
         out.push_str(&format!("    Connections: {}\n", self.connections.len()));
@@ -279,6 +295,7 @@ mod tests {
                 state: "established".into(),
                 reason: None,
                 mode: "sleeve".into(),
+                mode_reason: None,
                 encryption: Some("aes256gcm".into()),
                 overlay_mtu: 1430,
                 path_mtu: Some(1500),

@@ -58,6 +58,10 @@ pub struct Hello {
     pub session_index: u32,
     /// This host's overlay (device) MTU.
     pub overlay_mtu: u16,
+    /// The UDP port of this host's fast-datapath VXLAN vport, when it runs
+    /// fastdp (absent from older hellos: no fastdp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastdp_port: Option<u16>,
 }
 
 /// One message on an established control connection.
@@ -86,6 +90,12 @@ pub enum ControlMessage {
         id: u32,
         /// The UDP payload size that arrived.
         size: u16,
+    },
+    /// A fast-datapath heartbeat with this sequence number arrived through
+    /// the receiver's VXLAN vport (the proof that fastdp works towards it).
+    FastdpHeartbeatAck {
+        /// The heartbeat's sequence number.
+        seq: u64,
     },
     /// The sender is closing the connection on purpose.
     Goodbye {
@@ -155,6 +165,7 @@ mod tests {
             aes_hw,
             session_index: 7,
             overlay_mtu: 1430,
+            fastdp_port: None,
         }
     }
 
@@ -165,6 +176,13 @@ mod tests {
         let r = ControlMessage::RekeyInit { index: 5, noise: vec![1, 2, 3] };
         assert_eq!(ControlMessage::decode(&r.encode()).unwrap(), r);
         assert!(ControlMessage::decode(b"{\"type\":\"nope\"}").is_err());
+        let a = ControlMessage::FastdpHeartbeatAck { seq: 9 };
+        assert_eq!(ControlMessage::decode(&a.encode()).unwrap(), a);
+        // A hello without fastdp_port (an older build) still decodes.
+        let mut old = serde_json::to_value(ControlMessage::Hello(hello(CipherChoice::Auto, true))).unwrap();
+        old.as_object_mut().unwrap().remove("fastdp_port");
+        let m = ControlMessage::decode(old.to_string().as_bytes()).unwrap();
+        assert!(matches!(m, ControlMessage::Hello(h) if h.fastdp_port.is_none()));
         assert!(ControlMessage::decode(&[0xff, 0, 1]).is_err());
     }
 

@@ -153,6 +153,9 @@ pub enum Output {
     PathMtu(u16),
     /// The first heartbeat reply arrived over UDP.
     Established,
+    /// The peer acknowledged fast-datapath heartbeat `seq` (it arrived
+    /// through the peer's VXLAN vport).
+    FastdpAck(u64),
     /// Close the connection; the link is dead.
     Close(String),
 }
@@ -367,6 +370,14 @@ impl Link {
         self.fail(reason.to_string());
     }
 
+    /// Tells the peer that its fast-datapath heartbeat `seq` arrived here
+    /// (over the control connection, which gets through whatever the path).
+    pub fn send_fastdp_ack(&mut self, seq: u64) {
+        if self.transport.is_some() && !self.is_closed() {
+            self.send_control(&ControlMessage::FastdpHeartbeatAck { seq });
+        }
+    }
+
     /// Sends a goodbye before a deliberate close.
     pub fn goodbye(&mut self, reason: &str) {
         if self.transport.is_some() && !self.is_closed() {
@@ -516,6 +527,7 @@ impl Link {
                     self.outputs.push_back(Output::PathMtu(v));
                 }
             }
+            ControlMessage::FastdpHeartbeatAck { seq } => self.outputs.push_back(Output::FastdpAck(seq)),
             ControlMessage::Goodbye { reason } => self.fail(format!("peer closed the connection: {reason}")),
         }
     }

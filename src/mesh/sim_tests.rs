@@ -25,6 +25,7 @@ fn cfg(secret: &[u8], vni: u32, timers: Timers) -> Arc<LinkConfig> {
             aes_hw: true,
             session_index: 0,
             overlay_mtu: 1430,
+            fastdp_port: None,
         },
         timers,
         underlay_mtu: 1500,
@@ -41,6 +42,7 @@ struct Side {
     ready: bool,
     probes: Vec<usize>,
     path_mtu: Option<u16>,
+    fastdp_acks: Vec<u64>,
 }
 
 /// Moves outputs from one side to the other; drops datagrams when
@@ -82,6 +84,7 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool
                 from.probes.push(len);
             }
             Output::PathMtu(v) => from.path_mtu = Some(v),
+            Output::FastdpAck(seq) => from.fastdp_acks.push(seq),
             Output::Established => from.established = true,
             Output::Close(r) => {
                 from.closed = Some(r);
@@ -108,7 +111,7 @@ fn pump(a: &mut Side, b: &mut Side, now: Instant, udp_works: bool) -> usize {
 fn sides(ca: Arc<LinkConfig>, cb: Arc<LinkConfig>, now: Instant) -> (Side, Side) {
     let a_addr: SocketAddr = "198.18.0.1:6783".parse().unwrap();
     let b_addr: SocketAddr = "198.18.0.2:6783".parse().unwrap();
-    let mk = |link, addr| Side { link, addr, sessions: HashMap::new(), closed: None, established: false, ready: false, probes: vec![], path_mtu: None };
+    let mk = |link, addr| Side { link, addr, sessions: HashMap::new(), closed: None, established: false, ready: false, probes: vec![], path_mtu: None, fastdp_acks: vec![] };
     (
         mk(Link::new(Direction::Outbound, b_addr, ca, now), a_addr),
         mk(Link::new(Direction::Inbound, a_addr, cb, now), b_addr),
@@ -129,6 +132,19 @@ fn handshake_hello_and_heartbeats_establish() {
     assert!(pump(&mut a, &mut b, t0, true) >= 2);
     assert!(a.established && b.established, "{:?} {:?}", a.link.state(), b.link.state());
     assert_eq!(b.link.endpoint(), Some(a.addr));
+}
+
+#[test]
+fn fastdp_heartbeat_acks_travel_over_the_control_connection() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()), t0);
+    pump(&mut a, &mut b, t0, true);
+    assert!(a.ready && b.ready);
+    // B saw A's fastdp heartbeat 7 arrive through its VXLAN vport.
+    b.link.send_fastdp_ack(7);
+    pump(&mut a, &mut b, t0, false);
+    assert_eq!(a.fastdp_acks, vec![7], "the ack needs no UDP");
+    assert!(b.fastdp_acks.is_empty());
 }
 
 #[test]

@@ -24,6 +24,8 @@ const TUN: Token = Token(0);
 const UDP: Token = Token(1);
 const LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(3);
+/// Misses from the kernel OVS datapath (fastdp).
+const FASTDP: Token = Token(4);
 const FIRST_STREAM: usize = 16;
 
 /// Inbound connections still in their handshake; more are refused, so a
@@ -52,6 +54,8 @@ pub struct RouterConfig {
     pub status_template: Status,
     /// Bridge (L2) mode: the device is a TAP and frames are switched by MAC.
     pub l2: Option<super::l2::L2Config>,
+    /// Bridge mode with the kernel fast datapath for peers that may get plaintext.
+    pub fastdp: Option<super::fastdp::Fastdp>,
 }
 
 struct Stream {
@@ -109,6 +113,9 @@ pub struct Router {
     /// The device MTU now: lowered when a peer's verified path is smaller.
     tun_mtu: u16,
     icmp_buf: Box<[u8]>,
+    /// The kernel fast datapath (bridge mode, plaintext-allowed peers).
+    fastdp: Option<super::fastdp::Fastdp>,
+    fastdp_actions: Vec<super::fastdp::FastdpAction>,
     /// TUN offloads: one read (virtio header + up to 64 KiB).
     tun_in: Box<[u8]>,
     /// TUN offloads: where a super-packet's segments are cut into.
@@ -145,6 +152,11 @@ impl Router {
         udp.register(poll.registry(), UDP)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        let mut cfg = cfg;
+        let fastdp = cfg.fastdp.take();
+        if let Some(f) = &fastdp {
+            poll.registry().register(&mut SourceFd(&f.upcall_fd()), FASTDP, Interest::READABLE)?;
+        }
         let now = Instant::now();
         let (cfg_l2, overlay_mtu, vni) = (cfg.l2.clone(), cfg.overlay_mtu, cfg.vni);
         let cfg_overlay_mtu = cfg.overlay_mtu;
@@ -184,6 +196,8 @@ impl Router {
             gro_table: tun_rs::GROTable::default(),
             tun_mtu: cfg_overlay_mtu,
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
+            fastdp,
+            fastdp_actions: Vec::new(),
         })
     }
 
@@ -206,6 +220,7 @@ impl Router {
                     UDP => self.on_udp_readable(),
                     LISTENER => self.on_accept(),
                     SIGNALS => stop = true,
+                    FASTDP => self.on_fastdp_upcalls(),
                     token => self.on_stream_event(token, event.is_readable(), event.is_writable()),
                 }
             }
@@ -385,8 +400,14 @@ impl Router {
                 }
                 super::l2::Egress::Flood => {
                     self.flood_targets.clear();
+                    let fastdp = &self.fastdp;
                     self.flood_targets.extend(self.streams.iter().filter_map(|(t, s)| {
-                        s.link.as_ref().filter(|l| l.sending_session().is_some() && l.endpoint().is_some()).map(|_| *t)
+                        // Peers on fastdp get floods from the OVS datapath's bridge port.
+                        s.link
+                            .as_ref()
+                            .filter(|l| l.sending_session().is_some() && l.endpoint().is_some())
+                            .filter(|_| !fastdp.as_ref().is_some_and(|f| f.is_fastdp(t.0)))
+                            .map(|_| *t)
                     }));
                     for &token in &self.flood_targets {
                         if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, token, frame, &limits) {
@@ -669,6 +690,9 @@ impl Router {
                     let peer = self.streams[&token].peer_addr;
                     tracing::info!(%peer, "verified path MTU {v} (probes with DF, acknowledged over TCP)");
                     self.update_tun_mtu();
+                    if let Some(f) = self.fastdp.as_mut() {
+                        f.on_path_mtu(token.0, v, now);
+                    }
                 }
                 Output::SessionUp(session) => {
                     self.sessions.insert(session.local_index, (token, session));
@@ -676,7 +700,19 @@ impl Router {
                 Output::SessionDown(index) => {
                     self.sessions.remove(&index);
                 }
-                Output::PeerReady { remote_static, hello } => self.on_peer_ready(token, remote_static, hello),
+                Output::PeerReady { remote_static, hello } => {
+                    self.on_peer_ready(token, remote_static, hello.clone());
+                    if let (Some(f), Some(l)) = (self.fastdp.as_mut(), self.streams.get(&token).and_then(|s| s.link.as_ref())) {
+                        if !l.is_closed() {
+                            f.on_peer_ready(token.0, l.endpoint(), &hello, l.path_mtu(), now);
+                        }
+                    }
+                }
+                Output::FastdpAck(seq) => {
+                    if let Some(f) = self.fastdp.as_mut() {
+                        f.on_ack(token.0, seq);
+                    }
+                }
                 Output::Established => {
                     let s = self.streams.get_mut(&token).expect("present");
                     tracing::info!(peer = %s.peer_addr, "connection established: heartbeats flow over UDP");
@@ -774,6 +810,9 @@ impl Router {
                 Ok(()) => {
                     tracing::info!("overlay MTU {} -> {smallest} (smallest verified path MTU minus {} bytes overhead)", self.tun_mtu, self.cfg.datagram_overhead);
                     self.tun_mtu = smallest;
+                    if let Some(f) = self.fastdp.as_mut() {
+                        f.set_overlay_mtu(smallest);
+                    }
                 }
                 Err(e) => tracing::warn!("cannot set the overlay MTU to {smallest}: {e}"),
             }
@@ -802,6 +841,9 @@ impl Router {
         if let Some(switch) = self.l2.as_mut() {
             switch.fdb.forget(crate::mesh::fdb::Location::Peer(token.0));
         }
+        if let Some(f) = self.fastdp.as_mut() {
+            f.on_peer_gone(token.0);
+        }
         let authenticated = s.link.as_ref().is_some_and(|l| l.remote_hello().is_some());
         if s.link.is_some() && !authenticated {
             self.drops.control_rejected += 1;
@@ -828,6 +870,11 @@ impl Router {
     fn run_timers(&mut self, now: Instant) {
         if let Some(switch) = self.l2.as_mut() {
             switch.tick(now);
+        }
+        if let Some(f) = self.fastdp.as_mut() {
+            let mut actions = std::mem::take(&mut self.fastdp_actions);
+            f.poll(now, &mut actions);
+            self.apply_fastdp_actions(actions, now);
         }
         let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {
@@ -876,6 +923,7 @@ impl Router {
         status.dropped = self.drops.clone();
         status.dropped.send_errors += self.batcher.send_errors;
         status.batching = self.batcher.counters.clone();
+        status.fastdp = self.fastdp.as_ref().map(|f| (f.datapath_name().to_string(), f.counters.clone()));
         if let (Some(switch), Some(c)) = (self.l2.as_ref(), self.cfg.l2.as_ref()) {
             status.l2 = Some(crate::api::l2_status::L2Status {
                 bridge: c.bridge.clone(),
@@ -903,6 +951,7 @@ impl Router {
                         cp.backoff.next_attempt().saturating_duration_since(now).as_secs_f64()
                     )),
                     mode: "sleeve".into(),
+                    mode_reason: None,
                     encryption: None,
                     overlay_mtu: self.cfg.overlay_mtu,
                     path_mtu: None,
@@ -932,8 +981,13 @@ impl Router {
         }
     }
 
-    fn connection_status(&self, s: &Stream, _configured: Option<usize>, _now: Instant) -> ConnectionStatus {
+    fn connection_status(&self, s: &Stream, _configured: Option<usize>, now: Instant) -> ConnectionStatus {
         let link = s.link.as_ref();
+        let token = self.streams.iter().find(|(_, x)| std::ptr::eq(*x, s)).map(|(t, _)| t.0);
+        let (mode, mode_reason) = match (self.fastdp.as_ref(), token) {
+            (Some(f), Some(t)) => f.mode(t, now),
+            _ => ("sleeve".to_string(), None),
+        };
         let hello = link.and_then(|l| l.remote_hello());
         let (state, reason) = match link.map(|l| l.state()) {
             None => ("connecting".to_string(), Some("TCP connect in progress".to_string())),
@@ -947,8 +1001,13 @@ impl Router {
             address: s.peer_addr.to_string(),
             state,
             reason,
-            mode: "sleeve".into(),
-            encryption: link.and_then(|l| l.cipher()).map(|c| c.name().to_string()),
+            encryption: if mode == "fastdp" {
+                Some("none (fastdp: plaintext VXLAN)".to_string())
+            } else {
+                link.and_then(|l| l.cipher()).map(|c| c.name().to_string())
+            },
+            mode,
+            mode_reason,
             overlay_mtu: link
                 .and_then(|l| l.path_mtu())
                 .map(|p| p.saturating_sub(self.cfg.datagram_overhead).min(self.cfg.overlay_mtu))
@@ -969,7 +1028,51 @@ impl Router {
         }
     }
 
+    /// Misses from the kernel datapath: heartbeats to acknowledge, frames
+    /// for peers not (yet) on fastdp, flows to install.
+    fn on_fastdp_upcalls(&mut self) {
+        let Some(f) = self.fastdp.as_mut() else { return };
+        let now = Instant::now();
+        let mut actions = std::mem::take(&mut self.fastdp_actions);
+        f.on_upcalls(now, &mut actions);
+        self.apply_fastdp_actions(actions, now);
+    }
+
+    fn apply_fastdp_actions(&mut self, mut actions: Vec<super::fastdp::FastdpAction>, now: Instant) {
+        if actions.is_empty() {
+            self.fastdp_actions = actions;
+            return;
+        }
+        let l2_header = 14;
+        let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header };
+        for action in actions.drain(..) {
+            match action {
+                super::fastdp::FastdpAction::Ack { token, seq } => {
+                    if let Some(l) = self.streams.get_mut(&Token(token)).and_then(|s| s.link.as_mut()) {
+                        l.send_fastdp_ack(seq);
+                    }
+                    self.drive_link(Token(token), now);
+                }
+                super::fastdp::FastdpAction::PathShrank { token } => {
+                    if let Some(l) = self.streams.get_mut(&Token(token)).and_then(|s| s.link.as_mut()) {
+                        l.on_data_too_big();
+                    }
+                }
+                super::fastdp::FastdpAction::ToSleeve { token, frame } => {
+                    if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, Token(token), &frame, &limits) {
+                        self.drops.too_big += 1;
+                    }
+                }
+            }
+        }
+        self.fastdp_actions = actions;
+        self.flush_batcher();
+    }
+
     fn shutdown(&mut self) {
+        if let Some(f) = self.fastdp.as_mut() {
+            f.shutdown();
+        }
         tracing::info!("shutting down: telling peers goodbye");
         let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {

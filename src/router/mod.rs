@@ -3,6 +3,7 @@
 //! and the control streams.
 
 mod event_loop;
+pub mod fastdp;
 pub mod l2;
 pub mod plain;
 pub mod sleeve_batch;

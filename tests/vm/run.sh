@@ -49,10 +49,10 @@ done
 
 # Modules in dependency order, as modprobe would load them: the 9p transport
 # for the host root, then openvswitch (crc32c, conntrack, nat, nsh), its
-# VXLAN vport, veth and tun for the test hosts.
+# VXLAN vport, veth, tun and bridge for the test hosts.
 modlist="$work/modules.order"
 : >"$modlist"
-for mod in virtio_pci 9pnet_virtio 9p openvswitch vport-vxlan veth tun; do
+for mod in virtio_pci 9pnet_virtio 9p openvswitch vport-vxlan veth tun bridge; do
     modprobe -d "$kroot" -S "$kver" --show-depends "$mod" |
         awk '$1 == "insmod" { print $2 }' >>"$modlist"
 done

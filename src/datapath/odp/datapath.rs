@@ -294,6 +294,41 @@ impl Datapath {
         Ok(misses)
     }
 
+    /// Returns the misses queued now without waiting (for an event loop
+    /// that polls [`Datapath::upcall_fd`]); at most `limit` datagrams are
+    /// read so one burst cannot starve the loop.
+    pub fn take_misses(&mut self, limit: usize) -> Result<Vec<Miss>, NlError> {
+        let mut misses = Vec::new();
+        for _ in 0..limit {
+            let Some(items) = self.upcalls.try_receive()? else { break };
+            for item in items {
+                match item {
+                    Ok(Reply::Message(m)) if m.cmd == PACKET_CMD_MISS => {
+                        let (Some(packet), Some(key_raw)) = (m.attr(PACKET_ATTR_PACKET), m.attr(PACKET_ATTR_KEY)) else {
+                            continue;
+                        };
+                        if let Ok(key) = FlowKey::parse(key_raw) {
+                            misses.push(Miss { packet: packet.to_vec(), key_raw: key_raw.to_vec(), key });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("malformed message on the upcall socket: {e}"),
+                }
+            }
+        }
+        Ok(misses)
+    }
+
+    /// Sends a frame weft made itself (a heartbeat) through `actions`, as
+    /// if it had entered on the local port.
+    pub fn execute_from_local(&mut self, packet: &[u8], actions: &[Action]) -> Result<(), NlError> {
+        use netlink_packet_core::Emitable;
+        let attrs = vec![Attr::u32(KEY_ATTR_IN_PORT, LOCAL_PORT)];
+        let mut key_raw = vec![0u8; attrs.as_slice().buffer_len()];
+        attrs.as_slice().emit(&mut key_raw);
+        self.execute(packet, &key_raw, actions)
+    }
+
     /// Deletes the datapath (and with it the local device, the VXLAN vport
     /// and every flow).
     pub fn delete(&mut self) -> Result<(), String> {

@@ -231,18 +231,31 @@ impl GenlSocket {
     /// Receives whatever arrived (misses on an upcall socket): messages and
     /// asynchronous errors. `Ok(empty)` on timeout.
     pub fn receive(&mut self) -> Result<Vec<Result<Reply, String>>, NlError> {
+        Ok(self.receive_flags(0)?.unwrap_or_default())
+    }
+
+    /// Receives one datagram without blocking: `None` when nothing is
+    /// queued (an event loop drains the socket until then).
+    pub fn try_receive(&mut self) -> Result<Option<Vec<Result<Reply, String>>>, NlError> {
+        self.receive_flags(libc::MSG_DONTWAIT)
+    }
+
+    fn receive_flags(&mut self, flags: i32) -> Result<Option<Vec<Result<Reply, String>>>, NlError> {
         let mut buffer = vec![0u8; 1 << 17];
         // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(self.socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+        let n = unsafe { libc::recv(self.socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), flags) };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Vec::new()),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                // ENOBUFS: the kernel dropped upcalls (queue full); the
+                // packets are lost, the socket stays usable.
+                _ if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(Some(Vec::new())),
                 _ => Err(NlError::Io("upcall receive".into(), e)),
             };
         }
         buffer.truncate(n as usize);
-        Ok(split_messages(&buffer).into_iter().map(|r| r.map(|(_, reply)| reply)).collect())
+        Ok(Some(split_messages(&buffer).into_iter().map(|r| r.map(|(_, reply)| reply)).collect()))
     }
 }
 

@@ -138,9 +138,54 @@ impl Proof {
         }
     }
 
+    /// Gives fastdp up now, without sending (e.g. the next heartbeat would
+    /// not fit the underlay interface's MTU): userspace until the retry.
+    pub fn fail(&mut self, reason: String, now: Instant) {
+        self.state = PathState::Userspace { reason, retry_at: now + self.config.retry_after };
+    }
+
+    /// The path MTU heartbeats are sized to (whole outer IP datagram).
+    pub fn path_mtu(&self) -> usize {
+        self.path_mtu
+    }
+
     fn frame_len(&self) -> usize {
         self.path_mtu.saturating_sub(VXLAN_IPV4_OVERHEAD - 14).max(60)
     }
+}
+
+/// Destination MAC of a fastdp heartbeat frame (locally administered;
+/// weft never installs a flow for it, so every heartbeat is a miss at the
+/// receiver and reaches weft).
+pub const HEARTBEAT_DST: [u8; 6] = [0x02, 0x77, 0x65, 0x66, 0x74, 0x01];
+/// Source MAC of a fastdp heartbeat frame.
+pub const HEARTBEAT_SRC: [u8; 6] = [0x02, 0x77, 0x65, 0x66, 0x74, 0x02];
+/// Ethertype of a heartbeat: IEEE 802 local experimental ethertype 1.
+pub const HEARTBEAT_ETHERTYPE: u16 = 0x88b5;
+const HEARTBEAT_MAGIC: &[u8; 8] = b"weftfdhb";
+
+/// Builds the heartbeat frame for `heartbeat` into `buf` (resized to
+/// exactly `heartbeat.frame_len`, padded with zeros).
+pub fn build_heartbeat_frame(heartbeat: &Heartbeat, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&HEARTBEAT_DST);
+    buf.extend_from_slice(&HEARTBEAT_SRC);
+    buf.extend_from_slice(&HEARTBEAT_ETHERTYPE.to_be_bytes());
+    buf.extend_from_slice(HEARTBEAT_MAGIC);
+    buf.extend_from_slice(&heartbeat.sequence.to_be_bytes());
+    buf.resize(heartbeat.frame_len.max(buf.len()), 0);
+}
+
+/// The sequence number of a heartbeat frame, or `None` if `frame` is not
+/// one. Total.
+pub fn parse_heartbeat_frame(frame: &[u8]) -> Option<u64> {
+    if frame.get(..6)? != HEARTBEAT_DST || frame.get(6..12)? != HEARTBEAT_SRC {
+        return None;
+    }
+    if frame.get(12..14)? != HEARTBEAT_ETHERTYPE.to_be_bytes() || frame.get(14..22)? != HEARTBEAT_MAGIC {
+        return None;
+    }
+    Some(u64::from_be_bytes(frame.get(22..30)?.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -202,5 +247,29 @@ mod tests {
         p.set_path_mtu(1400, t0);
         assert_eq!(p.state(), &PathState::Proving);
         assert_eq!(p.poll(t0).unwrap().frame_len, 1400 - 36);
+    }
+
+    #[test]
+    fn heartbeat_frames_round_trip_and_parsing_is_total() {
+        let mut buf = Vec::new();
+        build_heartbeat_frame(&Heartbeat { sequence: 77, frame_len: 1464 }, &mut buf);
+        assert_eq!(buf.len(), 1464);
+        assert_eq!(parse_heartbeat_frame(&buf), Some(77));
+        for n in 0..40 {
+            assert_eq!(parse_heartbeat_frame(&buf[..n.min(29)]), None);
+        }
+        let mut other = buf.clone();
+        other[13] ^= 1;
+        assert_eq!(parse_heartbeat_frame(&other), None);
+    }
+
+    #[test]
+    fn fail_moves_to_userspace_until_the_retry() {
+        let t0 = Instant::now();
+        let mut p = Proof::new(config(), 1500, t0);
+        p.fail("does not fit".into(), t0);
+        assert!(matches!(p.state(), PathState::Userspace { reason, .. } if reason == "does not fit"));
+        assert!(p.poll(t0 + Duration::from_secs(1)).is_none());
+        assert!(p.poll(t0 + Duration::from_secs(10)).is_some());
     }
 }

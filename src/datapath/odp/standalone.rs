@@ -102,7 +102,7 @@ fn print_stats(iface: &str) -> Result<(), String> {
 
 /// Per flow (in_port, eth src, eth dst): packet count at the last sweep and
 /// when it last changed.
-type FlowActivity = HashMap<(u32, [u8; 6], [u8; 6]), (u64, Instant)>;
+pub type FlowActivity = HashMap<(u32, [u8; 6], [u8; 6]), (u64, Instant)>;
 
 /// What the userspace side did: every miss is a packet weft handled itself.
 #[derive(Debug, Default, serde::Serialize)]
@@ -140,6 +140,8 @@ fn run_switch(
         mac_max_age: Duration::from_secs(300),
     });
     switch.set_peers(peers.to_vec());
+    // Static peers: no proof, every peer is sent to.
+    switch.set_sending(peers.to_vec());
     let mut counters = Counters::default();
     let mut activity = FlowActivity::new();
     let mut next_sweep = Instant::now() + Duration::from_secs(1);
@@ -195,7 +197,7 @@ fn run_switch(
 }
 
 /// Deletes flows whose packet count has not moved for `idle`.
-fn sweep_idle_flows(
+pub fn sweep_idle_flows(
     dp: &mut Datapath,
     activity: &mut FlowActivity,
     idle: Duration,

@@ -25,6 +25,9 @@ pub enum Location {
 pub struct Decision {
     /// Install a flow with this key (None: only execute, e.g. heartbeats).
     pub flow: Option<FlowKey>,
+    /// The destination is behind this peer, but fastdp towards it is not
+    /// proven: the frame goes to the userspace path (no flow installed).
+    pub to_userspace: Option<Ipv4Addr>,
     /// Actions for the flow and for the missed packet (empty: drop).
     pub actions: Vec<Action>,
     /// The MAC table changed in a way that can make installed flows wrong
@@ -50,13 +53,16 @@ pub struct SwitchConfig {
 pub struct Switch {
     config: SwitchConfig,
     peers: Vec<Ipv4Addr>,
+    /// Peers whose fastdp path is proven: floods and unicast flows go to
+    /// these only. A subset of `peers`.
+    sending: Vec<Ipv4Addr>,
     macs: HashMap<Mac, (Location, Instant)>,
 }
 
 impl Switch {
     /// An empty table.
     pub fn new(config: SwitchConfig) -> Switch {
-        Switch { config, peers: Vec::new(), macs: HashMap::new() }
+        Switch { config, peers: Vec::new(), sending: Vec::new(), macs: HashMap::new() }
     }
 
     /// Replaces the peers that use fastdp. Returns true when the set changed
@@ -72,8 +78,29 @@ impl Switch {
             Location::Local => true,
             Location::Peer(ip) => peers.contains(ip),
         });
+        self.sending.retain(|ip| peers.contains(ip));
         self.peers = peers;
         true
+    }
+
+    /// Replaces the peers fastdp may send to (their heartbeats are
+    /// acknowledged); others only receive. Returns true when the set
+    /// changed (the caller flushes flows). Call after [`Switch::set_peers`]:
+    /// only known peers are kept. Without a call, every peer is sending.
+    pub fn set_sending(&mut self, mut sending: Vec<Ipv4Addr>) -> bool {
+        sending.retain(|ip| self.peers.contains(ip));
+        sending.sort();
+        sending.dedup();
+        if sending == self.sending {
+            return false;
+        }
+        self.sending = sending;
+        true
+    }
+
+    /// The peers fastdp sends to.
+    pub fn sending(&self) -> &[Ipv4Addr] {
+        &self.sending
     }
 
     /// The peers currently on fastdp.
@@ -118,7 +145,7 @@ impl Switch {
         let Some(source) = source else {
             // Unknown port, VNI or sender: drop, and install the drop so the
             // kernel stops asking (it expires like any idle flow).
-            return Decision { flow: Some(*key), actions: Vec::new(), flush: false };
+            return Decision { flow: Some(*key), actions: Vec::new(), flush: false, to_userspace: None };
         };
         let mut flush = false;
         if !key.eth_src.is_group() {
@@ -130,13 +157,16 @@ impl Switch {
         }
         let destination = if key.eth_dst.is_group() { None } else { self.lookup(&key.eth_dst) };
         let actions: Vec<Action> = match (source, destination) {
+            (Location::Local, Some(Location::Peer(peer))) if !self.sending.contains(&peer) => {
+                return Decision { flow: None, actions: Vec::new(), flush, to_userspace: Some(peer) };
+            }
             (Location::Local, Some(Location::Peer(peer))) => self.to_peer(peer).to_vec(),
             (Location::Local, Some(Location::Local)) => Vec::new(),
-            (Location::Local, None) => self.peers.iter().flat_map(|p| self.to_peer(*p)).collect(),
+            (Location::Local, None) => self.sending.iter().flat_map(|p| self.to_peer(*p)).collect(),
             (Location::Peer(_), Some(Location::Peer(_))) => Vec::new(), // no transit
             (Location::Peer(_), _) => vec![Action::Output(LOCAL_PORT)],
         };
-        Decision { flow: Some(*key), actions, flush }
+        Decision { flow: Some(*key), actions, flush, to_userspace: None }
     }
 }
 
@@ -155,6 +185,7 @@ mod tests {
     fn switch() -> Switch {
         let mut s = Switch::new(SwitchConfig { vni: 42, vxlan_port: VXLAN, ttl: 64, mac_max_age: Duration::from_secs(300) });
         s.set_peers(vec![PEER, OTHER]);
+        s.set_sending(vec![PEER, OTHER]);
         s
     }
     fn local(src: Mac, dst: Mac) -> FlowKey {
@@ -225,5 +256,21 @@ mod tests {
         assert!(!s.set_peers(vec![OTHER]));
         assert_eq!(s.expire(now + Duration::from_secs(301)), 1);
         assert_eq!(s.lookup(&A), None);
+    }
+
+    #[test]
+    fn unproven_peer_gets_no_flood_and_its_unicast_goes_to_userspace() {
+        let mut s = switch();
+        let now = Instant::now();
+        assert!(s.set_sending(vec![OTHER]));
+        assert!(!s.set_sending(vec![OTHER, Ipv4Addr::new(198, 18, 9, 9)]), "unknown peers are not sending");
+        s.on_miss(&tunnel(B, BROADCAST, PEER, 42), now);
+        let d = s.on_miss(&local(A, B), now);
+        assert_eq!((d.flow, d.to_userspace), (None, Some(PEER)));
+        let d = s.on_miss(&local(A, BROADCAST), now);
+        assert_eq!(d.actions.len(), 2, "flood only to the proven peer: {:?}", d.actions);
+        // Frames from the unproven peer are still accepted.
+        let d = s.on_miss(&tunnel(B, A, PEER, 42), now);
+        assert_eq!(d.actions, vec![Action::Output(LOCAL_PORT)]);
     }
 }
