@@ -272,15 +272,7 @@ impl Router {
                 self.flush_batcher();
                 burst = 0;
             }
-            let n = match self.tun.recv(&mut tun_in) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the local device failed");
-                    break;
-                }
-            };
+            let Some(n) = read_local(&self.tun, &mut tun_in) else { break };
             burst += 1;
             match offload::classify(&mut tun_in, n) {
                 Ok((_, SuperPacket::Single(len))) => {
@@ -375,15 +367,7 @@ impl Router {
                 self.flush_batcher();
                 burst = 0;
             }
-            let n = match self.tun.recv(&mut self.buf[..max]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the local device failed");
-                    break;
-                }
-            };
+            let Some(n) = read_local(&self.tun, &mut self.buf[..max]) else { break };
             burst += 1;
             let frame = &self.buf[..n];
             let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header };
@@ -1136,6 +1120,22 @@ fn queue_frame(
     stream.counters.tx_bytes += frame.len() as u64;
     stream.counters.tx_packets += 1;
     true
+}
+
+/// One read from the local device: `Some(len)`, or `None` when nothing is
+/// queued (or the read failed, which is logged).
+fn read_local(tun: &TunDevice, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        match tun.recv(buf) {
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the local device failed");
+                return None;
+            }
+        }
+    }
 }
 
 /// The destination address of an IP packet, or `None` if it is not one.
