@@ -39,7 +39,32 @@ kver="$(basename "$kroot")"
 kernel="$kroot/boot/vmlinuz-$kver"
 
 work="$(mktemp -d /tmp/weft-vm.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+# The guest sees the host root read-only but gets fresh tmpfs on /tmp and
+# /run: files the guest needs that live there (a checkout or a build under
+# /tmp, as a CI clone may be) are staged under /var/tmp, which it does see.
+stage="$(mktemp -d /var/tmp/weft-vm-stage.XXXXXX)"
+trap 'rm -rf "$work" "$stage"' EXIT
+stage_path() {
+    local p="$1"
+    if [[ -f "$p" && ("$p" == /tmp/* || "$p" == /run/*) ]]; then
+        local copy
+        copy="$stage/$(printf '%s' "$p" | tr '/' '_')"
+        cp -p "$p" "$copy"
+        printf '%s' "$copy"
+    else
+        printf '%s' "$p"
+    fi
+}
+guest_script="$(stage_path "$guest_script")"
+staged=()
+for a in "$@"; do
+    if [[ -f "$a" ]]; then
+        staged+=("$(stage_path "$(realpath "$a")")")
+    else
+        staged+=("$a")
+    fi
+done
+set -- "${staged[@]}"
 init_dir="$work/initramfs"
 mkdir -p "$init_dir"/{bin,dev,proc,sys,host,modules}
 cp /bin/busybox "$init_dir/bin/busybox"
