@@ -524,23 +524,24 @@ pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
 
 /// Finds the underlay interface and its MTU, saying how it was found.
 fn underlay(listen: SocketAddr, peers: &[SocketAddr]) -> Result<(String, u16, String), LaunchError> {
-    let local = if !listen.ip().is_unspecified() {
-        Some((listen.ip(), format!("it holds the --listen address {}", listen.ip())))
+    use crate::host::facts::{iface_for_peer, iface_owning_address, interface_mtu};
+    let (iface, why) = if !listen.ip().is_unspecified() {
+        let ip = listen.ip();
+        let iface = iface_owning_address(ip)
+            .map_err(LaunchError::Runtime)?
+            .ok_or_else(|| usage(format!("no interface holds {ip}; use one of this host's addresses in --listen")))?;
+        (iface, format!("it holds the --listen address {ip}"))
     } else {
-        peers.first().and_then(|p| {
-            udp::local_address_towards(*p).ok().map(|ip| (ip, format!("the route to peer {p} leaves through it")))
-        })
+        let Some(p) = peers.first() else {
+            return Err(usage(
+                "cannot tell the underlay interface: give --listen a concrete address (or at least one --peer)",
+            ));
+        };
+        let (iface, _) = iface_for_peer(p.ip()).map_err(usage)?;
+        (iface, format!("the route to peer {p} leaves through it"))
     };
-    let Some((ip, why)) = local else {
-        return Err(usage(
-            "cannot tell the underlay interface: give --listen a concrete address (or at least one --peer)",
-        ));
-    };
-    let iface = udp::interface_with_address(ip)
-        .ok_or_else(|| usage(format!("no interface holds {ip}; use one of this host's addresses in --listen")))?;
-    let mtu = udp::interface_mtu(&iface)
-        .map_err(|e| LaunchError::Runtime(format!("cannot read the MTU of {iface}: {e}")))?;
-    Ok((iface, mtu, why))
+    let mtu = interface_mtu(&iface).map_err(|e| LaunchError::Runtime(format!("cannot read the MTU of {iface}: {e}")))?;
+    Ok((iface, u16::try_from(mtu).unwrap_or(u16::MAX), why))
 }
 
 /// Opens the AF_XDP underlay on `iface` around a duplicate of weft's UDP

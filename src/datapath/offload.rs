@@ -6,7 +6,7 @@
 //!   writing each segment straight into the slot it will be sealed in), and
 //!   writes received segments back coalesced (tun-rs's GRO table).
 //! - UDP GSO (UDP_SEGMENT): a run of equal-size datagrams to one peer leaves
-//!   in one sendmsg ([`send_gso`]); the kernel cuts it up.
+//!   in one sendmsg ([`send_gso_slices`]); the kernel cuts it up.
 //!
 //! This is how wireguard-go (with Tailscale's changes) beats the kernel:
 //! the per-packet cost is the syscall and the stack traversal, not the crypto.
@@ -114,12 +114,6 @@ pub fn split_super_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
     tun_rs::gso_split(input, hdr, slots, sizes, offset, is_v6)
 }
 
-/// Sends `buf` as UDP datagrams of `segment` bytes each (the last may be
-/// shorter) to `to` with one sendmsg and UDP_SEGMENT.
-pub fn send_gso(fd: RawFd, buf: &[u8], segment: u16, to: SocketAddr) -> io::Result<usize> {
-    send_gso_slices(fd, &[buf], segment, to)
-}
-
 /// Sends the concatenation of `parts` as UDP datagrams of `segment` bytes
 /// (the last may be shorter) with one sendmsg and UDP_SEGMENT. The parts
 /// need not be contiguous: each sealed datagram can stay in its own buffer,
@@ -185,7 +179,7 @@ mod tests {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (i / 100) as u8;
         }
-        match send_gso(tx.as_raw_fd(), &buf, 100, rx.local_addr().unwrap()) {
+        match send_gso_slices(tx.as_raw_fd(), &[&buf], 100, rx.local_addr().unwrap()) {
             Ok(n) => assert_eq!(n, 250),
             // Kernels without UDP GSO: the caller falls back; nothing to test.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EIO)) => return,

@@ -50,7 +50,7 @@ impl Drop for BridgeGuard {
 }
 
 /// Runs `ip ARGS`, returning stderr as the error.
-fn ip(args: &[&str]) -> Result<(), String> {
+pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -134,8 +134,8 @@ pub fn create(
     ip(&["link", "set", "dev", tap_name, "master", bridge])?;
     ip(&["link", "set", "dev", tap_name, "up"])?;
     if !created {
-        if let Ok(m) = super::udp::interface_mtu(bridge) {
-            if m > overlay_mtu {
+        if let Ok(m) = crate::host::facts::interface_mtu(bridge) {
+            if m > u32::from(overlay_mtu) {
                 tracing::warn!(
                     "bridge {bridge} has mtu {m}, above the overlay MTU {overlay_mtu}: larger frames will be dropped; lower the MTU of the bridge's ports to {overlay_mtu}"
                 );

@@ -1,7 +1,7 @@
 //! The underlay UDP socket and the TCP listener for control connections.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 
 /// Socket buffer size asked for: room for bursts at multi-gigabit rates.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -96,70 +96,9 @@ pub fn bind_control_listener(addr: SocketAddr) -> Result<std::net::TcpListener, 
     Ok(socket.into())
 }
 
-/// The local address the kernel would use to reach `peer` (no packet is
-/// sent: connecting a UDP socket only consults the routing table).
-pub fn local_address_towards(peer: SocketAddr) -> io::Result<IpAddr> {
-    let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
-    let s = UdpSocket::bind(bind)?;
-    s.connect(peer)?;
-    Ok(s.local_addr()?.ip())
-}
-
-/// The name of the interface that holds `address`, from getifaddrs(3).
-pub fn interface_with_address(address: IpAddr) -> Option<String> {
-    // SAFETY: getifaddrs fills a linked list we walk read-only and free once.
-    unsafe {
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        if libc::getifaddrs(&mut head) != 0 {
-            return None;
-        }
-        let mut found = None;
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() {
-                let family = i32::from((*ifa.ifa_addr).sa_family);
-                let ip = if family == libc::AF_INET {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
-                } else if family == libc::AF_INET6 {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                } else {
-                    None
-                };
-                if ip == Some(address) {
-                    found = Some(std::ffi::CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned());
-                    break;
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-        libc::freeifaddrs(head);
-        found
-    }
-}
-
-/// An interface's MTU from sysfs.
-pub fn interface_mtu(name: &str) -> io::Result<u16> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))?;
-    text.trim()
-        .parse::<u32>()
-        .map(|m| m.min(u32::from(u16::MAX)) as u16)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_lookup() {
-        assert_eq!(interface_with_address("127.0.0.1".parse().unwrap()).as_deref(), Some("lo"));
-        assert!(interface_mtu("lo").unwrap() >= 1500);
-        let local = local_address_towards("127.0.0.1:9".parse().unwrap()).unwrap();
-        assert!(local.is_loopback());
-    }
 
     #[test]
     fn port_in_use_is_explained() {

@@ -245,7 +245,7 @@ fn interface_exists(name: &str) -> bool {
 
 /// Finds the interface whose address the kernel would use to reach `peer`.
 /// A UDP `connect` only resolves the route; it sends nothing.
-fn iface_for_peer(peer: IpAddr) -> Result<(String, IpAddr), String> {
+pub fn iface_for_peer(peer: IpAddr) -> Result<(String, IpAddr), String> {
     let bind: SocketAddr = if peer.is_ipv6() {
         "[::]:0".parse()
     } else {
@@ -267,7 +267,7 @@ fn iface_for_peer(peer: IpAddr) -> Result<(String, IpAddr), String> {
 }
 
 /// The interface that carries `address`, via getifaddrs.
-fn iface_owning_address(address: IpAddr) -> Result<Option<String>, String> {
+pub fn iface_owning_address(address: IpAddr) -> Result<Option<String>, String> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we free below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -361,7 +361,7 @@ fn ifreq_for(iface: &str) -> Result<libc::ifreq, String> {
 }
 
 /// The MTU of `iface` via SIOCGIFMTU (namespace-correct, unlike a stale /sys).
-fn interface_mtu(iface: &str) -> Result<u32, String> {
+pub fn interface_mtu(iface: &str) -> Result<u32, String> {
     let socket = ioctl_socket().map_err(|e| format!("cannot open a socket for SIOCGIFMTU: {e}"))?;
     let mut request = ifreq_for(iface)?;
     // SAFETY: request is a valid ifreq for SIOCGIFMTU.
@@ -525,82 +525,13 @@ fn legacy_ufo(iface: &str) -> io::Result<bool> {
 
 /// Looks up the `ovs_datapath` generic-netlink family (CTRL_CMD_GETFAMILY).
 fn probe_ovs_datapath() -> Finding<Tri> {
-    match ovs::lookup_family("ovs_datapath") {
+    match crate::datapath::odp::genl::resolve_family("ovs_datapath") {
         Ok(Some(id)) => Finding::new(Tri::Yes, format!("generic-netlink family ovs_datapath present (id {id})")),
         Ok(None) => Finding::new(
             Tri::No,
             "generic-netlink family ovs_datapath not found (openvswitch module not loaded or not built)",
         ),
         Err(e) => Finding::new(Tri::Unknown, format!("generic-netlink lookup of ovs_datapath failed: {e}")),
-    }
-}
-
-mod ovs {
-    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
-    use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
-    use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
-    use netlink_packet_generic::GenlMessage;
-    use netlink_sys::{protocols::NETLINK_GENERIC, Socket, SocketAddr};
-    use std::os::fd::AsRawFd;
-
-    /// The family id of `name`, `None` if the kernel does not know it.
-    pub fn lookup_family(name: &str) -> Result<Option<u16>, String> {
-        let mut socket =
-            Socket::new(NETLINK_GENERIC).map_err(|e| format!("netlink socket: {e}"))?;
-        socket
-            .bind_auto()
-            .map_err(|e| format!("netlink bind: {e}"))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| format!("netlink connect: {e}"))?;
-        // The kernel answers synchronously; the timeout only guards against surprises.
-        let timeout = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: valid fd and a timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
-        let mut request = GenlMessage::from_payload(GenlCtrl {
-            cmd: GenlCtrlCmd::GetFamily,
-            nlas: vec![GenlCtrlAttrs::FamilyName(name.to_string())],
-        });
-        request.finalize();
-        let mut message = NetlinkMessage::from(request);
-        message.header.flags = NLM_F_REQUEST;
-        message.header.sequence_number = 1;
-        message.finalize();
-        let mut buffer = vec![0u8; message.buffer_len()];
-        message.serialize(&mut buffer);
-        socket
-            .send(&buffer, 0)
-            .map_err(|e| format!("netlink send: {e}"))?;
-        let (reply, _) = socket
-            .recv_from_full()
-            .map_err(|e| format!("netlink receive: {e}"))?;
-        let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&reply)
-            .map_err(|e| format!("malformed netlink reply: {e}"))?;
-        match reply.payload {
-            NetlinkPayload::InnerMessage(genl) => {
-                Ok(genl.payload.nlas.iter().find_map(|nla| match nla {
-                    GenlCtrlAttrs::FamilyId(id) => Some(*id),
-                    _ => None,
-                }))
-            }
-            NetlinkPayload::Error(error) => match error.code {
-                Some(code) if code.get() == -libc::ENOENT => Ok(None),
-                Some(code) => Err(std::io::Error::from_raw_os_error(-code.get()).to_string()),
-                None => Err("unexpected ACK without a family".to_string()),
-            },
-            other => Err(format!("unexpected netlink reply {other:?}")),
-        }
     }
 }
 

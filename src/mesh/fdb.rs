@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A 48-bit Ethernet MAC address.
-pub type Mac = [u8; 6];
+pub use crate::wire::ethernet::MacAddr as Mac;
 
 /// Default idle age of a learned MAC address.
 pub const DEFAULT_MAC_AGE: Duration = Duration::from_secs(600);
@@ -73,7 +73,7 @@ impl Fdb {
     /// Records that a frame with source `mac` arrived from `location`.
     /// Group addresses (broadcast, multicast) are never sources and are ignored.
     pub fn learn(&mut self, mac: Mac, location: Location, now: Instant) -> Learned {
-        if is_group(&mac) || mac == [0; 6] {
+        if mac.is_multicast() || mac == Mac::default() {
             return Learned::Refreshed;
         }
         let age = self.age;
@@ -140,23 +140,12 @@ impl Fdb {
     }
 }
 
-/// Whether a MAC is a group (broadcast or multicast) address: the I/G bit.
-#[inline]
-pub fn is_group(mac: &Mac) -> bool {
-    mac[0] & 1 == 1
-}
-
-/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
-pub fn mac_text(mac: &Mac) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const A: Mac = [0x02, 0, 0, 0, 0, 0xa];
-    const B: Mac = [0x02, 0, 0, 0, 0, 0xb];
+    const A: Mac = Mac([0x02, 0, 0, 0, 0, 0xa]);
+    const B: Mac = Mac([0x02, 0, 0, 0, 0, 0xb]);
 
     #[test]
     fn learn_lookup_move_and_age() {
@@ -183,12 +172,12 @@ mod tests {
     fn group_addresses_are_never_learned() {
         let t0 = Instant::now();
         let mut fdb = Fdb::new(DEFAULT_MAC_AGE);
-        fdb.learn([0xff; 6], Location::Local, t0);
-        fdb.learn([0x01, 0, 0x5e, 0, 0, 1], Location::Local, t0);
-        fdb.learn([0; 6], Location::Local, t0);
+        fdb.learn(Mac([0xff; 6]), Location::Local, t0);
+        fdb.learn(Mac([0x01, 0, 0x5e, 0, 0, 1]), Location::Local, t0);
+        fdb.learn(Mac([0; 6]), Location::Local, t0);
         assert!(fdb.is_empty());
-        assert!(is_group(&[0x33, 0x33, 0, 0, 0, 1]));
-        assert!(!is_group(&A));
+        assert!(Mac([0x33, 0x33, 0, 0, 0, 1]).is_multicast());
+        assert!(!A.is_multicast());
     }
 
     #[test]
@@ -200,7 +189,7 @@ mod tests {
         fdb.forget(Location::Peer(1));
         assert_eq!(fdb.lookup(&A, t0), None);
         assert_eq!(fdb.lookup(&B, t0), Some(Location::Peer(2)));
-        assert_eq!(mac_text(&A), "02:00:00:00:00:0a");
+        assert_eq!(A.to_string(), "02:00:00:00:00:0a");
     }
 
     #[test]
@@ -209,9 +198,9 @@ mod tests {
         let mut fdb = Fdb::new(DEFAULT_MAC_AGE);
         for i in 0..MAX_ENTRIES as u32 {
             let b = i.to_be_bytes();
-            fdb.learn([0x02, 0, b[0], b[1], b[2], b[3]], Location::Local, t0);
+            fdb.learn(Mac([0x02, 0, b[0], b[1], b[2], b[3]]), Location::Local, t0);
         }
-        assert_eq!(fdb.learn([0x02, 1, 0, 0, 0, 0], Location::Local, t0), Learned::Full);
+        assert_eq!(fdb.learn(Mac([0x02, 1, 0, 0, 0, 0]), Location::Local, t0), Learned::Full);
         assert_eq!(fdb.len(), MAX_ENTRIES);
     }
 }

@@ -179,18 +179,7 @@ pub struct Fastdp {
     frame_buf: Vec<u8>,
 }
 
-/// Runs `ip ARGS`.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
+use crate::datapath::tap::ip;
 
 /// Forgets the MACs the bridge learned on `port`.
 fn flush_bridge_port(port: &str) {

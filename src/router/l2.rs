@@ -9,7 +9,7 @@
 //! frame loops between hosts.
 
 use crate::api::l2_status::L2Counters;
-use crate::mesh::fdb::{self, Fdb, Location, Mac};
+use crate::mesh::fdb::{Fdb, Location, Mac};
 use std::time::{Duration, Instant};
 
 /// Ethernet header without VLAN tag.
@@ -22,13 +22,13 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 /// Destination MAC of an Ethernet frame, if it has a whole header.
 #[inline]
 pub fn destination_mac(frame: &[u8]) -> Option<Mac> {
-    frame.get(0..6)?.try_into().ok()
+    Mac::from_bytes(frame)
 }
 
 /// Source MAC of an Ethernet frame, if it has a whole header.
 #[inline]
 pub fn source_mac(frame: &[u8]) -> Option<Mac> {
-    frame.get(6..12)?.try_into().ok()
+    Mac::from_bytes(frame.get(6..)?)
 }
 
 /// Bridge-mode settings the router needs.
@@ -96,7 +96,7 @@ impl L2Switch {
         }
         let (Some(dst), Some(src)) = (destination_mac(frame), source_mac(frame)) else { return Egress::Drop };
         self.fdb.learn(src, Location::Local, now);
-        if fdb::is_group(&dst) {
+        if dst.is_multicast() {
             self.counters.flooded += 1;
             return Egress::Flood;
         }
@@ -122,7 +122,7 @@ impl L2Switch {
             return false;
         }
         let Some(src) = source_mac(frame) else { return false };
-        if fdb::is_group(&src) {
+        if src.is_multicast() {
             // A group address is never a valid source (IEEE 802.3).
             self.counters.bad_source += 1;
             return false;
@@ -150,15 +150,15 @@ mod tests {
 
     fn frame(dst: Mac, src: Mac, len: usize) -> Vec<u8> {
         let mut f = vec![0u8; len];
-        f[0..6].copy_from_slice(&dst);
-        f[6..12].copy_from_slice(&src);
+        f[0..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
         f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         f
     }
 
-    const A: Mac = [2, 0, 0, 0, 0, 0xa];
-    const B: Mac = [2, 0, 0, 0, 0, 0xb];
-    const BCAST: Mac = [0xff; 6];
+    const A: Mac = Mac([2, 0, 0, 0, 0, 0xa]);
+    const B: Mac = Mac([2, 0, 0, 0, 0, 0xb]);
+    const BCAST: Mac = Mac::BROADCAST;
 
     #[test]
     fn flood_learn_unicast() {

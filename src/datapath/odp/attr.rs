@@ -226,23 +226,8 @@ fn fixed<const N: usize>(value: &[u8], what: &str) -> Result<[u8; N], ParseError
         .ok_or_else(|| ParseError(format!("{what}: {} bytes, expected {N}", value.len())))
 }
 
-/// A MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// Broadcast or multicast (group bit set): flooded, never learned.
-    pub fn is_group(&self) -> bool {
-        self.0[0] & 1 == 1
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
-    }
-}
+/// A MAC address: the one type the wire parsers use.
+pub use crate::wire::ethernet::MacAddr as Mac;
 
 /// The outer (underlay) side of a packet that arrived through the VXLAN vport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -311,6 +311,18 @@ pub fn resolve_family(name: &str) -> Result<Option<u16>, NlError> {
     let mut socket = Socket::new(NETLINK_GENERIC).map_err(|e| NlError::Io("netlink socket".into(), e))?;
     socket.bind_auto().map_err(|e| NlError::Io("netlink bind".into(), e))?;
     socket.connect(&SocketAddr::new(0, 0)).map_err(|e| NlError::Io("netlink connect".into(), e))?;
+    // The kernel answers synchronously; the timeout only guards against surprises.
+    let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: valid fd and a timeval of the right size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
     let mut request = GenlMessage::from_payload(GenlCtrl {
         cmd: GenlCtrlCmd::GetFamily,
         nlas: vec![GenlCtrlAttrs::FamilyName(name.to_string())],

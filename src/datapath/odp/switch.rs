@@ -148,14 +148,14 @@ impl Switch {
             return Decision { flow: Some(*key), actions: Vec::new(), flush: false, to_userspace: None };
         };
         let mut flush = false;
-        if !key.eth_src.is_group() {
+        if !key.eth_src.is_multicast() {
             match self.macs.insert(key.eth_src, (source, now)) {
                 Some((old, _)) if old != source => flush = true, // moved
                 None => flush = true,                            // flood flows towards it are stale
                 _ => {}
             }
         }
-        let destination = if key.eth_dst.is_group() { None } else { self.lookup(&key.eth_dst) };
+        let destination = if key.eth_dst.is_multicast() { None } else { self.lookup(&key.eth_dst) };
         let actions: Vec<Action> = match (source, destination) {
             (Location::Local, Some(Location::Peer(peer))) if !self.sending.contains(&peer) => {
                 return Decision { flow: None, actions: Vec::new(), flush, to_userspace: Some(peer) };
