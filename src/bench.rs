@@ -63,11 +63,20 @@ fn session_pair(cipher: CipherKind) -> (Session, Session) {
 pub fn pipeline_once(tx: &Session, rx: &Session, buf: &mut [u8], size: usize, vni: u32) -> usize {
     // The packet is already in place after the sleeve and record headers,
     // as a TUN read puts it.
-    let Some(record_len) = sleeve::emit_record_header(&mut buf[sleeve::HEADER_LEN..], vni, size) else { return 0 };
-    let Ok(len) = tx.seal(MessageType::Data, buf, record_len) else { return 0 };
-    let Ok(packet) = sleeve::Packet::new_checked(&buf[..len]) else { return 0 };
+    let Some(record_len) = sleeve::emit_record_header(&mut buf[sleeve::HEADER_LEN..], vni, size)
+    else {
+        return 0;
+    };
+    let Ok(len) = tx.seal(MessageType::Data, buf, record_len) else {
+        return 0;
+    };
+    let Ok(packet) = sleeve::Packet::new_checked(&buf[..len]) else {
+        return 0;
+    };
     let counter = packet.counter();
-    let Ok(plain) = rx.open(counter, &mut buf[..len]) else { return 0 };
+    let Ok(plain) = rx.open(counter, &mut buf[..len]) else {
+        return 0;
+    };
     let mut seen = 0;
     for record in Records::new(&buf[sleeve::HEADER_LEN..sleeve::HEADER_LEN + plain]) {
         match record {
@@ -79,37 +88,66 @@ pub fn pipeline_once(tx: &Session, rx: &Session, buf: &mut [u8], size: usize, vn
 }
 
 /// Measures one case.
-pub fn measure(cipher: CipherKind, size: usize, batch: usize, threads: usize, duration: Duration) -> BenchResult {
+pub fn measure(
+    cipher: CipherKind,
+    size: usize,
+    batch: usize,
+    threads: usize,
+    duration: Duration,
+) -> BenchResult {
     let (tx, rx) = session_pair(cipher);
     let slot = sleeve::HEADER_LEN + sleeve::RECORD_OVERHEAD + size + sleeve::TAG_LEN;
     let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0xa5u8; slot]).collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
     let start = Instant::now();
     let mut packets = 0u64;
     while start.elapsed() < duration {
         let ok: usize = if threads == 1 {
-            bufs.iter_mut().map(|b| usize::from(pipeline_once(&tx, &rx, b, size, 7) == size)).sum()
+            bufs.iter_mut()
+                .map(|b| usize::from(pipeline_once(&tx, &rx, b, size, 7) == size))
+                .sum()
         } else {
-            pool.install(|| bufs.par_iter_mut().map(|b| usize::from(pipeline_once(&tx, &rx, b, size, 7) == size)).sum())
+            pool.install(|| {
+                bufs.par_iter_mut()
+                    .map(|b| usize::from(pipeline_once(&tx, &rx, b, size, 7) == size))
+                    .sum()
+            })
         };
         // Parallel sealing reorders counters; a few may fall outside the
         // replay window only if batches were huge. Count what got through.
         packets += ok as u64;
     }
     let secs = start.elapsed().as_secs_f64();
-    BenchResult { cipher, size, threads, packets_per_sec: packets as f64 / secs }
+    BenchResult {
+        cipher,
+        size,
+        threads,
+        packets_per_sec: packets as f64 / secs,
+    }
 }
 
 /// Runs `weft bench`.
 pub fn run(args: &BenchArgs) -> ExitCode {
-    if args.batch == 0 || args.sizes.iter().any(|s| *s == 0 || *s > 65000) || !(args.seconds > 0.0) {
+    if args.batch == 0 || args.sizes.iter().any(|s| *s == 0 || *s > 65000) || !(args.seconds > 0.0)
+    {
         eprintln!("weft bench: --batch must be > 0, --sizes between 1 and 65000, --seconds > 0");
         return ExitCode::from(2);
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let duration = Duration::from_secs_f64(args.seconds);
-    println!("weft bench: frame -> seal -> open -> unframe, batches of {}, {:.1} s per case", args.batch, args.seconds);
-    println!("{:<18} {:>6} {:>8} {:>14} {:>10}", "cipher", "bytes", "threads", "packets/s", "Gbit/s");
+    println!(
+        "weft bench: frame -> seal -> open -> unframe, batches of {}, {:.1} s per case",
+        args.batch, args.seconds
+    );
+    println!(
+        "{:<18} {:>6} {:>8} {:>14} {:>10}",
+        "cipher", "bytes", "threads", "packets/s", "Gbit/s"
+    );
     for cipher in [CipherKind::ChaChaPoly, CipherKind::AesGcm] {
         for &size in &args.sizes {
             let mut thread_counts = vec![1];
@@ -129,7 +167,9 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             }
         }
     }
-    println!("Per-core figures are the 1-thread rows; each packet is both sealed and opened, so a host");
+    println!(
+        "Per-core figures are the 1-thread rows; each packet is both sealed and opened, so a host"
+    );
     println!("doing only one direction moves about twice this. The rayon rows show what spreading a batch");
     println!("over every core would give when the cores have nothing else to do.");
     ExitCode::SUCCESS

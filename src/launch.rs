@@ -222,7 +222,9 @@ pub fn parse_overlay(text: &str) -> Result<(IpAddr, u8), String> {
     let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     if prefix == 0 || prefix > max {
-        return Err(format!("--overlay {text:?}: prefix length must be between 1 and {max}"));
+        return Err(format!(
+            "--overlay {text:?}: prefix length must be between 1 and {max}"
+        ));
     }
     if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
         return Err(format!("--overlay {text:?}: {addr} cannot be a host address; use a unicast address such as 10.40.0.1/16"));
@@ -248,7 +250,11 @@ pub fn parse_peer(text: &str) -> Result<SocketAddr, String> {
         }
         return Ok(sa);
     }
-    if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
     Err(format!(
@@ -257,7 +263,9 @@ pub fn parse_peer(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_listen(text: &str, flag: &str) -> Result<SocketAddr, String> {
-    text.parse::<SocketAddr>().map_err(|_| format!("{flag} {text:?} is not IP:PORT, e.g. 198.18.0.1:6783 or 0.0.0.0:6783"))
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("{flag} {text:?} is not IP:PORT, e.g. 198.18.0.1:6783 or 0.0.0.0:6783")
+    })
 }
 
 fn parse_cipher(text: &str) -> Result<CipherChoice, String> {
@@ -265,7 +273,9 @@ fn parse_cipher(text: &str) -> Result<CipherChoice, String> {
         "auto" => Ok(CipherChoice::Auto),
         "chacha20poly1305" | "chachapoly" => Ok(CipherChoice::Exactly(CipherKind::ChaChaPoly)),
         "aes256gcm" | "aesgcm" => Ok(CipherChoice::Exactly(CipherKind::AesGcm)),
-        other => Err(format!("--cipher {other:?} is not known; use auto, chacha20poly1305 or aes256gcm")),
+        other => Err(format!(
+            "--cipher {other:?} is not known; use auto, chacha20poly1305 or aes256gcm"
+        )),
     }
 }
 
@@ -286,9 +296,15 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("cannot read --config {}: {e}", path.display())))?;
             toml::from_str(&text).map_err(|e: toml::de::Error| {
-                let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
                 let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-                usage(format!("--config {}: {}{at}", path.display(), e.message().trim().replace('\n', " ")))
+                usage(format!(
+                    "--config {}: {}{at}",
+                    path.display(),
+                    e.message().trim().replace('\n', " ")
+                ))
             })?
         }
         None => ConfigFile::default(),
@@ -301,17 +317,31 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         Some(l) => parse_listen(&l, "--listen").map_err(usage)?,
         None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_PORT),
     };
-    let peer_texts = if args.peers.is_empty() { file.peers } else { args.peers };
-    let peers = peer_texts.iter().map(|p| parse_peer(p)).collect::<Result<Vec<_>, _>>().map_err(usage)?;
+    let peer_texts = if args.peers.is_empty() {
+        file.peers
+    } else {
+        args.peers
+    };
+    let peers = peer_texts
+        .iter()
+        .map(|p| parse_peer(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
     for p in &peers {
         if p.ip() == listen.ip() && p.port() == listen.port() {
-            return Err(usage(format!("--peer {p} is this host's own --listen address")));
+            return Err(usage(format!(
+                "--peer {p} is this host's own --listen address"
+            )));
         }
     }
     let mode = match (args.mode, &file.mode) {
         (Some(m), _) => m,
         (None, Some(text)) => <crate::host::plan::Mode as clap::ValueEnum>::from_str(text, true)
-            .map_err(|_| usage(format!("mode {text:?} in --config is not one of auto, fastdp, xdp, udp, plain")))?,
+            .map_err(|_| {
+                usage(format!(
+                    "mode {text:?} in --config is not one of auto, fastdp, xdp, udp, plain"
+                ))
+            })?,
         (None, None) => crate::host::plan::Mode::Auto,
     };
     let plain = mode == crate::host::plan::Mode::Plain;
@@ -328,14 +358,31 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         None if plain => IfaceKind::Bridge,
         None => IfaceKind::Tun,
     };
-    let vxlan_port = args.vxlan_port.or(file.vxlan_port).unwrap_or(crate::wire::vxlan::DEFAULT_PORT);
+    let vxlan_port = args
+        .vxlan_port
+        .or(file.vxlan_port)
+        .unwrap_or(crate::wire::vxlan::DEFAULT_PORT);
     if vxlan_port == 0 {
-        return Err(usage("--vxlan-port 0 is not a port; the standard VXLAN port is 4789"));
+        return Err(usage(
+            "--vxlan-port 0 is not a port; the standard VXLAN port is 4789",
+        ));
     }
-    let vtep_texts = if args.vteps.is_empty() { file.vteps } else { args.vteps };
+    let vtep_texts = if args.vteps.is_empty() {
+        file.vteps
+    } else {
+        args.vteps
+    };
     let vteps = vtep_texts
         .iter()
-        .map(|t| parse_peer(t).map(|a| if t.parse::<SocketAddr>().is_ok() { a } else { SocketAddr::new(a.ip(), vxlan_port) }))
+        .map(|t| {
+            parse_peer(t).map(|a| {
+                if t.parse::<SocketAddr>().is_ok() {
+                    a
+                } else {
+                    SocketAddr::new(a.ip(), vxlan_port)
+                }
+            })
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| usage(e.replace("--peer", "--vtep")))?;
     if !vteps.is_empty() && !plain {
@@ -393,15 +440,21 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         )));
     }
     let status_addr = parse_listen(
-        &args.status_addr.or(file.status_addr).unwrap_or_else(|| crate::cli::DEFAULT_STATUS_ADDR.into()),
+        &args
+            .status_addr
+            .or(file.status_addr)
+            .unwrap_or_else(|| crate::cli::DEFAULT_STATUS_ADDR.into()),
         "--status-addr",
     )
     .map_err(usage)?;
     let vni = args.vni.or(file.vni).unwrap_or(1);
     if vni > crate::wire::vxlan::MAX_VNI {
-        return Err(usage(format!("--vni {vni} does not fit VXLAN's 24 bits (0..=16777215)")));
+        return Err(usage(format!(
+            "--vni {vni} does not fit VXLAN's 24 bits (0..=16777215)"
+        )));
     }
-    let cipher = parse_cipher(&args.cipher.or(file.cipher).unwrap_or_else(|| "auto".into())).map_err(usage)?;
+    let cipher = parse_cipher(&args.cipher.or(file.cipher).unwrap_or_else(|| "auto".into()))
+        .map_err(usage)?;
     let name = args.name.or(file.name).unwrap_or_else(hostname);
     let mut timers = Timers::default();
     let t = &file.timers;
@@ -428,7 +481,11 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         fastdp_proof.retry_after = Duration::from_secs(s.max(1));
     }
     let fastdp_flow_idle = Duration::from_secs(t.fastdp_flow_idle_secs.unwrap_or(10).max(1));
-    let trusted_texts = if args.trusted_subnets.is_empty() { file.trusted_subnets } else { args.trusted_subnets };
+    let trusted_texts = if args.trusted_subnets.is_empty() {
+        file.trusted_subnets
+    } else {
+        args.trusted_subnets
+    };
     let trusted = trusted_texts
         .iter()
         .map(|t| crate::router::fastdp::parse_trusted_subnet(t))
@@ -440,13 +497,18 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
     } else if insecure {
         Some(crate::router::fastdp::PlaintextPolicy::AllPeers)
     } else if !trusted.is_empty() {
-        Some(crate::router::fastdp::PlaintextPolicy::TrustedSubnets(trusted))
+        Some(crate::router::fastdp::PlaintextPolicy::TrustedSubnets(
+            trusted,
+        ))
     } else {
         None
     };
     let fastdp_port = args.fastdp_port.or(file.fastdp_port).unwrap_or(6784);
     if fastdp_port == 0 || fastdp_port == listen.port() {
-        return Err(usage(format!("--fastdp-port {fastdp_port} must be a port other than 0 and the --listen port {}", listen.port())));
+        return Err(usage(format!(
+            "--fastdp-port {fastdp_port} must be a port other than 0 and the --listen port {}",
+            listen.port()
+        )));
     }
     Ok(Plan {
         overlay_addr,
@@ -477,23 +539,41 @@ pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
     match addr {
         IpAddr::V4(a) => {
             let text = std::fs::read_to_string("/proc/net/route").ok()?;
-            let mask = |p: u8| if p == 0 { 0 } else { u32::MAX << (32 - u32::from(p)) };
+            let mask = |p: u8| {
+                if p == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(p))
+                }
+            };
             let ours = u32::from(a) & mask(prefix);
             for line in text.lines().skip(1) {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 if f.len() < 8 {
                     continue;
                 }
-                let (Ok(dst), Ok(m)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16)) else { continue };
+                let (Ok(dst), Ok(m)) =
+                    (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16))
+                else {
+                    continue;
+                };
                 // /proc/net/route prints the raw little-endian words.
-                let (dst, m) = (u32::from_be_bytes(dst.to_le_bytes()), u32::from_be_bytes(m.to_le_bytes()));
+                let (dst, m) = (
+                    u32::from_be_bytes(dst.to_le_bytes()),
+                    u32::from_be_bytes(m.to_le_bytes()),
+                );
                 let theirs_prefix = m.count_ones() as u8;
                 if theirs_prefix == 0 {
                     continue; // the default route overlaps everything by design
                 }
                 let common = mask(prefix.min(theirs_prefix));
                 if ours & common == dst & common {
-                    return Some(format!("{}/{} dev {}", std::net::Ipv4Addr::from(dst), theirs_prefix, f[0]));
+                    return Some(format!(
+                        "{}/{} dev {}",
+                        std::net::Ipv4Addr::from(dst),
+                        theirs_prefix,
+                        f[0]
+                    ));
                 }
             }
             None
@@ -501,15 +581,30 @@ pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
         IpAddr::V6(a) => {
             let text = std::fs::read_to_string("/proc/net/ipv6_route").ok()?;
             let ours = u128::from(a);
-            let mask = |p: u8| if p == 0 { 0 } else { u128::MAX << (128 - u32::from(p)) };
+            let mask = |p: u8| {
+                if p == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(p))
+                }
+            };
             for line in text.lines() {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 if f.len() < 10 {
                     continue;
                 }
-                let (Ok(dst), Ok(p)) = (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16)) else { continue };
+                let (Ok(dst), Ok(p)) =
+                    (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16))
+                else {
+                    continue;
+                };
                 let ip = std::net::Ipv6Addr::from(dst);
-                if p == 0 || ip.is_loopback() || ip.is_multicast() || (dst >> 118) == 0x3fa || f[9] == "lo" {
+                if p == 0
+                    || ip.is_loopback()
+                    || ip.is_multicast()
+                    || (dst >> 118) == 0x3fa
+                    || f[9] == "lo"
+                {
                     continue;
                 }
                 let common = mask(prefix.min(p));
@@ -523,13 +618,20 @@ pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
 }
 
 /// Finds the underlay interface and its MTU, saying how it was found.
-fn underlay(listen: SocketAddr, peers: &[SocketAddr]) -> Result<(String, u16, String), LaunchError> {
+fn underlay(
+    listen: SocketAddr,
+    peers: &[SocketAddr],
+) -> Result<(String, u16, String), LaunchError> {
     use crate::host::facts::{iface_for_peer, iface_owning_address, interface_mtu};
     let (iface, why) = if !listen.ip().is_unspecified() {
         let ip = listen.ip();
         let iface = iface_owning_address(ip)
             .map_err(LaunchError::Runtime)?
-            .ok_or_else(|| usage(format!("no interface holds {ip}; use one of this host's addresses in --listen")))?;
+            .ok_or_else(|| {
+                usage(format!(
+                    "no interface holds {ip}; use one of this host's addresses in --listen"
+                ))
+            })?;
         (iface, format!("it holds the --listen address {ip}"))
     } else {
         let Some(p) = peers.first() else {
@@ -540,7 +642,8 @@ fn underlay(listen: SocketAddr, peers: &[SocketAddr]) -> Result<(String, u16, St
         let (iface, _) = iface_for_peer(p.ip()).map_err(usage)?;
         (iface, format!("the route to peer {p} leaves through it"))
     };
-    let mtu = interface_mtu(&iface).map_err(|e| LaunchError::Runtime(format!("cannot read the MTU of {iface}: {e}")))?;
+    let mtu = interface_mtu(&iface)
+        .map_err(|e| LaunchError::Runtime(format!("cannot read the MTU of {iface}: {e}")))?;
     Ok((iface, u16::try_from(mtu).unwrap_or(u16::MAX), why))
 }
 
@@ -551,7 +654,9 @@ fn open_xdp(
     listen: SocketAddr,
     udp_socket: &std::net::UdpSocket,
 ) -> Result<crate::datapath::xdp::XdpUnderlay, String> {
-    let kernel = udp_socket.try_clone().map_err(|e| format!("AF_XDP: cannot duplicate the UDP socket: {e}"))?;
+    let kernel = udp_socket
+        .try_clone()
+        .map_err(|e| format!("AF_XDP: cannot duplicate the UDP socket: {e}"))?;
     let config = crate::datapath::xdp::XdpConfig {
         interface: iface.to_string(),
         extra_ports: Vec::new(),
@@ -580,7 +685,11 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     let plan = build_plan(args)?;
     let plain = plan.mode == crate::host::plan::Mode::Plain;
     let l2 = plan.l2.is_some();
-    let framing = if plain { Framing::PlainVxlan } else { Framing::Sleeve };
+    let framing = if plain {
+        Framing::PlainVxlan
+    } else {
+        Framing::Sleeve
+    };
     let remotes: Vec<SocketAddr> = match &plan.l2 {
         Some(l2) if plain => l2.vteps.clone(),
         _ => plan.peers.clone(),
@@ -590,8 +699,13 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     tracing::info!("underlay: {underlay_iface} mtu {underlay_mtu} ({why})");
     let ipv6_underlay = plan.listen.is_ipv6() || remotes.first().is_some_and(|p| p.is_ipv6());
     let overlay_mtu = overhead::overlay_mtu(underlay_mtu, framing, ipv6_underlay, l2);
-    let min = if plan.overlay_addr.is_ipv4() { overhead::MIN_OVERLAY_MTU_IPV4 } else { overhead::MIN_OVERLAY_MTU_IPV6 };
-    let overhead_bytes = overhead::datagram_overhead(framing, ipv6_underlay) + if l2 { overhead::ETHERNET_HEADER } else { 0 };
+    let min = if plan.overlay_addr.is_ipv4() {
+        overhead::MIN_OVERLAY_MTU_IPV4
+    } else {
+        overhead::MIN_OVERLAY_MTU_IPV6
+    };
+    let overhead_bytes = overhead::datagram_overhead(framing, ipv6_underlay)
+        + if l2 { overhead::ETHERNET_HEADER } else { 0 };
     let overlay_mtu = match overlay_mtu {
         Some(m) if m >= min => m,
         _ => {
@@ -609,7 +723,9 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         );
     }
     // Preflight: the same checks `weft preflight` prints, logged line by line.
-    let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(underlay_iface.clone()));
+    let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(
+        underlay_iface.clone(),
+    ));
     facts.apply(&crate::host::facts::Assumptions::default());
     let preflight = crate::host::plan::decide(
         &facts,
@@ -624,7 +740,8 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     for line in crate::host::preflight::log_lines(&preflight) {
         tracing::info!("preflight: {line}");
     }
-    let resolved = crate::host::plan::resolve_mode(&preflight, plan.mode, plan.force).map_err(usage)?;
+    let resolved =
+        crate::host::plan::resolve_mode(&preflight, plan.mode, plan.force).map_err(usage)?;
     if let Some(w) = &resolved.warning {
         tracing::warn!("{w}");
     }
@@ -639,12 +756,19 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     } else {
         None
     };
-    let mut implemented = vec![crate::host::plan::Datapath::Xdp, crate::host::plan::Datapath::Udp];
+    let mut implemented = vec![
+        crate::host::plan::Datapath::Xdp,
+        crate::host::plan::Datapath::Udp,
+    ];
     if fastdp_unusable.is_none() {
         implemented.push(crate::host::plan::Datapath::Fastdp);
     }
-    let (mut datapath, mut fallback) = crate::host::plan::launch_datapath(resolved.datapath, &implemented);
-    if let (Some(why), true) = (fastdp_unusable, resolved.datapath == crate::host::plan::Datapath::Fastdp) {
+    let (mut datapath, mut fallback) =
+        crate::host::plan::launch_datapath(resolved.datapath, &implemented);
+    if let (Some(why), true) = (
+        fastdp_unusable,
+        resolved.datapath == crate::host::plan::Datapath::Fastdp,
+    ) {
         fallback = Some(format!("fastdp chosen by preflight is not usable here ({why}); falling back to udp (the userspace sleeve)"));
     }
     let mut datapath_reason = match &fallback {
@@ -706,7 +830,10 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         match open_xdp(&underlay_iface, plan.listen, &udp_socket) {
             Ok(xdp) => {
                 let mode = xdp.mode();
-                tracing::info!("datapath xdp: AF_XDP {mode} on {underlay_iface}, {} queue(s)", xdp.queue_count());
+                tracing::info!(
+                    "datapath xdp: AF_XDP {mode} on {underlay_iface}, {} queue(s)",
+                    xdp.queue_count()
+                );
                 datapath_reason = format!("AF_XDP {mode} on {underlay_iface}; {datapath_reason}");
                 crate::datapath::underlay::Underlay::xdp(xdp)
             }
@@ -726,7 +853,9 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     let (signal_rx, signal_tx) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| LaunchError::Runtime(format!("cannot create the signal pipe: {e}")))?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let tx = signal_tx.try_clone().map_err(|e| LaunchError::Runtime(e.to_string()))?;
+        let tx = signal_tx
+            .try_clone()
+            .map_err(|e| LaunchError::Runtime(e.to_string()))?;
         signal_hook::low_level::pipe::register(sig, tx)
             .map_err(|e| LaunchError::Runtime(format!("cannot handle signal {sig}: {e}")))?;
     }
@@ -736,8 +865,14 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     let mut bridge_guard = None;
     let tun = match &plan.l2 {
         None => {
-            let tun = TunDevice::create(&plan.iface_name, plan.overlay_addr, plan.overlay_prefix, overlay_mtu, plan.offload)
-                .map_err(|e| usage(e.to_string()))?;
+            let tun = TunDevice::create(
+                &plan.iface_name,
+                plan.overlay_addr,
+                plan.overlay_prefix,
+                overlay_mtu,
+                plan.offload,
+            )
+            .map_err(|e| usage(e.to_string()))?;
             match (plan.offload, tun.vnet_hdr()) {
                 (true, true) => tracing::info!("TUN offloads on: IFF_VNET_HDR with TSO/USO; weft segments super-packets itself and coalesces what it writes (GRO)"),
                 (true, false) => tracing::info!("TUN offloads off: the kernel refused IFF_VNET_HDR/TUNSETOFFLOAD; one packet per read and write"),
@@ -753,7 +888,13 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
                 Some((plan.overlay_addr, plan.overlay_prefix)),
             )
             .map_err(usage)?;
-            tracing::info!("bridge {} holds {}/{}; TAP {} on it, mtu {overlay_mtu}", l2plan.bridge, plan.overlay_addr, plan.overlay_prefix, tap.name());
+            tracing::info!(
+                "bridge {} holds {}/{}; TAP {} on it, mtu {overlay_mtu}",
+                l2plan.bridge,
+                plan.overlay_addr,
+                plan.overlay_prefix,
+                tap.name()
+            );
             bridge_guard = Some(guard);
             tap
         }
@@ -767,7 +908,9 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
 
     // Fast datapath: the OVS datapath's port joins the bridge next to the TAP.
     let mut fastdp = None;
-    if let (crate::host::plan::Datapath::Fastdp, Some(l2plan), Some(policy)) = (datapath, plan.l2.as_ref(), plan.plaintext_policy.clone()) {
+    if let (crate::host::plan::Datapath::Fastdp, Some(l2plan), Some(policy)) =
+        (datapath, plan.l2.as_ref(), plan.plaintext_policy.clone())
+    {
         let config = crate::router::fastdp::FastdpConfig {
             datapath: format!("{}-odp", l2plan.bridge).chars().take(15).collect(),
             bridge: l2plan.bridge.clone(),
@@ -784,10 +927,15 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         match crate::router::fastdp::Fastdp::start(config) {
             Ok(f) => {
                 let who = match &policy {
-                    crate::router::fastdp::PlaintextPolicy::AllPeers => "every peer (--insecure-plaintext)".to_string(),
+                    crate::router::fastdp::PlaintextPolicy::AllPeers => {
+                        "every peer (--insecure-plaintext)".to_string()
+                    }
                     crate::router::fastdp::PlaintextPolicy::TrustedSubnets(nets) => format!(
                         "peers in --trusted-subnet {}",
-                        nets.iter().map(|(a, p)| format!("{a}/{p}")).collect::<Vec<_>>().join(", ")
+                        nets.iter()
+                            .map(|(a, p)| format!("{a}/{p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 };
                 datapath_reason = format!(
@@ -806,7 +954,9 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
 
     let public = plan.key.public_base64();
     let cipher_desc = match plan.cipher {
-        CipherChoice::Auto => "encrypted (Noise XXpsk0; data cipher negotiated per peer)".to_string(),
+        CipherChoice::Auto => {
+            "encrypted (Noise XXpsk0; data cipher negotiated per peer)".to_string()
+        }
         CipherChoice::Exactly(c) => format!("encrypted (Noise XXpsk0; data cipher {})", c.name()),
     };
     let status_template = Status {
@@ -826,7 +976,11 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     };
     let snapshot = Arc::new(Mutex::new(status_template.clone()));
     let _status_server = StatusServer::start(http, snapshot.clone());
-    tracing::info!("status on http://{}/status (and /metrics); `weft status --status-addr {}`", plan.status_addr, plan.status_addr);
+    tracing::info!(
+        "status on http://{}/status (and /metrics); `weft status --status-addr {}`",
+        plan.status_addr,
+        plan.status_addr
+    );
 
     let link = Arc::new(LinkConfig {
         key: plan.key,
@@ -837,7 +991,11 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             overlay: vec![format!("{}/{}", plan.overlay_addr, plan.overlay_prefix)],
             vni: plan.vni,
             udp_port: plan.listen.port(),
-            device: if l2 { LocalDevice::Bridge } else { LocalDevice::Tun },
+            device: if l2 {
+                LocalDevice::Bridge
+            } else {
+                LocalDevice::Tun
+            },
             cipher: plan.cipher,
             aes_hw: crate::noise::cipher::cpu_has_aes(),
             session_index: 0,
@@ -848,32 +1006,45 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         underlay_mtu,
         ipv6_underlay,
     });
-    tracing::info!("weft {} up: key {public}, listening on {}, {} configured peer(s)", env!("CARGO_PKG_VERSION"), plan.listen, plan.peers.len());
-    let router = Router::new(
-        tun,
-        underlay_socket,
-        listener,
-        signal_rx,
-        RouterConfig {
-            link,
-            peers: plan.peers,
-            vni: plan.vni,
-            overlay_mtu,
-            datagram_overhead: overhead_bytes,
-            status_template,
-            l2: plan.l2.as_ref().zip(bridge_guard.as_ref()).map(|(p, g)| crate::router::L2Config {
-                bridge: p.bridge.clone(),
-                bridge_created: g.created(),
-                mac_age: p.mac_age,
-            }),
-            fastdp,
-        },
-        snapshot,
-    )
-    .map_err(|e| LaunchError::Runtime(format!("cannot start the event loop: {e}")))?;
-    router.run().map_err(|e| LaunchError::Runtime(format!("event loop failed: {e}")))?;
+    tracing::info!(
+        "weft {} up: key {public}, listening on {}, {} configured peer(s)",
+        env!("CARGO_PKG_VERSION"),
+        plan.listen,
+        plan.peers.len()
+    );
+    let router =
+        Router::new(
+            tun,
+            underlay_socket,
+            listener,
+            signal_rx,
+            RouterConfig {
+                link,
+                peers: plan.peers,
+                vni: plan.vni,
+                overlay_mtu,
+                datagram_overhead: overhead_bytes,
+                status_template,
+                l2: plan.l2.as_ref().zip(bridge_guard.as_ref()).map(|(p, g)| {
+                    crate::router::L2Config {
+                        bridge: p.bridge.clone(),
+                        bridge_created: g.created(),
+                        mac_age: p.mac_age,
+                    }
+                }),
+                fastdp,
+            },
+            snapshot,
+        )
+        .map_err(|e| LaunchError::Runtime(format!("cannot start the event loop: {e}")))?;
+    router
+        .run()
+        .map_err(|e| LaunchError::Runtime(format!("event loop failed: {e}")))?;
     drop(bridge_guard);
-    tracing::info!("stopped; the {} device and its route are gone", if l2 { "TAP" } else { "TUN" });
+    tracing::info!(
+        "stopped; the {} device and its route are gone",
+        if l2 { "TAP" } else { "TUN" }
+    );
     Ok(())
 }
 
@@ -883,9 +1054,21 @@ mod tests {
 
     #[test]
     fn overlay_parsing() {
-        assert_eq!(parse_overlay("10.40.0.1/16").unwrap(), ("10.40.0.1".parse().unwrap(), 16));
+        assert_eq!(
+            parse_overlay("10.40.0.1/16").unwrap(),
+            ("10.40.0.1".parse().unwrap(), 16)
+        );
         assert_eq!(parse_overlay("fd00::1/64").unwrap().1, 64);
-        for bad in ["10.40.0.1", "10.40.0.1/33", "10.40.0.1/0", "x/16", "10.40.0.0/16", "10.40.255.255/16", "127.0.0.1/8", ""] {
+        for bad in [
+            "10.40.0.1",
+            "10.40.0.1/33",
+            "10.40.0.1/0",
+            "x/16",
+            "10.40.0.0/16",
+            "10.40.255.255/16",
+            "127.0.0.1/8",
+            "",
+        ] {
             let e = parse_overlay(bad).unwrap_err();
             assert!(e.contains("--overlay"), "{bad}: {e}");
         }
@@ -893,10 +1076,15 @@ mod tests {
 
     #[test]
     fn peer_parsing() {
-        assert_eq!(parse_peer("198.18.0.2:7000").unwrap(), "198.18.0.2:7000".parse().unwrap());
+        assert_eq!(
+            parse_peer("198.18.0.2:7000").unwrap(),
+            "198.18.0.2:7000".parse().unwrap()
+        );
         assert_eq!(parse_peer("198.18.0.2").unwrap().port(), DEFAULT_PORT);
         assert_eq!(parse_peer("[fd00::2]:6783").unwrap().port(), 6783);
-        assert!(parse_peer("host.example:6783").unwrap_err().contains("--peer"));
+        assert!(parse_peer("host.example:6783")
+            .unwrap_err()
+            .contains("--peer"));
         assert!(parse_peer("198.18.0.2:0").is_err());
     }
 

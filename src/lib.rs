@@ -4,14 +4,14 @@
 //! cores (`wire`, `noise`, `mesh`, `host` decisions) and thin I/O drivers
 //! (`datapath`, `router`, `api`) around them.
 
-pub mod wire;
-pub mod host;
-pub mod noise;
-pub mod mesh;
-pub mod datapath;
 pub mod api;
-pub mod router;
+pub mod bench;
 pub mod cli;
+pub mod datapath;
+pub mod host;
 pub mod launch;
 pub mod logging;
-pub mod bench;
+pub mod mesh;
+pub mod noise;
+pub mod router;
+pub mod wire;

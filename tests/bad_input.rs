@@ -6,25 +6,55 @@ use common::*;
 use std::process::ExitStatus;
 
 /// Runs weft on host A with `args` and checks the rejection contract.
-fn expect_rejected(host: &Host, what: &str, args: &[String], env: &[(&str, &str)], prefix: &[&str], needles: &[&str]) {
+fn expect_rejected(
+    host: &Host,
+    what: &str,
+    args: &[String],
+    env: &[(&str, &str)],
+    prefix: &[&str],
+    needles: &[&str],
+) {
     let (status, stderr) = host.run_weft(args, env, prefix);
     check_rejection(host, what, status, &stderr, needles);
 }
 
 fn check_rejection(host: &Host, what: &str, status: ExitStatus, stderr: &str, needles: &[&str]) {
-    assert_eq!(status.code(), Some(2), "{what}: exit status should be 2, got {status}; stderr:\n{stderr}");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "{what}: exit status should be 2, got {status}; stderr:\n{stderr}"
+    );
     // Progress lines (INFO/WARN) may come before it; the error itself is one line.
     let errors: Vec<&str> = stderr
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.contains(" INFO ") && !l.contains(" WARN ") && !l.contains(" DEBUG "))
+        .filter(|l| {
+            !l.trim().is_empty()
+                && !l.contains(" INFO ")
+                && !l.contains(" WARN ")
+                && !l.contains(" DEBUG ")
+        })
         .collect();
-    assert_eq!(errors.len(), 1, "{what}: expected exactly one error line on stderr, got:\n{stderr}");
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: expected exactly one error line on stderr, got:\n{stderr}"
+    );
     for needle in needles {
-        assert!(errors[0].contains(needle), "{what}: the error should name {needle:?}: {}", errors[0]);
+        assert!(
+            errors[0].contains(needle),
+            "{what}: the error should name {needle:?}: {}",
+            errors[0]
+        );
     }
     assert!(!link_exists(&host.ns, "weft0"), "{what}: weft0 left behind");
-    assert!(!has_route(&host.ns, "10.40."), "{what}: an overlay route left behind");
-    assert!(!has_route(&host.ns, "dev weft0"), "{what}: a route via weft0 left behind");
+    assert!(
+        !has_route(&host.ns, "10.40."),
+        "{what}: an overlay route left behind"
+    );
+    assert!(
+        !has_route(&host.ns, "dev weft0"),
+        "{what}: a route via weft0 left behind"
+    );
     eprintln!("{what}: {}", errors[0].trim());
 }
 
@@ -56,13 +86,45 @@ fn malformed_overlay_and_peer() {
     require_root!();
     let net = Net::pair(1500);
     let a = &net.a;
-    for bad in ["10.40.0.300/16", "10.40.0.1", "10.40.0.1/33", "banana/16", "10.40.0.0/16"] {
-        expect_rejected(a, &format!("--overlay {bad}"), &with(a, "--overlay", bad), &[], &[], &["--overlay", bad]);
+    for bad in [
+        "10.40.0.300/16",
+        "10.40.0.1",
+        "10.40.0.1/33",
+        "banana/16",
+        "10.40.0.0/16",
+    ] {
+        expect_rejected(
+            a,
+            &format!("--overlay {bad}"),
+            &with(a, "--overlay", bad),
+            &[],
+            &[],
+            &["--overlay", bad],
+        );
     }
-    for bad in ["198.18.0.999:6783", "peer.example:6783", "198.18.0.2:99999", "198.18.0.2:0"] {
-        expect_rejected(a, &format!("--peer {bad}"), &with(a, "--peer", bad), &[], &[], &["--peer", bad]);
+    for bad in [
+        "198.18.0.999:6783",
+        "peer.example:6783",
+        "198.18.0.2:99999",
+        "198.18.0.2:0",
+    ] {
+        expect_rejected(
+            a,
+            &format!("--peer {bad}"),
+            &with(a, "--peer", bad),
+            &[],
+            &[],
+            &["--peer", bad],
+        );
     }
-    expect_rejected(a, "--listen nonsense", &with(a, "--listen", "nonsense"), &[], &[], &["--listen", "nonsense"]);
+    expect_rejected(
+        a,
+        "--listen nonsense",
+        &with(a, "--listen", "nonsense"),
+        &[],
+        &[],
+        &["--listen", "nonsense"],
+    );
 }
 
 #[test]
@@ -73,32 +135,74 @@ fn ports_in_use() {
     let listen = format!("{}:{PORT}", a.underlay);
 
     let l = listen.clone();
-    let udp = in_netns(&a.ns, move || std::net::UdpSocket::bind(&l).expect("bind UDP"));
-    expect_rejected(a, "UDP port in use", &a.launch_args(), &[], &[], &[&listen, "in use"]);
+    let udp = in_netns(&a.ns, move || {
+        std::net::UdpSocket::bind(&l).expect("bind UDP")
+    });
+    expect_rejected(
+        a,
+        "UDP port in use",
+        &a.launch_args(),
+        &[],
+        &[],
+        &[&listen, "in use"],
+    );
     drop(udp);
 
     let l = listen.clone();
-    let tcp = in_netns(&a.ns, move || std::net::TcpListener::bind(&l).expect("bind TCP"));
-    expect_rejected(a, "TCP port in use", &a.launch_args(), &[], &[], &[&listen, "in use"]);
+    let tcp = in_netns(&a.ns, move || {
+        std::net::TcpListener::bind(&l).expect("bind TCP")
+    });
+    expect_rejected(
+        a,
+        "TCP port in use",
+        &a.launch_args(),
+        &[],
+        &[],
+        &[&listen, "in use"],
+    );
     drop(tcp);
 
-    let status = in_netns(&a.ns, || std::net::TcpListener::bind("127.0.0.1:6782").expect("bind status"));
-    expect_rejected(a, "status port in use", &a.launch_args(), &[], &[], &["127.0.0.1:6782"]);
+    let status = in_netns(&a.ns, || {
+        std::net::TcpListener::bind("127.0.0.1:6782").expect("bind status")
+    });
+    expect_rejected(
+        a,
+        "status port in use",
+        &a.launch_args(),
+        &[],
+        &[],
+        &["127.0.0.1:6782"],
+    );
     drop(status);
 
     // Another weft already running on the same port.
     let mut net = net;
     net.a.start(&[]);
-    assert!(wait_until(std::time::Duration::from_secs(5), || status_json(&net.a.ns).is_some()));
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        status_json(&net.a.ns).is_some()
+    }));
     // (Another overlay and device name, or the route or device check would fire first.)
     let mut args = with(&net.a, "--iface-name", "weft1");
-    let i = args.iter().position(|a| a == "--overlay").expect("--overlay");
+    let i = args
+        .iter()
+        .position(|a| a == "--overlay")
+        .expect("--overlay");
     args[i + 1] = "10.41.0.1/16".into();
     let (status, stderr) = net.a.run_weft(&args, &[], &[]);
-    assert_eq!(status.code(), Some(2), "second weft on the same port: {stderr}");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "second weft on the same port: {stderr}"
+    );
     assert!(stderr.contains(&listen), "{stderr}");
-    assert!(!link_exists(&net.a.ns, "weft1"), "the second weft left weft1 behind");
-    assert!(link_exists(&net.a.ns, "weft0"), "the second weft must not disturb the first one's device");
+    assert!(
+        !link_exists(&net.a.ns, "weft1"),
+        "the second weft left weft1 behind"
+    );
+    assert!(
+        link_exists(&net.a.ns, "weft0"),
+        "the second weft must not disturb the first one's device"
+    );
 }
 
 #[test]
@@ -114,7 +218,12 @@ fn no_permission_for_tun() {
         "TUN as nobody",
         &args,
         &[("WEFT_SECRET", SECRET)],
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
         &["/dev/net/tun"],
     );
 }
@@ -124,14 +233,41 @@ fn overlay_colliding_with_a_route() {
     require_root!();
     let net = Net::pair(1500);
     let a = &net.a;
-    run("ip", &["-n", &a.ns, "route", "add", "10.77.0.0/16", "dev", "lo"]);
-    expect_rejected(a, "route collision", &with(a, "--overlay", "10.77.0.1/16"), &[], &[], &["10.77.0.1/16", "10.77.0.0/16"]);
+    run(
+        "ip",
+        &["-n", &a.ns, "route", "add", "10.77.0.0/16", "dev", "lo"],
+    );
+    expect_rejected(
+        a,
+        "route collision",
+        &with(a, "--overlay", "10.77.0.1/16"),
+        &[],
+        &[],
+        &["10.77.0.1/16", "10.77.0.0/16"],
+    );
     // A narrower existing route inside the overlay collides too.
-    run("ip", &["-n", &a.ns, "route", "add", "10.88.3.0/24", "dev", "lo"]);
-    expect_rejected(a, "route inside the overlay", &with(a, "--overlay", "10.88.0.1/16"), &[], &[], &["10.88.0.1/16", "10.88.3.0/24"]);
+    run(
+        "ip",
+        &["-n", &a.ns, "route", "add", "10.88.3.0/24", "dev", "lo"],
+    );
+    expect_rejected(
+        a,
+        "route inside the overlay",
+        &with(a, "--overlay", "10.88.0.1/16"),
+        &[],
+        &[],
+        &["10.88.0.1/16", "10.88.3.0/24"],
+    );
     // The underlay's own subnet.
     let underlay_overlay = format!("{}/16", std::net::Ipv4Addr::new(198, 18, 200, 1));
-    expect_rejected(a, "overlay over the underlay", &with(a, "--overlay", &underlay_overlay), &[], &[], &[&underlay_overlay]);
+    expect_rejected(
+        a,
+        "overlay over the underlay",
+        &with(a, "--overlay", &underlay_overlay),
+        &[],
+        &[],
+        &[&underlay_overlay],
+    );
 }
 
 #[test]
@@ -140,28 +276,77 @@ fn missing_or_empty_secret_and_key() {
     let net = Net::pair(1500);
     let a = &net.a;
     let missing = a.path("no-such-secret").display().to_string();
-    expect_rejected(a, "missing secret file", &with(a, "--secret-file", &missing), &[], &[], &[&missing]);
+    expect_rejected(
+        a,
+        "missing secret file",
+        &with(a, "--secret-file", &missing),
+        &[],
+        &[],
+        &[&missing],
+    );
 
     let empty = a.path("empty-secret");
     std::fs::write(&empty, "").expect("write");
     let empty = empty.display().to_string();
-    expect_rejected(a, "empty secret file", &with(a, "--secret-file", &empty), &[], &[], &[&empty]);
+    expect_rejected(
+        a,
+        "empty secret file",
+        &with(a, "--secret-file", &empty),
+        &[],
+        &[],
+        &[&empty],
+    );
 
     let blank = a.path("blank-secret");
     std::fs::write(&blank, "\n  \n").expect("write");
     let blank = blank.display().to_string();
-    expect_rejected(a, "whitespace-only secret file", &with(a, "--secret-file", &blank), &[], &[], &[&blank]);
+    expect_rejected(
+        a,
+        "whitespace-only secret file",
+        &with(a, "--secret-file", &blank),
+        &[],
+        &[],
+        &[&blank],
+    );
 
     let no_secret = without(a, &["--secret-file"]);
-    expect_rejected(a, "no secret at all", &no_secret, &[], &[], &["--secret-file", "WEFT_SECRET"]);
-    expect_rejected(a, "empty WEFT_SECRET", &no_secret, &[("WEFT_SECRET", "")], &[], &["WEFT_SECRET"]);
+    expect_rejected(
+        a,
+        "no secret at all",
+        &no_secret,
+        &[],
+        &[],
+        &["--secret-file", "WEFT_SECRET"],
+    );
+    expect_rejected(
+        a,
+        "empty WEFT_SECRET",
+        &no_secret,
+        &[("WEFT_SECRET", "")],
+        &[],
+        &["WEFT_SECRET"],
+    );
 
     let missing_key = a.path("no-such-key").display().to_string();
-    expect_rejected(a, "missing key file", &with(a, "--key-file", &missing_key), &[], &[], &[&missing_key]);
+    expect_rejected(
+        a,
+        "missing key file",
+        &with(a, "--key-file", &missing_key),
+        &[],
+        &[],
+        &[&missing_key],
+    );
     let bad_key = a.path("bad-key");
     std::fs::write(&bad_key, "not a key\n").expect("write");
     let bad_key = bad_key.display().to_string();
-    expect_rejected(a, "malformed key file", &with(a, "--key-file", &bad_key), &[], &[], &[&bad_key]);
+    expect_rejected(
+        a,
+        "malformed key file",
+        &with(a, "--key-file", &bad_key),
+        &[],
+        &[],
+        &[&bad_key],
+    );
 
     let bad_config = a.path("bad.toml");
     std::fs::write(&bad_config, "[timers]\nrekey_after_minutes = 3\n").expect("write");
@@ -170,8 +355,14 @@ fn missing_or_empty_secret_and_key() {
     // only the exit code, the file name and the cleanup are checked here.
     let (status, stderr) = a.run_weft(&with(a, "--config", &bad_config), &[], &[]);
     assert_eq!(status.code(), Some(2), "unknown config key: {stderr}");
-    assert!(stderr.contains(&bad_config) && stderr.contains("rekey_after_minutes"), "unknown config key: {stderr}");
-    assert!(!link_exists(&a.ns, "weft0"), "unknown config key: weft0 left behind");
+    assert!(
+        stderr.contains(&bad_config) && stderr.contains("rekey_after_minutes"),
+        "unknown config key: {stderr}"
+    );
+    assert!(
+        !link_exists(&a.ns, "weft0"),
+        "unknown config key: weft0 left behind"
+    );
 }
 
 /// With WEFT_SECRET instead of a file, weft runs (the flip side of the checks above).
@@ -184,7 +375,10 @@ fn secret_from_environment_works() {
     net.a.start_with(&args_a, &[("WEFT_SECRET", SECRET)]);
     net.b.start_with(&args_b, &[("WEFT_SECRET", SECRET)]);
     net.wait_established(std::time::Duration::from_secs(10));
-    assert!(wait_until(std::time::Duration::from_secs(5), || ping(&net.a.ns, &net.b.overlay_ip())));
+    assert!(wait_until(std::time::Duration::from_secs(5), || ping(
+        &net.a.ns,
+        &net.b.overlay_ip()
+    )));
 }
 
 /// A secret or key file others can read works but gets a warning naming it.
@@ -196,11 +390,16 @@ fn readable_secret_file_warns() {
     let secret = net.a.path("secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     net.a.start(&[]);
-    assert!(wait_until(std::time::Duration::from_secs(5), || status_json(&net.a.ns).is_some()), "weft did not start");
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || status_json(&net.a.ns)
+            .is_some()),
+        "weft did not start"
+    );
     let logs = net.a.logs();
     let path = secret.display().to_string();
     assert!(
-        logs.lines().any(|l| l.contains("WARN") && l.contains(&path)),
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains(&path)),
         "no warning naming the readable secret file {path}:\n{logs}"
     );
 }

@@ -28,28 +28,72 @@ struct TwoHosts {
 /// `extra_args` go to both weft launches.
 fn two_hosts(tag: &str, extra_config: &str, extra_args: &str) -> TwoHosts {
     let net = Underlay::new(tag);
-    let secret = write_file(&format!("{}-secret", net.h1.name), "bridge-test-secret-0123456789abcdef\n");
-    let config = write_file(&format!("{}-config.toml", net.h1.name), &format!("[timers]\nheartbeat_connecting_ms = 100\n{extra_config}\n"));
+    let secret = write_file(
+        &format!("{}-secret", net.h1.name),
+        "bridge-test-secret-0123456789abcdef\n",
+    );
+    let config = write_file(
+        &format!("{}-config.toml", net.h1.name),
+        &format!("[timers]\nheartbeat_connecting_ms = 100\n{extra_config}\n"),
+    );
     let (bridge1, bridge2) = ("br1".to_string(), "wbr2".to_string());
     net.h1.run(&format!("ip link add {bridge1} type bridge"));
     net.h1.run(&format!("ip link set {bridge1} up"));
-    let common = format!("--iface bridge --secret-file {} --config {} {extra_args}", secret.display(), config.display());
+    let common = format!(
+        "--iface bridge --secret-file {} --config {} {extra_args}",
+        secret.display(),
+        config.display()
+    );
     let w1 = Weft::start(
         &net.h1,
         &format!("--bridge {bridge1} --overlay 10.50.0.1/16 --listen 198.18.0.1:6783 --peer 198.18.0.2:6783 {common}"),
     );
-    let w2 = Weft::start(&net.h2, &format!("--bridge {bridge2} --overlay 10.50.0.2/16 --listen 198.18.0.2:6783 {common}"));
+    let w2 = Weft::start(
+        &net.h2,
+        &format!("--bridge {bridge2} --overlay 10.50.0.2/16 --listen 198.18.0.2:6783 {common}"),
+    );
     assert!(
-        wait_for(Duration::from_secs(10), || (link_exists(&net.h2, &bridge2) && link_exists(&net.h1, "br1-tap")).then_some(())).is_some(),
+        wait_for(Duration::from_secs(10), || (link_exists(&net.h2, &bridge2)
+            && link_exists(&net.h1, "br1-tap"))
+        .then_some(()))
+        .is_some(),
         "bridges not up; h1 log:\n{}\nh2 log:\n{}",
         w1.log_text(),
         w2.log_text()
     );
     let p = &net.h1.name;
-    let c11 = Container::new(&format!("{p}c11"), "02:00:00:00:01:11", "10.50.1.11", MTU, &net.h1, &bridge1);
-    let c12 = Container::new(&format!("{p}c12"), "02:00:00:00:01:12", "10.50.1.12", MTU, &net.h1, &bridge1);
-    let c21 = Container::new(&format!("{p}c21"), "02:00:00:00:02:21", "10.50.2.21", MTU, &net.h2, &bridge2);
-    let c22 = Container::new(&format!("{p}c22"), "02:00:00:00:02:22", "10.50.2.22", MTU, &net.h2, &bridge2);
+    let c11 = Container::new(
+        &format!("{p}c11"),
+        "02:00:00:00:01:11",
+        "10.50.1.11",
+        MTU,
+        &net.h1,
+        &bridge1,
+    );
+    let c12 = Container::new(
+        &format!("{p}c12"),
+        "02:00:00:00:01:12",
+        "10.50.1.12",
+        MTU,
+        &net.h1,
+        &bridge1,
+    );
+    let c21 = Container::new(
+        &format!("{p}c21"),
+        "02:00:00:00:02:21",
+        "10.50.2.21",
+        MTU,
+        &net.h2,
+        &bridge2,
+    );
+    let c22 = Container::new(
+        &format!("{p}c22"),
+        "02:00:00:00:02:22",
+        "10.50.2.22",
+        MTU,
+        &net.h2,
+        &bridge2,
+    );
     let up = wait_for(Duration::from_secs(10), || {
         status(&net.h1)?
             .pointer("/connections/0/state")
@@ -57,8 +101,23 @@ fn two_hosts(tag: &str, extra_config: &str, extra_args: &str) -> TwoHosts {
             .filter(|s| *s == "established")
             .map(|_| ())
     });
-    assert!(up.is_some(), "peers never established; h1 log:\n{}\nh2 log:\n{}", w1.log_text(), w2.log_text());
-    TwoHosts { w1, w2, c11, c12, c21, c22, net, bridge1, bridge2 }
+    assert!(
+        up.is_some(),
+        "peers never established; h1 log:\n{}\nh2 log:\n{}",
+        w1.log_text(),
+        w2.log_text()
+    );
+    TwoHosts {
+        w1,
+        w2,
+        c11,
+        c12,
+        c21,
+        c22,
+        net,
+        bridge1,
+        bridge2,
+    }
 }
 
 fn ping(from: &Container, to: &str) -> bool {
@@ -69,23 +128,40 @@ fn ping(from: &Container, to: &str) -> bool {
 fn bridge_arp_ping_broadcast_oversize_and_cleanup() {
     let mut t = two_hosts("l2a", "", "");
     // MTUs: the bridge and TAP carry the overlay MTU.
-    assert!(t.net.h2.run(&format!("ip link show {}", t.bridge2)).contains(&format!("mtu {MTU}")));
-    assert!(t.net.h1.run("ip link show br1-tap").contains(&format!("mtu {MTU}")));
+    assert!(t
+        .net
+        .h2
+        .run(&format!("ip link show {}", t.bridge2))
+        .contains(&format!("mtu {MTU}")));
+    assert!(t
+        .net
+        .h1
+        .run("ip link show br1-tap")
+        .contains(&format!("mtu {MTU}")));
 
     // ARP + ping between containers on different hosts (both directions).
     assert!(
-        wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip).then_some(())).is_some(),
+        wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip)
+            .then_some(()))
+        .is_some(),
         "c11 cannot reach c21; h1 log:\n{}",
         t.w1.log_text()
     );
     assert!(ping(&t.c22, &t.c12.ip), "c22 cannot reach c12");
     let neigh = t.c11.ns.run(&format!("ip neigh show {}", t.c21.ip));
-    assert!(neigh.contains(&t.c21.mac), "c11 learned {neigh:?} for c21, not its MAC {}", t.c21.mac);
+    assert!(
+        neigh.contains(&t.c21.mac),
+        "c11 learned {neigh:?} for c21, not its MAC {}",
+        t.c21.mac
+    );
     // The hosts' own addresses on the bridges too.
     assert!(ping(&t.c21, "10.50.0.1"));
 
     // A broadcast from c11 reaches every other container exactly once.
-    let counters: Vec<_> = [&t.c12, &t.c21, &t.c22].iter().map(|c| count_udp(&c.ns, 9999, Duration::from_millis(1500))).collect();
+    let counters: Vec<_> = [&t.c12, &t.c21, &t.c22]
+        .iter()
+        .map(|c| count_udp(&c.ns, 9999, Duration::from_millis(1500)))
+        .collect();
     let own = count_udp(&t.c11.ns, 9999, Duration::from_millis(1500));
     t.c11.ns.enter(|| {
         let s = std::net::UdpSocket::bind("10.50.1.11:0").unwrap();
@@ -96,38 +172,73 @@ fn bridge_arp_ping_broadcast_oversize_and_cleanup() {
     assert_eq!(got, vec![1, 1, 1], "broadcast copies at c12, c21, c22");
     // The kernel delivers one local copy of a host's own broadcast; a copy
     // reflected back over the overlay would make it two.
-    assert_eq!(own.join().unwrap(), 1, "the sender's broadcast came back to it over the overlay");
+    assert_eq!(
+        own.join().unwrap(),
+        1,
+        "the sender's broadcast came back to it over the overlay"
+    );
 
     // Frames larger than the overlay MTU are dropped and counted.
     // The kernel bridge itself drops frames above a port's MTU, so only a
     // misconfigured TAP MTU lets one reach weft: raise it along the path.
     t.c11.ns.run("ip link set eth0 mtu 1500");
-    t.net.h1.run(&format!("ip link set v{}c11 mtu 1500", t.net.h1.name));
+    t.net
+        .h1
+        .run(&format!("ip link set v{}c11 mtu 1500", t.net.h1.name));
     t.net.h1.run("ip link set br1-tap mtu 1500");
     let before = stat(&t.net.h1, "/l2/counters/oversized");
-    assert!(!t.c11.ns.try_run(&format!("ping -c 1 -W 1 -M do -s 1472 {}", t.c21.ip)).0);
     assert!(
-        wait_for(Duration::from_secs(2), || (stat(&t.net.h1, "/l2/counters/oversized") > before).then_some(())).is_some(),
+        !t.c11
+            .ns
+            .try_run(&format!("ping -c 1 -W 1 -M do -s 1472 {}", t.c21.ip))
+            .0
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || (stat(
+            &t.net.h1,
+            "/l2/counters/oversized"
+        ) > before)
+            .then_some(()))
+        .is_some(),
         "oversized frame not counted"
     );
-    assert!(t.net.h1.run(&format!("{} status", weft_bin())).contains("Bridge: br1"));
+    assert!(t
+        .net
+        .h1
+        .run(&format!("{} status", weft_bin()))
+        .contains("Bridge: br1"));
 
     // On exit weft removes the bridge it created and its TAPs, and leaves
     // the pre-existing bridge (without the address it added).
     assert_eq!(t.w2.stop(), Some(0), "h2 log:\n{}", t.w2.log_text());
     assert_eq!(t.w1.stop(), Some(0), "h1 log:\n{}", t.w1.log_text());
-    assert!(!link_exists(&t.net.h2, &t.bridge2), "weft left its bridge behind");
+    assert!(
+        !link_exists(&t.net.h2, &t.bridge2),
+        "weft left its bridge behind"
+    );
     assert!(!link_exists(&t.net.h2, "wbr2-tap"));
     assert!(!link_exists(&t.net.h1, "br1-tap"));
-    assert!(link_exists(&t.net.h1, &t.bridge1), "weft removed a bridge it did not create");
-    assert!(!t.net.h1.run(&format!("ip addr show {}", t.bridge1)).contains("10.50.0.1"));
+    assert!(
+        link_exists(&t.net.h1, &t.bridge1),
+        "weft removed a bridge it did not create"
+    );
+    assert!(!t
+        .net
+        .h1
+        .run(&format!("ip addr show {}", t.bridge1))
+        .contains("10.50.0.1"));
 }
 
 #[test]
 fn container_moves_between_hosts() {
     let t = two_hosts("l2m", "", "");
-    assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c12.ip).then_some(())).is_some());
-    assert!(ping(&t.c21, &t.c12.ip), "c21 cannot reach c12 before the move");
+    assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c12.ip)
+        .then_some(()))
+    .is_some());
+    assert!(
+        ping(&t.c21, &t.c12.ip),
+        "c21 cannot reach c12 before the move"
+    );
     // Move c12 (same MAC, same address) from host 1 to host 2.
     t.c12.unplug();
     t.c12.plug(&t.net.h2, &t.bridge2, MTU);
@@ -136,7 +247,9 @@ fn container_moves_between_hosts() {
     // c12 announces itself (gratuitous ARP); weft relearns its MAC
     // from that first frame. c11 (host 1) still has c12's MAC in its ARP
     // cache, so its pings are unicast frames that must now go to host 2.
-    let reached = wait_for(Duration::from_secs(3), || ping(&t.c11, &t.c12.ip).then_some(moved_at.elapsed()));
+    let reached = wait_for(Duration::from_secs(3), || {
+        ping(&t.c11, &t.c12.ip).then_some(moved_at.elapsed())
+    });
     let Some(elapsed) = reached else {
         panic!(
             "c12 unreachable after moving to host 2\nh1 fdb:\n{}\nh2 fdb:\n{}\nh1: {:?}\nh2: {:?}",
@@ -146,24 +259,49 @@ fn container_moves_between_hosts() {
             status(&t.net.h2).and_then(|s| s.get("l2").cloned()),
         )
     };
-    assert!(elapsed <= Duration::from_millis(1000) + Duration::from_millis(100), "took {elapsed:?}");
-    assert!(ping(&t.c21, &t.c12.ip), "c21 (now on the same host) cannot reach c12");
+    assert!(
+        elapsed <= Duration::from_millis(1000) + Duration::from_millis(100),
+        "took {elapsed:?}"
+    );
+    assert!(
+        ping(&t.c21, &t.c12.ip),
+        "c21 (now on the same host) cannot reach c12"
+    );
     // Both hosts saw c12's MAC move (counters refresh once a second).
     let moves = wait_for(Duration::from_secs(3), || {
-        (stat(&t.net.h1, "/l2/counters/mac_moves") >= 1 && stat(&t.net.h2, "/l2/counters/mac_moves") >= 1).then_some(())
+        (stat(&t.net.h1, "/l2/counters/mac_moves") >= 1
+            && stat(&t.net.h2, "/l2/counters/mac_moves") >= 1)
+            .then_some(())
     });
-    assert!(moves.is_some(), "moves not counted: {:?}", status(&t.net.h2).and_then(|s| s.get("l2").cloned()));
+    assert!(
+        moves.is_some(),
+        "moves not counted: {:?}",
+        status(&t.net.h2).and_then(|s| s.get("l2").cloned())
+    );
 }
 
 #[test]
 fn mac_entries_expire() {
     let t = two_hosts("l2e", "mac_age_secs = 2", "");
-    assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip)
+        .then_some(()))
+    .is_some());
     assert_eq!(stat(&t.net.h1, "/l2/mac_age_secs"), 2);
-    assert!(wait_for(Duration::from_secs(2), || (stat(&t.net.h1, "/l2/counters/fdb_entries") >= 2).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(2), || (stat(
+        &t.net.h1,
+        "/l2/counters/fdb_entries"
+    ) >= 2)
+        .then_some(()))
+    .is_some());
     // Silence: IPv6 is off in every namespace, so nothing refreshes the entries.
-    let gone = wait_for(Duration::from_secs(8), || (stat(&t.net.h1, "/l2/counters/fdb_entries") == 0).then_some(()));
-    assert!(gone.is_some(), "entries never expired: {:?}", status(&t.net.h1).and_then(|s| s.get("l2").cloned()));
+    let gone = wait_for(Duration::from_secs(8), || {
+        (stat(&t.net.h1, "/l2/counters/fdb_entries") == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "entries never expired: {:?}",
+        status(&t.net.h1).and_then(|s| s.get("l2").cloned())
+    );
     assert!(stat(&t.net.h1, "/l2/counters/expired") >= 2);
     // Traffic relearns them.
     assert!(ping(&t.c11, &t.c21.ip));
@@ -173,11 +311,15 @@ fn mac_entries_expire() {
 fn small_frames_share_sealed_datagrams_within_the_path_mtu() {
     // The UDP datapath: AF_XDP frames bypass the AF_PACKET capture below.
     let t = two_hosts("l2b", "", "--mode udp");
-    assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip).then_some(())).is_some());
+    assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip)
+        .then_some(()))
+    .is_some());
     // veth hands GSO super-packets to its peer whole (weft sends runs of
     // equal-size datagrams with UDP GSO): turn segmentation offloads off on
     // the sender so the capture sees datagrams as a real wire would.
-    t.net.h1.run("ethtool -K ul tso off gso off tx-udp-segmentation off");
+    t.net
+        .h1
+        .run("ethtool -K ul tso off gso off tx-udp-segmentation off");
     let capture = capture_ipv4(&t.net.h2, Duration::from_millis(2500));
     // A burst of small datagrams from c11 to c21, plus a full-size ping.
     let target = t.c21.ip.clone();
@@ -187,17 +329,51 @@ fn small_frames_share_sealed_datagrams_within_the_path_mtu() {
             let _ = s.send_to(&i.to_be_bytes(), (target.as_str(), 9));
         }
     });
-    assert!(t.c11.ns.try_run(&format!("ping -c 2 -W 1 -M do -s {} {}", MTU - 28, t.c21.ip)).0, "full-size ping failed");
+    assert!(
+        t.c11
+            .ns
+            .try_run(&format!(
+                "ping -c 2 -W 1 -M do -s {} {}",
+                MTU - 28,
+                t.c21.ip
+            ))
+            .0,
+        "full-size ping failed"
+    );
     let packets = capture.join().unwrap();
     let s = status(&t.net.h1).unwrap();
-    let datagrams = s.pointer("/batching/sealed_datagrams").and_then(|v| v.as_u64()).unwrap();
-    let frames = s.pointer("/batching/sealed_frames").and_then(|v| v.as_u64()).unwrap();
-    assert!(frames > datagrams, "no packing: {frames} frames in {datagrams} datagrams");
-    let largest = s.pointer("/batching/largest_datagram").and_then(|v| v.as_u64()).unwrap();
-    assert!(largest <= 1500 - 28, "sealed datagram of {largest} bytes exceeds the path MTU");
-    let weft_packets: Vec<_> = packets.iter().filter(|p| udp_payload_to(p, 6783).is_some()).collect();
+    let datagrams = s
+        .pointer("/batching/sealed_datagrams")
+        .and_then(|v| v.as_u64())
+        .unwrap();
+    let frames = s
+        .pointer("/batching/sealed_frames")
+        .and_then(|v| v.as_u64())
+        .unwrap();
+    assert!(
+        frames > datagrams,
+        "no packing: {frames} frames in {datagrams} datagrams"
+    );
+    let largest = s
+        .pointer("/batching/largest_datagram")
+        .and_then(|v| v.as_u64())
+        .unwrap();
+    assert!(
+        largest <= 1500 - 28,
+        "sealed datagram of {largest} bytes exceeds the path MTU"
+    );
+    let weft_packets: Vec<_> = packets
+        .iter()
+        .filter(|p| udp_payload_to(p, 6783).is_some())
+        .collect();
     assert!(!weft_packets.is_empty());
     let biggest = weft_packets.iter().map(|p| p.len()).max().unwrap();
-    assert!(biggest <= 1500, "captured a {biggest}-byte datagram on a 1500-byte path");
-    assert!(biggest > 1400, "the full-size ping was not seen ({biggest})");
+    assert!(
+        biggest <= 1500,
+        "captured a {biggest}-byte datagram on a 1500-byte path"
+    );
+    assert!(
+        biggest > 1400,
+        "the full-size ping was not seen ({biggest})"
+    );
 }

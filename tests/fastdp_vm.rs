@@ -48,7 +48,10 @@ fn run_in_vm(guest_script: &str, args: &[&str]) -> VmRun {
         .arg(&script)
         .args(args)
         // The launch test runs ~60 s alone; three VMs share two cores.
-        .env("WEFT_VM_TIMEOUT", std::env::var("WEFT_VM_TIMEOUT").unwrap_or_else(|_| "300".into()))
+        .env(
+            "WEFT_VM_TIMEOUT",
+            std::env::var("WEFT_VM_TIMEOUT").unwrap_or_else(|_| "300".into()),
+        )
         .output()
         .unwrap_or_else(|e| panic!("cannot run tests/vm/run.sh: {e}"));
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -62,7 +65,11 @@ fn run_in_vm(guest_script: &str, args: &[&str]) -> VmRun {
         "--- VM console ({guest_script}, {:.1} s) ---\n{console}\n--- run.sh stderr ---\n{stderr}",
         started.elapsed().as_secs_f64()
     );
-    VmRun { passed: marker == "WEFT-VM-RESULT: PASS" && out.status.success(), marker, console }
+    VmRun {
+        passed: marker == "WEFT-VM-RESULT: PASS" && out.status.success(),
+        marker,
+        console,
+    }
 }
 
 /// The VM boots, openvswitch loads, and namespaces + veth work inside it.
@@ -74,7 +81,9 @@ fn vm_boots_with_openvswitch_and_netns() {
     }
     let run = run_in_vm("tests/vm/smoke.sh", &[]);
     assert!(run.passed, "VM smoke test failed: marker {:?}", run.marker);
-    assert!(run.console.contains("smoke: openvswitch loaded, netns + veth ping ok"));
+    assert!(run
+        .console
+        .contains("smoke: openvswitch loaded, netns + veth ping ok"));
 }
 
 /// Two namespaces in the VM run `weft fastdp run`: ping and an 8 MiB
@@ -96,7 +105,11 @@ fn vm_fastdp_ping_and_tcp_through_the_kernel_datapath() {
         .lines()
         .find(|l| l.starts_with("fastdp: bytes switched by weft's flows"))
         .expect("flow byte count line");
-    let bytes: u64 = flows_line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("byte count");
+    let bytes: u64 = flows_line
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("byte count");
     assert!(bytes >= 8 << 20, "kernel flows carried only {bytes} bytes");
 }
 
@@ -117,7 +130,11 @@ fn vm_weft_launch_fastdp_proves_falls_back_and_retries() {
     }
     assert!(Path::new(WEFT).is_file(), "weft binary {WEFT} missing");
     let run = run_in_vm("tests/vm/fastdp_launch.sh", &[WEFT]);
-    assert!(run.passed, "fastdp launch VM test failed: marker {:?}", run.marker);
+    assert!(
+        run.passed,
+        "fastdp launch VM test failed: marker {:?}",
+        run.marker
+    );
     assert!(run.console.contains("fastdp-launch: PASS"));
     let bytes: u64 = run
         .console
@@ -128,7 +145,8 @@ fn vm_weft_launch_fastdp_proves_falls_back_and_retries() {
         .expect("flow byte count line");
     assert!(bytes >= 8 << 20, "kernel flows carried only {bytes} bytes");
     assert!(
-        run.console.contains("(sleeve: fastdp failed: heartbeat of 1500 bytes"),
+        run.console
+            .contains("(sleeve: fastdp failed: heartbeat of 1500 bytes"),
         "no fallback reason in the status output"
     );
 }

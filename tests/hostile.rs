@@ -28,14 +28,21 @@ fn wrong_secret_never_connects() {
             if let Some(s) = status_json(&h.ns) {
                 polls += 1;
                 for c in s["connections"].as_array().into_iter().flatten() {
-                    assert_ne!(c["state"], "established", "{}: established with the wrong secret: {s:#}", h.ns);
+                    assert_ne!(
+                        c["state"], "established",
+                        "{}: established with the wrong secret: {s:#}",
+                        h.ns
+                    );
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(polls > 10, "weft status did not answer");
-    assert!(!ping(&net.a.ns, &net.b.overlay_ip()), "a ping crossed between hosts with different secrets");
+    assert!(
+        !ping(&net.a.ns, &net.b.overlay_ip()),
+        "a ping crossed between hosts with different secrets"
+    );
 
     let mut rejected = 0;
     let mut reasons = Vec::new();
@@ -44,22 +51,36 @@ fn wrong_secret_never_connects() {
         rejected += dropped(&s, "control_rejected") + dropped(&s, "authentication");
         for c in s["connections"].as_array().into_iter().flatten() {
             let state = c["state"].as_str().unwrap_or("");
-            assert!(state == "connecting" || state == "failed", "{}: state {state:?}: {s:#}", h.ns);
+            assert!(
+                state == "connecting" || state == "failed",
+                "{}: state {state:?}: {s:#}",
+                h.ns
+            );
             for counter in ["tx_packets", "rx_packets", "tx_bytes", "rx_bytes"] {
-                assert_eq!(c[counter], 0, "{}: {counter} must stay 0 without a session: {s:#}", h.ns);
+                assert_eq!(
+                    c[counter], 0,
+                    "{}: {counter} must stay 0 without a session: {s:#}",
+                    h.ns
+                );
             }
             if let Some(r) = c["reason"].as_str() {
                 reasons.push(r.to_string());
             }
         }
     }
-    assert!(rejected > 0, "the failed handshakes should be counted as control_rejected/authentication");
+    assert!(
+        rejected > 0,
+        "the failed handshakes should be counted as control_rejected/authentication"
+    );
     assert!(!reasons.is_empty(), "a failed connection should say why");
     eprintln!("reasons shown: {reasons:?}");
 
     let datagrams = watcher.join().expect("watcher");
     let data: Vec<_> = datagrams.iter().filter(|d| d.kind == 1).collect();
-    assert!(data.is_empty(), "DATA datagrams flowed without a session: {data:?}");
+    assert!(
+        data.is_empty(),
+        "DATA datagrams flowed without a session: {data:?}"
+    );
 }
 
 /// 10 000 random datagrams at the UDP port and garbage at the TCP port: all
@@ -73,12 +94,19 @@ fn random_datagrams_and_bytes_are_dropped_and_counted() {
     net.start_both(&["--mode", "udp"]);
     net.wait_established(Duration::from_secs(10));
     let b_ip = net.b.overlay_ip();
-    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)));
+    assert!(wait_until(Duration::from_secs(5), || ping(
+        &net.a.ns, &b_ip
+    )));
 
     // Learn B's live receiver index from real traffic, so a third of the
     // forgeries get as far as the AEAD check.
-    let sniffer = spawn_in_netns(&net.b.ns, || capture_weft_datagrams(Duration::from_millis(1500)));
-    let _ = ns_exec(&net.a.ns, &["ping", "-n", "-q", "-c", "5", "-i", "0.2", "-W", "1", &b_ip]);
+    let sniffer = spawn_in_netns(&net.b.ns, || {
+        capture_weft_datagrams(Duration::from_millis(1500))
+    });
+    let _ = ns_exec(
+        &net.a.ns,
+        &["ping", "-n", "-q", "-c", "5", "-i", "0.2", "-W", "1", &b_ip],
+    );
     let a_underlay = net.a.underlay;
     let live_index = sniffer
         .join()
@@ -142,18 +170,30 @@ fn random_datagrams_and_bytes_are_dropped_and_counted() {
 
     let b_ns = net.b.ns.clone();
     wait_until(Duration::from_secs(5), || {
-        status_json(&b_ns).map(|s| network_drops(&s) - base >= DATAGRAMS).unwrap_or(false)
+        status_json(&b_ns)
+            .map(|s| network_drops(&s) - base >= DATAGRAMS)
+            .unwrap_or(false)
     });
     let after = status_json(&b_ns).expect("status");
     let dropped_now = network_drops(&after) - base;
-    eprintln!("B counted {dropped_now} of {DATAGRAMS} random datagrams as dropped: {:#}", after["dropped"]);
+    eprintln!(
+        "B counted {dropped_now} of {DATAGRAMS} random datagrams as dropped: {:#}",
+        after["dropped"]
+    );
     assert!(
         dropped_now >= DATAGRAMS * 95 / 100,
         "only {dropped_now} of {DATAGRAMS} random datagrams counted as dropped: {:#}",
         after["dropped"]
     );
-    assert!(dropped(&after, "authentication") > dropped(&before, "authentication"), "forgeries with a live index must fail authentication");
-    assert!(dropped(&after, "malformed") > 0 && dropped(&after, "unknown_session") > 0, "{:#}", after["dropped"]);
+    assert!(
+        dropped(&after, "authentication") > dropped(&before, "authentication"),
+        "forgeries with a live index must fail authentication"
+    );
+    assert!(
+        dropped(&after, "malformed") > 0 && dropped(&after, "unknown_session") > 0,
+        "{:#}",
+        after["dropped"]
+    );
     assert_eq!(
         first_connection(&after).expect("connection")["endpoint"],
         endpoint_before,
@@ -171,8 +211,10 @@ fn random_datagrams_and_bytes_are_dropped_and_counted() {
             if Instant::now() > deadline {
                 panic!("garbage connections took over 20 s (at {i})");
             }
-            let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("connect to B's control port");
-            conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                .expect("connect to B's control port");
+            conn.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
             let len = 1 + rng.below(2000) as usize;
             let mut buf = vec![0u8; len];
             rng.fill(&mut buf);
@@ -188,26 +230,54 @@ fn random_datagrams_and_bytes_are_dropped_and_counted() {
         }
         replies
     });
-    assert_eq!(replies, 0, "weft sent bytes back to garbage control connections");
+    assert_eq!(
+        replies, 0,
+        "weft sent bytes back to garbage control connections"
+    );
     let ok = wait_until(Duration::from_secs(3), || {
-        status_json(&b_ns).map(|s| dropped(&s, "control_rejected") >= CONNECTIONS / 2).unwrap_or(false)
+        status_json(&b_ns)
+            .map(|s| dropped(&s, "control_rejected") >= CONNECTIONS / 2)
+            .unwrap_or(false)
     });
     let after = status_json(&b_ns).expect("status");
-    eprintln!("B rejected {} of {CONNECTIONS} garbage control connections", dropped(&after, "control_rejected"));
-    assert!(ok, "garbage control connections not counted as control_rejected: {:#}", after["dropped"]);
+    eprintln!(
+        "B rejected {} of {CONNECTIONS} garbage control connections",
+        dropped(&after, "control_rejected")
+    );
+    assert!(
+        ok,
+        "garbage control connections not counted as control_rejected: {:#}",
+        after["dropped"]
+    );
 
     // Still alive, still the same session, still forwarding.
     assert!(net.b.weft_running(), "weft on B died");
-    assert_eq!(first_connection(&after).expect("connection")["state"], "established");
-    let out = ns_exec(&net.a.ns, &["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &b_ip]);
-    assert!(out.status.success(), "no forwarding after the garbage: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        first_connection(&after).expect("connection")["state"],
+        "established"
+    );
+    let out = ns_exec(
+        &net.a.ns,
+        &["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &b_ip],
+    );
+    assert!(
+        out.status.success(),
+        "no forwarding after the garbage: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(ping(&net.b.ns, &net.a.overlay_ip()));
 }
 
 /// Datagrams dropped from the network, all reasons.
 fn network_drops(status: &serde_json::Value) -> u64 {
-    ["malformed", "unknown_session", "authentication", "replay", "bad_record"]
-        .iter()
-        .map(|n| dropped(status, n))
-        .sum()
+    [
+        "malformed",
+        "unknown_session",
+        "authentication",
+        "replay",
+        "bad_record",
+    ]
+    .iter()
+    .map(|n| dropped(status, n))
+    .sum()
 }

@@ -14,14 +14,23 @@ fn up(extra: &[&str]) -> Net {
     let mut net = Net::pair(1500);
     net.start_both(extra);
     net.wait_established(Duration::from_secs(10));
-    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &net.b.overlay_ip())));
+    assert!(wait_until(Duration::from_secs(5), || ping(
+        &net.a.ns,
+        &net.b.overlay_ip()
+    )));
     net
 }
 
 /// Sends `count` UDP GSO messages of `total` bytes cut into `segment`-byte
 /// datagrams from A to B's overlay address, and returns what B received
 /// (datagram sizes and whether each datagram's bytes were right).
-fn udp_gso_transfer(net: &Net, port: u16, total: usize, segment: u16, count: usize) -> Vec<(usize, bool)> {
+fn udp_gso_transfer(
+    net: &Net,
+    port: u16,
+    total: usize,
+    segment: u16,
+    count: usize,
+) -> Vec<(usize, bool)> {
     let to: std::net::SocketAddr = format!("{}:{port}", net.b.overlay_ip()).parse().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = spawn_in_netns(&net.b.ns, move || {
@@ -37,7 +46,9 @@ fn udp_gso_transfer(net: &Net, port: u16, total: usize, segment: u16, count: usi
         }
         got
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("receiver ready");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receiver ready");
     let from_ns = net.a.ns.clone();
     in_netns(&from_ns, move || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -77,7 +88,11 @@ fn super_packets_are_cut_and_arrive_intact() {
     assert_eq!(sent, got, "TCP checksum differs");
 
     let got = udp_gso_transfer(&net, 5102, 8000, 1000, 20);
-    assert_eq!(got.len(), 160, "expected 20 x 8 datagrams of 1000 bytes: {got:?}");
+    assert_eq!(
+        got.len(),
+        160,
+        "expected 20 x 8 datagrams of 1000 bytes: {got:?}"
+    );
     assert!(got.iter().all(|(n, ok)| *n == 1000 && *ok), "{got:?}");
 }
 
@@ -102,8 +117,30 @@ fn mixed_sizes_and_icmp() {
     for size in [0usize, 1, 63, 64, 500, 1000, 1401, 1402] {
         let s = size.to_string();
         for (from, to) in [(&net.a, &net.b), (&net.b, &net.a)] {
-            let out = ns_exec(&from.ns, &["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "1", "-M", "do", "-s", &s, &to.overlay_ip()]);
-            assert!(out.status.success(), "ping -s {size}: {}", String::from_utf8_lossy(&out.stdout));
+            let out = ns_exec(
+                &from.ns,
+                &[
+                    "ping",
+                    "-n",
+                    "-q",
+                    "-c",
+                    "2",
+                    "-i",
+                    "0.05",
+                    "-W",
+                    "1",
+                    "-M",
+                    "do",
+                    "-s",
+                    &s,
+                    &to.overlay_ip(),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "ping -s {size}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
     }
 }
@@ -119,10 +156,23 @@ fn ipv6_inner_packets_cross() {
     net.start_both(&["--mode", "udp"]);
     net.wait_established(Duration::from_secs(10));
     // DAD on the new addresses takes a moment before they can be used.
-    assert!(wait_until(Duration::from_secs(8), || ping(&net.a.ns, "fd40::2")), "IPv6 ping through the overlay");
+    assert!(
+        wait_until(Duration::from_secs(8), || ping(&net.a.ns, "fd40::2")),
+        "IPv6 ping through the overlay"
+    );
     for size in ["8", "500", "1382"] {
-        let out = ns_exec(&net.a.ns, &["ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "1", "-M", "do", "-s", size, "fd40::2"]);
-        assert!(out.status.success(), "ping6 -s {size}: {}", String::from_utf8_lossy(&out.stdout));
+        let out = ns_exec(
+            &net.a.ns,
+            &[
+                "ping", "-n", "-q", "-c", "2", "-i", "0.05", "-W", "1", "-M", "do", "-s", size,
+                "fd40::2",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "ping6 -s {size}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, "[fd40::2]", 5301, 16 << 20, 9);
     assert_eq!(n, 16 << 20);

@@ -19,11 +19,17 @@ const PING_HEADERS: u32 = 28;
 fn wait_path_mtu(h: &Host, want: u32, timeout: Duration) -> serde_json::Value {
     let ok = wait_until(timeout, || {
         status_json(&h.ns)
-            .and_then(|s| first_connection(&s).map(|c| c["path_mtu"].as_u64() == Some(u64::from(want))))
+            .and_then(|s| {
+                first_connection(&s).map(|c| c["path_mtu"].as_u64() == Some(u64::from(want)))
+            })
             .unwrap_or(false)
     });
     let status = status_json(&h.ns).expect("weft status --json");
-    assert!(ok, "{}: path_mtu did not become {want} within {timeout:?}: {status:#}", h.ns);
+    assert!(
+        ok,
+        "{}: path_mtu did not become {want} within {timeout:?}: {status:#}",
+        h.ns
+    );
     status
 }
 
@@ -34,7 +40,10 @@ fn device_mtu(ns: &str) -> u32 {
     let mut words = text.split_whitespace();
     while let Some(w) = words.next() {
         if w == "mtu" {
-            return words.next().and_then(|m| m.parse().ok()).unwrap_or_else(|| panic!("no MTU in {text}"));
+            return words
+                .next()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or_else(|| panic!("no MTU in {text}"));
         }
     }
     panic!("no MTU in {text}");
@@ -45,9 +54,27 @@ fn device_mtu(ns: &str) -> u32 {
 fn df_ping(ns: &str, target: &str, payload: u32, count: u32) -> (bool, String) {
     let out = ns_exec(
         ns,
-        &["ping", "-n", "-c", &count.to_string(), "-i", "0.2", "-W", "1", "-M", "do", "-s", &payload.to_string(), target],
+        &[
+            "ping",
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            &payload.to_string(),
+            target,
+        ],
     );
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -58,20 +85,42 @@ fn df_ping(ns: &str, target: &str, payload: u32, count: u32) -> (bool, String) {
 fn assert_df_ping_refused(ns: &str, target: &str, overlay_mtu: u32) {
     let started = Instant::now();
     let (ok, text) = df_ping(ns, target, overlay_mtu - PING_HEADERS + 1, 1);
-    assert!(!ok, "a DF ping of {} bytes (overlay MTU {overlay_mtu}) must not pass: {text}", overlay_mtu + 1);
+    assert!(
+        !ok,
+        "a DF ping of {} bytes (overlay MTU {overlay_mtu}) must not pass: {text}",
+        overlay_mtu + 1
+    );
     let lower = text.to_lowercase();
     let loud = lower.contains("message too long") || lower.contains("frag needed");
-    assert!(loud, "the oversize DF ping failed without an error (silence is what this test forbids): {text}");
     assert!(
-        text.contains(&format!("mtu={overlay_mtu}")) || text.contains(&format!("mtu = {overlay_mtu}")),
+        loud,
+        "the oversize DF ping failed without an error (silence is what this test forbids): {text}"
+    );
+    assert!(
+        text.contains(&format!("mtu={overlay_mtu}"))
+            || text.contains(&format!("mtu = {overlay_mtu}")),
         "the error should name the overlay MTU {overlay_mtu}: {text}"
     );
-    eprintln!("DF ping of {} bytes refused in {:?}: {}", overlay_mtu + 1, started.elapsed(), text.lines().find(|l| l.to_lowercase().contains("mtu")).unwrap_or(""));
+    eprintln!(
+        "DF ping of {} bytes refused in {:?}: {}",
+        overlay_mtu + 1,
+        started.elapsed(),
+        text.lines()
+            .find(|l| l.to_lowercase().contains("mtu"))
+            .unwrap_or("")
+    );
 }
 
 /// Summary of a capture for the test log.
 fn describe(packets: &[WirePacket], label: &str) -> String {
-    let max = |f: &dyn Fn(&WirePacket) -> bool| packets.iter().filter(|p| f(p)).map(|p| p.len).max().unwrap_or(0);
+    let max = |f: &dyn Fn(&WirePacket) -> bool| {
+        packets
+            .iter()
+            .filter(|p| f(p))
+            .map(|p| p.len)
+            .max()
+            .unwrap_or(0)
+    };
     let count = |f: &dyn Fn(&WirePacket) -> bool| packets.iter().filter(|p| f(p)).count();
     format!(
         "{label}: {} packets, largest {} | weft data {} (max {}), heartbeats {} (max {}), probes {} (max {}), control TCP {} (max {}), other {}",
@@ -93,9 +142,19 @@ fn describe(packets: &[WirePacket], label: &str) -> String {
 /// length the packet socket saw matches the IP header (no super-packets).
 fn assert_wire_fits(packets: &[WirePacket], mtu: u32, label: &str) {
     for p in packets {
-        assert!(p.len <= mtu as usize, "{label}: a {}-byte datagram on a {mtu}-byte link: {p:?}", p.len);
-        assert_eq!(p.len, p.header_len_field, "{label}: captured length differs from the IP header (offloads on?): {p:?}");
-        assert!(!p.fragment, "{label}: an IP fragment on the underlay: {p:?}");
+        assert!(
+            p.len <= mtu as usize,
+            "{label}: a {}-byte datagram on a {mtu}-byte link: {p:?}",
+            p.len
+        );
+        assert_eq!(
+            p.len, p.header_len_field,
+            "{label}: captured length differs from the IP header (offloads on?): {p:?}"
+        );
+        assert!(
+            !p.fragment,
+            "{label}: an IP fragment on the underlay: {p:?}"
+        );
     }
 }
 
@@ -124,24 +183,47 @@ fn underlay_case(mtu: u32) {
     let overlay = mtu - OVERHEAD_V4;
     assert_eq!(device_mtu(&net.a.ns), overlay);
     let status = status_json(&net.a.ns).expect("status");
-    assert_eq!(status["overlay_mtu"].as_u64(), Some(u64::from(overlay)), "{status:#}");
+    assert_eq!(
+        status["overlay_mtu"].as_u64(),
+        Some(u64::from(overlay)),
+        "{status:#}"
+    );
     let b_ip = net.b.overlay_ip();
-    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)), "no plain ping through the overlay");
+    assert!(
+        wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)),
+        "no plain ping through the overlay"
+    );
     let (ok, text) = df_ping(&net.a.ns, &b_ip, overlay - PING_HEADERS, 2);
-    assert!(ok, "a DF ping of exactly the overlay MTU ({overlay}) must pass: {text}");
+    assert!(
+        ok,
+        "a DF ping of exactly the overlay MTU ({overlay}) must pass: {text}"
+    );
     assert_df_ping_refused(&net.a.ns, &b_ip, overlay);
 
     let seen_a = cap_a.finish();
     let seen_b = cap_b.finish();
-    eprintln!("{}", describe(&seen_a, &format!("mtu {mtu}, captured in A")));
-    eprintln!("{}", describe(&seen_b, &format!("mtu {mtu}, captured in B")));
+    eprintln!(
+        "{}",
+        describe(&seen_a, &format!("mtu {mtu}, captured in A"))
+    );
+    eprintln!(
+        "{}",
+        describe(&seen_b, &format!("mtu {mtu}, captured in B"))
+    );
 
     assert_wire_fits(&seen_a, mtu, "A's u0");
     assert_wire_fits(&seen_b, mtu, "B's u0");
     for (h, peer, seen) in [(&net.a, &net.b, &seen_b), (&net.b, &net.a, &seen_a)] {
         // Counted where they arrive: what crossed the link.
-        let from_h = |p: &&WirePacket| !p.outgoing && p.src == IpAddr::V4(h.underlay) && p.dst == IpAddr::V4(peer.underlay);
-        let probes: Vec<usize> = seen.iter().filter(from_h).filter(|p| p.weft_kind == Some(3)).map(|p| p.len).collect();
+        let from_h = |p: &&WirePacket| {
+            !p.outgoing && p.src == IpAddr::V4(h.underlay) && p.dst == IpAddr::V4(peer.underlay)
+        };
+        let probes: Vec<usize> = seen
+            .iter()
+            .filter(from_h)
+            .filter(|p| p.weft_kind == Some(3))
+            .map(|p| p.len)
+            .collect();
         assert!(
             probes.contains(&(mtu as usize)),
             "{}: no path-MTU probe of exactly {mtu} bytes reached the peer (probe sizes: {probes:?}): did the search run?",
@@ -153,21 +235,50 @@ fn underlay_case(mtu: u32) {
             h.ns
         );
         // The echo request (A -> B) and its reply (B -> A) of the full-size ping.
-        let data_max = seen.iter().filter(from_h).filter(|p| p.weft_kind == Some(1)).map(|p| p.len).max();
-        assert_eq!(data_max, Some(mtu as usize), "{}: a full-size overlay packet should make a datagram of exactly {mtu} bytes", h.ns);
+        let data_max = seen
+            .iter()
+            .filter(from_h)
+            .filter(|p| p.weft_kind == Some(1))
+            .map(|p| p.len)
+            .max();
+        assert_eq!(
+            data_max,
+            Some(mtu as usize),
+            "{}: a full-size overlay packet should make a datagram of exactly {mtu} bytes",
+            h.ns
+        );
     }
     // The control connection was captured from its SYN on: the capture
     // began before weft did.
-    let syn_seen = seen_b.iter().chain(&seen_a).any(|p| p.is_weft_control() && p.is_syn() && !p.outgoing);
-    assert!(syn_seen, "the SYN of weft's control connection should be in the capture");
-    let control = seen_b.iter().filter(|p| p.is_weft_control() && !p.outgoing).count();
-    assert!(control >= 3, "weft's TCP control segments should be in the capture, saw {control}");
+    let syn_seen = seen_b
+        .iter()
+        .chain(&seen_a)
+        .any(|p| p.is_weft_control() && p.is_syn() && !p.outgoing);
+    assert!(
+        syn_seen,
+        "the SYN of weft's control connection should be in the capture"
+    );
+    let control = seen_b
+        .iter()
+        .filter(|p| p.is_weft_control() && !p.outgoing)
+        .count();
+    assert!(
+        control >= 3,
+        "weft's TCP control segments should be in the capture, saw {control}"
+    );
     // Every weft UDP datagram has DF set (IP_PMTUDISC_DO), so none can be
     // fragmented on the way.
-    for p in seen_a.iter().chain(&seen_b).filter(|p| p.weft_kind.is_some()) {
+    for p in seen_a
+        .iter()
+        .chain(&seen_b)
+        .filter(|p| p.weft_kind.is_some())
+    {
         assert!(p.dont_fragment, "weft datagram without DF: {p:?}");
     }
-    eprintln!("underlay MTU {mtu}: passed in {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "underlay MTU {mtu}: passed in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Underlay MTU 1500: nothing above 1500 on the wire, probes of 1500, overlay 1430.
@@ -200,7 +311,12 @@ fn smaller_path_behind_a_router_shrinks_the_overlay() {
     require_root!();
     let started = Instant::now();
     let mut net = Routed::new(1500, 1400);
-    for (ns, dev) in [(&net.a.ns, "u0"), (&net.b.ns, "u0"), (&net.router.name, "r0"), (&net.router.name, "r1")] {
+    for (ns, dev) in [
+        (&net.a.ns, "u0"),
+        (&net.b.ns, "u0"),
+        (&net.router.name, "r0"),
+        (&net.router.name, "r1"),
+    ] {
         disable_offloads(ns, dev);
     }
     let cap_a = UnderlayCapture::start(&net.a.ns, "u0");
@@ -210,7 +326,9 @@ fn smaller_path_behind_a_router_shrinks_the_overlay() {
     net.start_both(&["--mode", "udp"]);
     for h in [&net.a, &net.b] {
         let ok = wait_until(Duration::from_secs(10), || {
-            status_json(&h.ns).and_then(|s| first_connection(&s).map(|c| c["state"] == "established")).unwrap_or(false)
+            status_json(&h.ns)
+                .and_then(|s| first_connection(&s).map(|c| c["state"] == "established"))
+                .unwrap_or(false)
         });
         assert!(ok, "{}: not established: {:?}", h.ns, status_json(&h.ns));
     }
@@ -219,26 +337,45 @@ fn smaller_path_behind_a_router_shrinks_the_overlay() {
     // binary search that ends at exactly 1400.
     let status_a = wait_path_mtu(&net.a, 1400, Duration::from_secs(8));
     let status_b = wait_path_mtu(&net.b, 1400, Duration::from_secs(3));
-    eprintln!("path MTU 1400 verified on both after {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "path MTU 1400 verified on both after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let conn_a = first_connection(&status_a).expect("connection");
     assert_eq!(conn_a["overlay_mtu"].as_u64(), Some(1330), "{status_a:#}");
-    assert_eq!(status_a["overlay_mtu"].as_u64(), Some(1330), "device MTU in status: {status_a:#}");
+    assert_eq!(
+        status_a["overlay_mtu"].as_u64(),
+        Some(1330),
+        "device MTU in status: {status_a:#}"
+    );
     assert_eq!(status_b["overlay_mtu"].as_u64(), Some(1330), "{status_b:#}");
     assert_eq!(device_mtu(&net.a.ns), 1330, "weft0 on A");
     assert_eq!(device_mtu(&net.b.ns), 1330, "weft0 on B");
     let logs = net.a.logs();
-    assert!(logs.contains("verified path MTU 1400"), "A's log should say so:\n{logs}");
-    assert!(logs.contains("overlay MTU 1430 -> 1330"), "A's log should show the overlay shrinking:\n{logs}");
+    assert!(
+        logs.contains("verified path MTU 1400"),
+        "A's log should say so:\n{logs}"
+    );
+    assert!(
+        logs.contains("overlay MTU 1430 -> 1330"),
+        "A's log should show the overlay shrinking:\n{logs}"
+    );
 
     // The overlay at its new size: exact DF fits, one more is refused loudly.
     let b_ip = net.b.overlay_ip();
-    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)), "no plain ping through the overlay");
+    assert!(
+        wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)),
+        "no plain ping through the overlay"
+    );
     let (ok, text) = df_ping(&net.a.ns, &b_ip, 1330 - PING_HEADERS, 2);
     assert!(ok, "a DF ping of exactly 1330 bytes must pass: {text}");
     assert_df_ping_refused(&net.a.ns, &b_ip, 1330);
     let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, &b_ip, 5011, 4 * 1024 * 1024, 0x1400);
     assert_eq!(n, 4 * 1024 * 1024, "bytes received");
-    assert_eq!(sent, got, "SHA-256 differs after the transfer over the shrunken overlay");
+    assert_eq!(
+        sent, got,
+        "SHA-256 differs after the transfer over the shrunken overlay"
+    );
 
     let seen_a = cap_a.finish();
     let seen_b = cap_b.finish();
@@ -250,20 +387,42 @@ fn smaller_path_behind_a_router_shrinks_the_overlay() {
     // frag-needed carrying the next-hop MTU, rather than fragmenting it.
     let icmp: Vec<&WirePacket> = seen_a
         .iter()
-        .filter(|p| !p.outgoing && p.src == IpAddr::V4(net.router_a_side) && p.frag_needed_mtu().is_some())
+        .filter(|p| {
+            !p.outgoing && p.src == IpAddr::V4(net.router_a_side) && p.frag_needed_mtu().is_some()
+        })
         .collect();
-    assert!(!icmp.is_empty(), "A never received ICMP frag-needed from the router");
-    assert!(icmp.iter().all(|p| p.frag_needed_mtu() == Some(1400)), "next-hop MTU in the ICMP: {icmp:?}");
-    let big_probes = seen_a.iter().filter(|p| p.outgoing && p.weft_kind == Some(3) && p.len > 1400).count();
-    assert!(big_probes >= 1, "A should have tried a probe above 1400 (its interface MTU is 1500)");
     assert!(
-        seen_b.iter().all(|p| !(p.weft_kind == Some(3) && p.len > 1400)),
+        !icmp.is_empty(),
+        "A never received ICMP frag-needed from the router"
+    );
+    assert!(
+        icmp.iter().all(|p| p.frag_needed_mtu() == Some(1400)),
+        "next-hop MTU in the ICMP: {icmp:?}"
+    );
+    let big_probes = seen_a
+        .iter()
+        .filter(|p| p.outgoing && p.weft_kind == Some(3) && p.len > 1400)
+        .count();
+    assert!(
+        big_probes >= 1,
+        "A should have tried a probe above 1400 (its interface MTU is 1500)"
+    );
+    assert!(
+        seen_b
+            .iter()
+            .all(|p| !(p.weft_kind == Some(3) && p.len > 1400)),
         "no probe above 1400 may reach B"
     );
     // And since every weft packet carries DF, B received no fragments at all
     // (checked in assert_wire_fits) and every weft datagram had DF.
-    assert!(seen_b.iter().filter(|p| p.weft_kind.is_some()).all(|p| p.dont_fragment));
-    eprintln!("routed path: passed in {:.2} s", started.elapsed().as_secs_f64());
+    assert!(seen_b
+        .iter()
+        .filter(|p| p.weft_kind.is_some())
+        .all(|p| p.dont_fragment));
+    eprintln!(
+        "routed path: passed in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A local packet larger than the peer's verified path gets ICMP
@@ -280,27 +439,55 @@ fn oversize_local_packet_gets_frag_needed_from_weft() {
     net.start_both(&["--mode", "udp"]);
     wait_path_mtu(&net.a, 1400, Duration::from_secs(10));
     let b_ip = net.b.overlay_ip();
-    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)), "no plain ping through the overlay");
+    assert!(
+        wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)),
+        "no plain ping through the overlay"
+    );
     assert_eq!(device_mtu(&net.a.ns), 1330);
     let before = status_json(&net.a.ns).expect("status");
     assert_eq!(dropped(&before, "too_big"), 0, "{before:#}");
 
     // The route claims 1430 (the overlay MTU before the path shrank); the
     // kernel builds a 1430-byte DF packet and hands it to weft0.
-    run("ip", &["-n", &net.a.ns, "route", "add", &format!("{b_ip}/32"), "dev", "weft0", "mtu", "1430"]);
+    run(
+        "ip",
+        &[
+            "-n",
+            &net.a.ns,
+            "route",
+            "add",
+            &format!("{b_ip}/32"),
+            "dev",
+            "weft0",
+            "mtu",
+            "1430",
+        ],
+    );
     let (ok, text) = df_ping(&net.a.ns, &b_ip, 1430 - PING_HEADERS, 1);
-    assert!(!ok, "a 1430-byte DF packet must not cross a 1400-byte path: {text}");
+    assert!(
+        !ok,
+        "a 1430-byte DF packet must not cross a 1400-byte path: {text}"
+    );
     assert!(
         text.contains("Frag needed") && text.contains("mtu = 1330"),
         "weft should answer with ICMP frag-needed naming 1330 (the peer's limit): {text}"
     );
     let ok = wait_until(Duration::from_secs(2), || {
-        status_json(&net.a.ns).map(|s| dropped(&s, "too_big") >= 1).unwrap_or(false)
+        status_json(&net.a.ns)
+            .map(|s| dropped(&s, "too_big") >= 1)
+            .unwrap_or(false)
     });
-    assert!(ok, "dropped.too_big should count the packet: {:?}", status_json(&net.a.ns));
+    assert!(
+        ok,
+        "dropped.too_big should count the packet: {:?}",
+        status_json(&net.a.ns)
+    );
     // The local kernel learned the limit from the ICMP: the next try fails locally.
     let (ok, text) = df_ping(&net.a.ns, &b_ip, 1430 - PING_HEADERS, 1);
-    assert!(!ok && text.contains("1330"), "after the ICMP the local stack should know 1330: {text}");
+    assert!(
+        !ok && text.contains("1330"),
+        "after the ICMP the local stack should know 1330: {text}"
+    );
     // And packets of the right size still go through on the same route.
     let (ok, text) = df_ping(&net.a.ns, &b_ip, 1330 - PING_HEADERS, 2);
     assert!(ok, "1330-byte DF ping on the /32 route: {text}");
@@ -322,10 +509,16 @@ fn path_shrinking_later_lowers_the_overlay() {
     wait_path_mtu(&net.b, 1500, Duration::from_secs(3));
     assert_eq!(device_mtu(&net.a.ns), 1430);
     let b_ip = net.b.overlay_ip();
-    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)), "no plain ping through the overlay");
+    assert!(
+        wait_until(Duration::from_secs(5), || ping(&net.a.ns, &b_ip)),
+        "no plain ping through the overlay"
+    );
 
     // Shrink the second hop on both of its ends.
-    run("ip", &["-n", &net.router.name, "link", "set", "r1", "mtu", "1400"]);
+    run(
+        "ip",
+        &["-n", &net.router.name, "link", "set", "r1", "mtu", "1400"],
+    );
     run("ip", &["-n", &net.b.ns, "link", "set", "u0", "mtu", "1400"]);
     let shrunk = Instant::now();
     // Full-size packets from A now hit the smaller hop. A few DF pings at
@@ -336,15 +529,29 @@ fn path_shrinking_later_lowers_the_overlay() {
         device_mtu(&net.a.ns) == 1330
     });
     let status = status_json(&net.a.ns).expect("status");
-    assert!(adapted, "A's overlay MTU did not drop to 1330 after the path shrank: {status:#}\n{}", net.a.logs());
-    eprintln!("overlay adapted {:.2} s after the path shrank", shrunk.elapsed().as_secs_f64());
+    assert!(
+        adapted,
+        "A's overlay MTU did not drop to 1330 after the path shrank: {status:#}\n{}",
+        net.a.logs()
+    );
+    eprintln!(
+        "overlay adapted {:.2} s after the path shrank",
+        shrunk.elapsed().as_secs_f64()
+    );
     let c = first_connection(&status).expect("connection");
     assert_eq!(c["path_mtu"].as_u64(), Some(1400), "{status:#}");
     assert_eq!(status["overlay_mtu"].as_u64(), Some(1330), "{status:#}");
-    assert!(net.a.logs().contains("overlay MTU 1430 -> 1330"), "{}", net.a.logs());
+    assert!(
+        net.a.logs().contains("overlay MTU 1430 -> 1330"),
+        "{}",
+        net.a.logs()
+    );
 
     let (ok, text) = df_ping(&net.a.ns, &b_ip, 1330 - PING_HEADERS, 2);
-    assert!(ok, "a DF ping of exactly the new overlay MTU must pass: {text}");
+    assert!(
+        ok,
+        "a DF ping of exactly the new overlay MTU must pass: {text}"
+    );
     assert_df_ping_refused(&net.a.ns, &b_ip, 1330);
     let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, &b_ip, 5012, 2 * 1024 * 1024, 0x1430);
     assert_eq!(n, 2 * 1024 * 1024);
@@ -358,10 +565,18 @@ fn path_shrinking_later_lowers_the_overlay() {
         let _ = df_ping(&net.b.ns, &a_ip, 1430 - PING_HEADERS, 1);
         device_mtu(&net.b.ns) == 1330
     });
-    assert!(adapted, "B's overlay MTU did not drop to 1330: {:?}\n{}", status_json(&net.b.ns), net.b.logs());
+    assert!(
+        adapted,
+        "B's overlay MTU did not drop to 1330: {:?}\n{}",
+        status_json(&net.b.ns),
+        net.b.logs()
+    );
     let (ok, text) = df_ping(&net.b.ns, &a_ip, 1330 - PING_HEADERS, 2);
     assert!(ok, "B -> A DF ping of exactly 1330 bytes: {text}");
-    eprintln!("path shrink: passed in {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "path shrink: passed in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A PMTU black hole: the router's second hop silently drops datagrams over
@@ -375,21 +590,53 @@ fn black_hole_without_icmp_found_by_timeouts() {
     require_root!();
     let started = Instant::now();
     let mut net = Routed::new(1500, 1500);
-    for (ns, dev) in [(&net.a.ns, "u0"), (&net.b.ns, "u0"), (&net.router.name, "r0"), (&net.router.name, "r1")] {
+    for (ns, dev) in [
+        (&net.a.ns, "u0"),
+        (&net.b.ns, "u0"),
+        (&net.router.name, "r0"),
+        (&net.router.name, "r1"),
+    ] {
         disable_offloads(ns, dev);
     }
     // tbf drops every packet whose length (with the 14-byte Ethernet header)
     // exceeds its burst: IP datagrams over 1400 bytes vanish on r1.
-    run("ip", &["netns", "exec", &net.router.name, "tc", "qdisc", "add", "dev", "r1", "root", "tbf", "rate", "1gbit", "burst", "1414", "limit", "1000000"]);
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &net.router.name,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "r1",
+            "root",
+            "tbf",
+            "rate",
+            "1gbit",
+            "burst",
+            "1414",
+            "limit",
+            "1000000",
+        ],
+    );
     let cap_b = UnderlayCapture::start(&net.b.ns, "u0");
     // The UDP socket path: its datagrams are visible to the capture and it
     // learns path shrinks from EMSGSIZE (see README, xdp mode limits).
     net.start_both(&["--mode", "udp"]);
     let status_a = wait_path_mtu(&net.a, 1400, Duration::from_secs(15));
-    eprintln!("black hole: path MTU 1400 found after {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "black hole: path MTU 1400 found after {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let status_b = wait_path_mtu(&net.b, 1500, Duration::from_secs(3));
     assert_eq!(status_a["overlay_mtu"].as_u64(), Some(1330), "{status_a:#}");
-    assert_eq!(status_b["overlay_mtu"].as_u64(), Some(1430), "the B -> A direction carries 1500: {status_b:#}");
+    assert_eq!(
+        status_b["overlay_mtu"].as_u64(),
+        Some(1430),
+        "the B -> A direction carries 1500: {status_b:#}"
+    );
     assert_eq!(device_mtu(&net.a.ns), 1330);
 
     let b_ip = net.b.overlay_ip();
@@ -405,5 +652,8 @@ fn black_hole_without_icmp_found_by_timeouts() {
         seen_b.iter().all(|p| p.outgoing || p.len <= 1400),
         "nothing over 1400 bytes may get through the black hole to B"
     );
-    eprintln!("black hole: passed in {:.2} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "black hole: passed in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
 }

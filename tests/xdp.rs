@@ -5,8 +5,8 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -28,14 +28,31 @@ fn payload(i: usize) -> Vec<u8> {
 
 /// Waits until one of `fds` is readable or `timeout` passes.
 fn poll_readable(fds: &[i32], timeout: Duration) {
-    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     // SAFETY: poll on a valid array of pollfd.
-    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int) };
+    unsafe {
+        libc::poll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        )
+    };
 }
 
 fn open_underlay(bind: SocketAddr) -> XdpUnderlay {
     let socket = UdpSocket::bind(bind).expect("bind the kernel UDP socket");
-    let config = XdpConfig { interface: "u0".to_string(), extra_ports: vec![], source: Some(bind.ip()) };
+    let config = XdpConfig {
+        interface: "u0".to_string(),
+        extra_ports: vec![],
+        source: Some(bind.ip()),
+    };
     XdpUnderlay::open(&config, socket).unwrap_or_else(|e| panic!("open AF_XDP underlay: {e}"))
 }
 
@@ -50,7 +67,9 @@ fn tcp_echo_works(client_ns: &str, server_ns: &str, server: SocketAddr) -> bool 
         conn.read_exact(&mut buf).expect("read");
         conn.write_all(&buf).expect("echo");
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("listener ready");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
     let ok = in_netns(client_ns, move || {
         let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(5)).ok()?;
         conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -76,7 +95,9 @@ fn xdp_underlay_carries_udp_both_ways_and_the_host_stays_reachable() {
     let (b_ready_tx, b_ready_rx) = mpsc::channel();
     let b = spawn_in_netns(&net.b.ns, move || {
         let socket = UdpSocket::bind(b_addr).expect("bind B");
-        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         b_ready_tx.send(()).unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 2048];
@@ -102,7 +123,9 @@ fn xdp_underlay_carries_udp_both_ways_and_the_host_stays_reachable() {
         }
         (got, round2)
     });
-    b_ready_rx.recv_timeout(Duration::from_secs(5)).expect("B ready");
+    b_ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("B ready");
 
     // A: the AF_XDP underlay sends COUNT, receives COUNT, then waits to be
     // told to drop (so TCP/ping can be tried while it is attached).
@@ -146,28 +169,65 @@ fn xdp_underlay_carries_udp_both_ways_and_the_host_stays_reachable() {
         drop(underlay);
         (got, stats)
     });
-    let mode = mode_rx.recv_timeout(Duration::from_secs(10)).expect("A opened the underlay");
+    let mode = mode_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("A opened the underlay");
     eprintln!("AF_XDP mode on veth: {mode}");
     assert!(mode.ends_with("copy"), "{mode}");
 
     let (round1, round2) = b.join().expect("B thread");
     for got in [&round1, &round2] {
-        assert_eq!(got.len(), COUNT, "B received {} of {COUNT} datagrams sent by the AF_XDP side", got.len());
+        assert_eq!(
+            got.len(),
+            COUNT,
+            "B received {} of {COUNT} datagrams sent by the AF_XDP side",
+            got.len()
+        );
         for (i, (bytes, from)) in got.iter().enumerate() {
             assert_eq!(*from, a_addr, "datagram {i} source");
-            assert_eq!(bytes, &payload(i), "datagram {i} content (in order on one veth)");
+            assert_eq!(
+                bytes,
+                &payload(i),
+                "datagram {i} content (in order on one veth)"
+            );
         }
     }
 
     // While the program is attached: ARP/ICMP, TCP on another port and TCP
     // on the data port number itself (weft's control connection) all pass.
-    assert!(xdp_attached(&net.a.ns), "program attached while the underlay is open");
-    assert!(ping(&net.b.ns, &net.a.underlay.to_string()), "ping B -> A with XDP on A");
+    assert!(
+        xdp_attached(&net.a.ns),
+        "program attached while the underlay is open"
+    );
+    assert!(
+        ping(&net.b.ns, &net.a.underlay.to_string()),
+        "ping B -> A with XDP on A"
+    );
     run("ip", &["-n", &net.b.ns, "neigh", "flush", "dev", "u0"]);
-    assert!(ping(&net.b.ns, &net.a.underlay.to_string()), "ARP resolution of A after a neighbour flush");
-    assert!(tcp_echo_works(&net.b.ns, &net.a.ns, SocketAddr::new(net.a.underlay.into(), 7000)), "TCP B -> A:7000");
-    assert!(tcp_echo_works(&net.b.ns, &net.a.ns, a_addr), "TCP B -> A:{PORT} (control port)");
-    assert!(tcp_echo_works(&net.a.ns, &net.b.ns, SocketAddr::new(net.b.underlay.into(), 7001)), "TCP A -> B:7001");
+    assert!(
+        ping(&net.b.ns, &net.a.underlay.to_string()),
+        "ARP resolution of A after a neighbour flush"
+    );
+    assert!(
+        tcp_echo_works(
+            &net.b.ns,
+            &net.a.ns,
+            SocketAddr::new(net.a.underlay.into(), 7000)
+        ),
+        "TCP B -> A:7000"
+    );
+    assert!(
+        tcp_echo_works(&net.b.ns, &net.a.ns, a_addr),
+        "TCP B -> A:{PORT} (control port)"
+    );
+    assert!(
+        tcp_echo_works(
+            &net.a.ns,
+            &net.b.ns,
+            SocketAddr::new(net.b.underlay.into(), 7001)
+        ),
+        "TCP A -> B:7001"
+    );
 
     drop_tx.send(()).unwrap();
     let (a_got, stats) = a.join().expect("A thread");
@@ -181,7 +241,10 @@ fn xdp_underlay_carries_udp_both_ways_and_the_host_stays_reachable() {
     assert_eq!(stats.rx_frames as usize, COUNT, "{stats:?}");
     assert_eq!(stats.rx_kernel, 0, "{stats:?}");
     // Round 2 (stats are round 2's for tx): B's MAC known, all AF_XDP.
-    assert_eq!(stats.tx_frames as usize, COUNT, "round 2 sent via AF_XDP: {stats:?}");
+    assert_eq!(
+        stats.tx_frames as usize, COUNT,
+        "round 2 sent via AF_XDP: {stats:?}"
+    );
     assert_eq!(stats.tx_kernel, 0, "{stats:?}");
     assert!(!xdp_attached(&net.a.ns), "program detached after drop");
     eprintln!("took {:?}", started.elapsed());
@@ -193,7 +256,9 @@ fn xdp_underlay_carries_udp_both_ways_and_the_host_stays_reachable() {
 #[test]
 #[ignore]
 fn xdp_child_attach_and_wait() {
-    let Ok(bind) = std::env::var("WEFT_XDP_CHILD_BIND") else { return };
+    let Ok(bind) = std::env::var("WEFT_XDP_CHILD_BIND") else {
+        return;
+    };
     let underlay = open_underlay(bind.parse().unwrap());
     println!("attached {}", underlay.mode());
     std::thread::sleep(Duration::from_secs(30));
@@ -209,7 +274,12 @@ fn stale_program_of_a_killed_process_is_cleared_at_start() {
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &net.a.ns])
         .arg(&exe)
-        .args(["--exact", "xdp_child_attach_and_wait", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "xdp_child_attach_and_wait",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("WEFT_XDP_CHILD_BIND", a_addr.to_string())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -224,7 +294,10 @@ fn stale_program_of_a_killed_process_is_cleared_at_start() {
     // SAFETY: kill of our own child by PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
-    assert!(xdp_attached(&net.a.ns), "a killed process leaves its program attached (what the start-up clears)");
+    assert!(
+        xdp_attached(&net.a.ns),
+        "a killed process leaves its program attached (what the start-up clears)"
+    );
 
     let t = Instant::now();
     let mode = in_netns(&net.a.ns, move || {
@@ -232,7 +305,10 @@ fn stale_program_of_a_killed_process_is_cleared_at_start() {
         underlay.mode()
     });
     eprintln!("reopened in {:?} ({mode}) after kill -9", t.elapsed());
-    assert!(!xdp_attached(&net.a.ns), "program detached after the clean drop");
+    assert!(
+        !xdp_attached(&net.a.ns),
+        "program detached after the clean drop"
+    );
     // Host traffic unaffected afterwards.
     assert!(ping(&net.b.ns, &net.a.underlay.to_string()));
     eprintln!("took {:?}", started.elapsed());
@@ -245,18 +321,30 @@ fn missing_interface_error_names_the_step() {
     let a_addr = SocketAddr::new(net.a.underlay.into(), PORT);
     let err = in_netns(&net.a.ns, move || {
         let socket = UdpSocket::bind(a_addr).unwrap();
-        let config = XdpConfig { interface: "nope0".to_string(), extra_ports: vec![], source: None };
-        XdpUnderlay::open(&config, socket).err().map(|e| e.to_string())
+        let config = XdpConfig {
+            interface: "nope0".to_string(),
+            extra_ports: vec![],
+            source: None,
+        };
+        XdpUnderlay::open(&config, socket)
+            .err()
+            .map(|e| e.to_string())
     });
     let err = err.expect("opening on a missing interface fails");
-    assert!(err.contains("find the interface") && err.contains("nope0"), "{err}");
+    assert!(
+        err.contains("find the interface") && err.contains("nope0"),
+        "{err}"
+    );
 }
 
 fn datapath(ns: &str) -> (String, String) {
     let status = status_json(ns).unwrap_or_default();
     (
         status["datapath"].as_str().unwrap_or_default().to_string(),
-        status["datapath_reason"].as_str().unwrap_or_default().to_string(),
+        status["datapath_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     )
 }
 
@@ -273,7 +361,13 @@ fn weft_in_xdp_mode_ping_transfer_restart_and_clean_exit() {
     net.wait_established(Duration::from_secs(10));
     for h in [&net.a, &net.b] {
         let (dp, reason) = datapath(&h.ns);
-        assert_eq!(dp, "xdp", "{}: datapath {dp} ({reason})\n{}", h.ns, h.logs());
+        assert_eq!(
+            dp,
+            "xdp",
+            "{}: datapath {dp} ({reason})\n{}",
+            h.ns,
+            h.logs()
+        );
         assert!(reason.contains("AF_XDP native, copy"), "{reason}");
         assert!(xdp_attached(&h.ns), "{}: program attached", h.ns);
     }
@@ -281,31 +375,63 @@ fn weft_in_xdp_mode_ping_transfer_restart_and_clean_exit() {
     assert!(ping(&net.b.ns, &net.a.overlay_ip()), "overlay ping B -> A");
 
     // Underlay TCP (not weft) in parallel with the overlay transfer.
-    let (a_ns, b_ns, b_underlay) = (net.a.ns.clone(), net.b.ns.clone(), net.b.underlay.to_string());
-    let plain = std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, &b_underlay, 5002, 8 << 20, 3));
+    let (a_ns, b_ns, b_underlay) = (
+        net.a.ns.clone(),
+        net.b.ns.clone(),
+        net.b.underlay.to_string(),
+    );
+    let plain =
+        std::thread::spawn(move || tcp_transfer(&a_ns, &b_ns, &b_underlay, 5002, 8 << 20, 3));
     let total = 64 << 20;
     let t = Instant::now();
-    let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, &net.b.overlay_ip(), 5001, total, 0x5eed);
+    let (sent, got, n) = tcp_transfer(
+        &net.a.ns,
+        &net.b.ns,
+        &net.b.overlay_ip(),
+        5001,
+        total,
+        0x5eed,
+    );
     let took = t.elapsed();
     assert_eq!(n, total, "overlay bytes received");
     assert_eq!(sent, got, "overlay SHA-256");
-    eprintln!("64 MiB over the overlay in xdp mode: {took:?} ({:.0} Mbit/s)", total as f64 * 8.0 / took.as_secs_f64() / 1e6);
+    eprintln!(
+        "64 MiB over the overlay in xdp mode: {took:?} ({:.0} Mbit/s)",
+        total as f64 * 8.0 / took.as_secs_f64() / 1e6
+    );
     let (psent, pgot, pn) = plain.join().expect("underlay TCP thread");
-    assert_eq!((pn, psent), (8 << 20, pgot), "underlay TCP beside the overlay");
+    assert_eq!(
+        (pn, psent),
+        (8 << 20, pgot),
+        "underlay TCP beside the overlay"
+    );
 
     // kill -9: the program stays; the restart clears it and comes up in xdp.
     net.a.kill9();
-    assert!(xdp_attached(&net.a.ns), "killed weft left its program (what the restart must clear)");
+    assert!(
+        xdp_attached(&net.a.ns),
+        "killed weft left its program (what the restart must clear)"
+    );
     net.a.start(&["--mode", "xdp"]);
     net.wait_established(Duration::from_secs(10));
     let (dp, reason) = datapath(&net.a.ns);
     assert_eq!(dp, "xdp", "after restart: {reason}\n{}", net.a.logs());
-    assert!(wait_until(Duration::from_secs(5), || ping(&net.a.ns, &net.b.overlay_ip())), "ping after restart");
+    assert!(
+        wait_until(Duration::from_secs(5), || ping(
+            &net.a.ns,
+            &net.b.overlay_ip()
+        )),
+        "ping after restart"
+    );
 
     for h in [&mut net.a, &mut net.b] {
         let st = h.terminate().expect("running");
         assert!(st.success(), "{}: clean exit {st:?}", h.ns);
-        assert!(!xdp_attached(&h.ns), "{}: no XDP program after a clean exit", h.ns);
+        assert!(
+            !xdp_attached(&h.ns),
+            "{}: no XDP program after a clean exit",
+            h.ns
+        );
     }
     eprintln!("took {:?}", started.elapsed());
 }
@@ -320,7 +446,10 @@ fn xdp_falls_back_to_udp_with_the_failing_step() {
     net.wait_established(Duration::from_secs(10));
     let (dp, reason) = datapath(&net.a.ns);
     assert_eq!(dp, "udp", "{reason}");
-    assert!(reason.contains("check the MTU") && reason.contains("MTU 9000"), "{reason}");
+    assert!(
+        reason.contains("check the MTU") && reason.contains("MTU 9000"),
+        "{reason}"
+    );
     assert!(!xdp_attached(&net.a.ns));
     assert!(ping(&net.a.ns, &net.b.overlay_ip()));
 }
@@ -336,7 +465,19 @@ fn xdp_underlay_over_ipv6() {
     let a_ip = format!("2001:db8:{id:x}::1");
     let b_ip = format!("2001:db8:{id:x}::2");
     for (h, ip) in [(&net.a, &a_ip), (&net.b, &b_ip)] {
-        run("ip", &["-n", &h.ns, "addr", "add", &format!("{ip}/64"), "dev", "u0", "nodad"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &h.ns,
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "u0",
+                "nodad",
+            ],
+        );
     }
     let a_addr: SocketAddr = format!("[{a_ip}]:{PORT}").parse().unwrap();
     let b_addr: SocketAddr = format!("[{b_ip}]:{PORT}").parse().unwrap();
@@ -344,7 +485,9 @@ fn xdp_underlay_over_ipv6() {
     let (ready_tx, ready_rx) = mpsc::channel();
     let b = spawn_in_netns(&net.b.ns, move || {
         let socket = UdpSocket::bind(b_addr).expect("bind B v6");
-        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         ready_tx.send(()).unwrap();
         let mut buf = [0u8; 2048];
         let mut got = 0;
@@ -375,7 +518,9 @@ fn xdp_underlay_over_ipv6() {
         let deadline = Instant::now() + Duration::from_secs(5);
         while received < N && Instant::now() < deadline {
             match underlay.recv_from(&mut buf) {
-                Ok((n, from)) if from == b_addr && buf[..n] == payload(received)[..] => received += 1,
+                Ok((n, from)) if from == b_addr && buf[..n] == payload(received)[..] => {
+                    received += 1
+                }
                 Ok(_) => {}
                 Err(_) => poll_readable(&underlay.poll_fds(), Duration::from_millis(100)),
             }
@@ -384,8 +529,16 @@ fn xdp_underlay_over_ipv6() {
     });
     let b_got = b.join().unwrap();
     eprintln!("v6 stats: {stats:?}");
-    assert_eq!(b_got, 2 * N, "B got {b_got} of {} (UDP checksum must be valid for IPv6)", 2 * N);
+    assert_eq!(
+        b_got,
+        2 * N,
+        "B got {b_got} of {} (UDP checksum must be valid for IPv6)",
+        2 * N
+    );
     assert_eq!(received, N, "A got {received} of {N}");
     assert_eq!(stats.rx_frames as usize, N, "{stats:?}");
-    assert!(stats.tx_frames as usize >= N, "second batch via AF_XDP after ND: {stats:?}");
+    assert!(
+        stats.tx_frames as usize >= N,
+        "second batch via AF_XDP after ND: {stats:?}"
+    );
 }

@@ -10,8 +10,26 @@ use weft::wire::sleeve::{self, MessageType, Records};
 fn sessions(cipher: CipherKind) -> (Session, Session) {
     let now = Instant::now();
     (
-        Session::new(cipher, &DataKeys { send: [1; 32], recv: [2; 32] }, 1, 2, now),
-        Session::new(cipher, &DataKeys { send: [2; 32], recv: [1; 32] }, 2, 1, now),
+        Session::new(
+            cipher,
+            &DataKeys {
+                send: [1; 32],
+                recv: [2; 32],
+            },
+            1,
+            2,
+            now,
+        ),
+        Session::new(
+            cipher,
+            &DataKeys {
+                send: [2; 32],
+                recv: [1; 32],
+            },
+            2,
+            1,
+            now,
+        ),
     )
 }
 
@@ -20,12 +38,18 @@ fn framing(c: &mut Criterion) {
     for size in [64usize, 1400] {
         let mut buf = vec![0u8; size + 64];
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(BenchmarkId::new("emit_record_header+parse", size), &size, |b, &size| {
-            b.iter(|| {
-                let n = sleeve::emit_record_header(&mut buf, 42, size).unwrap();
-                Records::new(&buf[..n]).map(|r| r.unwrap().frame.len()).sum::<usize>()
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("emit_record_header+parse", size),
+            &size,
+            |b, &size| {
+                b.iter(|| {
+                    let n = sleeve::emit_record_header(&mut buf, 42, size).unwrap();
+                    Records::new(&buf[..n])
+                        .map(|r| r.unwrap().frame.len())
+                        .sum::<usize>()
+                })
+            },
+        );
     }
     group.finish();
 }

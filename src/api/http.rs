@@ -31,24 +31,40 @@ impl StatusServer {
                     let status = snapshot.lock().map(|g| g.clone()).unwrap_or_default();
                     let path = request.url().split('?').next().unwrap_or("").to_string();
                     let (body, ctype, code) = match path.as_str() {
-                        "/status" | "/status.json" => {
-                            (serde_json::to_string_pretty(&status).unwrap_or_default(), "application/json", 200)
+                        "/status" | "/status.json" => (
+                            serde_json::to_string_pretty(&status).unwrap_or_default(),
+                            "application/json",
+                            200,
+                        ),
+                        "/status.txt" | "/" => {
+                            (status.render_text(), "text/plain; charset=utf-8", 200)
                         }
-                        "/status.txt" | "/" => (status.render_text(), "text/plain; charset=utf-8", 200),
                         "/metrics" => (
                             status.render_metrics(),
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                             200,
                         ),
-                        _ => ("not found: try /status, /status.txt or /metrics\n".to_string(), "text/plain", 404),
+                        _ => (
+                            "not found: try /status, /status.txt or /metrics\n".to_string(),
+                            "text/plain",
+                            404,
+                        ),
                     };
-                    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
-                        .expect("static header is valid");
-                    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(code).with_header(header));
+                    let header =
+                        tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
+                            .expect("static header is valid");
+                    let _ = request.respond(
+                        tiny_http::Response::from_string(body)
+                            .with_status_code(code)
+                            .with_header(header),
+                    );
                 }
             })
             .expect("spawning a thread works");
-        StatusServer { server, thread: Some(thread) }
+        StatusServer {
+            server,
+            thread: Some(thread),
+        }
     }
 }
 

@@ -145,12 +145,36 @@ pub fn register_metrics(
         c.inc_by(n);
         c
     };
-    registry.register("sealed_datagrams", "Sealed data datagrams sent", counter(batching.sealed_datagrams));
-    registry.register("sealed_frames", "Frames carried in sealed data datagrams (more than datagrams: packing)", counter(batching.sealed_frames));
-    registry.register("sendmmsg_calls", "sendmmsg system calls", counter(batching.sendmmsg_calls));
-    registry.register("sendmmsg_datagrams", "Datagrams sent by sendmmsg", counter(batching.sendmmsg_datagrams));
-    registry.register("gso_sends", "UDP GSO sendmsg calls", counter(batching.gso_sends));
-    registry.register("gso_datagrams", "Datagrams sent through UDP GSO", counter(batching.gso_datagrams));
+    registry.register(
+        "sealed_datagrams",
+        "Sealed data datagrams sent",
+        counter(batching.sealed_datagrams),
+    );
+    registry.register(
+        "sealed_frames",
+        "Frames carried in sealed data datagrams (more than datagrams: packing)",
+        counter(batching.sealed_frames),
+    );
+    registry.register(
+        "sendmmsg_calls",
+        "sendmmsg system calls",
+        counter(batching.sendmmsg_calls),
+    );
+    registry.register(
+        "sendmmsg_datagrams",
+        "Datagrams sent by sendmmsg",
+        counter(batching.sendmmsg_datagrams),
+    );
+    registry.register(
+        "gso_sends",
+        "UDP GSO sendmsg calls",
+        counter(batching.gso_sends),
+    );
+    registry.register(
+        "gso_datagrams",
+        "Datagrams sent through UDP GSO",
+        counter(batching.gso_datagrams),
+    );
     let Some(l2) = l2 else { return };
     let frames = Family::<Labels, Counter>::default();
     let c = &l2.counters;
@@ -162,13 +186,23 @@ pub fn register_metrics(
         ("runt", c.runts),
         ("bad_source", c.bad_source),
     ] {
-        frames.get_or_create(&vec![("kind".into(), kind.into())]).inc_by(n);
+        frames
+            .get_or_create(&vec![("kind".into(), kind.into())])
+            .inc_by(n);
     }
-    registry.register("l2_frames", "Ethernet frames by what happened to them", frames);
+    registry.register(
+        "l2_frames",
+        "Ethernet frames by what happened to them",
+        frames,
+    );
     let macs = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     macs.set(c.fdb_entries as i64);
     registry.register("l2_mac_entries", "Learned MAC addresses", macs);
-    registry.register("l2_mac_moves", "MAC addresses that moved between hosts", counter(c.mac_moves));
+    registry.register(
+        "l2_mac_moves",
+        "MAC addresses that moved between hosts",
+        counter(c.mac_moves),
+    );
     let vtep_tx = Family::<Labels, Counter>::default();
     let vtep_rx = Family::<Labels, Counter>::default();
     for v in &l2.vteps {
@@ -176,17 +210,31 @@ pub fn register_metrics(
         vtep_tx.get_or_create(&l).inc_by(v.tx_packets);
         vtep_rx.get_or_create(&l).inc_by(v.rx_packets);
     }
-    registry.register("vtep_tx_packets", "Frames sent to a static VXLAN endpoint", vtep_tx);
-    registry.register("vtep_rx_packets", "Frames accepted from a static VXLAN endpoint", vtep_rx);
+    registry.register(
+        "vtep_tx_packets",
+        "Frames sent to a static VXLAN endpoint",
+        vtep_tx,
+    );
+    registry.register(
+        "vtep_rx_packets",
+        "Frames accepted from a static VXLAN endpoint",
+        vtep_rx,
+    );
     let drops = Family::<Labels, Counter>::default();
     for (reason, n) in [
         ("wrong_vni", l2.vxlan_drops.wrong_vni),
         ("bad_header", l2.vxlan_drops.bad_header),
         ("unknown_vtep", l2.vxlan_drops.unknown_vtep),
     ] {
-        drops.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
+        drops
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc_by(n);
     }
-    registry.register("vxlan_dropped", "Plaintext VXLAN datagrams dropped, by reason", drops);
+    registry.register(
+        "vxlan_dropped",
+        "Plaintext VXLAN datagrams dropped, by reason",
+        drops,
+    );
 }
 
 #[cfg(test)]
@@ -199,22 +247,48 @@ mod tests {
             bridge: "weft".into(),
             bridge_created: true,
             mac_age_secs: 600,
-            vteps: vec![VtepStatus { address: "198.18.0.2:4789".into(), tx_packets: 3, rx_packets: 4, ..Default::default() }],
-            vxlan_drops: VxlanDrops { wrong_vni: 2, ..Default::default() },
+            vteps: vec![VtepStatus {
+                address: "198.18.0.2:4789".into(),
+                tx_packets: 3,
+                rx_packets: 4,
+                ..Default::default()
+            }],
+            vxlan_drops: VxlanDrops {
+                wrong_vni: 2,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let text = l2.render_text();
-        assert!(text.contains("Static VTEPs: 1") && text.contains("198.18.0.2:4789") && text.contains("wrong-vni=2"), "{text}");
+        assert!(
+            text.contains("Static VTEPs: 1")
+                && text.contains("198.18.0.2:4789")
+                && text.contains("wrong-vni=2"),
+            "{text}"
+        );
         let status = crate::api::Status {
             l2: Some(l2),
-            batching: BatchCounters { sealed_datagrams: 2, sealed_frames: 5, ..Default::default() },
+            batching: BatchCounters {
+                sealed_datagrams: 2,
+                sealed_frames: 5,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let m = status.render_metrics();
-        assert!(m.contains("weft_vtep_tx_packets_total{vtep=\"198.18.0.2:4789\"} 3"), "{m}");
+        assert!(
+            m.contains("weft_vtep_tx_packets_total{vtep=\"198.18.0.2:4789\"} 3"),
+            "{m}"
+        );
         assert!(m.contains("weft_sealed_frames_total 5"), "{m}");
-        assert!(m.contains("weft_vxlan_dropped_total{reason=\"wrong_vni\"} 2"), "{m}");
+        assert!(
+            m.contains("weft_vxlan_dropped_total{reason=\"wrong_vni\"} 2"),
+            "{m}"
+        );
         let json = serde_json::to_string(&status).unwrap();
-        assert_eq!(serde_json::from_str::<crate::api::Status>(&json).unwrap(), status);
+        assert_eq!(
+            serde_json::from_str::<crate::api::Status>(&json).unwrap(),
+            status
+        );
     }
 }

@@ -187,10 +187,22 @@ impl Status {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!("        Version: weft {}\n", self.version));
-        out.push_str(&format!("           Name: {} ({})\n", self.name, self.public_key));
-        out.push_str(&format!("      Interface: {} {} mtu={}\n", self.interface, self.overlay, self.overlay_mtu));
-        out.push_str(&format!("       Underlay: {} mtu={} listen={}\n", self.underlay, self.underlay_mtu, self.listen));
-        out.push_str(&format!("       Datapath: {} - {}\n", self.datapath, self.datapath_reason));
+        out.push_str(&format!(
+            "           Name: {} ({})\n",
+            self.name, self.public_key
+        ));
+        out.push_str(&format!(
+            "      Interface: {} {} mtu={}\n",
+            self.interface, self.overlay, self.overlay_mtu
+        ));
+        out.push_str(&format!(
+            "       Underlay: {} mtu={} listen={}\n",
+            self.underlay, self.underlay_mtu, self.listen
+        ));
+        out.push_str(&format!(
+            "       Datapath: {} - {}\n",
+            self.datapath, self.datapath_reason
+        ));
         out.push_str(&format!("     Encryption: {}\n", self.encryption));
         out.push_str(&format!("         Uptime: {}s\n", self.uptime_secs));
         let d = &self.dropped;
@@ -241,8 +253,12 @@ impl Status {
         let dropped = Family::<Labels, Counter>::default();
         let overlay_mtu = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         for c in &self.connections {
-            let l: Labels = vec![("peer".into(), c.address.clone()), ("direction".into(), c.direction.clone())];
-            up.get_or_create(&l).set(i64::from(c.state == "established"));
+            let l: Labels = vec![
+                ("peer".into(), c.address.clone()),
+                ("direction".into(), c.direction.clone()),
+            ];
+            up.get_or_create(&l)
+                .set(i64::from(c.state == "established"));
             tx_bytes.get_or_create(&l).inc_by(c.tx_bytes);
             rx_bytes.get_or_create(&l).inc_by(c.rx_bytes);
             tx_packets.get_or_create(&l).inc_by(c.tx_packets);
@@ -263,17 +279,31 @@ impl Status {
             ("send_error", d.send_errors),
             ("too_big", d.too_big),
         ] {
-            dropped.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(n);
+            dropped
+                .get_or_create(&vec![("reason".into(), reason.into())])
+                .inc_by(n);
         }
         overlay_mtu.set(i64::from(self.overlay_mtu));
         registry.register("connection_up", "1 when the connection is established", up);
         registry.register("tx_bytes", "Inner bytes sent to a peer", tx_bytes);
         registry.register("rx_bytes", "Inner bytes received from a peer", rx_bytes);
         registry.register("tx_packets", "Inner packets sent to a peer", tx_packets);
-        registry.register("rx_packets", "Inner packets received from a peer", rx_packets);
+        registry.register(
+            "rx_packets",
+            "Inner packets received from a peer",
+            rx_packets,
+        );
         registry.register("rtt_seconds", "Last heartbeat round-trip time", rtt);
-        registry.register("dropped", "Datagrams, packets or connections dropped, by reason", dropped);
-        registry.register("overlay_mtu", "MTU of the local overlay device", overlay_mtu);
+        registry.register(
+            "dropped",
+            "Datagrams, packets or connections dropped, by reason",
+            dropped,
+        );
+        registry.register(
+            "overlay_mtu",
+            "MTU of the local overlay device",
+            overlay_mtu,
+        );
         super::l2_status::register_metrics(&mut registry, self.l2.as_ref(), &self.batching);
         let mut out = String::new();
         encode(&mut out, &registry).expect("writing to a String cannot fail");
@@ -309,7 +339,10 @@ mod tests {
                 peer_overlay: vec!["10.40.0.2/16".into()],
                 endpoint: Some("198.18.0.2:6783".into()),
             }],
-            dropped: DropCounters { authentication: 3, ..Default::default() },
+            dropped: DropCounters {
+                authentication: 3,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -317,7 +350,15 @@ mod tests {
     #[test]
     fn text_line_has_the_fields() {
         let line = sample().connections[0].line();
-        for want in ["-> 198.18.0.2:6783", "established", "sleeve", "aes256gcm", "mtu=1430", "rtt=0.25ms", "tx=2.0KiB/2p"] {
+        for want in [
+            "-> 198.18.0.2:6783",
+            "established",
+            "sleeve",
+            "aes256gcm",
+            "mtu=1430",
+            "rtt=0.25ms",
+            "tx=2.0KiB/2p",
+        ] {
             assert!(line.contains(want), "{want} missing from {line}");
         }
     }
@@ -328,7 +369,13 @@ mod tests {
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&j).unwrap(), s);
         let m = s.render_metrics();
-        assert!(m.contains("weft_tx_bytes_total{peer=\"198.18.0.2:6783\",direction=\"->\"} 2048"), "{m}");
-        assert!(m.contains("weft_dropped_total{reason=\"authentication\"} 3"), "{m}");
+        assert!(
+            m.contains("weft_tx_bytes_total{peer=\"198.18.0.2:6783\",direction=\"->\"} 2048"),
+            "{m}"
+        );
+        assert!(
+            m.contains("weft_dropped_total{reason=\"authentication\"} 3"),
+            "{m}"
+        );
     }
 }

@@ -20,7 +20,10 @@ struct Slots {
 
 impl Slots {
     fn new(slot_len: usize) -> Slots {
-        Slots { bytes: vec![0u8; slot_len * BATCH].into_boxed_slice(), slot_len }
+        Slots {
+            bytes: vec![0u8; slot_len * BATCH].into_boxed_slice(),
+            slot_len,
+        }
     }
 
     fn slot_mut(&mut self, i: usize) -> &mut [u8] {
@@ -49,7 +52,9 @@ impl RecvBatch {
     /// Room for [`BATCH`] datagrams of up to `max_datagram` bytes each.
     pub fn new(max_datagram: usize) -> RecvBatch {
         RecvBatch {
-            slots: (0..BATCH).map(|_| vec![0u8; max_datagram].into_boxed_slice()).collect(),
+            slots: (0..BATCH)
+                .map(|_| vec![0u8; max_datagram].into_boxed_slice())
+                .collect(),
             slot_len: max_datagram,
             lens: [0; BATCH],
             // SAFETY: all-zero sockaddr_storage values are valid.
@@ -66,14 +71,26 @@ impl RecvBatch {
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for i in 0..BATCH {
             let slot = &mut self.slots[i];
-            iov[i].write(libc::iovec { iov_base: slot.as_mut_ptr() as *mut libc::c_void, iov_len: slot.len() });
+            iov[i].write(libc::iovec {
+                iov_base: slot.as_mut_ptr() as *mut libc::c_void,
+                iov_len: slot.len(),
+            });
             msgs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &mut self.from[i] as *mut _ as *mut libc::c_void;
-            msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msgs[i].msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         }
         // SAFETY: every header points at live buffers owned by self for the call.
-        let n = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
         if n < 0 {
             self.count = 0;
             return Err(io::Error::last_os_error());
@@ -192,8 +209,12 @@ impl SendBatch {
     /// Copies `datagram` into the next slot and queues it; false when full
     /// or too long.
     pub fn push(&mut self, datagram: &[u8], to: SocketAddr) -> bool {
-        let Some(slot) = self.next_slot() else { return false };
-        let Some(dst) = slot.get_mut(..datagram.len()) else { return false };
+        let Some(slot) = self.next_slot() else {
+            return false;
+        };
+        let Some(dst) = slot.get_mut(..datagram.len()) else {
+            return false;
+        };
         dst.copy_from_slice(datagram);
         self.commit(datagram.len(), to);
         true
@@ -219,14 +240,18 @@ impl SendBatch {
     pub fn flush(&mut self, fd: RawFd) {
         let mut start = 0;
         while start < self.count {
-            let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+            let mut iov: [MaybeUninit<libc::iovec>; BATCH] =
+                [const { MaybeUninit::uninit() }; BATCH];
             // SAFETY: mmsghdr is plain old data; zero is valid.
             let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
             let n = self.count - start;
             for k in 0..n {
                 let i = start + k;
                 let slot = self.slots.slot(i);
-                iov[k].write(libc::iovec { iov_base: slot.as_ptr() as *mut libc::c_void, iov_len: self.lens[i] });
+                iov[k].write(libc::iovec {
+                    iov_base: slot.as_ptr() as *mut libc::c_void,
+                    iov_len: self.lens[i],
+                });
                 msgs[k].msg_hdr.msg_iov = iov[k].as_mut_ptr();
                 msgs[k].msg_hdr.msg_iovlen = 1;
                 msgs[k].msg_hdr.msg_name = &mut self.to[i].0 as *mut _ as *mut libc::c_void;
@@ -234,7 +259,9 @@ impl SendBatch {
             }
             self.calls += 1;
             // SAFETY: every header points at live buffers owned by self for the call.
-            let rc = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+            let rc = unsafe {
+                libc::sendmmsg(fd, msgs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT)
+            };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -266,7 +293,10 @@ pub fn send_slices<'a>(
 ) -> (u64, u64) {
     let mut sent = 0u64;
     let mut calls = 0u64;
-    let mut iov: [libc::iovec; BATCH] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH];
+    let mut iov: [libc::iovec; BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
     let mut names: [(libc::sockaddr_storage, libc::socklen_t); BATCH] =
         // SAFETY: all-zero sockaddr_storage values are valid.
         unsafe { std::mem::zeroed() };
@@ -275,8 +305,13 @@ pub fn send_slices<'a>(
     while datagrams.peek().is_some() {
         let mut n = 0;
         while n < BATCH {
-            let Some((bytes, to)) = datagrams.next() else { break };
-            iov[n] = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+            let Some((bytes, to)) = datagrams.next() else {
+                break;
+            };
+            iov[n] = libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            };
             names[n] = to_storage(to);
             n += 1;
         }
@@ -293,7 +328,12 @@ pub fn send_slices<'a>(
             calls += 1;
             // SAFETY: headers point at the caller's slices, alive for the call.
             let rc = unsafe {
-                libc::sendmmsg(fd, msgs[start..].as_mut_ptr(), (n - start) as libc::c_uint, libc::MSG_DONTWAIT)
+                libc::sendmmsg(
+                    fd,
+                    msgs[start..].as_mut_ptr(),
+                    (n - start) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
             };
             if rc <= 0 {
                 let e = io::Error::last_os_error();
@@ -343,7 +383,9 @@ mod tests {
                         got += 1;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
                 Err(e) => panic!("{e}"),
             }
             if got == 10 {

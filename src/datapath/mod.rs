@@ -3,11 +3,11 @@
 //! `noise` state.
 
 pub mod batch;
+pub mod odp;
 pub mod offload;
 pub mod sockaddr;
 pub mod tap;
 pub mod tun;
 pub mod udp;
-pub mod odp;
 pub mod underlay;
 pub mod xdp;

@@ -14,7 +14,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_LEN};
+use tun_rs::{
+    VirtioNetHdr, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
+    VIRTIO_NET_HDR_LEN,
+};
 
 /// Length of the virtio_net header in front of every TUN read and write.
 pub const VNET_HDR_LEN: usize = VIRTIO_NET_HDR_LEN;
@@ -44,11 +47,18 @@ pub enum SuperPacket {
 /// the way wireguard-go checks it (the kernel's hdr_len is not trusted).
 fn header_len(hdr: &VirtioNetHdr, packet: &[u8]) -> io::Result<usize> {
     let csum_start = usize::from(hdr.csum_start);
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("bad GSO packet from TUN: {what}"));
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad GSO packet from TUN: {what}"),
+        )
+    };
     match hdr.gso_type & !0x80 {
         VIRTIO_NET_HDR_GSO_UDP_L4 => Ok(csum_start + 8),
         VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_TCPV6 => {
-            let off = *packet.get(csum_start + 12).ok_or_else(|| bad("short TCP header"))?;
+            let off = *packet
+                .get(csum_start + 12)
+                .ok_or_else(|| bad("short TCP header"))?;
             let tcp_len = usize::from(off >> 4) * 4;
             if !(20..=60).contains(&tcp_len) {
                 return Err(bad("TCP header length"));
@@ -63,28 +73,47 @@ fn header_len(hdr: &VirtioNetHdr, packet: &[u8]) -> io::Result<usize> {
 /// Completes a partial checksum of a single packet in place.
 pub fn classify(buf: &mut [u8], len: usize) -> io::Result<(VirtioNetHdr, SuperPacket)> {
     if len <= VNET_HDR_LEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "TUN read shorter than the virtio header"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TUN read shorter than the virtio header",
+        ));
     }
     let mut hdr = VirtioNetHdr::decode(&buf[..VNET_HDR_LEN])?;
     let packet = &mut buf[VNET_HDR_LEN..len];
     if hdr.gso_type == GSO_NONE {
         if hdr.flags & F_NEEDS_CSUM != 0 {
-            complete_checksum(packet, usize::from(hdr.csum_start), usize::from(hdr.csum_offset))?;
+            complete_checksum(
+                packet,
+                usize::from(hdr.csum_start),
+                usize::from(hdr.csum_offset),
+            )?;
         }
         return Ok((hdr, SuperPacket::Single(packet.len())));
     }
     if hdr.gso_size == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "GSO packet with gso_size 0"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "GSO packet with gso_size 0",
+        ));
     }
     let hl = header_len(&hdr, packet)?;
     if hl > packet.len() || hl < usize::from(hdr.csum_start) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "GSO header longer than the packet"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "GSO header longer than the packet",
+        ));
     }
     hdr.hdr_len = hl as u16;
     let payload = packet.len() - hl;
     let gso = usize::from(hdr.gso_size);
     let count = payload.div_ceil(gso).max(1);
-    Ok((hdr, SuperPacket::Segmented { segment_len: hl + gso, count }))
+    Ok((
+        hdr,
+        SuperPacket::Segmented {
+            segment_len: hl + gso,
+            count,
+        },
+    ))
 }
 
 /// Fills in a CHECKSUM_PARTIAL checksum: the field at `start + offset`
@@ -92,7 +121,10 @@ pub fn classify(buf: &mut [u8], len: usize) -> io::Result<(VirtioNetHdr, SuperPa
 fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) -> io::Result<()> {
     let at = start + offset;
     if at + 2 > packet.len() || start > packet.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "checksum offset outside the packet"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "checksum offset outside the packet",
+        ));
     }
     // The field holds the pseudo-header sum, so summing across it adds it in.
     let value = crate::wire::checksum::finish(crate::wire::checksum::data(&packet[start..]));
@@ -118,14 +150,28 @@ pub fn split_super_packet<B: AsRef<[u8]> + AsMut<[u8]>>(
 /// (the last may be shorter) with one sendmsg and UDP_SEGMENT. The parts
 /// need not be contiguous: each sealed datagram can stay in its own buffer,
 /// as long as every part but the last is exactly `segment` bytes.
-pub fn send_gso_slices(fd: RawFd, parts: &[&[u8]], segment: u16, to: SocketAddr) -> io::Result<usize> {
+pub fn send_gso_slices(
+    fd: RawFd,
+    parts: &[&[u8]],
+    segment: u16,
+    to: SocketAddr,
+) -> io::Result<usize> {
     let (storage, namelen) = crate::datapath::sockaddr::to_storage(to);
-    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_GSO_SEGMENTS];
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_GSO_SEGMENTS];
     if parts.is_empty() || parts.len() > MAX_GSO_SEGMENTS {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "1 to 64 parts per GSO send"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "1 to 64 parts per GSO send",
+        ));
     }
     for (slot, part) in iov.iter_mut().zip(parts) {
-        *slot = libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() };
+        *slot = libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        };
     }
     // Room for one cmsg carrying a u16.
     let mut control = [0u64; 4];
@@ -162,7 +208,10 @@ pub fn send_gso_slices(fd: RawFd, parts: &[&[u8]], segment: u16, to: SocketAddr)
 /// Whether an error from a GSO send means "this socket or device cannot do
 /// UDP GSO" (fall back to sendmmsg for good) rather than a per-send failure.
 pub fn gso_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)
+    )
 }
 
 #[cfg(test)]
@@ -173,7 +222,8 @@ mod tests {
     #[test]
     fn gso_send_arrives_as_separate_datagrams() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut buf = vec![0u8; 250];
         for (i, b) in buf.iter_mut().enumerate() {
@@ -182,7 +232,14 @@ mod tests {
         match send_gso_slices(tx.as_raw_fd(), &[&buf], 100, rx.local_addr().unwrap()) {
             Ok(n) => assert_eq!(n, 250),
             // Kernels without UDP GSO: the caller falls back; nothing to test.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EIO)) => return,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EIO)
+                ) =>
+            {
+                return
+            }
             Err(e) => panic!("{e}"),
         }
         let mut got = vec![];
@@ -197,7 +254,8 @@ mod tests {
     #[test]
     fn gso_from_separate_buffers() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let (a, b, c) = ([1u8; 80], [2u8; 80], [3u8; 30]);
         match send_gso_slices(tx.as_raw_fd(), &[&a, &b, &c], 80, rx.local_addr().unwrap()) {
@@ -206,7 +264,12 @@ mod tests {
             Err(e) => panic!("{e}"),
         }
         let mut r = [0u8; 300];
-        let got: Vec<_> = (0..3).map(|_| { let n = rx.recv(&mut r).unwrap(); (n, r[0]) }).collect();
+        let got: Vec<_> = (0..3)
+            .map(|_| {
+                let n = rx.recv(&mut r).unwrap();
+                (n, r[0])
+            })
+            .collect();
         assert_eq!(got, vec![(80, 1), (80, 2), (30, 3)]);
     }
 

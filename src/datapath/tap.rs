@@ -39,7 +39,11 @@ impl Drop for BridgeGuard {
     fn drop(&mut self) {
         if self.created {
             if let Err(e) = ip(&["link", "del", "dev", &self.bridge]) {
-                tracing::warn!("could not remove bridge {}: {e}; remove it with `ip link del {}`", self.bridge, self.bridge);
+                tracing::warn!(
+                    "could not remove bridge {}: {e}; remove it with `ip link del {}`",
+                    self.bridge,
+                    self.bridge
+                );
             } else {
                 tracing::info!("removed bridge {}", self.bridge);
             }
@@ -58,12 +62,19 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
 fn is_bridge(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).join("bridge").exists()
+    Path::new("/sys/class/net")
+        .join(name)
+        .join("bridge")
+        .exists()
 }
 
 fn exists(name: &str) -> bool {
@@ -94,7 +105,9 @@ pub fn create(
         }
     }
     if bridge == tap_name {
-        return Err(format!("--bridge and --iface-name are both {bridge:?}: the TAP needs its own name"));
+        return Err(format!(
+            "--bridge and --iface-name are both {bridge:?}: the TAP needs its own name"
+        ));
     }
     if exists(tap_name) {
         return Err(format!(
@@ -103,7 +116,9 @@ pub fn create(
     }
     let created = if exists(bridge) {
         if !is_bridge(bridge) {
-            return Err(format!("{bridge} exists but is not a Linux bridge: choose another --bridge name"));
+            return Err(format!(
+                "{bridge} exists but is not a Linux bridge: choose another --bridge name"
+            ));
         }
         tracing::info!("attaching to the existing bridge {bridge}");
         false
@@ -112,7 +127,11 @@ pub fn create(
             .map_err(|e| format!("cannot create bridge {bridge}: {e}"))?;
         true
     };
-    let mut guard = BridgeGuard { bridge: bridge.to_string(), created, added_address: None };
+    let mut guard = BridgeGuard {
+        bridge: bridge.to_string(),
+        created,
+        added_address: None,
+    };
     let mtu_text = overlay_mtu.to_string();
     if created {
         ip(&["link", "set", "dev", bridge, "mtu", &mtu_text])?;
@@ -129,7 +148,9 @@ pub fn create(
             }
             _ => format!("cannot create TAP device {tap_name}: {e}"),
         })?;
-    device.set_nonblocking(true).map_err(|e| format!("cannot make TAP {tap_name} non-blocking: {e}"))?;
+    device
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot make TAP {tap_name} non-blocking: {e}"))?;
     let tap = TunDevice::from_device(device, tap_name.to_string());
     ip(&["link", "set", "dev", tap_name, "master", bridge])?;
     ip(&["link", "set", "dev", tap_name, "up"])?;

@@ -45,14 +45,23 @@ impl TunDevice {
     /// With `offload`, the device is opened with IFF_VNET_HDR and TSO/USO
     /// (if the kernel accepts them): reads may then return 64 KiB
     /// super-packets behind a virtio_net header, and writes carry one.
-    pub fn create(name: &str, address: IpAddr, prefix: u8, mtu: u16, offload: bool) -> Result<TunDevice, TunError> {
+    pub fn create(
+        name: &str,
+        address: IpAddr,
+        prefix: u8,
+        mtu: u16,
+        offload: bool,
+    ) -> Result<TunDevice, TunError> {
         if std::path::Path::new("/sys/class/net").join(name).exists() {
             return Err(TunError::Exists { name: name.into() });
         }
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err(TunError::NoTun);
         }
-        let builder = tun_rs::DeviceBuilder::new().name(name).mtu(mtu).offload(offload);
+        let builder = tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .offload(offload);
         let builder = match address {
             IpAddr::V4(a) => builder.ipv4(a, prefix, None),
             IpAddr::V6(a) => builder.ipv6(a, prefix),
@@ -60,20 +69,32 @@ impl TunDevice {
         let device = builder.build_sync().map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => TunError::Permission { name: name.into() },
             Some(libc::EBUSY) | Some(libc::EEXIST) => TunError::Exists { name: name.into() },
-            _ => TunError::Other { name: name.into(), source: e },
+            _ => TunError::Other {
+                name: name.into(),
+                source: e,
+            },
         })?;
-        device
-            .set_nonblocking(true)
-            .map_err(|e| TunError::Other { name: name.into(), source: e })?;
+        device.set_nonblocking(true).map_err(|e| TunError::Other {
+            name: name.into(),
+            source: e,
+        })?;
         let vnet_hdr = device.tcp_gso();
-        Ok(TunDevice { device, name: name.to_string(), vnet_hdr })
+        Ok(TunDevice {
+            device,
+            name: name.to_string(),
+            vnet_hdr,
+        })
     }
 
     /// Wraps a device opened elsewhere (the TAP of bridge mode, see
     /// `datapath::tap`): reads and writes work the same for both layers.
     pub fn from_device(device: tun_rs::SyncDevice, name: String) -> TunDevice {
         let vnet_hdr = device.tcp_gso();
-        TunDevice { device, name, vnet_hdr }
+        TunDevice {
+            device,
+            name,
+            vnet_hdr,
+        }
     }
 
     /// Whether reads and writes carry a virtio_net header (offloads on).
@@ -98,8 +119,12 @@ impl TunDevice {
     #[inline]
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         if self.vnet_hdr {
-            const NO_OFFLOAD: [u8; crate::datapath::offload::VNET_HDR_LEN] = [0; crate::datapath::offload::VNET_HDR_LEN];
-            self.device.send_vectored(&[std::io::IoSlice::new(&NO_OFFLOAD), std::io::IoSlice::new(packet)])
+            const NO_OFFLOAD: [u8; crate::datapath::offload::VNET_HDR_LEN] =
+                [0; crate::datapath::offload::VNET_HDR_LEN];
+            self.device.send_vectored(&[
+                std::io::IoSlice::new(&NO_OFFLOAD),
+                std::io::IoSlice::new(packet),
+            ])
         } else {
             self.device.send(packet)
         }
@@ -109,7 +134,12 @@ impl TunDevice {
     /// least the header's 10 bytes free in front), coalescing TCP segments
     /// of one flow into super-packets (GRO) so the kernel sees few, large
     /// packets. Only with offloads on.
-    pub fn send_coalesced(&self, table: &mut tun_rs::GROTable, bufs: &mut [bytes::BytesMut], offset: usize) -> io::Result<usize> {
+    pub fn send_coalesced(
+        &self,
+        table: &mut tun_rs::GROTable,
+        bufs: &mut [bytes::BytesMut],
+        offset: usize,
+    ) -> io::Result<usize> {
         self.device.send_multiple(table, bufs, offset)
     }
 

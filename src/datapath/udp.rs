@@ -41,7 +41,11 @@ fn map_bind(proto: &'static str, addr: SocketAddr, e: io::Error) -> BindError {
     match e.raw_os_error() {
         Some(libc::EADDRINUSE) => BindError::InUse { proto, addr },
         Some(libc::EADDRNOTAVAIL) => BindError::NotLocal { proto, addr },
-        _ => BindError::Other { proto, addr, source: e },
+        _ => BindError::Other {
+            proto,
+            addr,
+            source: e,
+        },
     }
 }
 
@@ -50,22 +54,39 @@ fn map_bind(proto: &'static str, addr: SocketAddr, e: io::Error) -> BindError {
 /// and an oversized send fails with EMSGSIZE instead of going out.
 pub fn bind_data_socket(addr: SocketAddr) -> Result<UdpSocket, BindError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| map_bind("UDP", addr, e))?;
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| map_bind("UDP", addr, e))?;
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     set_dont_fragment(&socket, addr.is_ipv4()).map_err(|e| map_bind("UDP", addr, e))?;
-    socket.bind(&addr.into()).map_err(|e| map_bind("UDP", addr, e))?;
-    socket.set_nonblocking(true).map_err(|e| map_bind("UDP", addr, e))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| map_bind("UDP", addr, e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| map_bind("UDP", addr, e))?;
     Ok(socket.into())
 }
 
 fn set_dont_fragment(socket: &socket2::Socket, ipv4: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let (level, name, value) = if ipv4 {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        )
     } else {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_DO)
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DO,
+        )
     };
     // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the right size.
     let rc = unsafe {
@@ -87,12 +108,23 @@ fn set_dont_fragment(socket: &socket2::Socket, ipv4: bool) -> io::Result<()> {
 /// does not wait for TIME_WAIT).
 pub fn bind_control_listener(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(|e| map_bind("TCP", addr, e))?;
-    socket.set_reuse_address(true).map_err(|e| map_bind("TCP", addr, e))?;
-    socket.bind(&addr.into()).map_err(|e| map_bind("TCP", addr, e))?;
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| map_bind("TCP", addr, e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| map_bind("TCP", addr, e))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| map_bind("TCP", addr, e))?;
     socket.listen(128).map_err(|e| map_bind("TCP", addr, e))?;
-    socket.set_nonblocking(true).map_err(|e| map_bind("TCP", addr, e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| map_bind("TCP", addr, e))?;
     Ok(socket.into())
 }
 

@@ -38,7 +38,10 @@ impl Underlay {
 
     /// Wraps an opened AF_XDP underlay.
     pub fn xdp(underlay: XdpUnderlay) -> Underlay {
-        Underlay::Xdp { underlay: Box::new(underlay), queued: 0 }
+        Underlay::Xdp {
+            underlay: Box::new(underlay),
+            queued: 0,
+        }
     }
 
     /// Registers every file descriptor to poll under `token` (readable).

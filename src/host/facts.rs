@@ -177,7 +177,10 @@ impl Facts {
             ),
         };
         let (tun, tun_offloads, tun_uso) = probe_tun();
-        let underlay_driver = underlay_iface.as_ref().ok().and_then(|name| driver_name(name));
+        let underlay_driver = underlay_iface
+            .as_ref()
+            .ok()
+            .and_then(|name| driver_name(name));
         Facts {
             kernel_release: kernel_release(),
             kernel_source: "uname".to_string(),

@@ -306,7 +306,11 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
         facts.af_xdp.detail.clone(),
     ));
     if let Some(driver) = &facts.underlay_driver {
-        let zc = if COPY_ONLY_DRIVERS.contains(&driver.as_str()) { "AF_XDP copy mode only" } else { "may support AF_XDP zero-copy" };
+        let zc = if COPY_ONLY_DRIVERS.contains(&driver.as_str()) {
+            "AF_XDP copy mode only"
+        } else {
+            "may support AF_XDP zero-copy"
+        };
         checks.push(check("driver", true, format!("{driver} ({zc})")));
     }
     checks.push(check(
@@ -410,7 +414,11 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
             continue;
         }
         if datapath == Datapath::Xdp {
-            if let Some(driver) = facts.underlay_driver.as_deref().filter(|d| COPY_ONLY_DRIVERS.contains(d)) {
+            if let Some(driver) = facts
+                .underlay_driver
+                .as_deref()
+                .filter(|d| COPY_ONLY_DRIVERS.contains(d))
+            {
                 reasons.push(format!(
                     "xdp is allowed by the host, but {driver} has no AF_XDP zero-copy: in copy mode the UDP socket path with GSO is as fast or faster (perf/RESULTS.md), so auto stays on udp; --mode xdp uses it anyway"
                 ));
@@ -450,7 +458,9 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
 
 /// Drivers of virtual devices that only offer AF_XDP in copy mode, where
 /// the UDP socket path with GSO/GRO measured at least as fast.
-pub const COPY_ONLY_DRIVERS: [&str; 8] = ["veth", "tun", "bridge", "dummy", "macvlan", "ipvlan", "vxlan", "geneve"];
+pub const COPY_ONLY_DRIVERS: [&str; 8] = [
+    "veth", "tun", "bridge", "dummy", "macvlan", "ipvlan", "vxlan", "geneve",
+];
 
 fn why_chosen(datapath: Datapath, facts: &Facts) -> String {
     match datapath {
@@ -817,8 +827,8 @@ mod tests {
 #[cfg(test)]
 mod copy_only_tests {
     use super::*;
-    use crate::host::known_issues::tests::facts;
     use crate::host::facts::Offload;
+    use crate::host::known_issues::tests::facts;
 
     #[test]
     fn auto_stays_on_udp_over_copy_only_drivers_but_xdp_is_allowed() {
@@ -827,8 +837,17 @@ mod copy_only_tests {
         let plan = decide(&f, &Request::default());
         assert_eq!(plan.datapath, Datapath::Udp);
         assert!(plan.host_allows.contains(&Datapath::Xdp));
-        assert!(plan.reasons.iter().any(|r| r.contains("veth has no AF_XDP zero-copy")), "{:?}", plan.reasons);
-        assert_eq!(resolve_mode(&plan, Mode::Xdp, false).unwrap().datapath, Datapath::Xdp);
+        assert!(
+            plan.reasons
+                .iter()
+                .any(|r| r.contains("veth has no AF_XDP zero-copy")),
+            "{:?}",
+            plan.reasons
+        );
+        assert_eq!(
+            resolve_mode(&plan, Mode::Xdp, false).unwrap().datapath,
+            Datapath::Xdp
+        );
         f.underlay_driver = Some("ice".into());
         assert_eq!(decide(&f, &Request::default()).datapath, Datapath::Xdp);
     }

@@ -17,7 +17,10 @@ pub struct Backoff {
 impl Backoff {
     /// Ready to try now.
     pub fn new(now: Instant) -> Self {
-        Backoff { delay: INITIAL, next_attempt: now }
+        Backoff {
+            delay: INITIAL,
+            next_attempt: now,
+        }
     }
 
     /// Whether an attempt is due.

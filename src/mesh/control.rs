@@ -173,13 +173,17 @@ mod tests {
     fn json_round_trip_and_garbage() {
         let m = ControlMessage::Hello(hello(CipherChoice::Auto, true));
         assert_eq!(ControlMessage::decode(&m.encode()).unwrap(), m);
-        let r = ControlMessage::RekeyInit { index: 5, noise: vec![1, 2, 3] };
+        let r = ControlMessage::RekeyInit {
+            index: 5,
+            noise: vec![1, 2, 3],
+        };
         assert_eq!(ControlMessage::decode(&r.encode()).unwrap(), r);
         assert!(ControlMessage::decode(b"{\"type\":\"nope\"}").is_err());
         let a = ControlMessage::FastdpHeartbeatAck { seq: 9 };
         assert_eq!(ControlMessage::decode(&a.encode()).unwrap(), a);
         // A hello without fastdp_port (an older build) still decodes.
-        let mut old = serde_json::to_value(ControlMessage::Hello(hello(CipherChoice::Auto, true))).unwrap();
+        let mut old =
+            serde_json::to_value(ControlMessage::Hello(hello(CipherChoice::Auto, true))).unwrap();
         old.as_object_mut().unwrap().remove("fastdp_port");
         let m = ControlMessage::decode(old.to_string().as_bytes()).unwrap();
         assert!(matches!(m, ControlMessage::Hello(h) if h.fastdp_port.is_none()));
@@ -193,9 +197,19 @@ mod tests {
         let n = |a, b| negotiate_cipher(&a, &b);
         assert_eq!(n(hello(Auto, true), hello(Auto, true)), Ok(AesGcm));
         assert_eq!(n(hello(Auto, true), hello(Auto, false)), Ok(ChaChaPoly));
-        assert_eq!(n(hello(Exactly(ChaChaPoly), true), hello(Auto, true)), Ok(ChaChaPoly));
-        assert_eq!(n(hello(Auto, false), hello(Exactly(AesGcm), true)), Ok(AesGcm));
-        assert!(n(hello(Exactly(AesGcm), true), hello(Exactly(ChaChaPoly), true)).is_err());
+        assert_eq!(
+            n(hello(Exactly(ChaChaPoly), true), hello(Auto, true)),
+            Ok(ChaChaPoly)
+        );
+        assert_eq!(
+            n(hello(Auto, false), hello(Exactly(AesGcm), true)),
+            Ok(AesGcm)
+        );
+        assert!(n(
+            hello(Exactly(AesGcm), true),
+            hello(Exactly(ChaChaPoly), true)
+        )
+        .is_err());
     }
 
     #[test]

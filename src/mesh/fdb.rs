@@ -62,7 +62,11 @@ pub struct Fdb {
 impl Fdb {
     /// An empty table whose entries expire after `age` without a frame.
     pub fn new(age: Duration) -> Fdb {
-        Fdb { entries: HashMap::new(), age, moves: 0 }
+        Fdb {
+            entries: HashMap::new(),
+            age,
+            moves: 0,
+        }
     }
 
     /// The idle age.
@@ -97,7 +101,13 @@ impl Fdb {
                 return Learned::Full;
             }
         }
-        self.entries.insert(mac, Entry { location, last_seen: now });
+        self.entries.insert(
+            mac,
+            Entry {
+                location,
+                last_seen: now,
+            },
+        );
         Learned::New
     }
 
@@ -111,7 +121,8 @@ impl Fdb {
     pub fn expire(&mut self, now: Instant) -> usize {
         let before = self.entries.len();
         let age = self.age;
-        self.entries.retain(|_, e| now.saturating_duration_since(e.last_seen) < age);
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.last_seen) < age);
         before - self.entries.len()
     }
 
@@ -156,9 +167,15 @@ mod tests {
         assert_eq!(fdb.learn(A, Location::Local, t0), Learned::Refreshed);
         assert_eq!(fdb.lookup(&A, t0), Some(Location::Local));
         // The container moved to another host: relearned on its first frame.
-        assert_eq!(fdb.learn(A, Location::Peer(7), t0 + Duration::from_secs(1)), Learned::Moved);
+        assert_eq!(
+            fdb.learn(A, Location::Peer(7), t0 + Duration::from_secs(1)),
+            Learned::Moved
+        );
         assert_eq!(fdb.moves, 1);
-        assert_eq!(fdb.lookup(&A, t0 + Duration::from_secs(2)), Some(Location::Peer(7)));
+        assert_eq!(
+            fdb.lookup(&A, t0 + Duration::from_secs(2)),
+            Some(Location::Peer(7))
+        );
         // Idle for the age: gone.
         assert_eq!(fdb.lookup(&A, t0 + Duration::from_secs(11)), None);
         fdb.learn(B, Location::Local, t0 + Duration::from_secs(5));
@@ -200,7 +217,10 @@ mod tests {
             let b = i.to_be_bytes();
             fdb.learn(Mac([0x02, 0, b[0], b[1], b[2], b[3]]), Location::Local, t0);
         }
-        assert_eq!(fdb.learn(Mac([0x02, 1, 0, 0, 0, 0]), Location::Local, t0), Learned::Full);
+        assert_eq!(
+            fdb.learn(Mac([0x02, 1, 0, 0, 0, 0]), Location::Local, t0),
+            Learned::Full
+        );
         assert_eq!(fdb.len(), MAX_ENTRIES);
     }
 }

@@ -194,14 +194,20 @@ pub struct Link {
 
 fn random_index() -> u32 {
     let mut b = [0u8; 4];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("OS random source works");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .expect("OS random source works");
     u32::from_ne_bytes(b)
 }
 
 impl Link {
     /// A link for a fresh TCP connection. An outbound link writes the first
     /// handshake message at once.
-    pub fn new(direction: Direction, tcp_peer: SocketAddr, cfg: Arc<LinkConfig>, now: Instant) -> Link {
+    pub fn new(
+        direction: Direction,
+        tcp_peer: SocketAddr,
+        cfg: Arc<LinkConfig>,
+        now: Instant,
+    ) -> Link {
         let mut link = Link {
             direction,
             tcp_peer,
@@ -228,7 +234,11 @@ impl Link {
             heartbeat_seq: 0,
             rtt: None,
             pmtu: PmtuSearch::new(
-                if cfg.ipv6_underlay { pmtu::FLOOR_IPV6 } else { pmtu::FLOOR_IPV4 },
+                if cfg.ipv6_underlay {
+                    pmtu::FLOOR_IPV6
+                } else {
+                    pmtu::FLOOR_IPV4
+                },
                 cfg.underlay_mtu,
             ),
             cfg,
@@ -308,16 +318,22 @@ impl Link {
     /// size of the datagram's UDP payload. Acknowledged over TCP, which
     /// always gets through whatever the path MTU.
     pub fn on_pmtu_probe(&mut self, plaintext: &[u8], udp_payload_len: usize) {
-        let Ok(hb) = heartbeat::Repr::parse(plaintext) else { return };
+        let Ok(hb) = heartbeat::Repr::parse(plaintext) else {
+            return;
+        };
         let size = udp_payload_len + 8 + self.cfg.ip_header_len();
         let size = u16::try_from(size).unwrap_or(u16::MAX);
         self.send_control(&ControlMessage::PmtuAck { id: hb.seq, size });
     }
 
     fn send_probe(&mut self, probe: pmtu::Probe, now: Instant) {
-        let (Some(session), Some(to)) = (self.current.as_ref(), self.endpoint) else { return };
+        let (Some(session), Some(to)) = (self.current.as_ref(), self.endpoint) else {
+            return;
+        };
         let overhead = self.cfg.ip_header_len() + 8 + sleeve::HEADER_LEN + sleeve::TAG_LEN;
-        let Some(plain_len) = usize::from(probe.size).checked_sub(overhead) else { return };
+        let Some(plain_len) = usize::from(probe.size).checked_sub(overhead) else {
+            return;
+        };
         if plain_len < heartbeat::LEN {
             return;
         }
@@ -333,7 +349,11 @@ impl Link {
         if let Ok(n) = session.seal(sleeve::MessageType::PmtuProbe, &mut buf, plain_len) {
             buf.truncate(n);
             debug_assert!(n + 8 + self.cfg.ip_header_len() <= usize::from(self.cfg.underlay_mtu));
-            self.outputs.push_back(Output::Probe { to, bytes: buf, id: probe.id });
+            self.outputs.push_back(Output::Probe {
+                to,
+                bytes: buf,
+                id: probe.id,
+            });
         }
     }
 
@@ -351,7 +371,10 @@ impl Link {
         if self.is_closed() {
             return;
         }
-        for s in [self.current.take(), self.previous.take(), self.next.take()].into_iter().flatten() {
+        for s in [self.current.take(), self.previous.take(), self.next.take()]
+            .into_iter()
+            .flatten()
+        {
             self.outputs.push_back(Output::SessionDown(s.local_index));
         }
         self.state = LinkState::Failed(reason.clone());
@@ -381,12 +404,16 @@ impl Link {
     /// Sends a goodbye before a deliberate close.
     pub fn goodbye(&mut self, reason: &str) {
         if self.transport.is_some() && !self.is_closed() {
-            self.send_control(&ControlMessage::Goodbye { reason: reason.into() });
+            self.send_control(&ControlMessage::Goodbye {
+                reason: reason.into(),
+            });
         }
     }
 
     fn write_handshake(&mut self) {
-        let Some(hs) = self.handshake.as_mut() else { return };
+        let Some(hs) = self.handshake.as_mut() else {
+            return;
+        };
         match hs.write(&[]) {
             Ok(msg) => {
                 let mut out = Vec::with_capacity(msg.len() + 2);
@@ -407,7 +434,12 @@ impl Link {
         }
         let hs = self.handshake.take().expect("checked above");
         match hs.finish() {
-            Ok(Established { transport, remote_static, data_keys, handshake_hash }) => {
+            Ok(Established {
+                transport,
+                remote_static,
+                data_keys,
+                handshake_hash,
+            }) => {
                 self.transport = Some(transport);
                 self.remote_static = Some(remote_static);
                 self.first_keys = Some(data_keys);
@@ -421,7 +453,9 @@ impl Link {
     }
 
     fn send_control(&mut self, message: &ControlMessage) {
-        let Some(t) = self.transport.as_mut() else { return };
+        let Some(t) = self.transport.as_mut() else {
+            return;
+        };
         let plain = message.encode();
         let mut buf = vec![0u8; plain.len() + 16];
         match t.write_message(&plain, &mut buf) {
@@ -442,7 +476,9 @@ impl Link {
         self.rx_buf.extend_from_slice(bytes);
         let mut consumed = 0;
         while !self.is_closed() {
-            let Some((body, used)) = control::take_frame(&self.rx_buf[consumed..]) else { break };
+            let Some((body, used)) = control::take_frame(&self.rx_buf[consumed..]) else {
+                break;
+            };
             let body = body.to_vec();
             consumed += used;
             self.on_frame(&body, now);
@@ -461,14 +497,20 @@ impl Link {
                 self.fail(format!("handshake with {} failed: {e}", self.tcp_peer));
                 return;
             }
-            if self.handshake.as_ref().is_some_and(|h| h.is_my_turn() && !h.is_finished()) {
+            if self
+                .handshake
+                .as_ref()
+                .is_some_and(|h| h.is_my_turn() && !h.is_finished())
+            {
                 self.write_handshake();
             } else {
                 self.maybe_finish_handshake();
             }
             return;
         }
-        let Some(t) = self.transport.as_mut() else { return };
+        let Some(t) = self.transport.as_mut() else {
+            return;
+        };
         let mut plain = vec![0u8; body.len()];
         let n = match t.read_message(body, &mut plain) {
             Ok(n) => n,
@@ -498,12 +540,21 @@ impl Link {
                 match keys {
                     Ok((reply, keys)) => {
                         let local = random_index();
-                        let session = Arc::new(Session::new(self.cipher.expect("checked"), &keys, local, index, now));
+                        let session = Arc::new(Session::new(
+                            self.cipher.expect("checked"),
+                            &keys,
+                            local,
+                            index,
+                            now,
+                        ));
                         if let Some(old) = self.next.replace(session.clone()) {
                             self.outputs.push_back(Output::SessionDown(old.local_index));
                         }
                         self.outputs.push_back(Output::SessionUp(session));
-                        self.send_control(&ControlMessage::RekeyResp { index: local, noise: reply });
+                        self.send_control(&ControlMessage::RekeyResp {
+                            index: local,
+                            noise: reply,
+                        });
                     }
                     Err(e) => self.fail(format!("rekey failed: {e}")),
                 }
@@ -514,7 +565,13 @@ impl Link {
                 };
                 match rekey.read(&noise).and_then(|_| rekey.finish()) {
                     Ok(keys) => {
-                        let session = Arc::new(Session::new(self.cipher.expect("rekey only after hello"), &keys, local, index, now));
+                        let session = Arc::new(Session::new(
+                            self.cipher.expect("rekey only after hello"),
+                            &keys,
+                            local,
+                            index,
+                            now,
+                        ));
                         self.rotate_in(session);
                         // Tell the responder at once that the new epoch is live.
                         self.send_heartbeat(heartbeat::Kind::Request, 0, now, None);
@@ -527,8 +584,12 @@ impl Link {
                     self.outputs.push_back(Output::PathMtu(v));
                 }
             }
-            ControlMessage::FastdpHeartbeatAck { seq } => self.outputs.push_back(Output::FastdpAck(seq)),
-            ControlMessage::Goodbye { reason } => self.fail(format!("peer closed the connection: {reason}")),
+            ControlMessage::FastdpHeartbeatAck { seq } => {
+                self.outputs.push_back(Output::FastdpAck(seq))
+            }
+            ControlMessage::Goodbye { reason } => {
+                self.fail(format!("peer closed the connection: {reason}"))
+            }
         }
     }
 
@@ -553,7 +614,10 @@ impl Link {
             ));
         }
         if hello.vni != ours.vni {
-            return self.fail(format!("VNI mismatch: this host uses {} and the peer {}; set the same --vni on both", ours.vni, hello.vni));
+            return self.fail(format!(
+                "VNI mismatch: this host uses {} and the peer {}; set the same --vni on both",
+                ours.vni, hello.vni
+            ));
         }
         if hello.device != ours.device {
             return self.fail(format!(
@@ -569,7 +633,13 @@ impl Link {
             return self.fail("hello before the handshake finished".into());
         };
         self.cipher = Some(cipher);
-        let session = Arc::new(Session::new(cipher, &keys, self.first_index, hello.session_index, now));
+        let session = Arc::new(Session::new(
+            cipher,
+            &keys,
+            self.first_index,
+            hello.session_index,
+            now,
+        ));
         self.endpoint = Some(match self.direction {
             Direction::Outbound => self.tcp_peer,
             Direction::Inbound => SocketAddr::new(self.tcp_peer.ip(), hello.udp_port),
@@ -594,7 +664,11 @@ impl Link {
             tracing::info!(peer = %self.tcp_peer, old = ?self.endpoint, new = %from, "peer's UDP address changed; following it");
             self.endpoint = Some(from);
         }
-        if self.next.as_ref().is_some_and(|n| n.local_index == local_index) {
+        if self
+            .next
+            .as_ref()
+            .is_some_and(|n| n.local_index == local_index)
+        {
             let next = self.next.take().expect("checked");
             // Already announced with SessionUp; rotate without announcing again.
             if let Some(old) = self.previous.take() {
@@ -606,10 +680,17 @@ impl Link {
 
     /// The plaintext of an authenticated heartbeat.
     pub fn on_heartbeat(&mut self, plaintext: &[u8], from: SocketAddr, now: Instant) {
-        let Ok(hb) = heartbeat::Repr::parse(plaintext) else { return };
+        let Ok(hb) = heartbeat::Repr::parse(plaintext) else {
+            return;
+        };
         match hb.kind {
             heartbeat::Kind::Request => {
-                self.send_heartbeat(heartbeat::Kind::Reply, hb.seq, now, Some((hb.echo_micros, from)));
+                self.send_heartbeat(
+                    heartbeat::Kind::Reply,
+                    hb.seq,
+                    now,
+                    Some((hb.echo_micros, from)),
+                );
             }
             heartbeat::Kind::Reply => {
                 let sent = self.created + Duration::from_micros(hb.echo_micros);
@@ -627,18 +708,37 @@ impl Link {
         }
     }
 
-    fn send_heartbeat(&mut self, kind: heartbeat::Kind, seq: u32, now: Instant, reply_to: Option<(u64, SocketAddr)>) {
-        let (Some(session), Some(endpoint)) = (self.current.as_ref(), self.endpoint) else { return };
+    fn send_heartbeat(
+        &mut self,
+        kind: heartbeat::Kind,
+        seq: u32,
+        now: Instant,
+        reply_to: Option<(u64, SocketAddr)>,
+    ) {
+        let (Some(session), Some(endpoint)) = (self.current.as_ref(), self.endpoint) else {
+            return;
+        };
         let (echo_micros, to) = match reply_to {
             Some((echo, from)) => (echo, from),
             None => {
                 self.heartbeat_seq = self.heartbeat_seq.wrapping_add(1);
-                (now.saturating_duration_since(self.created).as_micros() as u64, endpoint)
+                (
+                    now.saturating_duration_since(self.created).as_micros() as u64,
+                    endpoint,
+                )
             }
         };
-        let seq = if reply_to.is_some() { seq } else { self.heartbeat_seq };
+        let seq = if reply_to.is_some() {
+            seq
+        } else {
+            self.heartbeat_seq
+        };
         let mut buf = vec![0u8; sleeve::HEADER_LEN + heartbeat::LEN + sleeve::TAG_LEN];
-        let repr = heartbeat::Repr { kind, seq, echo_micros };
+        let repr = heartbeat::Repr {
+            kind,
+            seq,
+            echo_micros,
+        };
         if repr.emit(&mut buf[sleeve::HEADER_LEN..]).is_err() {
             return;
         }
@@ -687,13 +787,22 @@ impl Link {
             return;
         }
         let established = self.state == LinkState::Established;
-        let interval = if established { timers.heartbeat_established } else { timers.heartbeat_connecting };
+        let interval = if established {
+            timers.heartbeat_established
+        } else {
+            timers.heartbeat_connecting
+        };
         let since = self.last_rx.or(self.connecting_since).unwrap_or(now);
         let silence = now.saturating_duration_since(since);
         if silence > interval * timers.missed_limit {
             let port = self.endpoint.map(|e| e.port()).unwrap_or(0);
             let reason = if established {
-                format!("peer down: {} heartbeats missed ({} s without UDP from {:?})", timers.missed_limit, silence.as_secs(), self.endpoint)
+                format!(
+                    "peer down: {} heartbeats missed ({} s without UDP from {:?})",
+                    timers.missed_limit,
+                    silence.as_secs(),
+                    self.endpoint
+                )
             } else {
                 format!(
                     "no heartbeat reply over UDP from {:?} within {:.1} s: check that UDP port {} is open between the hosts",
@@ -752,6 +861,9 @@ impl Link {
 
     /// Local indices of every live session (for the router's map).
     pub fn session_indices(&self) -> impl Iterator<Item = u32> + '_ {
-        [&self.current, &self.previous, &self.next].into_iter().flatten().map(|s| s.local_index)
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+            .map(|s| s.local_index)
     }
 }

@@ -51,7 +51,17 @@ impl PmtuSearch {
     /// A search between `floor` and the interface MTU `ceiling` (IP sizes).
     pub fn new(floor: u16, ceiling: u16) -> Self {
         let floor = floor.min(ceiling);
-        PmtuSearch { floor, ceiling, lo: floor, hi: ceiling, verified: None, probe: None, next_id: 1, searching: false, next_search: None }
+        PmtuSearch {
+            floor,
+            ceiling,
+            lo: floor,
+            hi: ceiling,
+            verified: None,
+            probe: None,
+            next_id: 1,
+            searching: false,
+            next_search: None,
+        }
     }
 
     /// The largest size the peer acknowledged in the last finished search.
@@ -119,7 +129,12 @@ impl PmtuSearch {
                 return (None, None);
             }
             if p.tries < PROBE_TRIES {
-                let retry = Probe { id: self.take_id(), size: p.size, sent_at: now, tries: p.tries + 1 };
+                let retry = Probe {
+                    id: self.take_id(),
+                    size: p.size,
+                    sent_at: now,
+                    tries: p.tries + 1,
+                };
                 self.probe = Some(retry);
                 return (Some(retry), None);
             }
@@ -130,7 +145,12 @@ impl PmtuSearch {
         if self.lo >= self.hi {
             return (None, self.finish(now));
         }
-        let probe = Probe { id: self.take_id(), size: self.candidate(), sent_at: now, tries: 1 };
+        let probe = Probe {
+            id: self.take_id(),
+            size: self.candidate(),
+            sent_at: now,
+            tries: 1,
+        };
         self.probe = Some(probe);
         (Some(probe), None)
     }

@@ -57,11 +57,21 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool
                 if !udp_works {
                     continue;
                 }
-                let repr = sleeve::Repr::parse(&sleeve::Packet::new_checked(&bytes[..]).unwrap()).unwrap();
-                let session = to.sessions.get(&repr.receiver_index).cloned().expect("known index");
+                let repr =
+                    sleeve::Repr::parse(&sleeve::Packet::new_checked(&bytes[..]).unwrap()).unwrap();
+                let session = to
+                    .sessions
+                    .get(&repr.receiver_index)
+                    .cloned()
+                    .expect("known index");
                 let n = session.open(repr.counter, &mut bytes).unwrap();
-                to.link.on_authenticated(repr.receiver_index, from.addr, now);
-                to.link.on_heartbeat(&bytes[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n], from.addr, now);
+                to.link
+                    .on_authenticated(repr.receiver_index, from.addr, now);
+                to.link.on_heartbeat(
+                    &bytes[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n],
+                    from.addr,
+                    now,
+                );
                 delivered += 1;
             }
             Output::SessionUp(s) => {
@@ -77,10 +87,16 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool
                 }
                 let mut bytes = bytes;
                 let len = bytes.len();
-                let repr = sleeve::Repr::parse(&sleeve::Packet::new_checked(&bytes[..]).unwrap()).unwrap();
-                let session = to.sessions.get(&repr.receiver_index).cloned().expect("known index");
+                let repr =
+                    sleeve::Repr::parse(&sleeve::Packet::new_checked(&bytes[..]).unwrap()).unwrap();
+                let session = to
+                    .sessions
+                    .get(&repr.receiver_index)
+                    .cloned()
+                    .expect("known index");
                 let n = session.open(repr.counter, &mut bytes).unwrap();
-                to.link.on_pmtu_probe(&bytes[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n], len);
+                to.link
+                    .on_pmtu_probe(&bytes[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n], len);
                 from.probes.push(len);
             }
             Output::PathMtu(v) => from.path_mtu = Some(v),
@@ -111,7 +127,17 @@ fn pump(a: &mut Side, b: &mut Side, now: Instant, udp_works: bool) -> usize {
 fn sides(ca: Arc<LinkConfig>, cb: Arc<LinkConfig>, now: Instant) -> (Side, Side) {
     let a_addr: SocketAddr = "198.18.0.1:6783".parse().unwrap();
     let b_addr: SocketAddr = "198.18.0.2:6783".parse().unwrap();
-    let mk = |link, addr| Side { link, addr, sessions: HashMap::new(), closed: None, established: false, ready: false, probes: vec![], path_mtu: None, fastdp_acks: vec![] };
+    let mk = |link, addr| Side {
+        link,
+        addr,
+        sessions: HashMap::new(),
+        closed: None,
+        established: false,
+        ready: false,
+        probes: vec![],
+        path_mtu: None,
+        fastdp_acks: vec![],
+    };
     (
         mk(Link::new(Direction::Outbound, b_addr, ca, now), a_addr),
         mk(Link::new(Direction::Inbound, a_addr, cb, now), b_addr),
@@ -121,7 +147,10 @@ fn sides(ca: Arc<LinkConfig>, cb: Arc<LinkConfig>, now: Instant) -> (Side, Side)
 #[test]
 fn handshake_hello_and_heartbeats_establish() {
     let t0 = Instant::now();
-    let (ca, cb) = (cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()));
+    let (ca, cb) = (
+        cfg(b"s", 1, Timers::default()),
+        cfg(b"s", 1, Timers::default()),
+    );
     let kb = cb.key.public();
     let (mut a, mut b) = sides(ca, cb, t0);
     pump(&mut a, &mut b, t0, true);
@@ -130,14 +159,23 @@ fn handshake_hello_and_heartbeats_establish() {
     a.link.poll(t0);
     b.link.poll(t0);
     assert!(pump(&mut a, &mut b, t0, true) >= 2);
-    assert!(a.established && b.established, "{:?} {:?}", a.link.state(), b.link.state());
+    assert!(
+        a.established && b.established,
+        "{:?} {:?}",
+        a.link.state(),
+        b.link.state()
+    );
     assert_eq!(b.link.endpoint(), Some(a.addr));
 }
 
 #[test]
 fn fastdp_heartbeat_acks_travel_over_the_control_connection() {
     let t0 = Instant::now();
-    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()), t0);
+    let (mut a, mut b) = sides(
+        cfg(b"s", 1, Timers::default()),
+        cfg(b"s", 1, Timers::default()),
+        t0,
+    );
     pump(&mut a, &mut b, t0, true);
     assert!(a.ready && b.ready);
     // B saw A's fastdp heartbeat 7 arrive through its VXLAN vport.
@@ -150,26 +188,48 @@ fn fastdp_heartbeat_acks_travel_over_the_control_connection() {
 #[test]
 fn wrong_secret_never_gets_a_session() {
     let t0 = Instant::now();
-    let (mut a, mut b) = sides(cfg(b"one", 1, Timers::default()), cfg(b"two", 1, Timers::default()), t0);
+    let (mut a, mut b) = sides(
+        cfg(b"one", 1, Timers::default()),
+        cfg(b"two", 1, Timers::default()),
+        t0,
+    );
     pump(&mut a, &mut b, t0, true);
     assert!(a.sessions.is_empty() && b.sessions.is_empty());
-    assert!(b.closed.as_deref().unwrap().contains("different network secret"), "{:?}", b.closed);
+    assert!(
+        b.closed
+            .as_deref()
+            .unwrap()
+            .contains("different network secret"),
+        "{:?}",
+        b.closed
+    );
     assert!(a.link.is_closed());
 }
 
 #[test]
 fn vni_mismatch_is_explained() {
     let t0 = Instant::now();
-    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 2, Timers::default()), t0);
+    let (mut a, mut b) = sides(
+        cfg(b"s", 1, Timers::default()),
+        cfg(b"s", 2, Timers::default()),
+        t0,
+    );
     pump(&mut a, &mut b, t0, true);
     let reason = a.closed.or(b.closed).unwrap();
-    assert!(reason.contains("VNI mismatch") || reason.contains("peer closed"), "{reason}");
+    assert!(
+        reason.contains("VNI mismatch") || reason.contains("peer closed"),
+        "{reason}"
+    );
 }
 
 #[test]
 fn silent_udp_fails_with_reason_after_six_intervals() {
     let t0 = Instant::now();
-    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()), t0);
+    let (mut a, mut b) = sides(
+        cfg(b"s", 1, Timers::default()),
+        cfg(b"s", 1, Timers::default()),
+        t0,
+    );
     pump(&mut a, &mut b, t0, false);
     let mut now = t0;
     for _ in 0..5 {
@@ -187,7 +247,10 @@ fn silent_udp_fails_with_reason_after_six_intervals() {
 
 #[test]
 fn rekey_swaps_sessions_without_loss() {
-    let timers = Timers { rekey_after: Duration::from_secs(5), ..Timers::default() };
+    let timers = Timers {
+        rekey_after: Duration::from_secs(5),
+        ..Timers::default()
+    };
     let t0 = Instant::now();
     let (mut a, mut b) = sides(cfg(b"s", 1, timers.clone()), cfg(b"s", 1, timers), t0);
     pump(&mut a, &mut b, t0, true);
@@ -200,20 +263,34 @@ fn rekey_swaps_sessions_without_loss() {
     // A datagram sealed on the old epoch but still in flight.
     let old = a.link.sending_session().unwrap().clone();
     let mut in_flight = vec![0u8; sleeve::HEADER_LEN + 4 + 16];
-    let n = old.seal(sleeve::MessageType::Data, &mut in_flight, 4).unwrap();
+    let n = old
+        .seal(sleeve::MessageType::Data, &mut in_flight, 4)
+        .unwrap();
     in_flight.truncate(n);
 
     let t1 = t0 + Duration::from_secs(6);
     a.link.poll(t1);
     b.link.poll(t1);
     pump(&mut a, &mut b, t1, true);
-    assert!(a.closed.is_none() && b.closed.is_none(), "{:?} {:?}", a.closed, b.closed);
+    assert!(
+        a.closed.is_none() && b.closed.is_none(),
+        "{:?} {:?}",
+        a.closed,
+        b.closed
+    );
     let after = a.link.sending_session().unwrap().local_index;
     assert_ne!(first, after, "initiator moved to the new epoch");
-    assert_ne!(b.link.sending_session().unwrap().remote_index, before_b, "responder promoted the new epoch");
+    assert_ne!(
+        b.link.sending_session().unwrap().remote_index,
+        before_b,
+        "responder promoted the new epoch"
+    );
     // The old epoch still opens on the receiver.
     let repr = sleeve::Repr::parse(&sleeve::Packet::new_checked(&in_flight[..]).unwrap()).unwrap();
-    let s = b.sessions.get(&repr.receiver_index).expect("previous session kept");
+    let s = b
+        .sessions
+        .get(&repr.receiver_index)
+        .expect("previous session kept");
     assert!(s.open(repr.counter, &mut in_flight).is_ok());
     assert!(!a.link.is_closed() && !b.link.is_closed());
 }
@@ -221,7 +298,11 @@ fn rekey_swaps_sessions_without_loss() {
 #[test]
 fn path_mtu_is_verified_after_establishment() {
     let t0 = Instant::now();
-    let (mut a, mut b) = sides(cfg(b"s", 1, Timers::default()), cfg(b"s", 1, Timers::default()), t0);
+    let (mut a, mut b) = sides(
+        cfg(b"s", 1, Timers::default()),
+        cfg(b"s", 1, Timers::default()),
+        t0,
+    );
     pump(&mut a, &mut b, t0, true);
     a.link.poll(t0);
     b.link.poll(t0);

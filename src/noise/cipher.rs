@@ -50,7 +50,8 @@ impl CipherKind {
 pub fn cpu_has_aes() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -73,7 +74,9 @@ pub struct DataCipher {
 
 impl std::fmt::Debug for DataCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataCipher").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("DataCipher")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -85,7 +88,10 @@ impl DataCipher {
     /// Builds a cipher from a 32-byte key.
     pub fn new(kind: CipherKind, key: &[u8; 32]) -> Self {
         let unbound = UnboundKey::new(kind.algorithm(), key).expect("32-byte keys fit both AEADs");
-        DataCipher { kind, key: LessSafeKey::new(unbound) }
+        DataCipher {
+            kind,
+            key: LessSafeKey::new(unbound),
+        }
     }
 
     /// Which AEAD this is.
@@ -129,8 +135,12 @@ mod tests {
     fn matches_snow_transport_messages() {
         for kind in [CipherKind::ChaChaPoly, CipherKind::AesGcm] {
             let name = format!("Noise_NN_25519_{}_BLAKE2s", kind.noise_name());
-            let mut i = snow::Builder::new(name.parse().unwrap()).build_initiator().unwrap();
-            let mut r = snow::Builder::new(name.parse().unwrap()).build_responder().unwrap();
+            let mut i = snow::Builder::new(name.parse().unwrap())
+                .build_initiator()
+                .unwrap();
+            let mut r = snow::Builder::new(name.parse().unwrap())
+                .build_responder()
+                .unwrap();
             let mut m = [0u8; 256];
             let mut p = [0u8; 256];
             let n = i.write_message(&[], &mut m).unwrap();
@@ -144,7 +154,9 @@ mod tests {
             for counter in [0u64, 1, 7, 1 << 40] {
                 let payload = b"a frame that crosses the overlay";
                 let mut snow_msg = [0u8; 128];
-                let len = snow_i.write_message(counter, payload, &mut snow_msg).unwrap();
+                let len = snow_i
+                    .write_message(counter, payload, &mut snow_msg)
+                    .unwrap();
                 let mut buf = payload.to_vec();
                 let tag = ours.seal(counter, &[], &mut buf);
                 buf.extend_from_slice(tag.as_ref());

@@ -75,9 +75,15 @@ fn derive_data_keys(initiator: bool, k_i2r: &[u8; 32], k_r2i: &[u8; 32]) -> Data
     let i2r = expand(k_i2r, b"initiator to responder");
     let r2i = expand(k_r2i, b"responder to initiator");
     if initiator {
-        DataKeys { send: i2r, recv: r2i }
+        DataKeys {
+            send: i2r,
+            recv: r2i,
+        }
     } else {
-        DataKeys { send: r2i, recv: i2r }
+        DataKeys {
+            send: r2i,
+            recv: i2r,
+        }
     }
 }
 
@@ -99,7 +105,11 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    fn build(key: &StaticKey, secret: &NetworkSecret, initiator: bool) -> Result<Self, HandshakeError> {
+    fn build(
+        key: &StaticKey,
+        secret: &NetworkSecret,
+        initiator: bool,
+    ) -> Result<Self, HandshakeError> {
         let builder = snow::Builder::new(CONTROL_PATTERN.parse().expect("valid pattern"))
             .local_private_key(key.private_bytes())
             .map_err(map_err)?
@@ -107,8 +117,12 @@ impl Handshake {
             .map_err(map_err)?
             .prologue(PROLOGUE)
             .map_err(map_err)?;
-        let state = if initiator { builder.build_initiator() } else { builder.build_responder() }
-            .map_err(map_err)?;
+        let state = if initiator {
+            builder.build_initiator()
+        } else {
+            builder.build_responder()
+        }
+        .map_err(map_err)?;
         Ok(Handshake { state })
     }
 
@@ -135,7 +149,10 @@ impl Handshake {
     /// Writes the next handshake message carrying `payload`.
     pub fn write(&mut self, payload: &[u8]) -> Result<Vec<u8>, HandshakeError> {
         let mut out = vec![0u8; MAX_MESSAGE];
-        let n = self.state.write_message(payload, &mut out).map_err(map_err)?;
+        let n = self
+            .state
+            .write_message(payload, &mut out)
+            .map_err(map_err)?;
         out.truncate(n);
         Ok(out)
     }
@@ -143,7 +160,10 @@ impl Handshake {
     /// Reads the peer's next handshake message and returns its payload.
     pub fn read(&mut self, message: &[u8]) -> Result<Vec<u8>, HandshakeError> {
         let mut out = vec![0u8; MAX_MESSAGE];
-        let n = self.state.read_message(message, &mut out).map_err(map_err)?;
+        let n = self
+            .state
+            .read_message(message, &mut out)
+            .map_err(map_err)?;
         out.truncate(n);
         Ok(out)
     }
@@ -164,7 +184,12 @@ impl Handshake {
         let (k1, k2) = self.state.dangerously_get_raw_split();
         let data_keys = derive_data_keys(initiator, &k1, &k2);
         let transport = self.state.into_transport_mode().map_err(map_err)?;
-        Ok(Established { transport, remote_static, data_keys, handshake_hash })
+        Ok(Established {
+            transport,
+            remote_static,
+            data_keys,
+            handshake_hash,
+        })
     }
 }
 
@@ -180,8 +205,12 @@ impl Rekey {
             .map_err(map_err)?
             .prologue(REKEY_PROLOGUE)
             .map_err(map_err)?;
-        let state = if initiator { builder.build_initiator() } else { builder.build_responder() }
-            .map_err(map_err)?;
+        let state = if initiator {
+            builder.build_initiator()
+        } else {
+            builder.build_responder()
+        }
+        .map_err(map_err)?;
         Ok(Rekey { state })
     }
 
@@ -206,7 +235,9 @@ impl Rekey {
     /// Reads the peer's message.
     pub fn read(&mut self, message: &[u8]) -> Result<(), HandshakeError> {
         let mut out = vec![0u8; 256];
-        self.state.read_message(message, &mut out).map_err(map_err)?;
+        self.state
+            .read_message(message, &mut out)
+            .map_err(map_err)?;
         Ok(())
     }
 
@@ -225,7 +256,10 @@ impl Rekey {
 mod tests {
     use super::*;
 
-    fn run(a: &NetworkSecret, b: &NetworkSecret) -> Result<(Established, Established), HandshakeError> {
+    fn run(
+        a: &NetworkSecret,
+        b: &NetworkSecret,
+    ) -> Result<(Established, Established), HandshakeError> {
         let (ka, kb) = (StaticKey::generate(), StaticKey::generate());
         let mut i = Handshake::initiator(&ka, a)?;
         let mut r = Handshake::responder(&kb, b)?;

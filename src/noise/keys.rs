@@ -52,15 +52,21 @@ impl StaticKey {
 
     /// Parses base64 text (surrounding whitespace ignored).
     pub fn from_base64(text: &str, what: &str) -> Result<Self, KeyError> {
-        let bytes = B64.decode(text.trim()).map_err(|_| KeyError::BadKey { what: what.into() })?;
-        let private: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadKey { what: what.into() })?;
+        let bytes = B64
+            .decode(text.trim())
+            .map_err(|_| KeyError::BadKey { what: what.into() })?;
+        let private: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| KeyError::BadKey { what: what.into() })?;
         Ok(StaticKey { private })
     }
 
     /// Reads a key file.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_base64(&text, &format!("key file {}", path.display()))
     }
 
@@ -123,8 +129,10 @@ impl NetworkSecret {
 
     /// Reads the secret from a file.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_bytes(&bytes, &format!("secret file {}", path.display()))
     }
 

@@ -25,7 +25,10 @@ impl Default for ReplayWindow {
 impl ReplayWindow {
     /// An empty window: every counter from 0 on is fresh.
     pub const fn new() -> Self {
-        ReplayWindow { bitmap: [0; WORDS], newest: 0 }
+        ReplayWindow {
+            bitmap: [0; WORDS],
+            newest: 0,
+        }
     }
 
     /// True when `counter` would be accepted (not seen, not too old).
@@ -66,7 +69,10 @@ impl ReplayWindow {
 
     #[inline]
     fn position(counter: u64) -> (usize, u64) {
-        (((counter / BITS_PER_WORD) as usize) & (WORDS - 1), 1u64 << (counter % BITS_PER_WORD))
+        (
+            ((counter / BITS_PER_WORD) as usize) & (WORDS - 1),
+            1u64 << (counter % BITS_PER_WORD),
+        )
     }
 }
 

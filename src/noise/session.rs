@@ -58,7 +58,13 @@ pub struct Session {
 
 impl Session {
     /// Builds a session from agreed keys.
-    pub fn new(cipher: CipherKind, keys: &DataKeys, local_index: u32, remote_index: u32, now: Instant) -> Self {
+    pub fn new(
+        cipher: CipherKind,
+        keys: &DataKeys,
+        local_index: u32,
+        remote_index: u32,
+        now: Instant,
+    ) -> Self {
         Session {
             local_index,
             remote_index,
@@ -83,18 +89,28 @@ impl Session {
     /// Seals in place. `buf[HEADER_LEN..HEADER_LEN + plaintext_len]` holds
     /// the plaintext; the header is written in front and the tag after it.
     /// Returns the datagram length.
-    pub fn seal(&self, message_type: MessageType, buf: &mut [u8], plaintext_len: usize) -> Result<usize, SealError> {
+    pub fn seal(
+        &self,
+        message_type: MessageType,
+        buf: &mut [u8],
+        plaintext_len: usize,
+    ) -> Result<usize, SealError> {
         let total = sleeve::HEADER_LEN + plaintext_len + TAG_LEN;
         if buf.len() < total {
             return Err(SealError::BufferTooSmall);
         }
         let counter = self.send_counter.fetch_add(1, Ordering::Relaxed);
         if counter >= REJECT_AFTER_MESSAGES {
-            self.send_counter.store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
+            self.send_counter
+                .store(REJECT_AFTER_MESSAGES, Ordering::Relaxed);
             return Err(SealError::CounterExhausted);
         }
         let (header, rest) = buf.split_at_mut(sleeve::HEADER_LEN);
-        sleeve::Packet::new_unchecked(&mut *header).set_header(message_type, self.remote_index, counter);
+        sleeve::Packet::new_unchecked(&mut *header).set_header(
+            message_type,
+            self.remote_index,
+            counter,
+        );
         let tag = self.send.seal(counter, header, &mut rest[..plaintext_len]);
         rest[plaintext_len..plaintext_len + TAG_LEN].copy_from_slice(tag.as_ref());
         Ok(total)
@@ -108,13 +124,25 @@ impl Session {
             return Err(OpenError::Truncated);
         }
         // Cheap early drop before spending an AEAD on a replay.
-        if !self.replay.lock().map(|w| w.check(counter)).unwrap_or(false) {
+        if !self
+            .replay
+            .lock()
+            .map(|w| w.check(counter))
+            .unwrap_or(false)
+        {
             return Err(OpenError::Replay);
         }
         let (header, rest) = datagram.split_at_mut(sleeve::HEADER_LEN);
-        let len = self.recv.open(counter, header, rest).map_err(|_| OpenError::Authentication)?;
+        let len = self
+            .recv
+            .open(counter, header, rest)
+            .map_err(|_| OpenError::Authentication)?;
         // Update only after authentication, so forgeries cannot move the window.
-        let fresh = self.replay.lock().map(|mut w| w.update(counter)).unwrap_or(false);
+        let fresh = self
+            .replay
+            .lock()
+            .map(|mut w| w.update(counter))
+            .unwrap_or(false);
         if !fresh {
             return Err(OpenError::Replay);
         }
@@ -128,10 +156,19 @@ mod tests {
     use crate::wire::sleeve::Packet;
 
     fn pair(cipher: CipherKind) -> (Session, Session) {
-        let a = DataKeys { send: [1; 32], recv: [2; 32] };
-        let b = DataKeys { send: [2; 32], recv: [1; 32] };
+        let a = DataKeys {
+            send: [1; 32],
+            recv: [2; 32],
+        };
+        let b = DataKeys {
+            send: [2; 32],
+            recv: [1; 32],
+        };
         let now = Instant::now();
-        (Session::new(cipher, &a, 10, 20, now), Session::new(cipher, &b, 20, 10, now))
+        (
+            Session::new(cipher, &a, 10, 20, now),
+            Session::new(cipher, &b, 20, 10, now),
+        )
     }
 
     fn seal(s: &Session, payload: &[u8]) -> Vec<u8> {
@@ -144,7 +181,10 @@ mod tests {
 
     fn open(s: &Session, mut d: Vec<u8>) -> Result<Vec<u8>, OpenError> {
         let counter = Packet::new_checked(&d[..]).unwrap().counter();
-        assert_eq!(Packet::new_checked(&d[..]).unwrap().receiver_index(), s.local_index);
+        assert_eq!(
+            Packet::new_checked(&d[..]).unwrap().receiver_index(),
+            s.local_index
+        );
         let n = s.open(counter, &mut d)?;
         Ok(d[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n].to_vec())
     }
@@ -192,7 +232,16 @@ mod tests {
     #[test]
     fn wrong_keys_rejected() {
         let (a, _) = pair(CipherKind::ChaChaPoly);
-        let other = Session::new(CipherKind::ChaChaPoly, &DataKeys { send: [3; 32], recv: [4; 32] }, 20, 10, Instant::now());
+        let other = Session::new(
+            CipherKind::ChaChaPoly,
+            &DataKeys {
+                send: [3; 32],
+                recv: [4; 32],
+            },
+            20,
+            10,
+            Instant::now(),
+        );
         assert_eq!(open(&other, seal(&a, b"x")), Err(OpenError::Authentication));
     }
 }

@@ -3,13 +3,13 @@
 
 use crate::api::{ConnectionStatus, DropCounters, Status};
 use crate::datapath::tun::TunDevice;
+use crate::datapath::underlay::Underlay;
 use crate::mesh::backoff::Backoff;
 use crate::mesh::link::{Direction, Link, LinkConfig, LinkState, Output};
 use crate::noise::keys::short_key;
 use crate::noise::session::OpenError;
 use crate::noise::Session;
 use crate::wire::sleeve;
-use crate::datapath::underlay::Underlay;
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -148,14 +148,21 @@ impl Router {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
         signals.set_nonblocking(true)?;
-        poll.registry().register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
         udp.register(poll.registry(), UDP)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
         let mut cfg = cfg;
         let fastdp = cfg.fastdp.take();
         if let Some(f) = &fastdp {
-            poll.registry().register(&mut SourceFd(&f.upcall_fd()), FASTDP, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut SourceFd(&f.upcall_fd()), FASTDP, Interest::READABLE)?;
         }
         let now = Instant::now();
         let (cfg_l2, overlay_mtu, vni) = (cfg.l2.clone(), cfg.overlay_mtu, cfg.vni);
@@ -163,7 +170,12 @@ impl Router {
         let configured = cfg
             .peers
             .iter()
-            .map(|&addr| ConfiguredPeer { addr, backoff: Backoff::new(now), stream: None, last_failure: None })
+            .map(|&addr| ConfiguredPeer {
+                addr,
+                backoff: Backoff::new(now),
+                stream: None,
+                last_failure: None,
+            })
             .collect();
         Ok(Router {
             poll,
@@ -182,16 +194,27 @@ impl Router {
             started: now,
             last_status: now - STATUS_INTERVAL,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
-            l2: cfg_l2.as_ref().map(|c| super::l2::L2Switch::new(overlay_mtu, c.mac_age)),
+            l2: cfg_l2
+                .as_ref()
+                .map(|c| super::l2::L2Switch::new(overlay_mtu, c.mac_age)),
             batcher: super::sleeve_batch::SleeveBatcher::new(
-                super::sleeve_batch::SleeveBatcher::limit_for(overlay_mtu, if cfg_l2.is_some() { 14 } else { 0 }),
+                super::sleeve_batch::SleeveBatcher::limit_for(
+                    overlay_mtu,
+                    if cfg_l2.is_some() { 14 } else { 0 },
+                ),
                 vni,
             ),
             recv_batch: Some(crate::datapath::batch::RecvBatch::new(BUF_LEN)),
             flood_targets: Vec::new(),
             tun_in: vec![0u8; crate::datapath::offload::VNET_HDR_LEN + 65536].into_boxed_slice(),
-            segments: (0..MAX_SEGMENTS).map(|_| vec![0u8; usize::from(cfg_overlay_mtu) + 64]).collect(),
-            gro_bufs: (0..GRO_SLOTS).map(|_| bytes::BytesMut::with_capacity(crate::datapath::offload::VNET_HDR_LEN + 65536)).collect(),
+            segments: (0..MAX_SEGMENTS)
+                .map(|_| vec![0u8; usize::from(cfg_overlay_mtu) + 64])
+                .collect(),
+            gro_bufs: (0..GRO_SLOTS)
+                .map(|_| {
+                    bytes::BytesMut::with_capacity(crate::datapath::offload::VNET_HDR_LEN + 65536)
+                })
+                .collect(),
             gro_count: 0,
             gro_table: tun_rs::GROTable::default(),
             tun_mtu: cfg_overlay_mtu,
@@ -251,7 +274,8 @@ impl Router {
                 t = t.min(p.backoff.next_attempt());
             }
         }
-        t.saturating_duration_since(now).max(Duration::from_millis(1))
+        t.saturating_duration_since(now)
+            .max(Duration::from_millis(1))
     }
 
     // ---- data path -------------------------------------------------------
@@ -262,7 +286,11 @@ impl Router {
     /// like a packet read on its own.
     fn on_tun_readable_offload(&mut self) {
         use crate::datapath::offload::{self, SuperPacket, VNET_HDR_LEN};
-        let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header: 0 };
+        let limits = PeerLimit {
+            overlay_mtu: self.cfg.overlay_mtu,
+            datagram_overhead: self.cfg.datagram_overhead,
+            l2_header: 0,
+        };
         let mut tun_in = std::mem::take(&mut self.tun_in);
         let mut segments = std::mem::take(&mut self.segments);
         let mut sizes = [0usize; MAX_SEGMENTS];
@@ -272,7 +300,9 @@ impl Router {
                 self.flush_batcher();
                 burst = 0;
             }
-            let Some(n) = read_local(&self.tun, &mut tun_in) else { break };
+            let Some(n) = read_local(&self.tun, &mut tun_in) else {
+                break;
+            };
             burst += 1;
             match offload::classify(&mut tun_in, n) {
                 Ok((_, SuperPacket::Single(len))) => {
@@ -283,7 +313,13 @@ impl Router {
                         self.drops.too_big += 1;
                         continue;
                     }
-                    match offload::split_super_packet(&mut tun_in[VNET_HDR_LEN..n], hdr, &mut segments[..count], &mut sizes[..count], 0) {
+                    match offload::split_super_packet(
+                        &mut tun_in[VNET_HDR_LEN..n],
+                        hdr,
+                        &mut segments[..count],
+                        &mut sizes[..count],
+                        0,
+                    ) {
                         Ok(k) => {
                             for i in 0..k {
                                 self.route_l3(&segments[i][..sizes[i]], &limits);
@@ -306,7 +342,9 @@ impl Router {
     /// Routes one IP packet from the TUN device to its peer's batch, or
     /// answers it with ICMP when it is too big for that peer's path.
     fn route_l3(&mut self, frame: &[u8], limits: &PeerLimit) {
-        let Some(dst) = destination(frame) else { return };
+        let Some(dst) = destination(frame) else {
+            return;
+        };
         let Some(&token) = self.routes.get(&dst) else {
             // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
             if !dst.is_multicast() {
@@ -314,7 +352,9 @@ impl Router {
             }
             return;
         };
-        let Some(link) = self.streams.get(&token).and_then(|s| s.link.as_ref()) else { return };
+        let Some(link) = self.streams.get(&token).and_then(|s| s.link.as_ref()) else {
+            return;
+        };
         // Larger than this peer's verified path carries: tell the local
         // sender the real MTU instead of fragmenting or dropping silently.
         let limit = limits.payload_mtu(link);
@@ -324,7 +364,11 @@ impl Router {
                 4 if frame.len() > 6 && frame[6] & 0x40 != 0 => {
                     crate::wire::icmpv4::build_frag_needed(frame, limit, &mut self.icmp_buf)
                 }
-                6 => crate::wire::icmpv6::build_packet_too_big(frame, u32::from(limit), &mut self.icmp_buf),
+                6 => crate::wire::icmpv6::build_packet_too_big(
+                    frame,
+                    u32::from(limit),
+                    &mut self.icmp_buf,
+                ),
                 _ => Ok(None),
             };
             if let Ok(Some(len)) = reply {
@@ -332,7 +376,14 @@ impl Router {
             }
             return;
         }
-        if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, token, frame, limits) {
+        if !queue_frame(
+            &mut self.batcher,
+            &mut self.streams,
+            &mut self.udp,
+            token,
+            frame,
+            limits,
+        ) {
             self.drops.too_big += 1;
         }
     }
@@ -343,7 +394,11 @@ impl Router {
             return;
         }
         let n = self.gro_count;
-        if let Err(e) = self.tun.send_coalesced(&mut self.gro_table, &mut self.gro_bufs[..n], crate::datapath::offload::VNET_HDR_LEN) {
+        if let Err(e) = self.tun.send_coalesced(
+            &mut self.gro_table,
+            &mut self.gro_bufs[..n],
+            crate::datapath::offload::VNET_HDR_LEN,
+        ) {
             tracing::debug!(error = %e, "coalesced write to the TUN device failed");
             self.drops.send_errors += 1;
         }
@@ -367,10 +422,16 @@ impl Router {
                 self.flush_batcher();
                 burst = 0;
             }
-            let Some(n) = read_local(&self.tun, &mut self.buf[..max]) else { break };
+            let Some(n) = read_local(&self.tun, &mut self.buf[..max]) else {
+                break;
+            };
             burst += 1;
             let frame = &self.buf[..n];
-            let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header };
+            let limits = PeerLimit {
+                overlay_mtu: self.cfg.overlay_mtu,
+                datagram_overhead: self.cfg.datagram_overhead,
+                l2_header,
+            };
             let Some(switch) = self.l2.as_mut() else {
                 let buf = std::mem::take(&mut self.buf);
                 self.route_l3(&buf[..n], &limits);
@@ -379,22 +440,37 @@ impl Router {
             };
             match switch.from_local(frame, now) {
                 super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id)) => {
-                    let queued = queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, Token(id), frame, &limits);
+                    let queued = queue_frame(
+                        &mut self.batcher,
+                        &mut self.streams,
+                        &mut self.udp,
+                        Token(id),
+                        frame,
+                        &limits,
+                    );
                     self.drops.too_big += u64::from(!queued);
                 }
                 super::l2::Egress::Flood => {
                     self.flood_targets.clear();
                     let fastdp = &self.fastdp;
-                    self.flood_targets.extend(self.streams.iter().filter_map(|(t, s)| {
-                        // Peers on fastdp get floods from the OVS datapath's bridge port.
-                        s.link
-                            .as_ref()
-                            .filter(|l| l.sending_session().is_some() && l.endpoint().is_some())
-                            .filter(|_| !fastdp.as_ref().is_some_and(|f| f.is_fastdp(t.0)))
-                            .map(|_| *t)
-                    }));
+                    self.flood_targets
+                        .extend(self.streams.iter().filter_map(|(t, s)| {
+                            // Peers on fastdp get floods from the OVS datapath's bridge port.
+                            s.link
+                                .as_ref()
+                                .filter(|l| l.sending_session().is_some() && l.endpoint().is_some())
+                                .filter(|_| !fastdp.as_ref().is_some_and(|f| f.is_fastdp(t.0)))
+                                .map(|_| *t)
+                        }));
                     for &token in &self.flood_targets {
-                        if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, token, frame, &limits) {
+                        if !queue_frame(
+                            &mut self.batcher,
+                            &mut self.streams,
+                            &mut self.udp,
+                            token,
+                            frame,
+                            &limits,
+                        ) {
                             self.drops.too_big += 1;
                         }
                     }
@@ -410,7 +486,11 @@ impl Router {
     fn flush_batcher(&mut self) {
         self.batcher.flush(&mut self.udp);
         while let Some(peer) = self.batcher.too_big_peers.pop() {
-            if let Some(l) = self.streams.get_mut(&Token(peer)).and_then(|s| s.link.as_mut()) {
+            if let Some(l) = self
+                .streams
+                .get_mut(&Token(peer))
+                .and_then(|s| s.link.as_mut())
+            {
                 l.on_data_too_big();
             }
         }
@@ -432,7 +512,9 @@ impl Router {
                 }
             }
         };
-        let Some(mut batch) = self.recv_batch.take() else { return };
+        let Some(mut batch) = self.recv_batch.take() else {
+            return;
+        };
         loop {
             let count = match batch.recv(fd) {
                 Ok(0) => break,
@@ -442,7 +524,9 @@ impl Router {
                 Err(_) => continue, // ICMP errors surface here; nothing to do
             };
             for i in 0..count {
-                let Some((n, from)) = batch.meta(i) else { continue };
+                let Some((n, from)) = batch.meta(i) else {
+                    continue;
+                };
                 // on_datagram opens the datagram in place in self.buf: lend
                 // it the slot's buffer instead of copying the bytes.
                 if batch.swap_slot(i, &mut self.buf) {
@@ -485,8 +569,12 @@ impl Router {
                 return;
             }
         };
-        let Some(stream) = self.streams.get_mut(&token) else { return };
-        let Some(link) = stream.link.as_mut() else { return };
+        let Some(stream) = self.streams.get_mut(&token) else {
+            return;
+        };
+        let Some(link) = stream.link.as_mut() else {
+            return;
+        };
         link.on_authenticated(repr.receiver_index, from, now);
         let plaintext = &self.buf[sleeve::HEADER_LEN..sleeve::HEADER_LEN + plain_len];
         match repr.message_type {
@@ -502,7 +590,11 @@ impl Router {
                     }
                     let accepted = match self.l2.as_mut() {
                         // Counted by the switch (oversized, bad source) when refused.
-                        Some(switch) => switch.from_remote(record.frame, crate::mesh::fdb::Location::Peer(token.0), now),
+                        Some(switch) => switch.from_remote(
+                            record.frame,
+                            crate::mesh::fdb::Location::Peer(token.0),
+                            now,
+                        ),
                         None => {
                             let is_ip = destination(record.frame).is_some();
                             self.drops.bad_record += u64::from(!is_ip);
@@ -579,7 +671,11 @@ impl Router {
         let token = Token(self.next_token);
         self.next_token += 1;
         let _ = stream.set_nodelay(true);
-        if let Err(e) = self.poll.registry().register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             tracing::warn!(error = %e, "cannot watch a control connection");
             return None;
         }
@@ -600,7 +696,9 @@ impl Router {
 
     fn on_stream_event(&mut self, token: Token, readable: bool, writable: bool) {
         let now = Instant::now();
-        let Some(s) = self.streams.get_mut(&token) else { return };
+        let Some(s) = self.streams.get_mut(&token) else {
+            return;
+        };
         if s.link.is_none() {
             // A connect in progress: it finished (either way) when writable.
             if !(writable || readable) {
@@ -609,7 +707,12 @@ impl Router {
             match s.stream.take_error() {
                 Ok(None) if s.stream.peer_addr().is_ok() => {
                     tracing::info!(peer = %s.peer_addr, "control connection open; authenticating");
-                    s.link = Some(Link::new(Direction::Outbound, s.peer_addr, self.cfg.link.clone(), now));
+                    s.link = Some(Link::new(
+                        Direction::Outbound,
+                        s.peer_addr,
+                        self.cfg.link.clone(),
+                        now,
+                    ));
                 }
                 Ok(None) => return, // spurious wakeup, still connecting
                 Ok(Some(e)) | Err(e) => {
@@ -622,7 +725,9 @@ impl Router {
         if readable {
             let mut chunk = [0u8; 16384];
             loop {
-                let Some(s) = self.streams.get_mut(&token) else { return };
+                let Some(s) = self.streams.get_mut(&token) else {
+                    return;
+                };
                 match s.stream.read(&mut chunk) {
                     Ok(0) => {
                         if let Some(l) = s.link.as_mut() {
@@ -652,8 +757,12 @@ impl Router {
     /// Applies a link's outputs.
     fn drive_link(&mut self, token: Token, now: Instant) {
         loop {
-            let Some(s) = self.streams.get_mut(&token) else { return };
-            let Some(output) = s.link.as_mut().and_then(|l| l.poll_output()) else { break };
+            let Some(s) = self.streams.get_mut(&token) else {
+                return;
+            };
+            let Some(output) = s.link.as_mut().and_then(|l| l.poll_output()) else {
+                break;
+            };
             match output {
                 Output::Control(bytes) => s.out.extend_from_slice(&bytes),
                 Output::Datagram { to, bytes } => {
@@ -664,7 +773,9 @@ impl Router {
                 Output::Probe { to, bytes, id } => {
                     if let Err(e) = self.udp.send_to(&bytes, to) {
                         if e.raw_os_error() == Some(libc::EMSGSIZE) {
-                            if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
+                            if let Some(l) =
+                                self.streams.get_mut(&token).and_then(|s| s.link.as_mut())
+                            {
                                 l.on_probe_too_big(id);
                             }
                         }
@@ -684,9 +795,15 @@ impl Router {
                 Output::SessionDown(index) => {
                     self.sessions.remove(&index);
                 }
-                Output::PeerReady { remote_static, hello } => {
+                Output::PeerReady {
+                    remote_static,
+                    hello,
+                } => {
                     self.on_peer_ready(token, remote_static, hello.clone());
-                    if let (Some(f), Some(l)) = (self.fastdp.as_mut(), self.streams.get(&token).and_then(|s| s.link.as_ref())) {
+                    if let (Some(f), Some(l)) = (
+                        self.fastdp.as_mut(),
+                        self.streams.get(&token).and_then(|s| s.link.as_ref()),
+                    ) {
                         if !l.is_closed() {
                             f.on_peer_ready(token.0, l.endpoint(), &hello, l.path_mtu(), now);
                         }
@@ -715,24 +832,49 @@ impl Router {
         self.flush(token);
     }
 
-    fn on_peer_ready(&mut self, token: Token, remote_static: [u8; 32], hello: crate::mesh::control::Hello) {
+    fn on_peer_ready(
+        &mut self,
+        token: Token,
+        remote_static: [u8; 32],
+        hello: crate::mesh::control::Hello,
+    ) {
         // One connection per peer pair: if both sides dialled, keep the one
         // opened by the host with the smaller public key. Both ends decide
         // the same way without talking.
         let ours = self.cfg.link.key.public();
-        let initiator_key = |dir: Direction, theirs: &[u8; 32]| if dir == Direction::Outbound { ours } else { *theirs };
-        let this_dir = self.streams[&token].link.as_ref().map(|l| l.direction).unwrap_or(Direction::Inbound);
+        let initiator_key = |dir: Direction, theirs: &[u8; 32]| {
+            if dir == Direction::Outbound {
+                ours
+            } else {
+                *theirs
+            }
+        };
+        let this_dir = self.streams[&token]
+            .link
+            .as_ref()
+            .map(|l| l.direction)
+            .unwrap_or(Direction::Inbound);
         let duplicate = self.streams.iter().find_map(|(t, s)| {
             let l = s.link.as_ref()?;
-            (*t != token && !l.is_closed() && l.remote_static() == Some(&remote_static)).then_some((*t, l.direction))
+            (*t != token && !l.is_closed() && l.remote_static() == Some(&remote_static))
+                .then_some((*t, l.direction))
         });
         if let Some((other, other_dir)) = duplicate {
-            let keep_this = initiator_key(this_dir, &remote_static) < initiator_key(other_dir, &remote_static);
-            let (winner, loser) = if keep_this { (token, other) } else { (other, token) };
+            let keep_this =
+                initiator_key(this_dir, &remote_static) < initiator_key(other_dir, &remote_static);
+            let (winner, loser) = if keep_this {
+                (token, other)
+            } else {
+                (other, token)
+            };
             tracing::info!(peer = %self.streams[&token].peer_addr, "two connections to the same peer; keeping one");
             // A configured peer whose dial lost is satisfied by the winner:
             // no failure, no backoff, no redial.
-            for cp in self.configured.iter_mut().filter(|c| c.stream == Some(loser)) {
+            for cp in self
+                .configured
+                .iter_mut()
+                .filter(|c| c.stream == Some(loser))
+            {
                 cp.stream = Some(winner);
                 cp.last_failure = None;
             }
@@ -740,7 +882,9 @@ impl Router {
                 s.configured = None;
                 if let Some(l) = s.link.as_mut() {
                     l.goodbye("duplicate connection");
-                    l.on_control_closed("duplicate connection to the same peer (the other one is kept)");
+                    l.on_control_closed(
+                        "duplicate connection to the same peer (the other one is kept)",
+                    );
                 }
             }
             if loser == token {
@@ -749,7 +893,11 @@ impl Router {
         }
         let s = self.streams.get_mut(&token).expect("present");
         for cidr in &hello.overlay {
-            if let Some(ip) = cidr.split('/').next().and_then(|a| a.parse::<IpAddr>().ok()) {
+            if let Some(ip) = cidr
+                .split('/')
+                .next()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            {
                 self.routes.insert(ip, token);
             }
         }
@@ -766,11 +914,10 @@ impl Router {
             // An inbound connection from a configured peer satisfies it too.
             if dir == Direction::Inbound {
                 let endpoint = l.endpoint();
-                if let Some(cp) = self
-                    .configured
-                    .iter_mut()
-                    .find(|c| c.stream.is_none() && (Some(c.addr) == endpoint || c.addr.ip() == s.peer_addr.ip()))
-                {
+                if let Some(cp) = self.configured.iter_mut().find(|c| {
+                    c.stream.is_none()
+                        && (Some(c.addr) == endpoint || c.addr.ip() == s.peer_addr.ip())
+                }) {
                     cp.stream = Some(token);
                 }
             }
@@ -804,7 +951,9 @@ impl Router {
     }
 
     fn flush(&mut self, token: Token) {
-        let Some(s) = self.streams.get_mut(&token) else { return };
+        let Some(s) = self.streams.get_mut(&token) else {
+            return;
+        };
         while !s.out.is_empty() {
             match s.stream.write(&s.out) {
                 Ok(0) => break,
@@ -818,7 +967,9 @@ impl Router {
     }
 
     fn close_stream(&mut self, token: Token, reason: &str, now: Instant) {
-        let Some(mut s) = self.streams.remove(&token) else { return };
+        let Some(mut s) = self.streams.remove(&token) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut s.stream);
         self.routes.retain(|_, t| *t != token);
         self.sessions.retain(|_, (t, _)| *t != token);
@@ -837,7 +988,9 @@ impl Router {
         } else {
             tracing::warn!(peer = %s.peer_addr, "connection closed: {reason}");
         }
-        let configured = s.configured.or_else(|| self.configured.iter().position(|c| c.stream == Some(token)));
+        let configured = s
+            .configured
+            .or_else(|| self.configured.iter().position(|c| c.stream == Some(token)));
         if let Some(i) = configured {
             let cp = &mut self.configured[i];
             cp.stream = None;
@@ -862,12 +1015,18 @@ impl Router {
         }
         let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {
-            let Some(s) = self.streams.get_mut(&token) else { continue };
+            let Some(s) = self.streams.get_mut(&token) else {
+                continue;
+            };
             match s.link.as_mut() {
                 Some(l) => l.poll(now),
                 None => {
                     if now.duration_since(s.connect_started) > CONNECT_TIMEOUT {
-                        let reason = format!("cannot connect to {}: timed out after {} s", s.peer_addr, CONNECT_TIMEOUT.as_secs());
+                        let reason = format!(
+                            "cannot connect to {}: timed out after {} s",
+                            s.peer_addr,
+                            CONNECT_TIMEOUT.as_secs()
+                        );
                         self.close_stream(token, &reason, now);
                         continue;
                     }
@@ -907,7 +1066,10 @@ impl Router {
         status.dropped = self.drops.clone();
         status.dropped.send_errors += self.batcher.send_errors;
         status.batching = self.batcher.counters.clone();
-        status.fastdp = self.fastdp.as_ref().map(|f| (f.datapath_name().to_string(), f.counters.clone()));
+        status.fastdp = self
+            .fastdp
+            .as_ref()
+            .map(|f| (f.datapath_name().to_string(), f.counters.clone()));
         if let (Some(switch), Some(c)) = (self.l2.as_ref(), self.cfg.l2.as_ref()) {
             status.l2 = Some(crate::api::l2_status::L2Status {
                 bridge: c.bridge.clone(),
@@ -928,11 +1090,21 @@ impl Router {
                 None => connections.push(ConnectionStatus {
                     direction: "->".into(),
                     address: cp.addr.to_string(),
-                    state: if cp.last_failure.is_some() { "failed".into() } else { "connecting".into() },
+                    state: if cp.last_failure.is_some() {
+                        "failed".into()
+                    } else {
+                        "connecting".into()
+                    },
                     reason: Some(format!(
                         "{}retry in {:.1}s",
-                        cp.last_failure.as_ref().map(|r| format!("{r}; ")).unwrap_or_default(),
-                        cp.backoff.next_attempt().saturating_duration_since(now).as_secs_f64()
+                        cp.last_failure
+                            .as_ref()
+                            .map(|r| format!("{r}; "))
+                            .unwrap_or_default(),
+                        cp.backoff
+                            .next_attempt()
+                            .saturating_duration_since(now)
+                            .as_secs_f64()
                     )),
                     mode: "sleeve".into(),
                     mode_reason: None,
@@ -951,7 +1123,11 @@ impl Router {
                 }),
             }
         }
-        let mut rest: Vec<_> = self.streams.iter().filter(|(t, _)| !shown.contains(t)).collect();
+        let mut rest: Vec<_> = self
+            .streams
+            .iter()
+            .filter(|(t, _)| !shown.contains(t))
+            .collect();
         rest.sort_by_key(|(t, _)| t.0);
         for (_, s) in rest {
             // Unauthenticated inbound connections are not peers yet.
@@ -965,18 +1141,33 @@ impl Router {
         }
     }
 
-    fn connection_status(&self, s: &Stream, _configured: Option<usize>, now: Instant) -> ConnectionStatus {
+    fn connection_status(
+        &self,
+        s: &Stream,
+        _configured: Option<usize>,
+        now: Instant,
+    ) -> ConnectionStatus {
         let link = s.link.as_ref();
-        let token = self.streams.iter().find(|(_, x)| std::ptr::eq(*x, s)).map(|(t, _)| t.0);
+        let token = self
+            .streams
+            .iter()
+            .find(|(_, x)| std::ptr::eq(*x, s))
+            .map(|(t, _)| t.0);
         let (mode, mode_reason) = match (self.fastdp.as_ref(), token) {
             (Some(f), Some(t)) => f.mode(t, now),
             _ => ("sleeve".to_string(), None),
         };
         let hello = link.and_then(|l| l.remote_hello());
         let (state, reason) = match link.map(|l| l.state()) {
-            None => ("connecting".to_string(), Some("TCP connect in progress".to_string())),
+            None => (
+                "connecting".to_string(),
+                Some("TCP connect in progress".to_string()),
+            ),
             Some(LinkState::Handshaking) => ("connecting".into(), Some("authenticating".into())),
-            Some(LinkState::Connecting) => ("connecting".into(), Some("waiting for a heartbeat reply over UDP".into())),
+            Some(LinkState::Connecting) => (
+                "connecting".into(),
+                Some("waiting for a heartbeat reply over UDP".into()),
+            ),
             Some(LinkState::Established) => ("established".into(), None),
             Some(LinkState::Failed(r)) => ("failed".into(), Some(r.clone())),
         };
@@ -994,7 +1185,10 @@ impl Router {
             mode_reason,
             overlay_mtu: link
                 .and_then(|l| l.path_mtu())
-                .map(|p| p.saturating_sub(self.cfg.datagram_overhead).min(self.cfg.overlay_mtu))
+                .map(|p| {
+                    p.saturating_sub(self.cfg.datagram_overhead)
+                        .min(self.cfg.overlay_mtu)
+                })
                 .unwrap_or(self.cfg.overlay_mtu),
             path_mtu: link.and_then(|l| l.path_mtu()),
             rtt_ms: link.and_then(|l| l.rtt()).map(|r| r.as_secs_f64() * 1000.0),
@@ -1015,35 +1209,60 @@ impl Router {
     /// Misses from the kernel datapath: heartbeats to acknowledge, frames
     /// for peers not (yet) on fastdp, flows to install.
     fn on_fastdp_upcalls(&mut self) {
-        let Some(f) = self.fastdp.as_mut() else { return };
+        let Some(f) = self.fastdp.as_mut() else {
+            return;
+        };
         let now = Instant::now();
         let mut actions = std::mem::take(&mut self.fastdp_actions);
         f.on_upcalls(now, &mut actions);
         self.apply_fastdp_actions(actions, now);
     }
 
-    fn apply_fastdp_actions(&mut self, mut actions: Vec<super::fastdp::FastdpAction>, now: Instant) {
+    fn apply_fastdp_actions(
+        &mut self,
+        mut actions: Vec<super::fastdp::FastdpAction>,
+        now: Instant,
+    ) {
         if actions.is_empty() {
             self.fastdp_actions = actions;
             return;
         }
         let l2_header = 14;
-        let limits = PeerLimit { overlay_mtu: self.cfg.overlay_mtu, datagram_overhead: self.cfg.datagram_overhead, l2_header };
+        let limits = PeerLimit {
+            overlay_mtu: self.cfg.overlay_mtu,
+            datagram_overhead: self.cfg.datagram_overhead,
+            l2_header,
+        };
         for action in actions.drain(..) {
             match action {
                 super::fastdp::FastdpAction::Ack { token, seq } => {
-                    if let Some(l) = self.streams.get_mut(&Token(token)).and_then(|s| s.link.as_mut()) {
+                    if let Some(l) = self
+                        .streams
+                        .get_mut(&Token(token))
+                        .and_then(|s| s.link.as_mut())
+                    {
                         l.send_fastdp_ack(seq);
                     }
                     self.drive_link(Token(token), now);
                 }
                 super::fastdp::FastdpAction::PathShrank { token } => {
-                    if let Some(l) = self.streams.get_mut(&Token(token)).and_then(|s| s.link.as_mut()) {
+                    if let Some(l) = self
+                        .streams
+                        .get_mut(&Token(token))
+                        .and_then(|s| s.link.as_mut())
+                    {
                         l.on_data_too_big();
                     }
                 }
                 super::fastdp::FastdpAction::ToSleeve { token, frame } => {
-                    if !queue_frame(&mut self.batcher, &mut self.streams, &mut self.udp, Token(token), &frame, &limits) {
+                    if !queue_frame(
+                        &mut self.batcher,
+                        &mut self.streams,
+                        &mut self.udp,
+                        Token(token),
+                        &frame,
+                        &limits,
+                    ) {
                         self.drops.too_big += 1;
                     }
                 }
@@ -1090,7 +1309,9 @@ impl PeerLimit {
     fn payload_mtu(&self, link: &Link) -> u16 {
         let mut mtu = link
             .path_mtu()
-            .map_or(self.overlay_mtu, |p| p.saturating_sub(self.datagram_overhead))
+            .map_or(self.overlay_mtu, |p| {
+                p.saturating_sub(self.datagram_overhead)
+            })
             .min(self.overlay_mtu);
         if let Some(h) = link.remote_hello() {
             mtu = mtu.min(h.overlay_mtu);
@@ -1110,10 +1331,17 @@ fn queue_frame(
     frame: &[u8],
     limits: &PeerLimit,
 ) -> bool {
-    let Some(stream) = streams.get_mut(&token) else { return true };
-    let Some(link) = stream.link.as_ref() else { return true };
-    let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else { return true };
-    let limit = super::sleeve_batch::SleeveBatcher::limit_for(limits.payload_mtu(link), limits.l2_header);
+    let Some(stream) = streams.get_mut(&token) else {
+        return true;
+    };
+    let Some(link) = stream.link.as_ref() else {
+        return true;
+    };
+    let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) else {
+        return true;
+    };
+    let limit =
+        super::sleeve_batch::SleeveBatcher::limit_for(limits.payload_mtu(link), limits.l2_header);
     if !batcher.push(underlay, token.0, session, endpoint, limit, frame) {
         return false;
     }
@@ -1153,4 +1381,3 @@ fn destination(packet: &[u8]) -> Option<IpAddr> {
         _ => None,
     }
 }
-

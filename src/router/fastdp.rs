@@ -49,13 +49,19 @@ impl PlaintextPolicy {
     /// Whether data to `ip` may travel unencrypted, and if not, why.
     pub fn allows(&self, ip: IpAddr) -> Result<(), String> {
         let IpAddr::V4(ip) = ip else {
-            return Err("fastdp is IPv4-only in this build: the peer's underlay address is IPv6".into());
+            return Err(
+                "fastdp is IPv4-only in this build: the peer's underlay address is IPv6".into(),
+            );
         };
         match self {
             PlaintextPolicy::AllPeers => Ok(()),
             PlaintextPolicy::TrustedSubnets(nets) => {
                 let inside = nets.iter().any(|(net, prefix)| {
-                    let mask = if *prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(*prefix)) };
+                    let mask = if *prefix == 0 {
+                        0
+                    } else {
+                        u32::MAX << (32 - u32::from(*prefix))
+                    };
                     u32::from(ip) & mask == u32::from(*net) & mask
                 });
                 if inside {
@@ -70,7 +76,8 @@ impl PlaintextPolicy {
 
 /// Parses `--trusted-subnet` (IPv4 CIDR).
 pub fn parse_trusted_subnet(text: &str) -> Result<(Ipv4Addr, u8), String> {
-    let bad = || format!("--trusted-subnet {text:?} is not an IPv4 subnet; write it like 198.18.0.0/24");
+    let bad =
+        || format!("--trusted-subnet {text:?} is not an IPv4 subnet; write it like 198.18.0.0/24");
     let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
     let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
@@ -190,7 +197,11 @@ fn flush_bridge_port(port: &str) {
 }
 
 fn current_mtu(iface: &str) -> Option<usize> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Fastdp {
@@ -200,8 +211,12 @@ impl Fastdp {
         let dp = Datapath::create(&cfg.datapath, cfg.port)?;
         let mtu = cfg.overlay_mtu.to_string();
         ip(&["link", "set", "dev", &cfg.datapath, "mtu", &mtu])?;
-        ip(&["link", "set", "dev", &cfg.datapath, "master", &cfg.bridge])
-            .map_err(|e| format!("cannot put the OVS datapath port {} on bridge {}: {e}", cfg.datapath, cfg.bridge))?;
+        ip(&["link", "set", "dev", &cfg.datapath, "master", &cfg.bridge]).map_err(|e| {
+            format!(
+                "cannot put the OVS datapath port {} on bridge {}: {e}",
+                cfg.datapath, cfg.bridge
+            )
+        })?;
         ip(&["link", "set", "dev", &cfg.datapath, "up"])?;
         // Split horizon on the bridge: the TAP and the datapath port both
         // lead to the peers, so the bridge must never forward between them
@@ -210,10 +225,24 @@ impl Fastdp {
         // broadcast would loop). Isolated ports only talk to non-isolated
         // ones: the containers and the bridge itself.
         for port in [&cfg.datapath, &cfg.tap] {
-            ip(&["link", "set", "dev", port, "type", "bridge_slave", "isolated", "on"])
-                .map_err(|e| format!("cannot isolate bridge port {port} (needs Linux 4.18+): {e}"))?;
+            ip(&[
+                "link",
+                "set",
+                "dev",
+                port,
+                "type",
+                "bridge_slave",
+                "isolated",
+                "on",
+            ])
+            .map_err(|e| format!("cannot isolate bridge port {port} (needs Linux 4.18+): {e}"))?;
         }
-        let switch = Switch::new(SwitchConfig { vni: cfg.vni, vxlan_port: dp.vxlan_port(), ttl: 64, mac_max_age: cfg.mac_age });
+        let switch = Switch::new(SwitchConfig {
+            vni: cfg.vni,
+            vxlan_port: dp.vxlan_port(),
+            ttl: 64,
+            mac_max_age: cfg.mac_age,
+        });
         tracing::info!(
             "fastdp: OVS datapath {} (port {LOCAL_PORT} on bridge {}), VXLAN vport {} on UDP {}, vni {}",
             cfg.datapath,
@@ -250,14 +279,22 @@ impl Fastdp {
     }
 
     /// A connection authenticated: decides whether it may ever use fastdp.
-    pub fn on_peer_ready(&mut self, token: usize, endpoint: Option<SocketAddr>, hello: &Hello, path_mtu: Option<u16>, now: Instant) {
+    pub fn on_peer_ready(
+        &mut self,
+        token: usize,
+        endpoint: Option<SocketAddr>,
+        hello: &Hello,
+        path_mtu: Option<u16>,
+        now: Instant,
+    ) {
         let Some(endpoint) = endpoint else { return };
         let ineligible = match (self.cfg.policy.allows(endpoint.ip()), hello.fastdp_port) {
             (Err(why), _) => Some(why),
             (Ok(()), None) => Some("the peer does not run fastdp".to_string()),
-            (Ok(()), Some(p)) if p != self.cfg.port => {
-                Some(format!("the peer's fastdp port is {p} and this host's {}: use the same --fastdp-port", self.cfg.port))
-            }
+            (Ok(()), Some(p)) if p != self.cfg.port => Some(format!(
+                "the peer's fastdp port is {p} and this host's {}: use the same --fastdp-port",
+                self.cfg.port
+            )),
             (Ok(()), Some(_)) => None,
         };
         let ip = match endpoint.ip() {
@@ -271,13 +308,23 @@ impl Fastdp {
             (None, Some(mtu)) => Some(Proof::new(self.cfg.proof, usize::from(mtu), now)),
             _ => None,
         };
-        self.peers.insert(token, Peer { ip, ineligible, proof, logged: "" });
+        self.peers.insert(
+            token,
+            Peer {
+                ip,
+                ineligible,
+                proof,
+                logged: "",
+            },
+        );
         self.update_peers();
     }
 
     /// The connection's path MTU was verified (again): heartbeats follow it.
     pub fn on_path_mtu(&mut self, token: usize, path_mtu: u16, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&token) else { return };
+        let Some(peer) = self.peers.get_mut(&token) else {
+            return;
+        };
         if peer.ineligible.is_some() {
             return;
         }
@@ -305,7 +352,10 @@ impl Fastdp {
 
     /// Whether traffic to connection `token` goes over fastdp now.
     pub fn is_fastdp(&self, token: usize) -> bool {
-        self.peers.get(&token).and_then(|p| p.proof.as_ref()).is_some_and(|p| p.is_fastdp())
+        self.peers
+            .get(&token)
+            .and_then(|p| p.proof.as_ref())
+            .is_some_and(|p| p.is_fastdp())
     }
 
     /// `fastdp` or the userspace mode, and why (for `weft status`).
@@ -317,21 +367,38 @@ impl Fastdp {
             return ("sleeve".into(), Some(why.clone()));
         }
         match peer.proof.as_ref().map(|p| (p.state(), p.path_mtu())) {
-            None => ("sleeve".into(), Some("fastdp: waiting for the path MTU to be verified".into())),
-            Some((PathState::Proving, mtu)) => {
-                ("sleeve".into(), Some(format!("fastdp: proving ({mtu}-byte heartbeats through the VXLAN vport)")))
-            }
-            Some((PathState::Fastdp, mtu)) => ("fastdp".into(), Some(format!("heartbeats of {mtu} bytes acknowledged"))),
+            None => (
+                "sleeve".into(),
+                Some("fastdp: waiting for the path MTU to be verified".into()),
+            ),
+            Some((PathState::Proving, mtu)) => (
+                "sleeve".into(),
+                Some(format!(
+                    "fastdp: proving ({mtu}-byte heartbeats through the VXLAN vport)"
+                )),
+            ),
+            Some((PathState::Fastdp, mtu)) => (
+                "fastdp".into(),
+                Some(format!("heartbeats of {mtu} bytes acknowledged")),
+            ),
             Some((PathState::Userspace { reason, retry_at }, _)) => (
                 "sleeve".into(),
-                Some(format!("fastdp failed: {reason}; retry in {:.0}s", retry_at.saturating_duration_since(now).as_secs_f64())),
+                Some(format!(
+                    "fastdp failed: {reason}; retry in {:.0}s",
+                    retry_at.saturating_duration_since(now).as_secs_f64()
+                )),
             ),
         }
     }
 
     /// Every peer that may send to us over fastdp (policy and port agree).
     fn update_peers(&mut self) {
-        let accepted: Vec<Ipv4Addr> = self.peers.values().filter(|p| p.ineligible.is_none()).map(|p| p.ip).collect();
+        let accepted: Vec<Ipv4Addr> = self
+            .peers
+            .values()
+            .filter(|p| p.ineligible.is_none())
+            .map(|p| p.ip)
+            .collect();
         if self.switch.set_peers(accepted) {
             self.flush_flows();
         }
@@ -356,7 +423,9 @@ impl Fastdp {
                     Some(PathState::Userspace { reason, .. }) => {
                         tracing::warn!(peer = %peer.ip, "fastdp -> userspace sleeve: {reason}")
                     }
-                    _ => tracing::info!(peer = %peer.ip, "fastdp proven: heartbeats through the VXLAN vport acknowledged"),
+                    _ => {
+                        tracing::info!(peer = %peer.ip, "fastdp proven: heartbeats through the VXLAN vport acknowledged")
+                    }
                 }
                 peer.logged = name;
             }
@@ -394,7 +463,14 @@ impl Fastdp {
     /// port follows, so the bridge drops what the path cannot carry.
     pub fn set_overlay_mtu(&mut self, mtu: u16) {
         if mtu != self.cfg.overlay_mtu {
-            match ip(&["link", "set", "dev", &self.cfg.datapath, "mtu", &mtu.to_string()]) {
+            match ip(&[
+                "link",
+                "set",
+                "dev",
+                &self.cfg.datapath,
+                "mtu",
+                &mtu.to_string(),
+            ]) {
                 Ok(()) => self.cfg.overlay_mtu = mtu,
                 Err(e) => tracing::warn!("fastdp: {e}"),
             }
@@ -407,10 +483,13 @@ impl Fastdp {
         let (vni, vxlan_port) = (self.cfg.vni, self.dp.vxlan_port());
         let mut changed = false;
         for (token, peer) in self.peers.iter_mut() {
-            let Some(proof) = peer.proof.as_mut() else { continue };
+            let Some(proof) = peer.proof.as_mut() else {
+                continue;
+            };
             let before = proof.is_fastdp();
             let Some(heartbeat) = proof.poll(now) else {
-                changed |= before != proof.is_fastdp() || matches!(proof.state(), PathState::Userspace { .. });
+                changed |= before != proof.is_fastdp()
+                    || matches!(proof.state(), PathState::Userspace { .. });
                 continue;
             };
             let outer = heartbeat.frame_len + proof::VXLAN_IPV4_OVERHEAD - 14;
@@ -429,7 +508,15 @@ impl Fastdp {
                 continue;
             }
             proof::build_heartbeat_frame(&heartbeat, &mut self.frame_buf);
-            let actions = [Action::SetTunnel { vni, dst: peer.ip, ttl: 64, dont_fragment: true }, Action::Output(vxlan_port)];
+            let actions = [
+                Action::SetTunnel {
+                    vni,
+                    dst: peer.ip,
+                    ttl: 64,
+                    dont_fragment: true,
+                },
+                Action::Output(vxlan_port),
+            ];
             match self.dp.execute_from_local(&self.frame_buf, &actions) {
                 Ok(()) => self.counters.heartbeats_sent += 1,
                 Err(e) => {
@@ -445,7 +532,8 @@ impl Fastdp {
         if now >= self.next_sweep {
             self.next_sweep = now + Duration::from_secs(1);
             self.switch.expire(now);
-            self.counters.flows_expired += sweep_idle_flows(&mut self.dp, &mut self.activity, self.cfg.flow_idle, now);
+            self.counters.flows_expired +=
+                sweep_idle_flows(&mut self.dp, &mut self.activity, self.cfg.flow_idle, now);
         }
     }
 
@@ -488,9 +576,17 @@ impl Fastdp {
                     self.flush_flows();
                 }
                 if let Some(peer_ip) = decision.to_userspace {
-                    if let Some(token) = self.peers.iter().find(|(_, p)| p.ip == peer_ip).map(|(t, _)| *t) {
+                    if let Some(token) = self
+                        .peers
+                        .iter()
+                        .find(|(_, p)| p.ip == peer_ip)
+                        .map(|(t, _)| *t)
+                    {
                         self.counters.to_sleeve += 1;
-                        actions.push(FastdpAction::ToSleeve { token, frame: miss.packet });
+                        actions.push(FastdpAction::ToSleeve {
+                            token,
+                            frame: miss.packet,
+                        });
                     }
                     continue;
                 }
@@ -505,7 +601,10 @@ impl Fastdp {
                     }
                 }
                 if !decision.actions.is_empty() {
-                    if let Err(e) = self.dp.execute(&miss.packet, &miss.key_raw, &decision.actions) {
+                    if let Err(e) = self
+                        .dp
+                        .execute(&miss.packet, &miss.key_raw, &decision.actions)
+                    {
                         self.counters.errors += 1;
                         tracing::debug!("fastdp: {e}");
                     }
@@ -529,15 +628,30 @@ mod tests {
 
     #[test]
     fn trusted_subnets_decide_who_gets_plaintext() {
-        let p = PlaintextPolicy::TrustedSubnets(vec![parse_trusted_subnet("198.18.0.0/24").unwrap()]);
+        let p =
+            PlaintextPolicy::TrustedSubnets(vec![parse_trusted_subnet("198.18.0.0/24").unwrap()]);
         assert!(p.allows("198.18.0.2".parse().unwrap()).is_ok());
         let e = p.allows("198.19.0.2".parse().unwrap()).unwrap_err();
         assert!(e.contains("outside every --trusted-subnet"), "{e}");
-        assert!(p.allows("fd00::1".parse().unwrap()).unwrap_err().contains("IPv6"));
-        assert!(PlaintextPolicy::AllPeers.allows("203.0.113.9".parse().unwrap()).is_ok());
-        assert!(PlaintextPolicy::TrustedSubnets(vec![(Ipv4Addr::UNSPECIFIED, 0)]).allows("198.19.1.1".parse().unwrap()).is_ok());
+        assert!(p
+            .allows("fd00::1".parse().unwrap())
+            .unwrap_err()
+            .contains("IPv6"));
+        assert!(PlaintextPolicy::AllPeers
+            .allows("203.0.113.9".parse().unwrap())
+            .is_ok());
+        assert!(
+            PlaintextPolicy::TrustedSubnets(vec![(Ipv4Addr::UNSPECIFIED, 0)])
+                .allows("198.19.1.1".parse().unwrap())
+                .is_ok()
+        );
         for bad in ["198.18.0.0", "198.18.0.0/33", "x/24", "fd00::/64", ""] {
-            assert!(parse_trusted_subnet(bad).unwrap_err().contains("--trusted-subnet"), "{bad}");
+            assert!(
+                parse_trusted_subnet(bad)
+                    .unwrap_err()
+                    .contains("--trusted-subnet"),
+                "{bad}"
+            );
         }
     }
 }

@@ -69,7 +69,12 @@ impl L2Switch {
     /// A switch for frames with up to `overlay_mtu` bytes of payload,
     /// whose learned addresses age out after `mac_age`.
     pub fn new(overlay_mtu: u16, mac_age: Duration) -> L2Switch {
-        L2Switch { fdb: Fdb::new(mac_age), counters: L2Counters::default(), overlay_mtu: usize::from(overlay_mtu), last_expiry: None }
+        L2Switch {
+            fdb: Fdb::new(mac_age),
+            counters: L2Counters::default(),
+            overlay_mtu: usize::from(overlay_mtu),
+            last_expiry: None,
+        }
     }
 
     /// Whether a frame is a whole Ethernet frame no larger than the MTU
@@ -79,7 +84,9 @@ impl L2Switch {
             self.counters.runts += 1;
             return false;
         }
-        let tagged = frame.get(12..14).is_some_and(|t| u16::from_be_bytes([t[0], t[1]]) == ETHERTYPE_VLAN);
+        let tagged = frame
+            .get(12..14)
+            .is_some_and(|t| u16::from_be_bytes([t[0], t[1]]) == ETHERTYPE_VLAN);
         let limit = self.overlay_mtu + ETHERNET_HEADER + if tagged { VLAN_TAG } else { 0 };
         if frame.len() > limit {
             self.counters.oversized += 1;
@@ -94,7 +101,9 @@ impl L2Switch {
         if !self.size_ok(frame) {
             return Egress::Drop;
         }
-        let (Some(dst), Some(src)) = (destination_mac(frame), source_mac(frame)) else { return Egress::Drop };
+        let (Some(dst), Some(src)) = (destination_mac(frame), source_mac(frame)) else {
+            return Egress::Drop;
+        };
         self.fdb.learn(src, Location::Local, now);
         if dst.is_multicast() {
             self.counters.flooded += 1;
@@ -121,7 +130,9 @@ impl L2Switch {
         if !self.size_ok(frame) {
             return false;
         }
-        let Some(src) = source_mac(frame) else { return false };
+        let Some(src) = source_mac(frame) else {
+            return false;
+        };
         if src.is_multicast() {
             // A group address is never a valid source (IEEE 802.3).
             self.counters.bad_source += 1;
@@ -134,7 +145,10 @@ impl L2Switch {
 
     /// Expires idle entries, at most once a second (call from the timer path).
     pub fn tick(&mut self, now: Instant) {
-        if self.last_expiry.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+        if self
+            .last_expiry
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
             return;
         }
         self.last_expiry = Some(now);
@@ -169,7 +183,10 @@ mod tests {
         // B answers from peer 3: delivered, learned.
         assert!(sw.from_remote(&frame(A, B, 60), Location::Peer(3), t));
         // Now A -> B is unicast to peer 3.
-        assert_eq!(sw.from_local(&frame(B, A, 60), t), Egress::Unicast(Location::Peer(3)));
+        assert_eq!(
+            sw.from_local(&frame(B, A, 60), t),
+            Egress::Unicast(Location::Peer(3))
+        );
         // B moves to this host: relearned on its first frame (to A, which
         // is local too, so the bridge would not even hand it to us; a stale
         // local entry floods).
@@ -190,7 +207,14 @@ mod tests {
         assert_eq!(sw.from_local(&[0u8; 13], t), Egress::Drop);
         assert!(!sw.from_remote(&frame(A, BCAST, 60), Location::Peer(1), t));
         assert!(!sw.from_remote(&frame(A, B, 2000), Location::Peer(1), t));
-        assert_eq!((sw.counters.oversized, sw.counters.runts, sw.counters.bad_source), (2, 1, 1));
+        assert_eq!(
+            (
+                sw.counters.oversized,
+                sw.counters.runts,
+                sw.counters.bad_source
+            ),
+            (2, 1, 1)
+        );
     }
 
     #[test]
@@ -198,9 +222,15 @@ mod tests {
         let t = Instant::now();
         let mut sw = L2Switch::new(1416, Duration::from_secs(2));
         assert!(sw.from_remote(&frame(A, B, 60), Location::Peer(3), t));
-        assert_eq!(sw.from_local(&frame(B, A, 60), t + Duration::from_secs(1)), Egress::Unicast(Location::Peer(3)));
+        assert_eq!(
+            sw.from_local(&frame(B, A, 60), t + Duration::from_secs(1)),
+            Egress::Unicast(Location::Peer(3))
+        );
         sw.tick(t + Duration::from_secs(3));
-        assert_eq!(sw.from_local(&frame(B, A, 60), t + Duration::from_secs(3)), Egress::Flood);
+        assert_eq!(
+            sw.from_local(&frame(B, A, 60), t + Duration::from_secs(3)),
+            Egress::Flood
+        );
         assert_eq!(sw.counters.expired, 2); // B (remote) and A (local, seen at t+1)
     }
 }

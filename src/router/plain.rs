@@ -81,12 +81,19 @@ pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
     let (signal_rx, signal_tx) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| PlainError::Runtime(format!("cannot create the signal pipe: {e}")))?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let tx = signal_tx.try_clone().map_err(|e| PlainError::Runtime(e.to_string()))?;
+        let tx = signal_tx
+            .try_clone()
+            .map_err(|e| PlainError::Runtime(e.to_string()))?;
         signal_hook::low_level::pipe::register(sig, tx)
             .map_err(|e| PlainError::Runtime(format!("cannot handle signal {sig}: {e}")))?;
     }
-    let (tap_dev, guard) =
-        tap::create(&cfg.bridge, &cfg.tap_name, cfg.overlay_mtu, Some(cfg.overlay)).map_err(PlainError::Usage)?;
+    let (tap_dev, guard) = tap::create(
+        &cfg.bridge,
+        &cfg.tap_name,
+        cfg.overlay_mtu,
+        Some(cfg.overlay),
+    )
+    .map_err(PlainError::Usage)?;
     tracing::info!(
         "bridge {} holds {}/{}; TAP {} on it, mtu {}; VXLAN VNI {} on {}; {} static VTEP(s)",
         cfg.bridge,
@@ -109,7 +116,9 @@ pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
     let _status_server = StatusServer::start(http, snapshot.clone());
     let mut plain = PlainRouter::new(tap_dev, socket, signal_rx, &cfg, template, snapshot)
         .map_err(|e| PlainError::Runtime(format!("cannot start the event loop: {e}")))?;
-    plain.run().map_err(|e| PlainError::Runtime(format!("event loop failed: {e}")))?;
+    plain
+        .run()
+        .map_err(|e| PlainError::Runtime(format!("event loop failed: {e}")))?;
     drop(plain);
     drop(guard);
     tracing::info!("stopped; the TAP device is gone");
@@ -145,9 +154,15 @@ impl PlainRouter {
         let poll = Poll::new()?;
         let mut udp = UdpSocket::from_std(udp);
         signals.set_nonblocking(true)?;
-        poll.registry().register(&mut SourceFd(&tap.as_raw_fd()), TAP, Interest::READABLE)?;
-        poll.registry().register(&mut udp, UDP, Interest::READABLE)?;
-        poll.registry().register(&mut SourceFd(&signals.as_raw_fd()), SIGNALS, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&tap.as_raw_fd()), TAP, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut udp, UDP, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
         let frame_room = usize::from(cfg.overlay_mtu) + 14 + 4 + vxlan::HEADER_LEN;
         Ok(PlainRouter {
             poll,
@@ -155,7 +170,17 @@ impl PlainRouter {
             udp,
             signals,
             vni: cfg.vni,
-            vteps: cfg.vteps.iter().map(|&addr| Vtep { addr, status: VtepStatus { address: addr.to_string(), ..Default::default() } }).collect(),
+            vteps: cfg
+                .vteps
+                .iter()
+                .map(|&addr| Vtep {
+                    addr,
+                    status: VtepStatus {
+                        address: addr.to_string(),
+                        ..Default::default()
+                    },
+                })
+                .collect(),
             switch: L2Switch::new(cfg.overlay_mtu, cfg.mac_age),
             drops: VxlanDrops::default(),
             send_errors: 0,
@@ -236,7 +261,9 @@ impl PlainRouter {
                 }
                 Egress::Flood => {
                     // The first VTEP gets the slot itself, the others a copy.
-                    let Some(first) = self.vteps.first_mut() else { continue };
+                    let Some(first) = self.vteps.first_mut() else {
+                        continue;
+                    };
                     first.status.tx_packets += 1;
                     first.status.tx_bytes += n as u64;
                     let first_addr = first.addr;
@@ -275,7 +302,9 @@ impl PlainRouter {
                 Err(_) => continue, // ICMP errors surface here
             };
             for i in 0..count {
-                let Some((datagram, from)) = self.recv.get_mut(i) else { continue };
+                let Some((datagram, from)) = self.recv.get_mut(i) else {
+                    continue;
+                };
                 // Linux vxlan devices send from a per-flow source port: match the IP only.
                 let Some(vtep) = self.vteps.iter_mut().find(|v| v.addr.ip() == from.ip()) else {
                     self.drops.unknown_vtep += 1;
@@ -294,7 +323,10 @@ impl PlainRouter {
                     continue;
                 }
                 let frame = &datagram[vxlan::HEADER_LEN..];
-                if !self.switch.from_remote(frame, Location::Vtep(vtep.addr), now) {
+                if !self
+                    .switch
+                    .from_remote(frame, Location::Vtep(vtep.addr), now)
+                {
                     continue;
                 }
                 vtep.status.rx_packets += 1;

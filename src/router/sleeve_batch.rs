@@ -7,10 +7,10 @@
 
 use crate::api::l2_status::BatchCounters;
 use crate::datapath::batch::{self, BATCH};
+use crate::datapath::underlay::Underlay;
 use crate::noise::Session;
 use crate::wire::sleeve;
 use std::net::SocketAddr;
-use crate::datapath::underlay::Underlay;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -86,29 +86,48 @@ impl SleeveBatcher {
     }
 
     fn take_buf(&mut self) -> Box<[u8]> {
-        self.pool.pop().unwrap_or_else(|| vec![0u8; self.buf_len].into_boxed_slice())
+        self.pool
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.buf_len].into_boxed_slice())
     }
 
     /// The UDP payload a datagram carrying one frame of `overlay_mtu`
     /// payload bytes (+ `l2_header` Ethernet bytes) needs: the packing limit.
     pub fn limit_for(overlay_mtu: u16, l2_header: usize) -> usize {
-        usize::from(overlay_mtu) + l2_header + sleeve::HEADER_LEN + sleeve::RECORD_OVERHEAD + sleeve::TAG_LEN
+        usize::from(overlay_mtu)
+            + l2_header
+            + sleeve::HEADER_LEN
+            + sleeve::RECORD_OVERHEAD
+            + sleeve::TAG_LEN
     }
 
     /// Adds `frame` for `peer`. `limit` is the largest UDP payload towards
     /// that peer. Returns false when the frame cannot fit even alone
     /// (the caller counts the drop). A full datagram is sealed and queued
     /// first; a full send queue is flushed to `fd`.
-    pub fn push(&mut self, underlay: &mut Underlay, peer: usize, session: &Arc<Session>, to: SocketAddr, limit: usize, frame: &[u8]) -> bool {
+    pub fn push(
+        &mut self,
+        underlay: &mut Underlay,
+        peer: usize,
+        session: &Arc<Session>,
+        to: SocketAddr,
+        limit: usize,
+        frame: &[u8],
+    ) -> bool {
         let record_len = sleeve::RECORD_OVERHEAD + frame.len();
         let limit = limit.min(self.buf_len);
         if sleeve::HEADER_LEN + record_len + sleeve::TAG_LEN > limit {
             return false;
         }
         let idx = match self.pending.iter().position(|p| p.peer == peer) {
-            Some(i) if !Arc::ptr_eq(&self.pending[i].session, session)
-                || self.pending[i].to != to
-                || sleeve::HEADER_LEN + self.pending[i].plain_len + record_len + sleeve::TAG_LEN > limit =>
+            Some(i)
+                if !Arc::ptr_eq(&self.pending[i].session, session)
+                    || self.pending[i].to != to
+                    || sleeve::HEADER_LEN
+                        + self.pending[i].plain_len
+                        + record_len
+                        + sleeve::TAG_LEN
+                        > limit =>
             {
                 // Full, or the session changed under it: seal what is there.
                 let p = self.pending.swap_remove(i);
@@ -124,13 +143,23 @@ impl SleeveBatcher {
                     self.flush(underlay);
                 }
                 let buf = self.take_buf();
-                self.pending.push(Pending { peer, session: session.clone(), to, limit, buf, plain_len: 0, frames: 0 });
+                self.pending.push(Pending {
+                    peer,
+                    session: session.clone(),
+                    to,
+                    limit,
+                    buf,
+                    plain_len: 0,
+                    frames: 0,
+                });
                 self.pending.len() - 1
             }
         };
         let p = &mut self.pending[idx];
         let start = sleeve::HEADER_LEN + p.plain_len;
-        let Some(out) = p.buf.get_mut(start..start + record_len) else { return false };
+        let Some(out) = p.buf.get_mut(start..start + record_len) else {
+            return false;
+        };
         if sleeve::emit_record(out, self.vni, frame).is_none() {
             return false;
         }
@@ -140,7 +169,10 @@ impl SleeveBatcher {
     }
 
     fn seal(&mut self, underlay: &mut Underlay, mut p: Pending) {
-        match p.session.seal(sleeve::MessageType::Data, &mut p.buf, p.plain_len) {
+        match p
+            .session
+            .seal(sleeve::MessageType::Data, &mut p.buf, p.plain_len)
+        {
             Ok(len) if len <= p.limit => {
                 self.counters.sealed_datagrams += 1;
                 self.counters.sealed_frames += p.frames;
@@ -190,18 +222,26 @@ impl SleeveBatcher {
                     if singles_from < i {
                         let (s, c) = batch::send_slices(
                             fd,
-                            sealed[singles_from..i].iter().map(|(b, len, to, _)| (&b[..*len], *to)),
+                            sealed[singles_from..i]
+                                .iter()
+                                .map(|(b, len, to, _)| (&b[..*len], *to)),
                             |k, errno| on_error(singles_from + k, errno),
                         );
                         sent += s;
                         calls += c;
                     }
                     let (_, seg_len, to, _) = sealed[i];
-                    let mut parts: [&[u8]; crate::datapath::offload::MAX_GSO_SEGMENTS] = [&[]; crate::datapath::offload::MAX_GSO_SEGMENTS];
+                    let mut parts: [&[u8]; crate::datapath::offload::MAX_GSO_SEGMENTS] =
+                        [&[]; crate::datapath::offload::MAX_GSO_SEGMENTS];
                     for (k, (b, len, _, _)) in sealed[i..i + run].iter().enumerate() {
                         parts[k] = &b[..*len];
                     }
-                    match crate::datapath::offload::send_gso_slices(fd, &parts[..run], seg_len as u16, to) {
+                    match crate::datapath::offload::send_gso_slices(
+                        fd,
+                        &parts[..run],
+                        seg_len as u16,
+                        to,
+                    ) {
                         Ok(_) => {
                             sent += run as u64;
                             self.counters.gso_sends += 1;
@@ -224,7 +264,9 @@ impl SleeveBatcher {
                 if singles_from < sealed.len() {
                     let (s, c) = batch::send_slices(
                         fd,
-                        sealed[singles_from..].iter().map(|(b, len, to, _)| (&b[..*len], *to)),
+                        sealed[singles_from..]
+                            .iter()
+                            .map(|(b, len, to, _)| (&b[..*len], *to)),
                         |k, errno| on_error(singles_from + k, errno),
                     );
                     sent += s;

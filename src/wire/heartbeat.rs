@@ -44,7 +44,11 @@ impl Repr {
         let seq = u32::from_be_bytes([b[1], b[2], b[3], b[4]]);
         let mut e = [0u8; 8];
         e.copy_from_slice(&b[5..13]);
-        Ok(Repr { kind, seq, echo_micros: u64::from_be_bytes(e) })
+        Ok(Repr {
+            kind,
+            seq,
+            echo_micros: u64::from_be_bytes(e),
+        })
     }
 
     /// Writes the heartbeat into `out` (which must hold `LEN` bytes).
@@ -63,7 +67,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let r = Repr { kind: Kind::Reply, seq: 0x01020304, echo_micros: 99 };
+        let r = Repr {
+            kind: Kind::Reply,
+            seq: 0x01020304,
+            echo_micros: 99,
+        };
         let mut buf = [0u8; 20];
         assert_eq!(r.emit(&mut buf), Ok(LEN));
         assert_eq!(&buf[..5], &[1, 1, 2, 3, 4]);

@@ -23,11 +23,13 @@ pub enum Framing {
 
 /// Bytes added around an inner frame, counting the outer IP and UDP headers.
 pub const fn datagram_overhead(framing: Framing, ipv6_underlay: bool) -> u16 {
-    let ip = if ipv6_underlay { IPV6_HEADER } else { IPV4_HEADER };
+    let ip = if ipv6_underlay {
+        IPV6_HEADER
+    } else {
+        IPV4_HEADER
+    };
     let inner = match framing {
-        Framing::Sleeve => {
-            (sleeve::HEADER_LEN + sleeve::RECORD_OVERHEAD + sleeve::TAG_LEN) as u16
-        }
+        Framing::Sleeve => (sleeve::HEADER_LEN + sleeve::RECORD_OVERHEAD + sleeve::TAG_LEN) as u16,
         Framing::PlainVxlan => vxlan::HEADER_LEN as u16,
     };
     ip + UDP_HEADER + inner
@@ -37,7 +39,12 @@ pub const fn datagram_overhead(framing: Framing, ipv6_underlay: bool) -> u16 {
 /// means the inner frame carries an Ethernet header (bridge mode), which
 /// the device MTU does not count. `None` when the underlay is too small to
 /// carry anything.
-pub fn overlay_mtu(underlay_mtu: u16, framing: Framing, ipv6_underlay: bool, l2: bool) -> Option<u16> {
+pub fn overlay_mtu(
+    underlay_mtu: u16,
+    framing: Framing,
+    ipv6_underlay: bool,
+    l2: bool,
+) -> Option<u16> {
     let mut overhead = datagram_overhead(framing, ipv6_underlay);
     if l2 {
         overhead += ETHERNET_HEADER;
@@ -63,7 +70,10 @@ mod tests {
         assert_eq!(overlay_mtu(9000, Framing::Sleeve, false, false), Some(8930));
         assert_eq!(overlay_mtu(1500, Framing::Sleeve, false, true), Some(1416));
         // Same as a Linux vxlan device on a 1500-byte underlay.
-        assert_eq!(overlay_mtu(1500, Framing::PlainVxlan, false, true), Some(1450));
+        assert_eq!(
+            overlay_mtu(1500, Framing::PlainVxlan, false, true),
+            Some(1450)
+        );
         assert_eq!(overlay_mtu(60, Framing::Sleeve, false, false), None);
     }
 }

@@ -184,7 +184,10 @@ pub struct Records<'a> {
 impl<'a> Records<'a> {
     /// Starts iterating over `plaintext`.
     pub fn new(plaintext: &'a [u8]) -> Self {
-        Records { rest: plaintext, failed: false }
+        Records {
+            rest: plaintext,
+            failed: false,
+        }
     }
 }
 
@@ -196,17 +199,26 @@ impl<'a> Iterator for Records<'a> {
             return None;
         }
         let parsed = (|| {
-            let len_bytes = self.rest.get(..RECORD_LEN_PREFIX).ok_or(WireError::Truncated)?;
+            let len_bytes = self
+                .rest
+                .get(..RECORD_LEN_PREFIX)
+                .ok_or(WireError::Truncated)?;
             let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
             if len < vxlan::HEADER_LEN {
                 return Err(WireError::Malformed);
             }
             let end = RECORD_LEN_PREFIX + len;
-            let body = self.rest.get(RECORD_LEN_PREFIX..end).ok_or(WireError::Truncated)?;
+            let body = self
+                .rest
+                .get(RECORD_LEN_PREFIX..end)
+                .ok_or(WireError::Truncated)?;
             let header = vxlan::Packet::new_checked(body)?;
             let vni = vxlan::Repr::parse(&header)?.vni;
             self.rest = &self.rest[end..];
-            Ok(Record { vni, frame: &body[vxlan::HEADER_LEN..] })
+            Ok(Record {
+                vni,
+                frame: &body[vxlan::HEADER_LEN..],
+            })
         })();
         if parsed.is_err() {
             self.failed = true;
@@ -261,7 +273,11 @@ mod tests {
         let repr = Repr::parse(&p).unwrap();
         assert_eq!(
             repr,
-            Repr { message_type: MessageType::Data, receiver_index: 0x1234_5678, counter: 5 }
+            Repr {
+                message_type: MessageType::Data,
+                receiver_index: 0x1234_5678,
+                counter: 5
+            }
         );
         let mut out = [0xaau8; HEADER_LEN + TAG_LEN];
         repr.emit(&mut Packet::new_unchecked(&mut out[..]));
@@ -273,14 +289,23 @@ mod tests {
         let mut buf = [0u8; HEADER_LEN + TAG_LEN];
         buf[..16].copy_from_slice(&GOLDEN_HEADER);
         for n in 0..buf.len() {
-            assert_eq!(Packet::new_checked(&buf[..n]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                Packet::new_checked(&buf[..n]).unwrap_err(),
+                WireError::Truncated
+            );
         }
         let mut t = buf;
         t[0] = 9;
-        assert_eq!(Packet::new_checked(&t[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&t[..]).unwrap_err(),
+            WireError::Malformed
+        );
         let mut r = buf;
         r[2] = 1;
-        assert_eq!(Packet::new_checked(&r[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&r[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 
     #[test]
@@ -289,16 +314,27 @@ mod tests {
         let a = emit_record(&mut buf, 7, b"hello").unwrap();
         let b = emit_record(&mut buf[a..], 7, b"").unwrap();
         let c = emit_record(&mut buf[a + b..], 0xffffff, b"xyz").unwrap();
-        let got: Vec<_> = Records::new(&buf[..a + b + c]).collect::<Result<_>>().unwrap();
+        let got: Vec<_> = Records::new(&buf[..a + b + c])
+            .collect::<Result<_>>()
+            .unwrap();
         assert_eq!(
             got,
             vec![
-                Record { vni: 7, frame: b"hello" },
+                Record {
+                    vni: 7,
+                    frame: b"hello"
+                },
                 Record { vni: 7, frame: b"" },
-                Record { vni: 0xffffff, frame: b"xyz" }
+                Record {
+                    vni: 0xffffff,
+                    frame: b"xyz"
+                }
             ]
         );
-        assert_eq!(&buf[..a], &[0, 13, 0x08, 0, 0, 0, 0, 0, 7, 0, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(
+            &buf[..a],
+            &[0, 13, 0x08, 0, 0, 0, 0, 0, 7, 0, b'h', b'e', b'l', b'l', b'o']
+        );
     }
 
     #[test]
@@ -323,6 +359,12 @@ mod tests {
         buf[RECORD_OVERHEAD..RECORD_OVERHEAD + 3].copy_from_slice(b"abc");
         let n = emit_record_header(&mut buf, 9, 3).unwrap();
         let got: Vec<_> = Records::new(&buf[..n]).collect::<Result<_>>().unwrap();
-        assert_eq!(got, vec![Record { vni: 9, frame: b"abc" }]);
+        assert_eq!(
+            got,
+            vec![Record {
+                vni: 9,
+                frame: b"abc"
+            }]
+        );
     }
 }

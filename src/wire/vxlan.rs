@@ -145,16 +145,27 @@ mod tests {
     fn large_vni_round_trip() {
         let mut buf = [0u8; 8];
         Repr { vni: MAX_VNI }.emit(&mut Packet::new_unchecked(&mut buf[..]));
-        assert_eq!(Repr::parse(&Packet::new_checked(&buf[..]).unwrap()).unwrap().vni, MAX_VNI);
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&buf[..]).unwrap())
+                .unwrap()
+                .vni,
+            MAX_VNI
+        );
     }
 
     #[test]
     fn truncated_and_missing_flag() {
         for n in 0..HEADER_LEN {
-            assert_eq!(Packet::new_checked(&GOLDEN[..n]).unwrap_err(), WireError::Truncated);
+            assert_eq!(
+                Packet::new_checked(&GOLDEN[..n]).unwrap_err(),
+                WireError::Truncated
+            );
         }
         let mut bad = GOLDEN;
         bad[0] = 0;
-        assert_eq!(Repr::parse(&Packet::new_checked(&bad[..]).unwrap()).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Repr::parse(&Packet::new_checked(&bad[..]).unwrap()).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

@@ -74,7 +74,10 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Runs a command and panics with its output if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd} {} failed ({}): {}{}",
@@ -101,7 +104,9 @@ pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
 /// Runs `f` on a new thread that has entered network namespace `ns`, and
 /// returns its result. Sockets made by `f` live in that namespace.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    spawn_in_netns(ns, f).join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    spawn_in_netns(ns, f)
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// Like [`in_netns`] but returns the thread handle without waiting.
@@ -128,7 +133,9 @@ fn enter_netns(path: &str) {
 
 /// One ping (1 s timeout) from namespace `ns` to `target`.
 pub fn ping(ns: &str, target: &str) -> bool {
-    ns_exec(ns, &["ping", "-n", "-q", "-c", "1", "-W", "1", target]).status.success()
+    ns_exec(ns, &["ping", "-n", "-q", "-c", "1", "-W", "1", target])
+        .status
+        .success()
 }
 
 /// `weft status --json` inside the namespace, parsed; None if it fails.
@@ -219,7 +226,15 @@ impl Host {
         run("ip", &["netns", "add", &ns]);
         let dir = std::env::temp_dir().join(format!("weft-itest-{ns}"));
         // Build the Host before anything else can fail, so Drop cleans up.
-        let host = Host { ns, underlay, overlay: overlay.into(), peers: Vec::new(), dir, weft: None, runs: 0 };
+        let host = Host {
+            ns,
+            underlay,
+            overlay: overlay.into(),
+            peers: Vec::new(),
+            dir,
+            weft: None,
+            runs: 0,
+        };
         run("ip", &["-n", &host.ns, "link", "set", "lo", "up"]);
         let _ = fs::remove_dir_all(&host.dir);
         fs::create_dir_all(&host.dir).expect("create the host's scratch directory");
@@ -227,14 +242,22 @@ impl Host {
         fs::write(&secret, SECRET).expect("write the secret");
         chmod(&secret, 0o600);
         let key = fs::File::create(host.dir.join("key")).expect("create the key file");
-        let st = Command::new(WEFT).arg("keygen").stdout(key).status().expect("run weft keygen");
+        let st = Command::new(WEFT)
+            .arg("keygen")
+            .stdout(key)
+            .status()
+            .expect("run weft keygen");
         assert!(st.success(), "weft keygen failed");
         host
     }
 
     /// The overlay address without its prefix length.
     pub fn overlay_ip(&self) -> String {
-        self.overlay.split('/').next().unwrap_or_default().to_string()
+        self.overlay
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// A path in the scratch directory.
@@ -333,11 +356,19 @@ impl Host {
 
     /// Runs `weft ARGS` to completion (killed after 10 s) in the namespace and
     /// returns its exit status and stderr. For input weft must reject.
-    pub fn run_weft(&self, args: &[String], env: &[(&str, &str)], prefix: &[&str]) -> (ExitStatus, String) {
+    pub fn run_weft(
+        &self,
+        args: &[String],
+        env: &[(&str, &str)],
+        prefix: &[&str],
+    ) -> (ExitStatus, String) {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns]);
         cmd.args(prefix);
-        cmd.arg(WEFT).args(args).envs(env.iter().copied()).env("NO_COLOR", "1");
+        cmd.arg(WEFT)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1");
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -391,7 +422,10 @@ impl Drop for Host {
         if let Some(mut child) = self.weft.take() {
             stop_child(&mut child, libc::SIGTERM, Duration::from_secs(3));
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -418,14 +452,50 @@ impl Net {
         // Each test's /24 is distinct (not needed for isolation, but it makes
         // logs of parallel tests easy to tell apart).
         let subnet = (id % 250) as u8 + 1;
-        let mut a = Host::new(format!("{base}-a"), Ipv4Addr::new(198, 18, subnet, 1), "10.40.0.1/16");
-        let mut b = Host::new(format!("{base}-b"), Ipv4Addr::new(198, 18, subnet, 2), "10.40.0.2/16");
+        let mut a = Host::new(
+            format!("{base}-a"),
+            Ipv4Addr::new(198, 18, subnet, 1),
+            "10.40.0.1/16",
+        );
+        let mut b = Host::new(
+            format!("{base}-b"),
+            Ipv4Addr::new(198, 18, subnet, 2),
+            "10.40.0.2/16",
+        );
         run(
             "ip",
-            &["link", "add", "u0", "netns", &a.ns, "mtu", &mtu.to_string(), "type", "veth", "peer", "name", "u0", "netns", &b.ns, "mtu", &mtu.to_string()],
+            &[
+                "link",
+                "add",
+                "u0",
+                "netns",
+                &a.ns,
+                "mtu",
+                &mtu.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "u0",
+                "netns",
+                &b.ns,
+                "mtu",
+                &mtu.to_string(),
+            ],
         );
         for h in [&a, &b] {
-            run("ip", &["-n", &h.ns, "addr", "add", &format!("{}/24", h.underlay), "dev", "u0"]);
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &h.ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", h.underlay),
+                    "dev",
+                    "u0",
+                ],
+            );
             run("ip", &["-n", &h.ns, "link", "set", "u0", "up"]);
         }
         a.peers = vec![format!("{}:{PORT}", b.underlay)];
@@ -447,7 +517,12 @@ impl Net {
                     .and_then(|s| first_connection(&s).map(|c| c["state"] == "established"))
                     .unwrap_or(false)
             });
-            assert!(ok, "{}: no established connection within {timeout:?}; status: {:?}", h.ns, status_json(&h.ns));
+            assert!(
+                ok,
+                "{}: no established connection within {timeout:?}; status: {:?}",
+                h.ns,
+                status_json(&h.ns)
+            );
         }
     }
 }
@@ -455,7 +530,14 @@ impl Net {
 /// Sends `total` bytes of [`ByteStream`] `seed` from namespace `from` to
 /// `to_ip:port` over TCP (listener in namespace `to`) and returns the SHA-256
 /// computed by the sender and by the receiver, and the bytes received.
-pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, port: u16, total: usize, seed: u64) -> ([u8; 32], [u8; 32], usize) {
+pub fn tcp_transfer(
+    from: &str,
+    to: &str,
+    to_ip: &str,
+    port: u16,
+    total: usize,
+    seed: u64,
+) -> ([u8; 32], [u8; 32], usize) {
     use sha2::{Digest, Sha256};
     let addr: std::net::SocketAddr = format!("{to_ip}:{port}").parse().expect("address");
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -463,7 +545,8 @@ pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, port: u16, total: usize, 
         let listener = std::net::TcpListener::bind(addr).expect("bind the receiver");
         ready_tx.send(()).expect("signal ready");
         let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         let mut received = 0usize;
@@ -479,10 +562,14 @@ pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, port: u16, total: usize, 
         }
         (<[u8; 32]>::from(hasher.finalize()), received)
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("receiver ready");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receiver ready");
     let sent_hash = in_netns(from, move || {
-        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect through the overlay");
-        conn.set_write_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect through the overlay");
+        conn.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         let mut stream = ByteStream::new(seed);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -491,13 +578,16 @@ pub fn tcp_transfer(from: &str, to: &str, to_ip: &str, port: u16, total: usize, 
             let n = left.min(buf.len());
             stream.fill(&mut buf[..n]);
             hasher.update(&buf[..n]);
-            conn.write_all(&buf[..n]).unwrap_or_else(|e| panic!("sender: write failed with {left} bytes left: {e}"));
+            conn.write_all(&buf[..n])
+                .unwrap_or_else(|e| panic!("sender: write failed with {left} bytes left: {e}"));
             left -= n;
         }
         conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
         <[u8; 32]>::from(hasher.finalize())
     });
-    let (recv_hash, received) = server.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let (recv_hash, received) = server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
     (sent_hash, recv_hash, received)
 }
 
@@ -523,8 +613,15 @@ pub fn capture_weft_datagrams(window: Duration) -> Vec<SeenDatagram> {
     unsafe {
         let proto = (libc::ETH_P_IP as u16).to_be() as libc::c_int;
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto);
-        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,
@@ -583,7 +680,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -617,29 +717,115 @@ impl Routed {
         let router = Netns::new(format!("{base}-r"));
         let router_a_side = Ipv4Addr::new(198, 18, subnet, 254);
         let router_b_side = Ipv4Addr::new(198, 19, subnet, 254);
-        let mut a = Host::new(format!("{base}-a"), Ipv4Addr::new(198, 18, subnet, 1), "10.40.0.1/16");
-        let mut b = Host::new(format!("{base}-b"), Ipv4Addr::new(198, 19, subnet, 2), "10.40.0.2/16");
+        let mut a = Host::new(
+            format!("{base}-a"),
+            Ipv4Addr::new(198, 18, subnet, 1),
+            "10.40.0.1/16",
+        );
+        let mut b = Host::new(
+            format!("{base}-b"),
+            Ipv4Addr::new(198, 19, subnet, 2),
+            "10.40.0.2/16",
+        );
         let (ma, mb) = (mtu_a.to_string(), mtu_b.to_string());
-        run("ip", &["link", "add", "u0", "netns", &a.ns, "mtu", &ma, "type", "veth", "peer", "name", "r0", "netns", &router.name, "mtu", &ma]);
-        run("ip", &["link", "add", "u0", "netns", &b.ns, "mtu", &mb, "type", "veth", "peer", "name", "r1", "netns", &router.name, "mtu", &mb]);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "u0",
+                "netns",
+                &a.ns,
+                "mtu",
+                &ma,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "r0",
+                "netns",
+                &router.name,
+                "mtu",
+                &ma,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "u0",
+                "netns",
+                &b.ns,
+                "mtu",
+                &mb,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "r1",
+                "netns",
+                &router.name,
+                "mtu",
+                &mb,
+            ],
+        );
         for (ns, dev, addr) in [
             (a.ns.as_str(), "u0", a.underlay),
             (b.ns.as_str(), "u0", b.underlay),
             (router.name.as_str(), "r0", router_a_side),
             (router.name.as_str(), "r1", router_b_side),
         ] {
-            run("ip", &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            run(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev],
+            );
             run("ip", &["-n", ns, "link", "set", dev, "up"]);
         }
-        run("ip", &["-n", &a.ns, "route", "add", &format!("198.19.{subnet}.0/24"), "via", &router_a_side.to_string()]);
-        run("ip", &["-n", &b.ns, "route", "add", &format!("198.18.{subnet}.0/24"), "via", &router_b_side.to_string()]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &a.ns,
+                "route",
+                "add",
+                &format!("198.19.{subnet}.0/24"),
+                "via",
+                &router_a_side.to_string(),
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &b.ns,
+                "route",
+                "add",
+                &format!("198.18.{subnet}.0/24"),
+                "via",
+                &router_b_side.to_string(),
+            ],
+        );
         // Forwarding is what makes R a router: without it the first hop's
         // DF probes would be dropped without the ICMP that tells A the size.
-        let out = ns_exec(&router.name, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        assert!(out.status.success(), "enable forwarding in {}: {}", router.name, String::from_utf8_lossy(&out.stderr));
+        let out = ns_exec(
+            &router.name,
+            &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+        );
+        assert!(
+            out.status.success(),
+            "enable forwarding in {}: {}",
+            router.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         a.peers = vec![format!("{}:{PORT}", b.underlay)];
         b.peers = vec![format!("{}:{PORT}", a.underlay)];
-        Routed { a, b, router, router_a_side }
+        Routed {
+            a,
+            b,
+            router,
+            router_a_side,
+        }
     }
 
     /// Starts weft on both hosts with the usual arguments.
@@ -657,7 +843,22 @@ impl Routed {
 pub fn disable_offloads(ns: &str, iface: &str) {
     // tx-udp-segmentation too: weft sends runs of equal-size datagrams with
     // UDP GSO, and veth would pass such a run on as one super-packet.
-    let out = ns_exec(ns, &["ethtool", "-K", iface, "tso", "off", "gso", "off", "gro", "off", "tx-udp-segmentation", "off"]);
+    let out = ns_exec(
+        ns,
+        &[
+            "ethtool",
+            "-K",
+            iface,
+            "tso",
+            "off",
+            "gso",
+            "off",
+            "gro",
+            "off",
+            "tx-udp-segmentation",
+            "off",
+        ],
+    );
     assert!(
         out.status.success(),
         "ethtool -K {iface} tso off gso off gro off in {ns}: {}{}",
@@ -700,7 +901,8 @@ pub struct WirePacket {
 impl WirePacket {
     /// TCP to or from weft's control port.
     pub fn is_weft_control(&self) -> bool {
-        self.protocol == libc::IPPROTO_TCP as u8 && self.ports.is_some_and(|(s, d)| s == PORT || d == PORT)
+        self.protocol == libc::IPPROTO_TCP as u8
+            && self.ports.is_some_and(|(s, d)| s == PORT || d == PORT)
     }
 
     /// A TCP SYN (without ACK): the first segment of a connection.
@@ -760,13 +962,22 @@ pub fn parse_wire_packet(p: &[u8], len: usize, outgoing: bool) -> Option<WirePac
         _ => return None,
     };
     let ports = (first && (protocol == 6 || protocol == 17))
-        .then(|| Some((u16::from_be_bytes([*l4.first()?, *l4.get(1)?]), u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]))))
+        .then(|| {
+            Some((
+                u16::from_be_bytes([*l4.first()?, *l4.get(1)?]),
+                u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]),
+            ))
+        })
         .flatten();
-    let weft_kind = (protocol == 17 && ports.is_some_and(|(s, d)| s == PORT || d == PORT) && l4.len() >= 8 + 16)
+    let weft_kind = (protocol == 17
+        && ports.is_some_and(|(s, d)| s == PORT || d == PORT)
+        && l4.len() >= 8 + 16)
         .then(|| l4[8]);
     let icmp = (version == 4 && protocol == 1 && first && l4.len() >= 8)
         .then(|| (l4[0], l4[1], u16::from_be_bytes([l4[6], l4[7]])));
-    let tcp_flags = (protocol == 6 && first).then(|| l4.get(13).copied()).flatten();
+    let tcp_flags = (protocol == 6 && first)
+        .then(|| l4.get(13).copied())
+        .flatten();
     Some(WirePacket {
         outgoing,
         ip_version: version,
@@ -802,11 +1013,16 @@ impl UnderlayCapture {
         let iface = iface.to_string();
         let flag = stop.clone();
         let thread = spawn_in_netns(ns, move || capture_packets(&iface, &flag, ready_tx));
-        let mut capture = UnderlayCapture { stop, thread: Some(thread) };
+        let mut capture = UnderlayCapture {
+            stop,
+            thread: Some(thread),
+        };
         if ready_rx.recv_timeout(Duration::from_secs(5)).is_err() {
             // The thread failed before binding: surface its panic.
             let thread = capture.thread.take().expect("thread");
-            let _ = thread.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            let _ = thread
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
             panic!("capture on {ns} did not become ready within 5 s");
         }
         capture
@@ -816,7 +1032,9 @@ impl UnderlayCapture {
     pub fn finish(mut self) -> Vec<WirePacket> {
         self.stop.store(true, Ordering::SeqCst);
         let thread = self.thread.take().expect("capture thread");
-        thread.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        thread
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 }
 
@@ -839,17 +1057,36 @@ fn capture_packets(
     // SAFETY: plain socket calls on a fd we own; buffers outlive the calls.
     unsafe {
         let ifindex = libc::if_nametoindex(name.as_ptr());
-        assert!(ifindex != 0, "no interface {iface}: {}", std::io::Error::last_os_error());
+        assert!(
+            ifindex != 0,
+            "no interface {iface}: {}",
+            std::io::Error::last_os_error()
+        );
         let proto = (libc::ETH_P_ALL as u16).to_be();
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, libc::c_int::from(proto));
-        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto;
         sll.sll_ifindex = ifindex as i32;
-        let rc = libc::bind(fd, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32);
-        assert!(rc == 0, "bind the packet socket to {iface}: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        let rc = libc::bind(
+            fd,
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert!(
+            rc == 0,
+            "bind the packet socket to {iface}: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
         libc::setsockopt(
             fd,
             libc::SOL_SOCKET,

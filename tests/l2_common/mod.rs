@@ -21,7 +21,11 @@ pub fn weft_bin() -> String {
 
 /// Runs a command line through `sh -c`, returning (success, stdout+stderr).
 pub fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh runs");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("sh runs");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -37,7 +41,11 @@ pub fn must(cmd: &str) -> String {
 /// A short name prefix unique to this test process and call.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}{}{}", std::process::id() % 10000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{tag}{}{}",
+        std::process::id() % 10000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Polls `f` until it returns `Some`, or gives up after `timeout`.
@@ -66,7 +74,9 @@ impl Netns {
     pub fn new(name: &str) -> Netns {
         let _ = sh(&format!("ip netns del {name} 2>/dev/null"));
         must(&format!("ip netns add {name}"));
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.run("ip link set lo up");
         ns.run("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
         ns
@@ -120,7 +130,10 @@ impl Underlay {
         let p = unique(tag);
         let h1 = Netns::new(&format!("{p}h1"));
         let h2 = Netns::new(&format!("{p}h2"));
-        must(&format!("ip link add {p}a netns {} type veth peer name {p}b netns {}", h1.name, h2.name));
+        must(&format!(
+            "ip link add {p}a netns {} type veth peer name {p}b netns {}",
+            h1.name, h2.name
+        ));
         h1.run(&format!("ip link set {p}a name ul"));
         h2.run(&format!("ip link set {p}b name ul"));
         h1.run("ip addr add 198.18.0.1/24 dev ul");
@@ -151,7 +164,12 @@ impl Container {
         // Announce the address with a gratuitous ARP whenever the link comes
         // up, as container runtimes do after attaching or moving a container.
         ns.run("sysctl -qw net.ipv4.conf.all.arp_notify=1 net.ipv4.conf.default.arp_notify=1");
-        let c = Container { ns, mac: mac.into(), ip: ip.into(), host_end: format!("v{name}") };
+        let c = Container {
+            ns,
+            mac: mac.into(),
+            ip: ip.into(),
+            host_end: format!("v{name}"),
+        };
         c.plug(host, bridge, mtu);
         c
     }
@@ -160,9 +178,13 @@ impl Container {
     /// and address (a container moving between hosts).
     pub fn plug(&self, host: &Netns, bridge: &str, mtu: u16) {
         let (name, he) = (&self.ns.name, &self.host_end);
-        must(&format!("ip link add {he} netns {} type veth peer name {he}c netns {name}", host.name));
+        must(&format!(
+            "ip link add {he} netns {} type veth peer name {he}c netns {name}",
+            host.name
+        ));
         self.ns.run(&format!("ip link set {he}c name eth0"));
-        self.ns.run(&format!("ip link set eth0 address {} mtu {mtu}", self.mac));
+        self.ns
+            .run(&format!("ip link set eth0 address {} mtu {mtu}", self.mac));
         self.ns.run(&format!("ip addr add {}/16 dev eth0", self.ip));
         self.ns.run("sysctl -qw net.ipv4.conf.eth0.arp_notify=1");
         // Host side on the bridge first, so the announcement is not lost.
@@ -176,10 +198,20 @@ impl Container {
     pub fn announce(&self, host: &Netns) {
         let he = self.host_end.clone();
         let forwarding = wait_for(Duration::from_secs(3), || {
-            host.try_run(&format!("bridge link show dev {he}")).1.contains("state forwarding").then_some(())
+            host.try_run(&format!("bridge link show dev {he}"))
+                .1
+                .contains("state forwarding")
+                .then_some(())
         });
-        assert!(forwarding.is_some(), "bridge port {he} never started forwarding");
-        let mac: Vec<u8> = self.mac.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+        assert!(
+            forwarding.is_some(),
+            "bridge port {he} never started forwarding"
+        );
+        let mac: Vec<u8> = self
+            .mac
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
         let ip: std::net::Ipv4Addr = self.ip.parse().unwrap();
         self.ns.enter(move || {
             let mut frame = vec![0xffu8; 6];
@@ -208,7 +240,12 @@ impl Container {
                     &sll as *const _ as *const libc::sockaddr,
                     std::mem::size_of::<libc::sockaddr_ll>() as u32,
                 );
-                assert_eq!(n, frame.len() as isize, "gratuitous ARP: {}", std::io::Error::last_os_error());
+                assert_eq!(
+                    n,
+                    frame.len() as isize,
+                    "gratuitous ARP: {}",
+                    std::io::Error::last_os_error()
+                );
                 libc::close(fd);
             }
         });
@@ -243,7 +280,11 @@ impl Weft {
             .stdin(Stdio::null())
             .spawn()
             .expect("weft starts");
-        Weft { child: Some(child), ns: ns.name.clone(), log }
+        Weft {
+            child: Some(child),
+            ns: ns.name.clone(),
+            log,
+        }
     }
 
     /// The log so far.
@@ -272,7 +313,9 @@ impl Weft {
 
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -293,7 +336,9 @@ pub fn status(ns: &Netns) -> Option<serde_json::Value> {
 
 /// Reads a u64 at a JSON pointer of the status (0 when absent).
 pub fn stat(ns: &Netns, pointer: &str) -> u64 {
-    status(ns).and_then(|s| s.pointer(pointer).and_then(|v| v.as_u64())).unwrap_or(0)
+    status(ns)
+        .and_then(|s| s.pointer(pointer).and_then(|v| v.as_u64()))
+        .unwrap_or(0)
 }
 
 /// Writes a file with restrictive permissions (secrets, configs).
@@ -320,9 +365,13 @@ pub fn count_udp(ns: &Netns, port: u16, window: Duration) -> std::thread::JoinHa
         let file = std::fs::File::open(&path).expect("namespace file");
         use std::os::fd::AsRawFd;
         // SAFETY: setns on a valid namespace fd affects only this thread.
-        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind counter");
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         tx.send(()).unwrap();
         let deadline = Instant::now() + window;
         let mut n = 0;
@@ -350,10 +399,27 @@ pub fn capture_ipv4(ns: &Netns, window: Duration) -> std::thread::JoinHandle<Vec
         // socket/setsockopt/recv on the fd we own.
         unsafe {
             assert_eq!(libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET), 0);
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const libc::c_void, std::mem::size_of::<libc::timeval>() as u32);
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM,
+                (libc::ETH_P_IP as u16).to_be() as i32,
+            );
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 50_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
             tx.send(()).unwrap();
             let deadline = Instant::now() + window;
             let mut packets = Vec::new();

@@ -130,11 +130,17 @@ pub enum Attr {
 impl Attr {
     /// A u32 attribute in host byte order (OVS convention for port numbers, pids).
     pub fn u32(kind: u16, value: u32) -> Attr {
-        Attr::Bytes { kind, value: value.to_ne_bytes().to_vec() }
+        Attr::Bytes {
+            kind,
+            value: value.to_ne_bytes().to_vec(),
+        }
     }
     /// A u16 attribute in host byte order.
     pub fn u16(kind: u16, value: u16) -> Attr {
-        Attr::Bytes { kind, value: value.to_ne_bytes().to_vec() }
+        Attr::Bytes {
+            kind,
+            value: value.to_ne_bytes().to_vec(),
+        }
     }
     /// A NUL-terminated string attribute (device names).
     pub fn string(kind: u16, value: &str) -> Attr {
@@ -144,11 +150,17 @@ impl Attr {
     }
     /// A flag attribute (no value).
     pub fn flag(kind: u16) -> Attr {
-        Attr::Bytes { kind, value: Vec::new() }
+        Attr::Bytes {
+            kind,
+            value: Vec::new(),
+        }
     }
     /// Raw bytes.
     pub fn bytes(kind: u16, value: &[u8]) -> Attr {
-        Attr::Bytes { kind, value: value.to_vec() }
+        Attr::Bytes {
+            kind,
+            value: value.to_vec(),
+        }
     }
     /// Nested attributes.
     pub fn nested(kind: u16, children: Vec<Attr>) -> Attr {
@@ -209,7 +221,9 @@ pub fn split_attrs(buffer: &[u8]) -> Result<Vec<(u16, &[u8])>, ParseError> {
         let whole: &[u8] = nla.into_inner();
         let value = whole
             .get(netlink_packet_core::NLA_HEADER_SIZE..length)
-            .ok_or_else(|| ParseError(format!("netlink attribute {kind} with bad length {length}")))?;
+            .ok_or_else(|| {
+                ParseError(format!("netlink attribute {kind} with bad length {length}"))
+            })?;
         out.push((kind, value));
     }
     Ok(out)
@@ -277,7 +291,13 @@ impl FlowKey {
             Some(v) => Some(TunnelKey::parse(v)?),
             None => None,
         };
-        Ok(FlowKey { in_port, eth_src: Mac(eth_src), eth_dst: Mac(eth_dst), ethertype, tunnel })
+        Ok(FlowKey {
+            in_port,
+            eth_src: Mac(eth_src),
+            eth_dst: Mac(eth_dst),
+            ethertype,
+            tunnel,
+        })
     }
 
     /// The key weft installs: in_port and both MACs (and, for tunnel
@@ -288,7 +308,10 @@ impl FlowKey {
         let mut eth = Vec::with_capacity(12);
         eth.extend_from_slice(&self.eth_src.0);
         eth.extend_from_slice(&self.eth_dst.0);
-        vec![Attr::u32(KEY_ATTR_IN_PORT, self.in_port), Attr::bytes(KEY_ATTR_ETHERNET, &eth)]
+        vec![
+            Attr::u32(KEY_ATTR_IN_PORT, self.in_port),
+            Attr::bytes(KEY_ATTR_ETHERNET, &eth),
+        ]
     }
 }
 
@@ -337,7 +360,12 @@ impl Action {
     pub fn to_attr(&self) -> Attr {
         match *self {
             Action::Output(port) => Attr::u32(ACTION_ATTR_OUTPUT, port),
-            Action::SetTunnel { vni, dst, ttl, dont_fragment } => {
+            Action::SetTunnel {
+                vni,
+                dst,
+                ttl,
+                dont_fragment,
+            } => {
                 let mut tunnel = vec![
                     Attr::bytes(TUNNEL_KEY_ATTR_ID, &u64::from(vni).to_be_bytes()),
                     Attr::bytes(TUNNEL_KEY_ATTR_IPV4_DST, &dst.octets()),
@@ -357,16 +385,23 @@ impl Action {
         let mut actions = Vec::new();
         for (kind, value) in split_attrs(buffer)? {
             match kind {
-                ACTION_ATTR_OUTPUT => actions.push(Action::Output(u32::from_ne_bytes(fixed(value, "output port")?))),
+                ACTION_ATTR_OUTPUT => actions.push(Action::Output(u32::from_ne_bytes(fixed(
+                    value,
+                    "output port",
+                )?))),
                 ACTION_ATTR_SET => {
                     let inner = split_attrs(value)?;
                     let tunnel = find(&inner, KEY_ATTR_TUNNEL)
                         .ok_or_else(|| ParseError("set action without a tunnel key".into()))?;
                     let t = split_attrs(tunnel)?;
-                    let id = find(&t, TUNNEL_KEY_ATTR_ID).map(|v| fixed::<8>(v, "tunnel id")).transpose()?;
+                    let id = find(&t, TUNNEL_KEY_ATTR_ID)
+                        .map(|v| fixed::<8>(v, "tunnel id"))
+                        .transpose()?;
                     let dst = find(&t, TUNNEL_KEY_ATTR_IPV4_DST)
                         .ok_or_else(|| ParseError("tunnel set without ipv4_dst".into()))?;
-                    let ttl = find(&t, TUNNEL_KEY_ATTR_TTL).and_then(|v| v.first().copied()).unwrap_or(0);
+                    let ttl = find(&t, TUNNEL_KEY_ATTR_TTL)
+                        .and_then(|v| v.first().copied())
+                        .unwrap_or(0);
                     actions.push(Action::SetTunnel {
                         vni: id.map(|b| u64::from_be_bytes(b) as u32).unwrap_or(0),
                         dst: Ipv4Addr::from(fixed::<4>(dst, "tunnel ipv4_dst")?),
@@ -374,7 +409,11 @@ impl Action {
                         dont_fragment: find(&t, TUNNEL_KEY_ATTR_DONT_FRAGMENT).is_some(),
                     });
                 }
-                other => return Err(ParseError(format!("unexpected datapath action type {other}"))),
+                other => {
+                    return Err(ParseError(format!(
+                        "unexpected datapath action type {other}"
+                    )))
+                }
             }
         }
         Ok(actions)
@@ -385,7 +424,12 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::Output(port) => write!(f, "output:{port}"),
-            Action::SetTunnel { vni, dst, ttl, dont_fragment } => write!(
+            Action::SetTunnel {
+                vni,
+                dst,
+                ttl,
+                dont_fragment,
+            } => write!(
                 f,
                 "set(tunnel(vni={vni},dst={dst},ttl={ttl}{}))",
                 if *dont_fragment { ",df" } else { "" }
@@ -397,8 +441,16 @@ impl fmt::Display for Action {
 /// `struct ovs_flow_stats`.
 pub fn parse_flow_stats(value: &[u8]) -> Result<(u64, u64), ParseError> {
     let b: [u8; 16] = fixed(value, "flow stats")?;
-    let packets = u64::from_ne_bytes(b[..8].try_into().map_err(|_| ParseError("flow stats".into()))?);
-    let bytes = u64::from_ne_bytes(b[8..].try_into().map_err(|_| ParseError("flow stats".into()))?);
+    let packets = u64::from_ne_bytes(
+        b[..8]
+            .try_into()
+            .map_err(|_| ParseError("flow stats".into()))?,
+    );
+    let bytes = u64::from_ne_bytes(
+        b[8..]
+            .try_into()
+            .map_err(|_| ParseError("flow stats".into()))?,
+    );
     Ok((packets, bytes))
 }
 
@@ -434,7 +486,12 @@ mod tests {
     #[test]
     fn actions_round_trip() {
         let actions = vec![
-            Action::SetTunnel { vni: 0x123456, dst: Ipv4Addr::new(198, 18, 0, 2), ttl: 64, dont_fragment: true },
+            Action::SetTunnel {
+                vni: 0x123456,
+                dst: Ipv4Addr::new(198, 18, 0, 2),
+                ttl: 64,
+                dont_fragment: true,
+            },
             Action::Output(1),
         ];
         let attrs: Vec<Attr> = actions.iter().map(Action::to_attr).collect();
@@ -465,7 +522,9 @@ mod tests {
     fn parsers_are_total_on_garbage() {
         for len in 0..64usize {
             for seed in 0..32u8 {
-                let buf: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+                let buf: Vec<u8> = (0..len)
+                    .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                    .collect();
                 let _ = FlowKey::parse(&buf);
                 let _ = TunnelKey::parse(&buf);
                 let _ = Action::parse_list(&buf);

@@ -94,7 +94,12 @@ pub struct Datapath {
 }
 
 fn msg(cmd: u8, version: u8, dp_ifindex: i32, attrs: Vec<Attr>) -> OvsMessage {
-    OvsMessage { cmd, version, dp_ifindex, attrs }
+    OvsMessage {
+        cmd,
+        version,
+        dp_ifindex,
+        attrs,
+    }
 }
 
 impl Datapath {
@@ -105,7 +110,10 @@ impl Datapath {
         let mut control = GenlSocket::open().map_err(|e| e.to_string())?;
         let upcalls = GenlSocket::open().map_err(|e| e.to_string())?;
         match delete_by_name(&mut control, families, name) {
-            Ok(()) => tracing::info!(datapath = name, "deleted a stale OVS datapath left by an earlier run"),
+            Ok(()) => tracing::info!(
+                datapath = name,
+                "deleted a stale OVS datapath left by an earlier run"
+            ),
             Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => {}
             Err(e) => return Err(format!("deleting stale OVS datapath {name}: {e}")),
         }
@@ -120,7 +128,10 @@ impl Datapath {
                     CMD_NEW,
                     DATAPATH_VERSION,
                     0,
-                    vec![Attr::string(DP_ATTR_NAME, name), Attr::u32(DP_ATTR_UPCALL_PID, upcalls.port_id())],
+                    vec![
+                        Attr::string(DP_ATTR_NAME, name),
+                        Attr::u32(DP_ATTR_UPCALL_PID, upcalls.port_id()),
+                    ],
                 ),
             )
             .map_err(|e| e.to_string())?;
@@ -128,8 +139,18 @@ impl Datapath {
             .first()
             .map(|m| m.dp_ifindex)
             .filter(|i| *i > 0)
-            .ok_or_else(|| format!("creating OVS datapath {name}: the kernel did not say its ifindex"))?;
-        let mut datapath = Datapath { name: name.to_string(), families, control, upcalls, dp_ifindex, vxlan_port: 0, owned: true };
+            .ok_or_else(|| {
+                format!("creating OVS datapath {name}: the kernel did not say its ifindex")
+            })?;
+        let mut datapath = Datapath {
+            name: name.to_string(),
+            families,
+            control,
+            upcalls,
+            dp_ifindex,
+            vxlan_port: 0,
+            owned: true,
+        };
         let vport_name = format!("vxlan-{vxlan_udp_port}");
         let replies = datapath
             .control
@@ -156,7 +177,9 @@ impl Datapath {
             .and_then(|v| v.get(..4))
             .and_then(|v| v.try_into().ok())
             .map(u32::from_ne_bytes)
-            .ok_or_else(|| format!("creating VXLAN vport {vport_name}: the kernel did not say its port number"))?;
+            .ok_or_else(|| {
+                format!("creating VXLAN vport {vport_name}: the kernel did not say its port number")
+            })?;
         Ok(datapath)
     }
 
@@ -170,11 +193,27 @@ impl Datapath {
             .request(
                 families.datapath,
                 &format!("looking up OVS datapath {name}"),
-                msg(CMD_GET, DATAPATH_VERSION, 0, vec![Attr::string(DP_ATTR_NAME, name)]),
+                msg(
+                    CMD_GET,
+                    DATAPATH_VERSION,
+                    0,
+                    vec![Attr::string(DP_ATTR_NAME, name)],
+                ),
             )
             .map_err(|e| e.to_string())?;
-        let dp_ifindex = replies.first().map(|m| m.dp_ifindex).ok_or_else(|| format!("no OVS datapath {name}"))?;
-        Ok(Datapath { name: name.to_string(), families, control, upcalls, dp_ifindex, vxlan_port: 0, owned: false })
+        let dp_ifindex = replies
+            .first()
+            .map(|m| m.dp_ifindex)
+            .ok_or_else(|| format!("no OVS datapath {name}"))?;
+        Ok(Datapath {
+            name: name.to_string(),
+            families,
+            control,
+            upcalls,
+            dp_ifindex,
+            vxlan_port: 0,
+            owned: false,
+        })
     }
 
     /// The datapath (and local device) name.
@@ -196,10 +235,18 @@ impl Datapath {
     pub fn install_flow(&mut self, key: &FlowKey, actions: &[Action]) -> Result<(), NlError> {
         let attrs = vec![
             Attr::nested(FLOW_ATTR_KEY, key.to_match_attrs()),
-            Attr::nested(FLOW_ATTR_ACTIONS, actions.iter().map(Action::to_attr).collect()),
+            Attr::nested(
+                FLOW_ATTR_ACTIONS,
+                actions.iter().map(Action::to_attr).collect(),
+            ),
         ];
         self.control
-            .request_with(self.families.flow, "installing an OVS flow", NLM_F_CREATE, msg(CMD_NEW, OTHER_VERSION, self.dp_ifindex, attrs))
+            .request_with(
+                self.families.flow,
+                "installing an OVS flow",
+                NLM_F_CREATE,
+                msg(CMD_NEW, OTHER_VERSION, self.dp_ifindex, attrs),
+            )
             .map(|_| ())
     }
 
@@ -207,22 +254,32 @@ impl Datapath {
     pub fn delete_flow(&mut self, key: &FlowKey) -> Result<(), NlError> {
         let attrs = vec![Attr::nested(FLOW_ATTR_KEY, key.to_match_attrs())];
         self.control
-            .request(self.families.flow, "deleting an OVS flow", msg(CMD_DEL, OTHER_VERSION, self.dp_ifindex, attrs))
+            .request(
+                self.families.flow,
+                "deleting an OVS flow",
+                msg(CMD_DEL, OTHER_VERSION, self.dp_ifindex, attrs),
+            )
             .map(|_| ())
     }
 
     /// Deletes every flow of the datapath (peers or routes changed).
     pub fn flush_flows(&mut self) -> Result<(), NlError> {
         self.control
-            .request(self.families.flow, "flushing OVS flows", msg(CMD_DEL, OTHER_VERSION, self.dp_ifindex, Vec::new()))
+            .request(
+                self.families.flow,
+                "flushing OVS flows",
+                msg(CMD_DEL, OTHER_VERSION, self.dp_ifindex, Vec::new()),
+            )
             .map(|_| ())
     }
 
     /// All flows with their counters.
     pub fn dump_flows(&mut self) -> Result<Vec<FlowEntry>, NlError> {
-        let replies = self
-            .control
-            .dump(self.families.flow, "dumping OVS flows", msg(CMD_GET, OTHER_VERSION, self.dp_ifindex, Vec::new()))?;
+        let replies = self.control.dump(
+            self.families.flow,
+            "dumping OVS flows",
+            msg(CMD_GET, OTHER_VERSION, self.dp_ifindex, Vec::new()),
+        )?;
         let mut flows = Vec::with_capacity(replies.len());
         for reply in replies {
             let key = FlowKey::parse(reply.attr(FLOW_ATTR_KEY).unwrap_or(&[]))?;
@@ -231,7 +288,12 @@ impl Datapath {
                 Some(v) => parse_flow_stats(v)?,
                 None => (0, 0),
             };
-            flows.push(FlowEntry { key, actions, packets, bytes });
+            flows.push(FlowEntry {
+                key,
+                actions,
+                packets,
+                bytes,
+            });
         }
         Ok(flows)
     }
@@ -251,22 +313,41 @@ impl Datapath {
             raw.get(i * 8..i * 8 + 8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_ne_bytes)
-                .ok_or_else(|| NlError::Parse(format!("datapath stats: {} bytes, expected 32", raw.len())))
+                .ok_or_else(|| {
+                    NlError::Parse(format!("datapath stats: {} bytes, expected 32", raw.len()))
+                })
         };
-        Ok(DatapathStats { hit: word(0)?, missed: word(1)?, lost: word(2)?, flows: word(3)? })
+        Ok(DatapathStats {
+            hit: word(0)?,
+            missed: word(1)?,
+            lost: word(2)?,
+            flows: word(3)?,
+        })
     }
 
     /// Applies `actions` to one packet (the miss that started a flow, or a
     /// heartbeat). `key_raw` is the kernel's own key for it, or one built
     /// from [`FlowKey::to_match_attrs`] for packets weft originates.
-    pub fn execute(&mut self, packet: &[u8], key_raw: &[u8], actions: &[Action]) -> Result<(), NlError> {
+    pub fn execute(
+        &mut self,
+        packet: &[u8],
+        key_raw: &[u8],
+        actions: &[Action],
+    ) -> Result<(), NlError> {
         let attrs = vec![
             Attr::bytes(PACKET_ATTR_PACKET, packet),
             Attr::bytes(PACKET_ATTR_KEY, key_raw),
-            Attr::nested(PACKET_ATTR_ACTIONS, actions.iter().map(Action::to_attr).collect()),
+            Attr::nested(
+                PACKET_ATTR_ACTIONS,
+                actions.iter().map(Action::to_attr).collect(),
+            ),
         ];
         self.control
-            .request(self.families.packet, "executing a packet", msg(PACKET_CMD_EXECUTE, OTHER_VERSION, self.dp_ifindex, attrs))
+            .request(
+                self.families.packet,
+                "executing a packet",
+                msg(PACKET_CMD_EXECUTE, OTHER_VERSION, self.dp_ifindex, attrs),
+            )
             .map(|_| ())
     }
 
@@ -278,13 +359,21 @@ impl Datapath {
         for item in self.upcalls.receive()? {
             match item {
                 Ok(Reply::Message(m)) if m.cmd == PACKET_CMD_MISS => {
-                    let (Some(packet), Some(key_raw)) = (m.attr(PACKET_ATTR_PACKET), m.attr(PACKET_ATTR_KEY)) else {
+                    let (Some(packet), Some(key_raw)) =
+                        (m.attr(PACKET_ATTR_PACKET), m.attr(PACKET_ATTR_KEY))
+                    else {
                         tracing::warn!("OVS miss without packet or key; dropped");
                         continue;
                     };
                     match FlowKey::parse(key_raw) {
-                        Ok(key) => misses.push(Miss { packet: packet.to_vec(), key_raw: key_raw.to_vec(), key }),
-                        Err(e) => tracing::debug!("OVS miss with a key weft does not handle ({e}); dropped"),
+                        Ok(key) => misses.push(Miss {
+                            packet: packet.to_vec(),
+                            key_raw: key_raw.to_vec(),
+                            key,
+                        }),
+                        Err(e) => tracing::debug!(
+                            "OVS miss with a key weft does not handle ({e}); dropped"
+                        ),
                     }
                 }
                 Ok(other) => tracing::debug!("unexpected message on the upcall socket: {other:?}"),
@@ -300,15 +389,23 @@ impl Datapath {
     pub fn take_misses(&mut self, limit: usize) -> Result<Vec<Miss>, NlError> {
         let mut misses = Vec::new();
         for _ in 0..limit {
-            let Some(items) = self.upcalls.try_receive()? else { break };
+            let Some(items) = self.upcalls.try_receive()? else {
+                break;
+            };
             for item in items {
                 match item {
                     Ok(Reply::Message(m)) if m.cmd == PACKET_CMD_MISS => {
-                        let (Some(packet), Some(key_raw)) = (m.attr(PACKET_ATTR_PACKET), m.attr(PACKET_ATTR_KEY)) else {
+                        let (Some(packet), Some(key_raw)) =
+                            (m.attr(PACKET_ATTR_PACKET), m.attr(PACKET_ATTR_KEY))
+                        else {
                             continue;
                         };
                         if let Ok(key) = FlowKey::parse(key_raw) {
-                            misses.push(Miss { packet: packet.to_vec(), key_raw: key_raw.to_vec(), key });
+                            misses.push(Miss {
+                                packet: packet.to_vec(),
+                                key_raw: key_raw.to_vec(),
+                                key,
+                            });
                         }
                     }
                     Ok(_) => {}
@@ -336,7 +433,8 @@ impl Datapath {
             return Ok(());
         }
         self.owned = false;
-        delete_by_name(&mut self.control, self.families, &self.name).map_err(|e| format!("deleting OVS datapath {}: {e}", self.name))
+        delete_by_name(&mut self.control, self.families, &self.name)
+            .map_err(|e| format!("deleting OVS datapath {}: {e}", self.name))
     }
 }
 
@@ -353,7 +451,12 @@ fn delete_by_name(control: &mut GenlSocket, families: Families, name: &str) -> R
         .request(
             families.datapath,
             &format!("deleting OVS datapath {name}"),
-            msg(CMD_DEL, DATAPATH_VERSION, 0, vec![Attr::string(DP_ATTR_NAME, name)]),
+            msg(
+                CMD_DEL,
+                DATAPATH_VERSION,
+                0,
+                vec![Attr::string(DP_ATTR_NAME, name)],
+            ),
         )
         .map(|_| ())
 }

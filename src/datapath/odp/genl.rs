@@ -4,8 +4,8 @@
 
 use super::attr::{split_attrs, Attr, ParseError};
 use netlink_packet_core::{
-    DecodeError, Emitable, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, ParseableParametrized,
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    DecodeError, Emitable, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    ParseableParametrized, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
@@ -74,7 +74,12 @@ impl ParseableParametrized<[u8], GenlHeader> for OvsMessage {
             .into_iter()
             .map(|(kind, value)| Attr::bytes(kind, value))
             .collect();
-        Ok(OvsMessage { cmd: header.cmd, version: header.version, dp_ifindex: i32::from_ne_bytes(dp), attrs })
+        Ok(OvsMessage {
+            cmd: header.cmd,
+            version: header.version,
+            dp_ifindex: i32::from_ne_bytes(dp),
+            attrs,
+        })
     }
 }
 
@@ -109,7 +114,11 @@ impl std::fmt::Display for NlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             NlError::Kernel { what, errno } => {
-                let hint = if *errno == libc::EINVAL { " (the kernel log, dmesg, says which attribute)" } else { "" };
+                let hint = if *errno == libc::EINVAL {
+                    " (the kernel log, dmesg, says which attribute)"
+                } else {
+                    ""
+                };
                 write!(f, "{what}: {}{hint}", io::Error::from_raw_os_error(*errno))
             }
             NlError::Io(what, e) => write!(f, "{what}: {e}"),
@@ -135,12 +144,21 @@ pub struct GenlSocket {
 impl GenlSocket {
     /// Opens and binds a socket (the kernel assigns the port id).
     pub fn open() -> Result<GenlSocket, NlError> {
-        let mut socket = Socket::new(NETLINK_GENERIC).map_err(|e| NlError::Io("netlink socket".into(), e))?;
-        let address = socket.bind_auto().map_err(|e| NlError::Io("netlink bind".into(), e))?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(|e| NlError::Io("netlink connect".into(), e))?;
+        let mut socket =
+            Socket::new(NETLINK_GENERIC).map_err(|e| NlError::Io("netlink socket".into(), e))?;
+        let address = socket
+            .bind_auto()
+            .map_err(|e| NlError::Io("netlink bind".into(), e))?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| NlError::Io("netlink connect".into(), e))?;
         // Replies for big dumps and bursts of misses need room.
         let _ = socket.set_rx_buf_sz(1 << 20);
-        Ok(GenlSocket { socket, port_id: address.port_number(), sequence: 1 })
+        Ok(GenlSocket {
+            socket,
+            port_id: address.port_number(),
+            sequence: 1,
+        })
     }
 
     /// This socket's netlink port id (`OVS_*_ATTR_UPCALL_PID` for misses).
@@ -155,7 +173,10 @@ impl GenlSocket {
 
     /// Makes `recv` return EAGAIN after `millis` without data.
     pub fn set_recv_timeout(&self, millis: u64) {
-        let timeout = libc::timeval { tv_sec: (millis / 1000) as _, tv_usec: ((millis % 1000) * 1000) as _ };
+        let timeout = libc::timeval {
+            tv_sec: (millis / 1000) as _,
+            tv_usec: ((millis % 1000) * 1000) as _,
+        };
         // SAFETY: valid fd and a timeval of the right size.
         unsafe {
             libc::setsockopt(
@@ -178,22 +199,40 @@ impl GenlSocket {
         nl.finalize();
         let mut buffer = vec![0u8; nl.buffer_len()];
         nl.serialize(&mut buffer);
-        self.socket.send(&buffer, 0).map_err(|e| NlError::Io("netlink send".into(), e))?;
+        self.socket
+            .send(&buffer, 0)
+            .map_err(|e| NlError::Io("netlink send".into(), e))?;
         Ok(self.sequence)
     }
 
     /// Sends a request and collects replies until the ACK (or error).
-    pub fn request(&mut self, family: u16, what: &str, message: OvsMessage) -> Result<Vec<OvsMessage>, NlError> {
+    pub fn request(
+        &mut self,
+        family: u16,
+        what: &str,
+        message: OvsMessage,
+    ) -> Result<Vec<OvsMessage>, NlError> {
         self.exchange(family, what, NLM_F_REQUEST | NLM_F_ACK, message)
     }
 
     /// Like [`request`](Self::request) with extra netlink flags (e.g. `NLM_F_CREATE`).
-    pub fn request_with(&mut self, family: u16, what: &str, extra: u16, message: OvsMessage) -> Result<Vec<OvsMessage>, NlError> {
+    pub fn request_with(
+        &mut self,
+        family: u16,
+        what: &str,
+        extra: u16,
+        message: OvsMessage,
+    ) -> Result<Vec<OvsMessage>, NlError> {
         self.exchange(family, what, NLM_F_REQUEST | NLM_F_ACK | extra, message)
     }
 
     /// Dumps all objects (`NLM_F_DUMP`) until `NLMSG_DONE`.
-    pub fn dump(&mut self, family: u16, what: &str, message: OvsMessage) -> Result<Vec<OvsMessage>, NlError> {
+    pub fn dump(
+        &mut self,
+        family: u16,
+        what: &str,
+        message: OvsMessage,
+    ) -> Result<Vec<OvsMessage>, NlError> {
         self.exchange(family, what, NLM_F_REQUEST | NLM_F_DUMP, message)
     }
 
@@ -203,11 +242,20 @@ impl GenlSocket {
         self.send(family, NLM_F_REQUEST, message).map(|_| ())
     }
 
-    fn exchange(&mut self, family: u16, what: &str, flags: u16, message: OvsMessage) -> Result<Vec<OvsMessage>, NlError> {
+    fn exchange(
+        &mut self,
+        family: u16,
+        what: &str,
+        flags: u16,
+        message: OvsMessage,
+    ) -> Result<Vec<OvsMessage>, NlError> {
         let sequence = self.send(family, flags, message)?;
         let mut replies = Vec::new();
         loop {
-            let (buffer, _) = self.socket.recv_from_full().map_err(|e| NlError::Io(format!("{what}: netlink receive"), e))?;
+            let (buffer, _) = self
+                .socket
+                .recv_from_full()
+                .map_err(|e| NlError::Io(format!("{what}: netlink receive"), e))?;
             for item in split_messages(&buffer) {
                 let (header, parsed) = item.map_err(NlError::Parse)?;
                 if header.sequence_number != sequence {
@@ -216,7 +264,12 @@ impl GenlSocket {
                 match parsed {
                     Reply::Done => return Ok(replies),
                     Reply::Error(0) => return Ok(replies),
-                    Reply::Error(errno) => return Err(NlError::Kernel { what: what.to_string(), errno }),
+                    Reply::Error(errno) => {
+                        return Err(NlError::Kernel {
+                            what: what.to_string(),
+                            errno,
+                        })
+                    }
                     Reply::Message(m) => {
                         replies.push(m);
                         if flags & NLM_F_DUMP == 0 && flags & NLM_F_ACK == 0 {
@@ -243,7 +296,14 @@ impl GenlSocket {
     fn receive_flags(&mut self, flags: i32) -> Result<Option<Vec<Result<Reply, String>>>, NlError> {
         let mut buffer = vec![0u8; 1 << 17];
         // SAFETY: valid fd and buffer.
-        let n = unsafe { libc::recv(self.socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), flags) };
+        let n = unsafe {
+            libc::recv(
+                self.socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                flags,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             return match e.kind() {
@@ -255,7 +315,12 @@ impl GenlSocket {
             };
         }
         buffer.truncate(n as usize);
-        Ok(Some(split_messages(&buffer).into_iter().map(|r| r.map(|(_, reply)| reply)).collect()))
+        Ok(Some(
+            split_messages(&buffer)
+                .into_iter()
+                .map(|r| r.map(|(_, reply)| reply))
+                .collect(),
+        ))
     }
 }
 
@@ -287,18 +352,24 @@ pub fn split_messages(buffer: &[u8]) -> Vec<Result<(NetlinkHeader, Reply), Strin
             out.push(Err("netlink message longer than the buffer".into()));
             break;
         };
-        out.push(match NetlinkMessage::<GenlMessage<OvsMessage>>::deserialize(one) {
-            Ok(message) => {
-                let header = message.header;
-                match message.payload {
-                    NetlinkPayload::InnerMessage(genl) => Ok((header, Reply::Message(genl.payload))),
-                    NetlinkPayload::Error(e) => Ok((header, Reply::Error(e.code.map(|c| -c.get()).unwrap_or(0)))),
-                    NetlinkPayload::Done(_) => Ok((header, Reply::Done)),
-                    other => Err(format!("unexpected netlink message {other:?}")),
+        out.push(
+            match NetlinkMessage::<GenlMessage<OvsMessage>>::deserialize(one) {
+                Ok(message) => {
+                    let header = message.header;
+                    match message.payload {
+                        NetlinkPayload::InnerMessage(genl) => {
+                            Ok((header, Reply::Message(genl.payload)))
+                        }
+                        NetlinkPayload::Error(e) => {
+                            Ok((header, Reply::Error(e.code.map(|c| -c.get()).unwrap_or(0))))
+                        }
+                        NetlinkPayload::Done(_) => Ok((header, Reply::Done)),
+                        other => Err(format!("unexpected netlink message {other:?}")),
+                    }
                 }
-            }
-            Err(e) => Err(format!("undecodable netlink message: {e}")),
-        });
+                Err(e) => Err(format!("undecodable netlink message: {e}")),
+            },
+        );
         // Messages are 4-byte aligned; a zero length would loop forever.
         offset += length.max(16).div_ceil(4) * 4;
     }
@@ -308,11 +379,19 @@ pub fn split_messages(buffer: &[u8]) -> Vec<Result<(NetlinkHeader, Reply), Strin
 /// Resolves a generic-netlink family name to its id (`None`: not present,
 /// i.e. the openvswitch module is not loaded).
 pub fn resolve_family(name: &str) -> Result<Option<u16>, NlError> {
-    let mut socket = Socket::new(NETLINK_GENERIC).map_err(|e| NlError::Io("netlink socket".into(), e))?;
-    socket.bind_auto().map_err(|e| NlError::Io("netlink bind".into(), e))?;
-    socket.connect(&SocketAddr::new(0, 0)).map_err(|e| NlError::Io("netlink connect".into(), e))?;
+    let mut socket =
+        Socket::new(NETLINK_GENERIC).map_err(|e| NlError::Io("netlink socket".into(), e))?;
+    socket
+        .bind_auto()
+        .map_err(|e| NlError::Io("netlink bind".into(), e))?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(|e| NlError::Io("netlink connect".into(), e))?;
     // The kernel answers synchronously; the timeout only guards against surprises.
-    let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
     // SAFETY: valid fd and a timeval of the right size.
     unsafe {
         libc::setsockopt(
@@ -334,21 +413,34 @@ pub fn resolve_family(name: &str) -> Result<Option<u16>, NlError> {
     message.finalize();
     let mut buffer = vec![0u8; message.buffer_len()];
     message.serialize(&mut buffer);
-    socket.send(&buffer, 0).map_err(|e| NlError::Io("netlink send".into(), e))?;
-    let (reply, _) = socket.recv_from_full().map_err(|e| NlError::Io("netlink receive".into(), e))?;
+    socket
+        .send(&buffer, 0)
+        .map_err(|e| NlError::Io("netlink send".into(), e))?;
+    let (reply, _) = socket
+        .recv_from_full()
+        .map_err(|e| NlError::Io("netlink receive".into(), e))?;
     let reply = NetlinkMessage::<GenlMessage<GenlCtrl>>::deserialize(&reply)
         .map_err(|e| NlError::Parse(format!("family lookup of {name}: {e}")))?;
     match reply.payload {
-        NetlinkPayload::InnerMessage(genl) => Ok(genl.payload.nlas.iter().find_map(|nla| match nla {
-            GenlCtrlAttrs::FamilyId(id) => Some(*id),
-            _ => None,
-        })),
+        NetlinkPayload::InnerMessage(genl) => {
+            Ok(genl.payload.nlas.iter().find_map(|nla| match nla {
+                GenlCtrlAttrs::FamilyId(id) => Some(*id),
+                _ => None,
+            }))
+        }
         NetlinkPayload::Error(e) => match e.code {
             Some(code) if code.get() == -libc::ENOENT => Ok(None),
-            Some(code) => Err(NlError::Kernel { what: format!("family lookup of {name}"), errno: -code.get() }),
-            None => Err(NlError::Parse(format!("family lookup of {name}: ACK without a family"))),
+            Some(code) => Err(NlError::Kernel {
+                what: format!("family lookup of {name}"),
+                errno: -code.get(),
+            }),
+            None => Err(NlError::Parse(format!(
+                "family lookup of {name}: ACK without a family"
+            ))),
         },
-        other => Err(NlError::Parse(format!("family lookup of {name}: unexpected {other:?}"))),
+        other => Err(NlError::Parse(format!(
+            "family lookup of {name}: unexpected {other:?}"
+        ))),
     }
 }
 
@@ -385,7 +477,9 @@ mod tests {
     #[test]
     fn split_messages_is_total() {
         for len in 0..80usize {
-            let buf: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(3)).collect();
+            let buf: Vec<u8> = (0..len)
+                .map(|i| (i as u8).wrapping_mul(7).wrapping_add(3))
+                .collect();
             let _ = split_messages(&buf);
         }
         // A header claiming length 0 must not loop forever.

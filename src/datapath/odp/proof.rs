@@ -24,7 +24,11 @@ pub struct ProofConfig {
 
 impl Default for ProofConfig {
     fn default() -> Self {
-        ProofConfig { interval: Duration::from_millis(500), max_missed: 4, retry_after: Duration::from_secs(60) }
+        ProofConfig {
+            interval: Duration::from_millis(500),
+            max_missed: 4,
+            retry_after: Duration::from_secs(60),
+        }
     }
 }
 
@@ -68,7 +72,14 @@ impl Proof {
     /// Starts proving a connection whose verified path MTU is `path_mtu`
     /// (already capped by the interface MTU: a heartbeat is never larger).
     pub fn new(config: ProofConfig, path_mtu: usize, now: Instant) -> Proof {
-        Proof { config, state: PathState::Proving, path_mtu, next_sequence: 1, last_acked: 0, next_send: now }
+        Proof {
+            config,
+            state: PathState::Proving,
+            path_mtu,
+            next_sequence: 1,
+            last_acked: 0,
+            next_send: now,
+        }
     }
 
     /// Current state.
@@ -109,7 +120,10 @@ impl Proof {
         if now < self.next_send {
             return None;
         }
-        let outstanding = self.next_sequence.saturating_sub(1).saturating_sub(self.last_acked);
+        let outstanding = self
+            .next_sequence
+            .saturating_sub(1)
+            .saturating_sub(self.last_acked);
         if outstanding >= u64::from(self.config.max_missed) {
             let frame_len = self.frame_len();
             self.state = PathState::Userspace {
@@ -121,7 +135,10 @@ impl Proof {
             };
             return None;
         }
-        let heartbeat = Heartbeat { sequence: self.next_sequence, frame_len: self.frame_len() };
+        let heartbeat = Heartbeat {
+            sequence: self.next_sequence,
+            frame_len: self.frame_len(),
+        };
         self.next_sequence += 1;
         self.next_send = now + self.config.interval;
         Some(heartbeat)
@@ -141,7 +158,10 @@ impl Proof {
     /// Gives fastdp up now, without sending (e.g. the next heartbeat would
     /// not fit the underlay interface's MTU): userspace until the retry.
     pub fn fail(&mut self, reason: String, now: Instant) {
-        self.state = PathState::Userspace { reason, retry_at: now + self.config.retry_after };
+        self.state = PathState::Userspace {
+            reason,
+            retry_at: now + self.config.retry_after,
+        };
     }
 
     /// The path MTU heartbeats are sized to (whole outer IP datagram).
@@ -150,7 +170,9 @@ impl Proof {
     }
 
     fn frame_len(&self) -> usize {
-        self.path_mtu.saturating_sub(VXLAN_IPV4_OVERHEAD - 14).max(60)
+        self.path_mtu
+            .saturating_sub(VXLAN_IPV4_OVERHEAD - 14)
+            .max(60)
     }
 }
 
@@ -182,7 +204,9 @@ pub fn parse_heartbeat_frame(frame: &[u8]) -> Option<u64> {
     if frame.get(..6)? != HEARTBEAT_DST || frame.get(6..12)? != HEARTBEAT_SRC {
         return None;
     }
-    if frame.get(12..14)? != HEARTBEAT_ETHERTYPE.to_be_bytes() || frame.get(14..22)? != HEARTBEAT_MAGIC {
+    if frame.get(12..14)? != HEARTBEAT_ETHERTYPE.to_be_bytes()
+        || frame.get(14..22)? != HEARTBEAT_MAGIC
+    {
         return None;
     }
     Some(u64::from_be_bytes(frame.get(22..30)?.try_into().ok()?))
@@ -193,7 +217,11 @@ mod tests {
     use super::*;
 
     fn config() -> ProofConfig {
-        ProofConfig { interval: Duration::from_millis(100), max_missed: 3, retry_after: Duration::from_secs(10) }
+        ProofConfig {
+            interval: Duration::from_millis(100),
+            max_missed: 3,
+            retry_after: Duration::from_secs(10),
+        }
     }
 
     #[test]
@@ -203,7 +231,10 @@ mod tests {
         let hb = p.poll(now).unwrap();
         // Ethernet frame 1464 + VXLAN 8 + UDP 8 + IPv4 20 = 1500.
         assert_eq!(hb.frame_len + 8 + 8 + 20, 1500);
-        assert!(p.poll(now).is_none(), "next heartbeat waits for the interval");
+        assert!(
+            p.poll(now).is_none(),
+            "next heartbeat waits for the interval"
+        );
     }
 
     #[test]
@@ -222,7 +253,9 @@ mod tests {
         t += Duration::from_millis(100);
         assert!(p.poll(t).is_none());
         match p.state() {
-            PathState::Userspace { reason, .. } => assert!(reason.contains("3 fastdp heartbeats of 1500 bytes")),
+            PathState::Userspace { reason, .. } => {
+                assert!(reason.contains("3 fastdp heartbeats of 1500 bytes"))
+            }
             other => panic!("expected userspace, got {other:?}"),
         }
         // Retry after retry_after: proving again, and an ack restores fastdp.
@@ -252,7 +285,13 @@ mod tests {
     #[test]
     fn heartbeat_frames_round_trip_and_parsing_is_total() {
         let mut buf = Vec::new();
-        build_heartbeat_frame(&Heartbeat { sequence: 77, frame_len: 1464 }, &mut buf);
+        build_heartbeat_frame(
+            &Heartbeat {
+                sequence: 77,
+                frame_len: 1464,
+            },
+            &mut buf,
+        );
         assert_eq!(buf.len(), 1464);
         assert_eq!(parse_heartbeat_frame(&buf), Some(77));
         for n in 0..40 {
@@ -268,7 +307,9 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Proof::new(config(), 1500, t0);
         p.fail("does not fit".into(), t0);
-        assert!(matches!(p.state(), PathState::Userspace { reason, .. } if reason == "does not fit"));
+        assert!(
+            matches!(p.state(), PathState::Userspace { reason, .. } if reason == "does not fit")
+        );
         assert!(p.poll(t0 + Duration::from_secs(1)).is_none());
         assert!(p.poll(t0 + Duration::from_secs(10)).is_some());
     }

@@ -65,9 +65,21 @@ enum FastdpCommand {
 /// Entry point of `weft fastdp`.
 pub fn run(args: &FastdpArgs) -> ExitCode {
     let result = match &args.command {
-        FastdpCommand::Run { iface, port, vni, peers, flow_idle_secs, counters_file } => {
-            run_switch(iface, *port, *vni, peers, Duration::from_secs(*flow_idle_secs), counters_file.as_deref())
-        }
+        FastdpCommand::Run {
+            iface,
+            port,
+            vni,
+            peers,
+            flow_idle_secs,
+            counters_file,
+        } => run_switch(
+            iface,
+            *port,
+            *vni,
+            peers,
+            Duration::from_secs(*flow_idle_secs),
+            counters_file.as_deref(),
+        ),
         FastdpCommand::Flows { iface } => print_flows(iface),
         FastdpCommand::Stats { iface } => print_stats(iface),
     };
@@ -84,7 +96,11 @@ fn print_flows(iface: &str) -> Result<(), String> {
     let mut dp = Datapath::open_existing(iface)?;
     for flow in dp.dump_flows().map_err(|e| e.to_string())? {
         let actions: Vec<String> = flow.actions.iter().map(|a| a.to_string()).collect();
-        let actions = if actions.is_empty() { "drop".to_string() } else { actions.join(",") };
+        let actions = if actions.is_empty() {
+            "drop".to_string()
+        } else {
+            actions.join(",")
+        };
         println!(
             "in_port({}),eth(src={},dst={}) packets:{} bytes:{} actions:{}",
             flow.key.in_port, flow.key.eth_src, flow.key.eth_dst, flow.packets, flow.bytes, actions
@@ -96,7 +112,10 @@ fn print_flows(iface: &str) -> Result<(), String> {
 fn print_stats(iface: &str) -> Result<(), String> {
     let mut dp = Datapath::open_existing(iface)?;
     let s = dp.stats().map_err(|e| e.to_string())?;
-    println!("hit:{} missed:{} lost:{} flows:{}", s.hit, s.missed, s.lost, s.flows);
+    println!(
+        "hit:{} missed:{} lost:{} flows:{}",
+        s.hit, s.missed, s.lost, s.flows
+    );
     Ok(())
 }
 
@@ -125,7 +144,8 @@ fn run_switch(
 ) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| format!("signal handler: {e}"))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| format!("signal handler: {e}"))?;
     }
     let mut dp = Datapath::create(iface, port)?;
     eprintln!(
@@ -190,7 +210,8 @@ fn run_switch(
     }
     if let Some(path) = counters_file {
         let json = serde_json::to_string(&counters).unwrap_or_default();
-        std::fs::write(path, json).map_err(|e| format!("writing counters to {}: {e}", path.display()))?;
+        std::fs::write(path, json)
+            .map_err(|e| format!("writing counters to {}: {e}", path.display()))?;
     }
     eprintln!("weft fastdp: stopping, {counters:?}");
     dp.delete()
@@ -209,9 +230,17 @@ pub fn sweep_idle_flows(
     for flow in flows {
         let id = (flow.key.in_port, flow.key.eth_src.0, flow.key.eth_dst.0);
         let (last_packets, last_change) = activity.get(&id).copied().unwrap_or((u64::MAX, now));
-        let last_change = if flow.packets != last_packets { now } else { last_change };
+        let last_change = if flow.packets != last_packets {
+            now
+        } else {
+            last_change
+        };
         if now.saturating_duration_since(last_change) >= idle {
-            let key = FlowKey { ethertype: None, tunnel: None, ..flow.key };
+            let key = FlowKey {
+                ethertype: None,
+                tunnel: None,
+                ..flow.key
+            };
             if dp.delete_flow(&key).is_ok() {
                 expired += 1;
             }

@@ -62,7 +62,12 @@ pub struct Switch {
 impl Switch {
     /// An empty table.
     pub fn new(config: SwitchConfig) -> Switch {
-        Switch { config, peers: Vec::new(), sending: Vec::new(), macs: HashMap::new() }
+        Switch {
+            config,
+            peers: Vec::new(),
+            sending: Vec::new(),
+            macs: HashMap::new(),
+        }
     }
 
     /// Replaces the peers that use fastdp. Returns true when the set changed
@@ -117,13 +122,19 @@ impl Switch {
     pub fn expire(&mut self, now: Instant) -> usize {
         let max_age = self.config.mac_max_age;
         let before = self.macs.len();
-        self.macs.retain(|_, (_, seen)| now.saturating_duration_since(*seen) < max_age);
+        self.macs
+            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < max_age);
         before - self.macs.len()
     }
 
     fn to_peer(&self, peer: Ipv4Addr) -> [Action; 2] {
         [
-            Action::SetTunnel { vni: self.config.vni, dst: peer, ttl: self.config.ttl, dont_fragment: true },
+            Action::SetTunnel {
+                vni: self.config.vni,
+                dst: peer,
+                ttl: self.config.ttl,
+                dont_fragment: true,
+            },
             Action::Output(self.config.vxlan_port),
         ]
     }
@@ -134,9 +145,10 @@ impl Switch {
             Some(Location::Local)
         } else if key.in_port == self.config.vxlan_port {
             match key.tunnel {
-                Some(t) if t.id == u64::from(self.config.vni) => {
-                    t.ipv4_src.filter(|ip| self.peers.contains(ip)).map(Location::Peer)
-                }
+                Some(t) if t.id == u64::from(self.config.vni) => t
+                    .ipv4_src
+                    .filter(|ip| self.peers.contains(ip))
+                    .map(Location::Peer),
                 _ => None,
             }
         } else {
@@ -145,7 +157,12 @@ impl Switch {
         let Some(source) = source else {
             // Unknown port, VNI or sender: drop, and install the drop so the
             // kernel stops asking (it expires like any idle flow).
-            return Decision { flow: Some(*key), actions: Vec::new(), flush: false, to_userspace: None };
+            return Decision {
+                flow: Some(*key),
+                actions: Vec::new(),
+                flush: false,
+                to_userspace: None,
+            };
         };
         let mut flush = false;
         if !key.eth_src.is_multicast() {
@@ -155,10 +172,19 @@ impl Switch {
                 _ => {}
             }
         }
-        let destination = if key.eth_dst.is_multicast() { None } else { self.lookup(&key.eth_dst) };
+        let destination = if key.eth_dst.is_multicast() {
+            None
+        } else {
+            self.lookup(&key.eth_dst)
+        };
         let actions: Vec<Action> = match (source, destination) {
             (Location::Local, Some(Location::Peer(peer))) if !self.sending.contains(&peer) => {
-                return Decision { flow: None, actions: Vec::new(), flush, to_userspace: Some(peer) };
+                return Decision {
+                    flow: None,
+                    actions: Vec::new(),
+                    flush,
+                    to_userspace: Some(peer),
+                };
             }
             (Location::Local, Some(Location::Peer(peer))) => self.to_peer(peer).to_vec(),
             (Location::Local, Some(Location::Local)) => Vec::new(),
@@ -166,7 +192,12 @@ impl Switch {
             (Location::Peer(_), Some(Location::Peer(_))) => Vec::new(), // no transit
             (Location::Peer(_), _) => vec![Action::Output(LOCAL_PORT)],
         };
-        Decision { flow: Some(*key), actions, flush, to_userspace: None }
+        Decision {
+            flow: Some(*key),
+            actions,
+            flush,
+            to_userspace: None,
+        }
     }
 }
 
@@ -183,13 +214,24 @@ mod tests {
     const BROADCAST: Mac = Mac([0xff; 6]);
 
     fn switch() -> Switch {
-        let mut s = Switch::new(SwitchConfig { vni: 42, vxlan_port: VXLAN, ttl: 64, mac_max_age: Duration::from_secs(300) });
+        let mut s = Switch::new(SwitchConfig {
+            vni: 42,
+            vxlan_port: VXLAN,
+            ttl: 64,
+            mac_max_age: Duration::from_secs(300),
+        });
         s.set_peers(vec![PEER, OTHER]);
         s.set_sending(vec![PEER, OTHER]);
         s
     }
     fn local(src: Mac, dst: Mac) -> FlowKey {
-        FlowKey { in_port: LOCAL_PORT, eth_src: src, eth_dst: dst, ethertype: Some(0x0800), tunnel: None }
+        FlowKey {
+            in_port: LOCAL_PORT,
+            eth_src: src,
+            eth_dst: dst,
+            ethertype: Some(0x0800),
+            tunnel: None,
+        }
     }
     fn tunnel(src: Mac, dst: Mac, from: Ipv4Addr, vni: u64) -> FlowKey {
         FlowKey {
@@ -197,7 +239,11 @@ mod tests {
             eth_src: src,
             eth_dst: dst,
             ethertype: Some(0x0806),
-            tunnel: Some(TunnelKey { id: vni, ipv4_src: Some(from), ipv4_dst: None }),
+            tunnel: Some(TunnelKey {
+                id: vni,
+                ipv4_src: Some(from),
+                ipv4_dst: None,
+            }),
         }
     }
 
@@ -220,7 +266,15 @@ mod tests {
         let d = s.on_miss(&local(A, B), now);
         assert_eq!(
             d.actions,
-            vec![Action::SetTunnel { vni: 42, dst: PEER, ttl: 64, dont_fragment: true }, Action::Output(VXLAN)]
+            vec![
+                Action::SetTunnel {
+                    vni: 42,
+                    dst: PEER,
+                    ttl: 64,
+                    dont_fragment: true
+                },
+                Action::Output(VXLAN)
+            ]
         );
     }
 
@@ -229,7 +283,10 @@ mod tests {
         let mut s = switch();
         let d = s.on_miss(&tunnel(B, A, PEER, 7), Instant::now());
         assert!(d.actions.is_empty());
-        let d = s.on_miss(&tunnel(B, A, Ipv4Addr::new(198, 18, 9, 9), 42), Instant::now());
+        let d = s.on_miss(
+            &tunnel(B, A, Ipv4Addr::new(198, 18, 9, 9), 42),
+            Instant::now(),
+        );
         assert!(d.actions.is_empty());
         assert_eq!(s.lookup(&B), None);
     }
@@ -242,7 +299,10 @@ mod tests {
         assert!(!s.on_miss(&tunnel(B, BROADCAST, PEER, 42), now).flush);
         let d = s.on_miss(&tunnel(A, B, OTHER, 42), now);
         assert!(d.actions.is_empty());
-        assert!(s.on_miss(&tunnel(B, BROADCAST, OTHER, 42), now).flush, "B moved to another peer");
+        assert!(
+            s.on_miss(&tunnel(B, BROADCAST, OTHER, 42), now).flush,
+            "B moved to another peer"
+        );
     }
 
     #[test]
@@ -263,12 +323,20 @@ mod tests {
         let mut s = switch();
         let now = Instant::now();
         assert!(s.set_sending(vec![OTHER]));
-        assert!(!s.set_sending(vec![OTHER, Ipv4Addr::new(198, 18, 9, 9)]), "unknown peers are not sending");
+        assert!(
+            !s.set_sending(vec![OTHER, Ipv4Addr::new(198, 18, 9, 9)]),
+            "unknown peers are not sending"
+        );
         s.on_miss(&tunnel(B, BROADCAST, PEER, 42), now);
         let d = s.on_miss(&local(A, B), now);
         assert_eq!((d.flow, d.to_userspace), (None, Some(PEER)));
         let d = s.on_miss(&local(A, BROADCAST), now);
-        assert_eq!(d.actions.len(), 2, "flood only to the proven peer: {:?}", d.actions);
+        assert_eq!(
+            d.actions.len(),
+            2,
+            "flood only to the proven peer: {:?}",
+            d.actions
+        );
         // Frames from the unproven peer are still accepted.
         let d = s.on_miss(&tunnel(B, A, PEER, 42), now);
         assert_eq!(d.actions, vec![Action::Output(LOCAL_PORT)]);

@@ -38,7 +38,14 @@ pub struct Insn {
 fn sys_bpf(cmd: libc::c_long, attr: &mut [u8]) -> io::Result<libc::c_long> {
     // SAFETY: attr is a valid, writable buffer of the length passed; the
     // kernel reads (and for some commands writes) at most that many bytes.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as libc::c_uint) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -107,7 +114,10 @@ pub fn load_xdp_program(insns: &[Insn]) -> io::Result<OwnedFd> {
             let text = String::from_utf8_lossy(&log[..end]);
             let tail: Vec<&str> = text.lines().rev().take(6).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            Err(io::Error::new(first.kind(), format!("{first}; verifier: {}", tail.join(" | "))))
+            Err(io::Error::new(
+                first.kind(),
+                format!("{first}; verifier: {}", tail.join(" | ")),
+            ))
         }
     }
 }

@@ -43,7 +43,9 @@ const PROTO_UDP: u8 = 17;
 
 /// The filter rules in Rust: the reference the program is tested against.
 pub fn classify(frame: &[u8], ports: &[u16]) -> Verdict {
-    let be16 = |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?])) };
+    let be16 = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
+    };
     let udp_at = match be16(12) {
         Some(ETHERTYPE_IPV4) => {
             if frame.len() < ETH_HLEN + 20 {
@@ -61,7 +63,10 @@ pub fn classify(frame: &[u8], ports: &[u16]) -> Verdict {
             ETH_HLEN + ihl
         }
         Some(ETHERTYPE_IPV6) => {
-            if frame.len() < ETH_HLEN + 40 || frame[ETH_HLEN] >> 4 != 6 || frame[ETH_HLEN + 6] != PROTO_UDP {
+            if frame.len() < ETH_HLEN + 40
+                || frame[ETH_HLEN] >> 4 != 6
+                || frame[ETH_HLEN + 6] != PROTO_UDP
+            {
                 return Verdict::Pass;
             }
             ETH_HLEN + 40
@@ -129,7 +134,12 @@ struct Asm {
 
 impl Asm {
     fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.insns.push(Insn { code, regs: (src << 4) | dst, off, imm });
+        self.insns.push(Insn {
+            code,
+            regs: (src << 4) | dst,
+            off,
+            imm,
+        });
     }
     fn jump(&mut self, code: u8, dst: u8, src: u8, imm: i32, to: Label) {
         self.fixups.push((self.insns.len(), to));
@@ -146,7 +156,12 @@ impl Asm {
     }
     fn finish(mut self) -> Vec<Insn> {
         for (at, to) in &self.fixups {
-            let target = self.labels.iter().find(|(l, _)| l == to).map(|(_, i)| *i).expect("label defined");
+            let target = self
+                .labels
+                .iter()
+                .find(|(l, _)| l == to)
+                .map(|(_, i)| *i)
+                .expect("label defined");
             self.insns[*at].off = (target as i64 - *at as i64 - 1) as i16;
         }
         self.insns
@@ -164,8 +179,15 @@ fn wire16(value: u16) -> i32 {
 /// XDP_PASS in service (the kernel keeps traffic weft cannot take), and
 /// XDP_DROP in tests, so a redirect verdict is visible in a test run.
 pub fn program(ports: &[u16], xsk_map_fd: i32, miss: u32) -> Vec<Insn> {
-    assert!(!ports.is_empty() && ports.len() <= MAX_PORTS, "1..={MAX_PORTS} ports");
-    let mut a = Asm { insns: Vec::with_capacity(64), fixups: Vec::new(), labels: Vec::new() };
+    assert!(
+        !ports.is_empty() && ports.len() <= MAX_PORTS,
+        "1..={MAX_PORTS} ports"
+    );
+    let mut a = Asm {
+        insns: Vec::with_capacity(64),
+        fixups: Vec::new(),
+        labels: Vec::new(),
+    };
     a.op(ALU64_MOV_X, R6, R1, 0, 0);
     a.op(LDX_MEM_W, R2, R6, 0, 0); // xdp_md.data
     a.op(LDX_MEM_W, R3, R6, 4, 0); // xdp_md.data_end
@@ -300,30 +322,85 @@ pub(crate) mod golden {
         let mut udp_header_cut = ipv4(17, 0x4000, 0, &udp(DATA_PORT, 0));
         udp_header_cut.truncate(14 + 20 + 6);
         vec![
-            ("ipv4 udp to data port", ipv4(17, 0x4000, 0, &udp(DATA_PORT, 64)), Redirect),
-            ("ipv4 udp to vxlan port", ipv4(17, 0, 0, &udp(VXLAN_PORT, 64)), Redirect),
-            ("ipv4 udp with options", ipv4(17, 0x4000, 8, &udp(DATA_PORT, 64)), Redirect),
-            ("ipv4 udp empty payload", ipv4(17, 0x4000, 0, &udp(DATA_PORT, 0)), Redirect),
-            ("ipv6 udp to data port", ipv6(17, &udp(DATA_PORT, 64)), Redirect),
-            ("ipv6 udp to vxlan port", ipv6(17, &udp(VXLAN_PORT, 1400)), Redirect),
+            (
+                "ipv4 udp to data port",
+                ipv4(17, 0x4000, 0, &udp(DATA_PORT, 64)),
+                Redirect,
+            ),
+            (
+                "ipv4 udp to vxlan port",
+                ipv4(17, 0, 0, &udp(VXLAN_PORT, 64)),
+                Redirect,
+            ),
+            (
+                "ipv4 udp with options",
+                ipv4(17, 0x4000, 8, &udp(DATA_PORT, 64)),
+                Redirect,
+            ),
+            (
+                "ipv4 udp empty payload",
+                ipv4(17, 0x4000, 0, &udp(DATA_PORT, 0)),
+                Redirect,
+            ),
+            (
+                "ipv6 udp to data port",
+                ipv6(17, &udp(DATA_PORT, 64)),
+                Redirect,
+            ),
+            (
+                "ipv6 udp to vxlan port",
+                ipv6(17, &udp(VXLAN_PORT, 1400)),
+                Redirect,
+            ),
             ("arp request", arp, Pass),
             ("icmp echo", ipv4(1, 0, 0, &[8, 0, 0, 0, 0, 1, 0, 1]), Pass),
-            ("tcp to data port (control)", ipv4(6, 0x4000, 0, &tcp(DATA_PORT)), Pass),
+            (
+                "tcp to data port (control)",
+                ipv4(6, 0x4000, 0, &tcp(DATA_PORT)),
+                Pass,
+            ),
             ("tcp ssh", ipv4(6, 0x4000, 0, &tcp(22)), Pass),
             ("ipv6 tcp to data port", ipv6(6, &tcp(DATA_PORT)), Pass),
             ("ipv4 udp dns", ipv4(17, 0, 0, &udp(53, 32)), Pass),
-            ("ipv4 udp to data port + 1", ipv4(17, 0, 0, &udp(DATA_PORT + 1, 32)), Pass),
+            (
+                "ipv4 udp to data port + 1",
+                ipv4(17, 0, 0, &udp(DATA_PORT + 1, 32)),
+                Pass,
+            ),
             ("ipv6 udp other port", ipv6(17, &udp(443, 32)), Pass),
-            ("ipv6 icmpv6 (nd)", ipv6(58, &[135, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Pass),
-            ("ipv6 hop-by-hop then udp", ipv6(0, &[17, 0, 1, 4, 0, 0, 0, 0, 0x9c, 0x40, 0x1a, 0x7f, 0, 8, 0, 0]), Pass),
-            ("ipv4 later fragment", ipv4(17, 0x0010, 0, &udp(DATA_PORT, 32)), Pass),
-            ("ipv4 first fragment (MF)", ipv4(17, 0x2000, 0, &udp(DATA_PORT, 32)), Pass),
+            (
+                "ipv6 icmpv6 (nd)",
+                ipv6(58, &[135, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                Pass,
+            ),
+            (
+                "ipv6 hop-by-hop then udp",
+                ipv6(
+                    0,
+                    &[17, 0, 1, 4, 0, 0, 0, 0, 0x9c, 0x40, 0x1a, 0x7f, 0, 8, 0, 0],
+                ),
+                Pass,
+            ),
+            (
+                "ipv4 later fragment",
+                ipv4(17, 0x0010, 0, &udp(DATA_PORT, 32)),
+                Pass,
+            ),
+            (
+                "ipv4 first fragment (MF)",
+                ipv4(17, 0x2000, 0, &udp(DATA_PORT, 32)),
+                Pass,
+            ),
             ("vlan tagged", vlan, Pass),
             ("ipv4 header says version 6", bad_version, Pass),
             ("ipv4 ihl 4", short_ihl, Pass),
             ("ipv6 header says version 4", v6_as_v4, Pass),
             ("udp header cut short", udp_header_cut, Pass),
-            ("ipv4 header cut short", ipv4(17, 0, 0, &[])[..30].to_vec(), Pass),
+            (
+                "ipv4 header cut short",
+                ipv4(17, 0, 0, &[])[..30].to_vec(),
+                Pass,
+            ),
             ("ethernet header only", eth(0x0800), Pass),
         ]
     }
@@ -361,7 +438,10 @@ mod tests {
         for (i, insn) in insns.iter().enumerate() {
             if insn.code & 0x07 == 0x05 && insn.code != JMP_CALL && insn.code != JMP_EXIT {
                 let target = i as i64 + 1 + i64::from(insn.off);
-                assert!(target > i as i64 && (target as usize) < insns.len(), "insn {i} jumps to {target}");
+                assert!(
+                    target > i as i64 && (target as usize) < insns.len(),
+                    "insn {i} jumps to {target}"
+                );
             }
         }
         assert_eq!(insns.last().unwrap().code, JMP_EXIT);
@@ -375,25 +455,44 @@ mod tests {
         use std::os::fd::AsRawFd;
         // In a test run no socket is in the map, so a redirect returns
         // the miss action: DROP here marks "would redirect".
-        let test_build = super::super::bpf::load_xdp_program(&program(&PORTS, map.as_raw_fd(), XDP_DROP))
-            .expect("verifier accepts the filter");
-        let service_build = super::super::bpf::load_xdp_program(&program(&PORTS, map.as_raw_fd(), XDP_PASS))
-            .expect("verifier accepts the service build");
+        let test_build =
+            super::super::bpf::load_xdp_program(&program(&PORTS, map.as_raw_fd(), XDP_DROP))
+                .expect("verifier accepts the filter");
+        let service_build =
+            super::super::bpf::load_xdp_program(&program(&PORTS, map.as_raw_fd(), XDP_PASS))
+                .expect("verifier accepts the service build");
         for (name, frame, want) in frames() {
             if frame.len() < ETH_HLEN {
                 continue; // the kernel refuses test frames shorter than Ethernet
             }
-            let got = super::super::bpf::test_run(&test_build, &frame).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let expect = if want == Verdict::Redirect { XDP_DROP } else { XDP_PASS };
+            let got = super::super::bpf::test_run(&test_build, &frame)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let expect = if want == Verdict::Redirect {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            };
             assert_eq!(got, expect, "{name}: kernel verdict {got}");
             // The service build never drops: an empty queue slot passes.
-            assert_eq!(super::super::bpf::test_run(&service_build, &frame).unwrap(), XDP_PASS, "{name}");
+            assert_eq!(
+                super::super::bpf::test_run(&service_build, &frame).unwrap(),
+                XDP_PASS,
+                "{name}"
+            );
         }
         // Port list baked in at load: a program for the VXLAN port alone
         // passes the data-port frame.
-        let vxlan_only = super::super::bpf::load_xdp_program(&program(&[VXLAN_PORT], map.as_raw_fd(), XDP_DROP)).unwrap();
+        let vxlan_only =
+            super::super::bpf::load_xdp_program(&program(&[VXLAN_PORT], map.as_raw_fd(), XDP_DROP))
+                .unwrap();
         let frames = frames();
-        assert_eq!(super::super::bpf::test_run(&vxlan_only, &frames[0].1).unwrap(), XDP_PASS);
-        assert_eq!(super::super::bpf::test_run(&vxlan_only, &frames[1].1).unwrap(), XDP_DROP);
+        assert_eq!(
+            super::super::bpf::test_run(&vxlan_only, &frames[0].1).unwrap(),
+            XDP_PASS
+        );
+        assert_eq!(
+            super::super::bpf::test_run(&vxlan_only, &frames[1].1).unwrap(),
+            XDP_DROP
+        );
     }
 }

@@ -26,7 +26,13 @@ pub struct Endpoints {
 
 /// Length of all headers in front of the UDP payload.
 pub fn header_len(ipv6: bool) -> usize {
-    ethernet::HEADER_LEN + if ipv6 { ipv6::HEADER_LEN } else { ipv4::HEADER_LEN } + udp::HEADER_LEN
+    ethernet::HEADER_LEN
+        + if ipv6 {
+            ipv6::HEADER_LEN
+        } else {
+            ipv4::HEADER_LEN
+        }
+        + udp::HEADER_LEN
 }
 
 /// Writes a full frame carrying `payload` into `buf` and returns its length.
@@ -47,7 +53,11 @@ pub fn build(buf: &mut [u8], ends: &Endpoints, payload: &[u8]) -> Option<usize> 
     eth.emit(&mut ethernet::Frame::new_unchecked(&mut buf[..]));
     let ip_at = ethernet::HEADER_LEN;
     let udp_at = header_len(v6) - udp::HEADER_LEN;
-    let udp_repr = udp::Repr { src_port: ends.src.port(), dst_port: ends.dst.port(), payload_len: payload.len() };
+    let udp_repr = udp::Repr {
+        src_port: ends.src.port(),
+        dst_port: ends.dst.port(),
+        payload_len: payload.len(),
+    };
     {
         let mut datagram = udp::Packet::new_unchecked(&mut buf[udp_at..]);
         udp_repr.emit(&mut datagram).ok()?;
@@ -72,7 +82,8 @@ pub fn build(buf: &mut [u8], ends: &Endpoints, payload: &[u8]) -> Option<usize> 
                 more_frags: false,
                 frag_offset: 0,
             };
-            repr.emit(&mut ipv4::Packet::new_unchecked(&mut buf[ip_at..])).ok()?;
+            repr.emit(&mut ipv4::Packet::new_unchecked(&mut buf[ip_at..]))
+                .ok()?;
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let repr = ipv6::Repr {
@@ -84,7 +95,8 @@ pub fn build(buf: &mut [u8], ends: &Endpoints, payload: &[u8]) -> Option<usize> 
                 traffic_class: 0,
                 flow_label: 0,
             };
-            repr.emit(&mut ipv6::Packet::new_unchecked(&mut buf[ip_at..])).ok()?;
+            repr.emit(&mut ipv6::Packet::new_unchecked(&mut buf[ip_at..]))
+                .ok()?;
         }
         _ => return None,
     }
@@ -132,7 +144,12 @@ pub fn parse(frame: &[u8]) -> Option<Received> {
                 return None;
             }
             let start = ip_at + ipv6::HEADER_LEN;
-            (repr.src_addr.into(), repr.dst_addr.into(), start, start + repr.payload_len)
+            (
+                repr.src_addr.into(),
+                repr.dst_addr.into(),
+                start,
+                start + repr.payload_len,
+            )
         }
         _ => return None,
     };
@@ -178,7 +195,10 @@ mod tests {
         assert_eq!(got.dst, e.dst);
         assert_eq!(&frame[got.payload], b"weft payload");
         // The filter redirects what this builds.
-        assert_eq!(super::super::filter::classify(frame, &[6783]), super::super::filter::Verdict::Redirect);
+        assert_eq!(
+            super::super::filter::classify(frame, &[6783]),
+            super::super::filter::Verdict::Redirect
+        );
     }
 
     #[test]

@@ -31,7 +31,9 @@ use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 use crate::wire::ethernet::MacAddr;
@@ -155,7 +157,9 @@ pub struct XdpUnderlay {
 /// Removes a weft XDP program a killed process left on `ifindex`. A
 /// program by any other name is not weft's: refuse rather than replace it.
 fn clear_stale(rtnl: &mut Rtnl, interface: &str, ifindex: u32) -> Result<(), String> {
-    let Some((id, mode)) = rtnl.xdp_program(ifindex).map_err(|e| e.to_string())? else { return Ok(()) };
+    let Some((id, mode)) = rtnl.xdp_program(ifindex).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
     let name = bpf::program_name(id).unwrap_or_else(|e| format!("<unreadable: {e}>"));
     if name != bpf::PROGRAM_NAME {
         return Err(format!(
@@ -163,8 +167,13 @@ fn clear_stale(rtnl: &mut Rtnl, interface: &str, ifindex: u32) -> Result<(), Str
              remove it (`ip link set dev {interface} xdp off`) or use --mode udp"
         ));
     }
-    rtnl.set_xdp(ifindex, -1, mode.flag()).map_err(|e| format!("removing stale weft program id {id}: {e}"))?;
-    tracing::warn!(interface, program_id = id, "removed a stale weft XDP program left by a process that did not exit cleanly");
+    rtnl.set_xdp(ifindex, -1, mode.flag())
+        .map_err(|e| format!("removing stale weft program id {id}: {e}"))?;
+    tracing::warn!(
+        interface,
+        program_id = id,
+        "removed a stale weft XDP program left by a process that did not exit cleanly"
+    );
     Ok(())
 }
 
@@ -177,7 +186,14 @@ fn program_id(program: &OwnedFd) -> u32 {
     attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
     // SAFETY: BPF_OBJ_GET_INFO_BY_FD (15) with a valid attr and buffer.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, 15, attr.as_mut_ptr(), attr.len() as libc::c_uint) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            15,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
     if rc < 0 {
         return 0;
     }
@@ -189,7 +205,13 @@ fn is_zero_copy(fd: RawFd) -> bool {
     let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
     // SAFETY: getsockopt(XDP_OPTIONS) writes a u32 flags word.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_XDP, libc::XDP_OPTIONS, &mut options as *mut u32 as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_OPTIONS,
+            &mut options as *mut u32 as *mut libc::c_void,
+            &mut len,
+        )
     };
     rc == 0 && options & libc::XDP_OPTIONS_ZEROCOPY != 0
 }
@@ -201,8 +223,12 @@ fn open_queue(interface: &str, queue: u32) -> Result<QueueSocket, String> {
         .comp_queue_size(QueueSize::new(TX_FRAMES).map_err(|e| e.to_string())?)
         .build()
         .map_err(|e| e.to_string())?;
-    let (umem, mut frames) = Umem::new(umem_config, NonZeroU32::new(RX_FRAMES + TX_FRAMES).unwrap(), false)
-        .map_err(|e| format!("create UMEM: {e}: {}", source_of(&e)))?;
+    let (umem, mut frames) = Umem::new(
+        umem_config,
+        NonZeroU32::new(RX_FRAMES + TX_FRAMES).unwrap(),
+        false,
+    )
+    .map_err(|e| format!("create UMEM: {e}: {}", source_of(&e)))?;
     let socket_config = SocketConfig::builder()
         .rx_queue_size(QueueSize::new(RX_FRAMES).map_err(|e| e.to_string())?)
         .tx_queue_size(QueueSize::new(TX_FRAMES).map_err(|e| e.to_string())?)
@@ -228,7 +254,10 @@ fn open_queue(interface: &str, queue: u32) -> Result<QueueSocket, String> {
                     std::thread::sleep(Duration::from_millis(50));
                     continue;
                 }
-                return Err(format!("bind AF_XDP socket to queue {queue}: {e}: {}", source_of(&e)));
+                return Err(format!(
+                    "bind AF_XDP socket to queue {queue}: {e}: {}",
+                    source_of(&e)
+                ));
             }
         }
     };
@@ -237,14 +266,28 @@ fn open_queue(interface: &str, queue: u32) -> Result<QueueSocket, String> {
     // SAFETY: these frames belong to this UMEM and are not used elsewhere.
     let filled = unsafe { fill.produce(&frames) };
     if filled != frames.len() {
-        return Err(format!("fill ring took {filled} of {} frames", frames.len()));
+        return Err(format!(
+            "fill ring took {filled} of {} frames",
+            frames.len()
+        ));
     }
     let zero_copy = is_zero_copy(rx.fd().as_raw_fd());
-    Ok(QueueSocket { umem, fill, comp, tx, rx, tx_free, refill: Vec::with_capacity(BATCH), zero_copy })
+    Ok(QueueSocket {
+        umem,
+        fill,
+        comp,
+        tx,
+        rx,
+        tx_free,
+        refill: Vec::with_capacity(BATCH),
+        zero_copy,
+    })
 }
 
 fn source_of(e: &dyn std::error::Error) -> String {
-    e.source().map(|s| s.to_string()).unwrap_or_else(|| "no OS error".to_string())
+    e.source()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "no OS error".to_string())
 }
 
 impl XdpUnderlay {
@@ -254,19 +297,42 @@ impl XdpUnderlay {
     /// filter (native mode, else generic), binds one socket per RX queue.
     pub fn open(config: &XdpConfig, kernel: UdpSocket) -> Result<XdpUnderlay, XdpError> {
         let interface = config.interface.clone();
-        let fail = |step: &'static str, detail: String| XdpError { interface: interface.clone(), step, detail };
-        let local_port = kernel.local_addr().map_err(|e| fail("read the UDP socket's port", e.to_string()))?.port();
-        kernel.set_nonblocking(true).map_err(|e| fail("make the UDP socket non-blocking", e.to_string()))?;
+        let fail = |step: &'static str, detail: String| XdpError {
+            interface: interface.clone(),
+            step,
+            detail,
+        };
+        let local_port = kernel
+            .local_addr()
+            .map_err(|e| fail("read the UDP socket's port", e.to_string()))?
+            .port();
+        kernel
+            .set_nonblocking(true)
+            .map_err(|e| fail("make the UDP socket non-blocking", e.to_string()))?;
         let mut ports = vec![local_port];
-        ports.extend(config.extra_ports.iter().copied().filter(|p| *p != local_port));
+        ports.extend(
+            config
+                .extra_ports
+                .iter()
+                .copied()
+                .filter(|p| *p != local_port),
+        );
         ports.truncate(filter::MAX_PORTS);
 
         let mut rtnl = Rtnl::open().map_err(|e| fail("open route netlink", e.to_string()))?;
-        let link = rtnl
-            .link(&interface)
-            .map_err(|e| fail("find the interface", format!("{e} (is {interface} an interface of this host?)")))?;
+        let link = rtnl.link(&interface).map_err(|e| {
+            fail(
+                "find the interface",
+                format!("{e} (is {interface} an interface of this host?)"),
+            )
+        })?;
         let ifindex = link.index;
-        let mac = link.mac.ok_or_else(|| fail("read the interface MAC", "not an Ethernet interface".to_string()))?;
+        let mac = link.mac.ok_or_else(|| {
+            fail(
+                "read the interface MAC",
+                "not an Ethernet interface".to_string(),
+            )
+        })?;
         let mtu = link.mtu as usize;
         let max_frame = (FRAME_SIZE - XDP_PACKET_HEADROOM) as usize;
         if mtu + 14 > max_frame {
@@ -277,13 +343,18 @@ impl XdpUnderlay {
         }
         let queues = link.rx_queues;
 
-        clear_stale(&mut rtnl, &interface, ifindex).map_err(|d| fail("clear a stale XDP program", d))?;
+        clear_stale(&mut rtnl, &interface, ifindex)
+            .map_err(|d| fail("clear a stale XDP program", d))?;
 
         let map = bpf::create_xsk_map(queues).map_err(|e| {
-            fail("create the XSKMAP", format!("{e} (needs CAP_BPF/CAP_NET_ADMIN and CONFIG_XDP_SOCKETS)"))
+            fail(
+                "create the XSKMAP",
+                format!("{e} (needs CAP_BPF/CAP_NET_ADMIN and CONFIG_XDP_SOCKETS)"),
+            )
         })?;
         let insns = filter::program(&ports, map.as_raw_fd(), filter::XDP_PASS);
-        let program = bpf::load_xdp_program(&insns).map_err(|e| fail("load the XDP filter program", e.to_string()))?;
+        let program = bpf::load_xdp_program(&insns)
+            .map_err(|e| fail("load the XDP filter program", e.to_string()))?;
 
         // Sockets first, program second: the program only ever redirects
         // to a queue that has a socket, and redirects to empty slots pass.
@@ -294,7 +365,11 @@ impl XdpUnderlay {
                 // More queues allocated than active (e.g. channels reduced
                 // with ethtool): the active ones come first.
                 Err(d) if queue > 0 && d.contains("Invalid argument") => {
-                    tracing::info!(interface, queue, "queue not active; using {queue} AF_XDP sockets: {d}");
+                    tracing::info!(
+                        interface,
+                        queue,
+                        "queue not active; using {queue} AF_XDP sockets: {d}"
+                    );
                     break;
                 }
                 Err(d) => return Err(fail("open an AF_XDP socket", d)),
@@ -305,15 +380,26 @@ impl XdpUnderlay {
         }
 
         let flags = rtnl::XDP_FLAGS_UPDATE_IF_NOEXIST;
-        let attach = match rtnl.set_xdp(ifindex, program.as_raw_fd(), flags | rtnl::XDP_FLAGS_DRV_MODE) {
+        let attach = match rtnl.set_xdp(
+            ifindex,
+            program.as_raw_fd(),
+            flags | rtnl::XDP_FLAGS_DRV_MODE,
+        ) {
             Ok(()) => AttachMode::Native,
-            Err(native) => match rtnl.set_xdp(ifindex, program.as_raw_fd(), flags | rtnl::XDP_FLAGS_SKB_MODE) {
+            Err(native) => match rtnl.set_xdp(
+                ifindex,
+                program.as_raw_fd(),
+                flags | rtnl::XDP_FLAGS_SKB_MODE,
+            ) {
                 Ok(()) => {
                     tracing::info!(interface, %native, "native XDP refused; using generic (SKB) mode");
                     AttachMode::Generic
                 }
                 Err(generic) => {
-                    return Err(fail("attach the XDP program", format!("native mode: {native}; generic mode: {generic}")))
+                    return Err(fail(
+                        "attach the XDP program",
+                        format!("native mode: {native}; generic mode: {generic}"),
+                    ))
                 }
             },
         };
@@ -350,7 +436,11 @@ impl XdpUnderlay {
             AttachMode::Offload => "offload",
             AttachMode::Multi => "multi",
         };
-        let copy = if self.sockets.iter().all(|s| s.zero_copy) { "zero-copy" } else { "copy" };
+        let copy = if self.sockets.iter().all(|s| s.zero_copy) {
+            "zero-copy"
+        } else {
+            "copy"
+        };
         format!("{attach}, {copy}")
     }
 
@@ -396,7 +486,9 @@ impl XdpUnderlay {
                 self.refill_all();
                 self.take_rx_batch();
             }
-            let Some((index, desc)) = self.rx_pending.pop_front() else { break };
+            let Some((index, desc)) = self.rx_pending.pop_front() else {
+                break;
+            };
             let socket = &mut self.sockets[index];
             // SAFETY: desc came from this socket's RX ring, so it is a frame
             // of this UMEM the kernel has handed over and not yet got back.
@@ -433,7 +525,8 @@ impl XdpUnderlay {
         for (index, socket) in self.sockets.iter_mut().enumerate() {
             // SAFETY: the descriptors are filled from this socket's RX ring.
             let n = unsafe { socket.rx.consume(&mut descs) };
-            self.rx_pending.extend(descs[..n].iter().map(|d| (index, *d)));
+            self.rx_pending
+                .extend(descs[..n].iter().map(|d| (index, *d)));
         }
     }
 
@@ -467,17 +560,37 @@ impl XdpUnderlay {
             None => true,
             Some(hop) => {
                 let age = now.saturating_duration_since(hop.checked);
-                age >= if hop.mac.is_some() { NEIGHBOUR_RECHECK } else { NEIGHBOUR_RETRY }
+                age >= if hop.mac.is_some() {
+                    NEIGHBOUR_RECHECK
+                } else {
+                    NEIGHBOUR_RETRY
+                }
             }
         };
         if stale {
             let route = self.rtnl.route_to(dst).ok();
             let on_interface = route.is_some_and(|r| r.oif == self.ifindex);
             let gateway = route.and_then(|r| r.gateway).unwrap_or(dst);
-            let mac = if on_interface { self.rtnl.neighbour(self.ifindex, gateway).ok().flatten() } else { None };
+            let mac = if on_interface {
+                self.rtnl.neighbour(self.ifindex, gateway).ok().flatten()
+            } else {
+                None
+            };
             let src = self.source.or(route.and_then(|r| r.prefsrc));
-            let kernel_due = self.neighbours.get(&dst).map_or(now + KERNEL_REFRESH, |h| h.kernel_due);
-            self.neighbours.insert(dst, NextHop { mac, src, on_interface, checked: now, kernel_due });
+            let kernel_due = self
+                .neighbours
+                .get(&dst)
+                .map_or(now + KERNEL_REFRESH, |h| h.kernel_due);
+            self.neighbours.insert(
+                dst,
+                NextHop {
+                    mac,
+                    src,
+                    on_interface,
+                    checked: now,
+                    kernel_due,
+                },
+            );
         }
         let hop = self.neighbours.get_mut(&dst)?;
         if !hop.on_interface {
@@ -536,7 +649,10 @@ impl XdpUnderlay {
         };
         if built.is_none() {
             socket.tx_free.push(desc);
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "source and destination families differ"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "source and destination families differ",
+            ));
         }
         // SAFETY: the frame is ours and now handed to the kernel until it
         // comes back on the completion ring.
@@ -585,7 +701,9 @@ impl Drop for XdpUnderlay {
                 }
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(interface = %self.interface, "could not query the XDP program: {e}"),
+            Err(e) => {
+                tracing::warn!(interface = %self.interface, "could not query the XDP program: {e}")
+            }
         }
         // The sockets and UMEMs close as the fields drop, after the
         // program stopped redirecting to them.

@@ -165,7 +165,13 @@ impl Rtnl {
     /// Opens a NETLINK_ROUTE socket.
     pub fn open() -> io::Result<Rtnl> {
         // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -173,7 +179,10 @@ impl Rtnl {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Errors about a request come back in-band (NLMSG_ERROR); a read
         // timeout keeps a lost reply from hanging the router.
-        let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
         // SAFETY: setsockopt with a timeval of the right size.
         unsafe {
             libc::setsockopt(
@@ -189,7 +198,13 @@ impl Rtnl {
 
     /// Sends one request and collects the payloads (after the nlmsghdr) of
     /// every reply message of type `want` until the request is complete.
-    fn request(&mut self, kind: u16, flags: u16, body: &[u8], want: u16) -> io::Result<Vec<Vec<u8>>> {
+    fn request(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        body: &[u8],
+        want: u16,
+    ) -> io::Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut msg = Vec::with_capacity(16 + body.len());
@@ -209,7 +224,8 @@ impl Rtnl {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             // SAFETY: recv into our buffer of the given length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -229,7 +245,10 @@ impl Rtnl {
                 match mtype {
                     NLMSG_DONE => return Ok(replies),
                     NLMSG_ERROR => {
-                        let code = payload.get(..4).map(|b| i32::from_ne_bytes(b.try_into().unwrap())).unwrap_or(0);
+                        let code = payload
+                            .get(..4)
+                            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                            .unwrap_or(0);
                         if code == 0 {
                             return Ok(replies); // ACK
                         }
@@ -262,11 +281,19 @@ impl Rtnl {
         cname.push(0);
         push_attr(&mut body, IFLA_IFNAME, &cname);
         let replies = self.request(RTM_GETLINK, 0, &body, 16)?;
-        let reply = replies
-            .first()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}")))?;
-        let index = reply.get(4..8).map(|b| i32::from_ne_bytes(b.try_into().unwrap()) as u32).unwrap_or(0);
-        let mut link = Link { index, mac: None, mtu: 1500, rx_queues: 1 };
+        let reply = replies.first().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))
+        })?;
+        let index = reply
+            .get(4..8)
+            .map(|b| i32::from_ne_bytes(b.try_into().unwrap()) as u32)
+            .unwrap_or(0);
+        let mut link = Link {
+            index,
+            mac: None,
+            mtu: 1500,
+            rx_queues: 1,
+        };
         for (kind, payload) in attrs(reply.get(16..).unwrap_or(&[])) {
             match kind {
                 IFLA_ADDRESS => link.mac = MacAddr::from_bytes(payload),
@@ -282,7 +309,9 @@ impl Rtnl {
     /// None when there is none.
     pub fn xdp_program(&mut self, ifindex: u32) -> io::Result<Option<(u32, AttachMode)>> {
         let replies = self.request(RTM_GETLINK, 0, &Self::ifinfomsg(ifindex), 16)?;
-        let Some(link) = replies.first() else { return Ok(None) };
+        let Some(link) = replies.first() else {
+            return Ok(None);
+        };
         let mut attached = 0u8;
         let mut prog_id = 0u32;
         for (kind, payload) in attrs(link.get(16..).unwrap_or(&[])) {
@@ -326,7 +355,11 @@ impl Rtnl {
         let reply = replies
             .first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no route to {dst}")))?;
-        let mut route = Route { oif: 0, gateway: None, prefsrc: None };
+        let mut route = Route {
+            oif: 0,
+            gateway: None,
+            prefsrc: None,
+        };
         for (kind, payload) in attrs(reply.get(12..).unwrap_or(&[])) {
             match kind {
                 RTA_OIF => route.oif = u32_of(payload).unwrap_or(0),
@@ -345,7 +378,9 @@ impl Rtnl {
         body[0] = family(ip);
         let replies = self.request(RTM_GETNEIGH, NLM_F_DUMP, &body, 28)?;
         for reply in replies {
-            let Some(header) = reply.get(..12) else { continue };
+            let Some(header) = reply.get(..12) else {
+                continue;
+            };
             let index = u32::from_ne_bytes(header[4..8].try_into().unwrap());
             let state = u16::from_ne_bytes([header[8], header[9]]);
             if index != ifindex || state & NUD_USABLE == 0 {
