@@ -89,6 +89,10 @@ pub struct Facts {
     pub kernel_release: String,
     /// Where `kernel_release` came from ("uname" or "--assume-kernel").
     pub kernel_source: String,
+    /// The kernel's build string: Ubuntu's `/proc/version_signature` where
+    /// present, else `uname -v`, or the `--assume-kernel-build` value. Debian
+    /// and Ubuntu name the stable patch level only here.
+    pub kernel_build: String,
     /// The underlay interface name, or why it could not be found.
     pub underlay_iface: Result<String, String>,
     /// How the underlay interface was chosen (for the check line).
@@ -122,6 +126,8 @@ pub struct Facts {
 pub struct Assumptions {
     /// `--assume-kernel RELEASE`.
     pub kernel: Option<String>,
+    /// `--assume-kernel-build BUILD` (what `uname -v` would say).
+    pub kernel_build: Option<String>,
     /// `--assume-mtu N`.
     pub mtu: Option<u32>,
     /// `--assume-ufo on|off` (true = on).
@@ -184,6 +190,7 @@ impl Facts {
         Facts {
             kernel_release: kernel_release(),
             kernel_source: "uname".to_string(),
+            kernel_build: kernel_build(),
             underlay_iface,
             underlay_source,
             underlay_ipv6,
@@ -205,6 +212,12 @@ impl Facts {
         if let Some(kernel) = &assume.kernel {
             self.kernel_release = kernel.clone();
             self.kernel_source = "--assume-kernel".to_string();
+            // The host's build string describes the host's kernel, not the
+            // assumed one.
+            self.kernel_build = String::new();
+        }
+        if let Some(build) = &assume.kernel_build {
+            self.kernel_build = build.clone();
         }
         if let Some(mtu) = assume.mtu {
             self.underlay_mtu = Ok(mtu);
@@ -224,6 +237,29 @@ impl Facts {
             self.af_xdp = Finding::new(state, format!("{what} (--assume-xdp)"));
         }
     }
+}
+
+/// The running kernel's build string: Ubuntu's `/proc/version_signature`
+/// (`Ubuntu 5.15.0-91.101-generic 5.15.131`) where it exists, else `uname -v`
+/// (`#1 SMP PREEMPT_DYNAMIC Debian 6.1.172-1 (2026-05-22)`).
+pub fn kernel_build() -> String {
+    if let Ok(signature) = std::fs::read_to_string("/proc/version_signature") {
+        return signature.trim().to_string();
+    }
+    // SAFETY: utsname is plain bytes; uname fills it with NUL-terminated strings.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel NUL-terminates version within the array.
+    let version = unsafe { CStr::from_ptr(uts.version.as_ptr()) };
+    version.to_string_lossy().into_owned()
+}
+
+/// The running kernel's release parsed with its build string (see
+/// [`KernelRelease::parse_with_build`]).
+pub fn running_kernel() -> Result<super::kernel::KernelRelease, super::kernel::KernelParseError> {
+    super::kernel::KernelRelease::parse_with_build(&kernel_release(), &kernel_build())
 }
 
 /// `uname -r` of the running kernel.
@@ -684,6 +720,7 @@ pub(crate) mod tests {
         let mut facts = gather(UnderlaySelector::Iface("lo".into()));
         facts.apply(&Assumptions {
             kernel: Some("3.10.0-123.el7.x86_64".into()),
+            kernel_build: Some("#1 SMP Debian 6.1.172-1".into()),
             mtu: Some(1450),
             ufo: Some(true),
             ovs: Some(true),
@@ -691,6 +728,7 @@ pub(crate) mod tests {
         });
         assert_eq!(facts.kernel_release, "3.10.0-123.el7.x86_64");
         assert_eq!(facts.kernel_source, "--assume-kernel");
+        assert_eq!(facts.kernel_build, "#1 SMP Debian 6.1.172-1");
         assert_eq!(facts.underlay_mtu, Ok(1450));
         assert_eq!(facts.ufo.state, Offload::On);
         assert_eq!(facts.ovs_datapath.state, Tri::Yes);

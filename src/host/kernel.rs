@@ -64,6 +64,11 @@ pub struct KernelRelease {
     pub upstream: KernelVersion,
     /// The distribution build, if any.
     pub distro: DistroBuild,
+    /// The distribution package the kernel was built from, when the build
+    /// string names one (`Debian 6.1.172-1`): Debian and Ubuntu keep the
+    /// stable patch level out of `uname -r` (`6.1.0-48-amd64` is 6.1.172),
+    /// so `upstream` was taken from here.
+    pub package: Option<String>,
 }
 
 /// Why a release string could not be understood. Callers treat an
@@ -148,7 +153,28 @@ impl KernelRelease {
             raw: raw.to_string(),
             upstream,
             distro,
+            package: None,
         })
+    }
+
+    /// Parses `release` (`uname -r`) and refines its upstream version with
+    /// the build string (`uname -v`, or Ubuntu's `/proc/version_signature`)
+    /// where that names the distribution package: Debian's
+    /// `#1 SMP PREEMPT_DYNAMIC Debian 6.1.172-1 (2026-05-22)` says that
+    /// `6.1.0-48-amd64` is upstream 6.1.172. Only a package version with the
+    /// same major.minor as the release is taken. Total, like [`Self::parse`].
+    pub fn parse_with_build(release: &str, build: &str) -> Result<KernelRelease, KernelParseError> {
+        let mut parsed = KernelRelease::parse(release)?;
+        if let Some((version, package)) = package_version(build) {
+            if version.major == parsed.upstream.major
+                && version.minor == parsed.upstream.minor
+                && version.patch >= parsed.upstream.patch
+            {
+                parsed.upstream = version;
+                parsed.package = Some(package);
+            }
+        }
+        Ok(parsed)
     }
 
     /// The el7 build number when this is a RHEL/CentOS 7 kernel.
@@ -170,9 +196,41 @@ impl KernelRelease {
                     join_build(build)
                 )
             }
-            _ => format!("upstream {}", self.upstream),
+            _ => match &self.package {
+                Some(package) => format!("upstream {}, from {package}", self.upstream),
+                None => format!("upstream {}", self.upstream),
+            },
         }
     }
+}
+
+/// The upstream version and package named in a kernel build string:
+/// `... Debian 6.1.172-1 (...)` or Ubuntu's version signature
+/// `Ubuntu 5.15.0-91.101-generic 5.15.131`. None when it names neither.
+fn package_version(build: &str) -> Option<(KernelVersion, String)> {
+    let words: Vec<&str> = build.split_whitespace().collect();
+    if let Some(at) = words.iter().position(|w| *w == "Debian") {
+        let package = words.get(at + 1)?;
+        let version = leading_version(package)?;
+        return Some((version, format!("Debian {package}")));
+    }
+    if words.first() == Some(&"Ubuntu") && words.len() >= 3 {
+        let version = leading_version(words.get(2)?)?;
+        return Some((version, format!("Ubuntu {}", words.get(1)?)));
+    }
+    None
+}
+
+/// `6.1.172-1` -> 6.1.172; needs all three numbers.
+fn leading_version(text: &str) -> Option<KernelVersion> {
+    let end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let mut numbers = text.get(..end)?.split('.').map(|n| n.parse::<u32>().ok());
+    let major = numbers.next()??;
+    let minor = numbers.next()??;
+    let patch = numbers.next()??;
+    Some(KernelVersion::new(major, minor, patch))
 }
 
 /// Formats a dotted build number (`[327, 10, 1]` -> `327.10.1`).
@@ -378,6 +436,38 @@ mod tests {
                 .el7_build(),
             None
         );
+    }
+
+    #[test]
+    fn build_string_gives_debian_and_ubuntu_patch_levels() {
+        let debian = KernelRelease::parse_with_build(
+            "6.1.0-48-amd64",
+            "#1 SMP PREEMPT_DYNAMIC Debian 6.1.172-1 (2026-05-22)",
+        )
+        .unwrap();
+        assert_eq!(debian.upstream, KernelVersion::new(6, 1, 172));
+        assert_eq!(debian.package.as_deref(), Some("Debian 6.1.172-1"));
+        assert_eq!(debian.describe(), "upstream 6.1.172, from Debian 6.1.172-1");
+        let ubuntu = KernelRelease::parse_with_build(
+            "5.15.0-91-generic",
+            "Ubuntu 5.15.0-91.101-generic 5.15.131",
+        )
+        .unwrap();
+        assert_eq!(ubuntu.upstream, KernelVersion::new(5, 15, 131));
+        // Nothing usable, or another series: the release alone decides.
+        for build in [
+            "#1 SMP PREEMPT_DYNAMIC Thu Jan  1 00:00:00 UTC 2026",
+            "#1 SMP Debian 5.10.209-2 (2024-01-31)",
+            "Debian",
+            "Debian 6.1",
+            "Ubuntu x y",
+            "",
+        ] {
+            let r = KernelRelease::parse_with_build("6.1.0-48-amd64", build).unwrap();
+            assert_eq!(r.upstream, KernelVersion::new(6, 1, 0), "{build:?}");
+            assert_eq!(r.package, None, "{build:?}");
+        }
+        assert!(KernelRelease::parse_with_build("garbage", "Debian 6.1.172-1").is_err());
     }
 
     #[test]

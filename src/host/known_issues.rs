@@ -182,7 +182,34 @@ pub static KNOWN_ISSUES: &[KnownIssue] = &[
         rules_out: &[Datapath::Fastdp],
         source: "weaveworks/weave#1853 (CoreOS, Linux 4.3; torvalds/linux commit 614732eaa12d), weaveworks/weave#2376",
     },
+    KnownIssue {
+        id: "ovs-tunnel-vport-release-hang",
+        kernels: KernelRange {
+            upstream: Some(VersionRange {
+                from: Some(KernelVersion::new(6, 1, 168)),
+                before: Some(KernelVersion::new(6, 1, 175)),
+            }),
+            el7: El7Scope::AsUpstream,
+        },
+        condition: Condition::Always,
+        consequence: "deleting an OVS VXLAN vport never completes (unregister_netdevice: waiting for vxlan_sys_PORT to become free): the datapath, its network namespace and weft's exit hang",
+        mitigation: "upgrade to Linux 6.1.175 or later (Debian 12: linux-image-6.1.0-50-amd64, 6.1.176-1, or later); weft uses the userspace datapath meanwhile",
+        rules_out: &[Datapath::Fastdp],
+        source: "Linux 6.1.168 took \"net: openvswitch: Avoid releasing netdev before teardown completes\" and \"openvswitch: defer tunnel netdev_put to RCU release\"; 6.1.175 has \"openvswitch: vport: fix self-deadlock on release of tunnel ports\". weft's VM test (tests/vm/vport_teardown.sh) hangs on Debian 6.1.170-1 to 6.1.174-1 and completes on 6.1.164-1 and 6.1.176-1 and later; other stable series were not tested",
+    },
 ];
+
+/// The rows that rule out `datapath` on `release` whatever the host's
+/// configuration ([`Condition::Always`]): what `weft fastdp run`, which has no
+/// underlay facts, must refuse, and what a stuck kernel deletion is blamed on.
+pub fn kernel_blockers(release: &KernelRelease, datapath: Datapath) -> Vec<&'static KnownIssue> {
+    KNOWN_ISSUES
+        .iter()
+        .filter(|issue| issue.condition == Condition::Always)
+        .filter(|issue| issue.rules_out.contains(&datapath))
+        .filter(|issue| issue.kernels.contains(release))
+        .collect()
+}
 
 /// A row that applies to this host, with the evidence and the concrete fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,7 +225,7 @@ pub struct IssueMatch {
 /// The rows of [`KNOWN_ISSUES`] that apply to `facts`. An unparsable kernel
 /// release is returned as an error: the caller must be conservative.
 pub fn evaluate(facts: &Facts) -> Result<Vec<IssueMatch>, KernelParseError> {
-    let release = KernelRelease::parse(&facts.kernel_release)?;
+    let release = KernelRelease::parse_with_build(&facts.kernel_release, &facts.kernel_build)?;
     Ok(evaluate_release(&release, facts))
 }
 
@@ -269,6 +296,7 @@ pub(crate) mod tests {
         Facts {
             kernel_release: kernel.to_string(),
             kernel_source: "test".to_string(),
+            kernel_build: String::new(),
             underlay_iface: Ok("eth0".to_string()),
             underlay_source: "test".to_string(),
             underlay_ipv6: false,
@@ -375,6 +403,50 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn vport_release_hang_row_on_debian_6_1_builds() {
+        let row = "ovs-tunnel-vport-release-hang";
+        let debian = |release: &str, package: &str| {
+            let mut f = facts(release, 1500, Offload::Off);
+            f.kernel_build = format!("#1 SMP PREEMPT_DYNAMIC Debian {package} (2026-05-22)");
+            ids(&f)
+        };
+        // The builds the VM test saw hang, and the ones it saw complete.
+        for (release, package) in [
+            ("6.1.0-45-amd64", "6.1.170-1"),
+            ("6.1.0-47-amd64", "6.1.170-3"),
+            ("6.1.0-48-amd64", "6.1.172-1"),
+            ("6.1.0-49-amd64", "6.1.174-1"),
+        ] {
+            assert!(debian(release, package).contains(&row), "{package}");
+        }
+        for (release, package) in [
+            ("6.1.0-44-amd64", "6.1.164-1"),
+            ("6.1.0-50-amd64", "6.1.176-1"),
+            ("6.1.0-56-amd64", "6.1.192-2"),
+        ] {
+            assert!(!debian(release, package).contains(&row), "{package}");
+        }
+        // Without the build string a Debian release says 6.1.0: not matched.
+        assert!(!ids(&facts("6.1.0-48-amd64", 1500, Offload::Off)).contains(&row));
+        // Plain upstream releases by their own numbers; other series untouched.
+        assert!(ids(&facts("6.1.168", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("6.1.175", 1500, Offload::Off)).contains(&row));
+        assert!(!ids(&facts("6.6.170", 1500, Offload::Off)).contains(&row));
+        let matched = {
+            let mut f = facts("6.1.0-48-amd64", 1500, Offload::Off);
+            f.kernel_build = "#1 SMP PREEMPT_DYNAMIC Debian 6.1.172-1 (2026-05-22)".into();
+            evaluate(&f).unwrap()
+        };
+        let m = matched.iter().find(|m| m.issue.id == row).unwrap();
+        assert!(m.why.contains("from Debian 6.1.172-1"), "{}", m.why);
+        let release = KernelRelease::parse("6.1.170").unwrap();
+        let blockers = kernel_blockers(&release, Datapath::Fastdp);
+        assert_eq!(blockers.len(), 1);
+        assert_eq!(blockers[0].id, row);
+        assert!(kernel_blockers(&release, Datapath::Udp).is_empty());
+    }
+
+    #[test]
     fn modern_kernels_match_nothing() {
         for kernel in [
             "6.18.44-fc-v669",
@@ -402,5 +474,6 @@ pub(crate) mod tests {
         assert_eq!(d[1], "upstream before 3.13.0; el7 builds 0 to before 229");
         assert_eq!(d[2], "el7 builds 327 and later (no fixed build known)");
         assert_eq!(d[3], "upstream 4.3.0 to before 4.5.0");
+        assert_eq!(d[4], "upstream 6.1.168 to before 6.1.175");
     }
 }

@@ -184,7 +184,7 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
         .unwrap_or("<underlay interface>");
 
     // Kernel release.
-    let release = KernelRelease::parse(&facts.kernel_release);
+    let release = KernelRelease::parse_with_build(&facts.kernel_release, &facts.kernel_build);
     match &release {
         Ok(release) => {
             let source = if facts.kernel_source == "uname" {
@@ -388,7 +388,10 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
             for datapath in m.issue.rules_out {
                 reject(
                     *datapath,
-                    format!("known kernel issue {}: {}", m.issue.id, m.why),
+                    format!(
+                        "known kernel issue {} ({}): {}",
+                        m.issue.id, m.issue.consequence, m.why
+                    ),
                 );
             }
         }

@@ -58,6 +58,10 @@ pub struct PreflightArgs {
     #[arg(long, value_name = "RELEASE")]
     pub assume_kernel: Option<String>,
 
+    /// Pretend the kernel build string (`uname -v`) is BUILD; Debian names the stable patch level there (e.g. "#1 SMP PREEMPT_DYNAMIC Debian 6.1.172-1 (2026-05-22)").
+    #[arg(long, value_name = "BUILD")]
+    pub assume_kernel_build: Option<String>,
+
     /// Pretend the underlay MTU is N (68..=65536).
     #[arg(long, value_name = "N", value_parser = parse_mtu)]
     pub assume_mtu: Option<u32>,
@@ -122,6 +126,7 @@ impl PreflightArgs {
     pub fn assumptions(&self) -> Result<Assumptions, String> {
         Ok(Assumptions {
             kernel: self.assume_kernel.clone(),
+            kernel_build: self.assume_kernel_build.clone(),
             mtu: self.assume_mtu.map(check_mtu).transpose()?,
             ufo: self.assume_ufo.map(|v| v == OnOff::On),
             ovs: self.assume_ovs.map(|v| v == YesNo::Yes),

@@ -617,7 +617,7 @@ impl Fastdp {
     pub fn shutdown(&mut self) {
         match self.dp.delete() {
             Ok(()) => tracing::info!("fastdp: deleted OVS datapath {}", self.cfg.datapath),
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => tracing::error!("fastdp: {e}"),
         }
     }
 }

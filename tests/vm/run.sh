@@ -55,7 +55,12 @@ stage_path() {
         printf '%s' "$p"
     fi
 }
-guest_script="$(stage_path "$guest_script")"
+# The guest script sources lib.sh beside it: stage its whole directory.
+if [[ "$guest_script" == /tmp/* || "$guest_script" == /run/* ]]; then
+    mkdir -p "$stage/vm"
+    cp -p "$(dirname "$guest_script")"/*.sh "$stage/vm/"
+    guest_script="$stage/vm/$(basename "$guest_script")"
+fi
 staged=()
 for a in "$@"; do
     if [[ -f "$a" ]]; then
@@ -132,7 +137,7 @@ poweroff -f
 INIT
 chmod +x "$init_dir/init"
 (cd "$init_dir" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
-say "kernel $kver, $n modules, guest script $guest_script, timeout ${limit}s"
+say "kernel $kver (Debian $(cat "$kroot/.version" 2>/dev/null || echo '?')), $n modules, guest script $guest_script, timeout ${limit}s"
 
 log="$work/console.log"
 set +e

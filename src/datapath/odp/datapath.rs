@@ -7,6 +7,7 @@ use super::attr::*;
 use super::genl::{resolve_family, GenlSocket, NlError, OvsMessage, Reply};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO};
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 /// The datapath's local port number (the internal device named like the datapath).
 pub const LOCAL_PORT: u32 = 0;
@@ -109,13 +110,13 @@ impl Datapath {
         let families = Families::resolve()?;
         let mut control = GenlSocket::open().map_err(|e| e.to_string())?;
         let upcalls = GenlSocket::open().map_err(|e| e.to_string())?;
-        match delete_by_name(&mut control, families, name) {
-            Ok(()) => tracing::info!(
+        if datapath_exists(&mut control, families, name) {
+            delete_with_deadline(name, DELETE_DEADLINE)
+                .map_err(|e| format!("a stale OVS datapath {name} from an earlier run: {e}"))?;
+            tracing::info!(
                 datapath = name,
                 "deleted a stale OVS datapath left by an earlier run"
-            ),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => {}
-            Err(e) => return Err(format!("deleting stale OVS datapath {name}: {e}")),
+            );
         }
         let replies = control
             .request_with(
@@ -189,18 +190,7 @@ impl Datapath {
         let families = Families::resolve()?;
         let mut control = GenlSocket::open().map_err(|e| e.to_string())?;
         let upcalls = GenlSocket::open().map_err(|e| e.to_string())?;
-        let replies = control
-            .request(
-                families.datapath,
-                &format!("looking up OVS datapath {name}"),
-                msg(
-                    CMD_GET,
-                    DATAPATH_VERSION,
-                    0,
-                    vec![Attr::string(DP_ATTR_NAME, name)],
-                ),
-            )
-            .map_err(|e| e.to_string())?;
+        let replies = lookup(&mut control, families, name).map_err(|e| e.to_string())?;
         let dp_ifindex = replies
             .first()
             .map(|m| m.dp_ifindex)
@@ -427,14 +417,188 @@ impl Datapath {
     }
 
     /// Deletes the datapath (and with it the local device, the VXLAN vport
-    /// and every flow).
-    pub fn delete(&mut self) -> Result<(), String> {
+    /// and every flow), waiting at most [`DELETE_DEADLINE`] for the kernel.
+    pub fn delete(&mut self) -> Result<(), DeleteError> {
         if !self.owned {
             return Ok(());
         }
         self.owned = false;
-        delete_by_name(&mut self.control, self.families, &self.name)
-            .map_err(|e| format!("deleting OVS datapath {}: {e}", self.name))
+        delete_with_deadline(&self.name, DELETE_DEADLINE)
+    }
+}
+
+/// How long weft waits for the kernel to delete a datapath. A healthy
+/// kernel takes milliseconds; some never finish (known kernel issue
+/// `ovs-tunnel-vport-release-hang`), and weft must still exit.
+pub const DELETE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why a datapath could not be deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// The kernel refused the deletion.
+    #[error("deleting OVS datapath {name}: {reason}")]
+    Refused {
+        /// The datapath.
+        name: String,
+        /// What the kernel (or the deleting process) said.
+        reason: String,
+    },
+    /// The kernel did not answer within the deadline; the deleting process
+    /// is left stuck in the kernel and weft goes on without it.
+    #[error("deleting OVS datapath {name} did not complete within {} s: the kernel is stuck releasing its devices; {blame}; weft exits without waiting (the datapath and its network namespace stay until reboot)", waited.as_secs())]
+    TimedOut {
+        /// The datapath.
+        name: String,
+        /// How long weft waited.
+        waited: Duration,
+        /// The known kernel issue this kernel has, or a request to report it.
+        blame: String,
+    },
+}
+
+/// The prefix of the lines `weft fastdp delete` prints: one just before it
+/// asks the kernel, one with the outcome. The parent knows from them that
+/// the child really is weft (and not, say, a test harness that
+/// `/proc/self/exe` pointed at) and when the kernel's part began.
+const DELETE_MARKER: &str = "weft-odp-delete:";
+
+/// How long the child may take to start (exec from a slow disk, a loaded
+/// host) before it asks the kernel; not part of the kernel's deadline.
+const DELETE_START_LIMIT: Duration = Duration::from_secs(30);
+
+/// Deletes datapath `name` in a child process (`weft fastdp delete`) and
+/// gives the kernel at most `deadline` to complete it. A deletion the
+/// kernel never completes blocks its caller in uninterruptible sleep, where
+/// no signal reaches it, and a process is not gone until every thread is:
+/// only a separate process lets weft exit. Falls back to deleting
+/// in-process when the child cannot be started or is not weft.
+pub fn delete_with_deadline(name: &str, deadline: Duration) -> Result<(), DeleteError> {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let refused = |reason: String| DeleteError::Refused {
+        name: name.to_string(),
+        reason,
+    };
+    let in_process = |why: String| {
+        tracing::debug!("deleting datapath {name} in-process: {why}");
+        delete_in_process(name).map(|_| ()).map_err(refused)
+    };
+    let spawned = Command::new("/proc/self/exe")
+        .args(["fastdp", "delete", "--iface", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return in_process(format!("cannot start a child process: {e}")),
+    };
+    // The child's lines arrive through a channel so that waiting for them
+    // has a deadline; the reader thread ends with the pipe.
+    let (lines_tx, lines) = crossbeam_channel::unbounded::<String>();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let timed_out = |waited: Duration| DeleteError::TimedOut {
+        name: name.to_string(),
+        waited,
+        blame: blame_kernel(),
+    };
+    match lines.recv_timeout(DELETE_START_LIMIT) {
+        Ok(line) if line.starts_with(DELETE_MARKER) => {}
+        Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+            let _ = child.wait();
+            return in_process("the child process was not weft".to_string());
+        }
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return in_process(format!(
+                "the child process did not start within {} s",
+                DELETE_START_LIMIT.as_secs()
+            ));
+        }
+    }
+    // The kernel's part: the outcome line, or the pipe closing on an error.
+    let asked = Instant::now();
+    match lines.recv_timeout(deadline) {
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            // Not killed: it cannot be (uninterruptible sleep); not waited
+            // for: that is the hang. Init reaps it if it ever ends.
+            Err(timed_out(asked.elapsed()))
+        }
+        Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+            let status = child
+                .wait()
+                .map_err(|e| refused(format!("waiting for the deleting process: {e}")))?;
+            if status.success() {
+                Ok(())
+            } else {
+                let mut err = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut err);
+                }
+                Err(refused(
+                    err.trim().trim_start_matches("weft fastdp: ").to_string(),
+                ))
+            }
+        }
+    }
+}
+
+/// What to say about the kernel when a deletion hangs: the known issue it
+/// has, or that it is not known yet.
+fn blame_kernel() -> String {
+    use crate::host::known_issues::kernel_blockers;
+    use crate::host::plan::Datapath as PlannedDatapath;
+    let kernel = crate::host::facts::running_kernel();
+    match &kernel {
+        Ok(release) => match kernel_blockers(release, PlannedDatapath::Fastdp).first() {
+            Some(issue) => format!(
+                "kernel {} ({}) has known issue {}: {}",
+                release.raw,
+                release.describe(),
+                issue.id,
+                issue.mitigation
+            ),
+            None => format!(
+                "kernel {} ({}) is not in weft's known-issues table: please report it with the output of `uname -rv` and `dmesg | grep unregister_netdevice`",
+                release.raw,
+                release.describe()
+            ),
+        },
+        Err(e) => format!("the kernel release cannot be read ({e})"),
+    }
+}
+
+/// `weft fastdp delete --iface NAME`: deletes datapath NAME in this process
+/// and prints the marker [`delete_with_deadline`] looks for.
+pub fn delete_command(name: &str) -> Result<(), String> {
+    use std::io::Write;
+    println!("{DELETE_MARKER} deleting {name}");
+    let _ = std::io::stdout().flush();
+    let deleted = delete_in_process(name)?;
+    println!(
+        "{DELETE_MARKER} {} {name}",
+        if deleted { "deleted" } else { "absent" }
+    );
+    Ok(())
+}
+
+/// Deletes datapath `name` here and now; `Ok(false)` if there was none.
+fn delete_in_process(name: &str) -> Result<bool, String> {
+    let families = Families::resolve()?;
+    let mut control = GenlSocket::open().map_err(|e| e.to_string())?;
+    match delete_by_name(&mut control, families, name) {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(false),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -444,6 +608,25 @@ impl Drop for Datapath {
             tracing::warn!("{e}");
         }
     }
+}
+
+/// Asks the kernel for datapath `name` (OVS_DP_CMD_GET).
+fn lookup(control: &mut GenlSocket, families: Families, name: &str) -> Result<Vec<OvsMessage>, NlError> {
+    control.request(
+        families.datapath,
+        &format!("looking up OVS datapath {name}"),
+        msg(
+            CMD_GET,
+            DATAPATH_VERSION,
+            0,
+            vec![Attr::string(DP_ATTR_NAME, name)],
+        ),
+    )
+}
+
+/// Whether datapath `name` exists.
+fn datapath_exists(control: &mut GenlSocket, families: Families, name: &str) -> bool {
+    lookup(control, families, name).is_ok_and(|replies| !replies.is_empty())
 }
 
 fn delete_by_name(control: &mut GenlSocket, families: Families, name: &str) -> Result<(), NlError> {
@@ -459,18 +642,6 @@ fn delete_by_name(control: &mut GenlSocket, families: Families, name: &str) -> R
             ),
         )
         .map(|_| ())
-}
-
-/// Deletes a datapath left behind by an earlier run, if there is one.
-/// Returns whether one was deleted.
-pub fn delete_stale(name: &str) -> Result<bool, String> {
-    let families = Families::resolve()?;
-    let mut control = GenlSocket::open().map_err(|e| e.to_string())?;
-    match delete_by_name(&mut control, families, name) {
-        Ok(()) => Ok(true),
-        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(false),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// Whether `addr` is a usable unicast peer address for the tunnel.

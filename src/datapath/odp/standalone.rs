@@ -47,6 +47,15 @@ enum FastdpCommand {
         /// Where to write counters (JSON) on exit.
         #[arg(long)]
         counters_file: Option<std::path::PathBuf>,
+        /// Run even on a kernel with a known issue that rules the fast datapath out (weft's exit may then hang on the kernel; it gives up after a deadline).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete datapath IFACE (e.g. one left behind by a killed weft); weft runs this in a child process so that a kernel that never completes the deletion cannot hang weft itself.
+    Delete {
+        /// Datapath name.
+        #[arg(long, default_value = "weft")]
+        iface: String,
     },
     /// Print the flows of datapath IFACE with their packet counts.
     Flows {
@@ -72,23 +81,81 @@ pub fn run(args: &FastdpArgs) -> ExitCode {
             peers,
             flow_idle_secs,
             counters_file,
-        } => run_switch(
-            iface,
-            *port,
-            *vni,
-            peers,
-            Duration::from_secs(*flow_idle_secs),
-            counters_file.as_deref(),
-        ),
-        FastdpCommand::Flows { iface } => print_flows(iface),
-        FastdpCommand::Stats { iface } => print_stats(iface),
+            force,
+        } => refuse_known_bad_kernel(*force).and_then(|()| {
+            run_switch(
+                iface,
+                *port,
+                *vni,
+                peers,
+                Duration::from_secs(*flow_idle_secs),
+                counters_file.as_deref(),
+            )
+            .map_err(Refusal::from)
+        }),
+        FastdpCommand::Delete { iface } => {
+            super::datapath::delete_command(iface).map_err(Refusal::from)
+        }
+        FastdpCommand::Flows { iface } => print_flows(iface).map_err(Refusal::from),
+        FastdpCommand::Stats { iface } => print_stats(iface).map_err(Refusal::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Refusal::Usage(e)) => {
+            eprintln!("weft fastdp: {e}");
+            ExitCode::from(2)
+        }
+        Err(Refusal::Failed(e)) => {
             eprintln!("weft fastdp: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// How `weft fastdp` fails: refused before touching the kernel (exit 2),
+/// or failed while running (exit 1).
+enum Refusal {
+    Usage(String),
+    Failed(String),
+}
+
+impl From<String> for Refusal {
+    fn from(e: String) -> Self {
+        Refusal::Failed(e)
+    }
+}
+
+/// Refuses to create a datapath on a kernel whose known issues rule the
+/// fast datapath out whatever the configuration, unless forced (then warns).
+fn refuse_known_bad_kernel(force: bool) -> Result<(), Refusal> {
+    let release = crate::host::facts::running_kernel().map_err(|e| {
+        Refusal::Usage(format!(
+            "{e}: known kernel issues cannot be ruled out; pass --force to run anyway"
+        ))
+    })?;
+    let blockers =
+        crate::host::known_issues::kernel_blockers(&release, crate::host::plan::Datapath::Fastdp);
+    let Some(issue) = blockers.first() else {
+        return Ok(());
+    };
+    let what = format!(
+        "kernel {} ({}) has known issue {}: {}",
+        release.raw,
+        release.describe(),
+        issue.id,
+        issue.consequence
+    );
+    if force {
+        eprintln!(
+            "weft fastdp: warning: --force: {what}; exit may hang on the kernel: weft gives up on the deletion after {} s",
+            super::datapath::DELETE_DEADLINE.as_secs()
+        );
+        Ok(())
+    } else {
+        Err(Refusal::Usage(format!(
+            "refused: {what}; fix: {}; or pass --force",
+            issue.mitigation
+        )))
     }
 }
 
@@ -214,7 +281,7 @@ fn run_switch(
             .map_err(|e| format!("writing counters to {}: {e}", path.display()))?;
     }
     eprintln!("weft fastdp: stopping, {counters:?}");
-    dp.delete()
+    dp.delete().map_err(|e| e.to_string())
 }
 
 /// Deletes flows whose packet count has not moved for `idle`.
