@@ -611,7 +611,11 @@ impl Drop for Datapath {
 }
 
 /// Asks the kernel for datapath `name` (OVS_DP_CMD_GET).
-fn lookup(control: &mut GenlSocket, families: Families, name: &str) -> Result<Vec<OvsMessage>, NlError> {
+fn lookup(
+    control: &mut GenlSocket,
+    families: Families,
+    name: &str,
+) -> Result<Vec<OvsMessage>, NlError> {
     control.request(
         families.datapath,
         &format!("looking up OVS datapath {name}"),
