@@ -13,15 +13,46 @@ use std::time::{Duration, Instant};
 /// Arguments of `weft bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Inner packet sizes to measure (bytes), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 1400, 8900])]
-    pub sizes: Vec<usize>,
+    /// Inner packet sizes to measure (bytes): `--sizes 64,1400`,
+    /// `--sizes "64 1400"` or `--sizes 64 1400`.
+    #[arg(long, num_args = 1.., value_parser = parse_sizes, default_value = "64,1400,8900")]
+    sizes: Vec<SizeList>,
     /// Packets per batch (what one event-loop wakeup handles).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Seconds to measure each case.
     #[arg(long, default_value_t = 1.0)]
     pub seconds: f64,
+}
+
+/// The sizes of one `--sizes` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizeList(Vec<usize>);
+
+/// Parses one `--sizes` argument: numbers separated by commas and/or spaces.
+fn parse_sizes(text: &str) -> Result<SizeList, String> {
+    let sizes = text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<usize>()
+                .map_err(|_| format!("{t:?} is not a packet size in bytes (e.g. 64,1400,8900)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if sizes.is_empty() {
+        return Err("no sizes given; e.g. --sizes 64,1400,8900".into());
+    }
+    Ok(SizeList(sizes))
+}
+
+impl BenchArgs {
+    /// The sizes to measure, in the order given.
+    pub fn sizes(&self) -> Vec<usize> {
+        self.sizes
+            .iter()
+            .flat_map(|l| l.0.iter().copied())
+            .collect()
+    }
 }
 
 /// One measured case.
@@ -131,7 +162,11 @@ pub fn measure(
 
 /// Runs `weft bench`.
 pub fn run(args: &BenchArgs) -> ExitCode {
-    if args.batch == 0 || args.sizes.iter().any(|s| *s == 0 || *s > 65000) || !(args.seconds > 0.0)
+    let sizes = args.sizes();
+    if args.batch == 0
+        || sizes.iter().any(|s| *s == 0 || *s > 65000)
+        || args.seconds.is_nan()
+        || args.seconds <= 0.0
     {
         eprintln!("weft bench: --batch must be > 0, --sizes between 1 and 65000, --seconds > 0");
         return ExitCode::from(2);
@@ -149,7 +184,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         "cipher", "bytes", "threads", "packets/s", "Gbit/s"
     );
     for cipher in [CipherKind::ChaChaPoly, CipherKind::AesGcm] {
-        for &size in &args.sizes {
+        for &size in &sizes {
             let mut thread_counts = vec![1];
             if cores > 1 {
                 thread_counts.push(cores);
@@ -178,6 +213,28 @@ pub fn run(args: &BenchArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_commas_and_spaces() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let parse = |argv: &[&str]| {
+            Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+                .map(|c| c.args.sizes())
+        };
+        assert_eq!(parse(&[]).unwrap(), vec![64, 1400, 8900]);
+        assert_eq!(parse(&["--sizes", "64,1400"]).unwrap(), vec![64, 1400]);
+        assert_eq!(
+            parse(&["--sizes", "64 1400, 9000"]).unwrap(),
+            vec![64, 1400, 9000]
+        );
+        assert_eq!(parse(&["--sizes", "64", "1400"]).unwrap(), vec![64, 1400]);
+        assert!(parse(&["--sizes", "64,x"]).is_err());
+    }
 
     #[test]
     fn pipeline_delivers_the_packet() {

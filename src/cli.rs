@@ -1,9 +1,10 @@
-//! The command line: `weft keygen | pubkey | launch | status`.
+//! The command line: `weft keygen | pubkey | secret new | launch | status | preflight | bench | fastdp`.
 
 use crate::launch::{self, LaunchArgs};
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Default address of the local status server.
@@ -12,17 +13,19 @@ pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:6782";
 #[derive(Parser, Debug)]
 #[command(
     name = "weft",
-    version,
+    version = crate::VERSION,
     about = "weft joins hosts into one private, encrypted overlay network, entirely in userspace.",
     long_about = "weft joins hosts into one private, encrypted overlay network, entirely in userspace.\n\n\
 Run one `weft launch` per host. Hosts authenticate each other with a shared network secret \
 (Noise XXpsk0 over TCP) and carry packets in encrypted UDP datagrams on the same port.\n\n\
-Quick start on two hosts (as root):\n  \
-weft keygen > /etc/weft/key\n  \
-head -c 32 /dev/urandom | base64 > /etc/weft/secret   # copy the same file to every host\n  \
+Quick start on two hosts (as root; the README has the full walk-through):\n  \
+weft secret new /etc/weft/secret    # on the first host; copy the file to every host (mode 0600)\n  \
+weft keygen /etc/weft/key           # on every host: its own key (mode 0600)\n  \
 weft launch --overlay 10.40.0.1/16 --listen 198.18.0.1:6783 --peer 198.18.0.2:6783 \\\n      \
 --secret-file /etc/weft/secret --key-file /etc/weft/key\n  \
-weft status"
+weft status\n\n\
+The second host runs the same launch with --overlay 10.40.0.2/16 --listen 198.18.0.2:6783 \
+--peer 198.18.0.1:6783."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,8 +34,22 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print a new static X25519 private key (base64). Redirected to a file, the file gets mode 0600.
-    Keygen,
+    /// Make a new static X25519 private key (base64). With FILE: write it
+    /// there (mode 0600, creating the directory) and print the public key;
+    /// without: print it (a redirected file gets mode 0600).
+    Keygen {
+        /// Where to write the private key, e.g. /etc/weft/key.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// The network secret every host shares: `weft secret new FILE`.
+    Secret {
+        #[command(subcommand)]
+        action: SecretCommand,
+    },
     /// Read a private key on stdin and print its public key.
     Pubkey,
     /// Create the overlay device and join the network; runs in the foreground until SIGINT/SIGTERM.
@@ -54,6 +71,22 @@ enum Command {
     },
 }
 
+/// `weft secret ...`.
+#[derive(Subcommand, Debug)]
+enum SecretCommand {
+    /// Make a new network secret: 32 random bytes, base64. With FILE: write
+    /// it there (mode 0600, creating the directory); without: print it.
+    /// Copy the same file to every host.
+    New {
+        /// Where to write the secret, e.g. /etc/weft/secret.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Replace FILE if it exists (hosts with the old secret can no longer join).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 /// Runs the command line and returns the process exit code:
 /// 0 success, 1 runtime failure, 2 bad input (usage, values, environment).
 pub fn main() -> ExitCode {
@@ -70,7 +103,10 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Keygen => keygen(),
+        Command::Keygen { file, force } => keygen(file.as_deref(), force),
+        Command::Secret {
+            action: SecretCommand::New { file, force },
+        } => secret_new(file.as_deref(), force),
         Command::Pubkey => pubkey(),
         Command::Launch(args) => launch::run(*args),
         Command::Status { json, status_addr } => status(json, status_addr),
@@ -80,8 +116,92 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn keygen() -> ExitCode {
+/// Writes `contents` to a new file only its owner can read (0600),
+/// creating the parent directory (0700) if needed. An existing file is
+/// replaced only with `force`.
+pub fn write_private_file(path: &Path, contents: &str, force: bool) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+        }
+    }
+    if path.exists() && !force {
+        return Err(format!(
+            "{} already exists; keep it, or pass --force to replace it",
+            path.display()
+        ));
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    // An existing file keeps its mode on open: make it private too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod 600 {}: {e}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn secret_new(file: Option<&Path>, force: bool) -> ExitCode {
+    use base64::Engine;
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    let text = format!(
+        "{}\n",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    );
+    match file {
+        Some(path) => match write_private_file(path, &text, force) {
+            Ok(()) => {
+                eprintln!(
+                    "weft: wrote a new network secret to {} (mode 0600); copy this file to every host",
+                    path.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weft secret new: {e}");
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            restrict_stdout_file();
+            if std::io::stdout().write_all(text.as_bytes()).is_err() {
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn keygen(file: Option<&Path>, force: bool) -> ExitCode {
     let key = crate::noise::StaticKey::generate();
+    if let Some(path) = file {
+        return match write_private_file(path, &format!("{}\n", key.private_base64()), force) {
+            Ok(()) => {
+                eprintln!(
+                    "weft: wrote a new private key to {} (mode 0600); its public key:",
+                    path.display()
+                );
+                println!("{}", key.public_base64());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weft keygen: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     restrict_stdout_file();
     let mut out = std::io::stdout();
     if writeln!(out, "{}", key.private_base64()).is_err() {
@@ -145,5 +265,28 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn version_names_the_commit() {
+        let v = Cli::command().render_version();
+        assert!(v.contains(env!("CARGO_PKG_VERSION")), "{v}");
+        assert!(v.contains("commit"), "{v}");
+    }
+
+    #[test]
+    fn private_files_are_0600_in_a_new_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("weft-cli-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("etc/weft/secret");
+        write_private_file(&path, "x\n", false).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let e = write_private_file(&path, "y\n", false).unwrap_err();
+        assert!(e.contains("--force"), "{e}");
+        write_private_file(&path, "y\n", true).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "y\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

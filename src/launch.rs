@@ -3,6 +3,7 @@
 
 use crate::api::http::StatusServer;
 use crate::api::Status;
+use crate::config::ConfigFile;
 use crate::datapath::{tun::TunDevice, udp};
 use crate::mesh::control::{CipherChoice, Hello, LocalDevice, PROTOCOL_VERSION};
 use crate::mesh::link::{LinkConfig, Timers};
@@ -68,12 +69,20 @@ pub struct LaunchArgs {
     /// Start an explicitly requested --mode even though preflight found it unsafe (with a warning).
     #[arg(long)]
     pub force: bool,
+    /// Let --mode auto use AF_XDP (xdp), which attaches an XDP program to the
+    /// underlay interface, usually the host's main NIC. Without it auto never
+    /// does; preflight says when xdp is possible.
+    #[arg(long)]
+    pub allow_xdp: bool,
     /// Turn off TUN segmentation offloads (IFF_VNET_HDR, TSO/USO and GRO
     /// coalescing): one packet per read and write. For debugging and for
     /// comparing; on by default where the kernel accepts them.
     #[arg(long)]
     pub no_offload: bool,
-    /// TOML file with any of these options (command-line flags win).
+    /// TOML file with any of these options, keys named like the flags
+    /// without dashes (`peer = ["198.18.0.2"]`, `secret-file = "secret"`);
+    /// command-line flags win, paths are relative to the file. SIGHUP
+    /// re-reads its peer list.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Local device: `tun` (L3, IP packets) or `bridge` (L2: a TAP on a
@@ -115,56 +124,6 @@ pub enum IfaceKind {
     Bridge,
 }
 
-/// The config file: the same options as the flags, plus timers.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    overlay: Option<String>,
-    listen: Option<String>,
-    #[serde(default)]
-    peers: Vec<String>,
-    secret_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    iface_name: Option<String>,
-    status_addr: Option<String>,
-    vni: Option<u32>,
-    cipher: Option<String>,
-    name: Option<String>,
-    mode: Option<String>,
-    offload: Option<bool>,
-    iface: Option<IfaceKind>,
-    bridge: Option<String>,
-    insecure_plaintext: Option<bool>,
-    vxlan_port: Option<u16>,
-    #[serde(default)]
-    vteps: Vec<String>,
-    #[serde(default)]
-    trusted_subnets: Vec<String>,
-    fastdp_port: Option<u16>,
-    #[serde(default)]
-    timers: TimerConfig,
-}
-
-/// Timer overrides (mainly for tests and unusual networks).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimerConfig {
-    heartbeat_connecting_ms: Option<u64>,
-    heartbeat_established_ms: Option<u64>,
-    missed_limit: Option<u32>,
-    rekey_after_secs: Option<u64>,
-    /// Bridge mode: idle age of learned MAC addresses (default 600).
-    mac_age_secs: Option<u64>,
-    /// Fastdp: heartbeat interval through the VXLAN vport (default 500).
-    fastdp_heartbeat_ms: Option<u64>,
-    /// Fastdp: unacknowledged heartbeats before the userspace path (default 4).
-    fastdp_missed_limit: Option<u32>,
-    /// Fastdp: seconds on the userspace path before trying fastdp again (default 60).
-    fastdp_retry_secs: Option<u64>,
-    /// Fastdp: idle flows are deleted after this many seconds (default 10).
-    fastdp_flow_idle_secs: Option<u64>,
-}
-
 /// A launch failure and its exit code.
 #[derive(Debug)]
 pub enum LaunchError {
@@ -194,7 +153,11 @@ struct Plan {
     name: String,
     mode: crate::host::plan::Mode,
     force: bool,
+    allow_xdp: bool,
     offload: bool,
+    /// The config file, re-read on SIGHUP for its peer list (`None`, or
+    /// peers given with --peer, which win: nothing to re-read).
+    reload_peers_from: Option<PathBuf>,
     timers: Timers,
     l2: Option<L2Plan>,
     /// Who may get plaintext over fastdp (`None`: nobody, encrypted network).
@@ -290,67 +253,76 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
-    let file: ConfigFile = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| usage(format!("cannot read --config {}: {e}", path.display())))?;
-            toml::from_str(&text).map_err(|e: toml::de::Error| {
-                let line = e
-                    .span()
-                    .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-                let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-                usage(format!(
-                    "--config {}: {}{at}",
-                    path.display(),
-                    e.message().trim().replace('\n', " ")
-                ))
-            })?
-        }
+/// Where a value came from: a flag, or a key of the config file. Errors
+/// about a value from the file name the file, the line and the key.
+fn from_file(file: &ConfigFile, key: &str, flag_given: bool) -> impl Fn(String) -> LaunchError {
+    let context = (!flag_given && file.has(key)).then(|| file.context(key));
+    move |message| match &context {
+        Some(c) => usage(format!("{c}: {message}")),
+        None => usage(message),
+    }
+}
+
+fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchError> {
+    let file = match &args.config {
+        Some(path) => ConfigFile::load(path).map_err(usage)?,
         None => ConfigFile::default(),
     };
-    let overlay = args.overlay.or(file.overlay).ok_or_else(|| {
-        usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16")
-    })?;
-    let (overlay_addr, overlay_prefix) = parse_overlay(&overlay).map_err(usage)?;
-    let listen = match args.listen.or(file.listen) {
-        Some(l) => parse_listen(&l, "--listen").map_err(usage)?,
-        None => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_PORT),
-    };
-    let peer_texts = if args.peers.is_empty() {
-        file.peers
-    } else {
-        args.peers
-    };
-    let peers = peer_texts
-        .iter()
-        .map(|p| parse_peer(p))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(usage)?;
-    for p in &peers {
-        if p.ip() == listen.ip() && p.port() == listen.port() {
-            return Err(usage(format!(
-                "--peer {p} is this host's own --listen address"
-            )));
-        }
+    for line in &file.deprecations {
+        log.warn(line.clone());
     }
-    let mode = match (args.mode, &file.mode) {
+    let overlay_err = from_file(&file, "overlay", args.overlay.is_some());
+    let overlay = match args.overlay {
+        Some(o) => o,
+        None => file.string("overlay").map_err(usage)?.ok_or_else(|| {
+            usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16")
+        })?,
+    };
+    let (overlay_addr, overlay_prefix) = parse_overlay(&overlay).map_err(&overlay_err)?;
+    let listen_err = from_file(&file, "listen", args.listen.is_some());
+    let listen = match args
+        .listen
+        .map_or_else(|| file.string("listen"), |l| Ok(Some(l)))
+    {
+        Ok(Some(l)) => parse_listen(&l, "--listen").map_err(&listen_err)?,
+        Ok(None) => SocketAddr::new(IpAddr::from([0, 0, 0, 0]), DEFAULT_PORT),
+        Err(e) => return Err(usage(e)),
+    };
+    let peers_from_flags = !args.peers.is_empty();
+    let peer_err = from_file(&file, "peer", peers_from_flags);
+    let peer_texts = if peers_from_flags {
+        args.peers
+    } else {
+        file.list("peer").map_err(usage)?
+    };
+    let peers = parse_peer_list(&peer_texts, listen).map_err(&peer_err)?;
+    let mode_err = from_file(&file, "mode", args.mode.is_some());
+    let mode = match (args.mode, file.string("mode").map_err(usage)?) {
         (Some(m), _) => m,
-        (None, Some(text)) => <crate::host::plan::Mode as clap::ValueEnum>::from_str(text, true)
+        (None, Some(text)) => <crate::host::plan::Mode as clap::ValueEnum>::from_str(&text, true)
             .map_err(|_| {
-                usage(format!(
-                    "mode {text:?} in --config is not one of auto, fastdp, xdp, udp, plain"
-                ))
-            })?,
+            mode_err(format!(
+                "mode {text:?} is not one of auto, fastdp, xdp, udp, plain"
+            ))
+        })?,
         (None, None) => crate::host::plan::Mode::Auto,
     };
     let plain = mode == crate::host::plan::Mode::Plain;
-    if plain && !(args.insecure_plaintext || file.insecure_plaintext == Some(true)) {
+    let insecure = args.insecure_plaintext || file.flag("insecure-plaintext").map_err(usage)?;
+    if plain && !insecure {
         return Err(usage(
             "--mode plain sends every frame unencrypted and unauthenticated (standard VXLAN): anyone on the path can read and inject traffic. Add --insecure-plaintext to confirm this is a trusted link, or drop --mode plain for the encrypted sleeve",
         ));
     }
-    let iface_kind = match args.iface.or(file.iface) {
+    let iface_err = from_file(&file, "iface", args.iface.is_some());
+    let file_iface = match file.string("iface").map_err(usage)? {
+        None => None,
+        Some(text) => Some(
+            <IfaceKind as clap::ValueEnum>::from_str(&text, true)
+                .map_err(|_| iface_err(format!("iface {text:?} is not tun or bridge")))?,
+        ),
+    };
+    let iface_kind = match args.iface.or(file_iface) {
         Some(IfaceKind::Tun) if plain => {
             return Err(usage("--mode plain is standard VXLAN, which carries Ethernet frames: use --iface bridge (or leave --iface out)"))
         }
@@ -358,17 +330,21 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         None if plain => IfaceKind::Bridge,
         None => IfaceKind::Tun,
     };
-    let vxlan_port = args
-        .vxlan_port
-        .or(file.vxlan_port)
-        .unwrap_or(crate::wire::vxlan::DEFAULT_PORT);
+    let vxlan_port = match args.vxlan_port {
+        Some(p) => p,
+        None => file
+            .number::<u16>("vxlan-port")
+            .map_err(usage)?
+            .unwrap_or(crate::wire::vxlan::DEFAULT_PORT),
+    };
     if vxlan_port == 0 {
         return Err(usage(
             "--vxlan-port 0 is not a port; the standard VXLAN port is 4789",
         ));
     }
+    let vtep_err = from_file(&file, "vtep", !args.vteps.is_empty());
     let vtep_texts = if args.vteps.is_empty() {
-        file.vteps
+        file.list("vtep").map_err(usage)?
     } else {
         args.vteps
     };
@@ -384,7 +360,7 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| usage(e.replace("--peer", "--vtep")))?;
+        .map_err(|e| vtep_err(e.replace("--peer", "--vtep")))?;
     if !vteps.is_empty() && !plain {
         return Err(usage("--vtep adds a plaintext VXLAN endpoint: it needs --mode plain --insecure-plaintext (the encrypted sleeve only talks to weft peers, given with --peer)"));
     }
@@ -394,38 +370,59 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
     let l2 = match iface_kind {
         IfaceKind::Tun => None,
         IfaceKind::Bridge => Some(L2Plan {
-            bridge: args.bridge.or(file.bridge).unwrap_or_else(|| "weft".into()),
-            mac_age: Duration::from_secs(file.timers.mac_age_secs.unwrap_or(600).max(1)),
+            bridge: match args.bridge {
+                Some(b) => b,
+                None => file
+                    .string("bridge")
+                    .map_err(usage)?
+                    .unwrap_or_else(|| "weft".into()),
+            },
+            mac_age: Duration::from_secs(
+                file.timer::<u64>("mac_age_secs")
+                    .map_err(usage)?
+                    .unwrap_or(600)
+                    .max(1),
+            ),
             vxlan_port,
             vteps,
         }),
     };
-    let secret = match args.secret_file.or(file.secret_file) {
+    let secret_err = from_file(&file, "secret-file", args.secret_file.is_some());
+    let secret_path = match args.secret_file {
+        Some(p) => Some(p),
+        None => file.path_value("secret-file").map_err(usage)?,
+    };
+    let secret = match secret_path {
         Some(path) => {
             if let Some(w) = keys::permission_warning(&path) {
-                tracing::warn!("{w}");
+                log.warn(w);
             }
-            Some(NetworkSecret::from_file(&path).map_err(|e| usage(e.to_string()))?)
+            Some(NetworkSecret::from_file(&path).map_err(|e| secret_err(e.to_string()))?)
         }
         None => match std::env::var_os("WEFT_SECRET") {
             Some(v) => Some(NetworkSecret::from_bytes(v.as_encoded_bytes(), "WEFT_SECRET").map_err(|e| usage(e.to_string()))?),
             None if plain => None,
             None => {
                 return Err(usage(
-                    "no network secret: pass --secret-file FILE (the same file on every host) or set WEFT_SECRET",
+                    "no network secret: pass --secret-file FILE (the same file on every host; make one with `weft secret new FILE`) or set WEFT_SECRET",
                 ))
             }
         },
     };
-    let key = match args.key_file.or(file.key_file) {
+    let key_err = from_file(&file, "key-file", args.key_file.is_some());
+    let key_path = match args.key_file {
+        Some(p) => Some(p),
+        None => file.path_value("key-file").map_err(usage)?,
+    };
+    let key = match key_path {
         Some(path) => {
             if let Some(w) = keys::permission_warning(&path) {
-                tracing::warn!("{w}");
+                log.warn(w);
             }
-            StaticKey::from_file(&path).map_err(|e| usage(e.to_string()))?
+            StaticKey::from_file(&path).map_err(|e| key_err(e.to_string()))?
         }
         None => {
-            tracing::info!("no --key-file: using a fresh static key for this run");
+            log.info("no --key-file: using a fresh static key for this run (make a lasting one with `weft keygen FILE`)");
             StaticKey::generate()
         }
     };
@@ -433,56 +430,89 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         Some(l2) => format!("{}-tap", l2.bridge).chars().take(15).collect(),
         None => "weft0".to_string(),
     };
-    let iface_name = args.iface_name.or(file.iface_name).unwrap_or(default_iface);
+    let iface_name_err = from_file(&file, "iface-name", args.iface_name.is_some());
+    let iface_name = match args.iface_name {
+        Some(n) => n,
+        None => file
+            .string("iface-name")
+            .map_err(usage)?
+            .unwrap_or(default_iface),
+    };
     if iface_name.is_empty() || iface_name.len() > 15 || iface_name.contains(['/', ' ', ':']) {
-        return Err(usage(format!(
+        return Err(iface_name_err(format!(
             "--iface-name {iface_name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"
         )));
     }
-    let status_addr = parse_listen(
-        &args
-            .status_addr
-            .or(file.status_addr)
+    let status_err = from_file(&file, "status-addr", args.status_addr.is_some());
+    let status_text = match args.status_addr {
+        Some(s) => s,
+        None => file
+            .string("status-addr")
+            .map_err(usage)?
             .unwrap_or_else(|| crate::cli::DEFAULT_STATUS_ADDR.into()),
-        "--status-addr",
-    )
-    .map_err(usage)?;
-    let vni = args.vni.or(file.vni).unwrap_or(1);
+    };
+    let status_addr = parse_listen(&status_text, "--status-addr").map_err(&status_err)?;
+    let vni_err = from_file(&file, "vni", args.vni.is_some());
+    let vni = match args.vni {
+        Some(v) => v,
+        None => file.number::<u32>("vni").map_err(usage)?.unwrap_or(1),
+    };
     if vni > crate::wire::vxlan::MAX_VNI {
-        return Err(usage(format!(
+        return Err(vni_err(format!(
             "--vni {vni} does not fit VXLAN's 24 bits (0..=16777215)"
         )));
     }
-    let cipher = parse_cipher(&args.cipher.or(file.cipher).unwrap_or_else(|| "auto".into()))
-        .map_err(usage)?;
-    let name = args.name.or(file.name).unwrap_or_else(hostname);
+    let cipher_err = from_file(&file, "cipher", args.cipher.is_some());
+    let cipher_text = match args.cipher {
+        Some(c) => c,
+        None => file
+            .string("cipher")
+            .map_err(usage)?
+            .unwrap_or_else(|| "auto".into()),
+    };
+    let cipher = parse_cipher(&cipher_text).map_err(&cipher_err)?;
+    let name = match args.name {
+        Some(n) => n,
+        None => file.string("name").map_err(usage)?.unwrap_or_else(hostname),
+    };
     let mut timers = Timers::default();
-    let t = &file.timers;
-    if let Some(ms) = t.heartbeat_connecting_ms {
+    if let Some(ms) = file
+        .timer::<u64>("heartbeat_connecting_ms")
+        .map_err(usage)?
+    {
         timers.heartbeat_connecting = Duration::from_millis(ms.max(10));
     }
-    if let Some(ms) = t.heartbeat_established_ms {
+    if let Some(ms) = file
+        .timer::<u64>("heartbeat_established_ms")
+        .map_err(usage)?
+    {
         timers.heartbeat_established = Duration::from_millis(ms.max(10));
     }
-    if let Some(n) = t.missed_limit {
+    if let Some(n) = file.timer::<u32>("missed_limit").map_err(usage)? {
         timers.missed_limit = n.max(1);
     }
-    if let Some(s) = t.rekey_after_secs {
+    if let Some(s) = file.timer::<u64>("rekey_after_secs").map_err(usage)? {
         timers.rekey_after = Duration::from_secs(s.max(1));
     }
     let mut fastdp_proof = crate::datapath::odp::proof::ProofConfig::default();
-    if let Some(ms) = t.fastdp_heartbeat_ms {
+    if let Some(ms) = file.timer::<u64>("fastdp_heartbeat_ms").map_err(usage)? {
         fastdp_proof.interval = Duration::from_millis(ms.max(10));
     }
-    if let Some(n) = t.fastdp_missed_limit {
+    if let Some(n) = file.timer::<u32>("fastdp_missed_limit").map_err(usage)? {
         fastdp_proof.max_missed = n.max(1);
     }
-    if let Some(s) = t.fastdp_retry_secs {
+    if let Some(s) = file.timer::<u64>("fastdp_retry_secs").map_err(usage)? {
         fastdp_proof.retry_after = Duration::from_secs(s.max(1));
     }
-    let fastdp_flow_idle = Duration::from_secs(t.fastdp_flow_idle_secs.unwrap_or(10).max(1));
+    let fastdp_flow_idle = Duration::from_secs(
+        file.timer::<u64>("fastdp_flow_idle_secs")
+            .map_err(usage)?
+            .unwrap_or(10)
+            .max(1),
+    );
+    let trusted_err = from_file(&file, "trusted-subnet", !args.trusted_subnets.is_empty());
     let trusted_texts = if args.trusted_subnets.is_empty() {
-        file.trusted_subnets
+        file.list("trusted-subnet").map_err(usage)?
     } else {
         args.trusted_subnets
     };
@@ -490,8 +520,7 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         .iter()
         .map(|t| crate::router::fastdp::parse_trusted_subnet(t))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(usage)?;
-    let insecure = args.insecure_plaintext || file.insecure_plaintext == Some(true);
+        .map_err(&trusted_err)?;
     let plaintext_policy = if plain {
         None
     } else if insecure {
@@ -503,13 +532,32 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
     } else {
         None
     };
-    let fastdp_port = args.fastdp_port.or(file.fastdp_port).unwrap_or(6784);
-    if fastdp_port == 0 || fastdp_port == listen.port() {
-        return Err(usage(format!(
-            "--fastdp-port {fastdp_port} must be a port other than 0 and the --listen port {}",
+    let fastdp_port_err = from_file(&file, "fastdp-port", args.fastdp_port.is_some());
+    let fastdp_port = match args.fastdp_port {
+        Some(p) => p,
+        None => file
+            .number::<u16>("fastdp-port")
+            .map_err(usage)?
+            .unwrap_or(6784),
+    };
+    // The fastdp port matters only where fastdp can run: bridge mode with
+    // the control protocol and a plaintext policy. Elsewhere (TUN mode,
+    // an encrypted network) --listen may use 6784 like any other port.
+    let fastdp_possible = l2.is_some() && !plain && plaintext_policy.is_some();
+    if fastdp_possible && (fastdp_port == 0 || fastdp_port == listen.port()) {
+        return Err(fastdp_port_err(format!(
+            "--fastdp-port {fastdp_port} must be a port other than 0 and the --listen port {}; choose another --fastdp-port (all hosts must agree) or another --listen port",
             listen.port()
         )));
     }
+    let force = args.force || file.flag("force").map_err(usage)?;
+    let allow_xdp = args.allow_xdp || file.flag("allow-xdp").map_err(usage)?;
+    let no_offload = args.no_offload || file.flag("no-offload").map_err(usage)?;
+    let reload_peers_from = if peers_from_flags {
+        None
+    } else {
+        file.path.clone()
+    };
     Ok(Plan {
         overlay_addr,
         overlay_prefix,
@@ -523,8 +571,10 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         cipher,
         name,
         mode,
-        force: args.force,
-        offload: !args.no_offload && file.offload.unwrap_or(true),
+        force,
+        allow_xdp,
+        offload: !no_offload,
+        reload_peers_from,
         timers,
         l2,
         plaintext_policy,
@@ -532,6 +582,38 @@ fn build_plan(args: LaunchArgs) -> Result<Plan, LaunchError> {
         fastdp_proof,
         fastdp_flow_idle,
     })
+}
+
+/// Parses the peer list and refuses this host's own --listen address.
+fn parse_peer_list(texts: &[String], listen: SocketAddr) -> Result<Vec<SocketAddr>, String> {
+    let peers = texts
+        .iter()
+        .map(|p| parse_peer(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for p in &peers {
+        if p.ip() == listen.ip() && p.port() == listen.port() {
+            return Err(format!("--peer {p} is this host's own --listen address"));
+        }
+    }
+    Ok(peers)
+}
+
+/// Re-reads the peer list from the config file (on SIGHUP).
+pub fn reload_peers(path: &std::path::Path, listen: SocketAddr) -> Result<Vec<SocketAddr>, String> {
+    let file = ConfigFile::load(path)?;
+    let texts = file.list("peer")?;
+    parse_peer_list(&texts, listen).map_err(|e| format!("{}: {e}", file.context("peer")))
+}
+
+/// Refuses an overlay prefix that an existing route already covers.
+fn check_overlay_route(plan: &Plan) -> Result<(), LaunchError> {
+    match overlapping_route(plan.overlay_addr, plan.overlay_prefix) {
+        Some(route) => Err(usage(format!(
+            "--overlay {}/{} collides with the existing route {route}: choose an overlay prefix no route on this host uses",
+            plan.overlay_addr, plan.overlay_prefix
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// An existing route that overlaps the overlay prefix, if any, as text.
@@ -665,10 +747,68 @@ fn open_xdp(
     crate::datapath::xdp::XdpUnderlay::open(&config, kernel).map_err(|e| e.to_string())
 }
 
+/// Start-up lines (underlay, MTU, preflight, datapath) held back until every
+/// input is validated, every port bound and the device made: a usage error
+/// is then the only line at the default log level. When start-up fails the
+/// held lines go out at DEBUG (`RUST_LOG=debug` shows them).
+#[derive(Debug, Default)]
+pub struct StartupLog {
+    lines: Vec<(tracing::Level, String)>,
+    flushed: bool,
+}
+
+impl StartupLog {
+    /// Holds an INFO line (printed at once after [`StartupLog::flush`]).
+    pub fn info(&mut self, line: impl Into<String>) {
+        self.push(tracing::Level::INFO, line.into());
+    }
+
+    /// Holds a WARN line.
+    pub fn warn(&mut self, line: impl Into<String>) {
+        self.push(tracing::Level::WARN, line.into());
+    }
+
+    fn push(&mut self, level: tracing::Level, line: String) {
+        if self.flushed {
+            emit(level, &line);
+        } else {
+            self.lines.push((level, line));
+        }
+    }
+
+    /// Start-up succeeded: print the held lines; later lines print at once.
+    pub fn flush(&mut self) {
+        for (level, line) in std::mem::take(&mut self.lines) {
+            emit(level, &line);
+        }
+        self.flushed = true;
+    }
+
+    /// Start-up failed: the held lines at DEBUG only.
+    pub fn discard(&mut self) {
+        for (_, line) in std::mem::take(&mut self.lines) {
+            tracing::debug!("{line}");
+        }
+    }
+}
+
+fn emit(level: tracing::Level, line: &str) {
+    if level == tracing::Level::WARN {
+        tracing::warn!("{line}");
+    } else {
+        tracing::info!("{line}");
+    }
+}
+
 /// Runs `weft launch` to completion and returns the exit code.
 pub fn run(args: LaunchArgs) -> ExitCode {
     crate::logging::init();
-    match launch(args) {
+    let mut log = StartupLog::default();
+    let result = launch(args, &mut log);
+    if result.is_err() {
+        log.discard();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(LaunchError::Usage(m)) => {
             tracing::error!("{m}");
@@ -681,8 +821,51 @@ pub fn run(args: LaunchArgs) -> ExitCode {
     }
 }
 
-fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
-    let plan = build_plan(args)?;
+/// Takes this interface name for this process, clearing what an earlier
+/// weft that died left behind; refuses when a weft is running with it.
+fn claim_interface(
+    iface: &str,
+    status_addr: SocketAddr,
+    log: &mut StartupLog,
+) -> Result<Option<crate::host::instance::InstanceLock>, LaunchError> {
+    use crate::host::instance::{self, Claim};
+    match instance::claim(iface) {
+        Claim::Running(record) => Err(usage(instance::running_message(&record, iface))),
+        Claim::Owned { mut lock, leftover } => {
+            if let Some(record) = leftover {
+                if let Some(line) = instance::clear_leftovers(&record).map_err(usage)? {
+                    log.info(line);
+                }
+            }
+            lock.record(|r| r.status_addr = Some(status_addr.to_string()));
+            Ok(Some(lock))
+        }
+        Claim::Unavailable(why) => {
+            tracing::debug!("no instance lock ({why}); carrying on without one");
+            Ok(None)
+        }
+    }
+}
+
+/// The error for an interface that exists though no weft holds it here:
+/// a running weft of another kind (it answers on the status address) or
+/// not weft's at all.
+fn existing_interface_error(iface: &str, status_addr: SocketAddr) -> LaunchError {
+    if let Ok(status) = crate::api::http::fetch(status_addr) {
+        if status.interface == iface {
+            return usage(format!(
+                "{iface} belongs to the weft answering on {status_addr} (`weft status --status-addr {status_addr}`): stop that weft first, or start this one with another --iface-name"
+            ));
+        }
+    }
+    usage(format!(
+        "an interface named {iface} already exists and no weft on this host holds it: start weft with another --iface-name, or remove {iface} if you know nothing uses it (`ip link del {iface}`)"
+    ))
+}
+
+fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
+    let config_for_reload = args.config.clone();
+    let plan = build_plan(args, log)?;
     let plain = plan.mode == crate::host::plan::Mode::Plain;
     let l2 = plan.l2.is_some();
     let framing = if plain {
@@ -696,7 +879,9 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     };
 
     let (underlay_iface, underlay_mtu, why) = underlay(plan.listen, &remotes)?;
-    tracing::info!("underlay: {underlay_iface} mtu {underlay_mtu} ({why})");
+    log.info(format!(
+        "underlay: {underlay_iface} mtu {underlay_mtu} ({why})"
+    ));
     let ipv6_underlay = plan.listen.is_ipv6() || remotes.first().is_some_and(|p| p.is_ipv6());
     let overlay_mtu = overhead::overlay_mtu(underlay_mtu, framing, ipv6_underlay, l2);
     let min = if plan.overlay_addr.is_ipv4() {
@@ -715,12 +900,12 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         }
     };
     if plain {
-        tracing::info!("overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, VXLAN, inner Ethernet)");
+        log.info(format!("overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, VXLAN, inner Ethernet)"));
     } else {
-        tracing::info!(
+        log.info(format!(
             "overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, weft header, record, VXLAN, AEAD tag{})",
             if l2 { ", inner Ethernet" } else { "" }
-        );
+        ));
     }
     // Preflight: the same checks `weft preflight` prints, logged line by line.
     let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(
@@ -738,12 +923,26 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         },
     );
     for line in crate::host::preflight::log_lines(&preflight) {
-        tracing::info!("preflight: {line}");
+        log.info(format!("preflight: {line}"));
+    }
+    if facts.tun.state != crate::host::facts::Tri::Yes {
+        // Without /dev/net/tun nothing local can run: say that, not every datapath's story.
+        return Err(usage(format!(
+            "cannot create the {} device {}: /dev/net/tun does not work ({}); run weft as root or give it CAP_NET_ADMIN",
+            if l2 { "TAP" } else { "TUN" },
+            plan.iface_name,
+            facts.tun.detail
+        )));
     }
     let resolved =
         crate::host::plan::resolve_mode(&preflight, plan.mode, plan.force).map_err(usage)?;
+    let (resolved, opt_in_line) =
+        crate::host::plan::require_xdp_opt_in(resolved, plan.mode, plan.allow_xdp, &underlay_iface);
+    if let Some(line) = &opt_in_line {
+        log.info(line.clone());
+    }
     if let Some(w) = &resolved.warning {
-        tracing::warn!("{w}");
+        log.warn(w.clone());
     }
     // Fastdp is implemented for bridge mode over an IPv4 underlay with a
     // plaintext policy (a plaintext network or trusted subnets).
@@ -771,24 +970,21 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     ) {
         fallback = Some(format!("fastdp chosen by preflight is not usable here ({why}); falling back to udp (the userspace sleeve)"));
     }
-    let mut datapath_reason = match &fallback {
-        Some(line) => {
-            tracing::info!("{line}");
+    let mut datapath_reason = match (&fallback, &opt_in_line) {
+        (Some(line), _) => {
+            log.info(line.clone());
             line.clone()
         }
-        None if plan.mode == crate::host::plan::Mode::Auto => preflight.reasons.join("; "),
-        None => format!("--mode {datapath} requested"),
+        (None, Some(line)) => line.clone(),
+        (None, None) if plan.mode == crate::host::plan::Mode::Auto => preflight.reasons.join("; "),
+        (None, None) => format!("--mode {datapath} requested"),
     };
-    tracing::info!("datapath: {datapath} ({datapath_reason})");
-
-    if let Some(route) = overlapping_route(plan.overlay_addr, plan.overlay_prefix) {
-        return Err(usage(format!(
-            "--overlay {}/{} collides with the existing route {route}: choose an overlay prefix no route on this host uses",
-            plan.overlay_addr, plan.overlay_prefix
-        )));
-    }
+    log.info(format!("datapath: {datapath} ({datapath_reason})"));
 
     if let (true, Some(l2plan)) = (plain, plan.l2.as_ref()) {
+        let _lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
+        check_overlay_route(&plan)?;
+        log.flush();
         return crate::router::plain::launch(crate::router::plain::PlainLaunch {
             bind: SocketAddr::new(plan.listen.ip(), l2plan.vxlan_port),
             vteps: l2plan.vteps.clone(),
@@ -800,7 +996,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             mac_age: l2plan.mac_age,
             status_addr: plan.status_addr,
             status_template: Status {
-                version: env!("CARGO_PKG_VERSION").into(),
+                version: crate::VERSION.into(),
                 name: plan.name.clone(),
                 public_key: plan.key.public_base64(),
                 interface: plan.iface_name.clone(),
@@ -820,25 +1016,41 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             crate::router::plain::PlainError::Runtime(m) => LaunchError::Runtime(m),
         });
     }
-    let Some(secret) = plan.secret else {
+    let Some(secret) = plan.secret.clone() else {
         return Err(usage("no network secret: pass --secret-file FILE (the same file on every host) or set WEFT_SECRET"));
     };
 
-    // Bind everything before creating the device, so an error leaves nothing behind.
+    // Bind everything before touching the host, so an error leaves nothing behind.
     let udp_socket = udp::bind_data_socket(plan.listen).map_err(|e| usage(e.to_string()))?;
+    let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
+    let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
+
+    // One weft per interface name: refuse if one runs, clear what a dead one left.
+    let mut instance_lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
+    let device_exists = std::path::Path::new("/sys/class/net")
+        .join(&plan.iface_name)
+        .exists();
+    if device_exists {
+        return Err(existing_interface_error(&plan.iface_name, plan.status_addr));
+    }
+    check_overlay_route(&plan)?;
+
     let underlay_socket = if datapath == crate::host::plan::Datapath::Xdp {
+        if let Some(lock) = instance_lock.as_mut() {
+            lock.record(|r| r.xdp = Some(underlay_iface.clone()));
+        }
         match open_xdp(&underlay_iface, plan.listen, &udp_socket) {
             Ok(xdp) => {
                 let mode = xdp.mode();
-                tracing::info!(
+                log.info(format!(
                     "datapath xdp: AF_XDP {mode} on {underlay_iface}, {} queue(s)",
                     xdp.queue_count()
-                );
+                ));
                 datapath_reason = format!("AF_XDP {mode} on {underlay_iface}; {datapath_reason}");
                 crate::datapath::underlay::Underlay::xdp(xdp)
             }
             Err(e) => {
-                tracing::warn!("{e}; falling back to udp");
+                log.warn(format!("{e}; falling back to udp"));
                 datapath = crate::host::plan::Datapath::Udp;
                 datapath_reason = format!("xdp unusable, fell back to udp: {e}");
                 crate::datapath::underlay::Underlay::udp(udp_socket)
@@ -847,8 +1059,6 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     } else {
         crate::datapath::underlay::Underlay::udp(udp_socket)
     };
-    let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
-    let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
 
     let (signal_rx, signal_tx) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| LaunchError::Runtime(format!("cannot create the signal pipe: {e}")))?;
@@ -859,6 +1069,27 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         signal_hook::low_level::pipe::register(sig, tx)
             .map_err(|e| LaunchError::Runtime(format!("cannot handle signal {sig}: {e}")))?;
     }
+    // SIGHUP: re-read the peer list (its own pipe: the byte says nothing of the signal).
+    let (reload_rx, reload_tx) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| LaunchError::Runtime(format!("cannot create the reload pipe: {e}")))?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_tx)
+        .map_err(|e| LaunchError::Runtime(format!("cannot handle SIGHUP: {e}")))?;
+    let listen_for_reload = plan.listen;
+    let reload = crate::router::PeerReload {
+        signal: reload_rx,
+        read: match (&plan.reload_peers_from, config_for_reload) {
+            (Some(path), _) => {
+                let path = path.clone();
+                Box::new(move || reload_peers(&path, listen_for_reload))
+            }
+            (None, Some(_)) => Box::new(|| {
+                Err("the peers come from --peer on the command line, which wins over the config file: nothing to re-read".to_string())
+            }),
+            (None, None) => Box::new(|| {
+                Err("no --config file: nothing to re-read (peers come from --peer)".to_string())
+            }),
+        },
+    };
 
     // Bridge mode: a TAP on a bridge that holds the overlay address; the
     // guard removes what weft created when launch returns.
@@ -874,9 +1105,9 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
             )
             .map_err(|e| usage(e.to_string()))?;
             match (plan.offload, tun.vnet_hdr()) {
-                (true, true) => tracing::info!("TUN offloads on: IFF_VNET_HDR with TSO/USO; weft segments super-packets itself and coalesces what it writes (GRO)"),
-                (true, false) => tracing::info!("TUN offloads off: the kernel refused IFF_VNET_HDR/TUNSETOFFLOAD; one packet per read and write"),
-                (false, _) => tracing::info!("TUN offloads off (--no-offload): one packet per read and write"),
+                (true, true) => log.info("TUN offloads on: IFF_VNET_HDR with TSO/USO; weft segments super-packets itself and coalesces what it writes (GRO)"),
+                (true, false) => log.info("TUN offloads off: the kernel refused IFF_VNET_HDR/TUNSETOFFLOAD; one packet per read and write"),
+                (false, _) => log.info("TUN offloads off (--no-offload): one packet per read and write"),
             }
             tun
         }
@@ -888,23 +1119,32 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
                 Some((plan.overlay_addr, plan.overlay_prefix)),
             )
             .map_err(usage)?;
-            tracing::info!(
+            if guard.created() {
+                if let Some(lock) = instance_lock.as_mut() {
+                    lock.record(|r| {
+                        r.bridge = Some(l2plan.bridge.clone());
+                        r.overlay = Some(format!("{}/{}", plan.overlay_addr, plan.overlay_prefix));
+                    });
+                }
+            }
+            log.info(format!(
                 "bridge {} holds {}/{}; TAP {} on it, mtu {overlay_mtu}",
                 l2plan.bridge,
                 plan.overlay_addr,
                 plan.overlay_prefix,
                 tap.name()
-            );
+            ));
             bridge_guard = Some(guard);
             tap
         }
     };
-    tracing::info!(
+    log.info(format!(
         "created {} with {}/{} mtu {overlay_mtu}",
         tun.name(),
         plan.overlay_addr,
         plan.overlay_prefix
-    );
+    ));
+    log.flush();
 
     // Fast datapath: the OVS datapath's port joins the bridge next to the TAP.
     let mut fastdp = None;
@@ -960,7 +1200,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         CipherChoice::Exactly(c) => format!("encrypted (Noise XXpsk0; data cipher {})", c.name()),
     };
     let status_template = Status {
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: crate::VERSION.into(),
         name: plan.name.clone(),
         public_key: public.clone(),
         interface: plan.iface_name.clone(),
@@ -1008,7 +1248,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
     });
     tracing::info!(
         "weft {} up: key {public}, listening on {}, {} configured peer(s)",
-        env!("CARGO_PKG_VERSION"),
+        crate::VERSION,
         plan.listen,
         plan.peers.len()
     );
@@ -1033,6 +1273,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
                     }
                 }),
                 fastdp,
+                reload: Some(reload),
             },
             snapshot,
         )
@@ -1041,6 +1282,7 @@ fn launch(args: LaunchArgs) -> Result<(), LaunchError> {
         .run()
         .map_err(|e| LaunchError::Runtime(format!("event loop failed: {e}")))?;
     drop(bridge_guard);
+    drop(instance_lock);
     tracing::info!(
         "stopped; the {} device and its route are gone",
         if l2 { "TAP" } else { "TUN" }
@@ -1086,6 +1328,22 @@ mod tests {
             .unwrap_err()
             .contains("--peer"));
         assert!(parse_peer("198.18.0.2:0").is_err());
+    }
+
+    #[test]
+    fn every_launch_flag_is_a_config_key() {
+        use clap::Args;
+        let cmd = LaunchArgs::augment_args(clap::Command::new("launch"));
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "config" {
+                continue;
+            }
+            assert!(
+                crate::config::KEYS.iter().any(|(k, _)| *k == long),
+                "flag --{long} has no config key"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod datapath;
 pub mod host;
 pub mod launch;
@@ -15,3 +16,7 @@ pub mod mesh;
 pub mod noise;
 pub mod router;
 pub mod wire;
+
+/// weft's version with the commit it was built from, e.g. `0.1.0 (c606d0b)`
+/// (`unknown commit` when built outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WEFT_COMMIT"), ")");

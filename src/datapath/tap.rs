@@ -70,14 +70,16 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn is_bridge(name: &str) -> bool {
+/// Whether interface `name` is a Linux bridge.
+pub(crate) fn is_bridge(name: &str) -> bool {
     Path::new("/sys/class/net")
         .join(name)
         .join("bridge")
         .exists()
 }
 
-fn exists(name: &str) -> bool {
+/// Whether interface `name` exists (in this network namespace).
+pub(crate) fn exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 

@@ -5,6 +5,7 @@
 //! interpret, `plan` decides (pure), `preflight` is the CLI surface.
 
 pub mod facts;
+pub mod instance;
 pub mod kernel;
 pub mod known_issues;
 pub mod plan;

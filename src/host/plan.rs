@@ -505,10 +505,13 @@ pub struct ModeResolution {
 /// usable MTU, and fastdp on an encrypted network (it would send plaintext).
 pub fn resolve_mode(plan: &Plan, requested: Mode, force: bool) -> Result<ModeResolution, String> {
     if !plan.mtu_usable || (requested == Mode::Auto && !plan.runnable) {
-        return Err(format!(
-            "preflight found no runnable datapath: {}",
+        // The warnings carry a fix each; the reasons list every datapath.
+        let why = if plan.warnings.is_empty() {
             plan.reasons.join("; ")
-        ));
+        } else {
+            plan.warnings.join("; ")
+        };
+        return Err(format!("preflight found no runnable datapath: {why}"));
     }
     let datapath = match requested {
         Mode::Auto => {
@@ -551,6 +554,36 @@ pub fn resolve_mode(plan: &Plan, requested: Mode, force: bool) -> Result<ModeRes
             "--mode {datapath} refused: preflight found it unsafe on this host: {why}; use --mode auto, fix the problem, or pass --force"
         ))
     }
+}
+
+/// How a user opts in to XDP under `--mode auto` (flag and config key).
+pub const XDP_OPT_IN: &str = "--allow-xdp (config key allow-xdp = true)";
+
+/// `--mode auto` never attaches an XDP program to an interface the user
+/// did not offer: the underlay is usually the host's main NIC, and a
+/// router must not put the host's network at risk to go faster. When auto
+/// resolved to xdp without `allow_xdp`, this keeps udp and returns the line
+/// that says xdp is possible and how to enable it. An explicit `--mode xdp`
+/// is itself the opt-in.
+pub fn require_xdp_opt_in(
+    resolved: ModeResolution,
+    requested: Mode,
+    allow_xdp: bool,
+    iface: &str,
+) -> (ModeResolution, Option<String>) {
+    if requested != Mode::Auto || resolved.datapath != Datapath::Xdp || allow_xdp {
+        return (resolved, None);
+    }
+    let line = format!(
+        "xdp is possible on {iface} but not enabled: it attaches an XDP program to {iface}, which --mode auto does only when asked; staying on udp (pass {XDP_OPT_IN} to use AF_XDP)"
+    );
+    (
+        ModeResolution {
+            datapath: Datapath::Udp,
+            warning: resolved.warning,
+        },
+        Some(line),
+    )
 }
 
 /// Maps a decided datapath onto what this build implements. Until the fast
@@ -824,6 +857,45 @@ mod tests {
             launch_datapath(Datapath::Xdp, &[Datapath::Xdp, Datapath::Udp]),
             (Datapath::Xdp, None)
         );
+    }
+}
+
+#[cfg(test)]
+mod xdp_opt_in_tests {
+    use super::*;
+    use crate::host::facts::Offload;
+    use crate::host::known_issues::tests::facts;
+
+    #[test]
+    fn auto_never_attaches_xdp_unasked_but_says_how() {
+        // A virtio_net uplink: the host allows xdp and auto would pick it.
+        let mut f = facts("6.18.0", 1500, Offload::Off);
+        f.underlay_driver = Some("virtio_net".into());
+        let plan = decide(&f, &Request::default());
+        assert_eq!(plan.datapath, Datapath::Xdp);
+        let resolved = resolve_mode(&plan, Mode::Auto, false).unwrap();
+        let (kept, line) = require_xdp_opt_in(resolved.clone(), Mode::Auto, false, "eth0");
+        assert_eq!(kept.datapath, Datapath::Udp);
+        let line = line.unwrap();
+        assert!(
+            line.contains("xdp is possible on eth0") && line.contains("--allow-xdp"),
+            "{line}"
+        );
+        // Opted in: xdp.
+        let (opted, none) = require_xdp_opt_in(resolved, Mode::Auto, true, "eth0");
+        assert_eq!((opted.datapath, none), (Datapath::Xdp, None));
+        // --mode xdp is an explicit choice.
+        let explicit = resolve_mode(&plan, Mode::Xdp, false).unwrap();
+        assert_eq!(
+            require_xdp_opt_in(explicit, Mode::Xdp, false, "eth0")
+                .0
+                .datapath,
+            Datapath::Xdp
+        );
+        // Preflight still reports xdp as possible, with the opt-in.
+        let text = crate::host::preflight::render_text(&plan);
+        assert!(text.contains("decision  datapath xdp"), "{text}");
+        assert!(text.contains("--allow-xdp"), "{text}");
     }
 }
 

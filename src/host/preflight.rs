@@ -208,6 +208,12 @@ pub fn log_lines(plan: &Plan) -> Vec<String> {
     for reason in &plan.reasons {
         lines.push(format!("reason    {reason}"));
     }
+    if plan.runnable && plan.datapath == super::plan::Datapath::Xdp {
+        lines.push(format!(
+            "opt-in    xdp attaches an XDP program to the underlay interface: `weft launch --mode auto` uses it only with {}, otherwise udp",
+            super::plan::XDP_OPT_IN
+        ));
+    }
     for warning in &plan.warnings {
         lines.push(format!("warning   {warning}"));
     }

@@ -35,6 +35,16 @@ pub enum LocalDevice {
     Bridge,
 }
 
+impl std::fmt::Display for LocalDevice {
+    /// In the words of `--iface`: `tun (L3)` or `bridge (L2)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LocalDevice::Tun => "tun (L3)",
+            LocalDevice::Bridge => "bridge (L2)",
+        })
+    }
+}
+
 /// What a host tells a peer about itself once the handshake is done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

@@ -621,7 +621,7 @@ impl Link {
         }
         if hello.device != ours.device {
             return self.fail(format!(
-                "device mismatch: this host runs {:?} mode and the peer {:?}; use the same --iface on both",
+                "device mismatch: this host runs {} mode and the peer {} mode; use the same --iface on both",
                 ours.device, hello.device
             ));
         }
@@ -661,7 +661,7 @@ impl Link {
     pub fn on_authenticated(&mut self, local_index: u32, from: SocketAddr, now: Instant) {
         self.last_rx = Some(now);
         if self.endpoint != Some(from) {
-            tracing::info!(peer = %self.tcp_peer, old = ?self.endpoint, new = %from, "peer's UDP address changed; following it");
+            tracing::info!(peer = %self.tcp_peer, old = %endpoint_text(self.endpoint), new = %from, "peer's UDP address changed; following it");
             self.endpoint = Some(from);
         }
         if self
@@ -798,15 +798,15 @@ impl Link {
             let port = self.endpoint.map(|e| e.port()).unwrap_or(0);
             let reason = if established {
                 format!(
-                    "peer down: {} heartbeats missed ({} s without UDP from {:?})",
+                    "peer down: {} heartbeats missed ({} s without UDP from {})",
                     timers.missed_limit,
                     silence.as_secs(),
-                    self.endpoint
+                    endpoint_text(self.endpoint)
                 )
             } else {
                 format!(
-                    "no heartbeat reply over UDP from {:?} within {:.1} s: check that UDP port {} is open between the hosts",
-                    self.endpoint,
+                    "no heartbeat reply over UDP from {} within {:.1} s: check that UDP port {} is open between the hosts",
+                    endpoint_text(self.endpoint),
                     silence.as_secs_f64(),
                     port
                 )
@@ -866,4 +866,12 @@ impl Link {
             .flatten()
             .map(|s| s.local_index)
     }
+}
+
+/// A peer's UDP endpoint for messages: the address, or words when unknown.
+fn endpoint_text(endpoint: Option<SocketAddr>) -> String {
+    endpoint.map_or_else(
+        || "the peer (no UDP address known yet)".to_string(),
+        |e| e.to_string(),
+    )
 }

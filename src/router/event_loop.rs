@@ -26,6 +26,8 @@ const LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(3);
 /// Misses from the kernel OVS datapath (fastdp).
 const FASTDP: Token = Token(4);
+/// SIGHUP: re-read the peer list.
+const RELOAD: Token = Token(5);
 const FIRST_STREAM: usize = 16;
 
 /// Inbound connections still in their handshake; more are refused, so a
@@ -56,6 +58,8 @@ pub struct RouterConfig {
     pub l2: Option<super::l2::L2Config>,
     /// Bridge mode with the kernel fast datapath for peers that may get plaintext.
     pub fastdp: Option<super::fastdp::Fastdp>,
+    /// SIGHUP re-reads the peer list through this.
+    pub reload: Option<super::PeerReload>,
 }
 
 struct Stream {
@@ -79,6 +83,9 @@ struct LinkCounters {
 
 struct ConfiguredPeer {
     addr: SocketAddr,
+    /// Dropped from the config by a reload: not dialled again (kept as a
+    /// tombstone so stream indices into `configured` stay valid).
+    removed: bool,
     backoff: Backoff,
     stream: Option<Token>,
     last_failure: Option<String>,
@@ -113,6 +120,8 @@ pub struct Router {
     /// The device MTU now: lowered when a peer's verified path is smaller.
     tun_mtu: u16,
     icmp_buf: Box<[u8]>,
+    /// Rate limit of ICMP unreachable replies to local senders.
+    unreachable: UnreachableLimit,
     /// The kernel fast datapath (bridge mode, plaintext-allowed peers).
     fastdp: Option<super::fastdp::Fastdp>,
     fastdp_actions: Vec<super::fastdp::FastdpAction>,
@@ -160,6 +169,14 @@ impl Router {
         )?;
         let mut cfg = cfg;
         let fastdp = cfg.fastdp.take();
+        if let Some(r) = &cfg.reload {
+            r.signal.set_nonblocking(true)?;
+            poll.registry().register(
+                &mut SourceFd(&r.signal.as_raw_fd()),
+                RELOAD,
+                Interest::READABLE,
+            )?;
+        }
         if let Some(f) = &fastdp {
             poll.registry()
                 .register(&mut SourceFd(&f.upcall_fd()), FASTDP, Interest::READABLE)?;
@@ -167,11 +184,13 @@ impl Router {
         let now = Instant::now();
         let (cfg_l2, overlay_mtu, vni) = (cfg.l2.clone(), cfg.overlay_mtu, cfg.vni);
         let cfg_overlay_mtu = cfg.overlay_mtu;
+        let cfg_overlay_text = cfg.status_template.overlay.clone();
         let configured = cfg
             .peers
             .iter()
             .map(|&addr| ConfiguredPeer {
                 addr,
+                removed: false,
                 backoff: Backoff::new(now),
                 stream: None,
                 last_failure: None,
@@ -219,6 +238,7 @@ impl Router {
             gro_table: tun_rs::GROTable::default(),
             tun_mtu: cfg_overlay_mtu,
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
+            unreachable: UnreachableLimit::new(&cfg_overlay_text, now),
             fastdp,
             fastdp_actions: Vec::new(),
         })
@@ -243,6 +263,7 @@ impl Router {
                     UDP => self.on_udp_readable(),
                     LISTENER => self.on_accept(),
                     SIGNALS => stop = true,
+                    RELOAD => self.on_reload(Instant::now()),
                     FASTDP => self.on_fastdp_upcalls(),
                     token => self.on_stream_event(token, event.is_readable(), event.is_writable()),
                 }
@@ -270,7 +291,7 @@ impl Router {
             }
         }
         for p in &self.configured {
-            if p.stream.is_none() {
+            if p.stream.is_none() && !p.removed {
                 t = t.min(p.backoff.next_attempt());
             }
         }
@@ -347,8 +368,23 @@ impl Router {
         };
         let Some(&token) = self.routes.get(&dst) else {
             // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
-            if !dst.is_multicast() {
+            if !dst.is_multicast() && Some(dst) != self.unreachable.broadcast {
                 self.drops.no_route += 1;
+                // No peer claims this address: tell the local sender at once
+                // (host/address unreachable) instead of letting it time out.
+                if self.unreachable.allow(Instant::now()) {
+                    let reply = match frame[0] >> 4 {
+                        4 => crate::wire::icmpv4::build_host_unreachable(frame, &mut self.icmp_buf),
+                        6 => crate::wire::icmpv6::build_address_unreachable(
+                            frame,
+                            &mut self.icmp_buf,
+                        ),
+                        _ => Ok(None),
+                    };
+                    if let Ok(Some(len)) = reply {
+                        let _ = self.tun.send(&self.icmp_buf[..len]);
+                    }
+                }
             }
             return;
         };
@@ -905,8 +941,8 @@ impl Router {
             peer = %s.peer_addr,
             name = %hello.name,
             key = %short_key(&remote_static),
-            overlay = ?hello.overlay,
-            cipher = ?s.link.as_ref().and_then(|l| l.cipher()).map(|c| c.name()),
+            overlay = %hello.overlay.join(", "),
+            cipher = %s.link.as_ref().and_then(|l| l.cipher()).map_or("not negotiated yet", |c| c.name()),
             "peer authenticated"
         );
         if let Some(l) = s.link.as_ref() {
@@ -998,9 +1034,87 @@ impl Router {
             if !reason.starts_with("duplicate") {
                 cp.last_failure = Some(reason.to_string());
             }
-            if s.configured.is_some() {
+            if s.configured.is_some() && !cp.removed {
                 tracing::info!(peer = %cp.addr, "retrying in {:.1} s", cp.backoff.next_attempt().saturating_duration_since(now).as_secs_f64());
             }
+        }
+    }
+
+    /// SIGHUP: re-reads the peer list, dials peers that were added and
+    /// says goodbye to peers that were removed; logs what changed.
+    fn on_reload(&mut self, now: Instant) {
+        let Some(reload) = self.cfg.reload.as_mut() else {
+            return;
+        };
+        let mut drain = [0u8; 64];
+        while matches!((&reload.signal).read(&mut drain), Ok(n) if n > 0) {}
+        let wanted = match (reload.read)() {
+            Ok(peers) => peers,
+            Err(e) => {
+                tracing::warn!("SIGHUP: peer list not re-read: {e}");
+                return;
+            }
+        };
+        let mut added = Vec::new();
+        for addr in &wanted {
+            match self.configured.iter_mut().find(|c| c.addr == *addr) {
+                Some(c) if c.removed => {
+                    c.removed = false;
+                    c.backoff = Backoff::new(now);
+                    added.push(addr.to_string());
+                }
+                Some(_) => {}
+                None => {
+                    self.configured.push(ConfiguredPeer {
+                        addr: *addr,
+                        removed: false,
+                        backoff: Backoff::new(now),
+                        stream: None,
+                        last_failure: None,
+                    });
+                    added.push(addr.to_string());
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for i in 0..self.configured.len() {
+            let cp = &mut self.configured[i];
+            if cp.removed || wanted.contains(&cp.addr) {
+                continue;
+            }
+            cp.removed = true;
+            removed.push(cp.addr.to_string());
+            if let Some(token) = cp.stream {
+                if let Some(s) = self.streams.get_mut(&token) {
+                    if let Some(l) = s.link.as_mut() {
+                        l.goodbye("this peer was removed from the other host's peer list");
+                    }
+                    while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
+                        if let Output::Control(bytes) = out {
+                            s.out.extend_from_slice(&bytes);
+                        }
+                    }
+                }
+                self.flush(token);
+                self.close_stream(token, "removed from the peer list (SIGHUP)", now);
+            }
+        }
+        let active = self.configured.iter().filter(|c| !c.removed).count();
+        if added.is_empty() && removed.is_empty() {
+            tracing::info!("SIGHUP: peer list re-read, unchanged ({active} peer(s))");
+        } else {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            tracing::info!(
+                "SIGHUP: peer list re-read: added {}; removed {}; {active} peer(s) now",
+                list(&added),
+                list(&removed)
+            );
         }
     }
 
@@ -1036,7 +1150,7 @@ impl Router {
         }
         for i in 0..self.configured.len() {
             let cp = &self.configured[i];
-            if cp.stream.is_some() || !cp.backoff.due(now) {
+            if cp.stream.is_some() || cp.removed || !cp.backoff.due(now) {
                 continue;
             }
             // Already connected to this host by its own dial?
@@ -1082,6 +1196,9 @@ impl Router {
         let mut shown: Vec<Token> = Vec::new();
         let mut connections = Vec::new();
         for (i, cp) in self.configured.iter().enumerate() {
+            if cp.removed && cp.stream.is_none() {
+                continue;
+            }
             match cp.stream.and_then(|t| self.streams.get(&t).map(|s| (t, s))) {
                 Some((t, s)) => {
                     shown.push(t);
@@ -1295,6 +1412,54 @@ impl Router {
     }
 }
 
+/// ICMP unreachable replies for overlay addresses no peer claims: a token
+/// bucket (burst [`UnreachableLimit::BURST`], refilled
+/// [`UnreachableLimit::PER_SECOND`] per second), like the kernel's
+/// icmp_ratelimit, so a scan of the overlay cannot make weft flood.
+struct UnreachableLimit {
+    tokens: u32,
+    refilled: Instant,
+    /// The overlay's IPv4 broadcast address (never answered).
+    broadcast: Option<IpAddr>,
+}
+
+impl UnreachableLimit {
+    const BURST: u32 = 10;
+    const PER_SECOND: u32 = 10;
+
+    /// `overlay` is this host's `ADDR/PREFIX`.
+    fn new(overlay: &str, now: Instant) -> UnreachableLimit {
+        let broadcast = crate::launch::parse_overlay(overlay)
+            .ok()
+            .and_then(|(addr, prefix)| match addr {
+                IpAddr::V4(a) if prefix < 32 => Some(IpAddr::V4(std::net::Ipv4Addr::from(
+                    u32::from(a) | (u32::MAX >> prefix),
+                ))),
+                _ => None,
+            });
+        UnreachableLimit {
+            tokens: Self::BURST,
+            refilled: now,
+            broadcast,
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let fresh = (elapsed.as_millis() as u64 * u64::from(Self::PER_SECOND) / 1000) as u32;
+        if fresh > 0 {
+            self.tokens = (self.tokens + fresh).min(Self::BURST);
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 /// What bounds the datagrams towards one peer.
 struct PeerLimit {
     overlay_mtu: u16,
@@ -1379,5 +1544,24 @@ fn destination(packet: &[u8]) -> Option<IpAddr> {
             Some(IpAddr::from(b))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_replies_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut limit = UnreachableLimit::new("10.40.0.1/16", t0);
+        assert_eq!(limit.broadcast, Some("10.40.255.255".parse().unwrap()));
+        let sent = (0..100).filter(|_| limit.allow(t0)).count();
+        assert_eq!(sent, UnreachableLimit::BURST as usize);
+        assert!(limit.allow(t0 + Duration::from_millis(100)));
+        assert!(!limit.allow(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(10);
+        let sent = (0..100).filter(|_| limit.allow(later)).count();
+        assert_eq!(sent, UnreachableLimit::BURST as usize);
     }
 }

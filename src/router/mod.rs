@@ -9,4 +9,12 @@ pub mod plain;
 pub mod sleeve_batch;
 
 pub use event_loop::{Router, RouterConfig};
+
+/// SIGHUP: re-read the configured peer list.
+pub struct PeerReload {
+    /// Becomes readable when SIGHUP arrives.
+    pub signal: std::os::unix::net::UnixStream,
+    /// Reads the peer list anew (from the config file), or says why not.
+    pub read: Box<dyn FnMut() -> Result<Vec<std::net::SocketAddr>, String> + Send>,
+}
 pub use l2::L2Config;

@@ -432,6 +432,27 @@ pub fn build_frag_needed(
     next_hop_mtu: u16,
     out: &mut [u8],
 ) -> Result<Option<usize>> {
+    build_dst_unreachable(offending, CODE_FRAG_NEEDED, next_hop_mtu, out)
+}
+
+/// ICMP destination unreachable code 1: host unreachable (RFC 792).
+pub const CODE_HOST_UNREACHABLE: u8 = 1;
+
+/// Builds, into `out`, "destination unreachable / host unreachable" (type
+/// 3 code 1) for `offending`: no host owns its destination. Same
+/// addressing, quoting and return values as [`build_frag_needed`], for
+/// any packet (DF or not).
+pub fn build_host_unreachable(offending: &[u8], out: &mut [u8]) -> Result<Option<usize>> {
+    build_dst_unreachable(offending, CODE_HOST_UNREACHABLE, 0, out)
+}
+
+/// A destination-unreachable message with `code` about `offending`.
+fn build_dst_unreachable(
+    offending: &[u8],
+    code: u8,
+    next_hop_mtu: u16,
+    out: &mut [u8],
+) -> Result<Option<usize>> {
     let offending = ipv4::Packet::new_checked(offending)?;
     if !error_allowed(&offending) {
         return Ok(None);
@@ -465,7 +486,7 @@ pub fn build_frag_needed(
     let out = &mut out[..total_len];
     ip_repr.emit(&mut ipv4::Packet::new_unchecked(&mut *out))?;
     let icmp_repr = Repr::DstUnreachable {
-        code: CODE_FRAG_NEEDED,
+        code,
         next_hop_mtu,
         data: quote,
     };
@@ -580,6 +601,26 @@ mod tests {
         ];
         assert_eq!(&out[..28], &expected_head);
         assert_eq!(&out[28..len], &offending[..]);
+    }
+
+    #[test]
+    fn host_unreachable_parses_back() {
+        let offending = offending_udp(40);
+        let mut out = [0u8; 600];
+        let len = build_host_unreachable(&offending, &mut out)
+            .unwrap()
+            .unwrap();
+        let ip = ipv4::Packet::new_checked(&out[..len]).unwrap();
+        let ip_repr = ipv4::Repr::parse(&ip).unwrap();
+        assert_eq!(ip_repr.src_addr, Ipv4Addr::new(10, 1, 0, 3));
+        assert_eq!(ip_repr.dst_addr, Ipv4Addr::new(10, 1, 0, 2));
+        match Repr::parse(&Packet::new_checked(ip.payload()).unwrap()).unwrap() {
+            Repr::DstUnreachable { code, data, .. } => {
+                assert_eq!(code, CODE_HOST_UNREACHABLE);
+                assert_eq!(data, &offending[..]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

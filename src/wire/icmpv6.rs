@@ -426,6 +426,34 @@ pub fn error_allowed<T: AsRef<[u8]>>(offending: &ipv6::Packet<T>) -> bool {
 /// header and 8 bytes of the offending packet (`Truncated`). An `mtu`
 /// below 1280 is sent as given; receivers clamp it to 1280 (RFC 8201).
 pub fn build_packet_too_big(offending: &[u8], mtu: u32, out: &mut [u8]) -> Result<Option<usize>> {
+    build_error(offending, out, |quote| Repr::PacketTooBig {
+        mtu,
+        data: quote,
+    })
+}
+
+/// ICMPv6 destination unreachable code 3: address unreachable (RFC 4443).
+pub const CODE_ADDRESS_UNREACHABLE: u8 = 3;
+
+/// Builds, into `out`, "destination unreachable / address unreachable"
+/// (type 1 code 3) for `offending`: no host owns its destination. Same
+/// addressing, quoting and return values as [`build_packet_too_big`].
+pub fn build_address_unreachable(offending: &[u8], out: &mut [u8]) -> Result<Option<usize>> {
+    build_error(offending, out, |quote| Repr::Other {
+        msg_type: Message::DstUnreachable,
+        code: CODE_ADDRESS_UNREACHABLE,
+        rest_of_header: [0; 4],
+        data: quote,
+    })
+}
+
+/// An ICMPv6 error about `offending`, from its destination to its source,
+/// quoting as much of it as fits the minimum IPv6 MTU.
+fn build_error<'q>(
+    offending: &'q [u8],
+    out: &mut [u8],
+    message: impl FnOnce(&'q [u8]) -> Repr<'q>,
+) -> Result<Option<usize>> {
     let offending = ipv6::Packet::new_checked(offending)?;
     if !error_allowed(&offending) {
         return Ok(None);
@@ -456,7 +484,7 @@ pub fn build_packet_too_big(offending: &[u8], mtu: u32, out: &mut [u8]) -> Resul
     };
     let out = &mut out[..total_len];
     ip_repr.emit(&mut ipv6::Packet::new_unchecked(&mut *out))?;
-    let icmp_repr = Repr::PacketTooBig { mtu, data: quote };
+    let icmp_repr = message(quote);
     icmp_repr.emit(
         &reply_src,
         &reply_dst,
@@ -586,6 +614,32 @@ mod tests {
             Repr::PacketTooBig { mtu, data } => {
                 assert_eq!(mtu, 1410);
                 assert_eq!(data, &offending[..MAX_QUOTE_LEN]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn address_unreachable_parses_back() {
+        let offending = offending_udp(20);
+        let mut out = [0u8; 1280];
+        let len = build_address_unreachable(&offending, &mut out)
+            .unwrap()
+            .unwrap();
+        let ip = ipv6::Packet::new_checked(&out[..len]).unwrap();
+        assert_eq!(ip.src_addr(), addr("fd00::b"));
+        assert_eq!(ip.dst_addr(), addr("fd00::a"));
+        let icmp = Packet::new_checked(ip.payload()).unwrap();
+        match Repr::parse(&ip.src_addr(), &ip.dst_addr(), &icmp).unwrap() {
+            Repr::Other {
+                msg_type,
+                code,
+                data,
+                ..
+            } => {
+                assert_eq!(msg_type, Message::DstUnreachable);
+                assert_eq!(code, CODE_ADDRESS_UNREACHABLE);
+                assert_eq!(data, &offending[..]);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -297,12 +297,18 @@ impl Host {
     /// Starts `weft ARGS` in the namespace (stdout/stderr to a log file in the
     /// scratch directory). The PID is weft's own: `ip netns exec` execs it.
     pub fn start_with(&mut self, args: &[String], env: &[(&str, &str)]) {
+        self.start_program(WEFT, args, env);
+    }
+
+    /// Starts `PROGRAM ARGS` in the namespace in place of weft (e.g. a
+    /// shell script that ends by exec'ing weft), logged and stopped like it.
+    pub fn start_program(&mut self, program: &str, args: &[String], env: &[(&str, &str)]) {
         assert!(self.weft.is_none(), "{}: weft already running", self.ns);
         self.runs += 1;
         let log_path = self.path(&format!("weft-{}.log", self.runs));
         let log = fs::File::create(&log_path).expect("create the weft log");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, WEFT])
+            .args(["netns", "exec", &self.ns, program])
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

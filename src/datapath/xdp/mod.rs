@@ -157,24 +157,47 @@ pub struct XdpUnderlay {
 /// Removes a weft XDP program a killed process left on `ifindex`. A
 /// program by any other name is not weft's: refuse rather than replace it.
 fn clear_stale(rtnl: &mut Rtnl, interface: &str, ifindex: u32) -> Result<(), String> {
+    if let Some(id) = detach_weft_program(rtnl, interface, ifindex)? {
+        tracing::warn!(
+            interface,
+            program_id = id,
+            "removed a stale weft XDP program left by a process that did not exit cleanly"
+        );
+    }
+    Ok(())
+}
+
+/// Detaches weft's XDP program from `ifindex`; `Ok(Some(id))` when one was
+/// there, `Err` when another program is attached (never replaced).
+fn detach_weft_program(
+    rtnl: &mut Rtnl,
+    interface: &str,
+    ifindex: u32,
+) -> Result<Option<u32>, String> {
     let Some((id, mode)) = rtnl.xdp_program(ifindex).map_err(|e| e.to_string())? else {
-        return Ok(());
+        return Ok(None);
     };
     let name = bpf::program_name(id).unwrap_or_else(|e| format!("<unreadable: {e}>"));
     if name != bpf::PROGRAM_NAME {
         return Err(format!(
-            "{interface} already runs XDP program {name:?} (id {id}); weft does not replace another program: \
+            "{interface} already runs XDP program {name} (id {id}); weft does not replace another program: \
              remove it (`ip link set dev {interface} xdp off`) or use --mode udp"
         ));
     }
     rtnl.set_xdp(ifindex, -1, mode.flag())
         .map_err(|e| format!("removing stale weft program id {id}: {e}"))?;
-    tracing::warn!(
-        interface,
-        program_id = id,
-        "removed a stale weft XDP program left by a process that did not exit cleanly"
-    );
-    Ok(())
+    Ok(Some(id))
+}
+
+/// Removes the XDP program an earlier weft that did not exit cleanly left
+/// on `interface`: `Ok(true)` when there was one. Another program (not
+/// weft's) is left alone and reported as an error.
+pub fn clear_leftover_program(interface: &str) -> Result<bool, String> {
+    let mut rtnl = Rtnl::open().map_err(|e| format!("route netlink: {e}"))?;
+    let link = rtnl
+        .link(interface)
+        .map_err(|e| format!("{interface}: {e}"))?;
+    Ok(detach_weft_program(&mut rtnl, interface, link.index)?.is_some())
 }
 
 fn program_id(program: &OwnedFd) -> u32 {
@@ -423,7 +446,7 @@ impl XdpUnderlay {
             _map: map,
             _program: program,
         };
-        tracing::info!(interface, mode = %underlay.mode(), queues = underlay.sockets.len(), ports = ?underlay.ports, "AF_XDP underlay up");
+        tracing::info!(interface, mode = %underlay.mode(), queues = underlay.sockets.len(), ports = %underlay.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","), "AF_XDP underlay up");
         Ok(underlay)
     }
 
