@@ -1,4 +1,4 @@
-//! The command line: `weft keygen | pubkey | secret new | launch | status | preflight | bench | fastdp`.
+//! The command line: `weft keygen | pubkey | secret new | launch | connect | forget | status | preflight | bench | fastdp`.
 
 use crate::launch::{self, LaunchArgs};
 use clap::{Parser, Subcommand};
@@ -60,6 +60,24 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Kernel OVS fast datapath tools: run a standalone plaintext fastdp switch, dump its flows and counters.
     Fastdp(crate::datapath::odp::standalone::FastdpArgs),
+    /// Add a peer to a running `weft launch` and connect to it now (it is redialled with backoff until `weft forget`).
+    Connect {
+        /// The peer's address: IP or IP:PORT (port defaults to 6783).
+        #[arg(value_name = "ADDR")]
+        peer: String,
+        /// The status address of the weft to change (each weft in a network namespace has its own).
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_STATUS_ADDR)]
+        status_addr: SocketAddr,
+    },
+    /// Remove a peer from a running `weft launch`: close its connection and never redial it.
+    Forget {
+        /// The peer's address, as given to --peer or `weft connect`.
+        #[arg(value_name = "ADDR")]
+        peer: String,
+        /// The status address of the weft to change.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_STATUS_ADDR)]
+        status_addr: SocketAddr,
+    },
     /// Show this host's connections (from the status server of a running `weft launch`).
     Status {
         /// Print JSON instead of text.
@@ -110,6 +128,8 @@ pub fn main() -> ExitCode {
         Command::Pubkey => pubkey(),
         Command::Launch(args) => launch::run(*args),
         Command::Status { json, status_addr } => status(json, status_addr),
+        Command::Connect { peer, status_addr } => control(status_addr, &peer, true),
+        Command::Forget { peer, status_addr } => control(status_addr, &peer, false),
         Command::Preflight(args) => crate::host::preflight::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
         Command::Fastdp(args) => crate::datapath::odp::standalone::run(&args),
@@ -236,6 +256,38 @@ fn pubkey() -> ExitCode {
         Err(e) => {
             eprintln!("weft: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `weft connect` (`connect` true) and `weft forget`: exit 0 when done, 1
+/// when weft refused or is not running, 2 for a malformed address.
+fn control(status_addr: SocketAddr, peer: &str, connect: bool) -> ExitCode {
+    use crate::api::control::{send, ControlRequest};
+    let peer = match launch::parse_peer(peer) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("weft: {}", e.replacen("--peer", "peer", 1));
+            return ExitCode::from(2);
+        }
+    };
+    let request = if connect {
+        ControlRequest::Connect { peer }
+    } else {
+        ControlRequest::Forget { peer }
+    };
+    match send(status_addr, &request) {
+        Ok(reply) if reply.ok => {
+            println!("{}", reply.message);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!("weft: {}", reply.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("weft: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -1024,6 +1024,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     let udp_socket = udp::bind_data_socket(plan.listen).map_err(|e| usage(e.to_string()))?;
     let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
     let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
+    let control = crate::api::control::bind(plan.status_addr).map_err(usage)?;
 
     // One weft per interface name: refuse if one runs, clear what a dead one left.
     let mut instance_lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
@@ -1274,6 +1275,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 }),
                 fastdp,
                 reload: Some(reload),
+                control: Some(control),
             },
             snapshot,
         )

@@ -2,6 +2,7 @@
 //! JSON renderings, the HTTP server that serves them and the client behind
 //! `weft status`.
 
+pub mod control;
 pub mod http;
 pub mod l2_status;
 pub mod status;

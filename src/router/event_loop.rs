@@ -28,6 +28,8 @@ const SIGNALS: Token = Token(3);
 const FASTDP: Token = Token(4);
 /// SIGHUP: re-read the peer list.
 const RELOAD: Token = Token(5);
+/// The local control endpoint has a request (`weft connect`, `weft forget`).
+const CONTROL: Token = Token(6);
 const FIRST_STREAM: usize = 16;
 
 /// Inbound connections still in their handshake; more are refused, so a
@@ -60,6 +62,8 @@ pub struct RouterConfig {
     pub fastdp: Option<super::fastdp::Fastdp>,
     /// SIGHUP re-reads the peer list through this.
     pub reload: Option<super::PeerReload>,
+    /// The bound local control socket (`weft connect` / `weft forget`).
+    pub control: Option<std::os::unix::net::UnixListener>,
 }
 
 struct Stream {
@@ -122,6 +126,8 @@ pub struct Router {
     icmp_buf: Box<[u8]>,
     /// Rate limit of ICMP unreachable replies to local senders.
     unreachable: UnreachableLimit,
+    /// Requests from the local control endpoint.
+    control: Option<crossbeam_channel::Receiver<crate::api::control::PendingRequest>>,
     /// The kernel fast datapath (bridge mode, plaintext-allowed peers).
     fastdp: Option<super::fastdp::Fastdp>,
     fastdp_actions: Vec<super::fastdp::FastdpAction>,
@@ -181,6 +187,15 @@ impl Router {
             poll.registry()
                 .register(&mut SourceFd(&f.upcall_fd()), FASTDP, Interest::READABLE)?;
         }
+        let control = match cfg.control.take() {
+            Some(listener) => {
+                let waker = Arc::new(mio::Waker::new(poll.registry(), CONTROL)?);
+                let (tx, rx) = crossbeam_channel::unbounded();
+                crate::api::control::serve(listener, tx, waker)?;
+                Some(rx)
+            }
+            None => None,
+        };
         let now = Instant::now();
         let (cfg_l2, overlay_mtu, vni) = (cfg.l2.clone(), cfg.overlay_mtu, cfg.vni);
         let cfg_overlay_mtu = cfg.overlay_mtu;
@@ -239,6 +254,7 @@ impl Router {
             tun_mtu: cfg_overlay_mtu,
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
             unreachable: UnreachableLimit::new(&cfg_overlay_text, now),
+            control,
             fastdp,
             fastdp_actions: Vec::new(),
         })
@@ -264,6 +280,7 @@ impl Router {
                     LISTENER => self.on_accept(),
                     SIGNALS => stop = true,
                     RELOAD => self.on_reload(Instant::now()),
+                    CONTROL => self.on_control(Instant::now()),
                     FASTDP => self.on_fastdp_upcalls(),
                     token => self.on_stream_event(token, event.is_readable(), event.is_writable()),
                 }
@@ -1057,47 +1074,20 @@ impl Router {
         };
         let mut added = Vec::new();
         for addr in &wanted {
-            match self.configured.iter_mut().find(|c| c.addr == *addr) {
-                Some(c) if c.removed => {
-                    c.removed = false;
-                    c.backoff = Backoff::new(now);
-                    added.push(addr.to_string());
-                }
-                Some(_) => {}
-                None => {
-                    self.configured.push(ConfiguredPeer {
-                        addr: *addr,
-                        removed: false,
-                        backoff: Backoff::new(now),
-                        stream: None,
-                        last_failure: None,
-                    });
-                    added.push(addr.to_string());
-                }
+            if self.add_peer(*addr, now) {
+                added.push(addr.to_string());
             }
         }
         let mut removed = Vec::new();
-        for i in 0..self.configured.len() {
-            let cp = &mut self.configured[i];
-            if cp.removed || wanted.contains(&cp.addr) {
-                continue;
-            }
-            cp.removed = true;
-            removed.push(cp.addr.to_string());
-            if let Some(token) = cp.stream {
-                if let Some(s) = self.streams.get_mut(&token) {
-                    if let Some(l) = s.link.as_mut() {
-                        l.goodbye("this peer was removed from the other host's peer list");
-                    }
-                    while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
-                        if let Output::Control(bytes) = out {
-                            s.out.extend_from_slice(&bytes);
-                        }
-                    }
-                }
-                self.flush(token);
-                self.close_stream(token, "removed from the peer list (SIGHUP)", now);
-            }
+        let gone: Vec<SocketAddr> = self
+            .configured
+            .iter()
+            .filter(|c| !c.removed && !wanted.contains(&c.addr))
+            .map(|c| c.addr)
+            .collect();
+        for addr in gone {
+            self.remove_peer(addr, "removed from the peer list (SIGHUP)", now);
+            removed.push(addr.to_string());
         }
         let active = self.configured.iter().filter(|c| !c.removed).count();
         if added.is_empty() && removed.is_empty() {
@@ -1115,6 +1105,102 @@ impl Router {
                 list(&added),
                 list(&removed)
             );
+        }
+    }
+
+    /// Adds `addr` to the configured peers (dialled at once, then with
+    /// backoff); false if it already was one.
+    fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        match self.configured.iter_mut().find(|c| c.addr == addr) {
+            Some(c) if c.removed => {
+                c.removed = false;
+                c.backoff = Backoff::new(now);
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.configured.push(ConfiguredPeer {
+                    addr,
+                    removed: false,
+                    backoff: Backoff::new(now),
+                    stream: None,
+                    last_failure: None,
+                });
+                true
+            }
+        }
+    }
+
+    /// Removes `addr` from the configured peers: says goodbye on its
+    /// connection, closes it with `reason`, never redials. False if it was
+    /// not a configured peer.
+    fn remove_peer(&mut self, addr: SocketAddr, reason: &str, now: Instant) -> bool {
+        let Some(cp) = self
+            .configured
+            .iter_mut()
+            .find(|c| c.addr == addr && !c.removed)
+        else {
+            return false;
+        };
+        cp.removed = true;
+        if let Some(token) = cp.stream {
+            if let Some(s) = self.streams.get_mut(&token) {
+                if let Some(l) = s.link.as_mut() {
+                    l.goodbye("this peer was removed from the other host's peer list");
+                }
+                while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
+                    if let Output::Control(bytes) = out {
+                        s.out.extend_from_slice(&bytes);
+                    }
+                }
+            }
+            self.flush(token);
+            self.close_stream(token, reason, now);
+        }
+        true
+    }
+
+    /// Answers the local control endpoint's requests.
+    fn on_control(&mut self, now: Instant) {
+        use crate::api::control::{ControlReply, ControlRequest};
+        let Some(requests) = self.control.clone() else {
+            return;
+        };
+        while let Ok(pending) = requests.try_recv() {
+            let reply = match pending.request {
+                ControlRequest::Connect { peer } => {
+                    if self.add_peer(peer, now) {
+                        tracing::info!("weft connect: added peer {peer}; connecting");
+                        ControlReply::done(format!(
+                            "added peer {peer}; connecting now (weft status shows the connection)"
+                        ))
+                    } else {
+                        ControlReply::done(format!("{peer} is already a peer"))
+                    }
+                }
+                ControlRequest::Forget { peer } => {
+                    if self.remove_peer(peer, "forgotten (weft forget)", now) {
+                        tracing::info!("weft forget: removed peer {peer}");
+                        ControlReply::done(format!("forgot peer {peer}: its connection is closed and it is not dialled again"))
+                    } else {
+                        let known: Vec<String> = self
+                            .configured
+                            .iter()
+                            .filter(|c| !c.removed)
+                            .map(|c| c.addr.to_string())
+                            .collect();
+                        ControlReply::refused(format!(
+                            "{peer} is not a peer of this weft (peers: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ))
+                    }
+                }
+            };
+            let _ = pending.reply.send(reply);
         }
     }
 
