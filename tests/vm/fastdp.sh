@@ -35,7 +35,7 @@ start() { # ns peer overlay-ip [extra args]
     ip netns exec "$1" "$weft" fastdp run --iface weft --port 6784 --vni 42 --peer "$2" \
         --counters-file "/tmp/$1.counters" "${@:4}" 2>"/tmp/$1.log" &
     pids+=($!)
-    for _ in $(seq 50); do
+    for _ in $(seq 300); do
         ip -n "$1" link show weft >/dev/null 2>&1 && break
         sleep 0.1
     done

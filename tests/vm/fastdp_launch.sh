@@ -71,14 +71,14 @@ start() { # host-ns overlay-ip listen peer-args...
         --trusted-subnet 198.18.0.0/24 --overlay "$overlay/24" --listen "$listen" \
         --secret-file /tmp/fl-secret --config /tmp/fl-weft.toml --name "$ns" "$@" >"/tmp/$ns.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do
+    for _ in $(seq 300); do
         ip -n "$ns" link show weft >/dev/null 2>&1 && ip -n "$ns" link show weft-odp >/dev/null 2>&1 && break
         sleep 0.1
     done
     if [[ $mode == fastdp ]]; then
         ip -n "$ns" link show weft-odp >/dev/null 2>&1 || fail "bridge weft / datapath port weft-odp did not appear in $ns"
     else
-        for _ in $(seq 100); do
+        for _ in $(seq 300); do
             ip -n "$ns" link show weft >/dev/null 2>&1 && break
             sleep 0.1
         done

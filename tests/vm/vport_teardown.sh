@@ -46,7 +46,7 @@ say "known-issues table says: $table ($(head -n 1 <<<"$refusal"))"
 start() { # ns peer overlay-ip
     ip netns exec "$1" "$weft" fastdp run --force --iface weft --port 6784 --vni 42 --peer "$2" 2>"/tmp/$1.log" &
     pids+=($!)
-    for _ in $(seq 50); do
+    for _ in $(seq 300); do
         ip -n "$1" link show weft >/dev/null 2>&1 && break
         sleep 0.1
     done
