@@ -295,7 +295,10 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
     } else {
         file.list("peer").map_err(usage)?
     };
-    let peers = parse_peer_list(&peer_texts, listen).map_err(&peer_err)?;
+    let (peers, own_skipped) = parse_peer_list(&peer_texts, listen).map_err(&peer_err)?;
+    if let Some(line) = own_skipped {
+        log.info(line);
+    }
     let mode_err = from_file(&file, "mode", args.mode.is_some());
     let mode = match (args.mode, file.string("mode").map_err(usage)?) {
         (Some(m), _) => m,
@@ -584,25 +587,55 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
     })
 }
 
-/// Parses the peer list and refuses this host's own --listen address.
-fn parse_peer_list(texts: &[String], listen: SocketAddr) -> Result<Vec<SocketAddr>, String> {
-    let peers = texts
+/// Parses the peer list and leaves out this host's own address, so that
+/// one peer list can serve every host of a network (each skips itself).
+/// Returns the peers and the line to log about a skipped own address.
+fn parse_peer_list(
+    texts: &[String],
+    listen: SocketAddr,
+) -> Result<(Vec<SocketAddr>, Option<String>), String> {
+    let mut peers = texts
         .iter()
         .map(|p| parse_peer(p))
         .collect::<Result<Vec<_>, _>>()?;
-    for p in &peers {
-        if p.ip() == listen.ip() && p.port() == listen.port() {
-            return Err(format!("--peer {p} is this host's own --listen address"));
-        }
+    let own: Vec<String> = peers
+        .iter()
+        .filter(|p| is_own_address(**p, listen))
+        .map(|p| p.to_string())
+        .collect();
+    peers.retain(|p| !is_own_address(*p, listen));
+    let note = (!own.is_empty()).then(|| {
+        format!(
+            "peer {} is this host's own address: skipped",
+            own.join(", ")
+        )
+    });
+    Ok((peers, note))
+}
+
+/// Whether `peer` is where this host listens: the --listen address itself,
+/// or, when listening on every address, one of this host's addresses with
+/// the same port (binding a socket to it succeeds only for a local address;
+/// nothing is sent).
+fn is_own_address(peer: SocketAddr, listen: SocketAddr) -> bool {
+    if peer.port() != listen.port() {
+        return false;
     }
-    Ok(peers)
+    if peer.ip() == listen.ip() {
+        return true;
+    }
+    listen.ip().is_unspecified()
+        && peer.is_ipv4() == listen.is_ipv4()
+        && std::net::UdpSocket::bind(SocketAddr::new(peer.ip(), 0)).is_ok()
 }
 
 /// Re-reads the peer list from the config file (on SIGHUP).
 pub fn reload_peers(path: &std::path::Path, listen: SocketAddr) -> Result<Vec<SocketAddr>, String> {
     let file = ConfigFile::load(path)?;
     let texts = file.list("peer")?;
-    parse_peer_list(&texts, listen).map_err(|e| format!("{}: {e}", file.context("peer")))
+    parse_peer_list(&texts, listen)
+        .map(|(peers, _)| peers)
+        .map_err(|e| format!("{}: {e}", file.context("peer")))
 }
 
 /// Refuses an overlay prefix that an existing route already covers.
@@ -1294,6 +1327,41 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_same_peer_list_serves_every_host() {
+        let texts: Vec<String> = ["198.18.0.1:6783", "198.18.0.2", "127.0.0.1:6783"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        // Listening on 198.18.0.1:6783: that entry is this host.
+        let (peers, note) =
+            super::parse_peer_list(&texts, "198.18.0.1:6783".parse().unwrap()).unwrap();
+        assert_eq!(
+            peers,
+            vec![
+                "198.18.0.2:6783".parse().unwrap(),
+                "127.0.0.1:6783".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            note.as_deref(),
+            Some("peer 198.18.0.1:6783 is this host's own address: skipped")
+        );
+        // Listening everywhere: a local address with the listen port is this
+        // host (127.0.0.1 is local everywhere), other ports are not.
+        let (peers, note) =
+            super::parse_peer_list(&texts, "0.0.0.0:6783".parse().unwrap()).unwrap();
+        assert!(
+            !peers.contains(&"127.0.0.1:6783".parse().unwrap()),
+            "{peers:?}"
+        );
+        assert!(note.unwrap().contains("127.0.0.1:6783"));
+        let (peers, note) =
+            super::parse_peer_list(&texts, "0.0.0.0:7000".parse().unwrap()).unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(note, None);
+    }
+
     use super::*;
 
     #[test]
