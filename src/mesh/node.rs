@@ -397,6 +397,8 @@ pub struct Node {
     conflicts: HashSet<Conflict>,
     subnet_warnings: HashSet<(IpPrefix, PeerId, IpPrefix)>,
     recompute_at: Option<Instant>,
+    /// The summary of the live view, computed when asked after a change.
+    summary: std::cell::Cell<Option<(u32, u64)>>,
     next_round: Instant,
     outputs: VecDeque<Output>,
     table: Arc<ArcSwap<ForwardingTable>>,
@@ -434,6 +436,7 @@ impl Node {
             conflicts: HashSet::new(),
             subnet_warnings: HashSet::new(),
             recompute_at: Some(now),
+            summary: std::cell::Cell::new(None),
             next_round: now,
             outputs: VecDeque::new(),
             table: Arc::new(ArcSwap::from_pointee(ForwardingTable::default())),
@@ -533,14 +536,6 @@ impl Node {
                 });
                 return;
             }
-        } else if self.by_peer.len() >= 2 * self.cfg.connection_limit
-            && !(dialed_target && self.targets.contains_key(&remote))
-        {
-            self.push_output(Output::Close {
-                conn,
-                reason: CloseReason::TooManyConnections,
-            });
-            return;
         }
         if let Some(t) = self.targets.get_mut(&remote).filter(|_| dialed_target) {
             t.state = TargetState::Connected(conn);
@@ -756,6 +751,9 @@ impl Node {
     /// The (live count, hash) summary of this node's view: two nodes with
     /// equal summaries hold the same live records.
     pub fn summary(&self) -> (u32, u64) {
+        if let Some(summary) = self.summary.get() {
+            return summary;
+        }
         let mut hash = gossip::entry_hash(&self.own.id, self.own.version);
         let mut live = 1u32;
         for s in self.records.values() {
@@ -764,6 +762,7 @@ impl Node {
                 live += 1;
             }
         }
+        self.summary.set(Some((live, hash)));
         (live, hash)
     }
 
@@ -997,7 +996,10 @@ impl Node {
         self.publish_own(now);
     }
 
+    /// Something in the records changed: routes and the table are
+    /// recomputed after the settle delay, the summary when next asked.
     fn mark_dirty(&mut self, now: Instant) {
+        self.summary.set(None);
         if self.recompute_at.is_none() {
             self.recompute_at = Some(now + self.cfg.timers.settle);
         }
@@ -1018,6 +1020,7 @@ impl Node {
                 self.send(conn, bytes);
             }
         }
+        self.shed_connections(now);
         // Forget peers unreachable for the failure timeout.
         let timeout = self.cfg.timers.failure_timeout;
         self.records
@@ -1063,7 +1066,11 @@ impl Node {
             .iter()
             .filter(|p| !self.by_peer.contains_key(p) && !dialing.contains(p))
             .filter(|p| self.discovered_backoff.get(p).is_none_or(|b| b.due(now)))
-            .filter_map(|p| Some((*p, *self.record(p)?.endpoints.first()?)))
+            .filter_map(|p| self.record(p))
+            // Only peers under the limit themselves: a full one would have
+            // to shed a connection, and that one would dial again.
+            .filter(|r| r.neighbours.len() < self.cfg.connection_limit)
+            .filter_map(|r| Some((r.id, *r.endpoints.first()?)))
             .collect();
         candidates.sort_unstable();
         while want > 0 && !candidates.is_empty() {
@@ -1078,6 +1085,46 @@ impl Node {
                 peer: Some(peer),
             });
             want -= 1;
+        }
+    }
+
+    /// Above twice the connection limit, closes connections to the
+    /// best-connected neighbours. Inbound connections are never refused
+    /// outright: a newcomer whose only way in is a full host would be cut
+    /// off; shedding the neighbour with the most other connections keeps
+    /// everyone in the mesh (that neighbour has other paths).
+    fn shed_connections(&mut self, now: Instant) {
+        let cap = 2 * self.cfg.connection_limit;
+        while self.by_peer.len() > cap {
+            let user_given: HashSet<ConnectionId> = self
+                .targets
+                .values()
+                .filter_map(|t| match t.state {
+                    TargetState::Connected(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            let victim = self
+                .by_peer
+                .iter()
+                .filter(|(_, c)| !user_given.contains(c))
+                .filter_map(|(p, c)| Some((self.record(p)?.neighbours.len(), *p, *c)))
+                // It keeps at least the limit (with a margin for a stale
+                // record), so it does not dial again.
+                .filter(|(degree, _, _)| *degree > self.cfg.connection_limit + 2)
+                .max();
+            let Some((_, peer, conn)) = victim else {
+                return;
+            };
+            self.connections.remove(&conn);
+            self.by_peer.remove(&peer);
+            self.push_output(Output::Close {
+                conn,
+                reason: CloseReason::TooManyConnections,
+            });
+        }
+        if self.own.neighbours.len() != self.by_peer.len() {
+            self.publish_own(now);
         }
     }
 
@@ -1097,6 +1144,7 @@ impl Node {
     /// from the records as they are now.
     fn recompute(&mut self, now: Instant) {
         self.recompute_at = None;
+        self.summary.set(None);
         let graph = Graph::build(self.records.values().map(|s| &s.record).chain([&self.own]));
         let me = graph
             .vertex(&self.own.id)
