@@ -52,6 +52,7 @@ impl IpPrefix {
     }
 
     /// The prefix length in bits.
+    #[allow(clippy::len_without_is_empty)] // a length in bits, not a count
     pub fn len(&self) -> u8 {
         self.len
     }

@@ -1024,7 +1024,7 @@ impl Node {
         // Forget peers unreachable for the failure timeout.
         let timeout = self.cfg.timers.failure_timeout;
         self.records
-            .retain(|_, s| s.unreachable_since.is_none_or(|t| now < t + timeout));
+            .retain(|_, s| s.unreachable_since.map_or(true, |t| now < t + timeout));
         self.dialing.retain(|_, (_, since)| now < *since + timeout);
         self.discovered_backoff
             .retain(|p, _| self.records.contains_key(p));
@@ -1065,7 +1065,7 @@ impl Node {
             .live
             .iter()
             .filter(|p| !self.by_peer.contains_key(p) && !dialing.contains(p))
-            .filter(|p| self.discovered_backoff.get(p).is_none_or(|b| b.due(now)))
+            .filter(|p| self.discovered_backoff.get(p).map_or(true, |b| b.due(now)))
             .filter_map(|p| self.record(p))
             // Only peers under the limit themselves: a full one would have
             // to shed a connection, and that one would dial again.

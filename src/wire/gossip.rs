@@ -89,7 +89,7 @@ impl<'a> Digest<'a> {
 
     /// Whether `id` lies in the range.
     pub fn covers(&self, id: &PeerId) -> bool {
-        *id >= self.start() && self.end().is_none_or(|e| *id < e)
+        *id >= self.start() && self.end().map_or(true, |e| *id < e)
     }
 
     /// The (id, version) entries.
