@@ -797,8 +797,10 @@ fn mesh_scale_1000_nodes_converge_and_survive_a_tenth_dying() {
 }
 
 #[test]
-fn mesh_scale_200_nodes_converge_and_survive_a_tenth_dying() {
-    check_scale(&scale_run(200, 7));
+fn mesh_scale_100_nodes_converge_and_survive_a_tenth_dying() {
+    // 100 nodes keep `cargo test` within its time budget; the 1000-node
+    // run is the ignored test above.
+    check_scale(&scale_run(100, 7));
 }
 
 #[test]
