@@ -32,8 +32,28 @@ fn header_like_bytes() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// Bytes that start like a gossip message, with counts small enough that
+/// the body is often long enough.
+fn gossip_like_bytes() -> impl Strategy<Value = Vec<u8>> {
+    (
+        1u8..=4,
+        0u8..4,
+        proptest::collection::vec(any::<u8>(), 0..1200),
+    )
+        .prop_map(|(kind, count, mut rest)| {
+            let mut bytes = vec![kind, 0, count];
+            bytes.append(&mut rest);
+            bytes
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gossip_parser_total_on_gossip_like_bytes(bytes in gossip_like_bytes()) {
+        totality::exercise_gossip(&bytes);
+    }
 
     #[test]
     fn all_parsers_total_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {

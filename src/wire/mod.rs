@@ -24,6 +24,7 @@ pub type Field = core::ops::Range<usize>;
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod gossip;
 pub mod heartbeat;
 pub mod icmpv4;
 pub mod icmpv6;

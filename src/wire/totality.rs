@@ -9,7 +9,8 @@
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
-    arp, checksum, ethernet, heartbeat, icmpv4, icmpv6, ipv4, ipv6, overhead, sleeve, udp, vxlan,
+    arp, checksum, ethernet, gossip, heartbeat, icmpv4, icmpv6, ipv4, ipv6, overhead, sleeve, udp,
+    vxlan,
 };
 
 /// Runs every parser on `bytes` directly and as the payload of the
@@ -29,6 +30,7 @@ pub fn exercise_all(bytes: &[u8]) {
     exercise_sleeve(bytes);
     exercise_records(bytes);
     exercise_heartbeat(bytes);
+    exercise_gossip(bytes);
     exercise_overhead(bytes);
 }
 
@@ -452,6 +454,56 @@ pub fn exercise_overhead(bytes: &[u8]) {
                         "overlay MTU {mtu} overflows underlay {underlay_mtu}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Mesh gossip messages: parse, walk every accessor, and for records check
+/// that what a node would re-emit parses back to the same values.
+pub fn exercise_gossip(bytes: &[u8]) {
+    let Ok(message) = gossip::Message::parse(bytes) else {
+        return;
+    };
+    match message {
+        gossip::Message::Summary { live, hash } => {
+            let mut out = Vec::new();
+            gossip::emit_summary(&mut out, live, hash);
+            assert_eq!(out, bytes, "summary emit differs from input");
+        }
+        gossip::Message::Digest(d) => {
+            let entries: Vec<_> = d.entries().collect();
+            let mut out = Vec::new();
+            gossip::emit_digest(&mut out, &d.start(), d.end().as_ref(), &entries);
+            let again = gossip::Message::parse(&out).expect("emitted digest parses");
+            let gossip::Message::Digest(again) = again else {
+                panic!("digest became another kind")
+            };
+            assert_eq!(again.entries().collect::<Vec<_>>(), entries);
+            let _ = entries.iter().all(|(id, _)| d.covers(id));
+        }
+        gossip::Message::Request(list) => {
+            let ids: Vec<_> = list.ids().collect();
+            let mut out = Vec::new();
+            gossip::emit_request(&mut out, &ids);
+            assert_eq!(out, bytes, "request emit differs from input");
+        }
+        gossip::Message::Records(records) => {
+            for view in records.iter() {
+                let record = crate::mesh::topology::PeerRecord::from_view(&view);
+                let mut out = Vec::new();
+                gossip::emit_records_header(&mut out, 1);
+                record.repr().emit(&mut out);
+                let Ok(gossip::Message::Records(again)) = gossip::Message::parse(&out) else {
+                    panic!("re-emitted record does not parse")
+                };
+                let again: Vec<_> = again.iter().collect();
+                assert_eq!(again.len(), 1);
+                assert_eq!(
+                    crate::mesh::topology::PeerRecord::from_view(&again[0]),
+                    record,
+                    "record changed through emit and parse"
+                );
             }
         }
     }
