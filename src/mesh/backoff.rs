@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 pub const INITIAL: Duration = Duration::from_secs(2);
 /// Longest delay between attempts.
 pub const CAP: Duration = Duration::from_secs(6 * 60);
+/// A connection that lasted this long resets the backoff when it is lost;
+/// one lost sooner counts as a failed attempt.
+pub const STABLE: Duration = Duration::from_secs(60);
 
 /// When to try a configured peer next.
 #[derive(Debug, Clone)]

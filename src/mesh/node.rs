@@ -59,7 +59,7 @@
 //! claim that overlaps one a live peer already owns always loses; see
 //! [`super::claims`].
 
-use super::backoff::Backoff;
+use super::backoff::{self, Backoff};
 use super::claims::{self, AnnouncedClaim, Claim, Conflict, IpPrefix};
 use super::forwarding::{Destination, ForwardingReader, ForwardingTable, NextHop};
 use super::link::Direction;
@@ -338,6 +338,10 @@ enum TargetState {
 struct Target {
     backoff: Backoff,
     state: TargetState,
+    /// Since when the current connection has been up.
+    connected_at: Option<Instant>,
+    /// The peer found at the address last time.
+    peer: Option<PeerId>,
 }
 
 /// A user-given address and its state, for status.
@@ -403,6 +407,9 @@ pub struct Node {
     outputs: VecDeque<Output>,
     table: Arc<ArcSwap<ForwardingTable>>,
     stats: GossipStats,
+    /// Why this host's record version moved, for the simulation tests.
+    #[cfg(test)]
+    pub(crate) bumps: BTreeMap<&'static str, u64>,
 }
 
 impl Node {
@@ -441,6 +448,8 @@ impl Node {
             outputs: VecDeque::new(),
             table: Arc::new(ArcSwap::from_pointee(ForwardingTable::default())),
             stats: GossipStats::default(),
+            #[cfg(test)]
+            bumps: BTreeMap::new(),
             cfg,
         };
         node.recompute(now);
@@ -455,6 +464,8 @@ impl Node {
         self.targets.entry(addr).or_insert(Target {
             backoff: Backoff::new(now),
             state: TargetState::Idle,
+            connected_at: None,
+            peer: None,
         });
         self.dial_targets(now);
     }
@@ -525,10 +536,11 @@ impl Node {
                     conn: other,
                     reason: CloseReason::Duplicate,
                 });
-                self.retarget(other, Some(conn));
+                self.retarget(other, Some(conn), now);
             } else {
                 if let Some(t) = self.targets.get_mut(&remote).filter(|_| dialed_target) {
                     t.state = TargetState::Connected(other);
+                    t.peer = Some(peer);
                 }
                 self.push_output(Output::Close {
                     conn,
@@ -538,8 +550,11 @@ impl Node {
             }
         }
         if let Some(t) = self.targets.get_mut(&remote).filter(|_| dialed_target) {
+            // The backoff is reset when the connection has lasted (see
+            // `retarget`), not now.
             t.state = TargetState::Connected(conn);
-            t.backoff.succeeded();
+            t.connected_at = Some(now);
+            t.peer = Some(peer);
         }
         if let Some(b) = self.discovered_backoff.get_mut(&peer) {
             b.succeeded();
@@ -554,7 +569,7 @@ impl Node {
             },
         );
         self.by_peer.insert(peer, conn);
-        self.publish_own(now);
+        self.publish_own_because("connection_up", now);
         self.send_digest(conn);
     }
 
@@ -564,7 +579,7 @@ impl Node {
         if let Some(c) = self.connections.get_mut(&conn) {
             if c.data_path != working {
                 c.data_path = working;
-                self.publish_own(now);
+                self.publish_own_because("data_path", now);
             }
         }
     }
@@ -578,12 +593,12 @@ impl Node {
         if self.by_peer.get(&c.peer) == Some(&conn) {
             self.by_peer.remove(&c.peer);
         }
-        self.retarget(conn, None);
+        self.retarget(conn, None, now);
         self.discovered_backoff
             .entry(c.peer)
             .or_insert_with(|| Backoff::new(now))
             .failed(now);
-        self.publish_own(now);
+        self.publish_own_because("connection_down", now);
     }
 
     /// Gossip bytes arrived on a connection. An `Err` means the peer sent
@@ -653,7 +668,8 @@ impl Node {
             t = t.min(self.started + self.cfg.timers.sync_timeout);
         }
         for target in self.targets.values() {
-            if target.state == TargetState::Idle {
+            // A held target is looked at again in the next gossip round.
+            if target.state == TargetState::Idle && !self.target_held(target) {
                 t = t.min(target.backoff.next_attempt());
             }
         }
@@ -962,6 +978,14 @@ impl Node {
     /// Rebuilds this host's record from its connections, bumps its version
     /// and pushes it to every neighbour.
     fn publish_own(&mut self, now: Instant) {
+        self.publish_own_because("other", now);
+    }
+
+    fn publish_own_because(&mut self, _cause: &'static str, now: Instant) {
+        #[cfg(test)]
+        {
+            *self.bumps.entry(_cause).or_default() += 1;
+        }
         self.own.version += 1;
         self.own.neighbours = self
             .by_peer
@@ -993,7 +1017,7 @@ impl Node {
             .map(|&claim| AnnouncedClaim { lamport, claim })
             .collect();
         self.lamport = lamport;
-        self.publish_own(now);
+        self.publish_own_because("claims", now);
     }
 
     /// Something in the records changed: routes and the table are
@@ -1031,11 +1055,38 @@ impl Node {
         self.dial_discovered(now);
     }
 
+    /// Whether a user-given address whose connection was lost need not be
+    /// dialled now: the peer found there is still reachable through the
+    /// mesh and this host has its fill of connections. The usual case is a
+    /// full peer that shed this host, which would shed it again:
+    /// redialling would change both records every few seconds, for ever.
+    /// It is dialled again as soon as the peer becomes unreachable or this
+    /// host falls under its connection limit.
+    fn target_held(&self, target: &Target) -> bool {
+        target.peer.is_some_and(|p| {
+            self.live.contains(&p) && self.by_peer.len() >= self.cfg.connection_limit
+        })
+    }
+
     fn dial_targets(&mut self, now: Instant) {
+        // An idle address whose peer is connected anyway (it dialled this
+        // host, or this host dialled it as a discovered peer) adopts that
+        // connection instead of dialling a duplicate.
+        for t in self.targets.values_mut() {
+            if t.state != TargetState::Idle {
+                continue;
+            }
+            if let Some(&conn) = t.peer.and_then(|p| self.by_peer.get(&p)) {
+                t.state = TargetState::Connected(conn);
+                t.connected_at = Some(now);
+            }
+        }
         let due: Vec<SocketAddr> = self
             .targets
             .iter()
-            .filter(|(_, t)| t.state == TargetState::Idle && t.backoff.due(now))
+            .filter(|(_, t)| {
+                t.state == TargetState::Idle && t.backoff.due(now) && !self.target_held(t)
+            })
             .map(|(a, _)| *a)
             .collect();
         for addr in due {
@@ -1093,6 +1144,14 @@ impl Node {
     /// outright: a newcomer whose only way in is a full host would be cut
     /// off; shedding the neighbour with the most other connections keeps
     /// everyone in the mesh (that neighbour has other paths).
+    ///
+    /// A converged mesh must stop changing (every record change costs
+    /// digests of O(N) bytes until all views agree again), so shedding
+    /// must not be undone: the victim keeps more than the limit, so it does
+    /// not dial discovered peers; connections this host opened go first,
+    /// as an inbound one may be the other end's user-given address; and a
+    /// user-given address shed this way is not redialled while its peer
+    /// stays reachable (see `target_held`).
     fn shed_connections(&mut self, now: Instant) {
         let cap = 2 * self.cfg.connection_limit;
         while self.by_peer.len() > cap {
@@ -1108,12 +1167,18 @@ impl Node {
                 .by_peer
                 .iter()
                 .filter(|(_, c)| !user_given.contains(c))
-                .filter_map(|(p, c)| Some((self.record(p)?.neighbours.len(), *p, *c)))
+                .filter_map(|(p, c)| {
+                    let outbound = self.connections[c].direction == Direction::Outbound;
+                    Some((outbound, self.record(p)?.neighbours.len(), *p, *c))
+                })
                 // It keeps at least the limit (with a margin for a stale
                 // record), so it does not dial again.
-                .filter(|(degree, _, _)| *degree > self.cfg.connection_limit + 2)
+                .filter(|(_, degree, _, _)| *degree > self.cfg.connection_limit + 2)
+                // Connections this host opened first: the other end has no
+                // reason to open them again, whereas an inbound one may be
+                // an address its user gave it, which it keeps redialling.
                 .max();
-            let Some((_, peer, conn)) = victim else {
+            let Some((_, _, peer, conn)) = victim else {
                 return;
             };
             self.connections.remove(&conn);
@@ -1124,16 +1189,38 @@ impl Node {
             });
         }
         if self.own.neighbours.len() != self.by_peer.len() {
-            self.publish_own(now);
+            self.publish_own_because("shed", now);
         }
     }
 
     /// A user-given address's connection `old` is gone (or replaced by
     /// `new`).
-    fn retarget(&mut self, old: ConnectionId, new: Option<ConnectionId>) {
+    ///
+    /// A lost connection that had lasted [`backoff::STABLE`] resets the
+    /// address's backoff (it is redialled at once); one lost sooner counts
+    /// as a failed attempt. An address whose connections keep being closed
+    /// soon after they open (a full peer shedding this host) is thus
+    /// retried less and less often instead of every few seconds, each time
+    /// changing two records.
+    fn retarget(&mut self, old: ConnectionId, new: Option<ConnectionId>, now: Instant) {
         for t in self.targets.values_mut() {
-            if t.state == TargetState::Connected(old) {
-                t.state = new.map_or(TargetState::Idle, TargetState::Connected);
+            if t.state != TargetState::Connected(old) {
+                continue;
+            }
+            match new {
+                Some(conn) => t.state = TargetState::Connected(conn),
+                None => {
+                    t.state = TargetState::Idle;
+                    let lasted = t
+                        .connected_at
+                        .take()
+                        .is_some_and(|at| now >= at + backoff::STABLE);
+                    if lasted {
+                        t.backoff.succeeded();
+                    } else {
+                        t.backoff.failed(now);
+                    }
+                }
             }
         }
     }

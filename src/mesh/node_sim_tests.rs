@@ -2,8 +2,11 @@
 //! connections, gossip with delay and loss, partitions, dead hosts and
 //! blocked data paths, all in one process and in simulated time.
 //!
-//! `cargo test --release --lib mesh::node_sim` runs the behaviour tests
-//! and the 1000-node scale test; the figures in perf/RESULTS.md come from
+//! `cargo test --release --lib mesh::node_sim` runs the behaviour tests,
+//! the 100-node scale test and the quiet-after-convergence test (50 and
+//! 100 nodes); the 1000-node scale test and `mesh_churn_diagnosis` (what
+//! still changes after convergence, by cause) are `--ignored`. The figures
+//! in perf/RESULTS.md come from
 //! `cargo test --release --lib mesh_scale_report -- --ignored --nocapture`.
 
 use super::claims::{Claim, IpPrefix};
@@ -13,7 +16,7 @@ use super::node::{Event, MeshTimers, Node, NodeConfig, Output, RouteReason};
 use super::peer::{ConnectionId, PeerId, PeerName};
 use rand_core::{impls, RngCore};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -105,6 +108,8 @@ struct Sim {
     /// How long a host takes to notice a dead connection (heartbeats).
     detection: Duration,
     keep_events: bool,
+    /// What the nodes asked for (dials, closes by reason), for diagnosis.
+    counts: BTreeMap<String, u64>,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -131,6 +136,7 @@ impl Sim {
             udp_blocked: HashSet::new(),
             detection: Duration::from_secs(3),
             keep_events: true,
+            counts: BTreeMap::new(),
         }
     }
 
@@ -197,7 +203,13 @@ impl Sim {
                         Some(bytes),
                     );
                 }
-                Output::Dial { addr, .. } => {
+                Output::Dial { addr, peer } => {
+                    let kind = if peer.is_some() {
+                        "dial discovered"
+                    } else {
+                        "dial target"
+                    };
+                    *self.counts.entry(kind.to_string()).or_default() += 1;
                     let d = self.delay();
                     self.schedule(
                         d,
@@ -208,7 +220,10 @@ impl Sim {
                         None,
                     );
                 }
-                Output::Close { conn, .. } => self.close(conn, Duration::ZERO),
+                Output::Close { conn, reason } => {
+                    *self.counts.entry(format!("close {reason:?}")).or_default() += 1;
+                    self.close(conn, Duration::ZERO)
+                }
                 Output::Event(e) => {
                     if self.keep_events {
                         self.nodes[i].events.push(e);
@@ -711,10 +726,9 @@ struct ScaleFigures {
     wall: Duration,
 }
 
-/// `n` nodes, each joining through one random earlier node, all at once;
-/// then 10% killed.
-fn scale_run(n: usize, seed: u64) -> ScaleFigures {
-    let wall = Instant::now();
+/// `n` nodes, each joining through one random earlier node, all at once,
+/// run until members agree: (sim, time to converge, gossip bytes sent).
+fn scale_converge(n: usize, seed: u64) -> (Sim, Duration, u64) {
     let mut sim = Sim::new(seed, Duration::from_millis(100));
     sim.keep_events = false;
     for i in 0..n {
@@ -740,6 +754,19 @@ fn scale_run(n: usize, seed: u64) -> ScaleFigures {
         })
         .unwrap_or_else(|| panic!("{n} nodes did not converge"));
     let join_bytes = bytes(&sim);
+    (sim, converge, join_bytes)
+}
+
+/// The scale run: [`scale_converge`], 20 s of steady state, then 10%
+/// killed.
+fn scale_run(n: usize, seed: u64) -> ScaleFigures {
+    let wall = Instant::now();
+    let (mut sim, converge, join_bytes) = scale_converge(n, seed);
+    let bytes = |s: &Sim| {
+        s.alive()
+            .map(|i| s.nodes[i].node.stats().bytes)
+            .sum::<u64>()
+    };
     // After convergence: 20 s without membership changes.
     let steady_start = bytes(&sim);
     let quiet = Duration::from_secs(20);
@@ -779,6 +806,94 @@ fn scale_run(n: usize, seed: u64) -> ScaleFigures {
         max_connections,
         wall: wall.elapsed(),
     }
+}
+
+/// What changed in the mesh since the counters were last taken: closes
+/// and dials by kind, and record-version bumps by cause, summed over live
+/// nodes.
+fn churn(sim: &mut Sim) -> BTreeMap<String, u64> {
+    let mut out = std::mem::take(&mut sim.counts);
+    for i in 0..sim.nodes.len() {
+        if sim.nodes[i].alive {
+            for (cause, n) in std::mem::take(&mut sim.nodes[i].node.bumps) {
+                *out.entry(format!("bump {cause}")).or_default() += n;
+            }
+        }
+    }
+    out
+}
+
+fn versions(sim: &Sim) -> Vec<u64> {
+    sim.nodes
+        .iter()
+        .map(|s| s.node.own_record().version)
+        .collect()
+}
+
+#[test]
+#[ignore = "diagnosis: prints what changes after convergence"]
+fn mesh_churn_diagnosis() {
+    let n: usize = std::env::var("MESH_CHURN_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let (mut sim, converge, _) = scale_converge(n, 7);
+    println!(
+        "{n} nodes converged in {converge:?}; during: {:?}",
+        churn(&mut sim)
+    );
+    for round in 0..6 {
+        let bytes0: u64 = sim.alive().map(|i| sim.nodes[i].node.stats().bytes).sum();
+        sim.run_for(Duration::from_secs(10));
+        let bytes1: u64 = sim.alive().map(|i| sim.nodes[i].node.stats().bytes).sum();
+        println!(
+            "+{}s: {:.0} B/node/s {:?}",
+            10 * (round + 1),
+            (bytes1 - bytes0) as f64 / n as f64 / 10.0,
+            churn(&mut sim)
+        );
+    }
+}
+
+/// Quiet period at `n` nodes: after the views agree, `rounds` gossip
+/// rounds with no record change at all; returns the gossip bytes per node
+/// per second over them.
+fn quiet_after_convergence(n: usize, rounds: u32) -> f64 {
+    let (mut sim, _, _) = scale_converge(n, 7);
+    sim.run_until(Duration::from_secs(60), |s| s.agreed())
+        .unwrap_or_else(|| panic!("{n} nodes: views did not become equal"));
+    churn(&mut sim);
+    let before = versions(&sim);
+    let bytes = |s: &Sim| {
+        s.alive()
+            .map(|i| s.nodes[i].node.stats().bytes)
+            .sum::<u64>()
+    };
+    let bytes0 = bytes(&sim);
+    let quiet = Duration::from_secs(u64::from(rounds));
+    sim.run_for(quiet);
+    let changed = churn(&mut sim);
+    assert!(
+        changed.is_empty(),
+        "{n} nodes: the mesh kept changing after convergence: {changed:?}"
+    );
+    assert_eq!(versions(&sim), before, "{n} nodes: record versions moved");
+    assert!(sim.agreed());
+    (bytes(&sim) - bytes0) as f64 / n as f64 / quiet.as_secs_f64()
+}
+
+#[test]
+fn mesh_converged_mesh_stops_changing_and_gossips_summaries_only() {
+    let b50 = quiet_after_convergence(50, 30);
+    let b100 = quiet_after_convergence(100, 30);
+    // One 13-byte summary per node per round (1 s ± 10%): no digests.
+    for (n, b) in [(50, b50), (100, b100)] {
+        assert!(b < 16.0, "{n} nodes: {b:.1} gossip B/node/s when quiet");
+    }
+    assert!(
+        (b100 / b50 - 1.0).abs() < 0.2,
+        "steady gossip depends on N: {b50:.1} at 50, {b100:.1} at 100 B/node/s"
+    );
 }
 
 /// The scale claims: bounded rounds, survivors agree within the failure
