@@ -594,17 +594,15 @@ fn parse_peer_list(
     texts: &[String],
     listen: SocketAddr,
 ) -> Result<(Vec<SocketAddr>, Option<String>), String> {
-    let mut peers = texts
+    let parsed = texts
         .iter()
         .map(|p| parse_peer(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let own: Vec<String> = peers
-        .iter()
-        .filter(|p| is_own_address(**p, listen))
-        .map(|p| p.to_string())
-        .collect();
-    peers.retain(|p| !is_own_address(*p, listen));
+    // One probe per peer (is_own_address may bind a socket).
+    let (own, peers): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        parsed.into_iter().partition(|p| is_own_address(*p, listen));
     let note = (!own.is_empty()).then(|| {
+        let own: Vec<String> = own.iter().map(SocketAddr::to_string).collect();
         format!(
             "peer {} is this host's own address: skipped",
             own.join(", ")
