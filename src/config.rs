@@ -52,6 +52,8 @@ pub const TIMER_KEYS: &[&str] = &[
     "fastdp_missed_limit",
     "fastdp_retry_secs",
     "fastdp_flow_idle_secs",
+    "gossip_interval_ms",
+    "peer_failure_timeout_secs",
 ];
 
 /// Keys of earlier versions and the key that replaces each. `offload` is

@@ -159,6 +159,7 @@ struct Plan {
     /// peers given with --peer, which win: nothing to re-read).
     reload_peers_from: Option<PathBuf>,
     timers: Timers,
+    mesh_timers: crate::mesh::MeshTimers,
     l2: Option<L2Plan>,
     /// Who may get plaintext over fastdp (`None`: nobody, encrypted network).
     plaintext_policy: Option<crate::router::fastdp::PlaintextPolicy>,
@@ -497,6 +498,16 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
     if let Some(s) = file.timer::<u64>("rekey_after_secs").map_err(usage)? {
         timers.rekey_after = Duration::from_secs(s.max(1));
     }
+    let mut mesh_timers = crate::mesh::MeshTimers::default();
+    if let Some(ms) = file.timer::<u64>("gossip_interval_ms").map_err(usage)? {
+        mesh_timers.gossip_interval = Duration::from_millis(ms.max(10));
+    }
+    if let Some(s) = file
+        .timer::<u64>("peer_failure_timeout_secs")
+        .map_err(usage)?
+    {
+        mesh_timers.failure_timeout = Duration::from_secs(s.max(1));
+    }
     let mut fastdp_proof = crate::datapath::odp::proof::ProofConfig::default();
     if let Some(ms) = file.timer::<u64>("fastdp_heartbeat_ms").map_err(usage)? {
         fastdp_proof.interval = Duration::from_millis(ms.max(10));
@@ -579,6 +590,7 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
         offload: !no_offload,
         reload_peers_from,
         timers,
+        mesh_timers,
         l2,
         plaintext_policy,
         fastdp_port,
@@ -1254,6 +1266,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         plan.status_addr
     );
 
+    let mesh = mesh_config(&plan, &underlay_iface, l2)?;
     let link = Arc::new(LinkConfig {
         key: plan.key,
         secret,
@@ -1293,6 +1306,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             RouterConfig {
                 link,
                 peers: plan.peers,
+                mesh,
                 vni: plan.vni,
                 overlay_mtu,
                 datagram_overhead: overhead_bytes,
@@ -1321,6 +1335,83 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         if l2 { "TAP" } else { "TUN" }
     );
     Ok(())
+}
+
+/// The mesh node's configuration: identity, name, where peers can dial
+/// this host, what it claims.
+fn mesh_config(
+    plan: &Plan,
+    underlay_iface: &str,
+    l2: bool,
+) -> Result<crate::mesh::NodeConfig, LaunchError> {
+    use crate::mesh::{NodeConfig, PeerId, PeerName};
+    let mut cfg = NodeConfig::new(
+        PeerId(plan.key.public()),
+        PeerName::from_untrusted(plan.name.as_bytes()),
+    );
+    cfg.endpoints = if plan.listen.ip().is_unspecified() {
+        interface_addresses(underlay_iface, plan.listen.is_ipv4())
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, plan.listen.port()))
+            .collect()
+    } else {
+        vec![plan.listen]
+    };
+    let text = format!("{}/{}", plan.overlay_addr, plan.overlay_prefix);
+    let (claim, subnet) = crate::mesh::claims::interface_address(&text)
+        .map_err(|e| usage(format!("--overlay {text}: {e}")))?;
+    cfg.claims = vec![claim];
+    cfg.subnets = vec![subnet];
+    cfg.broadcast_trees = l2;
+    cfg.timers = plan.mesh_timers.clone();
+    // Wall-clock seconds: a restarted host starts above its old records.
+    cfg.initial_version = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs().max(1));
+    Ok(cfg)
+}
+
+/// The addresses of one interface (of one family), for the control
+/// endpoints a host announces when it listens on every address.
+fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed by freeifaddrs below;
+    // every node is read only while the list is alive.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            cur = ifa.ifa_next;
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+                continue;
+            }
+            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_str() != Ok(iface) {
+                continue;
+            }
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET if ipv4 => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    out.push(IpAddr::from(
+                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    ));
+                }
+                libc::AF_INET6 if !ipv4 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                    if !ip.is_unicast_link_local() {
+                        out.push(IpAddr::V6(ip));
+                    }
+                }
+                _ => {}
+            }
+        }
+        libc::freeifaddrs(head);
+    }
+    out
 }
 
 #[cfg(test)]

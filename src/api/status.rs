@@ -121,6 +121,9 @@ pub struct Status {
     /// Fast datapath: the OVS datapath's name and what weft's userspace did for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastdp: Option<(String, crate::router::fastdp::FastdpCounters)>,
+    /// The mesh: every known peer and how this host reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<super::mesh_status::MeshStatus>,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -230,6 +233,9 @@ impl Status {
         for c in &self.connections {
             out.push_str(&c.line());
             out.push('\n');
+        }
+        if let Some(m) = &self.mesh {
+            out.push_str(&m.render_text());
         }
         out
     }

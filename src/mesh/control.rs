@@ -107,11 +107,78 @@ pub enum ControlMessage {
         /// The heartbeat's sequence number.
         seq: u64,
     },
+    /// Mesh gossip: one `wire::gossip` message for the mesh node.
+    Gossip {
+        /// The message (base64 in JSON).
+        #[serde(with = "b64")]
+        bytes: Vec<u8>,
+    },
+    /// A control message between two hosts that may not be neighbours,
+    /// passed hop by hop over control connections.
+    Relay(RelayedControl),
+    /// Control-channel liveness while the UDP data path is in doubt; a
+    /// request (`reply: false`) is answered at once.
+    Keepalive {
+        /// Whether this is the answer.
+        reply: bool,
+    },
     /// The sender is closing the connection on purpose.
     Goodbye {
         /// Why, for the peer's logs and status.
         reason: String,
     },
+}
+
+/// A control message travelling through the mesh from `from` to `to`
+/// (identities: static public keys). Each hop checks that `from` is the
+/// peer it came from or was relayed by a neighbour, and passes it towards
+/// `to` while `hops_left` lasts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedControl {
+    /// The originating host.
+    #[serde(with = "b64_key")]
+    pub from: [u8; 32],
+    /// The destination host.
+    #[serde(with = "b64_key")]
+    pub to: [u8; 32],
+    /// Hops it may still take.
+    pub hops_left: u8,
+    /// The payload (an encoded end-to-end handshake message).
+    #[serde(with = "b64")]
+    pub payload: Vec<u8>,
+}
+
+/// Bytes as a base64 string in JSON.
+mod b64 {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A 32-byte key as a base64 string in JSON.
+mod b64_key {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        super::b64::serialize(key, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let bytes = super::b64::deserialize(d)?;
+        bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a key is 32 bytes"))
+    }
 }
 
 impl ControlMessage {
@@ -198,6 +265,24 @@ mod tests {
         let m = ControlMessage::decode(old.to_string().as_bytes()).unwrap();
         assert!(matches!(m, ControlMessage::Hello(h) if h.fastdp_port.is_none()));
         assert!(ControlMessage::decode(&[0xff, 0, 1]).is_err());
+        let g = ControlMessage::Gossip {
+            bytes: vec![0, 1, 255],
+        };
+        assert_eq!(ControlMessage::decode(&g.encode()).unwrap(), g);
+        let r = ControlMessage::Relay(RelayedControl {
+            from: [1; 32],
+            to: [2; 32],
+            hops_left: 3,
+            payload: b"hi".to_vec(),
+        });
+        assert_eq!(ControlMessage::decode(&r.encode()).unwrap(), r);
+        // A key of the wrong length is refused, not truncated.
+        let bad = r.encode();
+        let bad = String::from_utf8(bad).unwrap().replace(
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 32]),
+            "AQID",
+        );
+        assert!(ControlMessage::decode(bad.as_bytes()).is_err());
     }
 
     #[test]

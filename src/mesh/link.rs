@@ -5,7 +5,9 @@
 //! write, datagrams to send, sessions to install, and a reason when the
 //! connection must close. Nothing in here does I/O or reads the clock.
 
-use super::control::{self, negotiate_cipher, ControlMessage, Hello, PROTOCOL_VERSION};
+use super::control::{
+    self, negotiate_cipher, ControlMessage, Hello, RelayedControl, PROTOCOL_VERSION,
+};
 use super::pmtu::{self, PmtuSearch};
 use crate::noise::handshake::{DataKeys, Established};
 use crate::noise::session::REKEY_AFTER_MESSAGES;
@@ -100,6 +102,10 @@ pub enum LinkState {
     Connecting,
     /// Heartbeats flow over UDP.
     Established,
+    /// The control connection is up but UDP heartbeats get no reply (a
+    /// firewall, a one-way path): traffic goes through other peers while
+    /// heartbeats keep probing the direct path. The reason says what failed.
+    DataPathDown(String),
     /// Closed, with the reason.
     Failed(String),
 }
@@ -110,6 +116,7 @@ impl LinkState {
         match self {
             LinkState::Handshaking | LinkState::Connecting => "connecting",
             LinkState::Established => "established",
+            LinkState::DataPathDown(_) => "data path down",
             LinkState::Failed(_) => "failed",
         }
     }
@@ -151,8 +158,18 @@ pub enum Output {
     /// A path-MTU search finished with a new verified size (whole IP
     /// datagram bytes).
     PathMtu(u16),
-    /// The first heartbeat reply arrived over UDP.
+    /// The first heartbeat reply arrived over UDP (also after the data
+    /// path was down and works again).
     Established,
+    /// Heartbeats over UDP stopped getting replies while the control
+    /// connection still answers: the direct data path is down, with why.
+    DataPathDown(String),
+    /// Gossip bytes (one `wire::gossip` message) from the peer, for the
+    /// mesh node.
+    Gossip(Vec<u8>),
+    /// An end-to-end handshake message travelling through the mesh, for
+    /// this host or to pass on.
+    Relay(RelayedControl),
     /// The peer acknowledged fast-datapath heartbeat `seq` (it arrived
     /// through the peer's VXLAN vport).
     FastdpAck(u64),
@@ -186,6 +203,13 @@ pub struct Link {
     created: Instant,
     connecting_since: Option<Instant>,
     last_rx: Option<Instant>,
+    /// Last heartbeat reply over UDP (a round trip: the data path works
+    /// both ways).
+    last_reply: Option<Instant>,
+    /// Last authenticated control message from the peer.
+    last_control_rx: Option<Instant>,
+    /// Since when the data path has been down.
+    down_since: Option<Instant>,
     next_heartbeat: Option<Instant>,
     heartbeat_seq: u32,
     rtt: Option<Duration>,
@@ -230,17 +254,13 @@ impl Link {
             created: now,
             connecting_since: None,
             last_rx: None,
+            last_reply: None,
+            last_control_rx: None,
+            down_since: None,
             next_heartbeat: None,
             heartbeat_seq: 0,
             rtt: None,
-            pmtu: PmtuSearch::new(
-                if cfg.ipv6_underlay {
-                    pmtu::FLOOR_IPV6
-                } else {
-                    pmtu::FLOOR_IPV4
-                },
-                cfg.underlay_mtu,
-            ),
+            pmtu: PmtuSearch::new(floor(&cfg), cfg.underlay_mtu),
             cfg,
         };
         let started = match direction {
@@ -401,6 +421,25 @@ impl Link {
         }
     }
 
+    /// Sends one gossip message to the peer.
+    pub fn send_gossip(&mut self, bytes: Vec<u8>) {
+        if self.remote_hello.is_some() && !self.is_closed() {
+            self.send_control(&ControlMessage::Gossip { bytes });
+        }
+    }
+
+    /// Passes a relayed control message to the peer.
+    pub fn send_relay(&mut self, relayed: RelayedControl) {
+        if self.remote_hello.is_some() && !self.is_closed() {
+            self.send_control(&ControlMessage::Relay(relayed));
+        }
+    }
+
+    /// Whether UDP heartbeats currently get replies.
+    pub fn data_path_works(&self) -> bool {
+        self.state == LinkState::Established
+    }
+
     /// Sends a goodbye before a deliberate close.
     pub fn goodbye(&mut self, reason: &str) {
         if self.transport.is_some() && !self.is_closed() {
@@ -519,6 +558,7 @@ impl Link {
                 return;
             }
         };
+        self.last_control_rx = Some(now);
         match ControlMessage::decode(&plain[..n]) {
             Ok(m) => self.on_message(m, now),
             Err(e) => self.fail(format!("malformed control message: {e}")),
@@ -589,6 +629,23 @@ impl Link {
             }
             ControlMessage::Goodbye { reason } => {
                 self.fail(format!("peer closed the connection: {reason}"))
+            }
+            ControlMessage::Gossip { bytes } => {
+                if self.remote_hello.is_none() {
+                    return self.fail("gossip before the hello".into());
+                }
+                self.outputs.push_back(Output::Gossip(bytes))
+            }
+            ControlMessage::Relay(relayed) => {
+                if self.remote_hello.is_none() {
+                    return self.fail("relayed message before the hello".into());
+                }
+                self.outputs.push_back(Output::Relay(relayed))
+            }
+            ControlMessage::Keepalive { reply } => {
+                if !reply {
+                    self.send_control(&ControlMessage::Keepalive { reply: true });
+                }
             }
         }
     }
@@ -697,7 +754,15 @@ impl Link {
                 if let Some(rtt) = now.checked_duration_since(sent) {
                     self.rtt = Some(rtt);
                 }
-                if self.state == LinkState::Connecting {
+                self.last_reply = Some(now);
+                if matches!(self.state, LinkState::DataPathDown(_)) {
+                    tracing::info!(peer = %self.tcp_peer, "heartbeat replies over UDP again: direct data path works");
+                    self.state = LinkState::Established;
+                    self.down_since = None;
+                    self.next_heartbeat = Some(now + self.cfg.timers.heartbeat_established);
+                    self.outputs.push_back(Output::Established);
+                    self.pmtu.start();
+                } else if self.state == LinkState::Connecting {
                     self.state = LinkState::Established;
                     self.next_heartbeat = Some(now + self.cfg.timers.heartbeat_established);
                     self.outputs.push_back(Output::Established);
@@ -792,15 +857,31 @@ impl Link {
         } else {
             timers.heartbeat_connecting
         };
-        let since = self.last_rx.or(self.connecting_since).unwrap_or(now);
+        let limit = interval * timers.missed_limit;
+        let down = matches!(self.state, LinkState::DataPathDown(_));
+        // The control connection must answer too: a peer that is silent on
+        // both channels is gone (TCP alone may take minutes to notice).
+        let control_since = match (self.last_control_rx, self.down_since) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).or(self.connecting_since).unwrap_or(now),
+        };
+        let control_silence = now.saturating_duration_since(control_since);
+        if down && control_silence > limit {
+            return self.fail(format!(
+                "peer down: no heartbeat reply over UDP and no answer on the control connection for {:.1} s",
+                control_silence.as_secs_f64()
+            ));
+        }
+        // Only replies count: they prove the path works both ways.
+        let since = self.last_reply.or(self.connecting_since).unwrap_or(now);
         let silence = now.saturating_duration_since(since);
-        if silence > interval * timers.missed_limit {
+        if !down && silence > limit {
             let port = self.endpoint.map(|e| e.port()).unwrap_or(0);
             let reason = if established {
                 format!(
-                    "peer down: {} heartbeats missed ({} s without UDP from {})",
+                    "{} heartbeats missed ({:.1} s without a reply over UDP from {})",
                     timers.missed_limit,
-                    silence.as_secs(),
+                    silence.as_secs_f64(),
                     endpoint_text(self.endpoint)
                 )
             } else {
@@ -811,10 +892,19 @@ impl Link {
                     port
                 )
             };
-            return self.fail(reason);
+            tracing::warn!(peer = %self.tcp_peer, "direct data path down: {reason}; traffic goes through other peers while heartbeats keep trying");
+            self.state = LinkState::DataPathDown(reason.clone());
+            self.down_since = Some(now);
+            self.outputs.push_back(Output::DataPathDown(reason));
+            self.pmtu = PmtuSearch::new(self.pmtu_floor(), self.cfg.underlay_mtu);
+            self.next_heartbeat = Some(now);
         }
         if self.next_heartbeat.is_some_and(|t| now >= t) {
             self.send_heartbeat(heartbeat::Kind::Request, 0, now, None);
+            if !self.data_path_works() {
+                // Ask the control connection to prove it is alive too.
+                self.send_control(&ControlMessage::Keepalive { reply: false });
+            }
             self.next_heartbeat = Some(now + interval);
         }
         if self.state == LinkState::Established {
@@ -859,12 +949,25 @@ impl Link {
         }
     }
 
+    fn pmtu_floor(&self) -> u16 {
+        floor(&self.cfg)
+    }
+
     /// Local indices of every live session (for the router's map).
     pub fn session_indices(&self) -> impl Iterator<Item = u32> + '_ {
         [&self.current, &self.previous, &self.next]
             .into_iter()
             .flatten()
             .map(|s| s.local_index)
+    }
+}
+
+/// The smallest datagram any path must carry.
+fn floor(cfg: &LinkConfig) -> u16 {
+    if cfg.ipv6_underlay {
+        pmtu::FLOOR_IPV6
+    } else {
+        pmtu::FLOOR_IPV4
     }
 }
 

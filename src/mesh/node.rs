@@ -708,6 +708,11 @@ impl Node {
         self.records.get(peer).map(|s| &s.record)
     }
 
+    /// Every peer record held (live or waiting to expire), own excluded.
+    pub fn records(&self) -> impl Iterator<Item = &PeerRecord> + '_ {
+        self.records.values().map(|s| &s.record)
+    }
+
     /// Peers reachable now, as of the last recomputation.
     pub fn live_peers(&self) -> impl Iterator<Item = &PeerRecord> + '_ {
         self.live.iter().filter_map(|p| self.record(p))

@@ -2,7 +2,7 @@
 //! (handshake, hellos, heartbeats, rekey, failures) without sockets.
 
 use super::control::{CipherChoice, Hello, LocalDevice, PROTOCOL_VERSION};
-use super::link::{Direction, Link, LinkConfig, Output, Timers};
+use super::link::{Direction, Link, LinkConfig, LinkState, Output, Timers};
 use crate::noise::{NetworkSecret, Session, StaticKey};
 use crate::wire::sleeve;
 use std::collections::HashMap;
@@ -43,6 +43,7 @@ struct Side {
     probes: Vec<usize>,
     path_mtu: Option<u16>,
     fastdp_acks: Vec<u64>,
+    data_path_down: Option<String>,
 }
 
 /// Moves outputs from one side to the other; drops datagrams when
@@ -101,7 +102,12 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool
             }
             Output::PathMtu(v) => from.path_mtu = Some(v),
             Output::FastdpAck(seq) => from.fastdp_acks.push(seq),
-            Output::Established => from.established = true,
+            Output::Established => {
+                from.established = true;
+                from.data_path_down = None;
+            }
+            Output::DataPathDown(r) => from.data_path_down = Some(r),
+            Output::Gossip(_) | Output::Relay(_) => {}
             Output::Close(r) => {
                 from.closed = Some(r);
                 to.link.on_control_closed("peer closed");
@@ -137,6 +143,7 @@ fn sides(ca: Arc<LinkConfig>, cb: Arc<LinkConfig>, now: Instant) -> (Side, Side)
         probes: vec![],
         path_mtu: None,
         fastdp_acks: vec![],
+        data_path_down: None,
     };
     (
         mk(Link::new(Direction::Outbound, b_addr, ca, now), a_addr),
@@ -223,7 +230,7 @@ fn vni_mismatch_is_explained() {
 }
 
 #[test]
-fn silent_udp_fails_with_reason_after_six_intervals() {
+fn silent_udp_marks_the_data_path_down_with_reason_after_six_intervals() {
     let t0 = Instant::now();
     let (mut a, mut b) = sides(
         cfg(b"s", 1, Timers::default()),
@@ -237,12 +244,58 @@ fn silent_udp_fails_with_reason_after_six_intervals() {
         a.link.poll(now);
         pump(&mut a, &mut b, now, false);
     }
-    assert!(!a.link.is_closed(), "not yet after 2.5 s");
+    assert!(a.data_path_down.is_none(), "not yet after 2.5 s");
     now += Duration::from_millis(600);
     a.link.poll(now);
     pump(&mut a, &mut b, now, false);
-    let reason = a.closed.clone().unwrap();
+    let reason = a.data_path_down.clone().unwrap();
     assert!(reason.contains("no heartbeat reply over UDP"), "{reason}");
+    // The control connection still answers: the link stays, heartbeats
+    // keep probing, and when UDP works again the data path comes back.
+    for _ in 0..20 {
+        now += Duration::from_millis(500);
+        a.link.poll(now);
+        b.link.poll(now);
+        pump(&mut a, &mut b, now, false);
+    }
+    assert!(a.closed.is_none() && !a.link.is_closed(), "{:?}", a.closed);
+    now += Duration::from_millis(500);
+    a.link.poll(now);
+    b.link.poll(now);
+    pump(&mut a, &mut b, now, true);
+    assert!(a.data_path_down.is_none() && a.link.data_path_works());
+}
+
+#[test]
+fn silence_on_both_channels_closes_the_link() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = sides(
+        cfg(b"s", 1, Timers::default()),
+        cfg(b"s", 1, Timers::default()),
+        t0,
+    );
+    pump(&mut a, &mut b, t0, true);
+    a.link.poll(t0);
+    b.link.poll(t0);
+    pump(&mut a, &mut b, t0, true);
+    assert!(a.established);
+    // From now on nothing at all reaches b (b is gone without a FIN).
+    let mut now = t0;
+    for _ in 0..200 {
+        now += Duration::from_millis(500);
+        a.link.poll(now);
+        while a.link.poll_output().is_some() {}
+        if a.link.is_closed() {
+            break;
+        }
+    }
+    let LinkState::Failed(reason) = a.link.state().clone() else {
+        panic!("still {:?}", a.link.state());
+    };
+    assert!(reason.starts_with("peer down"), "{reason}");
+    // Six established intervals to notice the data path, six more for control.
+    assert!(now - t0 >= Duration::from_secs(60), "{:?}", now - t0);
+    assert!(now - t0 <= Duration::from_secs(70), "{:?}", now - t0);
 }
 
 #[test]

@@ -4,8 +4,9 @@
 use crate::api::{ConnectionStatus, DropCounters, Status};
 use crate::datapath::tun::TunDevice;
 use crate::datapath::underlay::Underlay;
-use crate::mesh::backoff::Backoff;
 use crate::mesh::link::{Direction, Link, LinkConfig, LinkState, Output};
+use crate::mesh::node::{Event as MeshEvent, Output as MeshOutput, TargetStatus};
+use crate::mesh::{ConnectionId, Destination, ForwardingReader, Node, NodeConfig, PeerId};
 use crate::noise::keys::short_key;
 use crate::noise::session::OpenError;
 use crate::noise::Session;
@@ -48,6 +49,8 @@ pub struct RouterConfig {
     pub link: Arc<LinkConfig>,
     /// Configured peers to connect to (and reconnect with backoff).
     pub peers: Vec<SocketAddr>,
+    /// The mesh node's identity, claims and limits.
+    pub mesh: NodeConfig,
     /// The VNI.
     pub vni: u32,
     /// Device MTU from the interface MTU (the most the overlay ever gets).
@@ -73,7 +76,10 @@ struct Stream {
     connect_started: Instant,
     out: Vec<u8>,
     peer_addr: SocketAddr,
-    configured: Option<usize>,
+    /// The address the mesh node asked to dial (outbound connections).
+    dialed: Option<SocketAddr>,
+    /// The mesh node was told this connection is up.
+    up: bool,
     counters: LinkCounters,
 }
 
@@ -85,14 +91,19 @@ struct LinkCounters {
     rx_packets: u64,
 }
 
-struct ConfiguredPeer {
-    addr: SocketAddr,
-    /// Dropped from the config by a reload: not dialled again (kept as a
-    /// tombstone so stream indices into `configured` stay valid).
-    removed: bool,
-    backoff: Backoff,
-    stream: Option<Token>,
-    last_failure: Option<String>,
+/// Who a data session belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionOwner {
+    /// The link of a direct control connection.
+    Link(Token),
+}
+
+fn conn_of(token: Token) -> ConnectionId {
+    ConnectionId(token.0 as u64)
+}
+
+fn token_of(conn: ConnectionId) -> Token {
+    Token(conn.0 as usize)
 }
 
 /// The router: owns the sockets, the device and every link.
@@ -105,9 +116,13 @@ pub struct Router {
     cfg: RouterConfig,
     streams: HashMap<Token, Stream>,
     next_token: usize,
-    sessions: HashMap<u32, (Token, Arc<Session>)>,
-    routes: HashMap<IpAddr, Token>,
-    configured: Vec<ConfiguredPeer>,
+    sessions: HashMap<u32, (SessionOwner, Arc<Session>)>,
+    /// The mesh control plane: peers, gossip, claims, routes.
+    mesh: Node,
+    /// The forwarding table the mesh node publishes.
+    fwd: ForwardingReader,
+    /// Why the last dial of a user-given address failed.
+    dial_failures: HashMap<SocketAddr, String>,
     drops: DropCounters,
     snapshot: Arc<Mutex<Status>>,
     started: Instant,
@@ -200,17 +215,11 @@ impl Router {
         let (cfg_l2, overlay_mtu, vni) = (cfg.l2.clone(), cfg.overlay_mtu, cfg.vni);
         let cfg_overlay_mtu = cfg.overlay_mtu;
         let cfg_overlay_text = cfg.status_template.overlay.clone();
-        let configured = cfg
-            .peers
-            .iter()
-            .map(|&addr| ConfiguredPeer {
-                addr,
-                removed: false,
-                backoff: Backoff::new(now),
-                stream: None,
-                last_failure: None,
-            })
-            .collect();
+        let mut mesh = Node::new(cfg.mesh.clone(), Box::new(rand_core::OsRng), now);
+        for &addr in &cfg.peers {
+            mesh.connect(addr, now);
+        }
+        let fwd = mesh.forwarding();
         Ok(Router {
             poll,
             tun,
@@ -221,8 +230,9 @@ impl Router {
             streams: HashMap::new(),
             next_token: FIRST_STREAM,
             sessions: HashMap::new(),
-            routes: HashMap::new(),
-            configured,
+            mesh,
+            fwd,
+            dial_failures: HashMap::new(),
             drops: DropCounters::default(),
             snapshot,
             started: now,
@@ -290,6 +300,7 @@ impl Router {
             }
             let now = Instant::now();
             self.run_timers(now);
+            self.drive_mesh(now);
             self.udp.flush();
             if now.duration_since(self.last_status) >= STATUS_INTERVAL {
                 self.publish_status(now);
@@ -307,11 +318,7 @@ impl Router {
                 t = t.min(w);
             }
         }
-        for p in &self.configured {
-            if p.stream.is_none() && !p.removed {
-                t = t.min(p.backoff.next_attempt());
-            }
-        }
+        t = t.min(self.mesh.poll_timeout());
         t.saturating_duration_since(now)
             .max(Duration::from_millis(1))
     }
@@ -383,7 +390,24 @@ impl Router {
         let Some(dst) = destination(frame) else {
             return;
         };
-        let Some(&token) = self.routes.get(&dst) else {
+        let destination = self.fwd.load().lookup_ip(dst).copied();
+        let token = match destination {
+            Some(Destination::Peer {
+                peer,
+                next_hop,
+                conn,
+            }) if peer == next_hop => Some(token_of(conn)),
+            Some(Destination::Peer { peer, conn, .. }) => {
+                self.relay_frame(peer, token_of(conn), frame, limits);
+                return;
+            }
+            Some(Destination::Local) => {
+                // Addressed to this host: the kernel answers it, not the overlay.
+                return;
+            }
+            Some(Destination::Unreachable { .. }) | None => None,
+        };
+        let Some(token) = token else {
             // Multicast (IGMP, MLD, mDNS) has no single owner in L3 mode; not a routing failure.
             if !dst.is_multicast() && Some(dst) != self.unreachable.broadcast {
                 self.drops.no_route += 1;
@@ -606,11 +630,11 @@ impl Router {
             self.drops.malformed += 1;
             return;
         };
-        let Some((token, session)) = self.sessions.get(&repr.receiver_index) else {
+        let Some((owner, session)) = self.sessions.get(&repr.receiver_index) else {
             self.drops.unknown_session += 1;
             return;
         };
-        let token = *token;
+        let SessionOwner::Link(token) = *owner;
         let plain_len = match session.open(repr.counter, datagram) {
             Ok(len) => len,
             Err(OpenError::Replay) => {
@@ -682,6 +706,23 @@ impl Router {
         self.drive_link(token, now);
     }
 
+    /// End-to-end session state with a peer, for status.
+    fn end_to_end_state(&self, _peer: &PeerId) -> Option<String> {
+        None
+    }
+
+    fn relay_frame(&mut self, _peer: PeerId, _via: Token, _frame: &[u8], _limits: &PeerLimit) {
+        self.drops.no_route += 1;
+    }
+
+    fn on_relayed_control(
+        &mut self,
+        _from: Token,
+        _relayed: crate::mesh::control::RelayedControl,
+        _now: Instant,
+    ) {
+    }
+
     // ---- control connections --------------------------------------------
 
     fn on_accept(&mut self) {
@@ -718,7 +759,7 @@ impl Router {
         mut stream: TcpStream,
         peer_addr: SocketAddr,
         link: Option<Link>,
-        configured: Option<usize>,
+        dialed: Option<SocketAddr>,
         now: Instant,
     ) -> Option<Token> {
         let token = Token(self.next_token);
@@ -740,7 +781,8 @@ impl Router {
                 connect_started: now,
                 out: Vec::new(),
                 peer_addr,
-                configured,
+                dialed,
+                up: false,
                 counters: LinkCounters::default(),
             },
         );
@@ -843,7 +885,8 @@ impl Router {
                     }
                 }
                 Output::SessionUp(session) => {
-                    self.sessions.insert(session.local_index, (token, session));
+                    self.sessions
+                        .insert(session.local_index, (SessionOwner::Link(token), session));
                 }
                 Output::SessionDown(index) => {
                     self.sessions.remove(&index);
@@ -870,11 +913,29 @@ impl Router {
                 Output::Established => {
                     let s = self.streams.get_mut(&token).expect("present");
                     tracing::info!(peer = %s.peer_addr, "connection established: heartbeats flow over UDP");
-                    if let Some(i) = s.configured {
-                        self.configured[i].backoff.succeeded();
-                        self.configured[i].last_failure = None;
+                    if let Some(addr) = s.dialed {
+                        self.dial_failures.remove(&addr);
+                    }
+                    self.mesh.data_path(conn_of(token), true, now);
+                }
+                Output::DataPathDown(_) => {
+                    // The link logged why; the mesh routes around it.
+                    self.mesh.data_path(conn_of(token), false, now);
+                }
+                Output::Gossip(bytes) => {
+                    if let Err(e) = self.mesh.handle_gossip(conn_of(token), &bytes, now) {
+                        self.drops.malformed += 1;
+                        let reason = format!("the peer sent malformed gossip ({e})");
+                        if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut())
+                        {
+                            l.goodbye(&reason);
+                        }
+                        self.flush(token);
+                        self.close_stream(token, &reason, now);
+                        return;
                     }
                 }
+                Output::Relay(relayed) => self.on_relayed_control(token, relayed, now),
                 Output::Close(reason) => {
                     self.flush(token);
                     self.close_stream(token, &reason, now);
@@ -885,96 +946,43 @@ impl Router {
         self.flush(token);
     }
 
+    /// A link authenticated: the mesh node learns the connection (it
+    /// resolves duplicate connections to the same peer and asks to close
+    /// the loser).
     fn on_peer_ready(
         &mut self,
         token: Token,
         remote_static: [u8; 32],
         hello: crate::mesh::control::Hello,
     ) {
-        // One connection per peer pair: if both sides dialled, keep the one
-        // opened by the host with the smaller public key. Both ends decide
-        // the same way without talking.
-        let ours = self.cfg.link.key.public();
-        let initiator_key = |dir: Direction, theirs: &[u8; 32]| {
-            if dir == Direction::Outbound {
-                ours
-            } else {
-                *theirs
-            }
+        let now = Instant::now();
+        let Some(s) = self.streams.get_mut(&token) else {
+            return;
         };
-        let this_dir = self.streams[&token]
-            .link
-            .as_ref()
-            .map(|l| l.direction)
-            .unwrap_or(Direction::Inbound);
-        let duplicate = self.streams.iter().find_map(|(t, s)| {
-            let l = s.link.as_ref()?;
-            (*t != token && !l.is_closed() && l.remote_static() == Some(&remote_static))
-                .then_some((*t, l.direction))
-        });
-        if let Some((other, other_dir)) = duplicate {
-            let keep_this =
-                initiator_key(this_dir, &remote_static) < initiator_key(other_dir, &remote_static);
-            let (winner, loser) = if keep_this {
-                (token, other)
-            } else {
-                (other, token)
-            };
-            tracing::info!(peer = %self.streams[&token].peer_addr, "two connections to the same peer; keeping one");
-            // A configured peer whose dial lost is satisfied by the winner:
-            // no failure, no backoff, no redial.
-            for cp in self
-                .configured
-                .iter_mut()
-                .filter(|c| c.stream == Some(loser))
-            {
-                cp.stream = Some(winner);
-                cp.last_failure = None;
-            }
-            if let Some(s) = self.streams.get_mut(&loser) {
-                s.configured = None;
-                if let Some(l) = s.link.as_mut() {
-                    l.goodbye("duplicate connection");
-                    l.on_control_closed(
-                        "duplicate connection to the same peer (the other one is kept)",
-                    );
-                }
-            }
-            if loser == token {
-                return;
-            }
-        }
-        let s = self.streams.get_mut(&token).expect("present");
-        for cidr in &hello.overlay {
-            if let Some(ip) = cidr
-                .split('/')
-                .next()
-                .and_then(|a| a.parse::<IpAddr>().ok())
-            {
-                self.routes.insert(ip, token);
-            }
-        }
+        let Some(l) = s.link.as_ref() else {
+            return;
+        };
         tracing::info!(
             peer = %s.peer_addr,
-            name = %hello.name,
+            name = %crate::mesh::PeerName::from_untrusted(hello.name.as_bytes()),
             key = %short_key(&remote_static),
             overlay = %hello.overlay.join(", "),
-            cipher = %s.link.as_ref().and_then(|l| l.cipher()).map_or("not negotiated yet", |c| c.name()),
+            cipher = %l.cipher().map_or("not negotiated yet", |c| c.name()),
             "peer authenticated"
         );
-        if let Some(l) = s.link.as_ref() {
-            let dir = l.direction;
-            // An inbound connection from a configured peer satisfies it too.
-            if dir == Direction::Inbound {
-                let endpoint = l.endpoint();
-                if let Some(cp) = self.configured.iter_mut().find(|c| {
-                    c.stream.is_none()
-                        && (Some(c.addr) == endpoint || c.addr.ip() == s.peer_addr.ip())
-                }) {
-                    cp.stream = Some(token);
-                }
-            }
-        }
+        let direction = l.direction;
+        let remote = match (direction, s.dialed) {
+            (Direction::Outbound, Some(addr)) => addr,
+            _ => s.peer_addr,
+        };
+        s.up = true;
+        self.mesh.connection_up(
+            conn_of(token),
+            PeerId(remote_static),
+            direction,
+            remote,
+            now,
+        );
     }
 
     /// Sets the device MTU to the smallest verified path MTU minus the
@@ -1024,8 +1032,8 @@ impl Router {
             return;
         };
         let _ = self.poll.registry().deregister(&mut s.stream);
-        self.routes.retain(|_, t| *t != token);
-        self.sessions.retain(|_, (t, _)| *t != token);
+        self.sessions
+            .retain(|_, (owner, _)| *owner != SessionOwner::Link(token));
         if let Some(switch) = self.l2.as_mut() {
             switch.fdb.forget(crate::mesh::fdb::Location::Peer(token.0));
         }
@@ -1036,24 +1044,19 @@ impl Router {
         if s.link.is_some() && !authenticated {
             self.drops.control_rejected += 1;
         }
-        if reason.starts_with("duplicate") {
+        let duplicate = reason.starts_with("duplicate");
+        if duplicate {
             tracing::info!(peer = %s.peer_addr, "{reason}");
         } else {
             tracing::warn!(peer = %s.peer_addr, "connection closed: {reason}");
         }
-        let configured = s
-            .configured
-            .or_else(|| self.configured.iter().position(|c| c.stream == Some(token)));
-        if let Some(i) = configured {
-            let cp = &mut self.configured[i];
-            cp.stream = None;
-            cp.backoff.failed(now);
-            if !reason.starts_with("duplicate") {
-                cp.last_failure = Some(reason.to_string());
-            }
-            if s.configured.is_some() && !cp.removed {
-                tracing::info!(peer = %cp.addr, "retrying in {:.1} s", cp.backoff.next_attempt().saturating_duration_since(now).as_secs_f64());
-            }
+        if s.up {
+            self.mesh.connection_down(conn_of(token), now);
+        } else if let Some(addr) = s.dialed {
+            self.mesh.dial_failed(addr, now);
+        }
+        if let Some(addr) = s.dialed.filter(|_| !duplicate) {
+            self.dial_failures.insert(addr, reason.to_string());
         }
     }
 
@@ -1080,16 +1083,15 @@ impl Router {
         }
         let mut removed = Vec::new();
         let gone: Vec<SocketAddr> = self
-            .configured
-            .iter()
-            .filter(|c| !c.removed && !wanted.contains(&c.addr))
-            .map(|c| c.addr)
+            .user_peers()
+            .into_iter()
+            .filter(|a| !wanted.contains(a))
             .collect();
         for addr in gone {
             self.remove_peer(addr, "removed from the peer list (SIGHUP)", now);
             removed.push(addr.to_string());
         }
-        let active = self.configured.iter().filter(|c| !c.removed).count();
+        let active = self.user_peers().len();
         if added.is_empty() && removed.is_empty() {
             tracing::info!("SIGHUP: peer list re-read, unchanged ({active} peer(s))");
         } else {
@@ -1108,43 +1110,46 @@ impl Router {
         }
     }
 
-    /// Adds `addr` to the configured peers (dialled at once, then with
-    /// backoff); false if it already was one.
-    fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> bool {
-        match self.configured.iter_mut().find(|c| c.addr == addr) {
-            Some(c) if c.removed => {
-                c.removed = false;
-                c.backoff = Backoff::new(now);
-                true
-            }
-            Some(_) => false,
-            None => {
-                self.configured.push(ConfiguredPeer {
-                    addr,
-                    removed: false,
-                    backoff: Backoff::new(now),
-                    stream: None,
-                    last_failure: None,
-                });
-                true
-            }
-        }
+    /// The user-given peer addresses (--peer, config, `weft connect`).
+    fn user_peers(&self) -> Vec<SocketAddr> {
+        self.mesh.targets().map(|(a, _)| a).collect()
     }
 
-    /// Removes `addr` from the configured peers: says goodbye on its
-    /// connection, closes it with `reason`, never redials. False if it was
-    /// not a configured peer.
+    /// Adds `addr` to the user-given peers (dialled at once, then with
+    /// backoff); false if it already was one.
+    fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        if self.user_peers().contains(&addr) {
+            return false;
+        }
+        self.mesh.connect(addr, now);
+        true
+    }
+
+    /// Removes `addr` from the user-given peers: says goodbye on its
+    /// connection, closes it with `reason`, never redials it by address.
+    /// False if it was not one.
     fn remove_peer(&mut self, addr: SocketAddr, reason: &str, now: Instant) -> bool {
-        let Some(cp) = self
-            .configured
-            .iter_mut()
-            .find(|c| c.addr == addr && !c.removed)
-        else {
+        let Some((_, status)) = self.mesh.targets().find(|(a, _)| *a == addr) else {
             return false;
         };
-        cp.removed = true;
-        if let Some(token) = cp.stream {
+        self.mesh.forget(addr);
+        let token = match status {
+            TargetStatus::Connected(peer) => self
+                .mesh
+                .connected_peers()
+                .find(|(p, _)| **p == peer)
+                .map(|(_, c)| token_of(*c)),
+            TargetStatus::Dialing => self
+                .streams
+                .iter()
+                .find(|(_, s)| s.dialed == Some(addr))
+                .map(|(t, _)| *t),
+            _ => None,
+        };
+        self.dial_failures.remove(&addr);
+        if let Some(token) = token {
             if let Some(s) = self.streams.get_mut(&token) {
+                s.dialed = None;
                 if let Some(l) = s.link.as_mut() {
                     l.goodbye("this peer was removed from the other host's peer list");
                 }
@@ -1183,12 +1188,8 @@ impl Router {
                         tracing::info!("weft forget: removed peer {peer}");
                         ControlReply::done(format!("forgot peer {peer}: its connection is closed and it is not dialled again"))
                     } else {
-                        let known: Vec<String> = self
-                            .configured
-                            .iter()
-                            .filter(|c| !c.removed)
-                            .map(|c| c.addr.to_string())
-                            .collect();
+                        let known: Vec<String> =
+                            self.user_peers().iter().map(|a| a.to_string()).collect();
                         ControlReply::refused(format!(
                             "{peer} is not a peer of this weft (peers: {})",
                             if known.is_empty() {
@@ -1234,28 +1235,94 @@ impl Router {
             }
             self.drive_link(token, now);
         }
-        for i in 0..self.configured.len() {
-            let cp = &self.configured[i];
-            if cp.stream.is_some() || cp.removed || !cp.backoff.due(now) {
-                continue;
-            }
-            // Already connected to this host by its own dial?
-            let addr = cp.addr;
-            match TcpStream::connect(addr) {
-                Ok(stream) => {
-                    tracing::debug!(peer = %addr, "connecting");
-                    let token = self.add_stream(stream, addr, None, Some(i), now);
-                    self.configured[i].stream = token;
-                    if token.is_none() {
-                        self.configured[i].backoff.failed(now);
+        if now >= self.mesh.poll_timeout() {
+            self.mesh.handle_timeout(now);
+        }
+    }
+
+    /// Carries out what the mesh node asks for: gossip to send, addresses
+    /// to dial, connections to close; logs its events.
+    fn drive_mesh(&mut self, now: Instant) {
+        let mut touched: Vec<Token> = Vec::new();
+        while let Some(output) = self.mesh.poll_output() {
+            match output {
+                MeshOutput::Gossip { conn, bytes } => {
+                    let token = token_of(conn);
+                    if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
+                        l.send_gossip(bytes);
+                        if !touched.contains(&token) {
+                            touched.push(token);
+                        }
                     }
                 }
-                Err(e) => {
-                    let cp = &mut self.configured[i];
-                    cp.last_failure = Some(format!("cannot connect to {addr}: {e}"));
-                    cp.backoff.failed(now);
+                MeshOutput::Dial { addr, peer } => match TcpStream::connect(addr) {
+                    Ok(stream) => {
+                        match peer {
+                            Some(p) => {
+                                tracing::debug!(%addr, peer = %p, "connecting to a peer learned by gossip")
+                            }
+                            None => tracing::debug!(%addr, "connecting"),
+                        }
+                        if self
+                            .add_stream(stream, addr, None, Some(addr), now)
+                            .is_none()
+                        {
+                            self.mesh.dial_failed(addr, now);
+                        }
+                    }
+                    Err(e) => {
+                        self.dial_failures
+                            .insert(addr, format!("cannot connect to {addr}: {e}"));
+                        self.mesh.dial_failed(addr, now);
+                    }
+                },
+                MeshOutput::Close { conn, reason } => {
+                    let token = token_of(conn);
+                    let text = reason.to_string();
+                    if let Some(s) = self.streams.get_mut(&token) {
+                        if let Some(l) = s.link.as_mut() {
+                            l.goodbye(&text);
+                        }
+                        while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
+                            if let Output::Control(bytes) = out {
+                                s.out.extend_from_slice(&bytes);
+                            }
+                        }
+                    }
+                    self.flush(token);
+                    self.close_stream(token, &text, now);
                 }
+                MeshOutput::Event(event) => self.on_mesh_event(event),
             }
+        }
+        for token in touched {
+            self.drive_link(token, now);
+        }
+    }
+
+    fn on_mesh_event(&mut self, event: MeshEvent) {
+        match &event {
+            MeshEvent::ClaimConflict { .. } | MeshEvent::SubnetMismatch { .. } => {
+                tracing::error!("{}", self.describe(&event))
+            }
+            MeshEvent::ForwardingChanged { .. } => tracing::debug!("{event}"),
+            _ => tracing::info!("{}", self.describe(&event)),
+        }
+    }
+
+    /// An event in words, peers named by name and identity.
+    fn describe(&self, event: &MeshEvent) -> String {
+        crate::api::mesh_status::describe_event(event, |p| self.peer_label(p))
+    }
+
+    /// `name (key)` of a peer the mesh knows, else its key.
+    fn peer_label(&self, peer: &PeerId) -> String {
+        if *peer == self.mesh.id() {
+            return format!("{} ({peer})", self.mesh.own_record().name);
+        }
+        match self.mesh.record(peer) {
+            Some(r) => format!("{} ({peer})", r.name),
+            None => peer.to_string(),
         }
     }
 
@@ -1281,49 +1348,73 @@ impl Router {
         }
         let mut shown: Vec<Token> = Vec::new();
         let mut connections = Vec::new();
-        for (i, cp) in self.configured.iter().enumerate() {
-            if cp.removed && cp.stream.is_none() {
-                continue;
-            }
-            match cp.stream.and_then(|t| self.streams.get(&t).map(|s| (t, s))) {
+        let targets: Vec<(SocketAddr, TargetStatus)> = self.mesh.targets().collect();
+        for (addr, target) in targets {
+            let token = match target {
+                TargetStatus::Connected(peer) => self
+                    .mesh
+                    .connected_peers()
+                    .find(|(p, _)| **p == peer)
+                    .map(|(_, c)| token_of(*c)),
+                TargetStatus::Dialing => self
+                    .streams
+                    .iter()
+                    .find(|(_, s)| s.dialed == Some(addr))
+                    .map(|(t, _)| *t),
+                _ => None,
+            };
+            match token.and_then(|t| self.streams.get(&t).map(|s| (t, s))) {
                 Some((t, s)) => {
-                    shown.push(t);
-                    connections.push(self.connection_status(s, Some(i), now));
+                    if !shown.contains(&t) {
+                        shown.push(t);
+                        connections.push(self.connection_status(t, s, now));
+                    }
                 }
-                None => connections.push(ConnectionStatus {
-                    direction: "->".into(),
-                    address: cp.addr.to_string(),
-                    state: if cp.last_failure.is_some() {
-                        "failed".into()
-                    } else {
-                        "connecting".into()
-                    },
-                    reason: Some(format!(
-                        "{}retry in {:.1}s",
-                        cp.last_failure
-                            .as_ref()
-                            .map(|r| format!("{r}; "))
-                            .unwrap_or_default(),
-                        cp.backoff
-                            .next_attempt()
-                            .saturating_duration_since(now)
-                            .as_secs_f64()
-                    )),
-                    mode: "sleeve".into(),
-                    mode_reason: None,
-                    encryption: None,
-                    overlay_mtu: self.cfg.overlay_mtu,
-                    path_mtu: None,
-                    rtt_ms: None,
-                    tx_bytes: 0,
-                    tx_packets: 0,
-                    rx_bytes: 0,
-                    rx_packets: 0,
-                    peer_name: None,
-                    peer_key: None,
-                    peer_overlay: vec![],
-                    endpoint: None,
-                }),
+                None => {
+                    let failure = self.dial_failures.get(&addr);
+                    let (state, reason) = match target {
+                        TargetStatus::OwnAddress => {
+                            ("skipped".to_string(), "this host's own address".to_string())
+                        }
+                        TargetStatus::Waiting(at) => (
+                            if failure.is_some() {
+                                "failed"
+                            } else {
+                                "connecting"
+                            }
+                            .to_string(),
+                            format!(
+                                "{}retry in {:.1}s",
+                                failure.map(|r| format!("{r}; ")).unwrap_or_default(),
+                                at.saturating_duration_since(now).as_secs_f64()
+                            ),
+                        ),
+                        _ => (
+                            "connecting".to_string(),
+                            "TCP connect in progress".to_string(),
+                        ),
+                    };
+                    connections.push(ConnectionStatus {
+                        direction: "->".into(),
+                        address: addr.to_string(),
+                        state,
+                        reason: Some(reason),
+                        mode: "sleeve".into(),
+                        mode_reason: None,
+                        encryption: None,
+                        overlay_mtu: self.cfg.overlay_mtu,
+                        path_mtu: None,
+                        rtt_ms: None,
+                        tx_bytes: 0,
+                        tx_packets: 0,
+                        rx_bytes: 0,
+                        rx_packets: 0,
+                        peer_name: None,
+                        peer_key: None,
+                        peer_overlay: vec![],
+                        endpoint: None,
+                    })
+                }
             }
         }
         let mut rest: Vec<_> = self
@@ -1332,35 +1423,31 @@ impl Router {
             .filter(|(t, _)| !shown.contains(t))
             .collect();
         rest.sort_by_key(|(t, _)| t.0);
-        for (_, s) in rest {
+        for (t, s) in rest {
             // Unauthenticated inbound connections are not peers yet.
             if s.link.as_ref().is_some_and(|l| l.remote_hello().is_some()) {
-                connections.push(self.connection_status(s, None, now));
+                connections.push(self.connection_status(*t, s, now));
             }
         }
+        status.mesh = Some(self.mesh_status());
         status.connections = connections;
         if let Ok(mut g) = self.snapshot.lock() {
             *g = status;
         }
     }
 
-    fn connection_status(
-        &self,
-        s: &Stream,
-        _configured: Option<usize>,
-        now: Instant,
-    ) -> ConnectionStatus {
+    fn connection_status(&self, token: Token, s: &Stream, now: Instant) -> ConnectionStatus {
         let link = s.link.as_ref();
-        let token = self
-            .streams
-            .iter()
-            .find(|(_, x)| std::ptr::eq(*x, s))
-            .map(|(t, _)| t.0);
-        let (mode, mode_reason) = match (self.fastdp.as_ref(), token) {
-            (Some(f), Some(t)) => f.mode(t, now),
-            _ => ("sleeve".to_string(), None),
+        let (mode, mode_reason) = match self.fastdp.as_ref() {
+            Some(f) => f.mode(token.0, now),
+            None => ("sleeve".to_string(), None),
         };
         let hello = link.and_then(|l| l.remote_hello());
+        let peer = link.and_then(|l| l.remote_static()).map(|k| PeerId(*k));
+        let kept = self.mesh.connection(conn_of(token)).is_some();
+        let routed_direct = peer
+            .and_then(|p| self.mesh.route(&p))
+            .is_some_and(|r| r.reason == crate::mesh::RouteReason::Direct);
         let (state, reason) = match link.map(|l| l.state()) {
             None => (
                 "connecting".to_string(),
@@ -1371,7 +1458,15 @@ impl Router {
                 "connecting".into(),
                 Some("waiting for a heartbeat reply over UDP".into()),
             ),
+            Some(LinkState::Established) if kept && !routed_direct => (
+                "connecting".into(),
+                Some("heartbeats flow; waiting for the mesh to agree on the route".into()),
+            ),
             Some(LinkState::Established) => ("established".into(), None),
+            Some(LinkState::DataPathDown(r)) => (
+                "data-path-down".into(),
+                Some(format!("{r}; traffic goes through other peers")),
+            ),
             Some(LinkState::Failed(r)) => ("failed".into(), Some(r.clone())),
         };
         ConnectionStatus {
@@ -1399,13 +1494,79 @@ impl Router {
             tx_packets: s.counters.tx_packets,
             rx_bytes: s.counters.rx_bytes,
             rx_packets: s.counters.rx_packets,
-            peer_name: hello.map(|h| h.name.clone()),
+            peer_name: hello
+                .map(|h| crate::mesh::PeerName::from_untrusted(h.name.as_bytes()).to_string()),
             peer_key: link.and_then(|l| l.remote_static()).map(|k| {
                 use base64::Engine as _;
                 base64::engine::general_purpose::STANDARD.encode(k)
             }),
             peer_overlay: hello.map(|h| h.overlay.clone()).unwrap_or_default(),
             endpoint: link.and_then(|l| l.endpoint()).map(|e| e.to_string()),
+        }
+    }
+
+    /// The mesh as `weft status peers` shows it.
+    fn mesh_status(&self) -> crate::api::mesh_status::MeshStatus {
+        use crate::api::mesh_status::{
+            route_reason, ConflictStatus, MeshStatus, NeighbourStatus, PeerStatus, RouteStatus,
+        };
+        use base64::Engine as _;
+        let own = self.mesh.own_record();
+        let mut records: Vec<&crate::mesh::topology::PeerRecord> = self.mesh.records().collect();
+        records.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()).then(a.id.cmp(&b.id)));
+        let peers = std::iter::once(own)
+            .chain(records)
+            .map(|r| {
+                let route = if r.id == own.id {
+                    RouteStatus::ThisHost
+                } else {
+                    match self.mesh.route(&r.id) {
+                        Some(route) if route.reason == crate::mesh::RouteReason::Direct => {
+                            RouteStatus::Direct
+                        }
+                        Some(route) => RouteStatus::Via {
+                            via: self.peer_label(&route.next_hop),
+                            hops: route.hops,
+                            reason: route_reason(route.reason).to_string(),
+                        },
+                        None => RouteStatus::Unreachable,
+                    }
+                };
+                PeerStatus {
+                    name: r.name.to_string(),
+                    id: base64::engine::general_purpose::STANDARD.encode(r.id.as_bytes()),
+                    short_id: r.id.to_string(),
+                    claims: r.claims.iter().map(|c| c.claim.to_string()).collect(),
+                    endpoints: r.endpoints.iter().map(|e| e.to_string()).collect(),
+                    connections: r
+                        .neighbours
+                        .iter()
+                        .map(|n| NeighbourStatus {
+                            peer: self.peer_label(&n.peer),
+                            data_path: n.data_path,
+                        })
+                        .collect(),
+                    route,
+                    end_to_end: self.end_to_end_state(&r.id),
+                }
+            })
+            .collect();
+        let conflicts = self
+            .mesh
+            .conflicts()
+            .map(|c| ConflictStatus {
+                owner: self.peer_label(&c.owner),
+                owned_claim: c.owned_claim.to_string(),
+                refused: self.peer_label(&c.refused),
+                refused_claim: c.refused_claim.to_string(),
+            })
+            .collect();
+        let stats = self.mesh.stats();
+        MeshStatus {
+            peers,
+            conflicts,
+            gossip_messages: stats.messages,
+            gossip_bytes: stats.bytes,
         }
     }
 
