@@ -78,8 +78,15 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_STATUS_ADDR)]
         status_addr: SocketAddr,
     },
-    /// Show this host's connections (from the status server of a running `weft launch`).
+    /// Show this host's connections and mesh (from the status server of a running `weft launch`).
+    ///
+    /// `weft status peers` shows the mesh: every peer by name and identity,
+    /// its overlay addresses, its connections, and how this host reaches
+    /// it (direct, or via which peer and why).
     Status {
+        /// What to show: everything (default) or only `peers`.
+        #[arg(value_enum, value_name = "VIEW")]
+        view: Option<StatusView>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -87,6 +94,13 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_STATUS_ADDR)]
         status_addr: SocketAddr,
     },
+}
+
+/// What `weft status` shows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusView {
+    /// The mesh: peers, their connections and routes.
+    Peers,
 }
 
 /// `weft secret ...`.
@@ -127,7 +141,11 @@ pub fn main() -> ExitCode {
         } => secret_new(file.as_deref(), force),
         Command::Pubkey => pubkey(),
         Command::Launch(args) => launch::run(*args),
-        Command::Status { json, status_addr } => status(json, status_addr),
+        Command::Status {
+            view,
+            json,
+            status_addr,
+        } => status(view, json, status_addr),
         Command::Connect { peer, status_addr } => control(status_addr, &peer, true),
         Command::Forget { peer, status_addr } => control(status_addr, &peer, false),
         Command::Preflight(args) => crate::host::preflight::run(&args),
@@ -292,13 +310,25 @@ fn control(status_addr: SocketAddr, peer: &str, connect: bool) -> ExitCode {
     }
 }
 
-fn status(json: bool, addr: SocketAddr) -> ExitCode {
+fn status(view: Option<StatusView>, json: bool, addr: SocketAddr) -> ExitCode {
     match crate::api::http::fetch(addr) {
         Ok(s) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-            } else {
-                print!("{}", s.render_text());
+            match (view, json) {
+                (None, true) => {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default())
+                }
+                (None, false) => print!("{}", s.render_text()),
+                (Some(StatusView::Peers), json) => {
+                    let Some(mesh) = s.mesh else {
+                        eprintln!("weft: this weft runs no mesh (plaintext mode has static VTEPs, not peers); `weft status` shows them");
+                        return ExitCode::from(1);
+                    };
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&mesh).unwrap_or_default());
+                    } else {
+                        print!("{}", mesh.render_text());
+                    }
+                }
             }
             ExitCode::SUCCESS
         }

@@ -35,6 +35,18 @@ impl DropCounters {
     }
 }
 
+/// Traffic relayed for other peers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayCounters {
+    /// Datagrams passed on.
+    pub datagrams: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Relayed datagrams dropped (no route to the destination, hop limit,
+    /// too big for the next hop).
+    pub dropped: u64,
+}
+
 /// One connection (or configured peer), as in `weave status connections`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ConnectionStatus {
@@ -121,6 +133,10 @@ pub struct Status {
     /// Fast datapath: the OVS datapath's name and what weft's userspace did for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastdp: Option<(String, crate::router::fastdp::FastdpCounters)>,
+    /// Datagrams this host passed on for other peers (sealed end to end:
+    /// it could not read them).
+    #[serde(default)]
+    pub relayed: RelayCounters,
     /// The mesh: every known peer and how this host reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<super::mesh_status::MeshStatus>,
@@ -233,6 +249,14 @@ impl Status {
         for c in &self.connections {
             out.push_str(&c.line());
             out.push('\n');
+        }
+        if self.relayed.datagrams > 0 || self.relayed.dropped > 0 {
+            out.push_str(&format!(
+                "        Relayed: {} datagrams {} for other peers (sealed end to end), {} dropped\n",
+                self.relayed.datagrams,
+                human_bytes(self.relayed.bytes),
+                self.relayed.dropped
+            ));
         }
         if let Some(m) = &self.mesh {
             out.push_str(&m.render_text());

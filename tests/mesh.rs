@@ -1,0 +1,408 @@
+//! weft as a mesh, in network namespaces: hosts on one underlay switch (a
+//! bridge in its own namespace) that learn each other by gossip, route
+//! through each other when a direct path is firewalled, route around a
+//! host killed with SIGKILL, and refuse a duplicate address claim on both
+//! sides.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// Timers short enough for tests: heartbeats every 200 ms while
+/// connecting (and while the data path is down) and every 500 ms once
+/// established, a peer down after 4 missed intervals, gossip rounds of
+/// 200 ms.
+const FAST_TIMERS: &str = "[timers]\nheartbeat_connecting_ms = 200\nheartbeat_established_ms = 500\nmissed_limit = 4\ngossip_interval_ms = 200\npeer_failure_timeout_secs = 10\n";
+
+/// `n` hosts, each with `u0` on one bridge (`br0` in the switch
+/// namespace): underlay 198.18.S.(i+1)/24, overlay 10.40.0.(i+1)/16.
+struct Switched {
+    hosts: Vec<Host>,
+    switch: Netns,
+}
+
+impl Switched {
+    fn new(n: usize) -> Switched {
+        let id = next_id();
+        let base = format!("wm-{}-{id}", std::process::id());
+        let subnet = (id % 200) as u8 + 20;
+        let switch = Netns::new(format!("{base}-sw"));
+        run(
+            "ip",
+            &["-n", &switch.name, "link", "add", "br0", "type", "bridge"],
+        );
+        run("ip", &["-n", &switch.name, "link", "set", "br0", "up"]);
+        let mut hosts = Vec::new();
+        for i in 0..n {
+            let h = Host::new(
+                format!("{base}-h{i}"),
+                Ipv4Addr::new(198, 18, subnet, i as u8 + 1),
+                &format!("10.40.0.{}/16", i + 1),
+            );
+            let port = format!("s{i}");
+            run(
+                "ip",
+                &[
+                    "link", "add", "u0", "netns", &h.ns, "type", "veth", "peer", "name", &port,
+                    "netns", &switch.name,
+                ],
+            );
+            run(
+                "ip",
+                &["-n", &switch.name, "link", "set", &port, "master", "br0"],
+            );
+            run("ip", &["-n", &switch.name, "link", "set", &port, "up"]);
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &h.ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", h.underlay),
+                    "dev",
+                    "u0",
+                ],
+            );
+            run("ip", &["-n", &h.ns, "link", "set", "u0", "up"]);
+            std::fs::write(h.path("weft.toml"), FAST_TIMERS).expect("write the config");
+            hosts.push(h);
+        }
+        Switched { hosts, switch }
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("{}:{PORT}", self.hosts[i].underlay)
+    }
+
+    fn start(&mut self, i: usize) {
+        let config = self.hosts[i].path("weft.toml").display().to_string();
+        self.hosts[i].start(&["--config", &config]);
+    }
+
+    /// Waits until every running host knows `n` peers (itself included)
+    /// and reaches each of them (direct or via another).
+    fn wait_converged(&self, running: &[usize], timeout: Duration) {
+        for &i in running {
+            let ok = wait_until(timeout, || {
+                peers(&self.hosts[i].ns).is_some_and(|p| {
+                    running.iter().all(|&j| {
+                        let name = &self.hosts[j].ns;
+                        p.iter().any(|x| {
+                            x["name"] == name.as_str() && x["route"]["kind"] != "unreachable"
+                        })
+                    })
+                })
+            });
+            assert!(
+                ok,
+                "{}: did not learn and reach every host within {timeout:?}: {}",
+                self.hosts[i].ns,
+                peers_text(&self.hosts[i].ns)
+            );
+        }
+    }
+
+    /// The route from host `i` to host `j`: (kind, via name).
+    fn route(&self, i: usize, j: usize) -> Option<(String, Option<String>)> {
+        let p = peers(&self.hosts[i].ns)?;
+        let peer = p.iter().find(|x| x["name"] == self.hosts[j].ns.as_str())?;
+        let route = &peer["route"];
+        Some((
+            route["kind"].as_str()?.to_string(),
+            route["via"].as_str().map(|v| v.to_string()),
+        ))
+    }
+
+    /// Drops traffic between hosts `i` and `j` in `i`'s namespace: all of
+    /// it, or only UDP.
+    fn firewall(&self, i: usize, j: usize, udp_only: bool) {
+        let ns = &self.hosts[i].ns;
+        let other = self.hosts[j].underlay.to_string();
+        let proto = if udp_only { "meta l4proto udp " } else { "" };
+        let rules = format!(
+            "table inet weft_test {{\n chain input {{ type filter hook input priority 0; ip saddr {other} {proto}drop; }}\n chain output {{ type filter hook output priority 0; ip daddr {other} {proto}drop; }}\n}}\n"
+        );
+        let path = self.hosts[i].path("fw.nft");
+        std::fs::write(&path, rules).expect("write the rules");
+        let out = ns_exec(ns, &["nft", "-f", &path.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn unfirewall(&self, i: usize) {
+        let out = ns_exec(
+            &self.hosts[i].ns,
+            &["nft", "delete", "table", "inet", "weft_test"],
+        );
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ping(&self, i: usize, j: usize) -> bool {
+        ping(&self.hosts[i].ns, &self.hosts[j].overlay_ip())
+    }
+
+    /// Pings from `i` to `j` until one answers (bounded by `timeout`).
+    fn ping_within(&self, i: usize, j: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.ping(i, j))
+    }
+}
+
+impl Drop for Switched {
+    fn drop(&mut self) {
+        // Hosts go first (their weft stops, namespaces go), then the switch.
+        self.hosts.clear();
+        let _ = &self.switch;
+    }
+}
+
+/// `weft status peers --json` in a namespace: the peer list.
+fn peers(ns: &str) -> Option<Vec<Value>> {
+    let out = ns_exec(ns, &[WEFT, "status", "peers", "--json"]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["peers"].as_array().cloned()
+}
+
+/// `weft status peers` as text (for failure messages).
+fn peers_text(ns: &str) -> String {
+    let out = ns_exec(ns, &[WEFT, "status", "peers"]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn five_hosts_each_told_only_the_next_reach_every_other() {
+    require_root!();
+    let mut net = Switched::new(5);
+    for i in 0..4 {
+        net.hosts[i].peers = vec![net.addr(i + 1)];
+    }
+    for i in 0..5 {
+        net.start(i);
+    }
+    let all: Vec<usize> = (0..5).collect();
+    net.wait_converged(&all, Duration::from_secs(30));
+    for i in 0..5 {
+        for j in 0..5 {
+            if i != j {
+                assert!(
+                    net.ping_within(i, j, Duration::from_secs(10)),
+                    "{} cannot reach {}: {}",
+                    net.hosts[i].ns,
+                    net.hosts[j].ns,
+                    peers_text(&net.hosts[i].ns)
+                );
+            }
+        }
+    }
+    // With nothing in the way every host connects to every other directly.
+    let text = peers_text(&net.hosts[0].ns);
+    assert!(
+        text.contains("Peers: 5 (4 direct, 0 via other peers, 0 unreachable)"),
+        "{text}"
+    );
+    for h in &net.hosts {
+        assert!(text.contains(&h.ns), "{} missing from\n{text}", h.ns);
+    }
+    // Every line of the JSON names the peer's identity and its claim.
+    let p = peers(&net.hosts[0].ns).unwrap();
+    for (i, h) in net.hosts.iter().enumerate() {
+        let x = p.iter().find(|x| x["name"] == h.ns.as_str()).unwrap();
+        assert_eq!(x["id"].as_str().unwrap().len(), 44, "{x}");
+        assert_eq!(
+            x["claims"][0].as_str().unwrap(),
+            format!("10.40.0.{}/32", i + 1)
+        );
+    }
+}
+
+/// Two hosts that cannot talk directly reach each other through a third,
+/// end to end sealed, and go direct again when the firewall goes.
+fn firewalled_pair_goes_through_another_host(udp_only: bool) {
+    let mut net = Switched::new(3);
+    net.hosts[0].peers = vec![net.addr(1), net.addr(2)];
+    net.hosts[1].peers = vec![net.addr(2)];
+    for i in 0..3 {
+        net.start(i);
+    }
+    net.wait_converged(&[0, 1, 2], Duration::from_secs(30));
+    assert!(
+        wait_until(Duration::from_secs(10), || net.route(0, 2)
+            == Some(("direct".into(), None))),
+        "{}",
+        peers_text(&net.hosts[0].ns)
+    );
+    net.firewall(0, 2, udp_only);
+    let via_h1 = |r: Option<(String, Option<String>)>| {
+        r.is_some_and(|(kind, via)| {
+            kind == "via" && via.is_some_and(|v| v.starts_with(&net.hosts[1].ns))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || via_h1(net.route(0, 2))
+            && via_h1(net.route(2, 0))),
+        "no route through h1: {}\n{}",
+        peers_text(&net.hosts[0].ns),
+        peers_text(&net.hosts[2].ns)
+    );
+    assert!(
+        net.ping_within(0, 2, Duration::from_secs(10)),
+        "no ping through h1: {}",
+        peers_text(&net.hosts[0].ns)
+    );
+    assert!(net.ping_within(2, 0, Duration::from_secs(10)));
+    // The relay forwards what it cannot read: it holds no session with
+    // which h0's datagrams for h2 open (they are sealed for h2), and it
+    // says so in its status as relayed traffic.
+    let text = peers_text(&net.hosts[0].ns);
+    let why = if udp_only {
+        "direct data path down"
+    } else {
+        "no direct connection"
+    };
+    assert!(text.contains(why), "{text}");
+    assert!(text.contains("end-to-end: established"), "{text}");
+    let status = status_json(&net.hosts[1].ns).unwrap();
+    assert!(
+        status["relayed"]["datagrams"].as_u64().unwrap_or(0) > 0,
+        "h1 relayed nothing: {status}"
+    );
+
+    net.unfirewall(0);
+    assert!(
+        wait_until(Duration::from_secs(45), || net.route(0, 2)
+            == Some(("direct".into(), None))),
+        "not direct again after the firewall went: {}",
+        peers_text(&net.hosts[0].ns)
+    );
+    assert!(net.ping_within(0, 2, Duration::from_secs(10)));
+}
+
+#[test]
+fn all_traffic_dropped_between_two_hosts_goes_through_a_third() {
+    require_root!();
+    firewalled_pair_goes_through_another_host(false);
+}
+
+#[test]
+fn udp_dropped_between_two_hosts_goes_through_a_third() {
+    require_root!();
+    firewalled_pair_goes_through_another_host(true);
+}
+
+#[test]
+fn kill9_of_the_relay_is_routed_around() {
+    require_root!();
+    let mut net = Switched::new(4);
+    for i in 0..3 {
+        net.hosts[i].peers = vec![net.addr(i + 1)];
+    }
+    for i in 0..4 {
+        net.start(i);
+    }
+    net.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
+    // h0 and h2 cannot talk directly: one of h1 and h3 carries them.
+    net.firewall(0, 2, false);
+    let relay = |net: &Switched| -> Option<usize> {
+        let (kind, via) = net.route(0, 2)?;
+        if kind != "via" {
+            return None;
+        }
+        let via = via?;
+        [1, 3]
+            .into_iter()
+            .find(|&k| via.starts_with(&format!("{} ", net.hosts[k].ns)))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || relay(&net).is_some()),
+        "{}",
+        peers_text(&net.hosts[0].ns)
+    );
+    assert!(net.ping_within(0, 2, Duration::from_secs(10)));
+    let first = relay(&net).unwrap();
+    let other = 4 - first;
+    let killed_at = Instant::now();
+    net.hosts[first].kill9();
+    assert!(
+        wait_until(Duration::from_secs(20), || relay(&net) == Some(other)),
+        "not routed around the killed {}: {}",
+        net.hosts[first].ns,
+        peers_text(&net.hosts[0].ns)
+    );
+    assert!(
+        net.ping_within(0, 2, Duration::from_secs(10)),
+        "{}",
+        peers_text(&net.hosts[0].ns)
+    );
+    assert!(net.ping_within(2, 0, Duration::from_secs(10)));
+    eprintln!(
+        "routed around the killed relay in {:.1} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    // The killed host leaves everyone's topology as unreachable.
+    assert!(
+        wait_until(Duration::from_secs(10), || net
+            .route(other, first)
+            .map_or(true, |(kind, _)| kind == "unreachable")),
+        "{}",
+        peers_text(&net.hosts[other].ns)
+    );
+}
+
+#[test]
+fn duplicate_address_claim_is_refused_on_both_sides() {
+    require_root!();
+    let mut net = Switched::new(2);
+    net.hosts[1].overlay = net.hosts[0].overlay.clone();
+    net.hosts[1].peers = vec![net.addr(0)];
+    net.start(0);
+    // The first host has announced its claim (alone for 5 s) before the
+    // second arrives.
+    assert!(wait_until(Duration::from_secs(10), || peers(&net.hosts[0].ns)
+        .is_some_and(|p| p[0]["claims"].as_array().is_some_and(|c| !c.is_empty()))));
+    net.start(1);
+    let (a, b) = (net.hosts[0].ns.clone(), net.hosts[1].ns.clone());
+    let wanted = |ns: &str| {
+        let logs = net.hosts.iter().find(|h| h.ns == ns).unwrap().logs();
+        logs.lines().any(|l| {
+            l.contains("address claim 10.40.0.1/32 of ")
+                && l.contains(&format!("of {b} ("))
+                && l.contains(&format!("refused: {a} ("))
+                && l.contains("already owns 10.40.0.1/32")
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || wanted(&a) && wanted(&b)),
+        "{}\n{}",
+        net.hosts[0].logs(),
+        net.hosts[1].logs()
+    );
+    for ns in [&a, &b] {
+        let out = ns_exec(ns, &[WEFT, "status", "peers"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("Refused claim: 10.40.0.1/32 of {b} (")),
+            "{ns}: {text}"
+        );
+    }
+    // The owner keeps its address: the newcomer's claim never took its
+    // traffic (the refused host has no route to its own address's owner
+    // but the owner is unaffected).
+    assert!(net.hosts[0].weft_running() && net.hosts[1].weft_running());
+}
