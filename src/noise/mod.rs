@@ -9,7 +9,7 @@ pub mod replay;
 pub mod session;
 
 pub use cipher::CipherKind;
-pub use handshake::{Handshake, HandshakeError, Rekey};
+pub use handshake::{E2eHandshake, Handshake, HandshakeError, Rekey};
 pub use keys::{NetworkSecret, StaticKey};
 pub use replay::ReplayWindow;
 pub use session::{OpenError, SealError, Session};

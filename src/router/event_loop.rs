@@ -702,6 +702,10 @@ impl Router {
             }
             sleeve::MessageType::Heartbeat => link.on_heartbeat(plaintext, from, now),
             sleeve::MessageType::PmtuProbe => link.on_pmtu_probe(plaintext, n),
+            // Relaying and broadcast trees are not wired in yet.
+            sleeve::MessageType::Relay | sleeve::MessageType::Broadcast => {
+                self.drops.bad_record += 1
+            }
         }
         self.drive_link(token, now);
     }

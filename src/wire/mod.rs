@@ -31,6 +31,7 @@ pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod overhead;
+pub mod relay;
 pub mod sleeve;
 pub mod totality;
 pub mod udp;

@@ -13,6 +13,9 @@
 //! `u16 BE record_len | VXLAN header (8) | frame`, where `record_len`
 //! counts the VXLAN header and the frame. Packing several frames into one
 //! datagram (like Weave's sleeve) saves per-datagram cost for small frames.
+//!
+//! `Relay` and `Broadcast` carry the mesh's multi-hop traffic; their
+//! plaintexts are laid out in [`super::relay`].
 
 use super::{vxlan, Result, WireError};
 
@@ -43,6 +46,13 @@ pub enum MessageType {
     Heartbeat = 2,
     /// A path-MTU probe, padded to the size being tested.
     PmtuProbe = 3,
+    /// A datagram for a peer that is not a neighbour: destination, hop
+    /// budget and an inner datagram sealed end to end (see
+    /// [`super::relay::Packet`]).
+    Relay = 4,
+    /// A bridge-mode broadcast passed along the source's spanning tree:
+    /// source, hop budget and records (see [`super::relay::BroadcastPacket`]).
+    Broadcast = 5,
 }
 
 impl MessageType {
@@ -52,6 +62,8 @@ impl MessageType {
             1 => Ok(MessageType::Data),
             2 => Ok(MessageType::Heartbeat),
             3 => Ok(MessageType::PmtuProbe),
+            4 => Ok(MessageType::Relay),
+            5 => Ok(MessageType::Broadcast),
             _ => Err(WireError::Malformed),
         }
     }
@@ -294,12 +306,27 @@ mod tests {
                 WireError::Truncated
             );
         }
-        let mut t = buf;
-        t[0] = 9;
-        assert_eq!(
-            Packet::new_checked(&t[..]).unwrap_err(),
-            WireError::Malformed
-        );
+        for (byte, ty) in [
+            (1, MessageType::Data),
+            (2, MessageType::Heartbeat),
+            (3, MessageType::PmtuProbe),
+            (4, MessageType::Relay),
+            (5, MessageType::Broadcast),
+        ] {
+            assert_eq!(MessageType::from_byte(byte), Ok(ty));
+            assert_eq!(ty as u8, byte);
+            let mut t = buf;
+            t[0] = byte;
+            assert_eq!(Packet::new_checked(&t[..]).unwrap().message_type(), Ok(ty));
+        }
+        for byte in [0u8, 6, 9, 0xff] {
+            let mut t = buf;
+            t[0] = byte;
+            assert_eq!(
+                Packet::new_checked(&t[..]).unwrap_err(),
+                WireError::Malformed
+            );
+        }
         let mut r = buf;
         r[2] = 1;
         assert_eq!(

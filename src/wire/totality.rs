@@ -9,8 +9,8 @@
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{
-    arp, checksum, ethernet, gossip, heartbeat, icmpv4, icmpv6, ipv4, ipv6, overhead, sleeve, udp,
-    vxlan,
+    arp, checksum, ethernet, gossip, heartbeat, icmpv4, icmpv6, ipv4, ipv6, overhead, relay,
+    sleeve, udp, vxlan,
 };
 
 /// Runs every parser on `bytes` directly and as the payload of the
@@ -31,6 +31,7 @@ pub fn exercise_all(bytes: &[u8]) {
     exercise_records(bytes);
     exercise_heartbeat(bytes);
     exercise_gossip(bytes);
+    exercise_relay(bytes);
     exercise_overhead(bytes);
 }
 
@@ -506,5 +507,55 @@ pub fn exercise_gossip(bytes: &[u8]) {
                 );
             }
         }
+    }
+}
+
+/// Relay and broadcast plaintexts: parse, walk every accessor, emit the
+/// parsed header back (it must give the input bytes), follow the hop
+/// budget down, and run the inner datagram and the records through their
+/// own parsers.
+pub fn exercise_relay(bytes: &[u8]) {
+    if let Ok(packet) = relay::Packet::new_checked(bytes) {
+        let repr = relay::Repr::parse(&packet).expect("checked relay must parse");
+        assert_eq!(repr.destination, packet.destination());
+        assert_eq!(repr.hops_left, packet.hops_left());
+        assert_eq!(repr.buffer_len(), bytes.len());
+        assert_eq!(packet.inner().len(), repr.inner_len);
+        exercise_sleeve(packet.inner());
+        assert!(
+            sleeve::Packet::new_checked(packet.inner()).is_ok(),
+            "checked relay holds an invalid inner datagram"
+        );
+        let mut out = bytes.to_vec();
+        out[..relay::HEADER_LEN].fill(0);
+        let mut view = relay::Packet::new_unchecked(&mut out[..]);
+        repr.emit(&mut view).expect("buffer_len bytes suffice");
+        assert_eq!(out, bytes, "relay emit differs from input");
+        match repr.forwarded() {
+            Some(next) => {
+                assert_eq!(next.hops_left + 1, repr.hops_left);
+                assert_eq!(next.destination, repr.destination);
+            }
+            None => assert_eq!(repr.hops_left, 0),
+        }
+    } else {
+        // An unchecked view over the same bytes must fail to parse or
+        // agree on the lengths: never panic.
+        if let Ok(repr) = relay::Repr::parse(&relay::Packet::new_unchecked(bytes)) {
+            assert_eq!(repr.buffer_len(), bytes.len());
+        }
+    }
+    if let Ok(packet) = relay::BroadcastPacket::new_checked(bytes) {
+        let repr = relay::BroadcastRepr::parse(&packet).expect("checked broadcast must parse");
+        assert_eq!(repr.source, packet.source());
+        assert_eq!(repr.buffer_len(), bytes.len());
+        let mut out = bytes.to_vec();
+        out[..relay::HEADER_LEN].fill(0);
+        repr.emit(&mut relay::BroadcastPacket::new_unchecked(&mut out[..]))
+            .expect("buffer_len bytes suffice");
+        assert_eq!(out, bytes, "broadcast emit differs from input");
+        assert_eq!(repr.forwarded().is_none(), repr.hops_left == 0);
+        exercise_records(packet.payload());
+        let _ = packet.records().count();
     }
 }
