@@ -324,7 +324,10 @@ fn status(view: Option<StatusView>, json: bool, addr: SocketAddr) -> ExitCode {
                         return ExitCode::from(1);
                     };
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&mesh).unwrap_or_default());
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&mesh).unwrap_or_default()
+                        );
                     } else {
                         print!("{}", mesh.render_text());
                     }

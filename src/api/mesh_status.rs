@@ -143,7 +143,7 @@ impl MeshStatus {
                     if c.data_path {
                         ""
                     } else {
-                        "  (control only: data path down)"
+                        "  (control only: no data path)"
                     }
                 ));
             }
@@ -240,7 +240,7 @@ mod tests {
         for want in [
             "Peers: 2 (0 direct, 1 via other peers, 0 unreachable)",
             "h1 (AAAA)  10.40.0.1/32  this host",
-            "<-> h2 (BBBB)  (control only: data path down)",
+            "<-> h2 (BBBB)  (control only: no data path)",
             "h3 (CCCC)  -  via h2 (BBBB), 2 hops (no direct connection)",
             "end-to-end: established",
             "Refused claim: 10.40.0.1/32 of h9 (ZZZZ) (owned by h1 (AAAA) as 10.40.0.1/32)",

@@ -482,6 +482,30 @@ impl EndToEnd {
         self.put(peer, st);
     }
 
+    /// The path to `peer` changed (another relay, or relayed from now on):
+    /// an initiation in flight may have gone down the old path and be
+    /// lost, so it is abandoned and sent again at once, without waiting
+    /// for its timeout or a backoff.
+    pub fn path_changed(&mut self, peer: PeerId, now: Instant) {
+        let Some(mut st) = self.peers.remove(&peer) else {
+            return;
+        };
+        let restart = st.pending.is_some() || (st.wanted && st.current.is_none());
+        if let Some(p) = st.pending.take() {
+            self.release(&p);
+        }
+        if restart {
+            st.retry_at = None;
+            st.retry_delay = RETRY_INITIAL;
+            if self.handshakes < self.cfg.max_handshakes {
+                self.initiate(peer, &mut st, now);
+            } else {
+                self.counters.refused += 1;
+            }
+        }
+        self.put(peer, st);
+    }
+
     /// A relayed handshake message from `from`, the mesh identity its
     /// envelope claims. Never panics, whatever the bytes.
     pub fn on_message(&mut self, from: PeerId, message: E2eMessage, now: Instant) {
@@ -1232,6 +1256,39 @@ mod tests {
         let rekey_a = t0 + net.hosts[&a].cfg.rekey_after;
         assert_eq!(net.hosts[&a].poll_timeout(), Some(rekey_a));
         assert!(net.hosts[&b].poll_timeout().unwrap() > rekey_a);
+    }
+
+    #[test]
+    fn a_path_change_resends_a_lost_initiation_at_once() {
+        let (mut net, ids) = Net::same_secret(2);
+        let (a, b) = (ids[0], ids[1]);
+        // The first Init is lost on the old path.
+        net.drop = Box::new(|_, _, _| true);
+        let t0 = Instant::now();
+        net.host(&a).want(b, t0);
+        net.run(t0);
+        assert_eq!(inits(&net.sent, &a), 1);
+        net.drop = Box::new(|_, _, _| false);
+        // Well before its timeout, the path changes: a fresh Init goes now.
+        let t1 = t0 + Duration::from_millis(100);
+        net.host(&a).path_changed(b, t1);
+        net.run(t1);
+        assert_eq!(inits(&net.sent, &a), 2);
+        assert!(matches!(
+            net.state(&a, &b),
+            Some(E2eState::Established { .. })
+        ));
+        assert!(net.datagram(a, b, t1).is_ok());
+        assert!(net.datagram(b, a, t1).is_ok());
+        assert_eq!(net.hosts[&a].handshakes, 0);
+        // With a session up, a path change costs nothing.
+        net.host(&a).path_changed(b, t1);
+        net.run(t1);
+        assert_eq!(inits(&net.sent, &a), 2);
+        // Unknown peers are ignored.
+        net.host(&a).path_changed(PeerId([9; 32]), t1);
+        net.run(t1);
+        assert_eq!(inits(&net.sent, &a), 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::api::{ConnectionStatus, DropCounters, Status};
 use crate::datapath::tun::TunDevice;
 use crate::datapath::underlay::Underlay;
+use crate::mesh::e2e::{E2eOutput, EndToEnd};
 use crate::mesh::link::{Direction, Link, LinkConfig, LinkState, Output};
 use crate::mesh::node::{Event as MeshEvent, Output as MeshOutput, TargetStatus};
 use crate::mesh::{ConnectionId, Destination, ForwardingReader, Node, NodeConfig, PeerId};
@@ -96,7 +97,21 @@ struct LinkCounters {
 enum SessionOwner {
     /// The link of a direct control connection.
     Link(Token),
+    /// An end-to-end session with a peer reached through relays.
+    E2e(PeerId),
 }
+
+/// Where the inner (end-to-end) datagram starts in a relay buffer: after
+/// the outer sleeve header and the relay header.
+const RELAY_INNER_AT: usize = sleeve::HEADER_LEN + crate::wire::relay::HEADER_LEN;
+/// Bytes relaying adds to a datagram: the outer sleeve header and tag and
+/// the relay header.
+const RELAY_OVERHEAD: usize = sleeve::HEADER_LEN + sleeve::TAG_LEN + crate::wire::relay::HEADER_LEN;
+/// An end-to-end handshake unanswered this long is retried.
+const E2E_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// MAC-learning locations of peers reached through relays start here,
+/// above every socket token.
+const RELAY_LOCATION_BASE: usize = 1 << 40;
 
 fn conn_of(token: Token) -> ConnectionId {
     ConnectionId(token.0 as u64)
@@ -123,6 +138,18 @@ pub struct Router {
     fwd: ForwardingReader,
     /// Why the last dial of a user-given address failed.
     dial_failures: HashMap<SocketAddr, String>,
+    /// End-to-end sessions with peers reached through relays.
+    e2e: EndToEnd,
+    /// Where relayed datagrams are built.
+    relay_buf: Box<[u8]>,
+    /// Links that got relayed control messages to flush.
+    relay_touched: Vec<Token>,
+    /// What this host relayed for others.
+    relayed: crate::api::status::RelayCounters,
+    /// Traffic to and from peers reached through relays.
+    relayed_peers: HashMap<PeerId, LinkCounters>,
+    /// Bridge mode: MAC-learning locations of peers reached through relays.
+    relay_locations: HashMap<PeerId, usize>,
     drops: DropCounters,
     snapshot: Arc<Mutex<Status>>,
     started: Instant,
@@ -220,6 +247,17 @@ impl Router {
             mesh.connect(addr, now);
         }
         let fwd = mesh.forwarding();
+        let mut e2e_cfg = crate::mesh::e2e::E2eConfig::new(
+            cfg.link.key.clone(),
+            cfg.link.secret.clone(),
+            cfg.link.hello.cipher,
+            cfg.link.hello.aes_hw,
+        );
+        e2e_cfg.rekey_after = cfg.link.timers.rekey_after;
+        // Relayed handshake messages take milliseconds; one lost on a path
+        // that just broke is retried soon.
+        e2e_cfg.handshake_timeout = cfg.link.timers.handshake_timeout.min(E2E_HANDSHAKE_TIMEOUT);
+        let e2e = EndToEnd::new(Arc::new(e2e_cfg), cfg.mesh.id, Box::new(rand_core::OsRng));
         Ok(Router {
             poll,
             tun,
@@ -233,6 +271,12 @@ impl Router {
             mesh,
             fwd,
             dial_failures: HashMap::new(),
+            e2e,
+            relay_buf: vec![0u8; BUF_LEN + 128].into_boxed_slice(),
+            relay_touched: Vec::new(),
+            relayed: Default::default(),
+            relayed_peers: HashMap::new(),
+            relay_locations: HashMap::new(),
             drops: DropCounters::default(),
             snapshot,
             started: now,
@@ -301,6 +345,7 @@ impl Router {
             let now = Instant::now();
             self.run_timers(now);
             self.drive_mesh(now);
+            self.drive_e2e(now);
             self.udp.flush();
             if now.duration_since(self.last_status) >= STATUS_INTERVAL {
                 self.publish_status(now);
@@ -319,6 +364,9 @@ impl Router {
             }
         }
         t = t.min(self.mesh.poll_timeout());
+        if let Some(e) = self.e2e.poll_timeout() {
+            t = t.min(e);
+        }
         t.saturating_duration_since(now)
             .max(Duration::from_millis(1))
     }
@@ -516,6 +564,20 @@ impl Router {
                 continue;
             };
             match switch.from_local(frame, now) {
+                super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id))
+                    if id >= RELAY_LOCATION_BASE =>
+                {
+                    // A MAC learned from a peer reached through relays.
+                    let peer = self.relay_location_peer(id);
+                    let next = peer.and_then(|p| self.fwd.load().peer(&p).copied());
+                    if let (Some(peer), Some(Destination::Peer { conn, .. })) = (peer, next) {
+                        let buf = std::mem::take(&mut self.buf);
+                        self.relay_frame(peer, token_of(conn), &buf[..n], &limits);
+                        self.buf = buf;
+                    } else {
+                        self.drops.no_route += 1;
+                    }
+                }
                 super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id)) => {
                     let queued = queue_frame(
                         &mut self.batcher,
@@ -617,6 +679,13 @@ impl Router {
     }
 
     fn on_datagram(&mut self, n: usize, from: SocketAddr) {
+        self.on_datagram_at(n, from, false);
+    }
+
+    /// Opens and handles the datagram in `self.buf[..n]`. `inner`: it came
+    /// out of a relay wrapper addressed to this host, so only an end-to-end
+    /// `Data` datagram is accepted (no nesting).
+    fn on_datagram_at(&mut self, n: usize, from: SocketAddr, inner: bool) {
         if self.gro_count >= GRO_BATCH {
             self.flush_gro();
         }
@@ -634,7 +703,11 @@ impl Router {
             self.drops.unknown_session += 1;
             return;
         };
-        let SessionOwner::Link(token) = *owner;
+        let owner = *owner;
+        if inner && !matches!(owner, SessionOwner::E2e(_)) {
+            self.drops.bad_record += 1;
+            return;
+        }
         let plain_len = match session.open(repr.counter, datagram) {
             Ok(len) => len,
             Err(OpenError::Replay) => {
@@ -646,85 +719,429 @@ impl Router {
                 return;
             }
         };
-        let Some(stream) = self.streams.get_mut(&token) else {
-            return;
+        let token = match owner {
+            SessionOwner::Link(token) => {
+                let Some(link) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) else {
+                    return;
+                };
+                link.on_authenticated(repr.receiver_index, from, now);
+                Some(token)
+            }
+            SessionOwner::E2e(_) => {
+                self.e2e.on_authenticated(repr.receiver_index, now);
+                // End to end: only data (heartbeats and probes are per link).
+                if repr.message_type != sleeve::MessageType::Data {
+                    self.drops.bad_record += 1;
+                    return;
+                }
+                None
+            }
         };
-        let Some(link) = stream.link.as_mut() else {
-            return;
-        };
-        link.on_authenticated(repr.receiver_index, from, now);
-        let plaintext = &self.buf[sleeve::HEADER_LEN..sleeve::HEADER_LEN + plain_len];
+        let range = sleeve::HEADER_LEN..sleeve::HEADER_LEN + plain_len;
         match repr.message_type {
-            sleeve::MessageType::Data => {
-                for record in sleeve::Records::new(plaintext) {
-                    let Ok(record) = record else {
-                        self.drops.bad_record += 1;
-                        break;
-                    };
-                    if record.vni != self.cfg.vni {
-                        self.drops.bad_record += 1;
-                        continue;
-                    }
-                    let accepted = match self.l2.as_mut() {
-                        // Counted by the switch (oversized, bad source) when refused.
-                        Some(switch) => switch.from_remote(
-                            record.frame,
-                            crate::mesh::fdb::Location::Peer(token.0),
-                            now,
-                        ),
-                        None => {
-                            let is_ip = destination(record.frame).is_some();
-                            self.drops.bad_record += u64::from(!is_ip);
-                            is_ip
-                        }
-                    };
-                    if !accepted {
-                        continue;
-                    }
-                    if self.l2.is_none() && self.tun.vnet_hdr() && self.gro_count < GRO_SLOTS {
-                        // Gathered and written coalesced after the batch.
-                        let b = &mut self.gro_bufs[self.gro_count];
-                        b.extend_from_slice(&[0u8; crate::datapath::offload::VNET_HDR_LEN]);
-                        b.extend_from_slice(record.frame);
-                        self.gro_count += 1;
-                        stream.counters.rx_bytes += record.frame.len() as u64;
-                        stream.counters.rx_packets += 1;
-                        continue;
-                    }
-                    match self.tun.send(record.frame) {
-                        Ok(_) => {
-                            stream.counters.rx_bytes += record.frame.len() as u64;
-                            stream.counters.rx_packets += 1;
-                        }
-                        Err(_) => self.drops.send_errors += 1,
+            sleeve::MessageType::Data => self.deliver_records(range, owner, now),
+            sleeve::MessageType::Heartbeat | sleeve::MessageType::PmtuProbe => {
+                if let Some(link) = token
+                    .and_then(|t| self.streams.get_mut(&t))
+                    .and_then(|s| s.link.as_mut())
+                {
+                    let plaintext = &self.buf[range];
+                    if repr.message_type == sleeve::MessageType::Heartbeat {
+                        link.on_heartbeat(plaintext, from, now);
+                    } else {
+                        link.on_pmtu_probe(plaintext, n);
                     }
                 }
             }
-            sleeve::MessageType::Heartbeat => link.on_heartbeat(plaintext, from, now),
-            sleeve::MessageType::PmtuProbe => link.on_pmtu_probe(plaintext, n),
-            // Relaying and broadcast trees are not wired in yet.
-            sleeve::MessageType::Relay | sleeve::MessageType::Broadcast => {
-                self.drops.bad_record += 1
+            sleeve::MessageType::Relay => self.on_relay_datagram(range, from),
+            // Bridge-mode broadcast trees are not carried in this build:
+            // floods go to every neighbour directly.
+            sleeve::MessageType::Broadcast => self.drops.bad_record += 1,
+        }
+        if let Some(token) = token {
+            self.drive_link(token, now);
+        }
+    }
+
+    /// Delivers the records of an opened `Data` datagram (in `self.buf`
+    /// at `range`) to the local device.
+    fn deliver_records(
+        &mut self,
+        range: std::ops::Range<usize>,
+        owner: SessionOwner,
+        now: Instant,
+    ) {
+        let location = match owner {
+            SessionOwner::Link(token) => token.0,
+            SessionOwner::E2e(peer) => self.relay_location(peer),
+        };
+        let mut rx_bytes = 0u64;
+        let mut rx_packets = 0u64;
+        let plaintext = &self.buf[range];
+        for record in sleeve::Records::new(plaintext) {
+            let Ok(record) = record else {
+                self.drops.bad_record += 1;
+                break;
+            };
+            if record.vni != self.cfg.vni {
+                self.drops.bad_record += 1;
+                continue;
+            }
+            let accepted = match self.l2.as_mut() {
+                // Counted by the switch (oversized, bad source) when refused.
+                Some(switch) => switch.from_remote(
+                    record.frame,
+                    crate::mesh::fdb::Location::Peer(location),
+                    now,
+                ),
+                None => {
+                    let is_ip = destination(record.frame).is_some();
+                    self.drops.bad_record += u64::from(!is_ip);
+                    is_ip
+                }
+            };
+            if !accepted {
+                continue;
+            }
+            if self.l2.is_none() && self.tun.vnet_hdr() && self.gro_count < GRO_SLOTS {
+                // Gathered and written coalesced after the batch.
+                let b = &mut self.gro_bufs[self.gro_count];
+                b.extend_from_slice(&[0u8; crate::datapath::offload::VNET_HDR_LEN]);
+                b.extend_from_slice(record.frame);
+                self.gro_count += 1;
+                rx_bytes += record.frame.len() as u64;
+                rx_packets += 1;
+                continue;
+            }
+            match self.tun.send(record.frame) {
+                Ok(_) => {
+                    rx_bytes += record.frame.len() as u64;
+                    rx_packets += 1;
+                }
+                Err(_) => self.drops.send_errors += 1,
             }
         }
-        self.drive_link(token, now);
+        let counters = match owner {
+            SessionOwner::Link(token) => self.streams.get_mut(&token).map(|s| &mut s.counters),
+            SessionOwner::E2e(peer) => Some(self.relayed_peers.entry(peer).or_default()),
+        };
+        if let Some(c) = counters {
+            c.rx_bytes += rx_bytes;
+            c.rx_packets += rx_packets;
+        }
+    }
+
+    /// The MAC-learning location of a peer reached through relays (bridge
+    /// mode): a number above every socket token.
+    fn relay_location(&mut self, peer: PeerId) -> usize {
+        if let Some(&l) = self.relay_locations.get(&peer) {
+            return l;
+        }
+        let l = RELAY_LOCATION_BASE + self.relay_locations.len();
+        self.relay_locations.insert(peer, l);
+        l
+    }
+
+    /// The peer behind a relay location.
+    fn relay_location_peer(&self, location: usize) -> Option<PeerId> {
+        self.relay_locations
+            .iter()
+            .find(|(_, &l)| l == location)
+            .map(|(p, _)| *p)
+    }
+
+    /// A `Relay` datagram from a neighbour, opened (plaintext in
+    /// `self.buf` at `range`): pass the sealed inner datagram on towards
+    /// its destination, or handle it here if it is for this host.
+    fn on_relay_datagram(&mut self, range: std::ops::Range<usize>, from: SocketAddr) {
+        let Ok(packet) = crate::wire::relay::Packet::new_checked(&self.buf[range.clone()]) else {
+            self.drops.bad_record += 1;
+            return;
+        };
+        let destination = packet.destination();
+        let hops_left = packet.hops_left();
+        let inner = range.start + crate::wire::relay::HEADER_LEN..range.end;
+        if destination == self.mesh.id() {
+            let len = inner.len();
+            self.buf.copy_within(inner, 0);
+            self.on_datagram_at(len, from, true);
+            return;
+        }
+        let next = self.fwd.load().peer(&destination).copied();
+        let Some(Destination::Peer { next_hop, conn, .. }) = next else {
+            self.relayed.dropped += 1;
+            return;
+        };
+        let token = token_of(conn);
+        let inner_bytes = inner.len() as u64;
+        if next_hop == destination {
+            // Last hop: the inner datagram goes as it is (sealed for the
+            // destination; this host cannot read it).
+            let Some(to) = self
+                .streams
+                .get(&token)
+                .and_then(|s| s.link.as_ref())
+                .and_then(|l| l.endpoint())
+            else {
+                self.relayed.dropped += 1;
+                return;
+            };
+            if self.udp.send_to(&self.buf[inner], to).is_err() {
+                self.relayed.dropped += 1;
+                return;
+            }
+        } else {
+            if hops_left == 0 {
+                self.relayed.dropped += 1;
+                return;
+            }
+            let len = inner.len();
+            let mut out = std::mem::take(&mut self.relay_buf);
+            out[RELAY_INNER_AT..RELAY_INNER_AT + len].copy_from_slice(&self.buf[inner]);
+            let sent = self.send_relay_wrapped(token, destination, hops_left - 1, &mut out, len);
+            self.relay_buf = out;
+            if !sent {
+                self.relayed.dropped += 1;
+                return;
+            }
+        }
+        self.relayed.datagrams += 1;
+        self.relayed.bytes += inner_bytes;
+    }
+
+    /// Wraps the inner datagram at `out[RELAY_INNER_AT..][..inner_len]` in
+    /// a `Relay` for `destination`, sealed with the link session of the
+    /// neighbour on `token`, and sends it to that neighbour.
+    fn send_relay_wrapped(
+        &mut self,
+        token: Token,
+        destination: PeerId,
+        hops_left: u8,
+        out: &mut [u8],
+        inner_len: usize,
+    ) -> bool {
+        let Some(link) = self.streams.get(&token).and_then(|s| s.link.as_ref()) else {
+            return false;
+        };
+        let (Some(session), Some(to)) = (link.sending_session(), link.endpoint()) else {
+            return false;
+        };
+        let repr = crate::wire::relay::Repr {
+            destination,
+            hops_left,
+            inner_len,
+        };
+        let plain = sleeve::HEADER_LEN..sleeve::HEADER_LEN + repr.buffer_len();
+        if repr
+            .emit(&mut crate::wire::relay::Packet::new_unchecked(
+                &mut out[plain],
+            ))
+            .is_err()
+        {
+            return false;
+        }
+        let Ok(total) = session.seal(sleeve::MessageType::Relay, out, repr.buffer_len()) else {
+            return false;
+        };
+        match self.udp.send_to(&out[..total], to) {
+            Ok(_) => true,
+            Err(_) => {
+                self.drops.send_errors += 1;
+                false
+            }
+        }
+    }
+
+    /// Sends `frame` to `peer`, which is reached through the neighbour on
+    /// `via`: sealed end to end for `peer`, wrapped for the neighbour.
+    fn relay_frame(&mut self, peer: PeerId, via: Token, frame: &[u8], limits: &PeerLimit) {
+        let now = Instant::now();
+        self.e2e.want(peer, now);
+        let Some(link) = self.streams.get(&via).and_then(|s| s.link.as_ref()) else {
+            self.drops.no_route += 1;
+            return;
+        };
+        let limit = limits
+            .payload_mtu(link)
+            .saturating_sub(RELAY_OVERHEAD as u16);
+        if frame.len() > usize::from(limit) {
+            self.drops.too_big += 1;
+            if limits.l2_header == 0 {
+                self.answer_too_big(frame, limit);
+            }
+            return;
+        }
+        let mut out = std::mem::take(&mut self.relay_buf);
+        let record_at = RELAY_INNER_AT + sleeve::HEADER_LEN;
+        let Some(record_len) = sleeve::emit_record(&mut out[record_at..], self.cfg.vni, frame)
+        else {
+            self.relay_buf = out;
+            return;
+        };
+        let sent = self.send_end_to_end(peer, via, &mut out, record_len);
+        self.relay_buf = out;
+        if sent {
+            let c = self.relayed_peers.entry(peer).or_default();
+            c.tx_bytes += frame.len() as u64;
+            c.tx_packets += 1;
+        }
+    }
+
+    /// Seals the `Data` plaintext at `out[RELAY_INNER_AT + HEADER_LEN..]`
+    /// (`plain_len` bytes) end to end for `peer` and sends it wrapped
+    /// through the neighbour on `via`. False (and counted) when no
+    /// end-to-end session is up yet: the handshake is under way.
+    fn send_end_to_end(
+        &mut self,
+        peer: PeerId,
+        via: Token,
+        out: &mut [u8],
+        plain_len: usize,
+    ) -> bool {
+        let Some(session) = self.e2e.sending_session(&peer) else {
+            self.drops.no_route += 1;
+            return false;
+        };
+        let Ok(inner_len) = session.seal(
+            sleeve::MessageType::Data,
+            &mut out[RELAY_INNER_AT..],
+            plain_len,
+        ) else {
+            return false;
+        };
+        self.send_relay_wrapped(via, peer, crate::wire::relay::DEFAULT_HOPS, out, inner_len)
+    }
+
+    /// Answers a local IP packet that is larger than its path carries with
+    /// ICMP fragmentation-needed / packet-too-big naming `limit`.
+    fn answer_too_big(&mut self, frame: &[u8], limit: u16) {
+        let reply = match frame[0] >> 4 {
+            4 if frame.len() > 6 && frame[6] & 0x40 != 0 => {
+                crate::wire::icmpv4::build_frag_needed(frame, limit, &mut self.icmp_buf)
+            }
+            6 => crate::wire::icmpv6::build_packet_too_big(
+                frame,
+                u32::from(limit),
+                &mut self.icmp_buf,
+            ),
+            _ => Ok(None),
+        };
+        if let Ok(Some(len)) = reply {
+            let _ = self.tun.send(&self.icmp_buf[..len]);
+        }
+    }
+
+    /// A relayed control message (an end-to-end handshake message) from
+    /// a neighbour: for this host, or passed on.
+    fn on_relayed_control(&mut self, relayed: crate::mesh::control::RelayedControl, now: Instant) {
+        let to = PeerId(relayed.to);
+        if to == self.mesh.id() {
+            match crate::mesh::e2e::E2eMessage::decode(&relayed.payload) {
+                // The handshake proves `from`: a neighbour that lies about
+                // it only makes the handshake fail.
+                Ok(message) => self.e2e.on_message(PeerId(relayed.from), message, now),
+                Err(_) => self.drops.bad_record += 1,
+            }
+            return;
+        }
+        if relayed.hops_left == 0 {
+            self.relayed.dropped += 1;
+            return;
+        }
+        let forwarded = crate::mesh::control::RelayedControl {
+            hops_left: relayed.hops_left - 1,
+            ..relayed
+        };
+        if !self.send_relayed_control(to, forwarded) {
+            self.relayed.dropped += 1;
+        }
+    }
+
+    /// Sends a relayed control message one hop towards `to`.
+    fn send_relayed_control(
+        &mut self,
+        to: PeerId,
+        relayed: crate::mesh::control::RelayedControl,
+    ) -> bool {
+        let Some(Destination::Peer { conn, .. }) = self.fwd.load().peer(&to).copied() else {
+            return false;
+        };
+        let token = token_of(conn);
+        let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) else {
+            return false;
+        };
+        l.send_relay(relayed);
+        self.relay_touched.push(token);
+        true
+    }
+
+    /// Carries out what the end-to-end session manager asks for.
+    fn drive_e2e(&mut self, now: Instant) {
+        if self.e2e.poll_timeout().is_some_and(|t| now >= t) {
+            self.e2e.handle_timeout(now);
+        }
+        while let Some(output) = self.e2e.poll_output() {
+            match output {
+                E2eOutput::Send { to, message } => {
+                    let relayed = crate::mesh::control::RelayedControl {
+                        from: *self.mesh.id().as_bytes(),
+                        to: *to.as_bytes(),
+                        hops_left: crate::wire::relay::DEFAULT_HOPS,
+                        payload: message.encode(),
+                    };
+                    if !self.send_relayed_control(to, relayed) {
+                        tracing::debug!(peer = %to, "no path for an end-to-end handshake message; it is retried");
+                    }
+                }
+                E2eOutput::SessionUp {
+                    peer,
+                    session,
+                    confirm,
+                } => {
+                    tracing::info!(
+                        "end-to-end session with {} up ({}): relayed traffic is sealed for it alone",
+                        self.peer_label(&peer),
+                        session.cipher().name()
+                    );
+                    self.sessions
+                        .insert(session.local_index, (SessionOwner::E2e(peer), session));
+                    if confirm {
+                        // An empty Data datagram tells the peer the session is live.
+                        if let Some(Destination::Peer { conn, .. }) =
+                            self.fwd.load().peer(&peer).copied()
+                        {
+                            let mut out = std::mem::take(&mut self.relay_buf);
+                            self.send_end_to_end(peer, token_of(conn), &mut out, 0);
+                            self.relay_buf = out;
+                        }
+                    }
+                }
+                E2eOutput::SessionDown { local_index, .. } => {
+                    self.sessions.remove(&local_index);
+                }
+                E2eOutput::Failed { peer, reason } => {
+                    tracing::warn!(
+                        "end-to-end handshake with {}: {reason}",
+                        self.peer_label(&peer)
+                    );
+                }
+            }
+        }
+        let touched = std::mem::take(&mut self.relay_touched);
+        for token in touched {
+            self.drive_link(token, now);
+        }
     }
 
     /// End-to-end session state with a peer, for status.
-    fn end_to_end_state(&self, _peer: &PeerId) -> Option<String> {
-        None
-    }
-
-    fn relay_frame(&mut self, _peer: PeerId, _via: Token, _frame: &[u8], _limits: &PeerLimit) {
-        self.drops.no_route += 1;
-    }
-
-    fn on_relayed_control(
-        &mut self,
-        _from: Token,
-        _relayed: crate::mesh::control::RelayedControl,
-        _now: Instant,
-    ) {
+    fn end_to_end_state(&self, peer: &PeerId) -> Option<String> {
+        use crate::mesh::e2e::E2eState;
+        let (_, state) = self.e2e.peers().find(|(p, _)| p == peer)?;
+        Some(match state {
+            E2eState::Handshaking => "handshaking".to_string(),
+            E2eState::Established { .. } => "established".to_string(),
+            E2eState::Failed { reason } => format!("failed: {reason}"),
+        })
     }
 
     // ---- control connections --------------------------------------------
@@ -939,7 +1356,7 @@ impl Router {
                         return;
                     }
                 }
-                Output::Relay(relayed) => self.on_relayed_control(token, relayed, now),
+                Output::Relay(relayed) => self.on_relayed_control(relayed, now),
                 Output::Close(reason) => {
                     self.flush(token);
                     self.close_stream(token, &reason, now);
@@ -1305,6 +1722,25 @@ impl Router {
     }
 
     fn on_mesh_event(&mut self, event: MeshEvent) {
+        let now = Instant::now();
+        match &event {
+            MeshEvent::RouteChanged {
+                peer,
+                route: Some(r),
+            } if r.next_hop != *peer => {
+                // Reached through relays from now on: key a session with it
+                // end to end before the first packet needs one, and resend
+                // a handshake that may have gone down the old path.
+                self.e2e.path_changed(*peer, now);
+                self.e2e.want(*peer, now);
+            }
+            MeshEvent::RouteChanged {
+                peer,
+                route: Some(_),
+            } => self.e2e.forget(peer),
+            MeshEvent::PeerLeft(p) => self.e2e.forget(&p.id),
+            _ => {}
+        }
         match &event {
             MeshEvent::ClaimConflict { .. } | MeshEvent::SubnetMismatch { .. } => {
                 tracing::error!("{}", self.describe(&event))
@@ -1434,6 +1870,7 @@ impl Router {
             }
         }
         status.mesh = Some(self.mesh_status());
+        status.relayed = self.relayed.clone();
         status.connections = connections;
         if let Ok(mut g) = self.snapshot.lock() {
             *g = status;
