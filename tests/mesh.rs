@@ -336,6 +336,16 @@ fn kill9_of_the_relay_is_routed_around() {
         net.start(i);
     }
     net.wait_converged(&[0, 1, 2, 3], Duration::from_secs(30));
+    // Every host connects to every other by gossip: h0 and h2 then have
+    // two disjoint paths once their direct one goes.
+    for (i, j) in [(0, 1), (0, 3), (2, 1), (2, 3)] {
+        assert!(
+            wait_until(Duration::from_secs(20), || net.route(i, j)
+                == Some(("direct".into(), None))),
+            "{}",
+            peers_text(&net.hosts[i].ns)
+        );
+    }
     // h0 and h2 cannot talk directly: one of h1 and h3 carries them.
     net.firewall(0, 2, false);
     let relay = |net: &Switched| -> Option<usize> {

@@ -161,8 +161,6 @@ pub struct Router {
     batcher: super::sleeve_batch::SleeveBatcher,
     /// Received datagrams, read with recvmmsg.
     recv_batch: Option<crate::datapath::batch::RecvBatch>,
-    /// Reused list of flood targets (no allocation per frame).
-    flood_targets: Vec<Token>,
     /// The device MTU now: lowered when a peer's verified path is smaller.
     tun_mtu: u16,
     icmp_buf: Box<[u8]>,
@@ -293,7 +291,6 @@ impl Router {
                 vni,
             ),
             recv_batch: Some(crate::datapath::batch::RecvBatch::new(BUF_LEN)),
-            flood_targets: Vec::new(),
             tun_in: vec![0u8; crate::datapath::offload::VNET_HDR_LEN + 65536].into_boxed_slice(),
             segments: (0..MAX_SEGMENTS)
                 .map(|_| vec![0u8; usize::from(cfg_overlay_mtu) + 64])
@@ -590,28 +587,13 @@ impl Router {
                     self.drops.too_big += u64::from(!queued);
                 }
                 super::l2::Egress::Flood => {
-                    self.flood_targets.clear();
-                    let fastdp = &self.fastdp;
-                    self.flood_targets
-                        .extend(self.streams.iter().filter_map(|(t, s)| {
-                            // Peers on fastdp get floods from the OVS datapath's bridge port.
-                            s.link
-                                .as_ref()
-                                .filter(|l| l.sending_session().is_some() && l.endpoint().is_some())
-                                .filter(|_| !fastdp.as_ref().is_some_and(|f| f.is_fastdp(t.0)))
-                                .map(|_| *t)
-                        }));
-                    for &token in &self.flood_targets {
-                        if !queue_frame(
-                            &mut self.batcher,
-                            &mut self.streams,
-                            &mut self.udp,
-                            token,
-                            frame,
-                            &limits,
-                        ) {
-                            self.drops.too_big += 1;
-                        }
+                    // Along this host's broadcast tree: every host gets it
+                    // exactly once, also in a partial mesh.
+                    let own = self.mesh.id();
+                    let mut records = vec![0u8; sleeve::RECORD_OVERHEAD + frame.len()];
+                    if let Some(len) = sleeve::emit_record(&mut records, self.cfg.vni, frame) {
+                        records.truncate(len);
+                        self.send_broadcast(own, crate::wire::relay::DEFAULT_HOPS, &records, None);
                     }
                 }
                 _ => {}
@@ -739,7 +721,13 @@ impl Router {
         };
         let range = sleeve::HEADER_LEN..sleeve::HEADER_LEN + plain_len;
         match repr.message_type {
-            sleeve::MessageType::Data => self.deliver_records(range, owner, now),
+            sleeve::MessageType::Data => {
+                let location = match owner {
+                    SessionOwner::Link(token) => token.0,
+                    SessionOwner::E2e(peer) => self.relay_location(peer),
+                };
+                self.deliver_records(range, location, owner, now)
+            }
             sleeve::MessageType::Heartbeat | sleeve::MessageType::PmtuProbe => {
                 if let Some(link) = token
                     .and_then(|t| self.streams.get_mut(&t))
@@ -754,9 +742,11 @@ impl Router {
                 }
             }
             sleeve::MessageType::Relay => self.on_relay_datagram(range, from),
-            // Bridge-mode broadcast trees are not carried in this build:
-            // floods go to every neighbour directly.
-            sleeve::MessageType::Broadcast => self.drops.bad_record += 1,
+            sleeve::MessageType::Broadcast => {
+                if let Some(token) = token {
+                    self.on_broadcast_datagram(range, token, now);
+                }
+            }
         }
         if let Some(token) = token {
             self.drive_link(token, now);
@@ -765,16 +755,14 @@ impl Router {
 
     /// Delivers the records of an opened `Data` datagram (in `self.buf`
     /// at `range`) to the local device.
+    /// `location`: where MACs seen as sources are learned (bridge mode).
     fn deliver_records(
         &mut self,
         range: std::ops::Range<usize>,
+        location: usize,
         owner: SessionOwner,
         now: Instant,
     ) {
-        let location = match owner {
-            SessionOwner::Link(token) => token.0,
-            SessionOwner::E2e(peer) => self.relay_location(peer),
-        };
         let mut rx_bytes = 0u64;
         let mut rx_packets = 0u64;
         let plaintext = &self.buf[range];
@@ -829,6 +817,97 @@ impl Router {
             c.rx_bytes += rx_bytes;
             c.rx_packets += rx_packets;
         }
+    }
+
+    /// A `Broadcast` from the neighbour on `token` (plaintext in
+    /// `self.buf` at `range`): delivered here, then passed on along the
+    /// source's broadcast tree.
+    fn on_broadcast_datagram(&mut self, range: std::ops::Range<usize>, token: Token, now: Instant) {
+        let Ok(packet) = crate::wire::relay::BroadcastPacket::new_checked(&self.buf[range.clone()])
+        else {
+            self.drops.bad_record += 1;
+            return;
+        };
+        let source = packet.source();
+        let hops_left = packet.hops_left();
+        if source == self.mesh.id() {
+            // Came back around: trees are being recomputed.
+            return;
+        }
+        let records = range.start + crate::wire::relay::HEADER_LEN..range.end;
+        let neighbour = self
+            .streams
+            .get(&token)
+            .and_then(|s| s.link.as_ref())
+            .and_then(|l| l.remote_static())
+            .map(|k| PeerId(*k));
+        let location = if neighbour == Some(source) {
+            token.0
+        } else {
+            self.relay_location(source)
+        };
+        let copy = (hops_left > 0).then(|| self.buf[records.clone()].to_vec());
+        self.deliver_records(records, location, SessionOwner::Link(token), now);
+        if let Some(copy) = copy {
+            self.send_broadcast(source, hops_left - 1, &copy, Some(token));
+        }
+    }
+
+    /// Sends `records` as a `Broadcast` from `source` to this host's
+    /// children in the source's tree (not back to `except`, where it came
+    /// from), sealed for each child with its link session.
+    fn send_broadcast(
+        &mut self,
+        source: PeerId,
+        hops_left: u8,
+        records: &[u8],
+        except: Option<Token>,
+    ) {
+        let len = records.len();
+        let at = sleeve::HEADER_LEN + crate::wire::relay::HEADER_LEN;
+        let mut out = std::mem::take(&mut self.relay_buf);
+        let table = arc_swap::Guard::into_inner(self.fwd.load());
+        for hop in table.broadcast_next_hops(&source) {
+            let token = token_of(hop.conn);
+            if Some(token) == except || self.fastdp.as_ref().is_some_and(|f| f.is_fastdp(token.0)) {
+                // Peers on fastdp get floods from the OVS datapath's bridge port.
+                continue;
+            }
+            let Some(link) = self.streams.get(&token).and_then(|s| s.link.as_ref()) else {
+                continue;
+            };
+            let (Some(session), Some(to)) = (link.sending_session(), link.endpoint()) else {
+                continue;
+            };
+            // Sealing encrypts in place: each child gets a fresh copy.
+            out[at..at + len].copy_from_slice(records);
+            let repr = crate::wire::relay::BroadcastRepr {
+                source,
+                hops_left,
+                records_len: len,
+            };
+            let plain = sleeve::HEADER_LEN..sleeve::HEADER_LEN + repr.buffer_len();
+            if repr
+                .emit(&mut crate::wire::relay::BroadcastPacket::new_unchecked(
+                    &mut out[plain],
+                ))
+                .is_err()
+            {
+                continue;
+            }
+            match session.seal(sleeve::MessageType::Broadcast, &mut out, repr.buffer_len()) {
+                Ok(total) => {
+                    if self.udp.send_to(&out[..total], to).is_err() {
+                        self.drops.send_errors += 1;
+                    } else if let Some(s) = self.streams.get_mut(&token) {
+                        s.counters.tx_packets += 1;
+                        s.counters.tx_bytes += len as u64;
+                    }
+                }
+                Err(_) => self.drops.send_errors += 1,
+            }
+        }
+        self.relay_buf = out;
     }
 
     /// The MAC-learning location of a peer reached through relays (bridge
