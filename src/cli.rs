@@ -62,7 +62,7 @@ enum Command {
     Fastdp(crate::datapath::odp::standalone::FastdpArgs),
     /// Add a peer to a running `weft launch` and connect to it now (it is redialled with backoff until `weft forget`).
     Connect {
-        /// The peer's address: IP or IP:PORT (port defaults to 6783).
+        /// The peer: IP, IP:PORT, HOST or HOST:PORT (port defaults to 6783; a host name is resolved when dialled).
         #[arg(value_name = "ADDR")]
         peer: String,
         /// The status address of the weft to change (each weft in a network namespace has its own).
@@ -282,13 +282,25 @@ fn pubkey() -> ExitCode {
 /// when weft refused or is not running, 2 for a malformed address.
 fn control(status_addr: SocketAddr, peer: &str, connect: bool) -> ExitCode {
     use crate::api::control::{send, ControlRequest};
-    let peer = match launch::parse_peer(peer) {
+    use crate::mesh::target::PeerTarget;
+    let target = match PeerTarget::parse(peer) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("weft: {}", e.replacen("--peer", "peer", 1));
+            eprintln!("weft: {e}");
             return ExitCode::from(2);
         }
     };
+    if let (true, PeerTarget::Name { host, port }) = (connect, &target) {
+        // A name that does not resolve now is most likely a typo: say so
+        // here rather than have weft retry it forever.
+        if let Err(e) = crate::mesh::target::resolve(host, *port, true)
+            .or_else(|_| crate::mesh::target::resolve(host, *port, false))
+        {
+            eprintln!("weft: {peer:?} is not an address, and as a host name it does not resolve ({e}); check the spelling or /etc/hosts");
+            return ExitCode::from(2);
+        }
+    }
+    let peer = target.to_string();
     let request = if connect {
         ControlRequest::Connect { peer }
     } else {

@@ -18,7 +18,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("listen", "string: IP:PORT of the control and data sockets"),
     (
         "peer",
-        "list of strings (or one string): IP[:PORT] of peers",
+        "list of strings (or one string): IP[:PORT] or HOST[:PORT] of peers",
     ),
     ("secret-file", "path: the network secret"),
     ("key-file", "path: this host's private key"),

@@ -7,6 +7,7 @@ use crate::config::ConfigFile;
 use crate::datapath::{tun::TunDevice, udp};
 use crate::mesh::control::{CipherChoice, Hello, LocalDevice, PROTOCOL_VERSION};
 use crate::mesh::link::{LinkConfig, Timers};
+use crate::mesh::target::PeerTarget;
 use crate::noise::{keys, CipherKind, NetworkSecret, StaticKey};
 use crate::router::{Router, RouterConfig};
 use crate::wire::overhead::{self, Framing};
@@ -32,8 +33,12 @@ pub struct LaunchArgs {
     /// [default: 0.0.0.0:6783].
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<String>,
-    /// A peer to connect to (repeat for more). Port defaults to 6783.
-    #[arg(long = "peer", value_name = "IP[:PORT]")]
+    /// A peer to connect to (repeat for more): IP, IP:PORT, HOST or
+    /// HOST:PORT; port defaults to 6783. One reachable peer is enough: the
+    /// others are learned by gossip. The same list may be used on every
+    /// host (a host skips its own address). A host name is resolved when
+    /// dialled and again after a failed dial.
+    #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<String>,
     /// File holding the network secret shared by all hosts (or set WEFT_SECRET).
     #[arg(long, value_name = "FILE")]
@@ -142,7 +147,7 @@ struct Plan {
     overlay_addr: IpAddr,
     overlay_prefix: u8,
     listen: SocketAddr,
-    peers: Vec<SocketAddr>,
+    peers: Vec<PeerTarget>,
     /// `None` only in plaintext mode, which authenticates nothing.
     secret: Option<NetworkSecret>,
     key: StaticKey,
@@ -206,7 +211,12 @@ pub fn parse_overlay(text: &str) -> Result<(IpAddr, u8), String> {
     Ok((addr, prefix))
 }
 
-/// Parses `IP[:PORT]` (IPv6 as `[addr]:port`).
+/// Parses a `--peer`: `IP[:PORT]`, `[IPv6]:PORT`, `HOST[:PORT]`.
+pub fn parse_peer_target(text: &str) -> Result<PeerTarget, String> {
+    PeerTarget::parse(text).map_err(|e| format!("--peer {e}"))
+}
+
+/// Parses `IP[:PORT]` (IPv6 as `[addr]:port`): static VXLAN endpoints.
 pub fn parse_peer(text: &str) -> Result<SocketAddr, String> {
     if let Ok(sa) = text.parse::<SocketAddr>() {
         if sa.port() == 0 {
@@ -605,16 +615,19 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
 fn parse_peer_list(
     texts: &[String],
     listen: SocketAddr,
-) -> Result<(Vec<SocketAddr>, Option<String>), String> {
+) -> Result<(Vec<PeerTarget>, Option<String>), String> {
     let parsed = texts
         .iter()
-        .map(|p| parse_peer(p))
+        .map(|p| parse_peer_target(p))
         .collect::<Result<Vec<_>, _>>()?;
-    // One probe per peer (is_own_address may bind a socket).
-    let (own, peers): (Vec<SocketAddr>, Vec<SocketAddr>) =
-        parsed.into_iter().partition(|p| is_own_address(*p, listen));
+    // One probe per peer (is_own_address may bind a socket). A host name
+    // that leads here is found when it is dialled (the mesh recognises
+    // its own identity and never dials it again).
+    let (own, peers): (Vec<PeerTarget>, Vec<PeerTarget>) = parsed
+        .into_iter()
+        .partition(|p| p.addr().is_some_and(|a| is_own_address(a, listen)));
     let note = (!own.is_empty()).then(|| {
-        let own: Vec<String> = own.iter().map(SocketAddr::to_string).collect();
+        let own: Vec<String> = own.iter().map(PeerTarget::to_string).collect();
         format!(
             "peer {} is this host's own address: skipped",
             own.join(", ")
@@ -640,7 +653,7 @@ fn is_own_address(peer: SocketAddr, listen: SocketAddr) -> bool {
 }
 
 /// Re-reads the peer list from the config file (on SIGHUP).
-pub fn reload_peers(path: &std::path::Path, listen: SocketAddr) -> Result<Vec<SocketAddr>, String> {
+pub fn reload_peers(path: &std::path::Path, listen: SocketAddr) -> Result<Vec<PeerTarget>, String> {
     let file = ConfigFile::load(path)?;
     let texts = file.list("peer")?;
     parse_peer_list(&texts, listen)
@@ -918,7 +931,18 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     };
     let remotes: Vec<SocketAddr> = match &plan.l2 {
         Some(l2) if plain => l2.vteps.clone(),
-        _ => plan.peers.clone(),
+        // Only to find the underlay interface: a host name is resolved
+        // here once (and again whenever weft dials it).
+        _ => plan
+            .peers
+            .iter()
+            .filter_map(|p| match p {
+                PeerTarget::Addr(a) => Some(*a),
+                PeerTarget::Name { host, port } => {
+                    crate::mesh::target::resolve(host, *port, plan.listen.is_ipv4()).ok()
+                }
+            })
+            .collect(),
     };
 
     let (underlay_iface, underlay_mtu, why) = underlay(plan.listen, &remotes)?;
@@ -1416,6 +1440,8 @@ fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+    use crate::mesh::target::PeerTarget;
+
     #[test]
     fn the_same_peer_list_serves_every_host() {
         let texts: Vec<String> = ["198.18.0.1:6783", "198.18.0.2", "127.0.0.1:6783"]
@@ -1428,8 +1454,8 @@ mod tests {
         assert_eq!(
             peers,
             vec![
-                "198.18.0.2:6783".parse().unwrap(),
-                "127.0.0.1:6783".parse().unwrap()
+                PeerTarget::Addr("198.18.0.2:6783".parse().unwrap()),
+                PeerTarget::Addr("127.0.0.1:6783".parse().unwrap())
             ]
         );
         assert_eq!(
@@ -1441,7 +1467,7 @@ mod tests {
         let (peers, note) =
             super::parse_peer_list(&texts, "0.0.0.0:6783".parse().unwrap()).unwrap();
         assert!(
-            !peers.contains(&"127.0.0.1:6783".parse().unwrap()),
+            !peers.contains(&PeerTarget::Addr("127.0.0.1:6783".parse().unwrap())),
             "{peers:?}"
         );
         assert!(note.unwrap().contains("127.0.0.1:6783"));
@@ -1486,6 +1512,16 @@ mod tests {
         assert!(parse_peer("host.example:6783")
             .unwrap_err()
             .contains("--peer"));
+        assert_eq!(
+            parse_peer_target("host.example:6783").unwrap(),
+            PeerTarget::Name {
+                host: "host.example".into(),
+                port: 6783
+            }
+        );
+        assert!(parse_peer_target("a b")
+            .unwrap_err()
+            .starts_with("--peer \"a b\" is not an address"));
         assert!(parse_peer("198.18.0.2:0").is_err());
     }
 

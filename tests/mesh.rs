@@ -439,3 +439,84 @@ fn duplicate_address_claim_is_refused_on_both_sides() {
     // but the owner is unaffected).
     assert!(net.hosts[0].weft_running() && net.hosts[1].weft_running());
 }
+
+/// `/etc/hosts` of a namespace: `ip netns exec` bind-mounts
+/// `/etc/netns/NS/hosts` over it. Removed on drop.
+struct NetnsHosts(std::path::PathBuf);
+
+impl NetnsHosts {
+    fn new(ns: &str) -> NetnsHosts {
+        let dir = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        let h = NetnsHosts(dir);
+        h.set("127.0.0.1 localhost\n");
+        h
+    }
+
+    /// Rewrites the file in place (the bind mount keeps its inode).
+    fn set(&self, text: &str) {
+        std::fs::write(self.0.join("hosts"), text).expect("write the hosts file");
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_peer_given_by_host_name_is_resolved_and_resolved_again_after_a_failure() {
+    require_root!();
+    let mut net = Switched::new(3);
+    let hosts = NetnsHosts::new(&net.hosts[0].ns);
+    hosts.set(&format!(
+        "127.0.0.1 localhost\n{} peer-b.weft-test\n",
+        net.hosts[1].underlay
+    ));
+    net.hosts[0].peers = vec!["peer-b.weft-test".into()];
+    for i in 0..3 {
+        net.start(i);
+    }
+    assert!(
+        net.ping_within(0, 1, Duration::from_secs(15)),
+        "{}",
+        net.hosts[0].logs()
+    );
+    assert!(net.hosts[0].logs().contains(&format!(
+        "peer peer-b.weft-test:6783 resolves to {}",
+        net.addr(1)
+    )));
+    // The name moves to h2 and h1 goes away: the failed redial looks the
+    // name up again and weft follows it.
+    hosts.set(&format!(
+        "127.0.0.1 localhost\n{} peer-b.weft-test\n",
+        net.hosts[2].underlay
+    ));
+    net.hosts[1].kill9();
+    let moved = format!(
+        "peer peer-b.weft-test:6783 now resolves to {} (was {})",
+        net.addr(2),
+        net.addr(1)
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || net.hosts[0]
+            .logs()
+            .contains(&moved)),
+        "{}",
+        net.hosts[0].logs()
+    );
+    assert!(
+        net.ping_within(0, 2, Duration::from_secs(15)),
+        "{}",
+        peers_text(&net.hosts[0].ns)
+    );
+    // `weft forget` takes the name.
+    let out = ns_exec(&net.hosts[0].ns, &[WEFT, "forget", "peer-b.weft-test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("forgot peer peer-b.weft-test:6783"));
+}

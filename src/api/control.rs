@@ -33,13 +33,13 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ControlRequest {
     /// Add a peer address and connect to it now.
     Connect {
-        /// The peer's underlay address.
-        peer: SocketAddr,
+        /// The peer as the user wrote it: `IP[:PORT]` or `HOST[:PORT]`.
+        peer: String,
     },
     /// Remove a peer address: close its connection and never redial it.
     Forget {
-        /// The peer's underlay address.
-        peer: SocketAddr,
+        /// The peer as given to `--peer` or `weft connect`.
+        peer: String,
     },
 }
 

@@ -142,6 +142,16 @@ pub struct Status {
     pub mesh: Option<super::mesh_status::MeshStatus>,
 }
 
+/// A base64 public key's 32 bytes.
+fn base64_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -283,10 +293,22 @@ impl Status {
         let dropped = Family::<Labels, Counter>::default();
         let overlay_mtu = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         for c in &self.connections {
-            let l: Labels = vec![
-                ("peer".into(), c.address.clone()),
-                ("direction".into(), c.direction.clone()),
-            ];
+            // Peers are named by name and identity, which stay the same
+            // across reconnects (addresses and directions do not); a peer
+            // not yet authenticated by its address.
+            let l: Labels = match (&c.peer_name, &c.peer_key) {
+                (Some(name), Some(key)) => vec![
+                    ("peer".into(), name.clone()),
+                    (
+                        "peer_id".into(),
+                        crate::mesh::PeerId(base64_key(key).unwrap_or_default()).to_string(),
+                    ),
+                ],
+                _ => vec![
+                    ("peer".into(), c.address.clone()),
+                    ("peer_id".into(), String::new()),
+                ],
+            };
             up.get_or_create(&l)
                 .set(i64::from(c.state == "established"));
             tx_bytes.get_or_create(&l).inc_by(c.tx_bytes);
@@ -365,7 +387,10 @@ mod tests {
                 rx_bytes: 10,
                 rx_packets: 1,
                 peer_name: Some("h2".into()),
-                peer_key: Some("k".into()),
+                peer_key: Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    [7u8; 32],
+                )),
                 peer_overlay: vec!["10.40.0.2/16".into()],
                 endpoint: Some("198.18.0.2:6783".into()),
             }],
@@ -399,8 +424,12 @@ mod tests {
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<Status>(&j).unwrap(), s);
         let m = s.render_metrics();
+        // Labelled by name and identity (the short key), not by address.
+        let short = crate::mesh::PeerId([7; 32]).to_string();
         assert!(
-            m.contains("weft_tx_bytes_total{peer=\"198.18.0.2:6783\",direction=\"->\"} 2048"),
+            m.contains(&format!(
+                "weft_tx_bytes_total{{peer=\"h2\",peer_id=\"{short}\"}} 2048"
+            )),
             "{m}"
         );
         assert!(

@@ -17,6 +17,7 @@ pub mod link;
 pub mod node;
 pub mod peer;
 pub mod pmtu;
+pub mod target;
 pub mod topology;
 
 pub use claims::{Claim, IpPrefix};

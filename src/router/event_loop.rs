@@ -7,6 +7,7 @@ use crate::datapath::underlay::Underlay;
 use crate::mesh::e2e::{E2eOutput, EndToEnd};
 use crate::mesh::link::{Direction, Link, LinkConfig, LinkState, Output};
 use crate::mesh::node::{Event as MeshEvent, Output as MeshOutput, TargetStatus};
+use crate::mesh::target::PeerTarget;
 use crate::mesh::{ConnectionId, Destination, ForwardingReader, Node, NodeConfig, PeerId};
 use crate::noise::keys::short_key;
 use crate::noise::session::OpenError;
@@ -49,7 +50,7 @@ pub struct RouterConfig {
     /// Shared by every link.
     pub link: Arc<LinkConfig>,
     /// Configured peers to connect to (and reconnect with backoff).
-    pub peers: Vec<SocketAddr>,
+    pub peers: Vec<PeerTarget>,
     /// The mesh node's identity, claims and limits.
     pub mesh: NodeConfig,
     /// The VNI.
@@ -91,6 +92,23 @@ struct LinkCounters {
     rx_bytes: u64,
     rx_packets: u64,
 }
+
+/// A user-given peer host name and what it resolved to.
+struct NamedPeer {
+    host: String,
+    port: u16,
+    /// The address the mesh node dials for it now.
+    addr: Option<SocketAddr>,
+    /// A resolution is under way.
+    resolving: bool,
+    /// Resolve again then (after a failed resolution).
+    retry_at: Option<Instant>,
+    /// Why the last resolution failed.
+    failure: Option<String>,
+}
+
+/// A failed resolution is tried again after this long.
+const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 
 /// Who a data session belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +168,15 @@ pub struct Router {
     relayed_peers: HashMap<PeerId, LinkCounters>,
     /// Bridge mode: MAC-learning locations of peers reached through relays.
     relay_locations: HashMap<PeerId, usize>,
+    /// User-given host names (keyed by `host:port`).
+    names: std::collections::BTreeMap<String, NamedPeer>,
+    /// Finished resolutions, from resolver threads.
+    resolved: (
+        crossbeam_channel::Sender<(String, Result<SocketAddr, String>)>,
+        crossbeam_channel::Receiver<(String, Result<SocketAddr, String>)>,
+    ),
+    /// Wakes the event loop (control requests, finished resolutions).
+    waker: Arc<mio::Waker>,
     drops: DropCounters,
     snapshot: Arc<Mutex<Status>>,
     started: Instant,
@@ -227,11 +254,11 @@ impl Router {
             poll.registry()
                 .register(&mut SourceFd(&f.upcall_fd()), FASTDP, Interest::READABLE)?;
         }
+        let waker = Arc::new(mio::Waker::new(poll.registry(), CONTROL)?);
         let control = match cfg.control.take() {
             Some(listener) => {
-                let waker = Arc::new(mio::Waker::new(poll.registry(), CONTROL)?);
                 let (tx, rx) = crossbeam_channel::unbounded();
-                crate::api::control::serve(listener, tx, waker)?;
+                crate::api::control::serve(listener, tx, waker.clone())?;
                 Some(rx)
             }
             None => None,
@@ -241,7 +268,7 @@ impl Router {
         let cfg_overlay_mtu = cfg.overlay_mtu;
         let cfg_overlay_text = cfg.status_template.overlay.clone();
         let mut mesh = Node::new(cfg.mesh.clone(), Box::new(rand_core::OsRng), now);
-        for &addr in &cfg.peers {
+        for addr in cfg.peers.iter().filter_map(PeerTarget::addr) {
             mesh.connect(addr, now);
         }
         let fwd = mesh.forwarding();
@@ -256,7 +283,7 @@ impl Router {
         // that just broke is retried soon.
         e2e_cfg.handshake_timeout = cfg.link.timers.handshake_timeout.min(E2E_HANDSHAKE_TIMEOUT);
         let e2e = EndToEnd::new(Arc::new(e2e_cfg), cfg.mesh.id, Box::new(rand_core::OsRng));
-        Ok(Router {
+        let mut router = Router {
             poll,
             tun,
             udp,
@@ -275,6 +302,9 @@ impl Router {
             relayed: Default::default(),
             relayed_peers: HashMap::new(),
             relay_locations: HashMap::new(),
+            names: std::collections::BTreeMap::new(),
+            resolved: crossbeam_channel::unbounded(),
+            waker,
             drops: DropCounters::default(),
             snapshot,
             started: now,
@@ -308,7 +338,13 @@ impl Router {
             control,
             fastdp,
             fastdp_actions: Vec::new(),
-        })
+        };
+        for target in router.cfg.peers.clone() {
+            if let PeerTarget::Name { .. } = target {
+                router.add_target(target, now);
+            }
+        }
+        Ok(router)
     }
 
     /// Runs until SIGINT or SIGTERM, then says goodbye to every peer.
@@ -331,7 +367,10 @@ impl Router {
                     LISTENER => self.on_accept(),
                     SIGNALS => stop = true,
                     RELOAD => self.on_reload(Instant::now()),
-                    CONTROL => self.on_control(Instant::now()),
+                    CONTROL => {
+                        self.on_control(Instant::now());
+                        self.on_resolved(Instant::now());
+                    }
                     FASTDP => self.on_fastdp_upcalls(),
                     token => self.on_stream_event(token, event.is_readable(), event.is_writable()),
                 }
@@ -1557,6 +1596,15 @@ impl Router {
         }
         if let Some(addr) = s.dialed.filter(|_| !duplicate) {
             self.dial_failures.insert(addr, reason.to_string());
+            // A named peer may have moved: look its name up again.
+            let key = self
+                .names
+                .iter()
+                .find(|(_, n)| n.addr == Some(addr))
+                .map(|(k, _)| k.clone());
+            if let Some(key) = key {
+                self.start_resolve(&key);
+            }
         }
     }
 
@@ -1576,20 +1624,20 @@ impl Router {
             }
         };
         let mut added = Vec::new();
-        for addr in &wanted {
-            if self.add_peer(*addr, now) {
-                added.push(addr.to_string());
+        for target in &wanted {
+            if self.add_target(target.clone(), now) {
+                added.push(target.to_string());
             }
         }
         let mut removed = Vec::new();
-        let gone: Vec<SocketAddr> = self
+        let gone: Vec<PeerTarget> = self
             .user_peers()
             .into_iter()
             .filter(|a| !wanted.contains(a))
             .collect();
-        for addr in gone {
-            self.remove_peer(addr, "removed from the peer list (SIGHUP)", now);
-            removed.push(addr.to_string());
+        for target in gone {
+            self.remove_target(&target, "removed from the peer list (SIGHUP)", now);
+            removed.push(target.to_string());
         }
         let active = self.user_peers().len();
         if added.is_empty() && removed.is_empty() {
@@ -1610,15 +1658,144 @@ impl Router {
         }
     }
 
-    /// The user-given peer addresses (--peer, config, `weft connect`).
-    fn user_peers(&self) -> Vec<SocketAddr> {
-        self.mesh.targets().map(|(a, _)| a).collect()
+    /// The user-given peers (--peer, config, `weft connect`), as given.
+    fn user_peers(&self) -> Vec<PeerTarget> {
+        let named: Vec<SocketAddr> = self.names.values().filter_map(|n| n.addr).collect();
+        let mut out: Vec<PeerTarget> = self
+            .mesh
+            .targets()
+            .map(|(a, _)| a)
+            .filter(|a| !named.contains(a))
+            .map(PeerTarget::Addr)
+            .collect();
+        out.extend(self.names.values().map(|n| PeerTarget::Name {
+            host: n.host.clone(),
+            port: n.port,
+        }));
+        out
+    }
+
+    /// Adds a user-given peer: an address is dialled at once, a host name
+    /// once it resolves. False if it already was one.
+    fn add_target(&mut self, target: PeerTarget, now: Instant) -> bool {
+        match target {
+            PeerTarget::Addr(addr) => self.add_peer(addr, now),
+            PeerTarget::Name { host, port } => {
+                let key = format!("{host}:{port}");
+                if self.names.contains_key(&key) {
+                    return false;
+                }
+                self.names.insert(
+                    key.clone(),
+                    NamedPeer {
+                        host,
+                        port,
+                        addr: None,
+                        resolving: false,
+                        retry_at: None,
+                        failure: None,
+                    },
+                );
+                self.start_resolve(&key);
+                true
+            }
+        }
+    }
+
+    /// Removes a user-given peer (see [`Router::remove_peer`]).
+    fn remove_target(&mut self, target: &PeerTarget, reason: &str, now: Instant) -> bool {
+        match target {
+            PeerTarget::Addr(addr) => {
+                // An address a name resolved to is removed with the name.
+                if self.names.values().any(|n| n.addr == Some(*addr)) {
+                    return false;
+                }
+                self.remove_peer(*addr, reason, now)
+            }
+            PeerTarget::Name { .. } => {
+                let Some(named) = self.names.remove(&target.to_string()) else {
+                    return false;
+                };
+                if let Some(addr) = named.addr {
+                    self.remove_peer(addr, reason, now);
+                }
+                true
+            }
+        }
+    }
+
+    /// Resolves a user-given host name on a helper thread (resolution may
+    /// block on DNS; the event loop never does).
+    fn start_resolve(&mut self, key: &str) {
+        let Some(named) = self.names.get_mut(key) else {
+            return;
+        };
+        if named.resolving {
+            return;
+        }
+        named.resolving = true;
+        named.retry_at = None;
+        let (host, port, owned_key) = (named.host.clone(), named.port, key.to_string());
+        let ipv4 = !self.cfg.link.ipv6_underlay;
+        let tx = self.resolved.0.clone();
+        let waker = self.waker.clone();
+        let spawned = std::thread::Builder::new()
+            .name("weft-resolve".into())
+            .spawn(move || {
+                let result = crate::mesh::target::resolve(&host, port, ipv4);
+                let _ = tx.send((owned_key, result));
+                let _ = waker.wake();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start resolving {}: {e}", self.names[key].host);
+            if let Some(n) = self.names.get_mut(key) {
+                n.resolving = false;
+                n.retry_at = Some(Instant::now() + RESOLVE_RETRY);
+            }
+        }
+    }
+
+    /// Applies finished resolutions: a name that resolves to a new
+    /// address is dialled there (the old address is no longer redialled).
+    fn on_resolved(&mut self, now: Instant) {
+        while let Ok((key, result)) = self.resolved.1.try_recv() {
+            let Some(named) = self.names.get_mut(&key) else {
+                continue; // forgotten meanwhile
+            };
+            named.resolving = false;
+            match result {
+                Ok(addr) => {
+                    named.failure = None;
+                    if named.addr == Some(addr) {
+                        continue;
+                    }
+                    let old = named.addr.replace(addr);
+                    match old {
+                        Some(old) => {
+                            tracing::info!("peer {key} now resolves to {addr} (was {old}); dialling the new address");
+                            self.mesh.forget(old);
+                        }
+                        None => tracing::info!("peer {key} resolves to {addr}; connecting"),
+                    }
+                    self.dial_failures.remove(&addr);
+                    self.mesh.connect(addr, now);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "peer {key}: {e}; trying again in {} s",
+                        RESOLVE_RETRY.as_secs()
+                    );
+                    named.failure = Some(e);
+                    named.retry_at = Some(now + RESOLVE_RETRY);
+                }
+            }
+        }
     }
 
     /// Adds `addr` to the user-given peers (dialled at once, then with
     /// backoff); false if it already was one.
     fn add_peer(&mut self, addr: SocketAddr, now: Instant) -> bool {
-        if self.user_peers().contains(&addr) {
+        if self.mesh.targets().any(|(a, _)| a == addr) {
             return false;
         }
         self.mesh.connect(addr, now);
@@ -1672,9 +1849,22 @@ impl Router {
             return;
         };
         while let Ok(pending) = requests.try_recv() {
+            let parsed = match &pending.request {
+                ControlRequest::Connect { peer } | ControlRequest::Forget { peer } => {
+                    PeerTarget::parse(peer)
+                }
+            };
+            let target = match parsed {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = pending.reply.send(ControlReply::refused(e));
+                    continue;
+                }
+            };
+            let peer = target.to_string();
             let reply = match pending.request {
-                ControlRequest::Connect { peer } => {
-                    if self.add_peer(peer, now) {
+                ControlRequest::Connect { .. } => {
+                    if self.add_target(target, now) {
                         tracing::info!("weft connect: added peer {peer}; connecting");
                         ControlReply::done(format!(
                             "added peer {peer}; connecting now (weft status shows the connection)"
@@ -1683,8 +1873,8 @@ impl Router {
                         ControlReply::done(format!("{peer} is already a peer"))
                     }
                 }
-                ControlRequest::Forget { peer } => {
-                    if self.remove_peer(peer, "forgotten (weft forget)", now) {
+                ControlRequest::Forget { .. } => {
+                    if self.remove_target(&target, "forgotten (weft forget)", now) {
                         tracing::info!("weft forget: removed peer {peer}");
                         ControlReply::done(format!("forgot peer {peer}: its connection is closed and it is not dialled again"))
                     } else {
@@ -1737,6 +1927,15 @@ impl Router {
         }
         if now >= self.mesh.poll_timeout() {
             self.mesh.handle_timeout(now);
+        }
+        let due: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, n)| n.retry_at.is_some_and(|t| now >= t))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.start_resolve(&key);
         }
     }
 
@@ -1935,6 +2134,41 @@ impl Router {
                     })
                 }
             }
+        }
+        for (key, named) in self.names.iter().filter(|(_, n)| n.addr.is_none()) {
+            connections.push(ConnectionStatus {
+                direction: "->".into(),
+                address: key.clone(),
+                state: if named.failure.is_some() {
+                    "failed"
+                } else {
+                    "connecting"
+                }
+                .into(),
+                reason: Some(match &named.failure {
+                    Some(f) => format!(
+                        "{f}; retry in {:.1}s",
+                        named
+                            .retry_at
+                            .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64())
+                    ),
+                    None => "resolving the host name".into(),
+                }),
+                mode: "sleeve".into(),
+                mode_reason: None,
+                encryption: None,
+                overlay_mtu: self.cfg.overlay_mtu,
+                path_mtu: None,
+                rtt_ms: None,
+                tx_bytes: 0,
+                tx_packets: 0,
+                rx_bytes: 0,
+                rx_packets: 0,
+                peer_name: None,
+                peer_key: None,
+                peer_overlay: vec![],
+                endpoint: None,
+            });
         }
         let mut rest: Vec<_> = self
             .streams

@@ -15,6 +15,6 @@ pub struct PeerReload {
     /// Becomes readable when SIGHUP arrives.
     pub signal: std::os::unix::net::UnixStream,
     /// Reads the peer list anew (from the config file), or says why not.
-    pub read: Box<dyn FnMut() -> Result<Vec<std::net::SocketAddr>, String> + Send>,
+    pub read: Box<dyn FnMut() -> Result<Vec<crate::mesh::target::PeerTarget>, String> + Send>,
 }
 pub use l2::L2Config;
