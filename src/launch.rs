@@ -1426,7 +1426,8 @@ fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
                 libc::AF_INET6 if !ipv4 => {
                     let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
                     let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                    if !ip.is_unicast_link_local() {
+                    // fe80::/10: link-local addresses are not dialled.
+                    if ip.segments()[0] & 0xffc0 != 0xfe80 {
                         out.push(IpAddr::V6(ip));
                     }
                 }

@@ -4,7 +4,6 @@
 //! every other container exactly once; unicast between the firewalled
 //! pair goes through the third host, sealed end to end.
 
-#[allow(dead_code)]
 mod l2_common;
 
 use l2_common::*;

@@ -107,6 +107,9 @@ struct NamedPeer {
     failure: Option<String>,
 }
 
+/// A finished host-name resolution: the `host:port` key and its result.
+type Resolution = (String, Result<SocketAddr, String>);
+
 /// A failed resolution is tried again after this long.
 const RESOLVE_RETRY: Duration = Duration::from_secs(10);
 
@@ -172,8 +175,8 @@ pub struct Router {
     names: std::collections::BTreeMap<String, NamedPeer>,
     /// Finished resolutions, from resolver threads.
     resolved: (
-        crossbeam_channel::Sender<(String, Result<SocketAddr, String>)>,
-        crossbeam_channel::Receiver<(String, Result<SocketAddr, String>)>,
+        crossbeam_channel::Sender<Resolution>,
+        crossbeam_channel::Receiver<Resolution>,
     ),
     /// Wakes the event loop (control requests, finished resolutions).
     waker: Arc<mio::Waker>,
