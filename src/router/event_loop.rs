@@ -1570,6 +1570,12 @@ impl Router {
     }
 
     fn close_stream(&mut self, token: Token, reason: &str, now: Instant) {
+        self.close_stream_because(token, reason, false, now)
+    }
+
+    /// Closes a connection; `duplicate`: the mesh keeps another one to the
+    /// same peer (logged quietly, not a dial failure).
+    fn close_stream_because(&mut self, token: Token, reason: &str, duplicate: bool, now: Instant) {
         let Some(mut s) = self.streams.remove(&token) else {
             return;
         };
@@ -1586,7 +1592,6 @@ impl Router {
         if s.link.is_some() && !authenticated {
             self.drops.control_rejected += 1;
         }
-        let duplicate = reason.starts_with("duplicate");
         if duplicate {
             tracing::info!(peer = %s.peer_addr, "{reason}");
         } else {
@@ -1992,7 +1997,8 @@ impl Router {
                         }
                     }
                     self.flush(token);
-                    self.close_stream(token, &text, now);
+                    let duplicate = reason == crate::mesh::node::CloseReason::Duplicate;
+                    self.close_stream_because(token, &text, duplicate, now);
                 }
                 MeshOutput::Event(event) => self.on_mesh_event(event),
             }
