@@ -931,16 +931,18 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     };
     let remotes: Vec<SocketAddr> = match &plan.l2 {
         Some(l2) if plain => l2.vteps.clone(),
-        // Only to find the underlay interface: a host name is resolved
-        // here once (and again whenever weft dials it).
+        // Only to find the underlay interface when --listen does not name
+        // it: then a host name is resolved here once (and again whenever
+        // weft dials it).
         _ => plan
             .peers
             .iter()
             .filter_map(|p| match p {
                 PeerTarget::Addr(a) => Some(*a),
-                PeerTarget::Name { host, port } => {
+                PeerTarget::Name { host, port } if plan.listen.ip().is_unspecified() => {
                     crate::mesh::target::resolve(host, *port, plan.listen.is_ipv4()).ok()
                 }
+                PeerTarget::Name { .. } => None,
             })
             .collect(),
     };

@@ -130,6 +130,8 @@ const RELAY_INNER_AT: usize = sleeve::HEADER_LEN + crate::wire::relay::HEADER_LE
 const RELAY_OVERHEAD: usize = sleeve::HEADER_LEN + sleeve::TAG_LEN + crate::wire::relay::HEADER_LEN;
 /// An end-to-end handshake unanswered this long is retried.
 const E2E_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Sessions of a connection closed as a duplicate still open data this long.
+const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
 /// MAC-learning locations of peers reached through relays start here,
 /// above every socket token.
 const RELAY_LOCATION_BASE: usize = 1 << 40;
@@ -171,6 +173,8 @@ pub struct Router {
     relayed_peers: HashMap<PeerId, LinkCounters>,
     /// Bridge mode: MAC-learning locations of peers reached through relays.
     relay_locations: HashMap<PeerId, usize>,
+    /// Sessions of duplicate connections, removed after their grace period.
+    retiring: Vec<(Instant, u32)>,
     /// User-given host names (keyed by `host:port`).
     names: std::collections::BTreeMap<String, NamedPeer>,
     /// Finished resolutions, from resolver threads.
@@ -305,6 +309,7 @@ impl Router {
             relayed: Default::default(),
             relayed_peers: HashMap::new(),
             relay_locations: HashMap::new(),
+            retiring: Vec::new(),
             names: std::collections::BTreeMap::new(),
             resolved: crossbeam_channel::unbounded(),
             waker,
@@ -363,10 +368,13 @@ impl Router {
                 return Err(e);
             }
             let mut stop = false;
+            // Datagrams last: a peer's hello (TCP) that arrived just before
+            // its first datagram installs the session that datagram needs.
+            let mut udp_ready = false;
             for event in events.iter() {
                 match event.token() {
                     TUN => self.on_tun_readable(),
-                    UDP => self.on_udp_readable(),
+                    UDP => udp_ready = true,
                     LISTENER => self.on_accept(),
                     SIGNALS => stop = true,
                     RELOAD => self.on_reload(Instant::now()),
@@ -377,6 +385,9 @@ impl Router {
                     FASTDP => self.on_fastdp_upcalls(),
                     token => self.on_stream_event(token, event.is_readable(), event.is_writable()),
                 }
+            }
+            if udp_ready {
+                self.on_udp_readable();
             }
             if stop {
                 break;
@@ -745,11 +756,15 @@ impl Router {
         };
         let token = match owner {
             SessionOwner::Link(token) => {
-                let Some(link) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) else {
-                    return;
-                };
-                link.on_authenticated(repr.receiver_index, from, now);
-                Some(token)
+                match self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
+                    Some(link) => {
+                        link.on_authenticated(repr.receiver_index, from, now);
+                        Some(token)
+                    }
+                    // A duplicate connection just closed: its data still counts.
+                    None if repr.message_type == sleeve::MessageType::Data => None,
+                    None => return,
+                }
             }
             SessionOwner::E2e(_) => {
                 self.e2e.on_authenticated(repr.receiver_index, now);
@@ -1580,8 +1595,20 @@ impl Router {
             return;
         };
         let _ = self.poll.registry().deregister(&mut s.stream);
-        self.sessions
-            .retain(|_, (owner, _)| *owner != SessionOwner::Link(token));
+        if duplicate {
+            // The peer may still send on the losing connection's sessions
+            // until it hears of the close: accept that data for a moment
+            // (the kept connection carries everything else).
+            let until = now + DUPLICATE_GRACE;
+            for (index, (owner, _)) in self.sessions.iter() {
+                if *owner == SessionOwner::Link(token) {
+                    self.retiring.push((until, *index));
+                }
+            }
+        } else {
+            self.sessions
+                .retain(|_, (owner, _)| *owner != SessionOwner::Link(token));
+        }
         if let Some(switch) = self.l2.as_mut() {
             switch.fdb.forget(crate::mesh::fdb::Location::Peer(token.0));
         }
@@ -1936,6 +1963,15 @@ impl Router {
         if now >= self.mesh.poll_timeout() {
             self.mesh.handle_timeout(now);
         }
+        let sessions = &mut self.sessions;
+        self.retiring.retain(|&(until, index)| {
+            if now >= until {
+                sessions.remove(&index);
+                false
+            } else {
+                true
+            }
+        });
         let due: Vec<String> = self
             .names
             .iter()
