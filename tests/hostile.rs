@@ -281,3 +281,53 @@ fn network_drops(status: &serde_json::Value) -> u64 {
     .map(|n| dropped(status, n))
     .sum()
 }
+
+/// An authenticated peer that sends as an overlay address it does not own
+/// (here: a second address on its own device) is dropped and counted;
+/// its own address still works.
+#[test]
+fn spoofed_inner_source_from_a_peer_is_dropped_and_counted() {
+    require_root!();
+    let mut net = Net::pair(1500);
+    net.start_both(&[]);
+    net.wait_established(Duration::from_secs(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(&net.b.ns, "10.40.0.1")),
+        "no ping from B's own address"
+    );
+    let before = status_json(&net.a.ns).map_or(0, |s| dropped(&s, "spoofed_source"));
+    ns_exec(
+        &net.b.ns,
+        &["ip", "addr", "add", "10.40.0.99/16", "dev", "weft0"],
+    );
+    let spoofed = ns_exec(
+        &net.b.ns,
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "10.40.0.99",
+            "10.40.0.1",
+        ],
+    );
+    assert!(!spoofed.status.success(), "a spoofed source got an answer");
+    assert!(
+        wait_until(Duration::from_secs(3), || status_json(&net.a.ns)
+            .is_some_and(|s| dropped(&s, "spoofed_source") >= before + 3)),
+        "{:#?}",
+        status_json(&net.a.ns)
+    );
+    assert!(
+        ping(&net.b.ns, "10.40.0.1"),
+        "B's own address stopped working"
+    );
+    let text = ns_exec(&net.a.ns, &[WEFT, "status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("spoofed-source="));
+}

@@ -26,12 +26,21 @@ pub struct DropCounters {
     /// ICMP fragmentation-needed / packet-too-big).
     #[serde(default)]
     pub too_big: u64,
+    /// Packets from an authenticated peer whose inner source address that
+    /// peer does not own (TUN mode): spoofing, or a misconfigured host.
+    #[serde(default)]
+    pub spoofed_source: u64,
 }
 
 impl DropCounters {
     /// Datagrams dropped from the network (everything but local drops).
     pub fn network_total(&self) -> u64 {
-        self.malformed + self.unknown_session + self.authentication + self.replay + self.bad_record
+        self.malformed
+            + self.unknown_session
+            + self.authentication
+            + self.replay
+            + self.bad_record
+            + self.spoofed_source
     }
 }
 
@@ -236,8 +245,8 @@ impl Status {
         out.push_str(&format!("         Uptime: {}s\n", self.uptime_secs));
         let d = &self.dropped;
         out.push_str(&format!(
-            "        Dropped: malformed={} unknown-session={} auth={} replay={} bad-record={} no-route={} too-big={} control-rejected={} send-errors={}\n",
-            d.malformed, d.unknown_session, d.authentication, d.replay, d.bad_record, d.no_route, d.too_big, d.control_rejected, d.send_errors
+            "        Dropped: malformed={} unknown-session={} auth={} replay={} bad-record={} spoofed-source={} no-route={} too-big={} control-rejected={} send-errors={}\n",
+            d.malformed, d.unknown_session, d.authentication, d.replay, d.bad_record, d.spoofed_source, d.no_route, d.too_big, d.control_rejected, d.send_errors
         ));
         if let Some(l2) = &self.l2 {
             out.push_str(&l2.render_text());
@@ -327,6 +336,7 @@ impl Status {
             ("replay", d.replay),
             ("bad_record", d.bad_record),
             ("no_route", d.no_route),
+            ("spoofed_source", d.spoofed_source),
             ("control_rejected", d.control_rejected),
             ("send_error", d.send_errors),
             ("too_big", d.too_big),

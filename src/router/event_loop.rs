@@ -175,6 +175,8 @@ pub struct Router {
     relay_locations: HashMap<PeerId, usize>,
     /// Sessions of duplicate connections, removed after their grace period.
     retiring: Vec<(Instant, u32)>,
+    /// Who was at the other end of those connections.
+    retired_peers: Vec<(Instant, Token, PeerId)>,
     /// User-given host names (keyed by `host:port`).
     names: std::collections::BTreeMap<String, NamedPeer>,
     /// Finished resolutions, from resolver threads.
@@ -310,6 +312,7 @@ impl Router {
             relayed_peers: HashMap::new(),
             relay_locations: HashMap::new(),
             retiring: Vec::new(),
+            retired_peers: Vec::new(),
             names: std::collections::BTreeMap::new(),
             resolved: crossbeam_channel::unbounded(),
             waker,
@@ -822,6 +825,23 @@ impl Router {
     ) {
         let mut rx_bytes = 0u64;
         let mut rx_packets = 0u64;
+        // Who sent it: inner sources must be addresses that peer owns.
+        let sender = match owner {
+            SessionOwner::Link(token) => self
+                .streams
+                .get(&token)
+                .and_then(|s| s.link.as_ref())
+                .and_then(|l| l.remote_static())
+                .map(|k| PeerId(*k))
+                .or_else(|| {
+                    self.retired_peers
+                        .iter()
+                        .find(|(_, t, _)| *t == token)
+                        .map(|(_, _, p)| *p)
+                }),
+            SessionOwner::E2e(peer) => Some(peer),
+        };
+        let table = self.fwd.load();
         let plaintext = &self.buf[range];
         for record in sleeve::Records::new(plaintext) {
             let Ok(record) = record else {
@@ -839,11 +859,23 @@ impl Router {
                     crate::mesh::fdb::Location::Peer(location),
                     now,
                 ),
-                None => {
-                    let is_ip = destination(record.frame).is_some();
-                    self.drops.bad_record += u64::from(!is_ip);
-                    is_ip
-                }
+                None => match source(record.frame) {
+                    None => {
+                        self.drops.bad_record += 1;
+                        false
+                    }
+                    Some(src) => {
+                        let owned = match table.lookup_ip(src) {
+                            Some(Destination::Peer { peer, .. })
+                            | Some(Destination::Unreachable { peer }) => Some(*peer) == sender,
+                            _ => false,
+                        };
+                        // An authenticated peer sending as an address it
+                        // does not own: spoofing, dropped.
+                        self.drops.spoofed_source += u64::from(!owned);
+                        owned
+                    }
+                },
             };
             if !accepted {
                 continue;
@@ -1600,6 +1632,9 @@ impl Router {
             // until it hears of the close: accept that data for a moment
             // (the kept connection carries everything else).
             let until = now + DUPLICATE_GRACE;
+            if let Some(k) = s.link.as_ref().and_then(|l| l.remote_static()) {
+                self.retired_peers.push((until, token, PeerId(*k)));
+            }
             for (index, (owner, _)) in self.sessions.iter() {
                 if *owner == SessionOwner::Link(token) {
                     self.retiring.push((until, *index));
@@ -1963,6 +1998,7 @@ impl Router {
         if now >= self.mesh.poll_timeout() {
             self.mesh.handle_timeout(now);
         }
+        self.retired_peers.retain(|&(until, _, _)| now < until);
         let sessions = &mut self.sessions;
         self.retiring.retain(|&(until, index)| {
             if now >= until {
@@ -2579,6 +2615,21 @@ fn read_local(tun: &TunDevice, buf: &mut [u8]) -> Option<usize> {
 
 /// The destination address of an IP packet, or `None` if it is not one.
 #[inline]
+/// The source address of an IP packet.
+fn source(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[12..16].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[8..24].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
 fn destination(packet: &[u8]) -> Option<IpAddr> {
     match packet.first()? >> 4 {
         4 if packet.len() >= 20 => {
