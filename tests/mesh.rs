@@ -297,10 +297,14 @@ fn firewalled_pair_goes_through_another_host(udp_only: bool) {
         "{}",
         peers_text(&net.hosts[0].ns)
     );
-    let status = status_json(&net.hosts[1].ns).unwrap();
+    // (The status snapshot is refreshed every 100 ms.)
     assert!(
-        status["relayed"]["datagrams"].as_u64().unwrap_or(0) > 0,
-        "h1 relayed nothing: {status}"
+        wait_until(Duration::from_secs(3), || status_json(&net.hosts[1].ns)
+            .is_some_and(
+                |s| s["relayed"]["datagrams"].as_u64().unwrap_or(0) > 0
+            )),
+        "h1 relayed nothing: {:?}",
+        status_json(&net.hosts[1].ns)
     );
 
     net.unfirewall(0);

@@ -627,9 +627,10 @@ impl Link {
             ControlMessage::FastdpHeartbeatAck { seq } => {
                 self.outputs.push_back(Output::FastdpAck(seq))
             }
-            ControlMessage::Goodbye { reason } => {
-                self.fail(format!("peer closed the connection: {reason}"))
-            }
+            ControlMessage::Goodbye { reason } => self.fail(format!(
+                "peer closed the connection: {}",
+                super::peer::untrusted_text(&reason)
+            )),
             ControlMessage::Gossip { bytes } => {
                 if self.remote_hello.is_none() {
                     return self.fail("gossip before the hello".into());

@@ -79,6 +79,26 @@ impl fmt::Debug for PeerName {
     }
 }
 
+/// Longest peer-sent text (a reason, an address) kept, in bytes.
+pub const MAX_TEXT_LEN: usize = 256;
+
+/// Peer-sent free text (a goodbye reason, an overlay address string) made
+/// safe to print: printable ASCII and spaces stay, anything else (control
+/// characters, escapes, bidi overrides) becomes `_`; at most
+/// [`MAX_TEXT_LEN`] bytes.
+pub fn untrusted_text(text: &str) -> String {
+    text.bytes()
+        .take(MAX_TEXT_LEN)
+        .map(|b| {
+            if b == b' ' || b.is_ascii_graphic() {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// A peer named for a person: name and identity, as events carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PeerRef {
@@ -112,6 +132,16 @@ pub struct Neighbour {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_is_sanitised_and_bounded() {
+        assert_eq!(
+            untrusted_text("closing: bye (see 10.40.0.1/16)"),
+            "closing: bye (see 10.40.0.1/16)"
+        );
+        assert_eq!(untrusted_text("a\x1b[2Jb\nc\u{202e}d"), "a_[2Jb_c___d");
+        assert_eq!(untrusted_text(&"x".repeat(1000)).len(), MAX_TEXT_LEN);
+    }
 
     #[test]
     fn names_are_sanitised_and_bounded() {

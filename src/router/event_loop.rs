@@ -1555,7 +1555,7 @@ impl Router {
             peer = %s.peer_addr,
             name = %crate::mesh::PeerName::from_untrusted(hello.name.as_bytes()),
             key = %short_key(&remote_static),
-            overlay = %hello.overlay.join(", "),
+            overlay = %crate::mesh::peer::untrusted_text(&hello.overlay.join(", ")),
             cipher = %l.cipher().map_or("not negotiated yet", |c| c.name()),
             "peer authenticated"
         );
@@ -2335,7 +2335,14 @@ impl Router {
                 use base64::Engine as _;
                 base64::engine::general_purpose::STANDARD.encode(k)
             }),
-            peer_overlay: hello.map(|h| h.overlay.clone()).unwrap_or_default(),
+            peer_overlay: hello
+                .map(|h| {
+                    h.overlay
+                        .iter()
+                        .map(|o| crate::mesh::peer::untrusted_text(o))
+                        .collect()
+                })
+                .unwrap_or_default(),
             endpoint: link.and_then(|l| l.endpoint()).map(|e| e.to_string()),
         }
     }
