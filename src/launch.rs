@@ -414,7 +414,7 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
             Some(NetworkSecret::from_file(&path).map_err(|e| secret_err(e.to_string()))?)
         }
         None => match std::env::var_os("WEFT_SECRET") {
-            Some(v) => Some(NetworkSecret::from_bytes(v.as_encoded_bytes(), "WEFT_SECRET").map_err(|e| usage(e.to_string()))?),
+            Some(v) => Some(NetworkSecret::from_user(v.as_encoded_bytes(), "WEFT_SECRET").map_err(|e| usage(e.to_string()))?),
             None if plain => None,
             None => {
                 return Err(usage(

@@ -300,6 +300,19 @@ fn missing_or_empty_secret_and_key() {
         &[&empty],
     );
 
+    // Seven characters: guessable offline from one captured handshake.
+    let short = a.path("short-secret");
+    std::fs::write(&short, "hunter2\n").expect("write");
+    let short = short.display().to_string();
+    expect_rejected(
+        a,
+        "short secret file",
+        &with(a, "--secret-file", &short),
+        &[],
+        &[],
+        &[&short, "holds 7 bytes", "at least 16", "weft secret new"],
+    );
+
     let blank = a.path("blank-secret");
     std::fs::write(&blank, "\n  \n").expect("write");
     let blank = blank.display().to_string();

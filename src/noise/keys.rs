@@ -39,7 +39,18 @@ pub enum KeyError {
         /// Where the secret came from.
         what: String,
     },
+    /// The secret is too short to resist guessing.
+    #[error("{what} holds {len} bytes: a network secret must have at least {MIN_SECRET_LEN} (one captured handshake lets anyone guess a short one offline); make one with `weft secret new FILE` (32 random bytes)")]
+    ShortSecret {
+        /// Where the secret came from.
+        what: String,
+        /// Its length without trailing whitespace.
+        len: usize,
+    },
 }
+
+/// Fewest bytes a user-given network secret may have.
+pub const MIN_SECRET_LEN: usize = 16;
 
 impl StaticKey {
     /// A fresh random key.
@@ -127,13 +138,26 @@ impl NetworkSecret {
         Ok(NetworkSecret { psk })
     }
 
+    /// A secret the user gave (file or environment): as
+    /// [`NetworkSecret::from_bytes`], and at least [`MIN_SECRET_LEN`] bytes.
+    pub fn from_user(secret: &[u8], what: &str) -> Result<Self, KeyError> {
+        let len = secret.trim_ascii_end().len();
+        if len > 0 && len < MIN_SECRET_LEN {
+            return Err(KeyError::ShortSecret {
+                what: what.into(),
+                len,
+            });
+        }
+        Self::from_bytes(secret, what)
+    }
+
     /// Reads the secret from a file.
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
         let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_bytes(&bytes, &format!("secret file {}", path.display()))
+        Self::from_user(&bytes, &format!("secret file {}", path.display()))
     }
 
     /// The 32-byte PSK.
@@ -178,5 +202,27 @@ mod tests {
         assert_eq!(a.psk(), b.psk());
         assert_ne!(a.psk(), c.psk());
         assert!(NetworkSecret::from_bytes(b" \n", "t").is_err());
+    }
+
+    #[test]
+    fn user_secrets_have_at_least_16_bytes() {
+        let e = NetworkSecret::from_user(b"hunter2\n", "secret file s")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("secret file s holds 7 bytes"), "{e}");
+        assert!(e.contains("at least 16"), "{e}");
+        assert!(NetworkSecret::from_user(b"0123456789abcde\n", "t").is_err());
+        let ok = NetworkSecret::from_user(b"0123456789abcdef\n", "t").unwrap();
+        assert_eq!(
+            ok.psk(),
+            NetworkSecret::from_bytes(b"0123456789abcdef", "t")
+                .unwrap()
+                .psk()
+        );
+        assert!(matches!(
+            NetworkSecret::from_user(b"\n", "t"),
+            Err(KeyError::EmptySecret { .. })
+        ));
     }
 }
