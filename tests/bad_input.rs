@@ -288,42 +288,37 @@ fn missing_or_empty_secret_and_key() {
         &[&missing],
     );
 
-    let empty = a.path("empty-secret");
-    std::fs::write(&empty, "").expect("write");
-    let empty = empty.display().to_string();
-    expect_rejected(
-        a,
-        "empty secret file",
-        &with(a, "--secret-file", &empty),
-        &[],
-        &[],
-        &[&empty],
-    );
-
-    // Seven characters: guessable offline from one captured handshake.
-    let short = a.path("short-secret");
-    std::fs::write(&short, "hunter2\n").expect("write");
-    let short = short.display().to_string();
-    expect_rejected(
-        a,
-        "short secret file",
-        &with(a, "--secret-file", &short),
-        &[],
-        &[],
-        &[&short, "holds 7 bytes", "at least 16", "weft secret new"],
-    );
-
-    let blank = a.path("blank-secret");
-    std::fs::write(&blank, "\n  \n").expect("write");
-    let blank = blank.display().to_string();
-    expect_rejected(
-        a,
-        "whitespace-only secret file",
-        &with(a, "--secret-file", &blank),
-        &[],
-        &[],
-        &[&blank],
-    );
+    // Empty, too short (seven characters: guessable offline from one
+    // captured handshake) and whitespace-only secret files.
+    for (file, text, what, rule) in [
+        ("empty-secret", "", "empty secret file", None),
+        (
+            "short-secret",
+            "hunter2\n",
+            "short secret file",
+            Some(["holds 7 bytes", "at least 16", "weft secret new"]),
+        ),
+        (
+            "blank-secret",
+            "\n  \n",
+            "whitespace-only secret file",
+            None,
+        ),
+    ] {
+        let path = a.path(file);
+        std::fs::write(&path, text).expect("write");
+        let path = path.display().to_string();
+        let mut needles = vec![path.as_str()];
+        needles.extend(rule.iter().flatten());
+        expect_rejected(
+            a,
+            what,
+            &with(a, "--secret-file", &path),
+            &[],
+            &[],
+            &needles,
+        );
+    }
 
     let no_secret = without(a, &["--secret-file"]);
     expect_rejected(
