@@ -538,20 +538,7 @@ impl Router {
         let limit = limits.payload_mtu(link);
         if frame.len() > usize::from(limit) {
             self.drops.too_big += 1;
-            let reply = match frame[0] >> 4 {
-                4 if frame.len() > 6 && frame[6] & 0x40 != 0 => {
-                    crate::wire::icmpv4::build_frag_needed(frame, limit, &mut self.icmp_buf)
-                }
-                6 => crate::wire::icmpv6::build_packet_too_big(
-                    frame,
-                    u32::from(limit),
-                    &mut self.icmp_buf,
-                ),
-                _ => Ok(None),
-            };
-            if let Ok(Some(len)) = reply {
-                let _ = self.tun.send(&self.icmp_buf[..len]);
-            }
+            self.answer_too_big(frame, limit);
             return;
         }
         if !queue_frame(
@@ -1515,11 +1502,7 @@ impl Router {
                     if let Err(e) = self.mesh.handle_gossip(conn_of(token), &bytes, now) {
                         self.drops.malformed += 1;
                         let reason = format!("the peer sent malformed gossip ({e})");
-                        if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut())
-                        {
-                            l.goodbye(&reason);
-                        }
-                        self.flush(token);
+                        self.send_goodbye(token, &reason);
                         self.close_stream(token, &reason, now);
                         return;
                     }
@@ -1598,6 +1581,23 @@ impl Router {
                 Err(e) => tracing::warn!("cannot set the overlay MTU to {smallest}: {e}"),
             }
         }
+    }
+
+    /// Tells the peer on `token` why this host is closing, and writes it
+    /// out now (the connection is about to be dropped: other link outputs
+    /// no longer matter).
+    fn send_goodbye(&mut self, token: Token, reason: &str) {
+        if let Some(s) = self.streams.get_mut(&token) {
+            if let Some(l) = s.link.as_mut() {
+                l.goodbye(reason);
+            }
+            while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
+                if let Output::Control(bytes) = out {
+                    s.out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        self.flush(token);
     }
 
     fn flush(&mut self, token: Token) {
@@ -1897,16 +1897,11 @@ impl Router {
         if let Some(token) = token {
             if let Some(s) = self.streams.get_mut(&token) {
                 s.dialed = None;
-                if let Some(l) = s.link.as_mut() {
-                    l.goodbye("this peer was removed from the other host's peer list");
-                }
-                while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
-                    if let Output::Control(bytes) = out {
-                        s.out.extend_from_slice(&bytes);
-                    }
-                }
             }
-            self.flush(token);
+            self.send_goodbye(
+                token,
+                "this peer was removed from the other host's peer list",
+            );
             self.close_stream(token, reason, now);
         }
         true
@@ -2058,17 +2053,7 @@ impl Router {
                 MeshOutput::Close { conn, reason } => {
                     let token = token_of(conn);
                     let text = reason.to_string();
-                    if let Some(s) = self.streams.get_mut(&token) {
-                        if let Some(l) = s.link.as_mut() {
-                            l.goodbye(&text);
-                        }
-                        while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
-                            if let Output::Control(bytes) = out {
-                                s.out.extend_from_slice(&bytes);
-                            }
-                        }
-                    }
-                    self.flush(token);
+                    self.send_goodbye(token, &text);
                     let duplicate = reason == crate::mesh::node::CloseReason::Duplicate;
                     self.close_stream_because(token, &text, duplicate, now);
                 }
@@ -2193,63 +2178,26 @@ impl Router {
                             "TCP connect in progress".to_string(),
                         ),
                     };
-                    connections.push(ConnectionStatus {
-                        direction: "->".into(),
-                        address: addr.to_string(),
-                        state,
-                        reason: Some(reason),
-                        mode: "sleeve".into(),
-                        mode_reason: None,
-                        encryption: None,
-                        overlay_mtu: self.cfg.overlay_mtu,
-                        path_mtu: None,
-                        rtt_ms: None,
-                        tx_bytes: 0,
-                        tx_packets: 0,
-                        rx_bytes: 0,
-                        rx_packets: 0,
-                        peer_name: None,
-                        peer_key: None,
-                        peer_overlay: vec![],
-                        endpoint: None,
-                    })
+                    connections.push(self.unconnected_status(addr.to_string(), state, reason))
                 }
             }
         }
         for (key, named) in self.names.iter().filter(|(_, n)| n.addr.is_none()) {
-            connections.push(ConnectionStatus {
-                direction: "->".into(),
-                address: key.clone(),
-                state: if named.failure.is_some() {
-                    "failed"
-                } else {
-                    "connecting"
-                }
-                .into(),
-                reason: Some(match &named.failure {
-                    Some(f) => format!(
-                        "{f}; retry in {:.1}s",
-                        named
-                            .retry_at
-                            .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64())
-                    ),
-                    None => "resolving the host name".into(),
-                }),
-                mode: "sleeve".into(),
-                mode_reason: None,
-                encryption: None,
-                overlay_mtu: self.cfg.overlay_mtu,
-                path_mtu: None,
-                rtt_ms: None,
-                tx_bytes: 0,
-                tx_packets: 0,
-                rx_bytes: 0,
-                rx_packets: 0,
-                peer_name: None,
-                peer_key: None,
-                peer_overlay: vec![],
-                endpoint: None,
-            });
+            let state = if named.failure.is_some() {
+                "failed"
+            } else {
+                "connecting"
+            };
+            let reason = match &named.failure {
+                Some(f) => format!(
+                    "{f}; retry in {:.1}s",
+                    named
+                        .retry_at
+                        .map_or(0.0, |t| t.saturating_duration_since(now).as_secs_f64())
+                ),
+                None => "resolving the host name".into(),
+            };
+            connections.push(self.unconnected_status(key.clone(), state.into(), reason));
         }
         let mut rest: Vec<_> = self
             .streams
@@ -2268,6 +2216,35 @@ impl Router {
         status.connections = connections;
         if let Ok(mut g) = self.snapshot.lock() {
             *g = status;
+        }
+    }
+
+    /// The status line of a user-given peer with no connection (yet).
+    fn unconnected_status(
+        &self,
+        address: String,
+        state: String,
+        reason: String,
+    ) -> ConnectionStatus {
+        ConnectionStatus {
+            direction: "->".into(),
+            address,
+            state,
+            reason: Some(reason),
+            mode: "sleeve".into(),
+            mode_reason: None,
+            encryption: None,
+            overlay_mtu: self.cfg.overlay_mtu,
+            path_mtu: None,
+            rtt_ms: None,
+            tx_bytes: 0,
+            tx_packets: 0,
+            rx_bytes: 0,
+            rx_packets: 0,
+            peer_name: None,
+            peer_key: None,
+            peer_overlay: vec![],
+            endpoint: None,
         }
     }
 
@@ -2485,17 +2462,7 @@ impl Router {
         tracing::info!("shutting down: telling peers goodbye");
         let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {
-            if let Some(l) = self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
-                l.goodbye("weft on the peer is shutting down");
-            }
-            if let Some(s) = self.streams.get_mut(&token) {
-                while let Some(out) = s.link.as_mut().and_then(|l| l.poll_output()) {
-                    if let Output::Control(bytes) = out {
-                        s.out.extend_from_slice(&bytes);
-                    }
-                }
-            }
-            self.flush(token);
+            self.send_goodbye(token, "weft on the peer is shutting down");
         }
         let _ = &self.signals;
     }
