@@ -33,6 +33,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("no-offload", "bool: turn TUN offloads off"),
     ("iface", "string: tun or bridge"),
     ("bridge", "string: bridge name in bridge mode"),
+    (
+        "mac-quota",
+        "integer: most MACs learned behind one peer or VTEP",
+    ),
     ("insecure-plaintext", "bool: allow unencrypted frames"),
     ("vxlan-port", "integer: VXLAN UDP port (plaintext mode)"),
     ("vtep", "list of strings: static VXLAN endpoints"),

@@ -97,6 +97,11 @@ pub struct LaunchArgs {
     /// Bridge mode: the Linux bridge to create, or attach to if it exists (default weft).
     #[arg(long, value_name = "NAME")]
     pub bridge: Option<String>,
+    /// Bridge mode: most MAC addresses learned behind any one peer or static
+    /// VTEP (default 4096). A peer sending from more source MACs evicts its
+    /// own oldest ones, never another host's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub mac_quota: Option<u32>,
     /// Allow `--mode plain`: frames cross the underlay unencrypted and
     /// unauthenticated (only for trusted links or measurements).
     #[arg(long)]
@@ -177,6 +182,7 @@ struct Plan {
 struct L2Plan {
     bridge: String,
     mac_age: Duration,
+    mac_quota: usize,
     vxlan_port: u16,
     vteps: Vec<SocketAddr>,
 }
@@ -397,6 +403,19 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
                     .unwrap_or(600)
                     .max(1),
             ),
+            mac_quota: match args.mac_quota {
+                Some(q) => q as usize,
+                None => match file.number::<u32>("mac-quota").map_err(usage)? {
+                    Some(q @ 1..=65536) => q as usize,
+                    Some(q) => {
+                        return Err(usage(format!(
+                            "{}: mac-quota = {q} is out of range: give 1 to 65536",
+                            file.context("mac-quota")
+                        )))
+                    }
+                    None => crate::mesh::fdb::DEFAULT_MAC_QUOTA,
+                },
+            },
             vxlan_port,
             vteps,
         }),
@@ -1063,6 +1082,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             overlay: (plan.overlay_addr, plan.overlay_prefix),
             overlay_mtu,
             mac_age: l2plan.mac_age,
+            mac_quota: l2plan.mac_quota,
             status_addr: plan.status_addr,
             status_template: Status {
                 version: crate::VERSION.into(),
@@ -1342,6 +1362,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                         bridge: p.bridge.clone(),
                         bridge_created: g.created(),
                         mac_age: p.mac_age,
+                        mac_quota: p.mac_quota,
                     }
                 }),
                 fastdp,

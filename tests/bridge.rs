@@ -281,6 +281,45 @@ fn container_moves_between_hosts() {
 }
 
 #[test]
+fn a_peer_sending_from_many_source_macs_only_evicts_its_own() {
+    let t = two_hosts("l2q", "", "--mac-quota 50");
+    assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip)
+        .then_some(()))
+    .is_some());
+    assert_eq!(stat(&t.net.h1, "/l2/mac_quota"), 50);
+    // A container on h2 sends 400 broadcast frames, each from another
+    // source MAC; h2's weft floods them to h1, which learns them behind h2.
+    let frames: Vec<Vec<u8>> = (0..400u16)
+        .map(|i| {
+            let mut f = vec![0xffu8; 6];
+            f.extend_from_slice(&[0x02, 0xaa, 0, 0]);
+            f.extend_from_slice(&i.to_be_bytes());
+            f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+            f.resize(60, 0);
+            f
+        })
+        .collect();
+    t.c22.send_frames(frames);
+    let evicted = wait_for(Duration::from_secs(5), || {
+        let n = stat(&t.net.h1, "/l2/counters/mac_quota_evictions");
+        (n >= 300).then_some(n)
+    });
+    assert!(
+        evicted.is_some(),
+        "h1 never evicted h2's addresses: {:?}",
+        status(&t.net.h1).and_then(|s| s.get("l2").cloned())
+    );
+    // h1's table holds at most h2's quota plus its own containers.
+    let entries = stat(&t.net.h1, "/l2/counters/fdb_entries");
+    assert!(entries <= 50 + 2, "h1 holds {entries} MACs");
+    // h1's own containers were never evicted: they still reach each other
+    // and h2's containers (unknown unicast is flooded, then relearned).
+    assert!(ping(&t.c11, &t.c12.ip));
+    assert!(ping(&t.c11, &t.c21.ip));
+    assert!(ping(&t.c12, &t.c22.ip));
+}
+
+#[test]
 fn mac_entries_expire() {
     let t = two_hosts("l2e", "mac_age_secs = 2", "");
     assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip)

@@ -25,6 +25,10 @@ pub struct L2Counters {
     pub expired: u64,
     /// MAC addresses currently in the table.
     pub fdb_entries: u64,
+    /// Learned MAC addresses evicted because the peer (or static VTEP)
+    /// they were behind went over its quota.
+    #[serde(default)]
+    pub mac_quota_evictions: u64,
 }
 
 /// Counters of one static VXLAN tunnel endpoint.
@@ -62,6 +66,9 @@ pub struct L2Status {
     pub bridge_created: bool,
     /// Idle age of learned MAC addresses, seconds.
     pub mac_age_secs: u64,
+    /// Most MAC addresses learned behind one peer or static VTEP.
+    #[serde(default)]
+    pub mac_quota: u64,
     /// Frame counters.
     pub counters: L2Counters,
     /// Static VXLAN tunnel endpoints (plaintext mode).
@@ -96,13 +103,15 @@ impl L2Status {
     pub fn render_text(&self) -> String {
         let c = &self.counters;
         let mut out = format!(
-            "         Bridge: {}{} mac-age={}s macs={} moves={} expired={}\n         Frames: unicast={} flooded={} delivered={} oversized={} runts={} bad-source={}\n",
+            "         Bridge: {}{} mac-age={}s mac-quota={}/peer macs={} moves={} expired={} quota-evicted={}\n         Frames: unicast={} flooded={} delivered={} oversized={} runts={} bad-source={}\n",
             self.bridge,
             if self.bridge_created { " (created by weft)" } else { "" },
             self.mac_age_secs,
+            self.mac_quota,
             c.fdb_entries,
             c.mac_moves,
             c.expired,
+            c.mac_quota_evictions,
             c.unicast,
             c.flooded,
             c.delivered,
@@ -202,6 +211,11 @@ pub fn register_metrics(
         "l2_mac_moves",
         "MAC addresses that moved between hosts",
         counter(c.mac_moves),
+    );
+    registry.register(
+        "l2_mac_quota_evictions",
+        "Learned MAC addresses evicted because their peer or VTEP went over its quota",
+        counter(c.mac_quota_evictions),
     );
     let vtep_tx = Family::<Labels, Counter>::default();
     let vtep_rx = Family::<Labels, Counter>::default();

@@ -323,7 +323,7 @@ impl Router {
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             l2: cfg_l2
                 .as_ref()
-                .map(|c| super::l2::L2Switch::new(overlay_mtu, c.mac_age)),
+                .map(|c| super::l2::L2Switch::new(overlay_mtu, c.mac_age, c.mac_quota)),
             batcher: super::sleeve_batch::SleeveBatcher::new(
                 super::sleeve_batch::SleeveBatcher::limit_for(
                     overlay_mtu,
@@ -2126,6 +2126,7 @@ impl Router {
                 bridge: c.bridge.clone(),
                 bridge_created: c.bridge_created,
                 mac_age_secs: switch.fdb.age().as_secs(),
+                mac_quota: switch.fdb.quota() as u64,
                 counters: switch.counters.clone(),
                 ..Default::default()
             });

@@ -40,6 +40,8 @@ pub struct L2Config {
     pub bridge_created: bool,
     /// Idle age of learned MAC addresses.
     pub mac_age: Duration,
+    /// Most MAC addresses learned behind one peer.
+    pub mac_quota: usize,
 }
 
 /// Where a frame read from the local bridge goes.
@@ -67,10 +69,11 @@ pub struct L2Switch {
 
 impl L2Switch {
     /// A switch for frames with up to `overlay_mtu` bytes of payload,
-    /// whose learned addresses age out after `mac_age`.
-    pub fn new(overlay_mtu: u16, mac_age: Duration) -> L2Switch {
+    /// whose learned addresses age out after `mac_age`, holding at most
+    /// `mac_quota` addresses behind any one peer or VTEP.
+    pub fn new(overlay_mtu: u16, mac_age: Duration, mac_quota: usize) -> L2Switch {
         L2Switch {
-            fdb: Fdb::new(mac_age),
+            fdb: Fdb::with_quota(mac_age, mac_quota),
             counters: L2Counters::default(),
             overlay_mtu: usize::from(overlay_mtu),
             last_expiry: None,
@@ -154,6 +157,7 @@ impl L2Switch {
         self.last_expiry = Some(now);
         self.counters.expired += self.fdb.expire(now) as u64;
         self.counters.mac_moves = self.fdb.moves;
+        self.counters.mac_quota_evictions = self.fdb.quota_evictions;
         self.counters.fdb_entries = self.fdb.len() as u64;
     }
 }
@@ -177,7 +181,11 @@ mod tests {
     #[test]
     fn flood_learn_unicast() {
         let t = Instant::now();
-        let mut sw = L2Switch::new(1416, Duration::from_secs(600));
+        let mut sw = L2Switch::new(
+            1416,
+            Duration::from_secs(600),
+            crate::mesh::fdb::DEFAULT_MAC_QUOTA,
+        );
         // A (local) asks for B: broadcast floods.
         assert_eq!(sw.from_local(&frame(BCAST, A, 60), t), Egress::Flood);
         // B answers from peer 3: delivered, learned.
@@ -198,7 +206,11 @@ mod tests {
     #[test]
     fn sizes_and_bad_sources() {
         let t = Instant::now();
-        let mut sw = L2Switch::new(1416, Duration::from_secs(600));
+        let mut sw = L2Switch::new(
+            1416,
+            Duration::from_secs(600),
+            crate::mesh::fdb::DEFAULT_MAC_QUOTA,
+        );
         assert_eq!(sw.from_local(&frame(BCAST, A, 1416 + 14), t), Egress::Flood);
         assert_eq!(sw.from_local(&frame(BCAST, A, 1416 + 15), t), Egress::Drop);
         let mut tagged = frame(BCAST, A, 1416 + 18);
@@ -220,7 +232,11 @@ mod tests {
     #[test]
     fn entries_age_out() {
         let t = Instant::now();
-        let mut sw = L2Switch::new(1416, Duration::from_secs(2));
+        let mut sw = L2Switch::new(
+            1416,
+            Duration::from_secs(2),
+            crate::mesh::fdb::DEFAULT_MAC_QUOTA,
+        );
         assert!(sw.from_remote(&frame(A, B, 60), Location::Peer(3), t));
         assert_eq!(
             sw.from_local(&frame(B, A, 60), t + Duration::from_secs(1)),

@@ -52,6 +52,8 @@ pub struct PlainLaunch {
     pub overlay_mtu: u16,
     /// Idle age of learned MAC addresses.
     pub mac_age: Duration,
+    /// Most MAC addresses learned behind one static VTEP.
+    pub mac_quota: usize,
     /// Status server address.
     pub status_addr: SocketAddr,
     /// The static part of the status.
@@ -110,6 +112,7 @@ pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
         bridge: cfg.bridge.clone(),
         bridge_created: guard.created(),
         mac_age_secs: cfg.mac_age.as_secs(),
+        mac_quota: cfg.mac_quota as u64,
         ..Default::default()
     });
     let snapshot = Arc::new(Mutex::new(template.clone()));
@@ -181,7 +184,7 @@ impl PlainRouter {
                     },
                 })
                 .collect(),
-            switch: L2Switch::new(cfg.overlay_mtu, cfg.mac_age),
+            switch: L2Switch::new(cfg.overlay_mtu, cfg.mac_age, cfg.mac_quota),
             drops: VxlanDrops::default(),
             send_errors: 0,
             recv: RecvBatch::new(MAX_DATAGRAM),

@@ -213,15 +213,21 @@ impl Container {
             .map(|h| u8::from_str_radix(h, 16).unwrap())
             .collect();
         let ip: std::net::Ipv4Addr = self.ip.parse().unwrap();
+        let mut frame = vec![0xffu8; 6];
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&ip.octets());
+        frame.extend_from_slice(&[0; 6]);
+        frame.extend_from_slice(&ip.octets());
+        frame.resize(60, 0);
+        self.send_frames(vec![frame]);
+    }
+
+    /// Writes whole Ethernet frames onto the container's eth0 with a raw
+    /// packet socket (a bounded list: one send each).
+    pub fn send_frames(&self, frames: Vec<Vec<u8>>) {
         self.ns.enter(move || {
-            let mut frame = vec![0xffu8; 6];
-            frame.extend_from_slice(&mac);
-            frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-            frame.extend_from_slice(&mac);
-            frame.extend_from_slice(&ip.octets());
-            frame.extend_from_slice(&[0; 6]);
-            frame.extend_from_slice(&ip.octets());
-            frame.resize(60, 0);
             // SAFETY: a raw packet socket we own, sockaddr_ll on the stack.
             unsafe {
                 let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
@@ -232,20 +238,22 @@ impl Container {
                 sll.sll_ifindex = ifindex as i32;
                 sll.sll_halen = 6;
                 sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-                let n = libc::sendto(
-                    fd,
-                    frame.as_ptr() as *const libc::c_void,
-                    frame.len(),
-                    0,
-                    &sll as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(
-                    n,
-                    frame.len() as isize,
-                    "gratuitous ARP: {}",
-                    std::io::Error::last_os_error()
-                );
+                for frame in &frames {
+                    let n = libc::sendto(
+                        fd,
+                        frame.as_ptr() as *const libc::c_void,
+                        frame.len(),
+                        0,
+                        &sll as *const _ as *const libc::sockaddr,
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(
+                        n,
+                        frame.len() as isize,
+                        "raw frame: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
                 libc::close(fd);
             }
         });
