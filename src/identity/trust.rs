@@ -233,3 +233,60 @@ pub fn parse_revocation_list(text: &str) -> Result<HashSet<Fingerprint>, String>
     }
     Ok(out)
 }
+
+/// The revocation list file of a running host: re-read when its
+/// modification time or size changes (checked on a timer) or on SIGHUP.
+#[derive(Debug)]
+pub struct RevocationFile {
+    path: std::path::PathBuf,
+    stamp: Option<(std::time::SystemTime, u64)>,
+}
+
+impl RevocationFile {
+    /// Reads the file once; an unreadable or malformed file is an error
+    /// naming it.
+    pub fn open(
+        path: std::path::PathBuf,
+    ) -> Result<(RevocationFile, HashSet<Fingerprint>), String> {
+        let mut file = RevocationFile { path, stamp: None };
+        let list = file.read()?;
+        Ok((file, list))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn read(&mut self) -> Result<HashSet<Fingerprint>, String> {
+        let what = |e: String| format!("revocation list {}: {e}", self.path.display());
+        let meta = std::fs::metadata(&self.path).map_err(|e| what(e.to_string()))?;
+        let text = std::fs::read_to_string(&self.path).map_err(|e| what(e.to_string()))?;
+        let list = parse_revocation_list(&text).map_err(what)?;
+        self.stamp = Some((
+            meta.modified().map_err(|e| what(e.to_string()))?,
+            meta.len(),
+        ));
+        Ok(list)
+    }
+
+    /// The list anew if the file changed since it was last read (or
+    /// `force`); `None` if unchanged. On an error the old list stays in
+    /// force and the file is tried again when it changes.
+    pub fn reload(&mut self, force: bool) -> Option<Result<HashSet<Fingerprint>, String>> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        if !force && stamp.is_some() && stamp == self.stamp {
+            return None;
+        }
+        if !force && stamp.is_none() && self.stamp.is_none() {
+            return None;
+        }
+        let result = self.read();
+        if result.is_err() {
+            self.stamp = stamp;
+        }
+        Some(result)
+    }
+}
