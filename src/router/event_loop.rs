@@ -1214,6 +1214,12 @@ impl Router {
     fn on_relayed_control(&mut self, relayed: crate::mesh::control::RelayedControl, now: Instant) {
         let to = PeerId(relayed.to);
         if to == self.mesh.id() {
+            // With a CA, only peers whose records carry a valid certificate
+            // are in the mesh (live): nobody else gets an end-to-end session.
+            if self.identity.is_some() && !self.mesh.is_live(&PeerId(relayed.from)) {
+                self.drops.control_rejected += 1;
+                return;
+            }
             match crate::mesh::e2e::E2eMessage::decode(&relayed.payload) {
                 // The handshake proves `from`: a neighbour that lies about
                 // it only makes the handshake fail.
