@@ -217,6 +217,7 @@ fn identity_plan(
     key: &StaticKey,
     overlay: crate::identity::InterfaceAddr,
     plain: bool,
+    bridge: bool,
     log: &mut StartupLog,
 ) -> Result<Option<IdentityPlan>, LaunchError> {
     use crate::identity::commands::{read_cert, read_trust, unix_now};
@@ -300,6 +301,11 @@ fn identity_plan(
         log.warn(format!(
             "{msg} (started anyway: peers will refuse the claim)"
         ));
+    }
+    if bridge && checked.body.macs == crate::identity::MacPolicy::List(Vec::new()) {
+        return Err(usage(format!(
+            "--cert {cert_text} lists no MAC address, and peers drop bridge-mode frames from MACs a certificate does not list: sign it with --mac MAC (repeatable) or --any-mac"
+        )));
     }
     log.info(format!(
         "certificate {} of {} verified, valid until {}; peers must present certificates from {} CA(s)",
@@ -597,6 +603,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
             len: overlay_prefix,
         },
         plain,
+        l2.is_some(),
         log,
     )?;
     let default_iface = match &l2 {

@@ -873,6 +873,15 @@ impl Node {
         })
     }
 
+    /// With a CA: a peer's authenticated certificate (from its record;
+    /// validity and revocation are checked when claims are resolved).
+    pub fn certificate(&self, peer: &PeerId) -> Option<&Arc<Certificate>> {
+        match self.records.get(peer)?.cert.as_ref()? {
+            Ok(cert) => Some(cert),
+            Err(_) => None,
+        }
+    }
+
     /// Claims refused by certificate checks, as last computed.
     pub fn refused_claims(&self) -> impl Iterator<Item = &RefusedClaim> + '_ {
         self.refused.iter()

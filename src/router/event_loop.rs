@@ -852,6 +852,16 @@ impl Router {
             SessionOwner::E2e(peer) => Some(peer),
         };
         let table = self.fwd.load();
+        // Bridge mode with a CA: the source MACs the sender's certificate
+        // allows (`None`: any).
+        let allowed_macs = match (&self.identity, &self.l2, owner) {
+            (Some(_), Some(_), SessionOwner::Link(token)) => {
+                self.streams.get(&token).and_then(|s| s.cert.clone())
+            }
+            (Some(_), Some(_), SessionOwner::E2e(peer)) => self.mesh.certificate(&peer).cloned(),
+            _ => None,
+        }
+        .filter(|c| c.body.macs != crate::identity::MacPolicy::Any);
         let plaintext = &self.buf[range];
         for record in sleeve::Records::new(plaintext) {
             let Ok(record) = record else {
@@ -861,6 +871,17 @@ impl Router {
             if record.vni != self.cfg.vni {
                 self.drops.bad_record += 1;
                 continue;
+            }
+            if let Some(cert) = &allowed_macs {
+                let covered = crate::wire::ethernet::MacAddr::from_bytes(
+                    record.frame.get(6..).unwrap_or_default(),
+                )
+                .is_some_and(|m| cert.covers(&crate::mesh::Claim::Mac(m)));
+                if !covered {
+                    // A source MAC its certificate does not list.
+                    self.drops.spoofed_source += 1;
+                    continue;
+                }
             }
             let accepted = match self.l2.as_mut() {
                 // Counted by the switch (oversized, bad source) when refused.
