@@ -294,20 +294,25 @@ fn cert_sign_refuses_bad_input() {
         key.display().to_string(),
         dir.join("host.crt").display().to_string(),
     );
-    let base = [
-        "cert",
-        "sign",
-        "--ca-key",
-        &ca_key,
-        "--ca-cert",
-        &ca_crt,
-        "--name",
-        "h",
-        "--key-file",
-        &key,
-        "--out",
-        &out,
-    ];
+    // `weft cert sign` with this CA key, this key option, and `extra`.
+    let sign_with = |ca_key: &str, key_option: [&str; 2], extra: &[&str]| {
+        let mut args = vec![
+            "cert",
+            "sign",
+            "--ca-key",
+            ca_key,
+            "--ca-cert",
+            &ca_crt,
+            "--name",
+            "h",
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(&key_option);
+        args.extend_from_slice(extra);
+        weft(&args)
+    };
+    let key_file = ["--key-file", key.as_str()];
     let cases: &[(&[&str], &str)] = &[
         (&["--overlay", "10.40.0.0/16"], "10.40.0.0"),
         (&["--overlay", "10.40.0.1"], "10.40.0.1"),
@@ -340,61 +345,31 @@ fn cert_sign_refuses_bad_input() {
             "duration",
         ),
     ];
+    let overlay = ["--overlay", "10.40.0.1/16"];
+    let refused = |o: Output, needle: &str| {
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "wanted {needle:?}: {err}");
+    };
     for (extra, needle) in cases {
-        let mut args: Vec<&str> = base.to_vec();
-        args.extend_from_slice(extra);
-        let o = weft(&args);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
-        assert!(err.contains(needle), "{extra:?}: {err}");
+        refused(sign_with(&ca_key, key_file, extra), needle);
     }
     // A wrong public key and a CA key that does not match the CA certificate.
-    let o = weft(&[
-        "cert",
-        "sign",
-        "--ca-key",
-        &ca_key,
-        "--ca-cert",
-        &ca_crt,
-        "--name",
-        "h",
+    refused(
+        sign_with(&ca_key, ["--public-key", "short"], &overlay),
         "--public-key",
-        "short",
-        "--overlay",
-        "10.40.0.1/16",
-        "--out",
-        &out,
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--public-key"));
+    );
     let other = dir.join("other");
     std::fs::create_dir_all(&other).expect("mkdir");
     make_ca(&other);
     let other_key = other.join("ca.key").display().to_string();
-    let o = weft(&[
-        "cert",
-        "sign",
-        "--ca-key",
-        &other_key,
-        "--ca-cert",
-        &ca_crt,
-        "--name",
-        "h",
-        "--key-file",
-        &key,
-        "--overlay",
-        "10.40.0.1/16",
-        "--out",
-        &out,
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not belong"));
+    refused(sign_with(&other_key, key_file, &overlay), "does not belong");
     assert!(
         !Path::new(&out).exists(),
         "a refused certificate was written"
     );
     // And a good one verifies.
-    let o = weft(&[&base[..], &["--overlay", "10.40.0.1/16"]].concat());
+    let o = sign_with(&ca_key, key_file, &overlay);
     assert!(o.status.success(), "{o:?}");
     let o = weft(&["cert", "show", &out, "--ca-cert", &ca_crt]);
     assert!(

@@ -182,6 +182,21 @@ fn parse_prefix(flag: &str, text: &str) -> Result<IpPrefix, String> {
     Ok(p)
 }
 
+fn parse_subnets(texts: &[String]) -> Result<Vec<IpPrefix>, String> {
+    texts.iter().map(|t| parse_prefix("--subnet", t)).collect()
+}
+
+/// An existing file is replaced only with `--force`.
+fn refuse_existing(path: &Path, force: bool) -> Result<(), String> {
+    if path.exists() && !force {
+        return Err(format!(
+            "{} already exists; keep it, or pass --force to replace it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn parse_interface(text: &str) -> Result<InterfaceAddr, String> {
     let (addr, len) = crate::launch::parse_overlay(text)?;
     Ok(InterfaceAddr { addr, len })
@@ -243,18 +258,9 @@ fn ca_new_inner(args: &CaNewArgs) -> Result<Certificate, String> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let subnets = args
-        .subnets
-        .iter()
-        .map(|t| parse_prefix("--subnet", t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let subnets = parse_subnets(&args.subnets)?;
     for path in [&args.key, &args.cert] {
-        if path.exists() && !args.force {
-            return Err(format!(
-                "{} already exists; keep it, or pass --force to replace it",
-                path.display()
-            ));
-        }
+        refuse_existing(path, args.force)?;
     }
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
@@ -346,11 +352,7 @@ fn cert_sign_inner(args: &SignArgs) -> Result<Certificate, String> {
         .iter()
         .map(|t| parse_interface(t))
         .collect::<Result<Vec<_>, _>>()?;
-    let subnets = args
-        .subnets
-        .iter()
-        .map(|t| parse_prefix("--subnet", t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let subnets = parse_subnets(&args.subnets)?;
     let macs = if args.any_mac {
         MacPolicy::Any
     } else {
@@ -400,12 +402,7 @@ fn cert_sign_inner(args: &SignArgs) -> Result<Certificate, String> {
             ca_cert.body.name
         ));
     }
-    if args.out.exists() && !args.force {
-        return Err(format!(
-            "{} already exists; keep it, or pass --force to replace it",
-            args.out.display()
-        ));
-    }
+    refuse_existing(&args.out, args.force)?;
     write_public_file(&args.out, &cert.to_armored())?;
     Ok(cert)
 }

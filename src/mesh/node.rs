@@ -876,10 +876,7 @@ impl Node {
     /// With a CA: a peer's authenticated certificate (from its record;
     /// validity and revocation are checked when claims are resolved).
     pub fn certificate(&self, peer: &PeerId) -> Option<&Arc<Certificate>> {
-        match self.records.get(peer)?.cert.as_ref()? {
-            Ok(cert) => Some(cert),
-            Err(_) => None,
-        }
+        self.records.get(peer)?.cert.as_ref()?.as_ref().ok()
     }
 
     /// Claims refused by certificate checks, as last computed.
