@@ -80,7 +80,8 @@ pub struct SignArgs {
     /// The host's name.
     #[arg(long)]
     pub name: String,
-    /// The host's public key in base64 (what `weft keygen` prints).
+    /// The host's public key in base64 (what `weft keygen` prints on the
+    /// host; `weft pubkey < KEYFILE` prints it again).
     #[arg(
         long,
         value_name = "BASE64",
@@ -98,10 +99,12 @@ pub struct SignArgs {
     /// A container subnet the host may claim (repeatable).
     #[arg(long = "subnet", value_name = "CIDR")]
     pub subnets: Vec<String>,
-    /// Bridge mode: a MAC address the host may claim (repeatable).
+    /// Bridge mode: a source MAC address peers accept the host's frames
+    /// from (repeatable). A bridge-mode host needs --mac or --any-mac.
     #[arg(long = "mac", value_name = "MAC", conflicts_with = "any_mac")]
     pub macs: Vec<String>,
-    /// Bridge mode: the host may claim any MAC address.
+    /// Bridge mode: peers accept the host's frames from any source MAC
+    /// (a host bridging containers or VMs it cannot list in advance).
     #[arg(long)]
     pub any_mac: bool,
     /// How long the certificate is valid: a number with d, h, m or s.
