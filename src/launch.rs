@@ -1521,6 +1521,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 identity: plan.identity.map(|i| crate::router::RouterIdentity {
                     trust: i.trust,
                     revocation: i.revocation,
+                    own_not_after: i.cert.body.not_after,
                 }),
             },
             snapshot,

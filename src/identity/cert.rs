@@ -148,6 +148,8 @@ pub struct Certificate {
     /// Ed25519 signature over the encoded body.
     pub signature: [u8; SIGNATURE_LEN],
     encoded: Vec<u8>,
+    /// SHA-256 of `encoded`, computed once (revocation checks use it often).
+    fingerprint: Fingerprint,
 }
 
 /// Why certificate bytes or text could not be read.
@@ -401,6 +403,7 @@ impl Certificate {
             body,
             signature,
             encoded: bytes.to_vec(),
+            fingerprint: Fingerprint::of(bytes),
         })
     }
 
@@ -414,6 +417,7 @@ impl Certificate {
         Certificate {
             body,
             signature,
+            fingerprint: Fingerprint::of(&encoded),
             encoded,
         }
     }
@@ -430,7 +434,7 @@ impl Certificate {
 
     /// SHA-256 of the encoding.
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of(&self.encoded)
+        self.fingerprint
     }
 
     /// Whether the signature verifies under the Ed25519 public key `signer`.

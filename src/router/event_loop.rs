@@ -79,7 +79,13 @@ pub struct RouterIdentity {
     pub trust: crate::identity::Trust,
     /// `--revoked`: re-read when it changes and on SIGHUP.
     pub revocation: Option<crate::identity::trust::RevocationFile>,
+    /// When this host's own certificate expires (Unix seconds): warned
+    /// about a week before, and when it happens (peers then refuse it).
+    pub own_not_after: u64,
 }
+
+/// How long before its end the own certificate's expiry is warned about.
+const OWN_CERT_WARNING: u64 = 7 * 86_400;
 
 /// How often the revocation file's time stamp and the certificates of
 /// connected peers are checked.
@@ -236,6 +242,8 @@ pub struct Router {
     identity: Option<RouterIdentity>,
     /// Next check of the revocation file and peers' certificates.
     identity_check_at: Instant,
+    /// Warnings about this host's own certificate's end given so far (0-2).
+    own_cert_warnings: u8,
 }
 
 /// Most segments one TUN super-packet may be cut into (64 KiB at a small MSS).
@@ -372,6 +380,7 @@ impl Router {
             fastdp_actions: Vec::new(),
             identity,
             identity_check_at: now,
+            own_cert_warnings: 0,
         };
         for target in router.cfg.peers.clone() {
             if let PeerTarget::Name { .. } = target {
@@ -1711,11 +1720,27 @@ impl Router {
     /// Closes connections whose peer's certificate is no longer current
     /// (revoked, expired) and tells the mesh node the time.
     fn recheck_peer_certs(&mut self, now: Instant) {
+        if self.identity.is_none() {
+            return;
+        }
+        let unix_now = crate::identity::commands::unix_now();
+        self.mesh.set_wall_clock(unix_now, now);
+        if let Some(identity) = self.identity.as_ref() {
+            let end = identity.own_not_after;
+            let due = u8::from(unix_now.saturating_add(OWN_CERT_WARNING) >= end)
+                + u8::from(unix_now >= end);
+            if due > self.own_cert_warnings {
+                self.own_cert_warnings = due;
+                tracing::warn!(
+                    "this host's certificate {} {}: peers refuse it from then on; sign a new one and restart with it",
+                    if due == 2 { "expired" } else { "expires" },
+                    crate::identity::cert::utc_text(end)
+                );
+            }
+        }
         let Some(identity) = &self.identity else {
             return;
         };
-        let unix_now = crate::identity::commands::unix_now();
-        self.mesh.set_wall_clock(unix_now, now);
         let failing: Vec<(Token, [u8; 32], crate::identity::CertRefusal)> = self
             .streams
             .iter()
