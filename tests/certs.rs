@@ -41,23 +41,33 @@ fn make_ca(dir: &Path) {
 /// covering `overlay`, written to the host's `host.crt`; returns its
 /// fingerprint.
 fn sign(ca_dir: &Path, h: &Host, overlay: &str) -> String {
-    let out = weft(&[
+    sign_with_options(ca_dir, h, overlay, &[])
+}
+
+/// [`sign`] with more `weft cert sign` options.
+fn sign_with_options(ca_dir: &Path, h: &Host, overlay: &str, extra: &[&str]) -> String {
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    let (ca_key, ca_crt) = (path(ca_dir.join("ca.key")), path(ca_dir.join("ca.crt")));
+    let (key, out) = (path(h.path("key")), path(h.path("host.crt")));
+    let mut args = vec![
         "cert",
         "sign",
         "--ca-key",
-        &ca_dir.join("ca.key").display().to_string(),
+        &ca_key,
         "--ca-cert",
-        &ca_dir.join("ca.crt").display().to_string(),
+        &ca_crt,
         "--name",
         &h.ns,
         "--key-file",
-        &h.path("key").display().to_string(),
+        &key,
         "--overlay",
         overlay,
         "--out",
-        &h.path("host.crt").display().to_string(),
+        &out,
         "--force",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = weft(&args);
     assert!(out.status.success(), "weft cert sign: {out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     text.trim()
@@ -116,6 +126,9 @@ fn only_owner_claims(ns: &str, owner: &str, claim: &str) -> bool {
 fn two_hosts_with_certificates_ping_each_other() {
     require_root!();
     let (mut net, ca_dir) = certified_pair();
+    // Host 0's certificate ends within the week: it says so.
+    let overlay = net.hosts[0].overlay.clone();
+    sign_with_options(&ca_dir, &net.hosts[0], &overlay, &["--valid-for", "2d"]);
     start_certified(&mut net, 0, &ca_dir, &[]);
     start_certified(&mut net, 1, &ca_dir, &[]);
     assert!(
@@ -127,6 +140,13 @@ fn two_hosts_with_certificates_ping_each_other() {
     for h in &net.hosts[..2] {
         assert!(h.logs().contains("peer certificate "), "{}", h.logs());
     }
+    let expires = "this host's certificate expires";
+    assert!(
+        net.hosts[0].logs().contains(expires),
+        "{}",
+        net.hosts[0].logs()
+    );
+    assert!(!net.hosts[1].logs().contains(expires));
 }
 
 #[test]
