@@ -216,6 +216,36 @@ mod tests {
     }
 
     #[test]
+    fn revocation_file_is_read_again_only_when_it_changes() {
+        use trust::RevocationFile;
+        let dir = std::env::temp_dir().join(format!("weft-revocation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("revoked");
+        assert!(
+            RevocationFile::open(path.clone()).is_err(),
+            "a missing file"
+        );
+        std::fs::write(&path, "# none yet\n").unwrap();
+        let (mut file, list) = RevocationFile::open(path.clone()).unwrap();
+        assert!(list.is_empty());
+        assert!(file.reload(false).is_none(), "unchanged");
+        assert_eq!(
+            file.reload(true),
+            Some(Ok(HashSet::new())),
+            "SIGHUP reads anyway"
+        );
+        let fp = Fingerprint([0xab; 32]);
+        std::fs::write(&path, format!("# one\n{fp}\n")).unwrap();
+        assert_eq!(file.reload(false), Some(Ok(HashSet::from([fp]))));
+        std::fs::write(&path, "# a broken line\nxyz\n").unwrap();
+        assert!(matches!(file.reload(false), Some(Err(e)) if e.contains("line 2")));
+        // A broken file is not read again until it changes.
+        assert!(file.reload(false).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn body_checks_and_text_helpers() {
         let net = ca("net", &[]);
         let mut body = host(&net, 7, "10.40.0.1/16").body;
