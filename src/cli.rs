@@ -1,4 +1,4 @@
-//! The command line: `weft keygen | pubkey | secret new | launch | connect | forget | status | preflight | bench | fastdp`.
+//! The command line: `weft keygen | pubkey | secret new | ca new | cert sign | cert show | launch | connect | forget | status | preflight | bench | fastdp`.
 
 use crate::launch::{self, LaunchArgs};
 use clap::{Parser, Subcommand};
@@ -52,6 +52,18 @@ enum Command {
     },
     /// Read a private key on stdin and print its public key.
     Pubkey,
+    /// The network certificate authority: `weft ca new` (a CA key to keep
+    /// offline and the CA certificate every host gets with --ca-cert).
+    Ca {
+        #[command(subcommand)]
+        action: crate::identity::commands::CaCommand,
+    },
+    /// Host certificates: `weft cert sign` (bind a host's key to its
+    /// addresses) and `weft cert show` (fields, fingerprint, verification).
+    Cert {
+        #[command(subcommand)]
+        action: crate::identity::commands::CertCommand,
+    },
     /// Create the overlay device and join the network; runs in the foreground until SIGINT/SIGTERM.
     Launch(Box<LaunchArgs>),
     /// Check this host (kernel, MTU, offloads, OVS, AF_XDP, TUN) and print which datapath weft would use, and why.
@@ -140,6 +152,17 @@ pub fn main() -> ExitCode {
             action: SecretCommand::New { file, force },
         } => secret_new(file.as_deref(), force),
         Command::Pubkey => pubkey(),
+        Command::Ca {
+            action: crate::identity::commands::CaCommand::New(args),
+        } => crate::identity::commands::ca_new(&args),
+        Command::Cert { action } => match action {
+            crate::identity::commands::CertCommand::Sign(args) => {
+                crate::identity::commands::cert_sign(&args)
+            }
+            crate::identity::commands::CertCommand::Show(args) => {
+                crate::identity::commands::cert_show(&args)
+            }
+        },
         Command::Launch(args) => launch::run(*args),
         Command::Status {
             view,

@@ -42,6 +42,12 @@ pub const KEYS: &[(&str, &str)] = &[
     ("vtep", "list of strings: static VXLAN endpoints"),
     ("trusted-subnet", "list of strings: CIDRs allowed on fastdp"),
     ("fastdp-port", "integer: UDP port of the kernel VXLAN vport"),
+    (
+        "ca-cert",
+        "list of paths (or one path): network CA certificates",
+    ),
+    ("cert", "path: this host's certificate"),
+    ("revoked", "path: revoked certificate fingerprints"),
     ("timers", "table: timer overrides (see [timers])"),
 ];
 
@@ -300,9 +306,14 @@ impl ConfigFile {
         let Some(text) = self.string(key)? else {
             return Ok(None);
         };
+        Ok(Some(self.resolve_path(&text)))
+    }
+
+    /// A path from this file, relative to its directory when not absolute.
+    pub fn resolve_path(&self, text: &str) -> PathBuf {
         let path = PathBuf::from(text);
         if path.is_absolute() {
-            return Ok(Some(path));
+            return path;
         }
         let base = self
             .path
@@ -310,7 +321,7 @@ impl ConfigFile {
             .and_then(Path::parent)
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Ok(Some(base.join(path)))
+        base.join(path)
     }
 
     /// A `[timers]` value.

@@ -122,6 +122,25 @@ pub struct LaunchArgs {
     /// Fast datapath: UDP port of the kernel VXLAN vport [default: 6784]; all hosts must agree.
     #[arg(long, value_name = "PORT")]
     pub fastdp_port: Option<u16>,
+    /// A network CA certificate (from `weft ca new`; repeat for more). With
+    /// it every peer must present a certificate this CA signed for its key,
+    /// and only the addresses its certificate covers are accepted from it.
+    /// Needs --cert.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
+    /// This host's certificate (from `weft cert sign`): for --key-file's
+    /// key, covering --overlay, signed by a --ca-cert CA.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Revoked certificates: one fingerprint (`weft cert show`) per line,
+    /// `#` comments. Re-read when it changes and on SIGHUP; a revoked
+    /// peer's connections close and its claims are dropped.
+    #[arg(long, value_name = "FILE")]
+    pub revoked: Option<PathBuf>,
+    /// Start even if --cert does not cover --overlay. Peers refuse the
+    /// uncovered claim anyway: this exists to test that they do.
+    #[arg(long, hide = true)]
+    pub allow_uncovered_overlay: bool,
 }
 
 /// The local device kind of `--iface`.
@@ -176,6 +195,135 @@ struct Plan {
     fastdp_port: u16,
     fastdp_proof: crate::datapath::odp::proof::ProofConfig,
     fastdp_flow_idle: Duration,
+    /// Networks with a CA: the trust, this host's certificate, revocations.
+    identity: Option<IdentityPlan>,
+}
+
+/// `--ca-cert`, `--cert` and `--revoked`, checked.
+struct IdentityPlan {
+    trust: crate::identity::Trust,
+    cert: crate::identity::Certificate,
+    revocation: Option<crate::identity::trust::RevocationFile>,
+}
+
+/// The certificate flags of `weft launch`.
+struct IdentityArgs {
+    ca_certs: Vec<PathBuf>,
+    cert: Option<PathBuf>,
+    revoked: Option<PathBuf>,
+    allow_uncovered_overlay: bool,
+}
+
+/// Reads and checks `--ca-cert`, `--cert` and `--revoked` (flags or
+/// config keys) against this host's key and overlay address.
+fn identity_plan(
+    args: &IdentityArgs,
+    file: &ConfigFile,
+    key: &StaticKey,
+    overlay: crate::identity::InterfaceAddr,
+    plain: bool,
+    bridge: bool,
+    log: &mut StartupLog,
+) -> Result<Option<IdentityPlan>, LaunchError> {
+    use crate::identity::commands::{read_cert, read_trust, unix_now};
+    let ca_paths = if args.ca_certs.is_empty() {
+        file.list("ca-cert")
+            .map_err(usage)?
+            .iter()
+            .map(|p| file.resolve_path(p))
+            .collect()
+    } else {
+        args.ca_certs.clone()
+    };
+    let cert_path = match &args.cert {
+        Some(p) => Some(p.clone()),
+        None => file.path_value("cert").map_err(usage)?,
+    };
+    let revoked_path = match &args.revoked {
+        Some(p) => Some(p.clone()),
+        None => file.path_value("revoked").map_err(usage)?,
+    };
+    let cert_path = match (ca_paths.is_empty(), cert_path) {
+        (true, None) if revoked_path.is_none() => return Ok(None),
+        (true, _) => {
+            return Err(usage(
+                "--cert and --revoked need --ca-cert: the network CA certificate that peers' certificates are checked against",
+            ))
+        }
+        (false, None) => {
+            return Err(usage(
+                "--ca-cert needs --cert: this host's certificate (`weft cert sign ... --out FILE`), which peers require",
+            ))
+        }
+        (false, Some(p)) => p,
+    };
+    if plain {
+        return Err(usage(
+            "--ca-cert cannot be used with --mode plain, which authenticates nobody",
+        ));
+    }
+    let mut trust = read_trust(&ca_paths).map_err(usage)?;
+    let cert = read_cert(&cert_path).map_err(|e| usage(format!("--cert {e}")))?;
+    let cert_text = cert_path.display();
+    let revocation = match revoked_path {
+        Some(p) => {
+            let (f, list) = crate::identity::trust::RevocationFile::open(p)
+                .map_err(|e| usage(format!("--revoked: {e}")))?;
+            trust.set_revoked(std::sync::Arc::new(list));
+            Some(f)
+        }
+        None => None,
+    };
+    let checked = trust
+        .authenticate(cert.encoded())
+        .and_then(|c| trust.check_current(&c, unix_now()).map(|()| c))
+        .map_err(|e| {
+            usage(format!(
+                "--cert {cert_text} refused: {}",
+                e.to_string()
+                    .replacen("its certificate", "the certificate", 1)
+            ))
+        })?;
+    if checked.body.public_key != key.public() {
+        return Err(usage(format!(
+            "--cert {cert_text} is for the key {} but this host's key is {}: pass the --key-file the certificate was signed for, or sign one for this key",
+            {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(checked.body.public_key)
+            },
+            key.public_base64()
+        )));
+    }
+    if !checked.body.overlay.contains(&overlay) {
+        let listed: Vec<String> = checked.body.overlay.iter().map(|o| o.to_string()).collect();
+        let msg = format!(
+            "--cert {cert_text} does not cover --overlay {overlay}: it lists {}; use one of those or sign a certificate for {overlay}",
+            listed.join(", ")
+        );
+        if !args.allow_uncovered_overlay {
+            return Err(usage(msg));
+        }
+        log.warn(format!(
+            "{msg} (started anyway: peers will refuse the claim)"
+        ));
+    }
+    if bridge && checked.body.macs == crate::identity::MacPolicy::List(Vec::new()) {
+        return Err(usage(format!(
+            "--cert {cert_text} lists no MAC address, and peers drop bridge-mode frames from MACs a certificate does not list: sign it with --mac MAC (repeatable) or --any-mac"
+        )));
+    }
+    log.info(format!(
+        "certificate {} of {} verified, valid until {}; peers must present certificates from {} CA(s)",
+        checked.fingerprint().short(),
+        checked.body.name,
+        crate::identity::cert::utc_text(checked.body.not_after),
+        ca_paths.len()
+    ));
+    Ok(Some(IdentityPlan {
+        trust,
+        cert: checked,
+        revocation,
+    }))
 }
 
 /// Bridge-mode settings.
@@ -280,7 +428,13 @@ fn from_file(file: &ConfigFile, key: &str, flag_given: bool) -> impl Fn(String) 
     }
 }
 
-fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchError> {
+fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchError> {
+    let identity_args = IdentityArgs {
+        ca_certs: std::mem::take(&mut args.ca_certs),
+        cert: args.cert.take(),
+        revoked: args.revoked.take(),
+        allow_uncovered_overlay: args.allow_uncovered_overlay,
+    };
     let file = match &args.config {
         Some(path) => ConfigFile::load(path).map_err(usage)?,
         None => ConfigFile::default(),
@@ -459,6 +613,18 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
             StaticKey::generate()
         }
     };
+    let identity = identity_plan(
+        &identity_args,
+        &file,
+        &key,
+        crate::identity::InterfaceAddr {
+            addr: overlay_addr,
+            len: overlay_prefix,
+        },
+        plain,
+        l2.is_some(),
+        log,
+    )?;
     let default_iface = match &l2 {
         Some(l2) => format!("{}-tap", l2.bridge).chars().take(15).collect(),
         None => "weft0".to_string(),
@@ -625,6 +791,7 @@ fn build_plan(args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchErro
         fastdp_port,
         fastdp_proof,
         fastdp_flow_idle,
+        identity,
     })
 }
 
@@ -1332,6 +1499,10 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             session_index: 0,
             overlay_mtu,
             fastdp_port: fastdp.as_ref().map(|f| f.port()),
+            cert: plan.identity.as_ref().map(|i| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(i.cert.encoded())
+            }),
         },
         timers: plan.timers,
         underlay_mtu,
@@ -1368,6 +1539,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 fastdp,
                 reload: Some(reload),
                 control: Some(control),
+                identity: plan.identity.map(|i| crate::router::RouterIdentity {
+                    trust: i.trust,
+                    revocation: i.revocation,
+                    own_not_after: i.cert.body.not_after,
+                }),
             },
             snapshot,
         )
@@ -1415,6 +1591,11 @@ fn mesh_config(
     cfg.initial_version = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_secs().max(1));
+    if let Some(identity) = &plan.identity {
+        cfg.cert = identity.cert.encoded().to_vec();
+        cfg.trust = Some(identity.trust.clone());
+        cfg.unix_time = crate::identity::commands::unix_now();
+    }
     Ok(cfg)
 }
 
@@ -1555,7 +1736,8 @@ mod tests {
         let cmd = LaunchArgs::augment_args(clap::Command::new("launch"));
         for arg in cmd.get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if long == "config" {
+            // Hidden test-only flags have no key.
+            if long == "config" || arg.is_hide_set() {
                 continue;
             }
             assert!(

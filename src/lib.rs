@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod host;
+pub mod identity;
 pub mod launch;
 pub mod logging;
 pub mod mesh;

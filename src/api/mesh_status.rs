@@ -86,6 +86,17 @@ pub struct ConflictStatus {
     pub refused_claim: String,
 }
 
+/// A claim refused because the claimant's certificate does not allow it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefusedClaimStatus {
+    /// Who claimed it.
+    pub peer: String,
+    /// The claim.
+    pub claim: String,
+    /// Why it is refused, e.g. "not covered by its certificate".
+    pub reason: String,
+}
+
 /// The mesh part of the status snapshot.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MeshStatus {
@@ -93,6 +104,9 @@ pub struct MeshStatus {
     pub peers: Vec<PeerStatus>,
     /// Refused claims.
     pub conflicts: Vec<ConflictStatus>,
+    /// Claims refused by certificate checks (networks with a CA).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_claims: Vec<RefusedClaimStatus>,
     /// Gossip messages this host sent.
     pub gossip_messages: u64,
     /// Gossip bytes this host sent.
@@ -152,6 +166,12 @@ impl MeshStatus {
             out.push_str(&format!(
                 "Refused claim: {} of {} (owned by {} as {})\n",
                 c.refused_claim, c.refused, c.owner, c.owned_claim
+            ));
+        }
+        for r in &self.refused_claims {
+            out.push_str(&format!(
+                "Refused claim: {} of {}: {}\n",
+                r.claim, r.peer, r.reason
             ));
         }
         out

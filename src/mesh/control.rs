@@ -72,6 +72,10 @@ pub struct Hello {
     /// fastdp (absent from older hellos: no fastdp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastdp_port: Option<u16>,
+    /// The host's network certificate (base64 of its encoding), in
+    /// networks with a CA (absent from older hellos: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
 }
 
 /// One message on an established control connection.
@@ -243,6 +247,7 @@ mod tests {
             session_index: 7,
             overlay_mtu: 1430,
             fastdp_port: None,
+            cert: None,
         }
     }
 

@@ -1166,6 +1166,7 @@ mod tests {
             session_index: 0,
             overlay_mtu: 1400,
             fastdp_port: None,
+            cert: None,
         };
         let choices = [
             CipherChoice::Auto,

@@ -23,7 +23,9 @@ pub mod topology;
 pub use claims::{Claim, IpPrefix};
 pub use e2e::{E2eConfig, E2eMessage, E2eOutput, E2eState, EndToEnd};
 pub use forwarding::{Destination, ForwardingReader, ForwardingTable, NextHop};
-pub use node::{Event, MeshTimers, Node, NodeConfig, Output, Route, RouteReason};
+pub use node::{
+    ClaimRefusal, Event, MeshTimers, Node, NodeConfig, Output, RefusedClaim, Route, RouteReason,
+};
 pub use peer::{ConnectionId, PeerId, PeerName, PeerRef};
 
 #[cfg(test)]

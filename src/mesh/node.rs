@@ -58,6 +58,20 @@
 //! stamped with a Lamport time one above every claim time seen, so a
 //! claim that overlaps one a live peer already owns always loses; see
 //! [`super::claims`].
+//!
+//! # Certificates
+//!
+//! With a [`Trust`] (the network's CA certificates and revocation list),
+//! a peer's record counts only when it carries a certificate for that
+//! record's identity that a trusted CA signed and that is current at the
+//! wall-clock time the driver last gave ([`Node::set_wall_clock`]). A
+//! record that fails is left out of everything: claims, and also the
+//! topology (its host cannot have connected to a host that requires
+//! certificates, so only a forged or stale record would list it). Each
+//! claim of an admitted record must be covered by its certificate
+//! ([`crate::identity::Certificate::covers`]); uncovered claims are
+//! refused before claims are resolved, listed by
+//! [`Node::refused_claims`] and raised once as [`Event::ClaimRefused`].
 
 use super::backoff::{self, Backoff};
 use super::claims::{self, AnnouncedClaim, Claim, Conflict, IpPrefix};
@@ -65,6 +79,7 @@ use super::forwarding::{Destination, ForwardingReader, ForwardingTable, NextHop}
 use super::link::Direction;
 use super::peer::{ConnectionId, Neighbour, PeerId, PeerName, PeerRef};
 use super::topology::{Graph, PeerRecord};
+use crate::identity::{CertRefusal, Certificate, Fingerprint, Trust};
 use crate::wire::gossip::{self, Message, DIGEST_ENTRY_LEN, DIGEST_HEADER_LEN};
 use crate::wire::WireError;
 use arc_swap::ArcSwap;
@@ -130,6 +145,14 @@ pub struct NodeConfig {
     /// either way the node raises its version past any old record of
     /// itself it hears about.
     pub initial_version: u64,
+    /// This host's encoded certificate, gossiped in its record (empty: none).
+    pub cert: Vec<u8>,
+    /// The network's CA certificates and revocation list: `Some` makes
+    /// every peer's record need a valid certificate covering its claims.
+    pub trust: Option<Trust>,
+    /// Wall-clock time at start (Unix seconds), for certificate validity;
+    /// later times come through [`Node::set_wall_clock`].
+    pub unix_time: u64,
 }
 
 impl NodeConfig {
@@ -147,6 +170,9 @@ impl NodeConfig {
             broadcast_trees: false,
             max_peers: 65536,
             initial_version: 1,
+            cert: Vec::new(),
+            trust: None,
+            unix_time: 0,
         }
     }
 }
@@ -246,6 +272,16 @@ pub enum Event {
         /// The peer's subnet.
         theirs: IpPrefix,
     },
+    /// A peer's claim is refused because its certificate does not allow
+    /// it (networks with a CA). Raised once per claim and reason.
+    ClaimRefused {
+        /// The claimant.
+        peer: PeerRef,
+        /// The refused claim.
+        claim: Claim,
+        /// Why.
+        reason: ClaimRefusal,
+    },
     /// A new forwarding table was published.
     ForwardingChanged {
         /// Its generation.
@@ -275,6 +311,11 @@ impl fmt::Display for Event {
                 f,
                 "overlay subnet {theirs} of {peer} and this host's {ours} do not contain each other: the hosts cannot reach each other's addresses; use one subnet"
             ),
+            Event::ClaimRefused {
+                peer,
+                claim,
+                reason,
+            } => write!(f, "address claim {claim} of {peer} refused: {reason}"),
             Event::ForwardingChanged { generation } => {
                 write!(f, "forwarding table {generation} published")
             }
@@ -357,9 +398,44 @@ pub enum TargetStatus {
     OwnAddress,
 }
 
+/// Why a claim is refused in a network with a CA.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ClaimRefusal {
+    /// The claimant's certificate is valid but does not cover the claim.
+    NotCovered,
+    /// The claimant's record has no acceptable certificate.
+    Certificate(CertRefusal),
+}
+
+impl fmt::Display for ClaimRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimRefusal::NotCovered => f.write_str("not covered by its certificate"),
+            ClaimRefusal::Certificate(r) => r.fmt(f),
+        }
+    }
+}
+
+/// A claim refused by certificate checks, before ownership is resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RefusedClaim {
+    /// The claimant.
+    pub peer: PeerId,
+    /// The claim.
+    pub claim: Claim,
+    /// Why.
+    pub reason: ClaimRefusal,
+}
+
+/// A record's certificate as checked once when the record was stored:
+/// authentic and for the record's identity, or why not.
+type CheckedCert = Result<Arc<Certificate>, CertRefusal>;
+
 #[derive(Debug)]
 struct Stored {
     record: PeerRecord,
+    /// With a CA: the record's certificate, authenticated once.
+    cert: Option<CheckedCert>,
     /// Since when the peer has been unreachable (`None`: live, or not yet
     /// classified).
     unreachable_since: Option<Instant>,
@@ -399,6 +475,14 @@ pub struct Node {
     live: HashSet<PeerId>,
     routes: HashMap<PeerId, Route>,
     conflicts: HashSet<Conflict>,
+    /// Certificate checks (`None`: a network without a CA).
+    trust: Option<Trust>,
+    /// Wall-clock time last given (Unix seconds).
+    unix_now: u64,
+    /// When some certificate's standing changes with time next.
+    cert_deadline: Option<u64>,
+    /// Claims refused by certificate checks, as last computed.
+    refused: HashSet<RefusedClaim>,
     subnet_warnings: HashSet<(IpPrefix, PeerId, IpPrefix)>,
     recompute_at: Option<Instant>,
     /// The summary of the live view, computed when asked after a change.
@@ -424,6 +508,7 @@ impl Node {
             claims: Vec::new(),
             subnets: cfg.subnets.clone(),
             neighbours: Vec::new(),
+            cert: cfg.cert.clone(),
         };
         let mut node = Node {
             rng,
@@ -441,6 +526,10 @@ impl Node {
             live: HashSet::new(),
             routes: HashMap::new(),
             conflicts: HashSet::new(),
+            trust: cfg.trust.clone(),
+            unix_now: cfg.unix_time,
+            cert_deadline: None,
+            refused: HashSet::new(),
             subnet_warnings: HashSet::new(),
             recompute_at: Some(now),
             summary: std::cell::Cell::new(None),
@@ -644,6 +733,26 @@ impl Node {
         Ok(())
     }
 
+    /// The wall clock (Unix seconds), for certificate validity. Cheap to
+    /// call often: claims are recomputed only when a certificate's
+    /// standing changes.
+    pub fn set_wall_clock(&mut self, unix_now: u64, now: Instant) {
+        self.unix_now = unix_now;
+        if self.cert_deadline.is_some_and(|d| unix_now >= d) {
+            self.cert_deadline = None;
+            self.mark_dirty(now);
+        }
+    }
+
+    /// A new revocation list: records whose certificate (or its CA) it
+    /// names lose their claims and their place in the topology.
+    pub fn set_revoked(&mut self, revoked: Arc<HashSet<Fingerprint>>, now: Instant) {
+        if let Some(t) = self.trust.as_mut() {
+            t.set_revoked(revoked);
+            self.mark_dirty(now);
+        }
+    }
+
     /// Time passed: gossip rounds, recomputation, expiry, dials.
     pub fn handle_timeout(&mut self, now: Instant) {
         if !self.claims_announced && now >= self.started + self.cfg.timers.sync_timeout {
@@ -762,6 +871,17 @@ impl Node {
             };
             (*addr, status)
         })
+    }
+
+    /// With a CA: a peer's authenticated certificate (from its record;
+    /// validity and revocation are checked when claims are resolved).
+    pub fn certificate(&self, peer: &PeerId) -> Option<&Arc<Certificate>> {
+        self.records.get(peer)?.cert.as_ref()?.as_ref().ok()
+    }
+
+    /// Claims refused by certificate checks, as last computed.
+    pub fn refused_claims(&self) -> impl Iterator<Item = &RefusedClaim> + '_ {
+        self.refused.iter()
     }
 
     /// Claim conflicts this host is part of, as last computed.
@@ -966,14 +1086,19 @@ impl Node {
         for c in &record.claims {
             self.lamport = self.lamport.max(c.lamport);
         }
-        let unreachable_since = self
-            .records
-            .get(&record.id)
-            .and_then(|s| s.unreachable_since);
+        let held = self.records.get(&record.id);
+        let unreachable_since = held.and_then(|s| s.unreachable_since);
+        // Verify a certificate once, not on every new version of a record.
+        let cert = match (&self.trust, held) {
+            (None, _) => None,
+            (Some(_), Some(h)) if h.record.cert == record.cert => h.cert.clone(),
+            (Some(t), _) => Some(check_record_cert(t, &record)),
+        };
         self.records.insert(
             record.id,
             Stored {
                 record,
+                cert,
                 unreachable_since,
             },
         );
@@ -1237,7 +1362,13 @@ impl Node {
     fn recompute(&mut self, now: Instant) {
         self.recompute_at = None;
         self.summary.set(None);
-        let graph = Graph::build(self.records.values().map(|s| &s.record).chain([&self.own]));
+        let graph = Graph::build(
+            self.records
+                .values()
+                .filter(|s| self.admitted(s).is_ok())
+                .map(|s| &s.record)
+                .chain([&self.own]),
+        );
         let me = graph
             .vertex(&self.own.id)
             .expect("own record is in the graph");
@@ -1327,15 +1458,87 @@ impl Node {
         }
     }
 
-    /// Resolves the claims of this host and every live peer; raises a
-    /// conflict event for each new conflict this host is part of.
+    /// With a CA: whether a stored record counts now, and its certificate.
+    fn admitted<'s>(
+        &self,
+        stored: &'s Stored,
+    ) -> Result<Option<&'s Arc<Certificate>>, CertRefusal> {
+        let Some(trust) = &self.trust else {
+            return Ok(None);
+        };
+        match &stored.cert {
+            Some(Ok(cert)) => {
+                trust.check_current(cert, self.unix_now)?;
+                Ok(Some(cert))
+            }
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(CertRefusal::Missing),
+        }
+    }
+
+    /// Claims refused by certificate checks (empty without a CA), and the
+    /// next time a certificate's standing changes.
+    fn refuse_uncovered(&self) -> (HashSet<RefusedClaim>, Option<u64>) {
+        let mut refused = HashSet::new();
+        let mut deadline: Option<u64> = None;
+        let Some(trust) = &self.trust else {
+            return (refused, deadline);
+        };
+        for stored in self.records.values() {
+            let r = &stored.record;
+            if let Some(Ok(cert)) = &stored.cert {
+                if let Some(t) = trust.next_change(cert, self.unix_now) {
+                    deadline = Some(deadline.map_or(t, |d| d.min(t)));
+                }
+            }
+            match self.admitted(stored) {
+                Err(e) => refused.extend(r.claims.iter().map(|c| RefusedClaim {
+                    peer: r.id,
+                    claim: c.claim,
+                    reason: ClaimRefusal::Certificate(e.clone()),
+                })),
+                Ok(cert) => refused.extend(
+                    r.claims
+                        .iter()
+                        .filter(|c| !cert.is_some_and(|cert| cert.covers(&c.claim)))
+                        .map(|c| RefusedClaim {
+                            peer: r.id,
+                            claim: c.claim,
+                            reason: ClaimRefusal::NotCovered,
+                        }),
+                ),
+            }
+        }
+        (refused, deadline)
+    }
+
+    /// Resolves the claims of this host and every live peer (with a CA:
+    /// only those their certificates cover); raises a conflict event for
+    /// each new conflict this host is part of and a refusal event for
+    /// each newly refused claim.
     fn recompute_claims(&mut self) -> Vec<(Claim, PeerId)> {
+        let (refused, deadline) = self.refuse_uncovered();
+        self.cert_deadline = deadline;
+        let mut new: Vec<RefusedClaim> = refused.difference(&self.refused).cloned().collect();
+        new.sort_unstable_by_key(|r| (r.peer, r.claim));
+        for r in new {
+            let event = Event::ClaimRefused {
+                peer: self.peer_ref(&r.peer),
+                claim: r.claim,
+                reason: r.reason,
+            };
+            self.push_output(Output::Event(event));
+        }
+        let refused_keys: HashSet<(PeerId, Claim)> =
+            refused.iter().map(|r| (r.peer, r.claim)).collect();
+        self.refused = refused;
         let announced = self
             .live
             .iter()
             .filter_map(|p| self.record(p))
             .chain([&self.own])
-            .flat_map(|r| r.claims.iter().map(move |c| (r.id, *c)));
+            .flat_map(|r| r.claims.iter().map(move |c| (r.id, *c)))
+            .filter(|(p, c)| !refused_keys.contains(&(*p, c.claim)));
         let resolution = claims::resolve(announced);
         let me = self.own.id;
         let ours: HashSet<Conflict> = resolution
@@ -1459,4 +1662,17 @@ impl fmt::Debug for Node {
             .field("connections", &self.by_peer.len())
             .finish()
     }
+}
+
+/// Authenticates a record's certificate: signed by a trusted CA and for
+/// the record's identity (time and revocation are checked when used).
+fn check_record_cert(trust: &Trust, record: &PeerRecord) -> CheckedCert {
+    if record.cert.is_empty() {
+        return Err(CertRefusal::Missing);
+    }
+    let cert = trust.authenticate(&record.cert)?;
+    if cert.body.public_key != record.id.0 {
+        return Err(CertRefusal::KeyMismatch);
+    }
+    Ok(Arc::new(cert))
 }

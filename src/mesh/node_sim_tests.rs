@@ -963,3 +963,141 @@ fn mesh_scale_report() {
         );
     }
 }
+
+/// A host certificate for node `i`'s identity covering `addr`, from a CA
+/// made from `seed`; with the CA's trust.
+fn sim_cert(seed: u8, i: usize, addr: IpAddr) -> (Vec<u8>, crate::identity::Trust) {
+    use crate::identity::cert::{CertBody, Certificate, InterfaceAddr, MacPolicy};
+    use ring::signature::{Ed25519KeyPair, KeyPair as _};
+    let key = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("seed");
+    let mut public_key = [0u8; 32];
+    public_key.copy_from_slice(key.public_key().as_ref());
+    let body = |is_ca, public_key, issuer, overlay| CertBody {
+        is_ca,
+        name: if is_ca {
+            "sim-ca".into()
+        } else {
+            format!("host-{i}")
+        },
+        public_key,
+        not_before: 1_000,
+        not_after: 2_000,
+        issuer,
+        overlay,
+        subnets: vec![],
+        macs: MacPolicy::List(vec![]),
+    };
+    let mut ca = body(true, public_key, Default::default(), vec![]);
+    ca.not_after = 3_000;
+    let ca = Certificate::sign(ca, &key);
+    let overlay = vec![InterfaceAddr { addr, len: 16 }];
+    let host = Certificate::sign(body(false, peer_id(i).0, ca.fingerprint(), overlay), &key);
+    let trust = crate::identity::Trust::new(vec![ca]).expect("CA");
+    (host.encoded().to_vec(), trust)
+}
+
+#[test]
+fn with_a_ca_only_covered_claims_count_and_uncertified_records_are_ignored() {
+    use super::node::ClaimRefusal;
+    use crate::identity::CertRefusal;
+    let mut sim = Sim::new(11, Duration::from_millis(20));
+    let (_, trust) = sim_cert(1, 0, overlay(0));
+    let certified = |i: usize, addr: IpAddr| {
+        let trust = trust.clone();
+        move |c: &mut NodeConfig| {
+            c.cert = sim_cert(1, i, addr).0;
+            c.trust = Some(trust);
+            c.unix_time = 1_500;
+        }
+    };
+    // Node 0 has a certificate for overlay(9) and claims overlay(1) first;
+    // node 2 arrives later with the certificate for overlay(1).
+    let claiming = |i: usize, cert_addr: IpAddr, claim: IpAddr| {
+        let configure = certified(i, cert_addr);
+        move |c: &mut NodeConfig| {
+            configure(c);
+            c.claims = vec![Claim::Ip(IpPrefix::host(claim))];
+        }
+    };
+    let intruder = sim.add(claiming(0, overlay(9), overlay(1)));
+    let mid = sim.add(claiming(1, overlay(5), overlay(5)));
+    let now = sim.now;
+    sim.nodes[mid].node.connect(addr(intruder), now);
+    sim.drain(mid);
+    sim.run_for(Duration::from_secs(8));
+    let owner = sim.add(claiming(2, overlay(1), overlay(1)));
+    // And a node with no certificate at all.
+    let stranger = sim.add(|c| c.trust = Some(trust.clone()));
+    let now = sim.now;
+    sim.nodes[owner].node.connect(addr(mid), now);
+    sim.nodes[stranger].node.connect(addr(mid), now);
+    sim.drain(owner);
+    sim.drain(stranger);
+    sim.run_for(Duration::from_secs(10));
+    let (id_owner, id_intruder, id_stranger) =
+        (peer_id(owner), peer_id(intruder), peer_id(stranger));
+    for i in [mid, owner] {
+        let n = &sim.nodes[i].node;
+        // The covered claim wins although the uncovered one is older.
+        let want = if i == owner {
+            Destination::Local
+        } else {
+            *n.forwarding_table().peer(&id_owner).expect("owner routed")
+        };
+        assert_eq!(
+            n.forwarding_table().lookup_ip(overlay(1)),
+            Some(&want),
+            "node {i}"
+        );
+        assert!(n.refused_claims().any(|r| r.peer == id_intruder
+            && r.claim == Claim::Ip(IpPrefix::host(overlay(1)))
+            && r.reason == ClaimRefusal::NotCovered));
+        assert!(
+            n.is_live(&id_intruder),
+            "a certified peer stays in the mesh"
+        );
+        assert!(
+            !n.is_live(&id_stranger),
+            "node {i}: an uncertified record counts"
+        );
+        // Its direct neighbour lists why; nobody passes the record on
+        // (gossip carries live records only).
+        assert_eq!(
+            n.refused_claims().any(|r| r.peer == id_stranger
+                && r.reason == ClaimRefusal::Certificate(CertRefusal::Missing)),
+            i == mid
+        );
+        assert!(sim.nodes[i].events.iter().any(|e| matches!(e,
+            Event::ClaimRefused { peer, reason: ClaimRefusal::NotCovered, .. } if peer.id == id_intruder)));
+    }
+    // Revoking the owner's certificate, then time passing its end.
+    let fp = crate::identity::Certificate::parse(&sim_cert(1, owner, overlay(1)).0)
+        .unwrap()
+        .fingerprint();
+    let now = sim.now;
+    sim.nodes[mid]
+        .node
+        .set_revoked(std::sync::Arc::new(HashSet::from([fp])), now);
+    sim.run_for(Duration::from_secs(1));
+    let n = &sim.nodes[mid].node;
+    assert_eq!(n.forwarding_table().lookup_ip(overlay(1)), None);
+    assert!(n
+        .refused_claims()
+        .any(|r| r.peer == id_owner
+            && r.reason == ClaimRefusal::Certificate(CertRefusal::Revoked(fp))));
+    let now = sim.now;
+    sim.nodes[mid].node.set_revoked(Default::default(), now);
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.nodes[mid]
+        .node
+        .forwarding_table()
+        .lookup_ip(overlay(1))
+        .is_some());
+    let now = sim.now;
+    sim.nodes[mid].node.set_wall_clock(2_000, now);
+    sim.run_for(Duration::from_secs(1));
+    let n = &sim.nodes[mid].node;
+    assert_eq!(n.forwarding_table().lookup_ip(overlay(1)), None);
+    assert!(n.refused_claims().any(|r| r.peer == id_owner
+        && r.reason == ClaimRefusal::Certificate(CertRefusal::Expired(2_000))));
+}

@@ -26,6 +26,7 @@ fn cfg(secret: &[u8], vni: u32, timers: Timers) -> Arc<LinkConfig> {
             session_index: 0,
             overlay_mtu: 1430,
             fastdp_port: None,
+            cert: None,
         },
         timers,
         underlay_mtu: 1500,

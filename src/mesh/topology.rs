@@ -30,6 +30,8 @@ pub struct PeerRecord {
     pub subnets: Vec<IpPrefix>,
     /// Its connections, sorted by peer.
     pub neighbours: Vec<Neighbour>,
+    /// Its encoded network certificate (empty: none), unverified.
+    pub cert: Vec<u8>,
 }
 
 impl PeerRecord {
@@ -47,6 +49,7 @@ impl PeerRecord {
             claims: view.claims().collect(),
             subnets: view.subnets().collect(),
             neighbours,
+            cert: view.cert().to_vec(),
         }
     }
 
@@ -60,6 +63,7 @@ impl PeerRecord {
             claims: &self.claims,
             subnets: &self.subnets,
             neighbours: &self.neighbours,
+            cert: &self.cert,
         }
     }
 
@@ -72,6 +76,7 @@ impl PeerRecord {
             + self.claims.capacity() * std::mem::size_of::<AnnouncedClaim>()
             + self.subnets.capacity() * std::mem::size_of::<IpPrefix>()
             + self.neighbours.capacity() * std::mem::size_of::<Neighbour>()
+            + self.cert.capacity()
     }
 }
 
@@ -246,6 +251,7 @@ mod tests {
             claims: vec![],
             subnets: vec![],
             neighbours,
+            cert: vec![],
         }
     }
 

@@ -69,7 +69,27 @@ pub struct RouterConfig {
     pub reload: Option<super::PeerReload>,
     /// The bound local control socket (`weft connect` / `weft forget`).
     pub control: Option<std::os::unix::net::UnixListener>,
+    /// Networks with a CA: the certificates peers must present.
+    pub identity: Option<RouterIdentity>,
 }
+
+/// What a host with `--ca-cert` checks peers against.
+pub struct RouterIdentity {
+    /// The CA certificates and the revocation list in force.
+    pub trust: crate::identity::Trust,
+    /// `--revoked`: re-read when it changes and on SIGHUP.
+    pub revocation: Option<crate::identity::trust::RevocationFile>,
+    /// When this host's own certificate expires (Unix seconds): warned
+    /// about a week before, and when it happens (peers then refuse it).
+    pub own_not_after: u64,
+}
+
+/// How long before its end the own certificate's expiry is warned about.
+const OWN_CERT_WARNING: u64 = 7 * 86_400;
+
+/// How often the revocation file's time stamp and the certificates of
+/// connected peers are checked.
+const IDENTITY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Stream {
     stream: TcpStream,
@@ -83,6 +103,8 @@ struct Stream {
     /// The mesh node was told this connection is up.
     up: bool,
     counters: LinkCounters,
+    /// Networks with a CA: the certificate the peer presented.
+    cert: Option<Arc<crate::identity::Certificate>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -216,6 +238,12 @@ pub struct Router {
     gro_bufs: Vec<bytes::BytesMut>,
     gro_count: usize,
     gro_table: tun_rs::GROTable,
+    /// Networks with a CA: trust and the revocation file.
+    identity: Option<RouterIdentity>,
+    /// Next check of the revocation file and peers' certificates.
+    identity_check_at: Instant,
+    /// Warnings about this host's own certificate's end given so far (0-2).
+    own_cert_warnings: u8,
 }
 
 /// Most segments one TUN super-packet may be cut into (64 KiB at a small MSS).
@@ -251,6 +279,7 @@ impl Router {
         )?;
         let mut cfg = cfg;
         let fastdp = cfg.fastdp.take();
+        let identity = cfg.identity.take();
         if let Some(r) = &cfg.reload {
             r.signal.set_nonblocking(true)?;
             poll.registry().register(
@@ -349,6 +378,9 @@ impl Router {
             control,
             fastdp,
             fastdp_actions: Vec::new(),
+            identity,
+            identity_check_at: now,
+            own_cert_warnings: 0,
         };
         for target in router.cfg.peers.clone() {
             if let PeerTarget::Name { .. } = target {
@@ -829,6 +861,16 @@ impl Router {
             SessionOwner::E2e(peer) => Some(peer),
         };
         let table = self.fwd.load();
+        // Bridge mode with a CA: the source MACs the sender's certificate
+        // allows (`None`: any).
+        let allowed_macs = match (&self.identity, &self.l2, owner) {
+            (Some(_), Some(_), SessionOwner::Link(token)) => {
+                self.streams.get(&token).and_then(|s| s.cert.clone())
+            }
+            (Some(_), Some(_), SessionOwner::E2e(peer)) => self.mesh.certificate(&peer).cloned(),
+            _ => None,
+        }
+        .filter(|c| c.body.macs != crate::identity::MacPolicy::Any);
         let plaintext = &self.buf[range];
         for record in sleeve::Records::new(plaintext) {
             let Ok(record) = record else {
@@ -838,6 +880,17 @@ impl Router {
             if record.vni != self.cfg.vni {
                 self.drops.bad_record += 1;
                 continue;
+            }
+            if let Some(cert) = &allowed_macs {
+                let covered = crate::wire::ethernet::MacAddr::from_bytes(
+                    record.frame.get(6..).unwrap_or_default(),
+                )
+                .is_some_and(|m| cert.covers(&crate::mesh::Claim::Mac(m)));
+                if !covered {
+                    // A source MAC its certificate does not list.
+                    self.drops.spoofed_source += 1;
+                    continue;
+                }
             }
             let accepted = match self.l2.as_mut() {
                 // Counted by the switch (oversized, bad source) when refused.
@@ -1191,6 +1244,12 @@ impl Router {
     fn on_relayed_control(&mut self, relayed: crate::mesh::control::RelayedControl, now: Instant) {
         let to = PeerId(relayed.to);
         if to == self.mesh.id() {
+            // With a CA, only peers whose records carry a valid certificate
+            // are in the mesh (live): nobody else gets an end-to-end session.
+            if self.identity.is_some() && !self.mesh.is_live(&PeerId(relayed.from)) {
+                self.drops.control_rejected += 1;
+                return;
+            }
             match crate::mesh::e2e::E2eMessage::decode(&relayed.payload) {
                 // The handshake proves `from`: a neighbour that lies about
                 // it only makes the handshake fail.
@@ -1360,6 +1419,7 @@ impl Router {
                 dialed,
                 up: false,
                 counters: LinkCounters::default(),
+                cert: None,
             },
         );
         Some(token)
@@ -1528,6 +1588,9 @@ impl Router {
         hello: crate::mesh::control::Hello,
     ) {
         let now = Instant::now();
+        if !self.admit_peer_cert(token, &remote_static, &hello, now) {
+            return;
+        }
         let Some(s) = self.streams.get_mut(&token) else {
             return;
         };
@@ -1555,6 +1618,141 @@ impl Router {
             remote,
             now,
         );
+    }
+
+    /// Networks with a CA: whether the peer's hello carries a certificate
+    /// for the key the handshake authenticated that verifies now. If not,
+    /// both sides learn why (a log line here, a goodbye there) and the
+    /// connection closes before the mesh hears of it.
+    fn admit_peer_cert(
+        &mut self,
+        token: Token,
+        remote_static: &[u8; 32],
+        hello: &crate::mesh::control::Hello,
+        now: Instant,
+    ) -> bool {
+        let Some(identity) = &self.identity else {
+            return true;
+        };
+        use base64::Engine as _;
+        let bytes = match hello.cert.as_deref().map(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map_err(|_| crate::identity::CertRefusal::Malformed("not base64".into()))
+        }) {
+            None => None,
+            Some(Ok(b)) => Some(b),
+            Some(Err(e)) => return self.refuse_peer(token, remote_static, &e, now),
+        };
+        let unix_now = crate::identity::commands::unix_now();
+        match identity
+            .trust
+            .verify_peer(bytes.as_deref(), remote_static, unix_now)
+        {
+            Ok(cert) => {
+                tracing::info!(
+                    peer = %self.streams.get(&token).map_or_else(String::new, |s| s.peer_addr.to_string()),
+                    "peer certificate {} ({}) verified, valid until {}",
+                    cert.fingerprint().short(),
+                    crate::mesh::peer::untrusted_text(&cert.body.name),
+                    crate::identity::cert::utc_text(cert.body.not_after)
+                );
+                if let Some(s) = self.streams.get_mut(&token) {
+                    s.cert = Some(Arc::new(cert));
+                }
+                true
+            }
+            Err(e) => self.refuse_peer(token, remote_static, &e, now),
+        }
+    }
+
+    /// Closes a connection whose peer's certificate is refused; tells the
+    /// peer why. Returns false (for `admit_peer_cert`).
+    fn refuse_peer(
+        &mut self,
+        token: Token,
+        remote_static: &[u8; 32],
+        why: &crate::identity::CertRefusal,
+        now: Instant,
+    ) -> bool {
+        let addr = self
+            .streams
+            .get(&token)
+            .map_or_else(String::new, |s| s.peer_addr.to_string());
+        let reason = format!(
+            "peer {addr} (key {}) refused: {why}",
+            short_key(remote_static)
+        );
+        self.send_goodbye(
+            token,
+            &format!("{} refused this host: {why}", self.mesh.own_record().name),
+        );
+        self.close_stream(token, &reason, now);
+        false
+    }
+
+    /// Re-reads the revocation file if it changed (or `force`, on
+    /// SIGHUP) and hands the list to the mesh node and the link checks.
+    fn reload_revocations(&mut self, force: bool, now: Instant) {
+        let Some(identity) = self.identity.as_mut() else {
+            return;
+        };
+        let Some(file) = identity.revocation.as_mut() else {
+            return;
+        };
+        match file.reload(force) {
+            None => {}
+            Some(Err(e)) => tracing::warn!("{e}; the previous list stays in force"),
+            Some(Ok(list)) => {
+                tracing::info!(
+                    "revocation list {} read: {} revoked certificate(s)",
+                    file.path().display(),
+                    list.len()
+                );
+                let list = Arc::new(list);
+                identity.trust.set_revoked(list.clone());
+                self.mesh.set_revoked(list, now);
+                self.recheck_peer_certs(now);
+            }
+        }
+    }
+
+    /// Closes connections whose peer's certificate is no longer current
+    /// (revoked, expired) and tells the mesh node the time.
+    fn recheck_peer_certs(&mut self, now: Instant) {
+        if self.identity.is_none() {
+            return;
+        }
+        let unix_now = crate::identity::commands::unix_now();
+        self.mesh.set_wall_clock(unix_now, now);
+        if let Some(identity) = self.identity.as_ref() {
+            let end = identity.own_not_after;
+            let due = u8::from(unix_now.saturating_add(OWN_CERT_WARNING) >= end)
+                + u8::from(unix_now >= end);
+            if due > self.own_cert_warnings {
+                self.own_cert_warnings = due;
+                tracing::warn!(
+                    "this host's certificate {} {}: peers refuse it from then on; sign a new one and restart with it",
+                    if due == 2 { "expired" } else { "expires" },
+                    crate::identity::cert::utc_text(end)
+                );
+            }
+        }
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let failing: Vec<(Token, [u8; 32], crate::identity::CertRefusal)> = self
+            .streams
+            .iter()
+            .filter_map(|(t, s)| {
+                let cert = s.cert.as_ref()?;
+                let e = identity.trust.check_current(cert, unix_now).err()?;
+                Some((*t, cert.body.public_key, e))
+            })
+            .collect();
+        for (token, key, why) in failing {
+            self.refuse_peer(token, &key, &why, now);
+        }
     }
 
     /// Sets the device MTU to the smallest verified path MTU minus the
@@ -1681,6 +1879,7 @@ impl Router {
     /// SIGHUP: re-reads the peer list, dials peers that were added and
     /// says goodbye to peers that were removed; logs what changed.
     fn on_reload(&mut self, now: Instant) {
+        self.reload_revocations(true, now);
         let Some(reload) = self.cfg.reload.as_mut() else {
             return;
         };
@@ -1961,6 +2160,11 @@ impl Router {
     }
 
     fn run_timers(&mut self, now: Instant) {
+        if self.identity.is_some() && now >= self.identity_check_at {
+            self.identity_check_at = now + IDENTITY_CHECK_INTERVAL;
+            self.reload_revocations(false, now);
+            self.recheck_peer_certs(now);
+        }
         if let Some(switch) = self.l2.as_mut() {
             switch.tick(now);
         }
@@ -2086,7 +2290,9 @@ impl Router {
             _ => {}
         }
         match &event {
-            MeshEvent::ClaimConflict { .. } | MeshEvent::SubnetMismatch { .. } => {
+            MeshEvent::ClaimConflict { .. }
+            | MeshEvent::SubnetMismatch { .. }
+            | MeshEvent::ClaimRefused { .. } => {
                 tracing::error!("{}", self.describe(&event))
             }
             MeshEvent::ForwardingChanged { .. } => tracing::debug!("{event}"),
@@ -2381,10 +2587,21 @@ impl Router {
                 refused_claim: c.refused_claim.to_string(),
             })
             .collect();
+        let mut refused_claims: Vec<crate::api::mesh_status::RefusedClaimStatus> = self
+            .mesh
+            .refused_claims()
+            .map(|r| crate::api::mesh_status::RefusedClaimStatus {
+                peer: self.peer_label(&r.peer),
+                claim: r.claim.to_string(),
+                reason: r.reason.to_string(),
+            })
+            .collect();
+        refused_claims.sort_by(|a, b| (&a.peer, &a.claim).cmp(&(&b.peer, &b.claim)));
         let stats = self.mesh.stats();
         MeshStatus {
             peers,
             conflicts,
+            refused_claims,
             gossip_messages: stats.messages,
             gossip_bytes: stats.bytes,
         }

@@ -8,7 +8,7 @@ pub mod l2;
 pub mod plain;
 pub mod sleeve_batch;
 
-pub use event_loop::{Router, RouterConfig};
+pub use event_loop::{Router, RouterConfig, RouterIdentity};
 
 /// SIGHUP: re-read the configured peer list.
 pub struct PeerReload {

@@ -47,6 +47,49 @@ fn gossip_like_bytes() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A valid signed certificate, then flipped bytes, a cut or a tail:
+/// random bytes almost never get past the version byte.
+fn cert_like_bytes() -> impl Strategy<Value = Vec<u8>> {
+    use crate::identity::cert::{CertBody, Certificate, InterfaceAddr, MacPolicy};
+    (
+        proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        proptest::option::of(any::<usize>()),
+        proptest::collection::vec(any::<u8>(), 0..8),
+        any::<bool>(),
+    )
+        .prop_map(|(flips, cut, tail, any_mac)| {
+            let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[9; 32]).unwrap();
+            let body = CertBody {
+                is_ca: false,
+                name: "host".into(),
+                public_key: [7; 32],
+                not_before: 1,
+                not_after: 2,
+                issuer: crate::identity::Fingerprint([1; 32]),
+                overlay: vec![InterfaceAddr {
+                    addr: "10.40.0.1".parse().unwrap(),
+                    len: 16,
+                }],
+                subnets: vec!["fd00::/64".parse().unwrap()],
+                macs: if any_mac {
+                    MacPolicy::Any
+                } else {
+                    MacPolicy::List(vec![crate::wire::ethernet::MacAddr([2, 0, 0, 0, 0, 1])])
+                },
+            };
+            let mut bytes = Certificate::sign(body, &key).encoded().to_vec();
+            for (at, x) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= x;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c % (bytes.len() + 1));
+            }
+            bytes.extend_from_slice(&tail);
+            bytes
+        })
+}
+
 /// Bytes that start like a relay plaintext around a valid inner sleeve
 /// header (random bytes almost never get past the inner header check),
 /// sometimes with records behind the peer id as a broadcast carries them.
@@ -82,6 +125,11 @@ proptest! {
     #[test]
     fn relay_parser_total_on_relay_like_bytes(bytes in relay_like_bytes()) {
         totality::exercise_relay(&bytes);
+    }
+
+    #[test]
+    fn cert_parser_total_on_cert_like_bytes(bytes in cert_like_bytes()) {
+        totality::exercise_cert(&bytes);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! RECORDS  := count:u16 count*record
 //! record   := id version:u64 name_len:u8 name
 //!             n:u8 n*endpoint  n:u8 n*claim  n:u8 n*subnet  n:u16 n*neighbour
+//!             cert_len:u16 cert                    (0: none; at most MAX_CERT_LEN)
 //! endpoint := family:u8(4|6) addr:16 port:u16          (19 bytes)
 //! claim    := kind:u8(1 ipv4|2 ipv6|3 mac) len:u8 addr:16 lamport:u64   (26 bytes)
 //! subnet   := kind:u8(1|2) len:u8 addr:16              (18 bytes)
@@ -22,6 +23,7 @@
 //! count in the input (the bytes must be there first).
 
 use super::{Result, WireError};
+pub use crate::identity::MAX_CERT_LEN;
 use crate::mesh::claims::{AnnouncedClaim, Claim, IpPrefix};
 use crate::mesh::peer::{Neighbour, PeerId, MAX_NAME_LEN, PEER_ID_LEN};
 use crate::wire::ethernet::MacAddr;
@@ -144,6 +146,7 @@ pub struct RecordView<'a> {
     claims: &'a [u8],
     subnets: &'a [u8],
     neighbours: &'a [u8],
+    cert: &'a [u8],
 }
 
 /// Takes `n` bytes off the front of `rest`.
@@ -262,6 +265,11 @@ impl<'a> RecordView<'a> {
         }
         let n = usize::from(take_u16(&mut rest)?);
         let neighbours = take(&mut rest, n * NEIGHBOUR_LEN)?;
+        let n = usize::from(take_u16(&mut rest)?);
+        if n > MAX_CERT_LEN {
+            return Err(WireError::Malformed);
+        }
+        let cert = take(&mut rest, n)?;
         let used = bytes.len() - rest.len();
         Ok((
             RecordView {
@@ -272,6 +280,7 @@ impl<'a> RecordView<'a> {
                 claims,
                 subnets,
                 neighbours,
+                cert,
             },
             used,
         ))
@@ -319,6 +328,12 @@ impl<'a> RecordView<'a> {
                 peer: id_at(n),
                 data_path: n[ID] & 1 != 0,
             })
+    }
+
+    /// The peer's encoded network certificate (empty: none). Unverified:
+    /// see `identity::Trust`.
+    pub fn cert(&self) -> &'a [u8] {
+        self.cert
     }
 }
 
@@ -444,6 +459,9 @@ pub struct RecordRepr<'a> {
     pub subnets: &'a [IpPrefix],
     /// Connections (at most 65535 are sent).
     pub neighbours: &'a [Neighbour],
+    /// The encoded certificate (empty: none; one longer than
+    /// [`MAX_CERT_LEN`] is not sent).
+    pub cert: &'a [u8],
 }
 
 fn put_addr16(out: &mut Vec<u8>, addr: &IpAddr) {
@@ -469,6 +487,16 @@ impl RecordRepr<'_> {
             + self.subnets.len().min(255) * SUBNET_LEN
             + 2
             + self.neighbours.len().min(65535) * NEIGHBOUR_LEN
+            + 2
+            + self.sent_cert().len()
+    }
+
+    fn sent_cert(&self) -> &[u8] {
+        if self.cert.len() > MAX_CERT_LEN {
+            &[]
+        } else {
+            self.cert
+        }
     }
 
     /// Appends the record.
@@ -515,6 +543,9 @@ impl RecordRepr<'_> {
             out.extend_from_slice(n.peer.as_bytes());
             out.push(u8::from(n.data_path));
         }
+        let cert = self.sent_cert();
+        out.extend_from_slice(&(cert.len() as u16).to_be_bytes());
+        out.extend_from_slice(cert);
     }
 }
 
@@ -626,6 +657,7 @@ mod tests {
             claims: &claims,
             subnets: &subnets,
             neighbours: &neighbours,
+            cert: b"certificate bytes",
         };
         let mut out = vec![];
         emit_records_header(&mut out, 2);

@@ -33,6 +33,7 @@ pub fn exercise_all(bytes: &[u8]) {
     exercise_gossip(bytes);
     exercise_relay(bytes);
     exercise_overhead(bytes);
+    exercise_cert(bytes);
 }
 
 /// The fast checksum must equal the plain RFC 1071 loop.
@@ -558,4 +559,32 @@ pub fn exercise_relay(bytes: &[u8]) {
         exercise_records(packet.payload());
         let _ = packet.records().count();
     }
+}
+
+/// Network certificates: parse; a parsed certificate re-encodes to the
+/// input bytes (the encoding is canonical), and verifying, covering and
+/// showing it never panic.
+pub fn exercise_cert(bytes: &[u8]) {
+    use crate::identity::{Certificate, Trust};
+    let Ok(cert) = Certificate::parse(bytes) else {
+        return;
+    };
+    let mut again = cert.body.encode();
+    again.extend_from_slice(&cert.signature);
+    assert_eq!(again, bytes, "certificate re-encodes differently");
+    assert_eq!(cert.signed_bytes().len() + 64, bytes.len());
+    let _ = cert.fingerprint().to_string();
+    let _ = crate::identity::cert::utc_text(cert.body.not_before);
+    let _ = crate::identity::cert::utc_text(cert.body.not_after);
+    let _ = cert.signed_by(&cert.body.public_key);
+    for o in &cert.body.overlay {
+        let _ = cert.covers(&crate::mesh::claims::Claim::Ip(
+            crate::mesh::claims::IpPrefix::host(o.addr),
+        ));
+    }
+    if let Ok(trust) = Trust::new(vec![cert.clone()]) {
+        let _ = trust.authenticate(bytes);
+        let _ = trust.check_current(&cert, cert.body.not_before);
+    }
+    let _ = Certificate::from_armored(&cert.to_armored()).expect("armor round trip");
 }

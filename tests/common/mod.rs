@@ -15,6 +15,8 @@
 
 #![allow(dead_code)]
 
+pub mod switched;
+
 use serde_json::Value;
 use std::fs;
 use std::io::{Read, Write};
