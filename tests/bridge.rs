@@ -27,7 +27,17 @@ struct TwoHosts {
 /// h1 attaches to a bridge the test made beforehand; h2 lets weft create one.
 /// `extra_args` go to both weft launches.
 fn two_hosts(tag: &str, extra_config: &str, extra_args: &str) -> TwoHosts {
-    let net = Underlay::new(tag);
+    two_hosts_with(Underlay::new(tag), extra_config, extra_args, ["", ""])
+}
+
+/// [`two_hosts`] on an underlay made beforehand, with `own_args[i]` going
+/// to host i+1 only.
+fn two_hosts_with(
+    net: Underlay,
+    extra_config: &str,
+    extra_args: &str,
+    own_args: [&str; 2],
+) -> TwoHosts {
     let secret = write_file(
         &format!("{}-secret", net.h1.name),
         "bridge-test-secret-0123456789abcdef\n",
@@ -46,11 +56,14 @@ fn two_hosts(tag: &str, extra_config: &str, extra_args: &str) -> TwoHosts {
     );
     let w1 = Weft::start(
         &net.h1,
-        &format!("--bridge {bridge1} --overlay 10.50.0.1/16 --listen 198.18.0.1:6783 --peer 198.18.0.2:6783 {common}"),
+        &format!("--bridge {bridge1} --overlay 10.50.0.1/16 --listen 198.18.0.1:6783 --peer 198.18.0.2:6783 {common} {}", own_args[0]),
     );
     let w2 = Weft::start(
         &net.h2,
-        &format!("--bridge {bridge2} --overlay 10.50.0.2/16 --listen 198.18.0.2:6783 {common}"),
+        &format!(
+            "--bridge {bridge2} --overlay 10.50.0.2/16 --listen 198.18.0.2:6783 {common} {}",
+            own_args[1]
+        ),
     );
     assert!(
         wait_for(Duration::from_secs(10), || (link_exists(&net.h2, &bridge2)
@@ -317,6 +330,84 @@ fn a_peer_sending_from_many_source_macs_only_evicts_its_own() {
     assert!(ping(&t.c11, &t.c12.ip));
     assert!(ping(&t.c11, &t.c21.ip));
     assert!(ping(&t.c12, &t.c22.ip));
+}
+
+/// Runs `weft ARGS` outside any namespace (key and certificate files).
+fn weft_ok(args: &str) -> String {
+    let out = std::process::Command::new(weft_bin())
+        .args(args.split_whitespace())
+        .output()
+        .expect("run weft");
+    assert!(out.status.success(), "weft {args}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn with_a_ca_frames_from_macs_the_senders_certificate_does_not_list_are_dropped() {
+    let net = Underlay::new("l2c");
+    let dir = std::env::temp_dir().join(format!("{}-certs", net.h1.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    weft_ok(&format!(
+        "ca new --name l2-net --key {d}/ca.key --cert {d}/ca.crt"
+    ));
+    weft_ok(&format!("keygen {d}/h1.key"));
+    weft_ok(&format!("keygen {d}/h2.key"));
+    let sign = format!("cert sign --ca-key {d}/ca.key --ca-cert {d}/ca.crt");
+    weft_ok(&format!(
+        "{sign} --name h1 --key-file {d}/h1.key --overlay 10.50.0.1/16 --any-mac --out {d}/h1.crt"
+    ));
+    // h2 may send only from its two containers' MACs.
+    weft_ok(&format!("{sign} --name h2 --key-file {d}/h2.key --overlay 10.50.0.2/16 --mac 02:00:00:00:02:21 --mac 02:00:00:00:02:22 --out {d}/h2.crt"));
+    let t = two_hosts_with(
+        net,
+        "",
+        &format!("--ca-cert {d}/ca.crt"),
+        [
+            &format!("--key-file {d}/h1.key --cert {d}/h1.crt"),
+            &format!("--key-file {d}/h2.key --cert {d}/h2.crt"),
+        ],
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(wait_for(Duration::from_secs(5), || ping(&t.c11, &t.c21.ip)
+            .then_some(()))
+        .is_some());
+        let before = stat(&t.net.h1, "/dropped/spoofed_source");
+        // c22 sends 20 broadcast frames from a MAC h2's certificate does not list.
+        let frames: Vec<Vec<u8>> = (0..20u8)
+            .map(|i| {
+                let mut f = vec![0xffu8; 6];
+                f.extend_from_slice(&[0x02, 0xbb, 0, 0, 0, i]);
+                f.extend_from_slice(&[0x88, 0xb5]);
+                f.resize(60, 0);
+                f
+            })
+            .collect();
+        t.c22.send_frames(frames);
+        let dropped = wait_for(Duration::from_secs(5), || {
+            let n = stat(&t.net.h1, "/dropped/spoofed_source");
+            (n >= before + 20).then_some(n)
+        });
+        assert!(
+            dropped.is_some(),
+            "h1 did not drop the frames: {:?}",
+            status(&t.net.h1).and_then(|s| s.get("dropped").cloned())
+        );
+        // None of them was learned (two local containers, two behind h2);
+        // the listed MACs still work both ways.
+        let l2 = status(&t.net.h1).and_then(|s| s.get("l2").cloned());
+        assert!(
+            stat(&t.net.h1, "/l2/counters/fdb_entries") <= 4,
+            "l2: {l2:?}"
+        );
+        assert!(ping(&t.c12, &t.c22.ip), "l2: {l2:?}");
+        assert!(ping(&t.c21, &t.c11.ip));
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
 }
 
 #[test]
