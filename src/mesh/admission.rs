@@ -30,7 +30,10 @@
 //! 3. **Rate.** A token bucket per source address ([`HANDSHAKES_PER_SECOND`]
 //!    with a burst of [`HANDSHAKE_BURST`], WireGuard's kernel numbers) is
 //!    charged only by a message 1 that passed the checks above, i.e. by
-//!    every message 2 this host is about to compute. IPv6 sources are
+//!    every message 2 this host is about to compute. While a source's
+//!    bucket is empty its new connections are refused at accept, before
+//!    a handshake state is built or a byte read: under a flood that is
+//!    where the work goes (see perf/handshake-flood). IPv6 sources are
 //!    bucketed by /64, as WireGuard does, since one host owns a whole /64.
 //! 4. **Totals.** Connections still in their handshake are bounded per
 //!    source ([`MAX_PENDING_PER_SOURCE`]) and in total
@@ -232,14 +235,18 @@ pub enum ConnectionVerdict {
 
 /// Decides on a new inbound connection from its source's and all pending
 /// (not yet authenticated inbound) connections; `idle_pending`: whether one
-/// of those has not sent message 1 yet (it can be evicted).
+/// of those has not sent message 1 yet (it can be evicted);
+/// `source_exhausted`: [`Admission::source_exhausted`].
 pub fn judge_connection(
     pending_from_source: usize,
     pending_total: usize,
     idle_pending: bool,
+    source_exhausted: bool,
 ) -> ConnectionVerdict {
     if pending_from_source >= MAX_PENDING_PER_SOURCE {
         ConnectionVerdict::Refuse(Refusal::PerSource)
+    } else if source_exhausted {
+        ConnectionVerdict::Refuse(Refusal::RateLimited)
     } else if pending_total < MAX_PENDING_TOTAL {
         ConnectionVerdict::Accept
     } else if idle_pending {
@@ -346,6 +353,18 @@ impl Admission {
         // Kept until the timestamp can no longer pass the window check.
         self.seen.insert(*ephemeral, sent + FRESHNESS_WINDOW);
         Ok(())
+    }
+
+    /// Whether `source`'s bucket has no token now: any message 1 it sends
+    /// would be refused, so its connection can be refused at accept,
+    /// before this host even builds a handshake state for it (which costs
+    /// a scalar multiplication in `snow`) or reads a byte. Does not charge.
+    pub fn source_exhausted(&self, source: IpAddr, now: Instant) -> bool {
+        self.buckets.get(&source_key(source)).is_some_and(|b| {
+            let mut b = *b;
+            b.refill(now);
+            b.credit_nanos < NANOS_PER_TOKEN
+        })
     }
 
     fn take_token(&mut self, key: IpAddr, now: Instant) -> Result<(), Refusal> {
@@ -502,6 +521,9 @@ mod tests {
             assert_eq!(try_at(&mut a, t0), Ok(()));
         }
         assert_eq!(try_at(&mut a, t0), Err(Refusal::RateLimited));
+        assert!(a.source_exhausted(ip(1), t0));
+        assert!(!a.source_exhausted(ip(2), t0), "no bucket yet: a full one");
+        assert!(!a.source_exhausted(ip(1), t0 + Duration::from_millis(50)));
         // One token comes back every 50 ms.
         assert_eq!(
             try_at(&mut a, t0 + Duration::from_millis(49)),
@@ -651,21 +673,23 @@ mod tests {
     #[test]
     fn connection_verdicts() {
         use ConnectionVerdict::*;
-        assert_eq!(judge_connection(0, 0, false), Accept);
+        let per_source = MAX_PENDING_PER_SOURCE;
+        assert_eq!(judge_connection(0, 0, false, false), Accept);
+        assert_eq!(judge_connection(per_source - 1, 10, false, false), Accept);
         assert_eq!(
-            judge_connection(MAX_PENDING_PER_SOURCE - 1, 10, false),
-            Accept
-        );
-        assert_eq!(
-            judge_connection(MAX_PENDING_PER_SOURCE, 10, true),
+            judge_connection(per_source, 10, true, true),
             Refuse(Refusal::PerSource)
         );
         assert_eq!(
-            judge_connection(0, MAX_PENDING_TOTAL, true),
+            judge_connection(1, 10, true, true),
+            Refuse(Refusal::RateLimited)
+        );
+        assert_eq!(
+            judge_connection(0, MAX_PENDING_TOTAL, true, false),
             AcceptEvictingIdle
         );
         assert_eq!(
-            judge_connection(0, MAX_PENDING_TOTAL, false),
+            judge_connection(0, MAX_PENDING_TOTAL, false, false),
             Refuse(Refusal::Busy)
         );
     }

@@ -1367,7 +1367,8 @@ impl Router {
                 oldest_idle = Some((s.connect_started, *token));
             }
         }
-        match admission::judge_connection(from_source, total, oldest_idle.is_some()) {
+        let exhausted = self.admission.source_exhausted(addr.ip(), now);
+        match admission::judge_connection(from_source, total, oldest_idle.is_some(), exhausted) {
             ConnectionVerdict::Accept => true,
             ConnectionVerdict::AcceptEvictingIdle => {
                 if let Some((_, idle)) = oldest_idle {
