@@ -378,9 +378,12 @@ fn path_mtu_is_verified_after_establishment() {
 /// Wall-clock time of the simulations (since the Unix epoch).
 const WALL: Duration = Duration::from_secs(1_790_000_000);
 
+/// What an inbound link asked the router to check about message 1.
+type FirstMessage = ([u8; 32], Option<Timestamp>);
+
 /// Drains a link's outputs: the control bytes it wrote, the first-message
 /// check it asked for, and whether it closed.
-fn outputs_of(link: &mut Link) -> (Vec<u8>, Option<([u8; 32], Option<Timestamp>)>, bool) {
+fn outputs_of(link: &mut Link) -> (Vec<u8>, Option<FirstMessage>, bool) {
     let (mut bytes, mut first, mut closed) = (Vec::new(), None, false);
     while let Some(out) = link.poll_output() {
         match out {

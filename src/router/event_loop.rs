@@ -1362,7 +1362,8 @@ impl Router {
             if admission::source_key(s.peer_addr.ip()) == source {
                 from_source += 1;
             }
-            if l.awaiting_first_message() && oldest_idle.is_none_or(|(t, _)| s.connect_started < t)
+            if l.awaiting_first_message()
+                && oldest_idle.map_or(true, |(t, _)| s.connect_started < t)
             {
                 oldest_idle = Some((s.connect_started, *token));
             }
@@ -2763,6 +2764,21 @@ fn destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The wall-clock time (since the Unix epoch) for handshake timestamps.
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Makes closing `stream` send a reset instead of a FIN: a refused
+/// connection then leaves no TIME_WAIT socket behind on this host (a flood
+/// of them would otherwise pile up for a minute each), and the other end
+/// still gets no byte.
+fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2780,19 +2796,4 @@ mod tests {
         let sent = (0..100).filter(|_| limit.allow(later)).count();
         assert_eq!(sent, UnreachableLimit::BURST as usize);
     }
-}
-
-/// The wall-clock time (since the Unix epoch) for handshake timestamps.
-fn wall_clock() -> Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
-/// Makes closing `stream` send a reset instead of a FIN: a refused
-/// connection then leaves no TIME_WAIT socket behind on this host (a flood
-/// of them would otherwise pile up for a minute each), and the other end
-/// still gets no byte.
-fn reset_on_close(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
