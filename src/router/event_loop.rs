@@ -38,6 +38,9 @@ const FIRST_STREAM: usize = 16;
 
 /// The replay memory and idle token buckets are pruned this often.
 const ADMISSION_PRUNE_INTERVAL: Duration = Duration::from_secs(5);
+/// A stale first handshake message (a replay, or a peer whose clock is off)
+/// is logged at most this often; every one is counted.
+const STALE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// A TCP connect that takes longer than this has failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the status snapshot is refreshed.
@@ -192,6 +195,9 @@ pub struct Router {
     /// Who may make this host do handshake work (buckets, replay memory).
     admission: Admission,
     last_admission_prune: Instant,
+    /// When a stale message 1 was last logged (at most one line per
+    /// [`STALE_LOG_INTERVAL`]; each is counted).
+    last_stale_log: Option<Instant>,
     snapshot: Arc<Mutex<Status>>,
     started: Instant,
     last_status: Instant,
@@ -324,6 +330,7 @@ impl Router {
             drops: DropCounters::default(),
             admission: Admission::new(),
             last_admission_prune: now,
+            last_stale_log: None,
             snapshot,
             started: now,
             last_status: now - STATUS_INTERVAL,
@@ -1562,6 +1569,19 @@ impl Router {
                             }
                         }
                         Err(refusal) => {
+                            if refusal == Refusal::Stale
+                                && self
+                                    .last_stale_log
+                                    .map_or(true, |t| now.duration_since(t) >= STALE_LOG_INTERVAL)
+                            {
+                                self.last_stale_log = Some(now);
+                                tracing::warn!(
+                                    peer = %source,
+                                    "refused a first handshake message without a fresh timestamp: a replay, or this host's clock and the peer's differ by more than {} s (run NTP on both); counted as control_stale, logged at most every {} s",
+                                    admission::FRESHNESS_WINDOW.as_secs(),
+                                    STALE_LOG_INTERVAL.as_secs()
+                                );
+                            }
                             self.refuse_stream(token, refusal, now);
                             return;
                         }
