@@ -30,6 +30,63 @@ pub struct DropCounters {
     /// peer does not own (TUN mode): spoofing, or a misconfigured host.
     #[serde(default)]
     pub spoofed_source: u64,
+    /// Inbound control connections refused, by reason, before any
+    /// handshake work or reply (see `mesh::admission`).
+    #[serde(flatten)]
+    pub refused: ControlRefusals,
+}
+
+/// Inbound control connections refused by admission control, by reason.
+/// None of these got a byte back (a backlog close aside: that peer had
+/// authenticated and stopped reading).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlRefusals {
+    /// Too many handshakes in progress from the same address.
+    #[serde(default)]
+    pub control_per_source: u64,
+    /// Too many handshakes in progress in total (or the replay memory was
+    /// full); includes idle connections closed to make room.
+    #[serde(default)]
+    pub control_busy: u64,
+    /// The source address exceeded its handshake token bucket.
+    #[serde(default)]
+    pub control_rate_limited: u64,
+    /// Message 1 without a timestamp within the freshness window.
+    #[serde(default)]
+    pub control_stale: u64,
+    /// Message 1 replayed (its ephemeral key was seen before).
+    #[serde(default)]
+    pub control_replayed: u64,
+    /// The bound on authenticated connections was reached.
+    #[serde(default)]
+    pub control_peer_limit: u64,
+    /// No message 1 within the deadline.
+    #[serde(default)]
+    pub control_slow: u64,
+    /// A peer let too many unsent bytes pile up (it does not read).
+    #[serde(default)]
+    pub control_backlog: u64,
+}
+
+impl ControlRefusals {
+    /// Name and count of each reason, for the text and metrics renderings.
+    pub fn reasons(&self) -> [(&'static str, u64); 8] {
+        [
+            ("per-source", self.control_per_source),
+            ("busy", self.control_busy),
+            ("rate-limited", self.control_rate_limited),
+            ("stale", self.control_stale),
+            ("replayed", self.control_replayed),
+            ("peer-limit", self.control_peer_limit),
+            ("slow", self.control_slow),
+            ("backlog", self.control_backlog),
+        ]
+    }
+
+    /// All refusals.
+    pub fn total(&self) -> u64 {
+        self.reasons().iter().map(|(_, n)| n).sum()
+    }
 }
 
 impl DropCounters {
@@ -248,6 +305,15 @@ impl Status {
             "        Dropped: malformed={} unknown-session={} auth={} replay={} bad-record={} spoofed-source={} no-route={} too-big={} control-rejected={} send-errors={}\n",
             d.malformed, d.unknown_session, d.authentication, d.replay, d.bad_record, d.spoofed_source, d.no_route, d.too_big, d.control_rejected, d.send_errors
         ));
+        let r = &d.refused;
+        if r.total() > 0 {
+            let reasons: Vec<String> = r
+                .reasons()
+                .iter()
+                .map(|(name, n)| format!("{name}={n}"))
+                .collect();
+            out.push_str(&format!("        Refused: {}\n", reasons.join(" ")));
+        }
         if let Some(l2) = &self.l2 {
             out.push_str(&l2.render_text());
         }
@@ -340,6 +406,14 @@ impl Status {
             ("control_rejected", d.control_rejected),
             ("send_error", d.send_errors),
             ("too_big", d.too_big),
+            ("control_per_source", d.refused.control_per_source),
+            ("control_busy", d.refused.control_busy),
+            ("control_rate_limited", d.refused.control_rate_limited),
+            ("control_stale", d.refused.control_stale),
+            ("control_replayed", d.refused.control_replayed),
+            ("control_peer_limit", d.refused.control_peer_limit),
+            ("control_slow", d.refused.control_slow),
+            ("control_backlog", d.refused.control_backlog),
         ] {
             dropped
                 .get_or_create(&vec![("reason".into(), reason.into())])

@@ -5,6 +5,7 @@
 //! write, datagrams to send, sessions to install, and a reason when the
 //! connection must close. Nothing in here does I/O or reads the clock.
 
+use super::admission::Timestamp;
 use super::control::{
     self, negotiate_cipher, ControlMessage, Hello, RelayedControl, PROTOCOL_VERSION,
 };
@@ -173,6 +174,17 @@ pub enum Output {
     /// The peer acknowledged fast-datapath heartbeat `seq` (it arrived
     /// through the peer's VXLAN vport).
     FastdpAck(u64),
+    /// An inbound link read an authentic message 1 and waits: the router
+    /// checks it with [`super::admission::Admission`] and then calls
+    /// [`Link::admit`] (which writes message 2, the expensive step) or
+    /// [`Link::refuse`] (which closes without a byte).
+    FirstMessage {
+        /// The initiator's ephemeral public key (message 1's first 32 bytes).
+        ephemeral: [u8; 32],
+        /// The timestamp in message 1's payload; `None` if the payload was
+        /// not one.
+        timestamp: Option<Timestamp>,
+    },
     /// Close the connection; the link is dead.
     Close(String),
 }
@@ -214,6 +226,13 @@ pub struct Link {
     heartbeat_seq: u32,
     rtt: Option<Duration>,
     pmtu: PmtuSearch,
+    /// Wall-clock time (since the Unix epoch) at creation: an outbound
+    /// link's message-1 timestamp.
+    wall_at_start: Duration,
+    /// Inbound: message 1 arrived.
+    first_message_seen: bool,
+    /// Inbound: message 1 was read and waits for [`Link::admit`].
+    awaiting_admission: bool,
 }
 
 fn random_index() -> u32 {
@@ -225,12 +244,14 @@ fn random_index() -> u32 {
 
 impl Link {
     /// A link for a fresh TCP connection. An outbound link writes the first
-    /// handshake message at once.
+    /// handshake message at once, with `wall` (the time since the Unix
+    /// epoch) as its timestamp.
     pub fn new(
         direction: Direction,
         tcp_peer: SocketAddr,
         cfg: Arc<LinkConfig>,
         now: Instant,
+        wall: Duration,
     ) -> Link {
         let mut link = Link {
             direction,
@@ -262,6 +283,9 @@ impl Link {
             rtt: None,
             pmtu: PmtuSearch::new(floor(&cfg), cfg.underlay_mtu),
             cfg,
+            wall_at_start: wall,
+            first_message_seen: false,
+            awaiting_admission: false,
         };
         let started = match direction {
             Direction::Outbound => Handshake::initiator(&link.cfg.key, &link.cfg.secret),
@@ -404,10 +428,11 @@ impl Link {
     /// The TCP connection closed or failed underneath.
     pub fn on_control_closed(&mut self, reason: &str) {
         if self.handshake.is_some() && self.direction == Direction::Outbound {
-            // A responder that cannot authenticate our first message just
-            // closes: the one reason that happens between weft hosts.
+            // A responder that cannot authenticate our first message, or
+            // finds its timestamp stale, just closes.
             return self.fail(format!(
-                "{reason} during the handshake: the peer probably uses a different network secret (compare --secret-file on both hosts)"
+                "{reason} during the handshake: the peer probably uses a different network secret (compare --secret-file on both hosts), or its clock differs from this host's by more than {} s (run NTP on both)",
+                super::admission::FRESHNESS_WINDOW.as_secs()
             ));
         }
         self.fail(reason.to_string());
@@ -449,11 +474,37 @@ impl Link {
         }
     }
 
+    /// Whether this inbound link still waits for message 1 (for the
+    /// router's [`super::admission::FIRST_MESSAGE_DEADLINE`]).
+    pub fn awaiting_first_message(&self) -> bool {
+        self.direction == Direction::Inbound && self.handshake.is_some() && !self.first_message_seen
+    }
+
+    /// The router admitted message 1: write message 2.
+    pub fn admit(&mut self) {
+        if self.awaiting_admission && !self.is_closed() {
+            self.awaiting_admission = false;
+            self.write_handshake();
+        }
+    }
+
+    /// The router refused message 1: close without sending anything.
+    pub fn refuse(&mut self, reason: &str) {
+        self.awaiting_admission = false;
+        self.fail(reason.to_string());
+    }
+
     fn write_handshake(&mut self) {
         let Some(hs) = self.handshake.as_mut() else {
             return;
         };
-        match hs.write(&[]) {
+        // Message 1 carries the initiator's timestamp (encrypted under the
+        // network secret by psk0), checked by the responder against replay.
+        let first = self.direction == Direction::Outbound && !self.first_message_seen;
+        let timestamp = Timestamp::from_wall(self.wall_at_start);
+        let payload: &[u8] = if first { timestamp.as_bytes() } else { &[] };
+        self.first_message_seen = true;
+        match hs.write(payload) {
             Ok(msg) => {
                 let mut out = Vec::with_capacity(msg.len() + 2);
                 control::push_frame(&mut out, &msg);
@@ -532,8 +583,32 @@ impl Link {
 
     fn on_frame(&mut self, body: &[u8], now: Instant) {
         if let Some(hs) = self.handshake.as_mut() {
-            if let Err(e) = hs.read(body) {
-                self.fail(format!("handshake with {} failed: {e}", self.tcp_peer));
+            if self.awaiting_admission {
+                // An initiator waits for message 2 before it sends more.
+                return self.fail(format!(
+                    "{} spoke out of turn in the handshake",
+                    self.tcp_peer
+                ));
+            }
+            let payload = match hs.read(body) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(format!("handshake with {} failed: {e}", self.tcp_peer));
+                    return;
+                }
+            };
+            if self.direction == Direction::Inbound && !self.first_message_seen {
+                self.first_message_seen = true;
+                // psk0 XX message 1 is `e` in clear, then the payload.
+                let Some(ephemeral) = body.get(..32).and_then(|e| <[u8; 32]>::try_from(e).ok())
+                else {
+                    return self.fail("first handshake message too short".into());
+                };
+                self.awaiting_admission = true;
+                self.outputs.push_back(Output::FirstMessage {
+                    ephemeral,
+                    timestamp: Timestamp::parse(&payload),
+                });
                 return;
             }
             if self

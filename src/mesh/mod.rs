@@ -7,6 +7,7 @@
 //! random generator: time, randomness and events come in as arguments.
 //! See [`node`] for the gossip design and why it does not use a SWIM crate.
 
+pub mod admission;
 pub mod backoff;
 pub mod claims;
 pub mod control;

@@ -1,6 +1,7 @@
 //! Two links wired back to back in memory: the whole control protocol
 //! (handshake, hellos, heartbeats, rekey, failures) without sockets.
 
+use super::admission::{Admission, Refusal, Timestamp};
 use super::control::{CipherChoice, Hello, LocalDevice, PROTOCOL_VERSION};
 use super::link::{Direction, Link, LinkConfig, LinkState, Output, Timers};
 use crate::noise::{NetworkSecret, Session, StaticKey};
@@ -109,6 +110,7 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool
             }
             Output::DataPathDown(r) => from.data_path_down = Some(r),
             Output::Gossip(_) | Output::Relay(_) => {}
+            Output::FirstMessage { .. } => from.link.admit(),
             Output::Close(r) => {
                 from.closed = Some(r);
                 to.link.on_control_closed("peer closed");
@@ -147,8 +149,11 @@ fn sides(ca: Arc<LinkConfig>, cb: Arc<LinkConfig>, now: Instant) -> (Side, Side)
         data_path_down: None,
     };
     (
-        mk(Link::new(Direction::Outbound, b_addr, ca, now), a_addr),
-        mk(Link::new(Direction::Inbound, a_addr, cb, now), b_addr),
+        mk(
+            Link::new(Direction::Outbound, b_addr, ca, now, WALL),
+            a_addr,
+        ),
+        mk(Link::new(Direction::Inbound, a_addr, cb, now, WALL), b_addr),
     )
 }
 
@@ -369,4 +374,83 @@ fn path_mtu_is_verified_after_establishment() {
     assert_eq!(a.link.path_mtu(), Some(1500));
     // The probe's UDP payload plus UDP and IPv4 headers is exactly the MTU.
     assert_eq!(a.probes, vec![1500 - 28]);
+}
+
+/// Wall-clock time of the simulations (since the Unix epoch).
+const WALL: Duration = Duration::from_secs(1_790_000_000);
+
+/// What an inbound link asked the router to check about message 1.
+type FirstMessage = ([u8; 32], Option<Timestamp>);
+
+/// Drains a link's outputs: the control bytes it wrote, the first-message
+/// check it asked for, and whether it closed.
+fn outputs_of(link: &mut Link) -> (Vec<u8>, Option<FirstMessage>, bool) {
+    let (mut bytes, mut first, mut closed) = (Vec::new(), None, false);
+    while let Some(out) = link.poll_output() {
+        match out {
+            Output::Control(b) => bytes.extend_from_slice(&b),
+            Output::FirstMessage {
+                ephemeral,
+                timestamp,
+            } => first = Some((ephemeral, timestamp)),
+            Output::Close(_) => closed = true,
+            _ => {}
+        }
+    }
+    (bytes, first, closed)
+}
+
+#[test]
+fn a_replayed_first_message_gets_no_byte_back() {
+    let t0 = Instant::now();
+    let (ca, cb) = (
+        cfg(b"s", 1, Timers::default()),
+        cfg(b"s", 1, Timers::default()),
+    );
+    let from_a: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+    let from_eve: SocketAddr = "198.18.0.66:40000".parse().unwrap();
+    let mut a = Link::new(Direction::Outbound, from_a, ca, t0, WALL);
+    let (message1, _, _) = outputs_of(&mut a);
+    assert!(!message1.is_empty());
+    let mut admission = Admission::new();
+
+    // The real connection: message 1 carries A's timestamp; admitted, B answers.
+    let mut b = Link::new(Direction::Inbound, from_a, cb.clone(), t0, WALL);
+    b.on_control_bytes(&message1, t0);
+    let (written, first, closed) = outputs_of(&mut b);
+    assert!(written.is_empty() && !closed, "nothing before admission");
+    let (ephemeral, timestamp) = first.expect("B asks about message 1");
+    assert_eq!(timestamp, Some(Timestamp::from_wall(WALL)));
+    assert_eq!(
+        admission.check_first_message(from_a.ip(), &ephemeral, timestamp, false, t0, WALL),
+        Ok(())
+    );
+    b.admit();
+    let (message2, _, _) = outputs_of(&mut b);
+    assert!(!message2.is_empty(), "message 2 written once admitted");
+
+    // The same bytes from another address, a second later: refused, and
+    // the refused link writes nothing at all.
+    let later = WALL + Duration::from_secs(1);
+    let mut replayed = Link::new(Direction::Inbound, from_eve, cb.clone(), t0, later);
+    replayed.on_control_bytes(&message1, t0);
+    let (written, first, _) = outputs_of(&mut replayed);
+    assert!(written.is_empty());
+    let (ephemeral, timestamp) = first.expect("authentic message 1");
+    let refusal = admission
+        .check_first_message(from_eve.ip(), &ephemeral, timestamp, false, t0, later)
+        .unwrap_err();
+    assert_eq!(refusal, Refusal::Replayed);
+    replayed.refuse(refusal.describe());
+    let (written, _, closed) = outputs_of(&mut replayed);
+    assert!(written.is_empty(), "a refused replay gets no byte");
+    assert!(closed && replayed.is_closed());
+
+    // More bytes before admission are a protocol violation, not a reply.
+    let mut eager = Link::new(Direction::Inbound, from_eve, cb, t0, later);
+    let mut twice = message1.clone();
+    twice.extend_from_slice(&message1);
+    eager.on_control_bytes(&twice, t0);
+    let (written, _, closed) = outputs_of(&mut eager);
+    assert!(written.is_empty() && closed && !eager.awaiting_first_message());
 }

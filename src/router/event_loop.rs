@@ -4,6 +4,7 @@
 use crate::api::{ConnectionStatus, DropCounters, Status};
 use crate::datapath::tun::TunDevice;
 use crate::datapath::underlay::Underlay;
+use crate::mesh::admission::{self, Admission, ConnectionVerdict, Refusal};
 use crate::mesh::e2e::{E2eOutput, EndToEnd};
 use crate::mesh::link::{Direction, Link, LinkConfig, LinkState, Output};
 use crate::mesh::node::{Event as MeshEvent, Output as MeshOutput, TargetStatus};
@@ -35,9 +36,11 @@ const RELOAD: Token = Token(5);
 const CONTROL: Token = Token(6);
 const FIRST_STREAM: usize = 16;
 
-/// Inbound connections still in their handshake; more are refused, so a
-/// flood of half-open connections cannot eat memory.
-const MAX_HANDSHAKING_INBOUND: usize = 64;
+/// The replay memory and idle token buckets are pruned this often.
+const ADMISSION_PRUNE_INTERVAL: Duration = Duration::from_secs(5);
+/// A stale first handshake message (a replay, or a peer whose clock is off)
+/// is logged at most this often; every one is counted.
+const STALE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// A TCP connect that takes longer than this has failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the status snapshot is refreshed.
@@ -105,6 +108,8 @@ struct Stream {
     counters: LinkCounters,
     /// Networks with a CA: the certificate the peer presented.
     cert: Option<Arc<crate::identity::Certificate>>,
+    /// Admission control refused it (counted under its own reason).
+    refused: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -209,6 +214,12 @@ pub struct Router {
     /// Wakes the event loop (control requests, finished resolutions).
     waker: Arc<mio::Waker>,
     drops: DropCounters,
+    /// Who may make this host do handshake work (buckets, replay memory).
+    admission: Admission,
+    last_admission_prune: Instant,
+    /// When a stale message 1 was last logged (at most one line per
+    /// [`STALE_LOG_INTERVAL`]; each is counted).
+    last_stale_log: Option<Instant>,
     snapshot: Arc<Mutex<Status>>,
     started: Instant,
     last_status: Instant,
@@ -346,6 +357,9 @@ impl Router {
             resolved: crossbeam_channel::unbounded(),
             waker,
             drops: DropCounters::default(),
+            admission: Admission::new(),
+            last_admission_prune: now,
+            last_stale_log: None,
             snapshot,
             started: now,
             last_status: now - STATUS_INTERVAL,
@@ -446,6 +460,13 @@ impl Router {
         for s in self.streams.values() {
             if let Some(w) = s.link.as_ref().and_then(|l| l.next_wakeup()) {
                 t = t.min(w);
+            }
+            if s.link.as_ref().is_some_and(|l| l.awaiting_first_message()) {
+                // Just past the deadline, so the check in run_timers fires.
+                let deadline = s.connect_started
+                    + admission::FIRST_MESSAGE_DEADLINE
+                    + Duration::from_millis(1);
+                t = t.min(deadline);
             }
         }
         t = t.min(self.mesh.poll_timeout());
@@ -1364,17 +1385,17 @@ impl Router {
         loop {
             match self.listener.accept() {
                 Ok((stream, addr)) => {
-                    let handshaking = self
-                        .streams
-                        .values()
-                        .filter(|s| s.link.as_ref().is_some_and(|l| l.remote_hello().is_none()))
-                        .count();
-                    if handshaking >= MAX_HANDSHAKING_INBOUND {
-                        self.drops.control_rejected += 1;
+                    let now = Instant::now();
+                    if !self.admit_connection(&stream, addr, now) {
                         continue; // dropping the stream closes it
                     }
-                    let now = Instant::now();
-                    let link = Link::new(Direction::Inbound, addr, self.cfg.link.clone(), now);
+                    let link = Link::new(
+                        Direction::Inbound,
+                        addr,
+                        self.cfg.link.clone(),
+                        now,
+                        wall_clock(),
+                    );
                     if let Some(token) = self.add_stream(stream, addr, Some(link), None, now) {
                         self.drive_link(token, now);
                     }
@@ -1387,6 +1408,83 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Admission control for a just-accepted connection, before any byte
+    /// is read: the per-source and total bounds on connections in their
+    /// handshake. `false`: refused (counted); the caller drops the stream.
+    fn admit_connection(&mut self, stream: &TcpStream, addr: SocketAddr, now: Instant) -> bool {
+        let source = admission::source_key(addr.ip());
+        let (mut from_source, mut total) = (0, 0);
+        let mut oldest_idle: Option<(Instant, Token)> = None;
+        for (token, s) in &self.streams {
+            let Some(l) = s.link.as_ref() else {
+                continue;
+            };
+            if l.direction != Direction::Inbound || l.remote_hello().is_some() || l.is_closed() {
+                continue;
+            }
+            total += 1;
+            if admission::source_key(s.peer_addr.ip()) == source {
+                from_source += 1;
+            }
+            if l.awaiting_first_message()
+                && oldest_idle.map_or(true, |(t, _)| s.connect_started < t)
+            {
+                oldest_idle = Some((s.connect_started, *token));
+            }
+        }
+        let exhausted = self.admission.source_exhausted(addr.ip(), now);
+        match admission::judge_connection(from_source, total, oldest_idle.is_some(), exhausted) {
+            ConnectionVerdict::Accept => true,
+            ConnectionVerdict::AcceptEvictingIdle => {
+                if let Some((_, idle)) = oldest_idle {
+                    self.refuse_stream(idle, Refusal::Busy, now);
+                }
+                true
+            }
+            ConnectionVerdict::Refuse(refusal) => {
+                self.count_refusal(refusal);
+                reset_on_close(stream);
+                tracing::debug!(peer = %addr, "connection refused: {}", refusal.describe());
+                false
+            }
+        }
+    }
+
+    fn count_refusal(&mut self, refusal: Refusal) {
+        let r = &mut self.drops.refused;
+        let counter = match refusal {
+            Refusal::PerSource => &mut r.control_per_source,
+            Refusal::Busy => &mut r.control_busy,
+            Refusal::RateLimited => &mut r.control_rate_limited,
+            Refusal::Stale => &mut r.control_stale,
+            Refusal::Replayed => &mut r.control_replayed,
+            Refusal::PeerLimit => &mut r.control_peer_limit,
+            Refusal::Slow => &mut r.control_slow,
+            Refusal::Backlog => &mut r.control_backlog,
+        };
+        *counter += 1;
+    }
+
+    /// Closes a connection that admission control refused, without writing
+    /// anything more to it (a refused handshake gets no byte back).
+    fn refuse_stream(&mut self, token: Token, refusal: Refusal, now: Instant) {
+        let Some(s) = self.streams.get_mut(&token) else {
+            return;
+        };
+        s.refused = true;
+        s.out.clear();
+        reset_on_close(&s.stream);
+        if let Some(l) = s.link.as_mut() {
+            l.refuse(refusal.describe());
+            while l.poll_output().is_some() {}
+        }
+        if refusal == Refusal::Backlog {
+            tracing::warn!(peer = %s.peer_addr, "closing the control connection: {}", refusal.describe());
+        }
+        self.count_refusal(refusal);
+        self.close_stream(token, refusal.describe(), now);
     }
 
     fn add_stream(
@@ -1420,6 +1518,7 @@ impl Router {
                 up: false,
                 counters: LinkCounters::default(),
                 cert: None,
+                refused: false,
             },
         );
         Some(token)
@@ -1443,6 +1542,7 @@ impl Router {
                         s.peer_addr,
                         self.cfg.link.clone(),
                         now,
+                        wall_clock(),
                     ));
                 }
                 Ok(None) => return, // spurious wakeup, still connecting
@@ -1495,7 +1595,58 @@ impl Router {
                 break;
             };
             match output {
-                Output::Control(bytes) => s.out.extend_from_slice(&bytes),
+                Output::Control(bytes) => {
+                    if s.out.len() + bytes.len() > admission::MAX_CONTROL_BACKLOG {
+                        self.refuse_stream(token, Refusal::Backlog, now);
+                        return;
+                    }
+                    s.out.extend_from_slice(&bytes);
+                }
+                Output::FirstMessage {
+                    ephemeral,
+                    timestamp,
+                } => {
+                    let source = s.peer_addr.ip();
+                    let authenticated = self
+                        .streams
+                        .values()
+                        .filter(|s| s.link.as_ref().is_some_and(|l| l.remote_hello().is_some()))
+                        .count();
+                    let limit = admission::max_authenticated(self.cfg.mesh.connection_limit);
+                    match self.admission.check_first_message(
+                        source,
+                        &ephemeral,
+                        timestamp,
+                        authenticated >= limit,
+                        now,
+                        wall_clock(),
+                    ) {
+                        Ok(()) => {
+                            if let Some(l) =
+                                self.streams.get_mut(&token).and_then(|s| s.link.as_mut())
+                            {
+                                l.admit();
+                            }
+                        }
+                        Err(refusal) => {
+                            if refusal == Refusal::Stale
+                                && self
+                                    .last_stale_log
+                                    .map_or(true, |t| now.duration_since(t) >= STALE_LOG_INTERVAL)
+                            {
+                                self.last_stale_log = Some(now);
+                                tracing::warn!(
+                                    peer = %source,
+                                    "refused a first handshake message without a fresh timestamp: a replay, or this host's clock and the peer's differ by more than {} s (run NTP on both); counted as control_stale, logged at most every {} s",
+                                    admission::FRESHNESS_WINDOW.as_secs(),
+                                    STALE_LOG_INTERVAL.as_secs()
+                                );
+                            }
+                            self.refuse_stream(token, refusal, now);
+                            return;
+                        }
+                    }
+                }
                 Output::Datagram { to, bytes } => {
                     if self.udp.send_to(&bytes, to).is_err() {
                         self.drops.send_errors += 1;
@@ -1849,10 +2000,13 @@ impl Router {
             f.on_peer_gone(token.0);
         }
         let authenticated = s.link.as_ref().is_some_and(|l| l.remote_hello().is_some());
-        if s.link.is_some() && !authenticated {
+        if s.link.is_some() && !authenticated && !s.refused {
             self.drops.control_rejected += 1;
         }
-        if duplicate {
+        if s.refused && !authenticated {
+            // Counted by reason; a flood must not become a flood of logs.
+            tracing::debug!(peer = %s.peer_addr, "connection refused: {reason}");
+        } else if duplicate {
             tracing::info!(peer = %s.peer_addr, "{reason}");
         } else {
             tracing::warn!(peer = %s.peer_addr, "connection closed: {reason}");
@@ -2173,12 +2327,24 @@ impl Router {
             f.poll(now, &mut actions);
             self.apply_fastdp_actions(actions, now);
         }
+        if now.duration_since(self.last_admission_prune) >= ADMISSION_PRUNE_INTERVAL {
+            self.admission.prune(now, wall_clock());
+            self.last_admission_prune = now;
+        }
         let tokens: Vec<Token> = self.streams.keys().copied().collect();
         for token in tokens {
             let Some(s) = self.streams.get_mut(&token) else {
                 continue;
             };
             match s.link.as_mut() {
+                Some(l)
+                    if l.awaiting_first_message()
+                        && now.duration_since(s.connect_started)
+                            > admission::FIRST_MESSAGE_DEADLINE =>
+                {
+                    self.refuse_stream(token, Refusal::Slow, now);
+                    continue;
+                }
                 Some(l) => l.poll(now),
                 None => {
                     if now.duration_since(s.connect_started) > CONNECT_TIMEOUT {
@@ -2834,6 +3000,21 @@ fn destination(packet: &[u8]) -> Option<IpAddr> {
         }
         _ => None,
     }
+}
+
+/// The wall-clock time (since the Unix epoch) for handshake timestamps.
+fn wall_clock() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Makes closing `stream` send a reset instead of a FIN: a refused
+/// connection then leaves no TIME_WAIT socket behind on this host (a flood
+/// of them would otherwise pile up for a minute each), and the other end
+/// still gets no byte.
+fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 #[cfg(test)]
