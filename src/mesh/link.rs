@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
 /// Timer settings. Defaults are the issue's; tests shorten some through the
 /// config file.
@@ -187,7 +188,8 @@ pub struct Link {
     cfg: Arc<LinkConfig>,
     handshake: Option<Handshake>,
     transport: Option<snow::TransportState>,
-    handshake_hash: [u8; 32],
+    /// The control handshake's hash, the PSK of every rekey: wiped on drop.
+    handshake_hash: Zeroizing<[u8; 32]>,
     first_keys: Option<DataKeys>,
     first_index: u32,
     remote_static: Option<[u8; 32]>,
@@ -238,7 +240,7 @@ impl Link {
             state: LinkState::Handshaking,
             handshake: None,
             transport: None,
-            handshake_hash: [0; 32],
+            handshake_hash: Zeroizing::new([0; 32]),
             first_keys: None,
             first_index: random_index(),
             remote_static: None,
