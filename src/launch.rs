@@ -1338,6 +1338,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         timers: plan.timers,
         underlay_mtu,
         ipv6_underlay,
+        indices: crate::noise::IndexRegistry::new(),
     });
     tracing::info!(
         "weft {} up: key {public}, listening on {}, {} configured peer(s)",

@@ -33,6 +33,11 @@ impl ReplayWindow {
         }
     }
 
+    /// The highest counter accepted so far (0 before any).
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+
     /// True when `counter` would be accepted (not seen, not too old).
     /// Does not change the window: use it to drop early, before the AEAD.
     pub fn check(&self, counter: u64) -> bool {
@@ -110,7 +115,7 @@ mod tests {
 
     #[test]
     fn window_is_at_least_2048() {
-        assert!(WINDOW_SIZE >= 2048);
+        const { assert!(WINDOW_SIZE >= 2048) };
         let mut w = ReplayWindow::new();
         assert!(w.update(3000));
         assert!(w.update(3000 - 2048));
@@ -118,7 +123,7 @@ mod tests {
 
     #[test]
     fn window_is_at_least_8192() {
-        assert!(WINDOW_SIZE >= 8192);
+        const { assert!(WINDOW_SIZE >= 8192) };
         let mut w = ReplayWindow::new();
         assert!(w.update(100_000));
         assert!(w.update(100_000 - 8191));
