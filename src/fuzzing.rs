@@ -272,7 +272,7 @@ pub fn replay_window(data: &[u8]) {
             _ => top.saturating_sub(WINDOW_SIZE - 64 + v % 128),
         };
         let fresh = !seen.contains(&counter)
-            && newest.is_none_or(|n| counter > n || n - counter < WINDOW_SIZE);
+            && newest.map_or(true, |n| counter > n || n - counter < WINDOW_SIZE);
         assert_eq!(
             window.check(counter),
             fresh,
