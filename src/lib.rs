@@ -9,6 +9,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod identity;
 pub mod launch;
