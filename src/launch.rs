@@ -141,6 +141,124 @@ pub struct LaunchArgs {
     /// uncovered claim anyway: this exists to test that they do.
     #[arg(long, hide = true)]
     pub allow_uncovered_overlay: bool,
+    /// IP address management for pods (Kubernetes CNI): hand out addresses
+    /// from this IPv4 range, split among the hosts in chunks claimed
+    /// through the mesh; the CNI plugin asks for them over --cni-socket.
+    /// Every host must give the same range. With it --overlay is optional
+    /// in bridge mode.
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_range: Option<String>,
+    /// Where IPAM records the addresses pods hold, so a restarted weft
+    /// never hands one out twice [default: /var/lib/weft/ipam].
+    #[arg(long, value_name = "DIR")]
+    pub ipalloc_dir: Option<PathBuf>,
+    /// How long a departed peer's chunks stay reserved (its pods may still
+    /// run) before any host may claim them: e.g. 1h, 30m, 90s [default: 1h].
+    /// `weft rmpeer NAME` frees them at once.
+    #[arg(long, value_name = "DURATION")]
+    pub ipalloc_reclaim_after: Option<String>,
+    /// The abstract unix socket (in this network namespace) the CNI plugin
+    /// talks to [default: weft-cni].
+    #[arg(long, value_name = "NAME")]
+    pub cni_socket: Option<String>,
+}
+
+/// `--ipalloc-range` and its companions, checked.
+struct IpamPlan {
+    range: crate::ipam::AllocRange,
+    dir: PathBuf,
+    reclaim_after: Duration,
+    socket: String,
+}
+
+/// The default `--ipalloc-dir`.
+pub const DEFAULT_IPALLOC_DIR: &str = "/var/lib/weft/ipam";
+/// The default `--ipalloc-reclaim-after`.
+pub const DEFAULT_RECLAIM_AFTER: Duration = Duration::from_secs(3600);
+
+/// Parses a duration like `1h`, `30m`, `90s` or `3600` (seconds).
+pub fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{flag} {text:?} is not a duration; write it like 1h, 30m or 90s")
+    })?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{flag} {text:?}: unknown unit {unit:?}; use s, m, h or d (e.g. 1h)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{flag} {text:?} is too long"))
+}
+
+/// Reads the IPAM flags (or config keys); `None` without --ipalloc-range.
+fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan>, LaunchError> {
+    let range_err = from_file(file, "ipalloc-range", args.ipalloc_range.is_some());
+    let range = match args.ipalloc_range.take() {
+        Some(r) => Some(r),
+        None => file.string("ipalloc-range").map_err(usage)?,
+    };
+    let dir_given = args.ipalloc_dir.is_some() || file.has("ipalloc-dir");
+    let reclaim_given = args.ipalloc_reclaim_after.is_some() || file.has("ipalloc-reclaim-after");
+    let Some(range) = range else {
+        if dir_given || reclaim_given {
+            return Err(usage(
+                "--ipalloc-dir and --ipalloc-reclaim-after need --ipalloc-range (IPAM is off without it)",
+            ));
+        }
+        return Ok(None);
+    };
+    let range = crate::ipam::AllocRange::parse(&range).map_err(&range_err)?;
+    let dir = match args.ipalloc_dir.take() {
+        Some(d) => d,
+        None => file
+            .path_value("ipalloc-dir")
+            .map_err(usage)?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_IPALLOC_DIR)),
+    };
+    let reclaim_err = from_file(
+        file,
+        "ipalloc-reclaim-after",
+        args.ipalloc_reclaim_after.is_some(),
+    );
+    let reclaim_after = match args.ipalloc_reclaim_after.take() {
+        Some(t) => Some(t),
+        None => file.string("ipalloc-reclaim-after").map_err(usage)?,
+    };
+    let reclaim_after = match reclaim_after {
+        Some(t) => parse_duration(&t, "--ipalloc-reclaim-after").map_err(&reclaim_err)?,
+        None => DEFAULT_RECLAIM_AFTER,
+    };
+    let socket_err = from_file(file, "cni-socket", args.cni_socket.is_some());
+    let socket = match args.cni_socket.take() {
+        Some(s) => s,
+        None => file
+            .string("cni-socket")
+            .map_err(usage)?
+            .unwrap_or_else(|| crate::cni::api::DEFAULT_SOCKET.to_string()),
+    };
+    if socket.is_empty() || socket.len() > 100 || socket.contains('\0') {
+        return Err(socket_err(format!(
+            "--cni-socket {socket:?} must be 1-100 bytes without NUL (an abstract socket name, without @)"
+        )));
+    }
+    Ok(Some(IpamPlan {
+        range,
+        dir,
+        reclaim_after,
+        socket,
+    }))
 }
 
 /// The local device kind of `--iface`.
@@ -197,6 +315,8 @@ struct Plan {
     fastdp_flow_idle: Duration,
     /// Networks with a CA: the trust, this host's certificate, revocations.
     identity: Option<IdentityPlan>,
+    /// `--ipalloc-range`: IPAM and the CNI socket.
+    ipam: Option<IpamPlan>,
 }
 
 /// `--ca-cert`, `--cert` and `--revoked`, checked.
@@ -442,6 +562,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     for line in &file.deprecations {
         log.warn(line.clone());
     }
+    let ipam = ipam_plan(&mut args, &file)?;
     let overlay_err = from_file(&file, "overlay", args.overlay.is_some());
     let overlay = match args.overlay {
         Some(o) => o,
@@ -483,6 +604,11 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     };
     let plain = mode == crate::host::plan::Mode::Plain;
     let insecure = args.insecure_plaintext || file.flag("insecure-plaintext").map_err(usage)?;
+    if plain && ipam.is_some() {
+        return Err(usage(
+            "--ipalloc-range is not implemented with --mode plain (plaintext mode has static VTEPs and no mesh to split the range through); drop one of them",
+        ));
+    }
     if plain && !insecure {
         return Err(usage(
             "--mode plain sends every frame unencrypted and unauthenticated (standard VXLAN): anyone on the path can read and inject traffic. Add --insecure-plaintext to confirm this is a trusted link, or drop --mode plain for the encrypted sleeve",
@@ -792,6 +918,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         fastdp_proof,
         fastdp_flow_idle,
         identity,
+        ipam,
     })
 }
 
@@ -1281,6 +1408,37 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
     let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
     let control = crate::api::control::bind(plan.status_addr).map_err(usage)?;
+    let ipam_parts = match &plan.ipam {
+        Some(p) => {
+            let listener = crate::cni::server::bind(&p.socket).map_err(usage)?;
+            let own = match plan.overlay_addr {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            };
+            let mut ipam = crate::ipam::Ipam::new(
+                p.range,
+                crate::mesh::PeerId(plan.key.public()),
+                own,
+                p.reclaim_after,
+            );
+            let state = crate::ipam::store::load(&p.dir).map_err(usage)?;
+            let held = state.as_ref().map_or(0, |s| s.allocations.len());
+            if let Some(state) = state {
+                ipam.restore(state).map_err(usage)?;
+            }
+            // Fail now, not at the first pod, if the directory is unusable.
+            crate::ipam::store::save(&p.dir, &ipam.state()).map_err(usage)?;
+            log.info(format!(
+                "IPAM: range {} in /{} chunks; {held} address(es) held in {}; CNI socket @{}",
+                p.range,
+                crate::ipam::chunk_len(&p.range),
+                p.dir.display(),
+                p.socket
+            ));
+            Some((ipam, listener, p.dir.clone(), p.range))
+        }
+        None => None,
+    };
 
     // One weft per interface name: refuse if one runs, clear what a dead one left.
     let mut instance_lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
@@ -1539,6 +1697,26 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 fastdp,
                 reload: Some(reload),
                 control: Some(control),
+                ipam: ipam_parts.map(|(ipam, listener, dir, range)| {
+                    let l2plan = plan.l2.as_ref();
+                    crate::router::ipam::IpamSetup {
+                        ipam,
+                        dir,
+                        listener,
+                        network: crate::router::ipam::PodNetwork {
+                            mode: if l2plan.is_some() {
+                                crate::cni::api::AttachMode::Bridge
+                            } else {
+                                crate::cni::api::AttachMode::Tun
+                            },
+                            bridge: l2plan.map(|p| p.bridge.clone()),
+                            gateway: l2plan.and_then(|_| {
+                                crate::router::ipam::bridge_gateway(Some(plan.overlay_addr), &range)
+                            }),
+                            mtu: u32::from(overlay_mtu),
+                        },
+                    }
+                }),
                 identity: plan.identity.map(|i| crate::router::RouterIdentity {
                     trust: i.trust,
                     revocation: i.revocation,

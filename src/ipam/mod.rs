@@ -255,6 +255,34 @@ pub struct IpamStatus {
     pub chunks: Vec<ChunkStatus>,
 }
 
+impl IpamStatus {
+    /// `weft status ipam` as text: one line per chunk.
+    pub fn render_text(&self) -> String {
+        let mut out = format!(
+            "IPAM range {} in /{} chunks; {} address(es) in use on {}\n",
+            self.range, self.chunk_len, self.in_use, self.host
+        );
+        if self.chunks.is_empty() {
+            out.push_str("  no chunk claimed yet (the first pod claims one)\n");
+        }
+        for c in &self.chunks {
+            let use_text = match c.in_use {
+                Some(n) => format!("{n}/{} in use", c.size),
+                None => format!("{} addresses", c.size),
+            };
+            let reclaim = c
+                .reclaim_in
+                .map(|s| format!(", reclaimed in {s} s unless `weft rmpeer {}`", c.owner))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {:<18} {:<9} {:<20} {use_text}{reclaim}\n",
+                c.chunk, c.state, c.owner
+            ));
+        }
+        out
+    }
+}
+
 /// The allocator of one host. See the module documentation.
 pub struct Ipam {
     range: AllocRange,
