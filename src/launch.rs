@@ -183,9 +183,9 @@ pub fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
         Some(i) => t.split_at(i),
         None => (t, "s"),
     };
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("{flag} {text:?} is not a duration; write it like 1h, 30m or 90s")
-    })?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{flag} {text:?} is not a duration; write it like 1h, 30m or 90s"))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,

@@ -138,7 +138,8 @@ impl IpamDriver {
                 .records()
                 .filter(|r| !mesh.is_live(&r.id))
                 .map(|r| {
-                    let claims: Vec<IpPrefix> = r.claims.iter().filter_map(|a| v4(&a.claim)).collect();
+                    let claims: Vec<IpPrefix> =
+                        r.claims.iter().filter_map(|a| v4(&a.claim)).collect();
                     (r.id, r.name.to_string(), claims)
                 })
                 .filter(|(_, _, c)| !c.is_empty())
@@ -225,9 +226,7 @@ impl IpamDriver {
                                 self.ipam.release(&key);
                                 error(code::IO_FAILURE, "cannot record the address", e)
                             } else {
-                                tracing::info!(
-                                    "IPAM: {addr} to container {container_id} {ifname}"
-                                );
+                                tracing::info!("IPAM: {addr} to container {container_id} {ifname}");
                                 CniReply(Ok(self.attachment(addr)))
                             }
                         } else {
@@ -262,7 +261,9 @@ impl IpamDriver {
                     ifname: ifname.clone(),
                 };
                 if self.ipam.release(&key) {
-                    tracing::info!("IPAM: released the address of container {container_id} {ifname}");
+                    tracing::info!(
+                        "IPAM: released the address of container {container_id} {ifname}"
+                    );
                     self.persist_or_log();
                 }
                 CniReply(Ok(CniSuccess::Done {}))
@@ -310,7 +311,10 @@ impl IpamDriver {
         self.persist_or_log();
         self.push_claims(mesh, now);
         let list: Vec<String> = taken.iter().map(|c| c.to_string()).collect();
-        tracing::info!("weft rmpeer {name}: this host takes over {}", list.join(", "));
+        tracing::info!(
+            "weft rmpeer {name}: this host takes over {}",
+            list.join(", ")
+        );
         Ok(format!(
             "took over the {} chunks of departed peer {name}: {}",
             taken.len(),
