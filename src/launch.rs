@@ -286,8 +286,10 @@ fn usage(msg: impl Into<String>) -> LaunchError {
 
 /// Everything validated, before touching the host.
 struct Plan {
-    overlay_addr: IpAddr,
-    overlay_prefix: u8,
+    /// This host's overlay address and prefix: `None` only with
+    /// --ipalloc-range in bridge mode (the host serves pods without an
+    /// address of its own).
+    overlay: Option<(IpAddr, u8)>,
     listen: SocketAddr,
     peers: Vec<PeerTarget>,
     /// `None` only in plaintext mode, which authenticates nothing.
@@ -340,7 +342,7 @@ fn identity_plan(
     args: &IdentityArgs,
     file: &ConfigFile,
     key: &StaticKey,
-    overlay: crate::identity::InterfaceAddr,
+    overlay: Option<crate::identity::InterfaceAddr>,
     plain: bool,
     bridge: bool,
     log: &mut StartupLog,
@@ -414,7 +416,7 @@ fn identity_plan(
             key.public_base64()
         )));
     }
-    if !checked.body.overlay.contains(&overlay) {
+    if let Some(overlay) = overlay.filter(|o| !checked.body.overlay.contains(o)) {
         let listed: Vec<String> = checked.body.overlay.iter().map(|o| o.to_string()).collect();
         let msg = format!(
             "--cert {cert_text} does not cover --overlay {overlay}: it lists {}; use one of those or sign a certificate for {overlay}",
@@ -565,12 +567,14 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     let ipam = ipam_plan(&mut args, &file)?;
     let overlay_err = from_file(&file, "overlay", args.overlay.is_some());
     let overlay = match args.overlay {
-        Some(o) => o,
-        None => file.string("overlay").map_err(usage)?.ok_or_else(|| {
-            usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16")
-        })?,
+        Some(o) => Some(o),
+        None => file.string("overlay").map_err(usage)?,
     };
-    let (overlay_addr, overlay_prefix) = parse_overlay(&overlay).map_err(&overlay_err)?;
+    let overlay = match overlay {
+        Some(o) => Some(parse_overlay(&o).map_err(&overlay_err)?),
+        None if ipam.is_some() => None,
+        None => return Err(usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16 (or --ipalloc-range CIDR in bridge mode, to serve pods without an address of its own)")),
+    };
     let listen_err = from_file(&file, "listen", args.listen.is_some());
     let listen = match args
         .listen
@@ -743,10 +747,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         &identity_args,
         &file,
         &key,
-        crate::identity::InterfaceAddr {
-            addr: overlay_addr,
-            len: overlay_prefix,
-        },
+        overlay.map(|(addr, len)| crate::identity::InterfaceAddr { addr, len }),
         plain,
         l2.is_some(),
         log,
@@ -893,9 +894,13 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     } else {
         file.path.clone()
     };
+    if overlay.is_none() && l2.is_none() {
+        return Err(usage(
+            "--ipalloc-range without --overlay is implemented in bridge mode only: TUN mode needs an overlay address to route pods' traffic through the TUN device. Add --iface bridge, or give this host --overlay ADDR/PREFIX",
+        ));
+    }
     Ok(Plan {
-        overlay_addr,
-        overlay_prefix,
+        overlay,
         listen,
         peers,
         secret,
@@ -976,10 +981,12 @@ pub fn reload_peers(path: &std::path::Path, listen: SocketAddr) -> Result<Vec<Pe
 
 /// Refuses an overlay prefix that an existing route already covers.
 fn check_overlay_route(plan: &Plan) -> Result<(), LaunchError> {
-    match overlapping_route(plan.overlay_addr, plan.overlay_prefix) {
+    let Some((addr, prefix)) = plan.overlay else {
+        return Ok(());
+    };
+    match overlapping_route(addr, prefix) {
         Some(route) => Err(usage(format!(
-            "--overlay {}/{} collides with the existing route {route}: choose an overlay prefix no route on this host uses",
-            plan.overlay_addr, plan.overlay_prefix
+            "--overlay {addr}/{prefix} collides with the existing route {route}: choose an overlay prefix no route on this host uses"
         ))),
         None => Ok(()),
     }
@@ -1266,7 +1273,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     ));
     let ipv6_underlay = plan.listen.is_ipv6() || remotes.first().is_some_and(|p| p.is_ipv6());
     let overlay_mtu = overhead::overlay_mtu(underlay_mtu, framing, ipv6_underlay, l2);
-    let min = if plan.overlay_addr.is_ipv4() {
+    let min = if plan.overlay.map_or(true, |(a, _)| a.is_ipv4()) {
         overhead::MIN_OVERLAY_MTU_IPV4
     } else {
         overhead::MIN_OVERLAY_MTU_IPV6
@@ -1301,7 +1308,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         &crate::host::plan::Request {
             encrypted: !plain && plan.plaintext_policy.is_none(),
             l2,
-            overlay_ipv6: plan.overlay_addr.is_ipv6(),
+            overlay_ipv6: plan.overlay.is_some_and(|(a, _)| a.is_ipv6()),
         },
     );
     for line in crate::host::preflight::log_lines(&preflight) {
@@ -1364,6 +1371,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     log.info(format!("datapath: {datapath} ({datapath_reason})"));
 
     if let (true, Some(l2plan)) = (plain, plan.l2.as_ref()) {
+        let Some((overlay_addr, overlay_prefix)) = plan.overlay else {
+            return Err(usage("--mode plain needs --overlay ADDR/PREFIX"));
+        };
         let _lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
         check_overlay_route(&plan)?;
         log.flush();
@@ -1373,7 +1383,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             vni: plan.vni,
             bridge: l2plan.bridge.clone(),
             tap_name: plan.iface_name.clone(),
-            overlay: (plan.overlay_addr, plan.overlay_prefix),
+            overlay: (overlay_addr, overlay_prefix),
             overlay_mtu,
             mac_age: l2plan.mac_age,
             mac_quota: l2plan.mac_quota,
@@ -1383,7 +1393,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 name: plan.name.clone(),
                 public_key: plan.key.public_base64(),
                 interface: plan.iface_name.clone(),
-                overlay: format!("{}/{}", plan.overlay_addr, plan.overlay_prefix),
+                overlay: format!("{overlay_addr}/{overlay_prefix}"),
                 overlay_mtu,
                 underlay: underlay_iface.clone(),
                 underlay_mtu,
@@ -1411,9 +1421,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     let ipam_parts = match &plan.ipam {
         Some(p) => {
             let listener = crate::cni::server::bind(&p.socket).map_err(usage)?;
-            let own = match plan.overlay_addr {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
+            let own = match plan.overlay {
+                Some((IpAddr::V4(a), _)) => Some(a),
+                _ => None,
             };
             let mut ipam = crate::ipam::Ipam::new(
                 p.range,
@@ -1509,12 +1519,19 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     // Bridge mode: a TAP on a bridge that holds the overlay address; the
     // guard removes what weft created when launch returns.
     let mut bridge_guard = None;
+    let overlay_text = plan.overlay.map_or_else(
+        || "no overlay address".to_string(),
+        |(a, p)| format!("{a}/{p}"),
+    );
     let tun = match &plan.l2 {
         None => {
+            let Some((overlay_addr, overlay_prefix)) = plan.overlay else {
+                return Err(usage("TUN mode needs --overlay ADDR/PREFIX"));
+            };
             let tun = TunDevice::create(
                 &plan.iface_name,
-                plan.overlay_addr,
-                plan.overlay_prefix,
+                overlay_addr,
+                overlay_prefix,
                 overlay_mtu,
                 plan.offload,
             )
@@ -1531,22 +1548,20 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 &l2plan.bridge,
                 &plan.iface_name,
                 overlay_mtu,
-                Some((plan.overlay_addr, plan.overlay_prefix)),
+                plan.overlay,
             )
             .map_err(usage)?;
             if guard.created() {
                 if let Some(lock) = instance_lock.as_mut() {
                     lock.record(|r| {
                         r.bridge = Some(l2plan.bridge.clone());
-                        r.overlay = Some(format!("{}/{}", plan.overlay_addr, plan.overlay_prefix));
+                        r.overlay = plan.overlay.map(|(a, p)| format!("{a}/{p}"));
                     });
                 }
             }
             log.info(format!(
-                "bridge {} holds {}/{}; TAP {} on it, mtu {overlay_mtu}",
+                "bridge {} holds {overlay_text}; TAP {} on it, mtu {overlay_mtu}",
                 l2plan.bridge,
-                plan.overlay_addr,
-                plan.overlay_prefix,
                 tap.name()
             ));
             bridge_guard = Some(guard);
@@ -1554,10 +1569,8 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         }
     };
     log.info(format!(
-        "created {} with {}/{} mtu {overlay_mtu}",
+        "created {} with {overlay_text} mtu {overlay_mtu}",
         tun.name(),
-        plan.overlay_addr,
-        plan.overlay_prefix
     ));
     log.flush();
 
@@ -1619,7 +1632,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         name: plan.name.clone(),
         public_key: public.clone(),
         interface: plan.iface_name.clone(),
-        overlay: format!("{}/{}", plan.overlay_addr, plan.overlay_prefix),
+        overlay: plan
+            .overlay
+            .map_or_else(|| "none".to_string(), |(a, p)| format!("{a}/{p}")),
         overlay_mtu,
         underlay: underlay_iface.clone(),
         underlay_mtu,
@@ -1644,7 +1659,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         hello: Hello {
             version: PROTOCOL_VERSION,
             name: plan.name,
-            overlay: vec![format!("{}/{}", plan.overlay_addr, plan.overlay_prefix)],
+            overlay: plan
+                .overlay
+                .map(|(a, p)| format!("{a}/{p}"))
+                .into_iter()
+                .collect(),
             vni: plan.vni,
             udp_port: plan.listen.port(),
             device: if l2 {
@@ -1711,7 +1730,10 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                             },
                             bridge: l2plan.map(|p| p.bridge.clone()),
                             gateway: l2plan.and_then(|_| {
-                                crate::router::ipam::bridge_gateway(Some(plan.overlay_addr), &range)
+                                crate::router::ipam::bridge_gateway(
+                                    plan.overlay.map(|(a, _)| a),
+                                    &range,
+                                )
                             }),
                             mtu: u32::from(overlay_mtu),
                         },
@@ -1758,11 +1780,13 @@ fn mesh_config(
     } else {
         vec![plan.listen]
     };
-    let text = format!("{}/{}", plan.overlay_addr, plan.overlay_prefix);
-    let (claim, subnet) = crate::mesh::claims::interface_address(&text)
-        .map_err(|e| usage(format!("--overlay {text}: {e}")))?;
-    cfg.claims = vec![claim];
-    cfg.subnets = vec![subnet];
+    if let Some((addr, prefix)) = plan.overlay {
+        let text = format!("{addr}/{prefix}");
+        let (claim, subnet) = crate::mesh::claims::interface_address(&text)
+            .map_err(|e| usage(format!("--overlay {text}: {e}")))?;
+        cfg.claims = vec![claim];
+        cfg.subnets = vec![subnet];
+    }
     cfg.broadcast_trees = l2;
     cfg.timers = plan.mesh_timers.clone();
     // Wall-clock seconds: a restarted host starts above its old records.

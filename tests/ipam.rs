@@ -3,7 +3,8 @@
 //! answer the CNI socket (`@weft-cni`, scoped to each host's namespace)
 //! the way the plugin asks: add, check, del, gc, status, version; a
 //! restarted weft gives a container the address it held; a stopped host's
-//! chunk stays reserved on the other until `weft rmpeer`.
+//! chunk stays reserved on the other until `weft rmpeer`. One host has
+//! no overlay address of its own.
 
 mod common;
 
@@ -75,23 +76,31 @@ fn chunk_of(status: &Value, addr: Ipv4Addr) -> Option<(String, String)> {
     })
 }
 
+/// Starts host `i` in bridge mode with IPAM. Host 1 runs without an
+/// overlay address of its own (`--overlay` is optional with IPAM).
 fn start(net: &mut Switched, i: usize) {
-    let dir = net.hosts[i].path("ipam").display().to_string();
-    net.start_extra(
-        i,
-        &[
-            "--iface",
-            "bridge",
-            "--bridge",
-            "wbr",
-            "--ipalloc-range",
-            RANGE,
-            "--ipalloc-dir",
-            &dir,
-            "--ipalloc-reclaim-after",
-            "1h",
-        ],
-    );
+    let host = &mut net.hosts[i];
+    let mut args = host.launch_args();
+    if i == 1 {
+        let at = args.iter().position(|a| a == "--overlay").unwrap();
+        args.drain(at..at + 2);
+    }
+    let extra = [
+        "--config".to_string(),
+        host.path("weft.toml").display().to_string(),
+        "--iface".into(),
+        "bridge".into(),
+        "--bridge".into(),
+        "wbr".into(),
+        "--ipalloc-range".into(),
+        RANGE.into(),
+        "--ipalloc-dir".into(),
+        host.path("ipam").display().to_string(),
+        "--ipalloc-reclaim-after".into(),
+        "1h".into(),
+    ];
+    args.extend(extra);
+    host.start_with(&args, &[]);
 }
 
 fn logs(net: &Switched) -> String {
@@ -145,6 +154,47 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
     let s0 = ipam_status(&h0).unwrap();
     assert_eq!(s0["range"], RANGE);
     assert_eq!(s0["in_use"], 1);
+
+    // The addresses work across the overlay, also on the host without an
+    // overlay address: each bridge stands in for a pod here (the plugin's
+    // tests attach real pods by veth).
+    for (ns, a) in [(&h0, &a0), (&h1, &a1)] {
+        let out = ns_exec(
+            ns,
+            &["ip", "addr", "add", &a.address.to_string(), "dev", "wbr"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reached = wait_until(Duration::from_secs(10), || {
+        ns_exec(
+            &h0,
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                &a0.address.addr.to_string(),
+                &a1.address.addr.to_string(),
+            ],
+        )
+        .status
+        .success()
+    });
+    assert!(
+        reached,
+        "{} cannot reach {}\n{}",
+        a0.address,
+        a1.address,
+        logs(&net)
+    );
 
     // Idempotent add; check; check of an unknown container.
     assert_eq!(attachment(&h0, add(&h0, "c1")), a0);
