@@ -113,6 +113,7 @@ impl IpamDriver {
     fn push_claims(&self, mesh: &mut Node, now: Instant) {
         let claims: Vec<Claim> = self.ipam.claims().into_iter().map(Claim::Ip).collect();
         mesh.set_dynamic_claims(&claims, now);
+        mesh.set_reserved(&self.ipam.reserved_chunks(), now);
     }
 
     /// The node's view, as IPAM takes it.
@@ -145,6 +146,10 @@ impl IpamDriver {
                 .filter(|(_, _, c)| !c.is_empty())
                 .collect(),
             live_names: mesh.live_peers().map(|r| r.name.to_string()).collect(),
+            reserved_by_live: mesh
+                .live_peers()
+                .flat_map(|r| r.reserved.iter().map(move |p| (*p, r.id)))
+                .collect(),
         }
     }
 
