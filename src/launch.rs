@@ -752,6 +752,16 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         l2.is_some(),
         log,
     )?;
+    if let (Some(id), Some(ipam)) = (&identity, &ipam) {
+        // Peers refuse chunk claims a certificate does not cover: say so now.
+        let range = crate::mesh::Claim::Ip(ipam.range.prefix());
+        if !id.cert.covers(&range) {
+            return Err(usage(format!(
+                "this host's --cert does not cover --ipalloc-range {}: peers would refuse every chunk it claims; sign its certificate with --subnet {} (weft cert sign)",
+                ipam.range, ipam.range
+            )));
+        }
+    }
     let default_iface = match &l2 {
         Some(l2) => format!("{}-tap", l2.bridge).chars().take(15).collect(),
         None => "weft0".to_string(),

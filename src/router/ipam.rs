@@ -134,6 +134,11 @@ impl IpamDriver {
                 .conflicts()
                 .filter(|c| c.refused == me)
                 .filter_map(|c| v4(&c.refused_claim))
+                .chain(
+                    mesh.refused_claims()
+                        .filter(|r| r.peer == me)
+                        .filter_map(|r| v4(&r.claim)),
+                )
                 .collect(),
             departed: mesh
                 .records()
