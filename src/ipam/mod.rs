@@ -409,11 +409,8 @@ impl Ipam {
     }
 
     fn chunk_bounds(&self, chunk: &IpPrefix) -> (u32, u32) {
-        let IpAddr::V4(a) = chunk.addr() else {
-            return (1, 0);
-        };
-        let a = u32::from(a);
-        (a, a | (u32::MAX >> chunk.len()))
+        let r = bounds(chunk);
+        (*r.start(), *r.end())
     }
 
     /// Addresses a chunk can hand out (its size less excluded addresses).
@@ -788,14 +785,11 @@ impl Ipam {
     }
 }
 
+/// The first and last address of an IPv4 chunk (every chunk is IPv4: the
+/// range is, and the view passes IPv4 prefixes only).
 fn bounds(chunk: &IpPrefix) -> std::ops::RangeInclusive<u32> {
-    match chunk.addr() {
-        IpAddr::V4(a) => {
-            let a = u32::from(a);
-            a..=(a | (u32::MAX >> chunk.len()))
-        }
-        IpAddr::V6(_) => 1..=0,
-    }
+    let first = (chunk.bits() >> 96) as u32;
+    first..=(first | (u32::MAX.checked_shr(u32::from(chunk.len())).unwrap_or(0)))
 }
 
 /// Longest container id or interface name accepted.
