@@ -655,9 +655,10 @@ fn broadcast_reaches_every_host_exactly_once_over_a_partial_mesh() {
     }
 }
 
-#[test]
-fn duplicate_claim_is_refused_on_both_sides() {
-    let mut sim = Sim::new(6, Duration::from_millis(20));
+/// Two nodes, b dialled a, converged and past the sync timeout (both
+/// announced their claims).
+fn converged_pair(seed: u64) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(seed, Duration::from_millis(20));
     let a = sim.add(|_| {});
     let b = sim.add(|_| {});
     let now = sim.now;
@@ -665,6 +666,12 @@ fn duplicate_claim_is_refused_on_both_sides() {
     sim.drain(b);
     sim.run_until(LIMIT, |s| s.agreed()).expect("two converge");
     sim.run_for(Duration::from_secs(6));
+    (sim, a, b)
+}
+
+#[test]
+fn duplicate_claim_is_refused_on_both_sides() {
+    let (mut sim, a, b) = converged_pair(6);
     // A newcomer claims a's address, and a subnet the others do not share.
     let c = sim.add(|c| {
         c.claims = vec![Claim::Ip(IpPrefix::host(overlay(0)))];
@@ -715,14 +722,7 @@ fn duplicate_claim_is_refused_on_both_sides() {
 
 #[test]
 fn dynamic_chunk_claims_spread_route_and_race_like_any_claim() {
-    let mut sim = Sim::new(8, Duration::from_millis(20));
-    let a = sim.add(|_| {});
-    let b = sim.add(|_| {});
-    let now = sim.now;
-    sim.nodes[b].node.connect(addr(a), now);
-    sim.drain(b);
-    sim.run_until(LIMIT, |s| s.agreed()).expect("two converge");
-    sim.run_for(Duration::from_secs(6));
+    let (mut sim, a, b) = converged_pair(8);
     assert!(sim.nodes[a].node.claims_announced() && sim.nodes[b].node.claims_announced());
     let chunk: IpPrefix = "10.32.0.64/26".parse().unwrap();
     let pod = IpAddr::V4(Ipv4Addr::new(10, 32, 0, 70));
