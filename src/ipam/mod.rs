@@ -463,7 +463,10 @@ impl Ipam {
                 .iter()
                 .filter(|c| c.len() == self.chunk_len && range.contains(c))
             {
-                if owner_of.contains_key(chunk) || self.reservations.contains_key(chunk) {
+                if owner_of.contains_key(chunk)
+                    || self.reservations.contains_key(chunk)
+                    || self.chunks.contains_key(chunk)
+                {
                     continue;
                 }
                 tracing::info!(%chunk, peer = %name, "IPAM: {name} left; its chunk {chunk} stays reserved");
