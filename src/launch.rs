@@ -562,6 +562,17 @@ fn from_file(file: &ConfigFile, key: &str, flag_given: bool) -> impl Fn(String) 
     }
 }
 
+/// The one startup line saying a passphrase-like secret was stretched.
+fn stretched_line(source: &str) -> String {
+    let p = keys::StretchParams::NETWORK;
+    format!(
+        "network secret from {source} is a passphrase, not a key from `weft secret new`: stretched it with Argon2id (m = {} MiB, t = {}, p = {}) into the PSK",
+        p.m_cost_kib / 1024,
+        p.t_cost,
+        p.p_cost
+    )
+}
+
 fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, LaunchError> {
     let identity_args = IdentityArgs {
         ca_certs: std::mem::take(&mut args.ca_certs),
@@ -726,10 +737,21 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
             if let Some(w) = keys::permission_warning(&path) {
                 log.warn(w);
             }
-            Some(NetworkSecret::from_file(&path).map_err(|e| secret_err(e.to_string()))?)
+            let s = NetworkSecret::from_file(&path).map_err(|e| secret_err(e.to_string()))?;
+            if s.was_stretched() {
+                log.info(stretched_line(&path.display().to_string()));
+            }
+            Some(s)
         }
         None => match std::env::var_os("WEFT_SECRET") {
-            Some(v) => Some(NetworkSecret::from_user(v.as_encoded_bytes(), "WEFT_SECRET").map_err(|e| usage(e.to_string()))?),
+            Some(v) => {
+                let s = NetworkSecret::from_user(v.as_encoded_bytes(), "WEFT_SECRET")
+                    .map_err(|e| usage(e.to_string()))?;
+                if s.was_stretched() {
+                    log.info(stretched_line("WEFT_SECRET"));
+                }
+                Some(s)
+            }
             None if plain => None,
             None => {
                 return Err(usage(
@@ -1718,6 +1740,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         timers: plan.timers,
         underlay_mtu,
         ipv6_underlay,
+        indices: crate::noise::IndexRegistry::new(),
     });
     tracing::info!(
         "weft {} up: key {public}, listening on {}, {} configured peer(s)",

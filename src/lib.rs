@@ -10,6 +10,8 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod datapath;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod identity;
 pub mod ipam;

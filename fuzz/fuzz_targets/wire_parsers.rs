@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    weft::wire::totality::exercise_all(data);
+    weft::fuzzing::wire_parsers(data);
 });

@@ -1,16 +1,18 @@
-//! Stable-toolchain fuzz driver for the `wire_parsers` checks.
+//! Stable-toolchain fuzz driver for every target in `weft::fuzzing`.
 //!
-//! Replays every file in the corpus directories given as arguments
-//! (default `corpus/wire_parsers`), then runs a bounded number of inputs
-//! mutated from the corpus with a seeded xorshift generator, so a run is
-//! reproducible: `fuzz_stable [--iterations N] [--seed S] [DIR...]`.
-//! A failing input is written to `artifacts/wire_parsers/` before the
-//! panic is re-raised.
+//! `fuzz_stable TARGET|all [--iterations N] [--seed S] [DIR...]` replays
+//! every file in the corpus directories (default `corpus/TARGET`), then
+//! runs N inputs mutated from the corpus with a seeded xorshift generator,
+//! so a run is reproducible, and prints inputs per second.
+//! `fuzz_stable TARGET|all --write-seeds` writes the target's seed inputs
+//! (real encodings made by weft, `weft::fuzzing::seeds`) to `corpus/TARGET/`.
+//! A failing input is written to `artifacts/TARGET/` and the run fails.
 
 use std::fs;
 use std::panic;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Deterministic xorshift64* generator: no dependency, reproducible runs.
 struct Rng(u64);
@@ -110,8 +112,9 @@ fn load_corpus(dirs: &[PathBuf]) -> Vec<Vec<u8>> {
     corpus
 }
 
-fn save_crash(input: &[u8]) -> PathBuf {
-    let dir = Path::new("artifacts/wire_parsers");
+fn save_crash(target: &str, input: &[u8]) -> PathBuf {
+    let dir = Path::new("artifacts").join(target);
+    let dir = dir.as_path();
     let _ = fs::create_dir_all(dir);
     let name: String = input.iter().take(16).map(|b| format!("{b:02x}")).collect();
     let path = dir.join(format!("crash-stable-{}-{name}", input.len()));
@@ -119,10 +122,10 @@ fn save_crash(input: &[u8]) -> PathBuf {
     path
 }
 
-fn run_one(input: &[u8]) -> bool {
-    let outcome = panic::catch_unwind(|| weft::wire::totality::exercise_all(input));
+fn run_one(target: &str, run: weft::fuzzing::Target, input: &[u8]) -> bool {
+    let outcome = panic::catch_unwind(|| run(input));
     if outcome.is_err() {
-        let path = save_crash(input);
+        let path = save_crash(target, input);
         eprintln!(
             "fuzz_stable: input of {} bytes failed; saved to {}",
             input.len(),
@@ -133,36 +136,31 @@ fn run_one(input: &[u8]) -> bool {
     true
 }
 
-fn main() -> ExitCode {
-    let mut iterations: u64 = 200_000;
-    let mut seed: u64 = 0x5eed_f00d_cafe_d00d;
-    let mut dirs = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--iterations" => {
-                iterations = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--iterations needs a number")
-            }
-            "--seed" => {
-                seed = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--seed needs a number")
-            }
-            _ => dirs.push(PathBuf::from(arg)),
-        }
+/// Writes the target's seeds to `corpus/TARGET/`.
+fn write_seeds(target: &str) -> Result<usize, String> {
+    let dir = Path::new("corpus").join(target);
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let seeds = weft::fuzzing::seeds(target);
+    for (name, bytes) in &seeds {
+        let path = dir.join(format!("seed-{name}"));
+        fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    if dirs.is_empty() {
-        dirs.push(PathBuf::from("corpus/wire_parsers"));
-    }
-    let mut corpus = load_corpus(&dirs);
-    println!("fuzz_stable: replaying {} corpus inputs", corpus.len());
+    Ok(seeds.len())
+}
+
+/// Replays the corpus, then `iterations` mutated inputs.
+fn fuzz(
+    target: &str,
+    run: weft::fuzzing::Target,
+    dirs: &[PathBuf],
+    iterations: u64,
+    seed: u64,
+) -> bool {
+    let mut corpus = load_corpus(dirs);
+    let started = Instant::now();
     for input in &corpus {
-        if !run_one(input) {
-            return ExitCode::FAILURE;
+        if !run_one(target, run, input) {
+            return false;
         }
     }
     if corpus.is_empty() {
@@ -174,10 +172,90 @@ fn main() -> ExitCode {
         for _ in 0..=rng.below(4) {
             mutate(&mut rng, &mut input);
         }
-        if !run_one(&input) {
+        if !run_one(target, run, &input) {
+            return false;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let total = iterations + corpus.len() as u64;
+    println!(
+        "fuzz_stable: {target}: {} corpus + {iterations} mutated inputs passed in {secs:.1} s ({:.0} inputs/s, seed {seed})",
+        corpus.len(),
+        total as f64 / secs.max(1e-9)
+    );
+    true
+}
+
+fn usage() -> ExitCode {
+    let names: Vec<&str> = weft::fuzzing::TARGETS.iter().map(|(n, _)| *n).collect();
+    eprintln!(
+        "usage: fuzz_stable TARGET|all [--iterations N] [--seed S] [--write-seeds] [DIR...]\ntargets: {}",
+        names.join(", ")
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut iterations: u64 = 200_000;
+    let mut seed: u64 = 0x5eed_f00d_cafe_d00d;
+    let mut dirs = Vec::new();
+    let mut target = None;
+    let mut seeds_only = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--iterations" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(n) => iterations = n,
+                None => return usage(),
+            },
+            "--seed" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(n) => seed = n,
+                None => return usage(),
+            },
+            "--write-seeds" => seeds_only = true,
+            _ if target.is_none() => target = Some(arg),
+            _ => dirs.push(PathBuf::from(arg)),
+        }
+    }
+    let Some(target) = target else {
+        return usage();
+    };
+    let targets: Vec<(&str, weft::fuzzing::Target)> = if target == "all" {
+        weft::fuzzing::TARGETS.to_vec()
+    } else {
+        match weft::fuzzing::target(&target) {
+            Some(run) => vec![(
+                weft::fuzzing::TARGETS
+                    .iter()
+                    .find(|(n, _)| *n == target)
+                    .map(|(n, _)| *n)
+                    .unwrap_or("?"),
+                run,
+            )],
+            None => return usage(),
+        }
+    };
+    // Quiet: a target's own panics are reported by run_one.
+    panic::set_hook(Box::new(|info| eprintln!("fuzz_stable: panic: {info}")));
+    for (name, run) in targets {
+        if seeds_only {
+            match write_seeds(name) {
+                Ok(n) => println!("fuzz_stable: {name}: wrote {n} seeds to corpus/{name}/"),
+                Err(e) => {
+                    eprintln!("fuzz_stable: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            continue;
+        }
+        let dirs = if dirs.is_empty() {
+            vec![Path::new("corpus").join(name)]
+        } else {
+            dirs.clone()
+        };
+        if !fuzz(name, run, &dirs, iterations, seed) {
             return ExitCode::FAILURE;
         }
     }
-    println!("fuzz_stable: {iterations} mutated inputs passed (seed {seed})");
     ExitCode::SUCCESS
 }

@@ -84,7 +84,8 @@ pub struct Hello {
 pub enum ControlMessage {
     /// Sent once by each side right after the handshake.
     Hello(Hello),
-    /// First message of a rekey (sent by the connection's initiator).
+    /// First message of a rekey (either side may send it; when both do at
+    /// once, the one from the smaller static key wins).
     RekeyInit {
         /// The initiator's receiver index for the new epoch.
         index: u32,

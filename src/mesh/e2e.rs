@@ -49,6 +49,9 @@
 //!   session it makes is kept as the next one and never used, unless no
 //!   session existed at all. Defeating that needs a wall-clock timestamp
 //!   in the initiation, as WireGuard does.
+//! - Keys expire: a session is retired [`REJECT_AFTER_TIME`] after its
+//!   handshake whether or not a rekey succeeded (an answered `next` takes
+//!   over from an expired current one).
 //! - Memory is bounded: at most `max_peers` peers and `max_handshakes`
 //!   initiations in flight; further wants are refused (and counted) until
 //!   some finish.
@@ -56,8 +59,8 @@
 use super::control::CipherChoice;
 use super::peer::PeerId;
 use crate::noise::handshake::{E2eHandshake, HandshakeError};
-use crate::noise::session::REKEY_AFTER_MESSAGES;
-use crate::noise::{CipherKind, NetworkSecret, Session, StaticKey};
+use crate::noise::session::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES};
+use crate::noise::{CipherKind, IndexRegistry, NetworkSecret, Session, StaticKey};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -98,6 +101,9 @@ pub struct E2eConfig {
     pub max_peers: usize,
     /// At most this many initiations in flight.
     pub max_handshakes: usize,
+    /// The receiver indices in use on this host (shared with the router
+    /// and the links), so a new index never collides with any of them.
+    pub indices: IndexRegistry,
 }
 
 impl E2eConfig {
@@ -114,6 +120,7 @@ impl E2eConfig {
             handshake_timeout: timers.handshake_timeout,
             max_peers: DEFAULT_MAX_PEERS,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            indices: IndexRegistry::new(),
         }
     }
 }
@@ -386,6 +393,14 @@ impl PeerState {
 
     /// When this peer's state next needs the timer.
     fn wakeup(&self, cfg: &E2eConfig, smaller: bool) -> Option<Instant> {
+        let expiry = self.sessions().map(|s| s.expires_at()).min();
+        match (self.wakeup_without_expiry(cfg, smaller), expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn wakeup_without_expiry(&self, cfg: &E2eConfig, smaller: bool) -> Option<Instant> {
         if let Some(p) = &self.pending {
             return Some(p.deadline);
         }
@@ -612,7 +627,11 @@ impl EndToEnd {
                 st.retry_at = None;
                 st.retry_delay = RETRY_INITIAL;
             }
-            Err(reason) => self.record_failure(from, &mut st, reason, None),
+            Err(reason) => {
+                // No session took the index: give it back.
+                self.cfg.indices.release(local_index);
+                self.record_failure(from, &mut st, reason, None)
+            }
         }
         self.outputs.push_back(E2eOutput::Send {
             to: from,
@@ -650,6 +669,8 @@ impl EndToEnd {
         } = st.pending.take().expect("checked above");
         self.handshakes -= 1;
         self.reserved.remove(&local_index);
+        // Until a session takes it, the index goes back on every failure.
+        let registry = self.cfg.indices.clone();
         let finished = handshake
             .read(noise)
             .and_then(|payload| Ok((payload, handshake.finish()?)));
@@ -659,6 +680,7 @@ impl EndToEnd {
                 if matches!(e, HandshakeError::Authentication) {
                     self.counters.authentication_failures += 1;
                 }
+                registry.release(local_index);
                 self.record_failure(from, &mut st, handshake_error(e), Some(now));
                 return self.put(from, st);
             }
@@ -669,6 +691,7 @@ impl EndToEnd {
                 claimed: from,
                 proven: PeerId(established.remote_static),
             };
+            registry.release(local_index);
             self.record_failure(from, &mut st, reason, Some(now));
             return self.put(from, st);
         }
@@ -697,7 +720,10 @@ impl EndToEnd {
                 st.retry_at = None;
                 st.retry_delay = RETRY_INITIAL;
             }
-            Err(reason) => self.record_failure(from, &mut st, reason, Some(now)),
+            Err(reason) => {
+                registry.release(local_index);
+                self.record_failure(from, &mut st, reason, Some(now))
+            }
         }
         self.put(from, st);
     }
@@ -784,6 +810,7 @@ impl EndToEnd {
     }
 
     fn run_timers(&mut self, peer: PeerId, st: &mut PeerState, now: Instant) {
+        self.retire_expired(peer, st, now);
         if let Some(p) = st.pending.as_ref() {
             if now < p.deadline {
                 return;
@@ -925,6 +952,28 @@ impl EndToEnd {
         });
     }
 
+    /// Retires the sessions of `peer` whose keys are past
+    /// [`REJECT_AFTER_TIME`]; an answered `next` replaces an expired
+    /// current session.
+    fn retire_expired(&mut self, peer: PeerId, st: &mut PeerState, now: Instant) {
+        let had_current = st.current.is_some();
+        let mut expired = Vec::new();
+        for slot in [&mut st.current, &mut st.previous, &mut st.next] {
+            if slot.as_ref().is_some_and(|s| s.expired(now)) {
+                expired.extend(slot.take());
+            }
+        }
+        for s in expired {
+            self.retire(peer, &s);
+        }
+        if had_current && st.current.is_none() {
+            st.current = st.next.take();
+            if st.current.is_none() {
+                tracing::warn!(%peer, "end-to-end keys are {} s old and no rekey succeeded: no longer used", REJECT_AFTER_TIME.as_secs());
+            }
+        }
+    }
+
     fn retire(&mut self, peer: PeerId, session: &Session) {
         self.indices.remove(&session.local_index);
         self.outputs.push_back(E2eOutput::SessionDown {
@@ -936,16 +985,21 @@ impl EndToEnd {
     fn release(&mut self, pending: &Pending) {
         self.handshakes -= 1;
         self.reserved.remove(&pending.local_index);
+        self.cfg.indices.release(pending.local_index);
     }
 
-    /// A receiver index no live session or pending initiation uses.
+    /// A receiver index no live session or pending initiation uses, here
+    /// or anywhere on this host (the shared registry): drawn again on
+    /// collision.
     fn fresh_index(&mut self) -> u32 {
-        loop {
-            let index = self.rng.next_u32();
-            if !self.indices.contains_key(&index) && !self.reserved.contains(&index) {
+        let (indices, reserved, rng) = (&self.indices, &self.reserved, &mut self.rng);
+        let registry = self.cfg.indices.clone();
+        registry.allocate_with(|| loop {
+            let index = rng.next_u32();
+            if !indices.contains_key(&index) && !reserved.contains(&index) {
                 return index;
             }
-        }
+        })
     }
 
     /// Puts a peer's state back and files its next wakeup.
@@ -1087,6 +1141,8 @@ mod tests {
                                 let gone =
                                     self.installed.entry(*id).or_default().remove(&local_index);
                                 assert!(gone.is_some(), "retired an unknown index");
+                                // As the router does: the index is free again.
+                                host.cfg.indices.release(local_index);
                             }
                             E2eOutput::Failed { peer, reason } => {
                                 self.failed.push((*id, peer, reason))
@@ -1586,6 +1642,19 @@ mod tests {
         assert_ne!(new_b, old_b);
         net.datagram(b, a, t1).unwrap();
         assert_eq!(net.state(&a, &b), Some(E2eState::Established { since: t0 }));
+        // The first sessions' keys expire 180 s after their handshake
+        // (REJECT_AFTER_TIME), before the second rekey.
+        let expiry = t0 + REJECT_AFTER_TIME;
+        assert_eq!(net.hosts[&a].poll_timeout(), Some(expiry));
+        net.host(&a).handle_timeout(expiry);
+        net.host(&b).handle_timeout(expiry);
+        net.run(expiry);
+        assert_eq!(net.hosts[&a].peer_of_index(first_a), None);
+        assert!(!net.installed[&b].contains_key(&old_b));
+        assert_eq!(net.sessions(&a), 1);
+        assert_eq!(net.sessions(&b), 1);
+        net.datagram(a, b, expiry).unwrap();
+        net.datagram(b, a, expiry).unwrap();
         // Second rekey: the first sessions are retired on both sides.
         let t2 = t1 + rekey;
         assert_eq!(net.hosts[&a].poll_timeout(), Some(t2));
@@ -1681,6 +1750,94 @@ mod tests {
         assert_eq!(net.hosts[&me].counters().refused, refused + 2);
         assert_eq!(net.hosts[&me].peers.len(), 3);
         assert_eq!(net.sessions(&extra_id), 0);
+    }
+
+    #[test]
+    fn keys_expire_180_s_after_the_handshake_when_rekeys_fail() {
+        let (mut net, ids) = Net::same_secret(2);
+        let (a, b) = (ids[0], ids[1]);
+        let t0 = Instant::now();
+        net.host(&a).want(b, t0);
+        net.run(t0);
+        net.datagram(a, b, t0).unwrap();
+        let first_a = net.hosts[&a].sending_session(&b).unwrap().local_index;
+        let first_b = net.hosts[&b].sending_session(&a).unwrap().local_index;
+        // Every rekey message is lost from now on.
+        net.drop = Box::new(|_, _, _| true);
+        let mut now = t0;
+        let expiry = t0 + REJECT_AFTER_TIME;
+        while let Some(t) = [&a, &b]
+            .iter()
+            .filter_map(|h| net.hosts[h].poll_timeout())
+            .min()
+            .filter(|&t| t < expiry)
+        {
+            now = t;
+            net.host(&a).handle_timeout(now);
+            net.host(&b).handle_timeout(now);
+            net.run(now);
+        }
+        assert!(now < expiry);
+        // Still usable until then.
+        assert_eq!(
+            net.hosts[&a].sending_session(&b).unwrap().local_index,
+            first_a
+        );
+        // Both sides are woken at the expiry and stop using the keys.
+        assert!(net.hosts[&a].poll_timeout().unwrap() <= expiry);
+        assert!(net.hosts[&b].poll_timeout().unwrap() <= expiry);
+        net.host(&a).handle_timeout(expiry);
+        net.host(&b).handle_timeout(expiry);
+        net.run(expiry);
+        assert!(net.hosts[&a].sending_session(&b).is_none());
+        assert!(net.hosts[&b].sending_session(&a).is_none());
+        assert_eq!(net.hosts[&a].peer_of_index(first_a), None);
+        assert_eq!(net.hosts[&b].peer_of_index(first_b), None);
+        assert!(!net.installed[&a].contains_key(&first_a));
+        assert!(!net.installed[&b].contains_key(&first_b));
+        // Once messages get through again, a new session comes up.
+        net.drop = Box::new(|_, _, _| false);
+        let mut t = expiry;
+        for _ in 0..10 {
+            net.host(&a).want(b, t);
+            net.run(t);
+            if net.hosts[&a].sending_session(&b).is_some() {
+                break;
+            }
+            t = net.hosts[&a].poll_timeout().unwrap_or(t).max(t);
+            net.host(&a).handle_timeout(t);
+            net.run(t);
+        }
+        assert!(net.hosts[&a].sending_session(&b).is_some());
+        assert!(t < expiry + RETRY_CAP * 2, "{:?}", t - expiry);
+    }
+
+    #[test]
+    fn indices_in_use_elsewhere_on_the_host_are_drawn_again() {
+        let (mut net, ids) = Net::same_secret(2);
+        let (a, b) = (ids[0], ids[1]);
+        // Every index a's random source would give first is taken by
+        // (say) a link: a must skip all of them.
+        let mut probe = SplitMix(1);
+        let registry = net.hosts[&a].cfg.indices.clone();
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            let i = probe.next_u32();
+            registry.reserve(i);
+            taken.push(i);
+        }
+        net.host(&a).rng = Box::new(SplitMix(1));
+        let t0 = Instant::now();
+        net.host(&a).want(b, t0);
+        net.run(t0);
+        let index = net.hosts[&a].sending_session(&b).unwrap().local_index;
+        assert!(!taken.contains(&index), "{index} collides with {taken:?}");
+        assert!(registry.contains(index));
+        // Retiring the session gives its index back.
+        net.host(&a).forget(&b);
+        net.run(t0);
+        assert!(!registry.contains(index));
+        assert!(taken.iter().all(|&i| registry.contains(i)));
     }
 
     #[test]

@@ -11,13 +11,16 @@ use super::control::{
 };
 use super::pmtu::{self, PmtuSearch};
 use crate::noise::handshake::{DataKeys, Established};
-use crate::noise::session::REKEY_AFTER_MESSAGES;
-use crate::noise::{CipherKind, Handshake, NetworkSecret, Rekey, Session, StaticKey};
+use crate::noise::session::{REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES};
+use crate::noise::{
+    CipherKind, Handshake, IndexRegistry, NetworkSecret, Rekey, Session, StaticKey,
+};
 use crate::wire::{heartbeat, sleeve};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
 /// Timer settings. Defaults are the issue's; tests shorten some through the
 /// config file.
@@ -62,6 +65,9 @@ pub struct LinkConfig {
     pub underlay_mtu: u16,
     /// Whether the underlay is IPv6 (header sizes, probe floor).
     pub ipv6_underlay: bool,
+    /// The receiver indices in use on this host (shared with the router
+    /// and the end-to-end sessions), so a new index never collides.
+    pub indices: IndexRegistry,
 }
 
 impl LinkConfig {
@@ -199,7 +205,8 @@ pub struct Link {
     cfg: Arc<LinkConfig>,
     handshake: Option<Handshake>,
     transport: Option<snow::TransportState>,
-    handshake_hash: [u8; 32],
+    /// The control handshake's hash, the PSK of every rekey: wiped on drop.
+    handshake_hash: Zeroizing<[u8; 32]>,
     first_keys: Option<DataKeys>,
     first_index: u32,
     remote_static: Option<[u8; 32]>,
@@ -235,13 +242,6 @@ pub struct Link {
     awaiting_admission: bool,
 }
 
-fn random_index() -> u32 {
-    let mut b = [0u8; 4];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
-        .expect("OS random source works");
-    u32::from_ne_bytes(b)
-}
-
 impl Link {
     /// A link for a fresh TCP connection. An outbound link writes the first
     /// handshake message at once, with `wall` (the time since the Unix
@@ -259,9 +259,9 @@ impl Link {
             state: LinkState::Handshaking,
             handshake: None,
             transport: None,
-            handshake_hash: [0; 32],
+            handshake_hash: Zeroizing::new([0; 32]),
             first_keys: None,
-            first_index: random_index(),
+            first_index: cfg.indices.allocate(),
             remote_static: None,
             remote_hello: None,
             cipher: None,
@@ -644,8 +644,20 @@ impl Link {
         match message {
             ControlMessage::Hello(hello) => self.on_hello(hello, now),
             ControlMessage::RekeyInit { index, noise } => {
-                if self.direction != Direction::Inbound || self.cipher.is_none() {
-                    return self.fail("unexpected rekey from the connection's responder".into());
+                if self.cipher.is_none() {
+                    return self.fail("rekey before the hello".into());
+                }
+                // Either side may start a rekey. When both did at once, the
+                // side with the smaller static key keeps its own initiation
+                // and ignores the other's (the peer answers ours); the
+                // larger abandons its own and answers.
+                if self.rekey.is_some() {
+                    if self.we_win_simultaneous_rekey() {
+                        return;
+                    }
+                    if let Some((_, abandoned, _)) = self.rekey.take() {
+                        self.cfg.indices.release(abandoned);
+                    }
                 }
                 let keys = Rekey::responder(&self.handshake_hash).and_then(|mut r| {
                     r.read(&noise)?;
@@ -654,7 +666,7 @@ impl Link {
                 });
                 match keys {
                     Ok((reply, keys)) => {
-                        let local = random_index();
+                        let local = self.cfg.indices.allocate();
                         let session = Arc::new(Session::new(
                             self.cipher.expect("checked"),
                             &keys,
@@ -790,10 +802,20 @@ impl Link {
 
     /// A datagram for one of this link's sessions authenticated. Keeps the
     /// peer alive, follows its address (NAT, roaming) and confirms a rekey.
+    /// `newest`: its counter is the highest the session has accepted
+    /// ([`crate::noise::Opened::newest`]); only then does the endpoint
+    /// move, so a delayed or reordered datagram from an old address does
+    /// not pull traffic back there.
     #[inline]
-    pub fn on_authenticated(&mut self, local_index: u32, from: SocketAddr, now: Instant) {
+    pub fn on_authenticated(
+        &mut self,
+        local_index: u32,
+        from: SocketAddr,
+        newest: bool,
+        now: Instant,
+    ) {
         self.last_rx = Some(now);
-        if self.endpoint != Some(from) {
+        if newest && self.endpoint != Some(from) {
             tracing::info!(peer = %self.tcp_peer, old = %endpoint_text(self.endpoint), new = %from, "peer's UDP address changed; following it");
             self.endpoint = Some(from);
         }
@@ -896,6 +918,12 @@ impl Link {
         }
         let timers = &self.cfg.timers;
         let mut t = self.next_heartbeat;
+        if let Some(expiry) = self.sessions().map(|s| s.expires_at()).min() {
+            t = Some(t.map_or(expiry, |x| x.min(expiry)));
+        }
+        if let Some(due) = self.rekey_due() {
+            t = Some(t.map_or(due, |x| x.min(due)));
+        }
         if self.handshake.is_some() || self.remote_hello.is_none() {
             let deadline = self.created + timers.handshake_timeout;
             t = Some(t.map_or(deadline, |x| x.min(deadline)));
@@ -927,6 +955,7 @@ impl Link {
             }
             return;
         }
+        self.retire_expired(now);
         let established = self.state == LinkState::Established;
         let interval = if established {
             timers.heartbeat_established
@@ -992,20 +1021,79 @@ impl Link {
                 self.outputs.push_back(Output::PathMtu(v));
             }
         }
-        // Rekey: the connection's initiator drives it.
+        // Rekey: either side may start one (see `rekey_due`).
         if let Some((_, _, started)) = &self.rekey {
             if now.duration_since(*started) > timers.handshake_timeout {
                 tracing::warn!(peer = %self.tcp_peer, "rekey got no answer in time; retrying");
-                self.rekey = None;
+                if let Some((_, index, _)) = self.rekey.take() {
+                    self.cfg.indices.release(index);
+                }
             }
         }
-        if self.direction == Direction::Outbound && self.rekey.is_none() {
-            if let Some(cur) = &self.current {
-                let due = now.duration_since(cur.established_at) >= timers.rekey_after
-                    || cur.sent_messages() >= REKEY_AFTER_MESSAGES;
-                if due {
-                    self.start_rekey(now);
-                }
+        if self.rekey.is_none() && self.rekey_due().is_some_and(|t| now >= t) {
+            self.start_rekey(now);
+        }
+    }
+
+    /// Every session this link holds.
+    fn sessions(&self) -> impl Iterator<Item = &Arc<Session>> {
+        [&self.current, &self.previous, &self.next]
+            .into_iter()
+            .flatten()
+    }
+
+    /// When this side should start a rekey, if it should. The connection's
+    /// initiator re-keys when the newest epoch (a `next` the peer already
+    /// seals with counts) is `rekey_after` old; the responder waits a
+    /// handshake timeout longer, as a fallback when the initiator does not.
+    /// Either side re-keys at once when its send counter passes
+    /// [`REKEY_AFTER_MESSAGES`] (only the sender knows it) or when it has
+    /// no usable session left (its keys expired).
+    fn rekey_due(&self) -> Option<Instant> {
+        if self.remote_hello.is_none() || self.rekey.is_some() || self.is_closed() {
+            return None;
+        }
+        let Some(cur) = &self.current else {
+            return Some(self.created);
+        };
+        if cur.sent_messages() >= REKEY_AFTER_MESSAGES {
+            return Some(self.created);
+        }
+        let newest = self.sessions().map(|s| s.established_at).max()?;
+        let timers = &self.cfg.timers;
+        Some(match self.direction {
+            Direction::Outbound => newest + timers.rekey_after,
+            Direction::Inbound => newest + timers.rekey_after + timers.handshake_timeout,
+        })
+    }
+
+    /// Whether our own rekey initiation wins over the peer's when both
+    /// started one at once: the side with the smaller static key wins (as
+    /// for simultaneous end-to-end initiations).
+    fn we_win_simultaneous_rekey(&self) -> bool {
+        self.remote_static
+            .is_some_and(|theirs| self.cfg.key.public() < theirs)
+    }
+
+    /// Drops every session whose keys are past [`REJECT_AFTER_TIME`]: they
+    /// neither seal nor open any more (the router forgets their indices).
+    /// Without a current session nothing is sent until a rekey succeeds.
+    fn retire_expired(&mut self, now: Instant) {
+        let had_current = self.current.is_some();
+        let mut retired = Vec::new();
+        for slot in [&mut self.current, &mut self.previous, &mut self.next] {
+            if slot.as_ref().is_some_and(|s| s.expired(now)) {
+                retired.extend(slot.take());
+            }
+        }
+        for s in retired {
+            self.outputs.push_back(Output::SessionDown(s.local_index));
+        }
+        if had_current && self.current.is_none() {
+            // An answered rekey the peer already seals with takes over.
+            self.current = self.next.take();
+            if self.current.is_none() {
+                tracing::warn!(peer = %self.tcp_peer, "data keys are {} s old and no rekey succeeded: they are no longer used; nothing is sent to this peer until a rekey succeeds", REJECT_AFTER_TIME.as_secs());
             }
         }
     }
@@ -1017,7 +1105,7 @@ impl Link {
         });
         match started {
             Ok((rekey, msg)) => {
-                let index = random_index();
+                let index = self.cfg.indices.allocate();
                 self.rekey = Some((rekey, index, now));
                 self.send_control(&ControlMessage::RekeyInit { index, noise: msg });
             }
@@ -1035,6 +1123,21 @@ impl Link {
             .into_iter()
             .flatten()
             .map(|s| s.local_index)
+    }
+}
+
+impl Drop for Link {
+    /// Gives back the indices that never reached the router: the first
+    /// session's before the hello, and a rekey's still in flight. (Indices
+    /// of announced sessions are released by the router when it removes
+    /// them.)
+    fn drop(&mut self) {
+        if self.remote_hello.is_none() {
+            self.cfg.indices.release(self.first_index);
+        }
+        if let Some((_, index, _)) = self.rekey.take() {
+            self.cfg.indices.release(index);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use super::admission::{Admission, Refusal, Timestamp};
 use super::control::{CipherChoice, Hello, LocalDevice, PROTOCOL_VERSION};
 use super::link::{Direction, Link, LinkConfig, LinkState, Output, Timers};
+use crate::noise::session::REJECT_AFTER_TIME;
 use crate::noise::{NetworkSecret, Session, StaticKey};
 use crate::wire::sleeve;
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ fn cfg(secret: &[u8], vni: u32, timers: Timers) -> Arc<LinkConfig> {
         timers,
         underlay_mtu: 1500,
         ipv6_underlay: false,
+        indices: crate::noise::IndexRegistry::new(),
     })
 }
 
@@ -67,9 +69,10 @@ fn drain(from: &mut Side, to: &mut Side, now: Instant, udp_works: bool) -> (bool
                     .get(&repr.receiver_index)
                     .cloned()
                     .expect("known index");
-                let n = session.open(repr.counter, &mut bytes).unwrap();
+                let opened = session.open_tracked(repr.counter, &mut bytes).unwrap();
+                let n = opened.len;
                 to.link
-                    .on_authenticated(repr.receiver_index, from.addr, now);
+                    .on_authenticated(repr.receiver_index, from.addr, opened.newest, now);
                 to.link.on_heartbeat(
                     &bytes[sleeve::HEADER_LEN..sleeve::HEADER_LEN + n],
                     from.addr,
@@ -453,4 +456,225 @@ fn a_replayed_first_message_gets_no_byte_back() {
     eager.on_control_bytes(&twice, t0);
     let (written, _, closed) = outputs_of(&mut eager);
     assert!(written.is_empty() && closed && !eager.awaiting_first_message());
+}
+
+/// Two established sides; `ta`/`tb` are each side's timers.
+fn established(ta: Timers, tb: Timers, t0: Instant) -> (Side, Side) {
+    let (mut a, mut b) = sides(cfg(b"s", 1, ta), cfg(b"s", 1, tb), t0);
+    pump(&mut a, &mut b, t0, true);
+    a.link.poll(t0);
+    b.link.poll(t0);
+    pump(&mut a, &mut b, t0, true);
+    assert!(a.established && b.established);
+    a.established = false;
+    b.established = false;
+    (a, b)
+}
+
+/// Both links open and each seals for the other's current session.
+fn paired_sessions(a: &Side, b: &Side) -> (Arc<Session>, Arc<Session>) {
+    assert!(
+        a.closed.is_none() && b.closed.is_none(),
+        "{:?} {:?}",
+        a.closed,
+        b.closed
+    );
+    let (sa, sb) = (
+        a.link.sending_session().unwrap().clone(),
+        b.link.sending_session().unwrap().clone(),
+    );
+    assert_eq!(sa.remote_index, sb.local_index, "a seals for b's session");
+    assert_eq!(sb.remote_index, sa.local_index, "b seals for a's session");
+    (sa, sb)
+}
+
+fn no_rekey() -> Timers {
+    Timers {
+        rekey_after: Duration::from_secs(100_000),
+        heartbeat_established: Duration::from_secs(20),
+        ..Timers::default()
+    }
+}
+
+#[test]
+fn keys_are_not_used_180_s_after_their_handshake_without_a_rekey() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = established(no_rekey(), no_rekey(), t0);
+    let old = a.link.sending_session().unwrap().clone();
+    let old_index = old.local_index;
+    // The link asks to be woken when the keys expire.
+    assert!(a.link.next_wakeup().unwrap() <= t0 + REJECT_AFTER_TIME);
+    let t1 = t0 + Duration::from_secs(179);
+    a.link.poll(t1);
+    b.link.poll(t1);
+    pump(&mut a, &mut b, t1, true);
+    assert!(a.link.sending_session().is_some());
+    let t2 = t0 + REJECT_AFTER_TIME;
+    a.link.poll(t2);
+    b.link.poll(t2);
+    // Both sides retired the expired session: nothing seals with it and the
+    // driver forgets its index, so nothing opens with it either.
+    let mut downs = Vec::new();
+    while let Some(o) = a.link.poll_output() {
+        match o {
+            Output::SessionDown(i) => {
+                a.sessions.remove(&i);
+                downs.push(i)
+            }
+            Output::Datagram { .. } => panic!("sent a datagram with expired keys"),
+            // The rekey this side starts at once.
+            Output::Control(bytes) => b.link.on_control_bytes(&bytes, t2),
+            _ => {}
+        }
+    }
+    assert_eq!(downs, vec![old_index]);
+    assert!(a.link.sending_session().is_none());
+    // A rekey brings the link back (either side may start it: no current
+    // session is reason enough).
+    pump(&mut a, &mut b, t2, true);
+    assert!(!a.sessions.contains_key(&old_index));
+    assert!(
+        !b.sessions.contains_key(&old.remote_index),
+        "b retired it too"
+    );
+    let t3 = t2 + Duration::from_millis(1);
+    a.link.poll(t3);
+    b.link.poll(t3);
+    pump(&mut a, &mut b, t3, true);
+    let new = a.link.sending_session().expect("rekeyed");
+    assert!(!new.expired(t3));
+    assert_ne!(new.local_index, old_index);
+    assert!(
+        a.closed.is_none() && b.closed.is_none(),
+        "{:?} {:?}",
+        a.closed,
+        b.closed
+    );
+}
+
+#[test]
+fn the_connection_responder_rekeys_when_the_initiator_does_not() {
+    let t0 = Instant::now();
+    // a (outbound) would rekey only after 100000 s; b (inbound) after 60 s
+    // plus a handshake timeout.
+    let tb = Timers {
+        rekey_after: Duration::from_secs(60),
+        ..no_rekey()
+    };
+    let (mut a, mut b) = established(no_rekey(), tb.clone(), t0);
+    let first_b = b.link.sending_session().unwrap().local_index;
+    let due = t0 + tb.rekey_after + tb.handshake_timeout;
+    assert!(b.link.next_wakeup().unwrap() <= due);
+    b.link.poll(due - Duration::from_millis(1));
+    assert!(!std::iter::from_fn(|| b.link.poll_output()).any(|o| matches!(o, Output::Control(_))));
+    b.link.poll(due);
+    a.link.poll(due);
+    pump(&mut a, &mut b, due, true);
+    let (_, sb) = paired_sessions(&a, &b);
+    assert_ne!(
+        sb.local_index, first_b,
+        "the responder moved to the new epoch"
+    );
+    // Heartbeats keep flowing on the new epoch.
+    let t1 = due + Duration::from_secs(20);
+    a.link.poll(t1);
+    b.link.poll(t1);
+    assert!(pump(&mut a, &mut b, t1, true) >= 2);
+}
+
+#[test]
+fn simultaneous_rekeys_settle_on_the_smaller_keys_initiation() {
+    let t0 = Instant::now();
+    // Both due at the same moment: a at 70 s, b at 60 + 10 s.
+    let ta = Timers {
+        rekey_after: Duration::from_secs(70),
+        ..no_rekey()
+    };
+    let tb = Timers {
+        rekey_after: Duration::from_secs(60),
+        ..no_rekey()
+    };
+    let (mut a, mut b) = established(ta, tb, t0);
+    let a_smaller = a.link.remote_static().unwrap() > b.link.remote_static().unwrap();
+    let t1 = t0 + Duration::from_secs(70);
+    a.link.poll(t1);
+    b.link.poll(t1);
+    // Both RekeyInits are in flight before either arrives.
+    pump(&mut a, &mut b, t1, true);
+    let (sa, _) = paired_sessions(&a, &b);
+    assert_eq!(sa.established_at, t1);
+    // One new epoch, not two: each side holds the new session and the old one.
+    assert_eq!(a.sessions.len(), 2, "{:?}", a.sessions.keys());
+    assert_eq!(b.sessions.len(), 2, "{:?}", b.sessions.keys());
+    // The winner's pending rekey completed; the loser has none left over:
+    // nothing further is due before the next rekey time.
+    let (winner, loser) = if a_smaller { (&a, &b) } else { (&b, &a) };
+    assert!(winner.link.next_wakeup().unwrap() > t1);
+    assert!(loser.link.next_wakeup().unwrap() > t1);
+    // The data path works on the new epoch both ways.
+    let t2 = t1 + Duration::from_secs(20);
+    a.link.poll(t2);
+    b.link.poll(t2);
+    assert!(pump(&mut a, &mut b, t2, true) >= 2);
+}
+
+#[test]
+fn the_endpoint_moves_only_on_the_newest_counter() {
+    let t0 = Instant::now();
+    let (a, mut b) = established(no_rekey(), no_rekey(), t0);
+    assert_eq!(b.link.endpoint(), Some(a.addr));
+    let seal = |n: usize| -> Vec<Vec<u8>> {
+        let s = a.link.sending_session().unwrap();
+        (0..n)
+            .map(|_| {
+                let mut d = vec![0u8; sleeve::HEADER_LEN + 4 + 16];
+                let len = s.seal(sleeve::MessageType::Data, &mut d, 4).unwrap();
+                d.truncate(len);
+                d
+            })
+            .collect()
+    };
+    let deliver = |b: &mut Side, mut d: Vec<u8>, from: SocketAddr| {
+        let repr = sleeve::Repr::parse(&sleeve::Packet::new_checked(&d[..]).unwrap()).unwrap();
+        let session = b.sessions[&repr.receiver_index].clone();
+        let opened = session.open_tracked(repr.counter, &mut d).unwrap();
+        b.link
+            .on_authenticated(repr.receiver_index, from, opened.newest, t0);
+    };
+    let roamed: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+    let ds = seal(3);
+    // The newest datagram comes from the peer's new address: follow it.
+    deliver(&mut b, ds[1].clone(), roamed);
+    assert_eq!(b.link.endpoint(), Some(roamed));
+    // An older one, delayed on the old path, arrives after: authentic and
+    // accepted, but it does not move the endpoint back.
+    deliver(&mut b, ds[0].clone(), a.addr);
+    assert_eq!(b.link.endpoint(), Some(roamed));
+    // The next newest from the old address moves it (the peer roamed back).
+    deliver(&mut b, ds[2].clone(), a.addr);
+    assert_eq!(b.link.endpoint(), Some(a.addr));
+}
+
+#[test]
+fn link_indices_come_from_the_shared_registry() {
+    let t0 = Instant::now();
+    let registry = crate::noise::IndexRegistry::new();
+    let with = |registry: &crate::noise::IndexRegistry| {
+        let mut c = Arc::try_unwrap(cfg(b"s", 1, no_rekey())).unwrap();
+        c.indices = registry.clone();
+        Arc::new(c)
+    };
+    // Both sides share one registry, as links of one host do.
+    let (mut a, mut b) = sides(with(&registry), with(&registry), t0);
+    assert_eq!(registry.len(), 2, "each link reserved its first index");
+    pump(&mut a, &mut b, t0, true);
+    let ia = a.link.sending_session().unwrap().local_index;
+    let ib = b.link.sending_session().unwrap().local_index;
+    assert_ne!(ia, ib);
+    assert!(registry.contains(ia) && registry.contains(ib));
+    // A link that never got a hello gives its index back when dropped.
+    let lone = Link::new(Direction::Outbound, a.addr, with(&registry), t0, WALL);
+    assert_eq!(registry.len(), 3);
+    drop(lone);
+    assert_eq!(registry.len(), 2);
 }

@@ -67,6 +67,11 @@ pub fn cpu_has_aes() -> bool {
 pub const TAG_LEN: usize = 16;
 
 /// One direction's key.
+///
+/// ring's `LessSafeKey` keeps its expanded key schedule private and offers
+/// no way to wipe it, so it cannot be zeroized here; the raw key bytes it was
+/// made from live in [`super::handshake::DataKeys`], which wipes them on
+/// drop, and nothing else keeps a copy.
 pub struct DataCipher {
     kind: CipherKind,
     key: LessSafeKey,

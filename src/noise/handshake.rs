@@ -24,6 +24,7 @@
 //! on message 2.
 
 use super::keys::{NetworkSecret, StaticKey};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Noise protocol name of the control handshake.
 pub const CONTROL_PATTERN: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
@@ -63,8 +64,9 @@ fn map_err(e: snow::Error) -> HandshakeError {
     }
 }
 
-/// Keys for one data epoch, from this side's point of view.
-#[derive(Clone)]
+/// Keys for one data epoch, from this side's point of view. Wiped from
+/// memory on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct DataKeys {
     /// Key for packets this side sends.
     pub send: [u8; 32],
@@ -82,12 +84,12 @@ impl std::fmt::Debug for DataKeys {
 /// snow uses for the control transport, so nonces never collide; `salt`
 /// separates the kinds of session (link or end to end).
 fn derive_data_keys(salt: &[u8], initiator: bool, k_i2r: &[u8; 32], k_r2i: &[u8; 32]) -> DataKeys {
-    let expand = |ikm: &[u8; 32], info: &[u8]| -> [u8; 32] {
+    let expand = |ikm: &[u8; 32], info: &[u8]| -> Zeroizing<[u8; 32]> {
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, salt);
         let prk = salt.extract(ikm);
-        let mut out = [0u8; 32];
+        let mut out = Zeroizing::new([0u8; 32]);
         prk.expand(&[info], ring::hkdf::HKDF_SHA256)
-            .and_then(|okm| okm.fill(&mut out))
+            .and_then(|okm| okm.fill(&mut out[..]))
             .expect("32 bytes is a valid HKDF-SHA256 length");
         out
     };
@@ -95,15 +97,21 @@ fn derive_data_keys(salt: &[u8], initiator: bool, k_i2r: &[u8; 32], k_r2i: &[u8;
     let r2i = expand(k_r2i, b"responder to initiator");
     if initiator {
         DataKeys {
-            send: i2r,
-            recv: r2i,
+            send: *i2r,
+            recv: *r2i,
         }
     } else {
         DataKeys {
-            send: r2i,
-            recv: i2r,
+            send: *r2i,
+            recv: *i2r,
         }
     }
+}
+
+/// snow's raw split, wiped when it goes out of scope.
+fn raw_split(state: &mut snow::HandshakeState) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
+    let (k1, k2) = state.dangerously_get_raw_split();
+    (Zeroizing::new(k1), Zeroizing::new(k2))
 }
 
 /// The result of a finished control handshake.
@@ -114,8 +122,9 @@ pub struct Established {
     pub remote_static: [u8; 32],
     /// The first data epoch's keys.
     pub data_keys: DataKeys,
-    /// The handshake hash: binds later rekeys to this connection.
-    pub handshake_hash: [u8; 32],
+    /// The handshake hash: binds later rekeys to this connection (it is
+    /// their PSK, so it is wiped on drop).
+    pub handshake_hash: Zeroizing<[u8; 32]>,
 }
 
 /// An in-progress control handshake.
@@ -197,10 +206,10 @@ impl Handshake {
             .get_remote_static()
             .and_then(|k| k.try_into().ok())
             .ok_or_else(|| HandshakeError::Protocol("no remote static key".into()))?;
-        let mut handshake_hash = [0u8; 32];
+        let mut handshake_hash = Zeroizing::new([0u8; 32]);
         handshake_hash.copy_from_slice(&self.state.get_handshake_hash()[..32]);
         let initiator = self.state.is_initiator();
-        let (k1, k2) = self.state.dangerously_get_raw_split();
+        let (k1, k2) = raw_split(&mut self.state);
         let data_keys = derive_data_keys(LINK_KEYS_SALT, initiator, &k1, &k2);
         let transport = self.state.into_transport_mode().map_err(map_err)?;
         Ok(Established {
@@ -266,7 +275,7 @@ impl Rekey {
             return Err(HandshakeError::Protocol("rekey not finished".into()));
         }
         let initiator = self.state.is_initiator();
-        let (k1, k2) = self.state.dangerously_get_raw_split();
+        let (k1, k2) = raw_split(&mut self.state);
         Ok(derive_data_keys(LINK_KEYS_SALT, initiator, &k1, &k2))
     }
 }
@@ -369,7 +378,7 @@ impl E2eHandshake {
             .remote_static()
             .ok_or_else(|| HandshakeError::Protocol("no remote static key".into()))?;
         let initiator = self.state.is_initiator();
-        let (k1, k2) = self.state.dangerously_get_raw_split();
+        let (k1, k2) = raw_split(&mut self.state);
         Ok(E2eEstablished {
             remote_static,
             data_keys: derive_data_keys(E2E_KEYS_SALT, initiator, &k1, &k2),

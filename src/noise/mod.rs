@@ -4,12 +4,14 @@
 
 pub mod cipher;
 pub mod handshake;
+pub mod index;
 pub mod keys;
 pub mod replay;
 pub mod session;
 
 pub use cipher::CipherKind;
 pub use handshake::{E2eHandshake, Handshake, HandshakeError, Rekey};
+pub use index::IndexRegistry;
 pub use keys::{NetworkSecret, StaticKey};
 pub use replay::ReplayWindow;
-pub use session::{OpenError, SealError, Session};
+pub use session::{OpenError, Opened, SealError, Session};

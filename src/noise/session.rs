@@ -9,12 +9,18 @@ use super::replay::ReplayWindow;
 use crate::wire::sleeve::{self, MessageType};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Start a rekey after this many messages (the 2^60).
 pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 /// Never seal with a counter at or above this: the nonce space must not wrap.
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
+
+/// A session's keys are neither used to seal nor accepted this long after
+/// its handshake, whether or not a rekey succeeded (WireGuard's
+/// REJECT_AFTER_TIME). Rekeys start at 120 s, so a working peer never
+/// gets here.
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 /// Why a datagram could not be sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +82,17 @@ impl Session {
         }
     }
 
+    /// Whether the keys are past [`REJECT_AFTER_TIME`] at `now`: the
+    /// session must not seal or open any more.
+    pub fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.established_at) >= REJECT_AFTER_TIME
+    }
+
+    /// When the keys stop being usable.
+    pub fn expires_at(&self) -> Instant {
+        self.established_at + REJECT_AFTER_TIME
+    }
+
     /// The AEAD in use.
     pub fn cipher(&self) -> CipherKind {
         self.send.kind()
@@ -120,6 +137,14 @@ impl Session {
     /// receiver index matched this session. Returns the plaintext length;
     /// the plaintext is at `datagram[HEADER_LEN..]`.
     pub fn open(&self, counter: u64, datagram: &mut [u8]) -> Result<usize, OpenError> {
+        self.open_tracked(counter, datagram).map(|o| o.len)
+    }
+
+    /// As [`Session::open`], and also says whether `counter` is now the
+    /// newest this session has accepted: only such a datagram may move the
+    /// peer's endpoint (a delayed or reordered one, even authentic, must
+    /// not send traffic back to an old address).
+    pub fn open_tracked(&self, counter: u64, datagram: &mut [u8]) -> Result<Opened, OpenError> {
         if datagram.len() < sleeve::HEADER_LEN + TAG_LEN {
             return Err(OpenError::Truncated);
         }
@@ -138,16 +163,28 @@ impl Session {
             .open(counter, header, rest)
             .map_err(|_| OpenError::Authentication)?;
         // Update only after authentication, so forgeries cannot move the window.
-        let fresh = self
+        let (fresh, newest) = self
             .replay
             .lock()
-            .map(|mut w| w.update(counter))
-            .unwrap_or(false);
+            .map(|mut w| {
+                let fresh = w.update(counter);
+                (fresh, fresh && w.newest() == counter)
+            })
+            .unwrap_or((false, false));
         if !fresh {
             return Err(OpenError::Replay);
         }
-        Ok(len)
+        Ok(Opened { len, newest })
     }
+}
+
+/// An opened datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    /// Plaintext length, at `datagram[HEADER_LEN..]`.
+    pub len: usize,
+    /// Its counter is the highest this session has accepted.
+    pub newest: bool,
 }
 
 #[cfg(test)]
@@ -227,6 +264,36 @@ mod tests {
         let mut d = seal(&a, b"x");
         d[0] = MessageType::Heartbeat as u8;
         assert_eq!(open(&b, d), Err(OpenError::Authentication));
+    }
+
+    #[test]
+    fn only_the_newest_counter_is_reported_newest() {
+        let (a, b) = pair(CipherKind::ChaChaPoly);
+        let ds: Vec<_> = (0..4).map(|i| seal(&a, &[i as u8])).collect();
+        let open_tracked = |d: &Vec<u8>| {
+            let mut d = d.clone();
+            let counter = Packet::new_checked(&d[..]).unwrap().counter();
+            b.open_tracked(counter, &mut d).unwrap()
+        };
+        assert!(open_tracked(&ds[0]).newest);
+        assert!(open_tracked(&ds[2]).newest);
+        // Reordered: authentic, accepted, but older than counter 2.
+        let late = open_tracked(&ds[1]);
+        assert_eq!(late.len, 1);
+        assert!(!late.newest);
+        assert!(open_tracked(&ds[3]).newest);
+    }
+
+    #[test]
+    fn keys_expire_180_s_after_the_handshake() {
+        let (a, _) = pair(CipherKind::AesGcm);
+        let t0 = a.established_at;
+        assert!(!a.expired(t0));
+        assert!(!a.expired(t0 + Duration::from_secs(179)));
+        assert!(a.expired(t0 + Duration::from_secs(180)));
+        assert_eq!(a.expires_at(), t0 + REJECT_AFTER_TIME);
+        // A clock reading before the handshake is not "expired".
+        assert!(!a.expired(t0.checked_sub(Duration::from_secs(1)).unwrap_or(t0)));
     }
 
     #[test]

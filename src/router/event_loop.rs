@@ -336,6 +336,9 @@ impl Router {
             cfg.link.hello.aes_hw,
         );
         e2e_cfg.rekey_after = cfg.link.timers.rekey_after;
+        // One registry of receiver indices for links and end-to-end
+        // sessions: an index is never drawn twice while in use.
+        e2e_cfg.indices = cfg.link.indices.clone();
         // Relayed handshake messages take milliseconds; one lost on a path
         // that just broke is retried soon.
         e2e_cfg.handshake_timeout = cfg.link.timers.handshake_timeout.min(E2E_HANDSHAKE_TIMEOUT);
@@ -804,8 +807,8 @@ impl Router {
             self.drops.bad_record += 1;
             return;
         }
-        let plain_len = match session.open(repr.counter, datagram) {
-            Ok(len) => len,
+        let (plain_len, newest) = match session.open_tracked(repr.counter, datagram) {
+            Ok(opened) => (opened.len, opened.newest),
             Err(OpenError::Replay) => {
                 self.drops.replay += 1;
                 return;
@@ -819,7 +822,7 @@ impl Router {
             SessionOwner::Link(token) => {
                 match self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
                     Some(link) => {
-                        link.on_authenticated(repr.receiver_index, from, now);
+                        link.on_authenticated(repr.receiver_index, from, newest, now);
                         Some(token)
                     }
                     // A duplicate connection just closed: its data still counts.
@@ -1356,8 +1359,7 @@ impl Router {
                         self.peer_label(&peer),
                         session.cipher().name()
                     );
-                    self.sessions
-                        .insert(session.local_index, (SessionOwner::E2e(peer), session));
+                    self.install_session(SessionOwner::E2e(peer), session);
                     if confirm {
                         // An empty Data datagram tells the peer the session is live.
                         if let Some(Destination::Peer { conn, .. }) =
@@ -1370,7 +1372,7 @@ impl Router {
                     }
                 }
                 E2eOutput::SessionDown { local_index, .. } => {
-                    self.sessions.remove(&local_index);
+                    self.remove_session(local_index);
                 }
                 E2eOutput::Failed { peer, reason } => {
                     tracing::warn!(
@@ -1604,6 +1606,26 @@ impl Router {
     }
 
     /// Applies a link's outputs.
+    /// Installs a session under its local index. The index registry
+    /// mirrors this map (the authority on live indices), so links and
+    /// end-to-end sessions never draw an index in use.
+    fn install_session(&mut self, owner: SessionOwner, session: Arc<Session>) {
+        self.cfg.link.indices.reserve(session.local_index);
+        if let Some((old_owner, _)) = self.sessions.insert(session.local_index, (owner, session)) {
+            if old_owner != owner {
+                tracing::error!(
+                    "receiver index collision between two sessions (a bug: indices are drawn again on collision)"
+                );
+            }
+        }
+    }
+
+    /// Forgets a session's local index and gives it back to the registry.
+    fn remove_session(&mut self, index: u32) {
+        self.sessions.remove(&index);
+        self.cfg.link.indices.release(index);
+    }
+
     fn drive_link(&mut self, token: Token, now: Instant) {
         loop {
             let Some(s) = self.streams.get_mut(&token) else {
@@ -1690,11 +1712,10 @@ impl Router {
                     }
                 }
                 Output::SessionUp(session) => {
-                    self.sessions
-                        .insert(session.local_index, (SessionOwner::Link(token), session));
+                    self.install_session(SessionOwner::Link(token), session);
                 }
                 Output::SessionDown(index) => {
-                    self.sessions.remove(&index);
+                    self.remove_session(index);
                 }
                 Output::PeerReady {
                     remote_static,
@@ -2008,8 +2029,14 @@ impl Router {
                 }
             }
         } else {
-            self.sessions
-                .retain(|_, (owner, _)| *owner != SessionOwner::Link(token));
+            let indices = &self.cfg.link.indices;
+            self.sessions.retain(|index, (owner, _)| {
+                let keep = *owner != SessionOwner::Link(token);
+                if !keep {
+                    indices.release(*index);
+                }
+                keep
+            });
         }
         if let Some(switch) = self.l2.as_mut() {
             switch.fdb.forget(crate::mesh::fdb::Location::Peer(token.0));
@@ -2396,10 +2423,11 @@ impl Router {
             self.mesh.handle_timeout(now);
         }
         self.retired_peers.retain(|&(until, _, _)| now < until);
-        let sessions = &mut self.sessions;
+        let (sessions, indices) = (&mut self.sessions, &self.cfg.link.indices);
         self.retiring.retain(|&(until, index)| {
             if now >= until {
                 sessions.remove(&index);
+                indices.release(index);
                 false
             } else {
                 true
