@@ -7,12 +7,14 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
 pub mod identity;
+pub mod ipam;
 pub mod launch;
 pub mod logging;
 pub mod mesh;
