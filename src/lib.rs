@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod host;
