@@ -6,10 +6,13 @@
 //!
 //! - [`plugin`]: the protocol, sans-IO (parsing, validation, version
 //!   negotiation, results and errors, what ADD/DEL/CHECK/STATUS/GC do).
+//! - [`api`]: the contract between the plugin and weft (requests, replies,
+//!   error codes), shared with weft's socket server.
 //! - [`client`]: the plugin's side of weft's CNI socket.
 //! - [`netdev`]: the real effects: namespaces, veths, addresses, routes.
 //! - [`rtnl`]: a synchronous rtnetlink client.
 
+pub mod api;
 pub mod client;
 pub mod netdev;
 pub mod plugin;
