@@ -3,89 +3,29 @@
 //! network namespace; default name `weft-cni`), one JSON request line, one
 //! JSON reply line. weft accepts root callers only (SO_PEERCRED).
 //!
-//! Requests and replies are the documented contract of weft's CNI API
-//! (`src/cni/api.rs` on the weft side):
-//!
-//! - `{"op":"add","container_id","ifname","netns"}` → `{"ok":true,"address":"10.32.0.5/12",
-//!   "gateway":"10.32.0.1"|null,"mtu":1376,"mode":"bridge"|"tun","bridge":"weft"|null}`
-//! - `{"op":"del","container_id","ifname"}`, `{"op":"check","container_id","ifname","netns"}`
-//! - `{"op":"status"}`, `{"op":"gc","valid":[{"container_id","ifname"}]}` → `{"released":N}`
-//! - errors: `{"ok":false,"code":N,"msg":S,"details":S}`
+//! Requests and replies are the contract in [`super::api`]; this side adds
+//! the distinction the plugin needs: weft absent, weft refusing, or weft
+//! answering something that is not the contract.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-/// The abstract socket name weft listens on when the configuration names none.
-pub const DEFAULT_SOCKET: &str = "weft-cni";
+use super::api::{self, CniError, CniReply, CniRequest, CniSuccess};
 
-/// How long the plugin waits for weft's answer (an ADD may wait for the
-/// mesh to hand this host a range).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the plugin waits for weft's answer (weft itself answers within
+/// [`api::TIMEOUT`], e.g. "try again later" while the mesh settles a claim).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(api::TIMEOUT.as_secs() + 5);
 
-/// One attachment, as the runtime names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttachmentId {
-    /// `CNI_CONTAINERID`.
-    pub container_id: String,
-    /// `CNI_IFNAME`.
-    pub ifname: String,
-}
-
-/// A request to weft.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Request {
-    /// Allocate (or return the existing) address of an attachment.
-    Add {
-        /// `CNI_CONTAINERID`.
-        container_id: String,
-        /// `CNI_IFNAME`.
-        ifname: String,
-        /// `CNI_NETNS`.
-        netns: String,
-    },
-    /// Release the address of an attachment.
-    Del {
-        /// `CNI_CONTAINERID`.
-        container_id: String,
-        /// `CNI_IFNAME`.
-        ifname: String,
-    },
-    /// Whether weft still holds the attachment's address.
-    Check {
-        /// `CNI_CONTAINERID`.
-        container_id: String,
-        /// `CNI_IFNAME`.
-        ifname: String,
-        /// `CNI_NETNS`.
-        netns: String,
-    },
-    /// Whether weft can serve ADD now.
-    Status,
-    /// Release every attachment not in `valid`.
-    Gc {
-        /// The attachments the runtime still knows.
-        valid: Vec<AttachmentId>,
-    },
-    /// weft's version.
-    Version,
-}
-
-impl Request {
-    /// The operation name, for messages.
-    pub fn op(&self) -> &'static str {
-        match self {
-            Request::Add { .. } => "add",
-            Request::Del { .. } => "del",
-            Request::Check { .. } => "check",
-            Request::Status => "status",
-            Request::Gc { .. } => "gc",
-            Request::Version => "version",
-        }
+/// The operation name of a request, for messages.
+pub fn op(request: &CniRequest) -> &'static str {
+    match request {
+        CniRequest::Add { .. } => "add",
+        CniRequest::Del { .. } => "del",
+        CniRequest::Check { .. } => "check",
+        CniRequest::Status => "status",
+        CniRequest::Gc { .. } => "gc",
+        CniRequest::Version => "version",
     }
 }
 
@@ -96,14 +36,7 @@ pub enum WeftError {
     /// namespace, or its CNI socket is off), or the connection broke.
     Unreachable(String),
     /// weft answered `{"ok":false,...}`.
-    Refused {
-        /// Error code (CNI codes where one fits).
-        code: u32,
-        /// Short message.
-        msg: String,
-        /// Longer description.
-        details: String,
-    },
+    Refused(CniError),
     /// weft answered something that is not the documented reply.
     Protocol(String),
 }
@@ -112,46 +45,17 @@ impl std::fmt::Display for WeftError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WeftError::Unreachable(why) => write!(f, "{why}"),
-            WeftError::Refused { code, msg, details } if details.is_empty() => {
-                write!(f, "weft refused (code {code}): {msg}")
-            }
-            WeftError::Refused { code, msg, details } => {
-                write!(f, "weft refused (code {code}): {msg}: {details}")
-            }
+            WeftError::Refused(e) => write!(f, "weft refused: {e}"),
             WeftError::Protocol(why) => write!(f, "unexpected answer from weft: {why}"),
         }
     }
 }
 
-/// Parses one reply line: the object itself when `"ok":true`, the error
-/// when `"ok":false`.
-pub fn parse_reply(line: &str) -> Result<Value, WeftError> {
-    let value: Value = serde_json::from_str(line.trim())
-        .map_err(|e| WeftError::Protocol(format!("not JSON ({e}): {:?}", truncate(line))))?;
-    match value.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(value),
-        Some(false) => Err(WeftError::Refused {
-            code: value
-                .get("code")
-                .and_then(Value::as_u64)
-                .and_then(|c| u32::try_from(c).ok())
-                .unwrap_or(999),
-            msg: value
-                .get("msg")
-                .and_then(Value::as_str)
-                .unwrap_or("error")
-                .to_string(),
-            details: value
-                .get("details")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        }),
-        None => Err(WeftError::Protocol(format!(
-            "no boolean \"ok\" in {:?}",
-            truncate(line)
-        ))),
-    }
+/// Parses one reply line (the documented [`CniReply`]).
+pub fn parse_reply(line: &str) -> Result<CniSuccess, WeftError> {
+    let reply: CniReply = serde_json::from_str(line.trim())
+        .map_err(|e| WeftError::Protocol(format!("{e}: {:?}", truncate(line))))?;
+    reply.0.map_err(WeftError::Refused)
 }
 
 fn truncate(s: &str) -> String {
@@ -160,20 +64,20 @@ fn truncate(s: &str) -> String {
 
 /// Sends `request` to the weft listening on abstract socket `name` in this
 /// network namespace and returns its reply.
-pub fn call(name: &str, request: &Request) -> Result<Value, WeftError> {
-    let unreachable = |e: std::io::Error| {
+pub fn call(name: &str, request: &CniRequest) -> Result<CniSuccess, WeftError> {
+    let unreachable = |e: String| {
         WeftError::Unreachable(format!(
-            "cannot reach weft on the abstract unix socket @{name} in this network namespace ({e}); is `weft launch` running here with its CNI socket (e.g. with --ipalloc-range)?"
+            "cannot reach weft on the abstract unix socket @{name} in this network namespace ({e}); is `weft launch --ipalloc-range CIDR` running here?"
         ))
     };
-    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(unreachable)?;
-    let stream = UnixStream::connect_addr(&addr).map_err(unreachable)?;
+    let addr = api::socket_addr(name).map_err(unreachable)?;
+    let stream = UnixStream::connect_addr(&addr).map_err(|e| unreachable(e.to_string()))?;
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
-        .map_err(unreachable)?;
+        .map_err(|e| unreachable(e.to_string()))?;
     stream
         .set_write_timeout(Some(REPLY_TIMEOUT))
-        .map_err(unreachable)?;
+        .map_err(|e| unreachable(e.to_string()))?;
     let mut line = serde_json::to_string(request)
         .map_err(|e| WeftError::Protocol(format!("cannot encode the request: {e}")))?;
     line.push('\n');
@@ -181,24 +85,22 @@ pub fn call(name: &str, request: &Request) -> Result<Value, WeftError> {
         .write_all(line.as_bytes())
         .map_err(|e| broken(name, request, e))?;
     let mut reply = String::new();
-    // One line, bounded: a reply is a few hundred bytes.
-    let mut reader = BufReader::new(std::io::Read::take(&stream, 64 * 1024));
-    reader
+    BufReader::new((&stream).take(api::MAX_LINE as u64))
         .read_line(&mut reply)
         .map_err(|e| broken(name, request, e))?;
     if reply.is_empty() {
         return Err(WeftError::Unreachable(format!(
-            "weft on @{name} closed the connection without answering the {} request (is this plugin run as root?)",
-            request.op()
+            "weft on @{name} closed the connection without answering the {} request",
+            op(request)
         )));
     }
     parse_reply(&reply)
 }
 
-fn broken(name: &str, request: &Request, e: std::io::Error) -> WeftError {
+fn broken(name: &str, request: &CniRequest, e: std::io::Error) -> WeftError {
     WeftError::Unreachable(format!(
         "the connection to weft on @{name} broke during the {} request: {e}",
-        request.op()
+        op(request)
     ))
 }
 
@@ -207,42 +109,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_one_json_object_with_op() {
-        let add = Request::Add {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            netns: "/run/netns/p".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&add).unwrap(),
-            r#"{"op":"add","container_id":"c1","ifname":"eth0","netns":"/run/netns/p"}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Request::Status).unwrap(),
-            r#"{"op":"status"}"#
-        );
-        let gc = Request::Gc {
-            valid: vec![AttachmentId {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }],
-        };
-        assert_eq!(
-            serde_json::to_string(&gc).unwrap(),
-            r#"{"op":"gc","valid":[{"container_id":"c1","ifname":"eth0"}]}"#
-        );
-    }
-
-    #[test]
     fn replies_ok_error_and_garbage() {
-        assert!(parse_reply(r#"{"ok":true,"released":2}"#).is_ok());
+        assert_eq!(
+            parse_reply(r#"{"ok":true,"released":2}"#),
+            Ok(CniSuccess::Released { released: 2 })
+        );
         assert_eq!(
             parse_reply(r#"{"ok":false,"code":50,"msg":"not ready","details":"no range yet"}"#),
-            Err(WeftError::Refused {
-                code: 50,
-                msg: "not ready".into(),
-                details: "no range yet".into()
-            })
+            Err(WeftError::Refused(CniError::new(50, "not ready", "no range yet")))
         );
         assert!(matches!(parse_reply("hello"), Err(WeftError::Protocol(_))));
         assert!(matches!(parse_reply("{}"), Err(WeftError::Protocol(_))));
@@ -250,7 +124,7 @@ mod tests {
 
     #[test]
     fn nothing_listening_is_unreachable() {
-        let e = call("weft-cni-test-nobody-listens-here", &Request::Status).unwrap_err();
+        let e = call("weft-cni-test-nobody-listens-here", &CniRequest::Status).unwrap_err();
         assert!(matches!(e, WeftError::Unreachable(_)), "{e:?}");
         assert!(e.to_string().contains("@weft-cni-test-nobody-listens-here"));
     }

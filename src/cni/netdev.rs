@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use rscni_types::error::Error;
-use serde_json::Value;
 
-use super::client::{self, Request, WeftError};
+use super::api::{CniRequest, CniSuccess};
+use super::client::{self, WeftError};
 use super::plugin::{
     AttachPlan, Attached, HostLink, Inspection, Mode, System, ALIAS_PREFIX, CODE_SETUP,
 };
@@ -50,7 +50,7 @@ fn open_netns(path: &str) -> Result<File, Error> {
 }
 
 impl System for LinuxSystem {
-    fn weft(&mut self, socket: &str, request: &Request) -> Result<Value, WeftError> {
+    fn weft(&mut self, socket: &str, request: &CniRequest) -> Result<CniSuccess, WeftError> {
         client::call(socket, request)
     }
 

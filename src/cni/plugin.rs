@@ -31,7 +31,8 @@ use rscni_types::types::{
 use rscni_types::version::{PluginInfo, SpecVersion};
 use serde_json::Value;
 
-use super::client::{AttachmentId, Request, WeftError, DEFAULT_SOCKET};
+use super::api::{AttachMode, AttachmentKey, CniRequest, CniSuccess, PodAttachment, DEFAULT_SOCKET};
+use super::client::WeftError;
 
 /// The `type` of weft's network configuration.
 pub const PLUGIN_TYPE: &str = "weft";
@@ -412,7 +413,7 @@ pub struct HostLink {
 /// The effects the plugin needs; [`super::netdev::LinuxSystem`] is the real one.
 pub trait System {
     /// One request to weft on abstract socket `socket`.
-    fn weft(&mut self, socket: &str, request: &Request) -> Result<Value, WeftError>;
+    fn weft(&mut self, socket: &str, request: &CniRequest) -> Result<CniSuccess, WeftError>;
     /// Fails (code 3, naming the path) unless `path` is a network namespace.
     fn check_netns(&mut self, path: &str) -> Result<(), Error>;
     /// Creates the veth pair and configures both ends; on failure leaves nothing behind.
@@ -491,7 +492,7 @@ fn attachment(inv: &Invocation) -> Result<&Attachment, Error> {
 fn weft_error(e: WeftError, unreachable: fn(String) -> Error) -> Error {
     match e {
         WeftError::Unreachable(why) => unreachable(why),
-        WeftError::Refused { code, msg, details } => {
+        WeftError::Refused(super::api::CniError { code, msg, details }) => {
             let details = if details.is_empty() {
                 format!("weft: {msg}")
             } else {
@@ -551,58 +552,44 @@ pub struct AddReply {
     pub mode: Mode,
 }
 
-/// Checks weft's ADD reply against the documented contract.
-pub fn parse_add_reply(reply: &Value) -> Result<AddReply, Error> {
-    let address = reply
-        .get("address")
-        .and_then(Value::as_str)
-        .ok_or_else(|| protocol(format!("the add reply has no \"address\": {reply}")))?;
-    let address: Ipv4Net = address.parse().map_err(|_| {
+/// Checks weft's `add`/`check` answer beyond what its types guarantee.
+pub fn validate_attachment(reply: &PodAttachment) -> Result<AddReply, Error> {
+    let address = Ipv4Net::new(reply.address.addr, reply.address.prefix_len).map_err(|_| {
         protocol(format!(
-            "\"address\": {address:?} is not an IPv4 address with prefix (e.g. 10.32.0.5/12)"
+            "\"address\": {} has no valid prefix length",
+            reply.address
         ))
     })?;
-    let gateway = match reply.get("gateway") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(g)) => Some(g.parse::<Ipv4Addr>().map_err(|_| {
-            protocol(format!("\"gateway\": {g:?} is not an IPv4 address"))
-        })?),
-        Some(other) => return Err(protocol(format!("\"gateway\": {other} is not an address"))),
-    };
-    let mtu = reply
-        .get("mtu")
-        .and_then(Value::as_u64)
-        .filter(|m| (68..=65535).contains(m))
-        .ok_or_else(|| {
-            protocol(format!(
-                "\"mtu\": {} is not an MTU (68-65535)",
-                reply.get("mtu").unwrap_or(&Value::Null)
-            ))
-        })? as u32;
-    let mode = match reply.get("mode").and_then(Value::as_str) {
-        Some("bridge") => {
+    if !(68..=65535).contains(&reply.mtu) {
+        return Err(protocol(format!(
+            "\"mtu\": {} is not an MTU (68-65535)",
+            reply.mtu
+        )));
+    }
+    let mode = match reply.mode {
+        AttachMode::Bridge => {
             let bridge = reply
-                .get("bridge")
-                .and_then(Value::as_str)
+                .bridge
+                .as_deref()
                 .filter(|b| InterfaceName::try_from(b.to_string()).is_ok())
                 .ok_or_else(|| {
                     protocol(format!(
-                        "bridge mode without a valid \"bridge\" name: {}",
-                        reply.get("bridge").unwrap_or(&Value::Null)
+                        "bridge mode without a valid \"bridge\" name: {:?}",
+                        reply.bridge
                     ))
                 })?;
             Mode::Bridge {
                 bridge: bridge.to_string(),
             }
         }
-        Some("tun") => Mode::Routed,
-        other => {
-            return Err(protocol(format!(
-                "\"mode\": {other:?} is neither \"bridge\" nor \"tun\""
-            )))
-        }
+        AttachMode::Tun => Mode::Routed,
     };
-    if let (Mode::Bridge { .. }, Some(gw)) = (&mode, gateway) {
+    let gateway = match mode {
+        Mode::Bridge { .. } => reply.gateway,
+        // Routed pods always use the link-local next hop.
+        Mode::Routed => None,
+    };
+    if let Some(gw) = gateway {
         if !address.contains(&gw) || gw == address.addr() {
             return Err(protocol(format!(
                 "\"gateway\": {gw} is not another address in the pod's subnet {}",
@@ -613,9 +600,13 @@ pub fn parse_add_reply(reply: &Value) -> Result<AddReply, Error> {
     Ok(AddReply {
         address,
         gateway,
-        mtu,
+        mtu: reply.mtu,
         mode,
     })
+}
+
+fn unexpected(op: &str, reply: &CniSuccess) -> Error {
+    protocol(format!("weft answered {op} with {reply:?}"))
 }
 
 /// What ADD will do, from the attachment and weft's answer.
@@ -734,14 +725,17 @@ fn add(inv: &Invocation, system: &mut dyn System) -> Result<String, Error> {
     let reply = system
         .weft(
             &inv.settings.socket,
-            &Request::Add {
+            &CniRequest::Add {
                 container_id: att.container_id.clone(),
                 ifname: att.ifname.clone(),
                 netns: netns.clone(),
             },
         )
         .map_err(|e| weft_error(e, try_again))?;
-    let reply = parse_add_reply(&reply)?;
+    let reply = match &reply {
+        CniSuccess::Attachment(a) => validate_attachment(a)?,
+        other => return Err(unexpected("add", other)),
+    };
     let plan = plan_attachment(&inv.conf.name, att, &reply);
     let attached = match system.attach(&plan) {
         Ok(a) => a,
@@ -750,7 +744,7 @@ fn add(inv: &Invocation, system: &mut dyn System) -> Result<String, Error> {
             // ADD, but not always (and weft's add is idempotent anyway).
             let _ = system.weft(
                 &inv.settings.socket,
-                &Request::Del {
+                &CniRequest::Del {
                     container_id: att.container_id.clone(),
                     ifname: att.ifname.clone(),
                 },
@@ -774,7 +768,7 @@ fn del(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<
     }
     match system.weft(
         &inv.settings.socket,
-        &Request::Del {
+        &CniRequest::Del {
             container_id: att.container_id.clone(),
             ifname: att.ifname.clone(),
         },
@@ -791,7 +785,7 @@ fn del(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<
             Ok(())
         }
         // Unknown to weft: already released.
-        Err(WeftError::Refused { code: 3, .. }) => Ok(()),
+        Err(WeftError::Refused(e)) if e.code == 3 => Ok(()),
         Err(e) => Err(weft_error(e, try_again)),
     }
 }
@@ -803,18 +797,17 @@ fn check(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
     let reply = system
         .weft(
             &inv.settings.socket,
-            &Request::Check {
+            &CniRequest::Check {
                 container_id: att.container_id.clone(),
                 ifname: att.ifname.clone(),
-                netns: netns.clone(),
             },
         )
         .map_err(|e| weft_error(e, try_again))?;
     // The address to find: weft's answer when it gives one, else what ADD
     // reported (prevResult).
-    let expected: Option<(Ipv4Addr, Option<u32>)> = match reply.get("address") {
-        Some(Value::String(_)) => {
-            let r = parse_add_reply(&reply)?;
+    let expected: Option<(Ipv4Addr, Option<u32>)> = match &reply {
+        CniSuccess::Attachment(a) => {
+            let r = validate_attachment(a)?;
             Some((r.address.addr(), Some(r.mtu)))
         }
         _ => None,
@@ -884,7 +877,7 @@ fn check(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
 
 fn status(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
     system
-        .weft(&inv.settings.socket, &Request::Status)
+        .weft(&inv.settings.socket, &CniRequest::Status)
         .map(|_| ())
         .map_err(|e| weft_error(e, not_available))
 }
@@ -917,10 +910,10 @@ fn gc(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<(
     let reply = system
         .weft(
             &inv.settings.socket,
-            &Request::Gc {
+            &CniRequest::Gc {
                 valid: valid
                     .iter()
-                    .map(|a| AttachmentId {
+                    .map(|a| AttachmentKey {
                         container_id: a.container_id.clone(),
                         ifname: a.ifname.clone(),
                     })
@@ -928,9 +921,9 @@ fn gc(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<(
             },
         )
         .map_err(|e| weft_error(e, try_again))?;
-    if let Some(n) = reply.get("released").and_then(Value::as_u64) {
-        if n > 0 {
-            notes.push_str(&format!("weft: released {n} addresses\n"));
+    if let CniSuccess::Released { released } = reply {
+        if released > 0 {
+            notes.push_str(&format!("weft: released {released} addresses\n"));
         }
     }
     Ok(())
