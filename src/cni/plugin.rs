@@ -928,3 +928,589 @@ fn gc(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::api::{CniError, PodAddress};
+    use std::collections::HashMap;
+
+    const MINIMAL: &str = r#"{"cniVersion":"1.0.0","name":"weftnet","type":"weft"}"#;
+
+    fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn add_env(command: &str) -> HashMap<String, String> {
+        env_of(&[
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "c0ffee"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/run/netns/pod1"),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ])
+    }
+
+    fn parse_with(env: &HashMap<String, String>, stdin: &str) -> Result<Invocation, Failure> {
+        let lookup = |k: &str| env.get(k).cloned();
+        parse(&lookup, stdin.as_bytes())
+    }
+
+    fn code(f: &Failure) -> u32 {
+        u32::from(&f.error)
+    }
+
+    /// A fake of the system: weft answers from a script, links in a map.
+    #[derive(Default)]
+    struct Fake {
+        reply: Option<Result<CniSuccess, WeftError>>,
+        requests: Vec<CniRequest>,
+        attached: Vec<AttachPlan>,
+        attach_fails: bool,
+        host_veths: HashMap<String, String>,
+        missing_netns: bool,
+        inspection: Option<Inspection>,
+    }
+
+    impl System for Fake {
+        fn weft(&mut self, _socket: &str, request: &CniRequest) -> Result<CniSuccess, WeftError> {
+            self.requests.push(request.clone());
+            match request {
+                CniRequest::Del { .. } | CniRequest::Status => match &self.reply {
+                    Some(Err(e)) => Err(e.clone()),
+                    _ => Ok(CniSuccess::Done {}),
+                },
+                _ => self
+                    .reply
+                    .clone()
+                    .unwrap_or(Err(WeftError::Unreachable("no weft".into()))),
+            }
+        }
+        fn check_netns(&mut self, path: &str) -> Result<(), Error> {
+            if self.missing_netns {
+                Err(Error::NotExist(format!("CNI_NETNS={path:?} does not exist")))
+            } else {
+                Ok(())
+            }
+        }
+        fn attach(&mut self, plan: &AttachPlan) -> Result<Attached, Error> {
+            if self.attach_fails {
+                return Err(Error::Custom(CODE_SETUP, "Network setup failed".into(), "boom".into()));
+            }
+            self.attached.push(plan.clone());
+            self.host_veths
+                .insert(plan.host_veth.clone(), plan.alias.clone());
+            Ok(Attached {
+                host_mac: "02:00:00:00:00:01".into(),
+                pod_mac: "02:00:00:00:00:02".into(),
+            })
+        }
+        fn detach(&mut self, host_veth: &str) -> Result<bool, Error> {
+            Ok(self.host_veths.remove(host_veth).is_some())
+        }
+        fn inspect(&mut self, _: &str, _: &str, _: &str) -> Result<Inspection, Error> {
+            Ok(self.inspection.clone().unwrap_or(Inspection {
+                pod_addresses: None,
+                pod_mtu: 0,
+                pod_up: false,
+                host_veth: false,
+            }))
+        }
+        fn host_links(&mut self) -> Result<Vec<HostLink>, Error> {
+            let mut v: Vec<HostLink> = self
+                .host_veths
+                .iter()
+                .map(|(name, alias)| HostLink {
+                    name: name.clone(),
+                    alias: alias.clone(),
+                })
+                .collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(v)
+        }
+    }
+
+    fn bridge_reply() -> Result<CniSuccess, WeftError> {
+        Ok(CniSuccess::Attachment(PodAttachment {
+            address: PodAddress {
+                addr: Ipv4Addr::new(10, 32, 0, 5),
+                prefix_len: 12,
+            },
+            gateway: Some(Ipv4Addr::new(10, 32, 0, 1)),
+            mtu: 1376,
+            mode: AttachMode::Bridge,
+            bridge: Some("weft".into()),
+        }))
+    }
+
+    fn tun_reply() -> Result<CniSuccess, WeftError> {
+        Ok(CniSuccess::Attachment(PodAttachment {
+            address: PodAddress {
+                addr: Ipv4Addr::new(10, 32, 0, 7),
+                prefix_len: 32,
+            },
+            gateway: None,
+            mtu: 1410,
+            mode: AttachMode::Tun,
+            bridge: None,
+        }))
+    }
+
+    fn run_with(env: &HashMap<String, String>, stdin: &str, fake: &mut Fake) -> Output {
+        let lookup = |k: &str| env.get(k).cloned();
+        run(&lookup, stdin.as_bytes(), fake)
+    }
+
+    fn json(s: &str) -> Value {
+        serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+    }
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let inv = parse_with(&add_env("ADD"), MINIMAL).unwrap();
+        assert_eq!(inv.command, Cmd::Add);
+        assert_eq!(inv.version, SpecVersion::new(1, 0, 0));
+        assert_eq!(inv.settings.socket, "weft-cni");
+        let att = inv.attachment.unwrap();
+        assert_eq!(att.container_id, "c0ffee");
+        assert_eq!(att.netns.as_deref(), Some("/run/netns/pod1"));
+    }
+
+    #[test]
+    fn socket_can_be_overridden_and_is_checked() {
+        let conf = r#"{"cniVersion":"1.1.0","name":"n","type":"weft","socket":"weft-cni-b"}"#;
+        assert_eq!(
+            parse_with(&add_env("ADD"), conf).unwrap().settings.socket,
+            "weft-cni-b"
+        );
+        for bad in [r#"42"#, r#""""#, r#""@x""#] {
+            let conf = format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"weft","socket":{bad}}}"#);
+            let f = parse_with(&add_env("ADD"), &conf).unwrap_err();
+            assert_eq!(code(&f), 7, "{bad}");
+            assert!(f.error.details().contains("\"socket\""), "{:?}", f.error);
+        }
+    }
+
+    #[test]
+    fn malformed_configs_are_named() {
+        let f = parse_with(&add_env("ADD"), r#"{"cniVersion":"1.0.0","name":"#).unwrap_err();
+        assert_eq!(code(&f), 6);
+        assert!(f.error.details().contains("line 1"), "{:?}", f.error);
+        let f = parse_with(&add_env("ADD"), "  ").unwrap_err();
+        assert_eq!(code(&f), 6);
+        assert!(f.error.details().contains("stdin is empty"));
+        let f = parse_with(&add_env("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#)
+            .unwrap_err();
+        assert_eq!(code(&f), 7);
+        assert!(f.error.details().contains("\"bridge\""));
+        let f = parse_with(&add_env("ADD"), r#"{"cniVersion":"1.0.0","name":"no spaces","type":"weft"}"#)
+            .unwrap_err();
+        assert_eq!(code(&f), 7);
+        assert!(f.error.details().contains("no spaces"));
+        let f = parse_with(
+            &add_env("ADD"),
+            r#"{"cniVersion":"1.0.0","name":"n","type":"weft","ipam":{"type":"host-local"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(code(&f), 2);
+        assert!(f.error.details().contains("host-local"));
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        let f = parse_with(&env_of(&[]), MINIMAL).unwrap_err();
+        assert_eq!(code(&f), 4);
+        assert!(f.error.details().contains("CNI_COMMAND"));
+        let f = parse_with(&env_of(&[("CNI_COMMAND", "FROB")]), MINIMAL).unwrap_err();
+        assert_eq!(code(&f), 4);
+        assert!(f.error.details().contains("FROB"));
+
+        let mut env = add_env("ADD");
+        env.remove("CNI_NETNS");
+        let f = parse_with(&env, MINIMAL).unwrap_err();
+        assert_eq!(code(&f), 4);
+        assert!(f.error.details().ends_with("missing: CNI_NETNS"), "{:?}", f.error);
+        // DEL does not need the namespace.
+        env.insert("CNI_COMMAND".into(), "DEL".into());
+        assert!(parse_with(&env, MINIMAL).is_ok());
+
+        let mut env = add_env("ADD");
+        env.insert("CNI_IFNAME".into(), "eth0/x".into());
+        let f = parse_with(&env, MINIMAL).unwrap_err();
+        assert_eq!(code(&f), 4);
+        assert!(f.error.details().contains("eth0/x"));
+        let mut env = add_env("ADD");
+        env.insert("CNI_CONTAINERID".into(), "-bad id".into());
+        assert!(parse_with(&env, MINIMAL).unwrap_err().error.details().contains("-bad id"));
+        let mut env = add_env("ADD");
+        env.insert("CNI_NETNS".into(), "pod1".into());
+        assert!(parse_with(&env, MINIMAL).unwrap_err().error.details().contains("\"pod1\""));
+    }
+
+    #[test]
+    fn versions_are_negotiated() {
+        for ok in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            let conf = format!(r#"{{"cniVersion":"{ok}","name":"n","type":"weft"}}"#);
+            assert!(parse_with(&add_env("ADD"), &conf).is_ok(), "{ok}");
+        }
+        for (bad, expect) in [("0.2.0", 1), ("2.0.0", 1), ("1.x", 6)] {
+            let conf = format!(r#"{{"cniVersion":"{bad}","name":"n","type":"weft"}}"#);
+            let f = parse_with(&add_env("ADD"), &conf).unwrap_err();
+            assert_eq!(code(&f), expect, "{bad}");
+            assert!(f.error.details().contains(bad), "{:?}", f.error);
+        }
+        let f = parse_with(
+            &add_env("CHECK"),
+            r#"{"cniVersion":"0.3.1","name":"n","type":"weft"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(code(&f), 1);
+        let f = parse_with(&env_of(&[("CNI_COMMAND", "STATUS")]), MINIMAL).unwrap_err();
+        assert_eq!(code(&f), 1);
+        assert!(f.error.details().contains("STATUS"));
+    }
+
+    #[test]
+    fn version_lists_the_supported_versions() {
+        let out = run_with(&env_of(&[("CNI_COMMAND", "VERSION")]), "", &mut Fake::default());
+        assert_eq!(out.exit, 0);
+        let v = json(&out.stdout);
+        assert_eq!(v["cniVersion"], "1.1.0");
+        let list: Vec<&str> = v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for want in ["0.4.0", "1.0.0", "1.1.0"] {
+            assert!(list.contains(&want), "{list:?}");
+        }
+    }
+
+    #[test]
+    fn error_objects_carry_the_config_version() {
+        let out = run_with(
+            &env_of(&[("CNI_COMMAND", "ADD")]),
+            r#"{"cniVersion":"0.4.0","name":"n","type":"weft"}"#,
+            &mut Fake::default(),
+        );
+        assert_eq!(out.exit, 1);
+        let v = json(&out.stdout);
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(v["code"], 4);
+        assert_eq!(v["msg"], "Invalid necessary environment variables");
+        assert!(v["details"].as_str().unwrap().contains("CNI_CONTAINERID"));
+    }
+
+    #[test]
+    fn host_veth_names_are_stable_and_short() {
+        let a = host_veth_name("c0ffee", "eth0");
+        assert_eq!(a, host_veth_name("c0ffee", "eth0"));
+        assert_ne!(a, host_veth_name("c0ffee", "eth1"));
+        assert_ne!(a, host_veth_name("c0ffef", "eth0"));
+        assert!(a.starts_with("vweft") && a.len() == 13, "{a}");
+        let alias = host_veth_alias("weftnet", "c0ffee", "eth0");
+        assert_eq!(parse_alias(&alias), Some(("weftnet", "c0ffee", "eth0")));
+        assert_eq!(parse_alias("something else"), None);
+        assert_eq!(parse_alias("weft-cni a b c d"), None);
+    }
+
+    #[test]
+    fn add_in_bridge_mode_attaches_to_the_bridge_with_the_gateway_route() {
+        let mut fake = Fake {
+            reply: Some(bridge_reply()),
+            ..Fake::default()
+        };
+        let conf = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#;
+        let out = run_with(&add_env("ADD"), conf, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        let plan = &fake.attached[0];
+        assert_eq!(plan.mode, Mode::Bridge { bridge: "weft".into() });
+        assert_eq!(plan.address.to_string(), "10.32.0.5/12");
+        assert_eq!(plan.mtu, 1376);
+        assert_eq!(plan.host_veth, host_veth_name("c0ffee", "eth0"));
+        assert_eq!(plan.alias, "weft-cni weftnet c0ffee eth0");
+        assert_eq!(plan.pod_routes.len(), 1);
+        assert_eq!(plan.pod_routes[0].dst.to_string(), "0.0.0.0/0");
+        assert_eq!(plan.pod_routes[0].gateway, Some(Ipv4Addr::new(10, 32, 0, 1)));
+        assert!(plan.host_routes.is_empty());
+
+        let v = json(&out.stdout);
+        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["interfaces"][0]["name"], plan.host_veth.as_str());
+        assert_eq!(v["interfaces"][1]["name"], "eth0");
+        assert_eq!(v["interfaces"][1]["sandbox"], "/run/netns/pod1");
+        assert_eq!(v["interfaces"][1]["mac"], "02:00:00:00:00:02");
+        assert_eq!(v["interfaces"][1]["mtu"], 1376);
+        assert_eq!(v["ips"][0]["address"], "10.32.0.5/12");
+        assert_eq!(v["ips"][0]["gateway"], "10.32.0.1");
+        assert_eq!(v["ips"][0]["interface"], 1);
+        assert!(v["ips"][0].get("version").is_none());
+        assert_eq!(v["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(v["routes"][0]["gw"], "10.32.0.1");
+    }
+
+    #[test]
+    fn add_in_bridge_mode_without_gateway_has_no_default_route() {
+        let mut reply = bridge_reply();
+        if let Ok(CniSuccess::Attachment(a)) = &mut reply {
+            a.gateway = None;
+        }
+        let mut fake = Fake {
+            reply: Some(reply),
+            ..Fake::default()
+        };
+        let out = run_with(&add_env("ADD"), MINIMAL, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        assert!(fake.attached[0].pod_routes.is_empty());
+        let v = json(&out.stdout);
+        assert!(v.get("routes").is_none());
+        assert!(v["ips"][0].get("gateway").is_none());
+    }
+
+    #[test]
+    fn add_in_tun_mode_routes_via_the_link_local_next_hop() {
+        let mut fake = Fake {
+            reply: Some(tun_reply()),
+            ..Fake::default()
+        };
+        let out = run_with(&add_env("ADD"), MINIMAL, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        let plan = &fake.attached[0];
+        assert_eq!(plan.mode, Mode::Routed);
+        assert_eq!(plan.address.to_string(), "10.32.0.7/32");
+        let routes: Vec<String> = plan
+            .pod_routes
+            .iter()
+            .map(|r| format!("{} {:?}", r.dst, r.gateway))
+            .collect();
+        assert_eq!(
+            routes,
+            ["169.254.1.1/32 None", "0.0.0.0/0 Some(169.254.1.1)"]
+        );
+        assert_eq!(plan.host_routes[0].dst.to_string(), "10.32.0.7/32");
+        let v = json(&out.stdout);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        // 1.0.0 has no interface MTU.
+        assert!(v["interfaces"][1].get("mtu").is_none());
+        assert_eq!(v["ips"][0]["address"], "10.32.0.7/32");
+        assert_eq!(v["routes"][0]["gw"], "169.254.1.1");
+    }
+
+    #[test]
+    fn add_result_in_0_4_0_layout_and_chained_after_prev_result() {
+        let mut fake = Fake {
+            reply: Some(bridge_reply()),
+            ..Fake::default()
+        };
+        let conf = r#"{"cniVersion":"0.4.0","name":"weftnet","type":"weft",
+            "prevResult":{"cniVersion":"0.4.0",
+              "interfaces":[{"name":"other0","sandbox":"/run/netns/pod1"}],
+              "ips":[{"version":"4","interface":0,"address":"192.168.9.2/24"}],
+              "dns":{"nameservers":["10.96.0.10"]}}}"#;
+        let out = run_with(&add_env("ADD"), conf, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        let v = json(&out.stdout);
+        assert_eq!(v["cniVersion"], "0.4.0");
+        assert_eq!(v["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(v["interfaces"][0]["name"], "other0");
+        assert_eq!(v["interfaces"][2]["name"], "eth0");
+        assert!(v["interfaces"][2].get("mtu").is_none());
+        assert_eq!(v["ips"][0]["address"], "192.168.9.2/24");
+        assert_eq!(v["ips"][0]["version"], "4");
+        assert_eq!(v["ips"][1]["address"], "10.32.0.5/12");
+        assert_eq!(v["ips"][1]["version"], "4");
+        assert_eq!(v["ips"][1]["interface"], 2);
+        assert_eq!(v["dns"]["nameservers"][0], "10.96.0.10");
+    }
+
+    #[test]
+    fn add_failures() {
+        // weft not running: try again later, naming the socket.
+        let mut fake = Fake::default();
+        let out = run_with(&add_env("ADD"), MINIMAL, &mut fake);
+        assert_eq!(out.exit, 1);
+        assert_eq!(json(&out.stdout)["code"], 11);
+        // weft refuses: its code and words pass through.
+        let mut fake = Fake {
+            reply: Some(Err(WeftError::Refused(CniError::new(
+                100,
+                "range exhausted",
+                "10.32.0.0/12 is full",
+            )))),
+            ..Fake::default()
+        };
+        let v = json(&run_with(&add_env("ADD"), MINIMAL, &mut fake).stdout);
+        assert_eq!(v["code"], 100);
+        assert!(v["details"].as_str().unwrap().contains("10.32.0.0/12 is full"));
+        // A namespace that does not exist: code 3, nothing asked of weft.
+        let mut fake = Fake {
+            reply: Some(bridge_reply()),
+            missing_netns: true,
+            ..Fake::default()
+        };
+        let v = json(&run_with(&add_env("ADD"), MINIMAL, &mut fake).stdout);
+        assert_eq!(v["code"], 3);
+        assert!(v["details"].as_str().unwrap().contains("/run/netns/pod1"));
+        assert!(fake.requests.is_empty());
+        // Setup fails: the address goes back to weft.
+        let mut fake = Fake {
+            reply: Some(bridge_reply()),
+            attach_fails: true,
+            ..Fake::default()
+        };
+        let v = json(&run_with(&add_env("ADD"), MINIMAL, &mut fake).stdout);
+        assert_eq!(v["code"], CODE_SETUP);
+        assert!(matches!(fake.requests.last(), Some(CniRequest::Del { .. })));
+        // An undocumented answer: bridge mode without a bridge.
+        let mut reply = bridge_reply();
+        if let Ok(CniSuccess::Attachment(a)) = &mut reply {
+            a.bridge = None;
+        }
+        let mut fake = Fake {
+            reply: Some(reply),
+            ..Fake::default()
+        };
+        let v = json(&run_with(&add_env("ADD"), MINIMAL, &mut fake).stdout);
+        assert_eq!(v["code"], CODE_WEFT_PROTOCOL);
+    }
+
+    #[test]
+    fn del_is_idempotent_and_best_effort() {
+        let mut fake = Fake {
+            reply: Some(bridge_reply()),
+            ..Fake::default()
+        };
+        assert_eq!(run_with(&add_env("ADD"), MINIMAL, &mut fake).exit, 0);
+        let first = run_with(&add_env("DEL"), MINIMAL, &mut fake);
+        assert_eq!((first.exit, first.stdout.as_str()), (0, ""));
+        assert!(fake.host_veths.is_empty());
+        let again = run_with(&add_env("DEL"), MINIMAL, &mut fake);
+        assert_eq!((again.exit, again.stdout.as_str()), (0, ""));
+        assert!(again.stderr.contains("already deleted"));
+        // weft gone: the veth is still removed and DEL succeeds, saying so.
+        let mut fake = Fake {
+            reply: Some(Err(WeftError::Unreachable("no weft on @weft-cni".into()))),
+            ..Fake::default()
+        };
+        fake.host_veths
+            .insert(host_veth_name("c0ffee", "eth0"), "x".into());
+        let mut env = add_env("DEL");
+        env.remove("CNI_NETNS");
+        let out = run_with(&env, MINIMAL, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        assert!(fake.host_veths.is_empty());
+        assert!(out.stderr.contains("not released"), "{}", out.stderr);
+    }
+
+    #[test]
+    fn status_is_50_without_weft() {
+        let conf = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#;
+        let env = env_of(&[("CNI_COMMAND", "STATUS")]);
+        let mut fake = Fake {
+            reply: Some(Err(WeftError::Unreachable("no weft on @weft-cni".into()))),
+            ..Fake::default()
+        };
+        let out = run_with(&env, conf, &mut fake);
+        assert_eq!(out.exit, 1);
+        let v = json(&out.stdout);
+        assert_eq!(v["code"], 50);
+        assert!(v["details"].as_str().unwrap().contains("@weft-cni"));
+        let mut fake = Fake {
+            reply: Some(bridge_reply()),
+            ..Fake::default()
+        };
+        let out = run_with(&env, conf, &mut fake);
+        assert_eq!((out.exit, out.stdout.as_str()), (0, ""));
+    }
+
+    #[test]
+    fn gc_removes_stale_veths_of_this_network_and_tells_weft() {
+        let mut fake = Fake {
+            reply: Some(Ok(CniSuccess::Released { released: 1 })),
+            ..Fake::default()
+        };
+        for (c, net) in [("keep", "weftnet"), ("stale", "weftnet"), ("other", "othernet")] {
+            fake.host_veths
+                .insert(host_veth_name(c, "eth0"), host_veth_alias(net, c, "eth0"));
+        }
+        fake.host_veths.insert("eth9".into(), String::new());
+        let conf = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft",
+            "cni.dev/valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}"#;
+        let out = run_with(&env_of(&[("CNI_COMMAND", "GC")]), conf, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        assert!(fake.host_veths.contains_key(&host_veth_name("keep", "eth0")));
+        assert!(fake.host_veths.contains_key(&host_veth_name("other", "eth0")));
+        assert!(fake.host_veths.contains_key("eth9"));
+        assert!(!fake.host_veths.contains_key(&host_veth_name("stale", "eth0")));
+        assert_eq!(
+            fake.requests,
+            [CniRequest::Gc {
+                valid: vec![AttachmentKey {
+                    container_id: "keep".into(),
+                    ifname: "eth0".into()
+                }]
+            }]
+        );
+        assert!(out.stderr.contains("released 1"));
+        // Without the list, nothing is released.
+        let out = run_with(
+            &env_of(&[("CNI_COMMAND", "GC")]),
+            r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#,
+            &mut fake,
+        );
+        assert_eq!(json(&out.stdout)["code"], 7);
+    }
+
+    #[test]
+    fn check_compares_the_pod_with_what_weft_holds() {
+        let inspection = |addr: [u8; 4], mtu: u32| Inspection {
+            pod_addresses: Some(vec![(IpAddr::V4(Ipv4Addr::from(addr)), 12)]),
+            pod_mtu: mtu,
+            pod_up: true,
+            host_veth: true,
+        };
+        let mut fake = Fake {
+            reply: Some(bridge_reply()),
+            inspection: Some(inspection([10, 32, 0, 5], 1376)),
+            ..Fake::default()
+        };
+        let out = run_with(&add_env("CHECK"), MINIMAL, &mut fake);
+        assert_eq!((out.exit, out.stdout.as_str()), (0, ""));
+
+        fake.inspection = Some(inspection([10, 32, 0, 9], 1376));
+        let v = json(&run_with(&add_env("CHECK"), MINIMAL, &mut fake).stdout);
+        assert_eq!(v["code"], CODE_CHECK);
+        assert!(v["details"].as_str().unwrap().contains("10.32.0.5"));
+
+        fake.inspection = Some(inspection([10, 32, 0, 5], 1500));
+        let v = json(&run_with(&add_env("CHECK"), MINIMAL, &mut fake).stdout);
+        assert!(v["details"].as_str().unwrap().contains("MTU 1500"));
+
+        fake.inspection = None;
+        let v = json(&run_with(&add_env("CHECK"), MINIMAL, &mut fake).stdout);
+        assert!(v["details"].as_str().unwrap().contains("no interface eth0"));
+
+        // weft no longer holds it.
+        fake.reply = Some(Err(WeftError::Refused(CniError::new(
+            3,
+            "unknown",
+            "no address for c0ffee eth0",
+        ))));
+        let v = json(&run_with(&add_env("CHECK"), MINIMAL, &mut fake).stdout);
+        assert_eq!(v["code"], 3);
+
+        // prevResult disagreeing with weft.
+        fake.reply = Some(bridge_reply());
+        fake.inspection = Some(inspection([10, 32, 0, 5], 1376));
+        let conf = r#"{"cniVersion":"1.0.0","name":"weftnet","type":"weft",
+            "prevResult":{"cniVersion":"1.0.0",
+              "interfaces":[{"name":"vweftx"},{"name":"eth0","sandbox":"/run/netns/pod1"}],
+              "ips":[{"interface":1,"address":"10.32.0.6/12"}]}}"#;
+        let v = json(&run_with(&add_env("CHECK"), conf, &mut fake).stdout);
+        assert!(v["details"].as_str().unwrap().contains("prevResult says 10.32.0.6"), "{v}");
+    }
+}
