@@ -116,7 +116,11 @@ mod tests {
         );
         assert_eq!(
             parse_reply(r#"{"ok":false,"code":50,"msg":"not ready","details":"no range yet"}"#),
-            Err(WeftError::Refused(CniError::new(50, "not ready", "no range yet")))
+            Err(WeftError::Refused(CniError::new(
+                50,
+                "not ready",
+                "no range yet"
+            )))
         );
         assert!(matches!(parse_reply("hello"), Err(WeftError::Protocol(_))));
         assert!(matches!(parse_reply("{}"), Err(WeftError::Protocol(_))));

@@ -113,12 +113,7 @@ impl System for LinuxSystem {
         }
     }
 
-    fn inspect(
-        &mut self,
-        netns: &str,
-        ifname: &str,
-        host_veth: &str,
-    ) -> Result<Inspection, Error> {
+    fn inspect(&mut self, netns: &str, ifname: &str, host_veth: &str) -> Result<Inspection, Error> {
         let file = open_netns(netns)?;
         let mut host = Rtnl::open().map_err(setup)?;
         let host_exists = host.link(host_veth).map_err(setup)?.is_some();
@@ -171,10 +166,12 @@ fn configure(
     plan: &AttachPlan,
     bridge_index: Option<u32>,
 ) -> Result<Attached, Error> {
-    let link = host
-        .link(&plan.host_veth)
-        .map_err(setup)?
-        .ok_or_else(|| setup_msg(format!("{} vanished right after it was made", plan.host_veth)))?;
+    let link = host.link(&plan.host_veth).map_err(setup)?.ok_or_else(|| {
+        setup_msg(format!(
+            "{} vanished right after it was made",
+            plan.host_veth
+        ))
+    })?;
     host.set_alias(link.index, &plan.host_veth, &plan.alias)
         .map_err(setup)?;
     match (&plan.mode, bridge_index) {
@@ -198,6 +195,7 @@ fn configure(
     }
 
     let pod_plan = plan.clone();
+    let host_hw = link.hw.clone();
     let pod_mac = in_netns(netns, move || -> Result<String, RtnlError> {
         let mut rtnl = Rtnl::open()?;
         let Some(pod) = rtnl.link(&pod_plan.ifname)? else {
@@ -216,6 +214,9 @@ fn configure(
         if let Some(lo) = rtnl.link("lo")? {
             rtnl.set_up(lo.index, "lo")?;
         }
+        if let Some(next_hop) = pod_plan.next_hop {
+            rtnl.set_neighbour(pod.index, &pod_plan.ifname, next_hop, &host_hw)?;
+        }
         for route in &pod_plan.pod_routes {
             rtnl.add_route(
                 route.dst.addr(),
@@ -227,7 +228,12 @@ fn configure(
         }
         Ok(pod.mac)
     })
-    .map_err(|e| setup_msg(format!("cannot enter network namespace {}: {e}", plan.netns)))?
+    .map_err(|e| {
+        setup_msg(format!(
+            "cannot enter network namespace {}: {e}",
+            plan.netns
+        ))
+    })?
     .map_err(setup)?;
     Ok(Attached {
         host_mac: link.mac,

@@ -31,7 +31,9 @@ use rscni_types::types::{
 use rscni_types::version::{PluginInfo, SpecVersion};
 use serde_json::Value;
 
-use super::api::{AttachMode, AttachmentKey, CniRequest, CniSuccess, PodAttachment, DEFAULT_SOCKET};
+use super::api::{
+    AttachMode, AttachmentKey, CniRequest, CniSuccess, PodAttachment, DEFAULT_SOCKET,
+};
 use super::client::WeftError;
 
 /// The `type` of weft's network configuration.
@@ -373,6 +375,9 @@ pub struct AttachPlan {
     pub gateway: Option<Ipv4Addr>,
     /// Bridge or routed.
     pub mode: Mode,
+    /// Routed mode: the next hop the pod gets a permanent neighbour entry
+    /// for (the host end's MAC), so it does not depend on proxy ARP alone.
+    pub next_hop: Option<Ipv4Addr>,
     /// Routes inside the pod, in order.
     pub pod_routes: Vec<PlannedRoute>,
     /// Routes on the host via the host end.
@@ -421,8 +426,7 @@ pub trait System {
     /// Deletes the host end (and with it the pod end); Ok(false) when it did not exist.
     fn detach(&mut self, host_veth: &str) -> Result<bool, Error>;
     /// Looks at the pod's interface and the host end.
-    fn inspect(&mut self, netns: &str, ifname: &str, host_veth: &str)
-        -> Result<Inspection, Error>;
+    fn inspect(&mut self, netns: &str, ifname: &str, host_veth: &str) -> Result<Inspection, Error>;
     /// The host ends of pod veths on this host.
     fn host_links(&mut self) -> Result<Vec<HostLink>, Error>;
 }
@@ -536,7 +540,11 @@ fn not_available(why: String) -> Error {
 }
 
 fn protocol(why: String) -> Error {
-    Error::Custom(CODE_WEFT_PROTOCOL, "Unexpected answer from weft".into(), why)
+    Error::Custom(
+        CODE_WEFT_PROTOCOL,
+        "Unexpected answer from weft".into(),
+        why,
+    )
 }
 
 /// weft's answer to ADD, checked.
@@ -653,6 +661,7 @@ pub fn plan_attachment(network: &str, att: &Attachment, reply: &AddReply) -> Att
         mtu: reply.mtu,
         address,
         gateway,
+        next_hop: (reply.mode == Mode::Routed).then_some(ROUTED_NEXT_HOP),
         mode: reply.mode.clone(),
         pod_routes,
         host_routes,
@@ -813,16 +822,18 @@ fn check(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
         _ => None,
     };
     let from_prev = inv.conf.prev_result.as_ref().and_then(|prev| {
-        let index = prev.interfaces.iter().position(|i| {
-            i.name == att.ifname && i.sandbox.as_deref() == Some(netns.as_str())
-        })?;
+        let index = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == att.ifname && i.sandbox.as_deref() == Some(netns.as_str()))?;
         prev.ips.iter().find_map(|ip| match ip.address {
             IpNet::V4(net) if ip.interface == u32::try_from(index).ok() => Some(net.addr()),
             _ => None,
         })
     });
     let found = system.inspect(&netns, &att.ifname, &att.host_veth())?;
-    let check_failed = |what: String| Error::Custom(CODE_CHECK, "Attachment check failed".into(), what);
+    let check_failed =
+        |what: String| Error::Custom(CODE_CHECK, "Attachment check failed".into(), what);
     let Some(addresses) = found.pod_addresses else {
         return Err(check_failed(format!(
             "no interface {} in network namespace {netns}",
@@ -885,7 +896,8 @@ fn status(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
 fn gc(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<(), Error> {
     let Some(valid) = inv.conf.valid_attachments.as_ref() else {
         return Err(Error::InvalidNetworkConfig(
-            "GC needs \"cni.dev/valid-attachments\" (the attachments to keep) in the configuration".into(),
+            "GC needs \"cni.dev/valid-attachments\" (the attachments to keep) in the configuration"
+                .into(),
         ));
     };
     let keep: HashSet<(&str, &str)> = valid
@@ -991,14 +1003,20 @@ mod tests {
         }
         fn check_netns(&mut self, path: &str) -> Result<(), Error> {
             if self.missing_netns {
-                Err(Error::NotExist(format!("CNI_NETNS={path:?} does not exist")))
+                Err(Error::NotExist(format!(
+                    "CNI_NETNS={path:?} does not exist"
+                )))
             } else {
                 Ok(())
             }
         }
         fn attach(&mut self, plan: &AttachPlan) -> Result<Attached, Error> {
             if self.attach_fails {
-                return Err(Error::Custom(CODE_SETUP, "Network setup failed".into(), "boom".into()));
+                return Err(Error::Custom(
+                    CODE_SETUP,
+                    "Network setup failed".into(),
+                    "boom".into(),
+                ));
             }
             self.attached.push(plan.clone());
             self.host_veths
@@ -1087,7 +1105,8 @@ mod tests {
             "weft-cni-b"
         );
         for bad in [r#"42"#, r#""""#, r#""@x""#] {
-            let conf = format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"weft","socket":{bad}}}"#);
+            let conf =
+                format!(r#"{{"cniVersion":"1.1.0","name":"n","type":"weft","socket":{bad}}}"#);
             let f = parse_with(&add_env("ADD"), &conf).unwrap_err();
             assert_eq!(code(&f), 7, "{bad}");
             assert!(f.error.details().contains("\"socket\""), "{:?}", f.error);
@@ -1102,12 +1121,18 @@ mod tests {
         let f = parse_with(&add_env("ADD"), "  ").unwrap_err();
         assert_eq!(code(&f), 6);
         assert!(f.error.details().contains("stdin is empty"));
-        let f = parse_with(&add_env("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#)
-            .unwrap_err();
+        let f = parse_with(
+            &add_env("ADD"),
+            r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#,
+        )
+        .unwrap_err();
         assert_eq!(code(&f), 7);
         assert!(f.error.details().contains("\"bridge\""));
-        let f = parse_with(&add_env("ADD"), r#"{"cniVersion":"1.0.0","name":"no spaces","type":"weft"}"#)
-            .unwrap_err();
+        let f = parse_with(
+            &add_env("ADD"),
+            r#"{"cniVersion":"1.0.0","name":"no spaces","type":"weft"}"#,
+        )
+        .unwrap_err();
         assert_eq!(code(&f), 7);
         assert!(f.error.details().contains("no spaces"));
         let f = parse_with(
@@ -1132,7 +1157,11 @@ mod tests {
         env.remove("CNI_NETNS");
         let f = parse_with(&env, MINIMAL).unwrap_err();
         assert_eq!(code(&f), 4);
-        assert!(f.error.details().ends_with("missing: CNI_NETNS"), "{:?}", f.error);
+        assert!(
+            f.error.details().ends_with("missing: CNI_NETNS"),
+            "{:?}",
+            f.error
+        );
         // DEL does not need the namespace.
         env.insert("CNI_COMMAND".into(), "DEL".into());
         assert!(parse_with(&env, MINIMAL).is_ok());
@@ -1144,10 +1173,18 @@ mod tests {
         assert!(f.error.details().contains("eth0/x"));
         let mut env = add_env("ADD");
         env.insert("CNI_CONTAINERID".into(), "-bad id".into());
-        assert!(parse_with(&env, MINIMAL).unwrap_err().error.details().contains("-bad id"));
+        assert!(parse_with(&env, MINIMAL)
+            .unwrap_err()
+            .error
+            .details()
+            .contains("-bad id"));
         let mut env = add_env("ADD");
         env.insert("CNI_NETNS".into(), "pod1".into());
-        assert!(parse_with(&env, MINIMAL).unwrap_err().error.details().contains("\"pod1\""));
+        assert!(parse_with(&env, MINIMAL)
+            .unwrap_err()
+            .error
+            .details()
+            .contains("\"pod1\""));
     }
 
     #[test]
@@ -1175,7 +1212,11 @@ mod tests {
 
     #[test]
     fn version_lists_the_supported_versions() {
-        let out = run_with(&env_of(&[("CNI_COMMAND", "VERSION")]), "", &mut Fake::default());
+        let out = run_with(
+            &env_of(&[("CNI_COMMAND", "VERSION")]),
+            "",
+            &mut Fake::default(),
+        );
         assert_eq!(out.exit, 0);
         let v = json(&out.stdout);
         assert_eq!(v["cniVersion"], "1.1.0");
@@ -1228,15 +1269,24 @@ mod tests {
         let out = run_with(&add_env("ADD"), conf, &mut fake);
         assert_eq!(out.exit, 0, "{}", out.stdout);
         let plan = &fake.attached[0];
-        assert_eq!(plan.mode, Mode::Bridge { bridge: "weft".into() });
+        assert_eq!(
+            plan.mode,
+            Mode::Bridge {
+                bridge: "weft".into()
+            }
+        );
         assert_eq!(plan.address.to_string(), "10.32.0.5/12");
         assert_eq!(plan.mtu, 1376);
         assert_eq!(plan.host_veth, host_veth_name("c0ffee", "eth0"));
         assert_eq!(plan.alias, "weft-cni weftnet c0ffee eth0");
         assert_eq!(plan.pod_routes.len(), 1);
         assert_eq!(plan.pod_routes[0].dst.to_string(), "0.0.0.0/0");
-        assert_eq!(plan.pod_routes[0].gateway, Some(Ipv4Addr::new(10, 32, 0, 1)));
+        assert_eq!(
+            plan.pod_routes[0].gateway,
+            Some(Ipv4Addr::new(10, 32, 0, 1))
+        );
         assert!(plan.host_routes.is_empty());
+        assert_eq!(plan.next_hop, None);
 
         let v = json(&out.stdout);
         assert_eq!(v["cniVersion"], "1.1.0");
@@ -1292,6 +1342,7 @@ mod tests {
             ["169.254.1.1/32 None", "0.0.0.0/0 Some(169.254.1.1)"]
         );
         assert_eq!(plan.host_routes[0].dst.to_string(), "10.32.0.7/32");
+        assert_eq!(plan.next_hop, Some(ROUTED_NEXT_HOP));
         let v = json(&out.stdout);
         assert_eq!(v["cniVersion"], "1.0.0");
         // 1.0.0 has no interface MTU.
@@ -1345,7 +1396,10 @@ mod tests {
         };
         let v = json(&run_with(&add_env("ADD"), MINIMAL, &mut fake).stdout);
         assert_eq!(v["code"], 100);
-        assert!(v["details"].as_str().unwrap().contains("10.32.0.0/12 is full"));
+        assert!(v["details"]
+            .as_str()
+            .unwrap()
+            .contains("10.32.0.0/12 is full"));
         // A namespace that does not exist: code 3, nothing asked of weft.
         let mut fake = Fake {
             reply: Some(bridge_reply()),
@@ -1433,7 +1487,11 @@ mod tests {
             reply: Some(Ok(CniSuccess::Released { released: 1 })),
             ..Fake::default()
         };
-        for (c, net) in [("keep", "weftnet"), ("stale", "weftnet"), ("other", "othernet")] {
+        for (c, net) in [
+            ("keep", "weftnet"),
+            ("stale", "weftnet"),
+            ("other", "othernet"),
+        ] {
             fake.host_veths
                 .insert(host_veth_name(c, "eth0"), host_veth_alias(net, c, "eth0"));
         }
@@ -1442,10 +1500,16 @@ mod tests {
             "cni.dev/valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}"#;
         let out = run_with(&env_of(&[("CNI_COMMAND", "GC")]), conf, &mut fake);
         assert_eq!(out.exit, 0, "{}", out.stdout);
-        assert!(fake.host_veths.contains_key(&host_veth_name("keep", "eth0")));
-        assert!(fake.host_veths.contains_key(&host_veth_name("other", "eth0")));
+        assert!(fake
+            .host_veths
+            .contains_key(&host_veth_name("keep", "eth0")));
+        assert!(fake
+            .host_veths
+            .contains_key(&host_veth_name("other", "eth0")));
         assert!(fake.host_veths.contains_key("eth9"));
-        assert!(!fake.host_veths.contains_key(&host_veth_name("stale", "eth0")));
+        assert!(!fake
+            .host_veths
+            .contains_key(&host_veth_name("stale", "eth0")));
         assert_eq!(
             fake.requests,
             [CniRequest::Gc {
@@ -1511,6 +1575,12 @@ mod tests {
               "interfaces":[{"name":"vweftx"},{"name":"eth0","sandbox":"/run/netns/pod1"}],
               "ips":[{"interface":1,"address":"10.32.0.6/12"}]}}"#;
         let v = json(&run_with(&add_env("CHECK"), conf, &mut fake).stdout);
-        assert!(v["details"].as_str().unwrap().contains("prevResult says 10.32.0.6"), "{v}");
+        assert!(
+            v["details"]
+                .as_str()
+                .unwrap()
+                .contains("prevResult says 10.32.0.6"),
+            "{v}"
+        );
     }
 }

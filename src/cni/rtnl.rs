@@ -16,13 +16,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
     LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -76,6 +79,8 @@ pub struct LinkState {
     pub alias: String,
     /// Hardware address, `aa:bb:...`; empty when the link has none.
     pub mac: String,
+    /// Hardware address, raw.
+    pub hw: Vec<u8>,
     /// MTU.
     pub mtu: u32,
     /// Whether IFF_UP is set.
@@ -141,12 +146,13 @@ impl Rtnl {
             let mut offset = 0;
             while offset < bytes.len() {
                 let rest = &bytes[offset..];
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest).map_err(|e| {
-                    err(
-                        format!("{what} (reply)"),
-                        io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-                    )
-                })?;
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest).map_err(|e| {
+                        err(
+                            format!("{what} (reply)"),
+                            io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                        )
+                    })?;
                 let len = reply.header.length as usize;
                 if len == 0 {
                     return Err(err(
@@ -290,7 +296,13 @@ impl Rtnl {
     }
 
     /// Makes link `index` a port of bridge `bridge_index`.
-    pub fn set_controller(&mut self, index: u32, name: &str, bridge_index: u32, bridge: &str) -> Result<()> {
+    pub fn set_controller(
+        &mut self,
+        index: u32,
+        name: &str,
+        bridge_index: u32,
+        bridge: &str,
+    ) -> Result<()> {
         self.set_link(
             index,
             &format!("attach {name} to bridge {bridge}"),
@@ -317,7 +329,13 @@ impl Rtnl {
     }
 
     /// Adds `address/prefix_len` to link `index`.
-    pub fn add_address(&mut self, index: u32, name: &str, address: IpAddr, prefix_len: u8) -> Result<()> {
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        name: &str,
+        address: IpAddr,
+        prefix_len: u8,
+    ) -> Result<()> {
         let mut msg = AddressMessage::default();
         msg.header.family = family(address);
         msg.header.prefix_len = prefix_len;
@@ -361,6 +379,31 @@ impl Rtnl {
             }
         }
         Ok(out)
+    }
+
+    /// Sets a permanent neighbour entry: `ip` is at `mac` on link `index`.
+    pub fn set_neighbour(
+        &mut self,
+        index: u32,
+        name: &str,
+        ip: Ipv4Addr,
+        mac: &[u8],
+    ) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            &format!("add neighbour {ip} on {name}"),
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
     }
 
     /// Adds a route in the main table: `dst/prefix_len` out of link
@@ -419,6 +462,7 @@ fn link_state(l: &LinkMessage) -> LinkState {
         name: String::new(),
         alias: String::new(),
         mac: String::new(),
+        hw: Vec::new(),
         mtu: 0,
         up: l.header.flags.contains(LinkFlags::Up),
         controller: None,
@@ -430,6 +474,7 @@ fn link_state(l: &LinkMessage) -> LinkState {
             LinkAttribute::Mtu(m) => state.mtu = *m,
             LinkAttribute::Controller(c) => state.controller = Some(*c),
             LinkAttribute::Address(mac) => {
+                state.hw = mac.clone();
                 state.mac = mac
                     .iter()
                     .map(|b| format!("{b:02x}"))
