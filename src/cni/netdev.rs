@@ -184,14 +184,8 @@ fn configure(
     }
     host.set_up(link.index, &plan.host_veth).map_err(setup)?;
     for route in &plan.host_routes {
-        host.add_route(
-            route.dst.addr(),
-            route.dst.prefix_len(),
-            route.gateway,
-            link.index,
-            &plan.host_veth,
-        )
-        .map_err(setup)?;
+        host.add_route(route.dst, route.gateway, link.index, &plan.host_veth)
+            .map_err(setup)?;
     }
 
     let pod_plan = plan.clone();
@@ -218,13 +212,7 @@ fn configure(
             rtnl.set_neighbour(pod.index, &pod_plan.ifname, next_hop, &host_hw)?;
         }
         for route in &pod_plan.pod_routes {
-            rtnl.add_route(
-                route.dst.addr(),
-                route.dst.prefix_len(),
-                route.gateway,
-                pod.index,
-                &pod_plan.ifname,
-            )?;
+            rtnl.add_route(route.dst, route.gateway, pod.index, &pod_plan.ifname)?;
         }
         Ok(pod.mac)
     })

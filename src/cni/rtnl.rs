@@ -15,6 +15,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
+use rscni_types::ipnet::Ipv4Net;
+
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
@@ -411,12 +413,12 @@ impl Rtnl {
     /// (scope link).
     pub fn add_route(
         &mut self,
-        dst: Ipv4Addr,
-        prefix_len: u8,
+        dst: Ipv4Net,
         gateway: Option<Ipv4Addr>,
         index: u32,
         name: &str,
     ) -> Result<()> {
+        let (prefix_len, dst) = (dst.prefix_len(), dst.addr());
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = prefix_len;
