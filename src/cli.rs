@@ -90,13 +90,24 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = DEFAULT_STATUS_ADDR)]
         status_addr: SocketAddr,
     },
+    /// A peer is gone for good: this host takes over its IPAM chunks, which
+    /// the other hosts keep reserved (its pods may still run) until this or
+    /// --ipalloc-reclaim-after.
+    Rmpeer {
+        /// The departed peer's name, as `weft status ipam` shows it.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The status address of the weft to change.
+        #[arg(long, value_name = "ADDR", default_value = DEFAULT_STATUS_ADDR)]
+        status_addr: SocketAddr,
+    },
     /// Show this host's connections and mesh (from the status server of a running `weft launch`).
     ///
     /// `weft status peers` shows the mesh: every peer by name and identity,
     /// its overlay addresses, its connections, and how this host reaches
     /// it (direct, or via which peer and why).
     Status {
-        /// What to show: everything (default) or only `peers`.
+        /// What to show: everything (default), only `peers`, or `ipam`.
         #[arg(value_enum, value_name = "VIEW")]
         view: Option<StatusView>,
         /// Print JSON instead of text.
@@ -113,6 +124,8 @@ enum Command {
 enum StatusView {
     /// The mesh: peers, their connections and routes.
     Peers,
+    /// IPAM: the chunks of --ipalloc-range each host owns, addresses in use.
+    Ipam,
 }
 
 /// `weft secret ...`.
@@ -176,6 +189,7 @@ pub fn main() -> ExitCode {
         } => status(view, json, status_addr),
         Command::Connect { peer, status_addr } => control(status_addr, &peer, true),
         Command::Forget { peer, status_addr } => control(status_addr, &peer, false),
+        Command::Rmpeer { name, status_addr } => rmpeer(status_addr, &name),
         Command::Preflight(args) => crate::host::preflight::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
         Command::Fastdp(args) => crate::datapath::odp::standalone::run(&args),
@@ -350,6 +364,28 @@ fn control(status_addr: SocketAddr, peer: &str, connect: bool) -> ExitCode {
     }
 }
 
+/// `weft rmpeer NAME`: exit 0 when done, 1 when refused or not running.
+fn rmpeer(status_addr: SocketAddr, name: &str) -> ExitCode {
+    use crate::api::control::{send, ControlRequest};
+    let request = ControlRequest::Rmpeer {
+        name: name.to_string(),
+    };
+    match send(status_addr, &request) {
+        Ok(reply) if reply.ok => {
+            println!("{}", reply.message);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!("weft: {}", reply.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("weft: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn status(view: Option<StatusView>, json: bool, addr: SocketAddr) -> ExitCode {
     match crate::api::http::fetch(addr) {
         Ok(s) => {
@@ -358,6 +394,20 @@ fn status(view: Option<StatusView>, json: bool, addr: SocketAddr) -> ExitCode {
                     println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default())
                 }
                 (None, false) => print!("{}", s.render_text()),
+                (Some(StatusView::Ipam), json) => {
+                    let Some(ipam) = s.ipam else {
+                        eprintln!("weft: this weft runs without IPAM (start it with --ipalloc-range CIDR)");
+                        return ExitCode::from(1);
+                    };
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&ipam).unwrap_or_default()
+                        );
+                    } else {
+                        print!("{}", ipam.render_text());
+                    }
+                }
                 (Some(StatusView::Peers), json) => {
                     let Some(mesh) = s.mesh else {
                         eprintln!("weft: this weft runs no mesh (plaintext mode has static VTEPs, not peers); `weft status` shows them");

@@ -48,6 +48,22 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     ("cert", "path: this host's certificate"),
     ("revoked", "path: revoked certificate fingerprints"),
+    (
+        "ipalloc-range",
+        "string: CIDR range IPAM hands pod addresses out of",
+    ),
+    (
+        "ipalloc-dir",
+        "path: where IPAM records the addresses pods hold",
+    ),
+    (
+        "ipalloc-reclaim-after",
+        "string: how long a departed peer's chunks stay reserved (e.g. 1h, 30m, 90s)",
+    ),
+    (
+        "cni-socket",
+        "string: abstract socket name the CNI plugin talks to",
+    ),
     ("timers", "table: timer overrides (see [timers])"),
 ];
 

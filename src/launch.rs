@@ -141,6 +141,124 @@ pub struct LaunchArgs {
     /// uncovered claim anyway: this exists to test that they do.
     #[arg(long, hide = true)]
     pub allow_uncovered_overlay: bool,
+    /// IP address management for pods (Kubernetes CNI): hand out addresses
+    /// from this IPv4 range, split among the hosts in chunks claimed
+    /// through the mesh; the CNI plugin asks for them over --cni-socket.
+    /// Every host must give the same range. With it --overlay is optional
+    /// in bridge mode.
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_range: Option<String>,
+    /// Where IPAM records the addresses pods hold, so a restarted weft
+    /// never hands one out twice [default: /var/lib/weft/ipam].
+    #[arg(long, value_name = "DIR")]
+    pub ipalloc_dir: Option<PathBuf>,
+    /// How long a departed peer's chunks stay reserved (its pods may still
+    /// run) before any host may claim them: e.g. 1h, 30m, 90s [default: 1h].
+    /// `weft rmpeer NAME` frees them at once.
+    #[arg(long, value_name = "DURATION")]
+    pub ipalloc_reclaim_after: Option<String>,
+    /// The abstract unix socket (in this network namespace) the CNI plugin
+    /// talks to [default: weft-cni].
+    #[arg(long, value_name = "NAME")]
+    pub cni_socket: Option<String>,
+}
+
+/// `--ipalloc-range` and its companions, checked.
+struct IpamPlan {
+    range: crate::ipam::AllocRange,
+    dir: PathBuf,
+    reclaim_after: Duration,
+    socket: String,
+}
+
+/// The default `--ipalloc-dir`.
+pub const DEFAULT_IPALLOC_DIR: &str = "/var/lib/weft/ipam";
+/// The default `--ipalloc-reclaim-after`.
+pub const DEFAULT_RECLAIM_AFTER: Duration = Duration::from_secs(3600);
+
+/// Parses a duration like `1h`, `30m`, `90s` or `3600` (seconds).
+pub fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{flag} {text:?} is not a duration; write it like 1h, 30m or 90s"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{flag} {text:?}: unknown unit {unit:?}; use s, m, h or d (e.g. 1h)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{flag} {text:?} is too long"))
+}
+
+/// Reads the IPAM flags (or config keys); `None` without --ipalloc-range.
+fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan>, LaunchError> {
+    let range_err = from_file(file, "ipalloc-range", args.ipalloc_range.is_some());
+    let range = match args.ipalloc_range.take() {
+        Some(r) => Some(r),
+        None => file.string("ipalloc-range").map_err(usage)?,
+    };
+    let dir_given = args.ipalloc_dir.is_some() || file.has("ipalloc-dir");
+    let reclaim_given = args.ipalloc_reclaim_after.is_some() || file.has("ipalloc-reclaim-after");
+    let Some(range) = range else {
+        if dir_given || reclaim_given {
+            return Err(usage(
+                "--ipalloc-dir and --ipalloc-reclaim-after need --ipalloc-range (IPAM is off without it)",
+            ));
+        }
+        return Ok(None);
+    };
+    let range = crate::ipam::AllocRange::parse(&range).map_err(&range_err)?;
+    let dir = match args.ipalloc_dir.take() {
+        Some(d) => d,
+        None => file
+            .path_value("ipalloc-dir")
+            .map_err(usage)?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_IPALLOC_DIR)),
+    };
+    let reclaim_err = from_file(
+        file,
+        "ipalloc-reclaim-after",
+        args.ipalloc_reclaim_after.is_some(),
+    );
+    let reclaim_after = match args.ipalloc_reclaim_after.take() {
+        Some(t) => Some(t),
+        None => file.string("ipalloc-reclaim-after").map_err(usage)?,
+    };
+    let reclaim_after = match reclaim_after {
+        Some(t) => parse_duration(&t, "--ipalloc-reclaim-after").map_err(&reclaim_err)?,
+        None => DEFAULT_RECLAIM_AFTER,
+    };
+    let socket_err = from_file(file, "cni-socket", args.cni_socket.is_some());
+    let socket = match args.cni_socket.take() {
+        Some(s) => s,
+        None => file
+            .string("cni-socket")
+            .map_err(usage)?
+            .unwrap_or_else(|| crate::cni::api::DEFAULT_SOCKET.to_string()),
+    };
+    if socket.is_empty() || socket.len() > 100 || socket.contains('\0') {
+        return Err(socket_err(format!(
+            "--cni-socket {socket:?} must be 1-100 bytes without NUL (an abstract socket name, without @)"
+        )));
+    }
+    Ok(Some(IpamPlan {
+        range,
+        dir,
+        reclaim_after,
+        socket,
+    }))
 }
 
 /// The local device kind of `--iface`.
@@ -168,8 +286,10 @@ fn usage(msg: impl Into<String>) -> LaunchError {
 
 /// Everything validated, before touching the host.
 struct Plan {
-    overlay_addr: IpAddr,
-    overlay_prefix: u8,
+    /// This host's overlay address and prefix: `None` only with
+    /// --ipalloc-range in bridge mode (the host serves pods without an
+    /// address of its own).
+    overlay: Option<(IpAddr, u8)>,
     listen: SocketAddr,
     peers: Vec<PeerTarget>,
     /// `None` only in plaintext mode, which authenticates nothing.
@@ -197,6 +317,8 @@ struct Plan {
     fastdp_flow_idle: Duration,
     /// Networks with a CA: the trust, this host's certificate, revocations.
     identity: Option<IdentityPlan>,
+    /// `--ipalloc-range`: IPAM and the CNI socket.
+    ipam: Option<IpamPlan>,
 }
 
 /// `--ca-cert`, `--cert` and `--revoked`, checked.
@@ -220,7 +342,7 @@ fn identity_plan(
     args: &IdentityArgs,
     file: &ConfigFile,
     key: &StaticKey,
-    overlay: crate::identity::InterfaceAddr,
+    overlay: Option<crate::identity::InterfaceAddr>,
     plain: bool,
     bridge: bool,
     log: &mut StartupLog,
@@ -294,7 +416,7 @@ fn identity_plan(
             key.public_base64()
         )));
     }
-    if !checked.body.overlay.contains(&overlay) {
+    if let Some(overlay) = overlay.filter(|o| !checked.body.overlay.contains(o)) {
         let listed: Vec<String> = checked.body.overlay.iter().map(|o| o.to_string()).collect();
         let msg = format!(
             "--cert {cert_text} does not cover --overlay {overlay}: it lists {}; use one of those or sign a certificate for {overlay}",
@@ -442,14 +564,17 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     for line in &file.deprecations {
         log.warn(line.clone());
     }
+    let ipam = ipam_plan(&mut args, &file)?;
     let overlay_err = from_file(&file, "overlay", args.overlay.is_some());
     let overlay = match args.overlay {
-        Some(o) => o,
-        None => file.string("overlay").map_err(usage)?.ok_or_else(|| {
-            usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16")
-        })?,
+        Some(o) => Some(o),
+        None => file.string("overlay").map_err(usage)?,
     };
-    let (overlay_addr, overlay_prefix) = parse_overlay(&overlay).map_err(&overlay_err)?;
+    let overlay = match overlay {
+        Some(o) => Some(parse_overlay(&o).map_err(&overlay_err)?),
+        None if ipam.is_some() => None,
+        None => return Err(usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16 (or --ipalloc-range CIDR in bridge mode, to serve pods without an address of its own)")),
+    };
     let listen_err = from_file(&file, "listen", args.listen.is_some());
     let listen = match args
         .listen
@@ -483,6 +608,11 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     };
     let plain = mode == crate::host::plan::Mode::Plain;
     let insecure = args.insecure_plaintext || file.flag("insecure-plaintext").map_err(usage)?;
+    if plain && ipam.is_some() {
+        return Err(usage(
+            "--ipalloc-range is not implemented with --mode plain (plaintext mode has static VTEPs and no mesh to split the range through); drop one of them",
+        ));
+    }
     if plain && !insecure {
         return Err(usage(
             "--mode plain sends every frame unencrypted and unauthenticated (standard VXLAN): anyone on the path can read and inject traffic. Add --insecure-plaintext to confirm this is a trusted link, or drop --mode plain for the encrypted sleeve",
@@ -617,10 +747,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         &identity_args,
         &file,
         &key,
-        crate::identity::InterfaceAddr {
-            addr: overlay_addr,
-            len: overlay_prefix,
-        },
+        overlay.map(|(addr, len)| crate::identity::InterfaceAddr { addr, len }),
         plain,
         l2.is_some(),
         log,
@@ -767,9 +894,13 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     } else {
         file.path.clone()
     };
+    if overlay.is_none() && l2.is_none() {
+        return Err(usage(
+            "--ipalloc-range without --overlay is implemented in bridge mode only: TUN mode needs an overlay address to route pods' traffic through the TUN device. Add --iface bridge, or give this host --overlay ADDR/PREFIX",
+        ));
+    }
     Ok(Plan {
-        overlay_addr,
-        overlay_prefix,
+        overlay,
         listen,
         peers,
         secret,
@@ -792,6 +923,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         fastdp_proof,
         fastdp_flow_idle,
         identity,
+        ipam,
     })
 }
 
@@ -849,10 +981,12 @@ pub fn reload_peers(path: &std::path::Path, listen: SocketAddr) -> Result<Vec<Pe
 
 /// Refuses an overlay prefix that an existing route already covers.
 fn check_overlay_route(plan: &Plan) -> Result<(), LaunchError> {
-    match overlapping_route(plan.overlay_addr, plan.overlay_prefix) {
+    let Some((addr, prefix)) = plan.overlay else {
+        return Ok(());
+    };
+    match overlapping_route(addr, prefix) {
         Some(route) => Err(usage(format!(
-            "--overlay {}/{} collides with the existing route {route}: choose an overlay prefix no route on this host uses",
-            plan.overlay_addr, plan.overlay_prefix
+            "--overlay {addr}/{prefix} collides with the existing route {route}: choose an overlay prefix no route on this host uses"
         ))),
         None => Ok(()),
     }
@@ -1139,7 +1273,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     ));
     let ipv6_underlay = plan.listen.is_ipv6() || remotes.first().is_some_and(|p| p.is_ipv6());
     let overlay_mtu = overhead::overlay_mtu(underlay_mtu, framing, ipv6_underlay, l2);
-    let min = if plan.overlay_addr.is_ipv4() {
+    let min = if plan.overlay.map_or(true, |(a, _)| a.is_ipv4()) {
         overhead::MIN_OVERLAY_MTU_IPV4
     } else {
         overhead::MIN_OVERLAY_MTU_IPV6
@@ -1174,7 +1308,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         &crate::host::plan::Request {
             encrypted: !plain && plan.plaintext_policy.is_none(),
             l2,
-            overlay_ipv6: plan.overlay_addr.is_ipv6(),
+            overlay_ipv6: plan.overlay.is_some_and(|(a, _)| a.is_ipv6()),
         },
     );
     for line in crate::host::preflight::log_lines(&preflight) {
@@ -1237,6 +1371,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     log.info(format!("datapath: {datapath} ({datapath_reason})"));
 
     if let (true, Some(l2plan)) = (plain, plan.l2.as_ref()) {
+        let Some((overlay_addr, overlay_prefix)) = plan.overlay else {
+            return Err(usage("--mode plain needs --overlay ADDR/PREFIX"));
+        };
         let _lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
         check_overlay_route(&plan)?;
         log.flush();
@@ -1246,7 +1383,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             vni: plan.vni,
             bridge: l2plan.bridge.clone(),
             tap_name: plan.iface_name.clone(),
-            overlay: (plan.overlay_addr, plan.overlay_prefix),
+            overlay: (overlay_addr, overlay_prefix),
             overlay_mtu,
             mac_age: l2plan.mac_age,
             mac_quota: l2plan.mac_quota,
@@ -1256,7 +1393,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 name: plan.name.clone(),
                 public_key: plan.key.public_base64(),
                 interface: plan.iface_name.clone(),
-                overlay: format!("{}/{}", plan.overlay_addr, plan.overlay_prefix),
+                overlay: format!("{overlay_addr}/{overlay_prefix}"),
                 overlay_mtu,
                 underlay: underlay_iface.clone(),
                 underlay_mtu,
@@ -1281,6 +1418,37 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
     let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
     let control = crate::api::control::bind(plan.status_addr).map_err(usage)?;
+    let ipam_parts = match &plan.ipam {
+        Some(p) => {
+            let listener = crate::cni::server::bind(&p.socket).map_err(usage)?;
+            let own = match plan.overlay {
+                Some((IpAddr::V4(a), _)) => Some(a),
+                _ => None,
+            };
+            let mut ipam = crate::ipam::Ipam::new(
+                p.range,
+                crate::mesh::PeerId(plan.key.public()),
+                own,
+                p.reclaim_after,
+            );
+            let state = crate::ipam::store::load(&p.dir).map_err(usage)?;
+            let held = state.as_ref().map_or(0, |s| s.allocations.len());
+            if let Some(state) = state {
+                ipam.restore(state).map_err(usage)?;
+            }
+            // Fail now, not at the first pod, if the directory is unusable.
+            crate::ipam::store::save(&p.dir, &ipam.state()).map_err(usage)?;
+            log.info(format!(
+                "IPAM: range {} in /{} chunks; {held} address(es) held in {}; CNI socket @{}",
+                p.range,
+                crate::ipam::chunk_len(&p.range),
+                p.dir.display(),
+                p.socket
+            ));
+            Some((ipam, listener, p.dir.clone(), p.range))
+        }
+        None => None,
+    };
 
     // One weft per interface name: refuse if one runs, clear what a dead one left.
     let mut instance_lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
@@ -1351,12 +1519,19 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     // Bridge mode: a TAP on a bridge that holds the overlay address; the
     // guard removes what weft created when launch returns.
     let mut bridge_guard = None;
+    let overlay_text = plan.overlay.map_or_else(
+        || "no overlay address".to_string(),
+        |(a, p)| format!("{a}/{p}"),
+    );
     let tun = match &plan.l2 {
         None => {
+            let Some((overlay_addr, overlay_prefix)) = plan.overlay else {
+                return Err(usage("TUN mode needs --overlay ADDR/PREFIX"));
+            };
             let tun = TunDevice::create(
                 &plan.iface_name,
-                plan.overlay_addr,
-                plan.overlay_prefix,
+                overlay_addr,
+                overlay_prefix,
                 overlay_mtu,
                 plan.offload,
             )
@@ -1373,22 +1548,20 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 &l2plan.bridge,
                 &plan.iface_name,
                 overlay_mtu,
-                Some((plan.overlay_addr, plan.overlay_prefix)),
+                plan.overlay,
             )
             .map_err(usage)?;
             if guard.created() {
                 if let Some(lock) = instance_lock.as_mut() {
                     lock.record(|r| {
                         r.bridge = Some(l2plan.bridge.clone());
-                        r.overlay = Some(format!("{}/{}", plan.overlay_addr, plan.overlay_prefix));
+                        r.overlay = plan.overlay.map(|(a, p)| format!("{a}/{p}"));
                     });
                 }
             }
             log.info(format!(
-                "bridge {} holds {}/{}; TAP {} on it, mtu {overlay_mtu}",
+                "bridge {} holds {overlay_text}; TAP {} on it, mtu {overlay_mtu}",
                 l2plan.bridge,
-                plan.overlay_addr,
-                plan.overlay_prefix,
                 tap.name()
             ));
             bridge_guard = Some(guard);
@@ -1396,10 +1569,8 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         }
     };
     log.info(format!(
-        "created {} with {}/{} mtu {overlay_mtu}",
+        "created {} with {overlay_text} mtu {overlay_mtu}",
         tun.name(),
-        plan.overlay_addr,
-        plan.overlay_prefix
     ));
     log.flush();
 
@@ -1461,7 +1632,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         name: plan.name.clone(),
         public_key: public.clone(),
         interface: plan.iface_name.clone(),
-        overlay: format!("{}/{}", plan.overlay_addr, plan.overlay_prefix),
+        overlay: plan
+            .overlay
+            .map_or_else(|| "none".to_string(), |(a, p)| format!("{a}/{p}")),
         overlay_mtu,
         underlay: underlay_iface.clone(),
         underlay_mtu,
@@ -1486,7 +1659,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         hello: Hello {
             version: PROTOCOL_VERSION,
             name: plan.name,
-            overlay: vec![format!("{}/{}", plan.overlay_addr, plan.overlay_prefix)],
+            overlay: plan
+                .overlay
+                .map(|(a, p)| format!("{a}/{p}"))
+                .into_iter()
+                .collect(),
             vni: plan.vni,
             udp_port: plan.listen.port(),
             device: if l2 {
@@ -1539,6 +1716,29 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 fastdp,
                 reload: Some(reload),
                 control: Some(control),
+                ipam: ipam_parts.map(|(ipam, listener, dir, range)| {
+                    let l2plan = plan.l2.as_ref();
+                    crate::router::ipam::IpamSetup {
+                        ipam,
+                        dir,
+                        listener,
+                        network: crate::router::ipam::PodNetwork {
+                            mode: if l2plan.is_some() {
+                                crate::cni::api::AttachMode::Bridge
+                            } else {
+                                crate::cni::api::AttachMode::Tun
+                            },
+                            bridge: l2plan.map(|p| p.bridge.clone()),
+                            gateway: l2plan.and_then(|_| {
+                                crate::router::ipam::bridge_gateway(
+                                    plan.overlay.map(|(a, _)| a),
+                                    &range,
+                                )
+                            }),
+                            mtu: u32::from(overlay_mtu),
+                        },
+                    }
+                }),
                 identity: plan.identity.map(|i| crate::router::RouterIdentity {
                     trust: i.trust,
                     revocation: i.revocation,
@@ -1580,11 +1780,13 @@ fn mesh_config(
     } else {
         vec![plan.listen]
     };
-    let text = format!("{}/{}", plan.overlay_addr, plan.overlay_prefix);
-    let (claim, subnet) = crate::mesh::claims::interface_address(&text)
-        .map_err(|e| usage(format!("--overlay {text}: {e}")))?;
-    cfg.claims = vec![claim];
-    cfg.subnets = vec![subnet];
+    if let Some((addr, prefix)) = plan.overlay {
+        let text = format!("{addr}/{prefix}");
+        let (claim, subnet) = crate::mesh::claims::interface_address(&text)
+            .map_err(|e| usage(format!("--overlay {text}: {e}")))?;
+        cfg.claims = vec![claim];
+        cfg.subnets = vec![subnet];
+    }
     cfg.broadcast_trees = l2;
     cfg.timers = plan.mesh_timers.clone();
     // Wall-clock seconds: a restarted host starts above its old records.

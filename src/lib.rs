@@ -12,6 +12,7 @@ pub mod config;
 pub mod datapath;
 pub mod host;
 pub mod identity;
+pub mod ipam;
 pub mod launch;
 pub mod logging;
 pub mod mesh;

@@ -41,6 +41,12 @@ pub enum ControlRequest {
         /// The peer as given to `--peer` or `weft connect`.
         peer: String,
     },
+    /// A peer is gone for good: this host takes over its IPAM chunks
+    /// (which the other hosts keep reserved until then).
+    Rmpeer {
+        /// The departed peer's name.
+        name: String,
+    },
 }
 
 /// The answer to one [`ControlRequest`].

@@ -206,6 +206,9 @@ pub struct Status {
     /// The mesh: every known peer and how this host reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<super::mesh_status::MeshStatus>,
+    /// IPAM (`--ipalloc-range`): the chunks each host owns, addresses in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<crate::ipam::IpamStatus>,
 }
 
 /// A base64 public key's 32 bytes.

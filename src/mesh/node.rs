@@ -475,6 +475,11 @@ pub struct Node {
     live: HashSet<PeerId>,
     routes: HashMap<PeerId, Route>,
     conflicts: HashSet<Conflict>,
+    /// The claims configured at start; `cfg.claims` is these plus the
+    /// driver's dynamic ones ([`Node::set_dynamic_claims`]).
+    base_claims: Vec<Claim>,
+    /// Accepted claims and their owners, as last resolved.
+    owned: Vec<(Claim, PeerId)>,
     /// Certificate checks (`None`: a network without a CA).
     trust: Option<Trust>,
     /// Wall-clock time last given (Unix seconds).
@@ -526,6 +531,8 @@ impl Node {
             live: HashSet::new(),
             routes: HashMap::new(),
             conflicts: HashSet::new(),
+            base_claims: cfg.claims.clone(),
+            owned: Vec::new(),
             trust: cfg.trust.clone(),
             unix_now: cfg.unix_time,
             cert_deadline: None,
@@ -546,6 +553,63 @@ impl Node {
     }
 
     // ----- inputs -------------------------------------------------------
+
+    /// Sets the claims this host makes on top of its configured ones (IPAM
+    /// chunks). A claim kept keeps its Lamport time; a new one is stamped
+    /// one above every claim time seen, as at announcement. Before the
+    /// claims are announced the set just waits for announcement.
+    pub fn set_dynamic_claims(&mut self, dynamic: &[Claim], now: Instant) {
+        let mut wanted = self.base_claims.clone();
+        for c in dynamic {
+            if !wanted.contains(c) {
+                wanted.push(*c);
+            }
+        }
+        if wanted == self.cfg.claims {
+            return;
+        }
+        self.cfg.claims = wanted;
+        if !self.claims_announced {
+            self.mark_dirty(now);
+            return;
+        }
+        let lamport = self.lamport.saturating_add(1);
+        let mut stamped_new = false;
+        let claims: Vec<AnnouncedClaim> = self
+            .cfg
+            .claims
+            .iter()
+            .map(
+                |claim| match self.own.claims.iter().find(|a| a.claim == *claim) {
+                    Some(a) => *a,
+                    None => {
+                        stamped_new = true;
+                        AnnouncedClaim {
+                            lamport,
+                            claim: *claim,
+                        }
+                    }
+                },
+            )
+            .collect();
+        if stamped_new {
+            self.lamport = lamport;
+        }
+        self.own.claims = claims;
+        self.publish_own_because("claims", now);
+    }
+
+    /// Whether this host has announced its claims (it synchronised with
+    /// the mesh, or waited `sync_timeout` alone).
+    pub fn claims_announced(&self) -> bool {
+        self.claims_announced
+    }
+
+    /// Every accepted claim and its owner (this host included), as last
+    /// resolved over the live peers.
+    pub fn owned_claims(&self) -> &[(Claim, PeerId)] {
+        &self.owned
+    }
 
     /// The user asked to connect to `addr` (and to keep reconnecting with
     /// backoff). Idempotent.
@@ -1400,6 +1464,7 @@ impl Node {
         }
         self.recompute_routes(&graph, me);
         let owned = self.recompute_claims();
+        self.owned.clone_from(&owned);
         self.check_subnets();
         self.publish_table(&graph, me, owned);
     }

@@ -74,6 +74,8 @@ pub struct RouterConfig {
     pub control: Option<std::os::unix::net::UnixListener>,
     /// Networks with a CA: the certificates peers must present.
     pub identity: Option<RouterIdentity>,
+    /// `--ipalloc-range`: IPAM and the CNI socket.
+    pub ipam: Option<super::ipam::IpamSetup>,
 }
 
 /// What a host with `--ca-cert` checks peers against.
@@ -237,6 +239,8 @@ pub struct Router {
     unreachable: UnreachableLimit,
     /// Requests from the local control endpoint.
     control: Option<crossbeam_channel::Receiver<crate::api::control::PendingRequest>>,
+    /// IPAM and the CNI socket's requests (`--ipalloc-range`).
+    ipam: Option<super::ipam::IpamDriver>,
     /// The kernel fast datapath (bridge mode, plaintext-allowed peers).
     fastdp: Option<super::fastdp::Fastdp>,
     fastdp_actions: Vec<super::fastdp::FastdpAction>,
@@ -310,6 +314,10 @@ impl Router {
                 crate::api::control::serve(listener, tx, waker.clone())?;
                 Some(rx)
             }
+            None => None,
+        };
+        let ipam = match cfg.ipam.take() {
+            Some(setup) => Some(super::ipam::IpamDriver::start(setup, waker.clone())?),
             None => None,
         };
         let now = Instant::now();
@@ -390,6 +398,7 @@ impl Router {
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
             unreachable: UnreachableLimit::new(&cfg_overlay_text, now),
             control,
+            ipam,
             fastdp,
             fastdp_actions: Vec::new(),
             identity,
@@ -429,6 +438,9 @@ impl Router {
                     RELOAD => self.on_reload(Instant::now()),
                     CONTROL => {
                         self.on_control(Instant::now());
+                        if let Some(ipam) = self.ipam.as_mut() {
+                            ipam.on_requests(&mut self.mesh, Instant::now());
+                        }
                         self.on_resolved(Instant::now());
                     }
                     FASTDP => self.on_fastdp_upcalls(),
@@ -443,6 +455,9 @@ impl Router {
             }
             let now = Instant::now();
             self.run_timers(now);
+            if let Some(ipam) = self.ipam.as_mut() {
+                ipam.tick(&mut self.mesh, now);
+            }
             self.drive_mesh(now);
             self.drive_e2e(now);
             self.udp.flush();
@@ -470,6 +485,9 @@ impl Router {
             }
         }
         t = t.min(self.mesh.poll_timeout());
+        if let Some(ipam) = &self.ipam {
+            t = t.min(ipam.next_wakeup());
+        }
         if let Some(e) = self.e2e.poll_timeout() {
             t = t.min(e);
         }
@@ -2271,6 +2289,19 @@ impl Router {
                 ControlRequest::Connect { peer } | ControlRequest::Forget { peer } => {
                     PeerTarget::parse(peer)
                 }
+                ControlRequest::Rmpeer { name } => {
+                    let reply = match self.ipam.as_mut() {
+                        Some(ipam) => match ipam.rmpeer(name, &mut self.mesh, now) {
+                            Ok(done) => ControlReply::done(done),
+                            Err(why) => ControlReply::refused(why),
+                        },
+                        None => ControlReply::refused(
+                            "this weft runs without --ipalloc-range: rmpeer hands a departed peer's IPAM chunks to this host, and there are none",
+                        ),
+                    };
+                    let _ = pending.reply.send(reply);
+                    continue;
+                }
             };
             let target = match parsed {
                 Ok(t) => t,
@@ -2291,6 +2322,7 @@ impl Router {
                         ControlReply::done(format!("{peer} is already a peer"))
                     }
                 }
+                ControlRequest::Rmpeer { .. } => continue,
                 ControlRequest::Forget { .. } => {
                     if self.remove_target(&target, "forgotten (weft forget)", now) {
                         tracing::info!("weft forget: removed peer {peer}");
@@ -2585,6 +2617,7 @@ impl Router {
             }
         }
         status.mesh = Some(self.mesh_status());
+        status.ipam = self.ipam.as_ref().map(|i| i.status(&self.mesh));
         status.relayed = self.relayed.clone();
         status.connections = connections;
         if let Ok(mut g) = self.snapshot.lock() {

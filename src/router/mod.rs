@@ -4,6 +4,7 @@
 
 mod event_loop;
 pub mod fastdp;
+pub mod ipam;
 pub mod l2;
 pub mod plain;
 pub mod sleeve_batch;

@@ -1,0 +1,790 @@
+//! IP address management for pods: the `--ipalloc-range` is split among
+//! hosts in chunks, each host hands out addresses from its own chunks.
+//!
+//! # Chunk ownership
+//!
+//! The range is cut into equal chunks ([`chunk_len`]: a /26 for ranges of
+//! /22 and wider, smaller chunks for smaller ranges). A host owns a chunk by
+//! announcing it as an ordinary IP prefix claim in its gossiped record, so
+//! the mesh's claim resolution ([`crate::mesh::claims::resolve`]: Lamport
+//! order, first live claim wins, the same answer on every host) settles
+//! every race, conflicts are refused and shown by `weft status peers`, and
+//! each peer's forwarding table routes a chunk to its owner.
+//!
+//! A host claims a chunk when it has none with a free address. It picks a
+//! free one starting from an offset derived from its identity (two hosts
+//! claiming at once rarely pick the same chunk) and allocates from it only
+//! once the claim has stood for [`CLAIM_SETTLE`] (long enough for a
+//! simultaneous claim of another host to arrive and win). A claim that is
+//! refused is dropped unless pods already hold addresses in it (then the
+//! conflict stays visible), and another chunk is picked.
+//!
+//! # Departed peers: reservations and reclaim
+//!
+//! Pods of a host that stopped may still run and hold their addresses, so
+//! its chunks must not be reused at once. Each host that sees a peer leave
+//! (its record no longer live) while it owned chunks keeps those chunks in
+//! its *reservations*, with the peer's name and when it left, persisted
+//! with the allocations. A reserved chunk is never picked. A reservation
+//! ends when
+//!
+//! - the chunk has a live owner again (the peer came back and re-announced
+//!   it, or another host took it over);
+//! - `--ipalloc-reclaim-after` has passed since the peer left (the chunk is
+//!   free for anyone);
+//! - `weft rmpeer NAME` runs on this host: as in Weave Net, this host takes
+//!   the departed peer's chunks over as its own claims (and allocates from
+//!   them), which every other host then sees as live-owned and stops
+//!   reserving.
+//!
+//! Reservations are kept by the hosts that saw the departure (every live
+//! host at that time) and are not gossiped: a host that joins after the
+//! departure does not know them. That window is the known limit of this
+//! design (see the README's "Kubernetes" section).
+//!
+//! The core here is sans-IO: the driver feeds it the mesh's view and the
+//! clock, writes [`Ipam::state`] to disk ([`store`]) after every change and
+//! pushes [`Ipam::claims`] into the mesh node.
+
+pub mod store;
+
+use crate::cni::api::AttachmentKey;
+use crate::mesh::claims::IpPrefix;
+use crate::mesh::peer::PeerId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+/// How long a new chunk claim must stand unrefused before addresses are
+/// handed out from it.
+pub const CLAIM_SETTLE: Duration = Duration::from_secs(2);
+
+/// Widest chunk: 64 addresses.
+const WIDEST_CHUNK: u8 = 26;
+
+/// An IPv4 `--ipalloc-range`, checked: at most /30 (a range needs room for
+/// its network and broadcast address and at least one pod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocRange {
+    base: u32,
+    len: u8,
+}
+
+impl AllocRange {
+    /// Parses `10.32.0.0/12`; errors name the value and say what is wanted.
+    pub fn parse(text: &str) -> Result<AllocRange, String> {
+        let (addr, len) = text.split_once('/').ok_or_else(|| {
+            format!("--ipalloc-range {text:?} is not a CIDR range; write it like 10.32.0.0/12")
+        })?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| {
+            format!("--ipalloc-range {text:?}: {addr:?} is not an IPv4 address (IPv6 ranges are not supported)")
+        })?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (1..=30).contains(l))
+            .ok_or_else(|| format!("--ipalloc-range {text:?}: the prefix length must be 1-30"))?;
+        let base = u32::from(addr);
+        let mask = u32::MAX << (32 - u32::from(len));
+        if base & !mask != 0 {
+            return Err(format!(
+                "--ipalloc-range {text:?} has host bits set; did you mean {}/{len}?",
+                Ipv4Addr::from(base & mask)
+            ));
+        }
+        Ok(AllocRange { base, len })
+    }
+
+    /// The range as a prefix.
+    pub fn prefix(&self) -> IpPrefix {
+        IpPrefix::new(IpAddr::V4(Ipv4Addr::from(self.base)), self.len)
+            .expect("length checked at parse")
+    }
+
+    /// The prefix length.
+    #[allow(clippy::len_without_is_empty)] // a length in bits
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// Whether `addr` lies in the range.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - u32::from(self.len));
+        u32::from(addr) & mask == self.base
+    }
+
+    /// First and last address (network and broadcast: never handed out).
+    fn ends(&self) -> (u32, u32) {
+        (self.base, self.base | (u32::MAX >> self.len))
+    }
+}
+
+impl fmt::Display for AllocRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.len)
+    }
+}
+
+/// The chunk length for a range: /26 chunks for ranges of /22 and wider
+/// (at least 16 chunks), else the range cut in 16 (down to /30, 4
+/// addresses), or the range itself when it is that small.
+pub fn chunk_len(range: &AllocRange) -> u8 {
+    (range.len + 4).clamp(WIDEST_CHUNK, 30).max(range.len)
+}
+
+/// One pod interface's address, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Which pod interface.
+    #[serde(flatten)]
+    pub key: AttachmentKey,
+    /// The pod's network namespace as the runtime gave it.
+    pub netns: String,
+    /// The address.
+    pub address: Ipv4Addr,
+}
+
+/// A departed peer's chunk this host keeps reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// The chunk.
+    pub chunk: String,
+    /// The departed owner's name.
+    pub owner: String,
+    /// The departed owner's identity (as `weft status` shows keys).
+    pub owner_key: String,
+    /// When this host saw it leave (Unix seconds).
+    pub since: u64,
+}
+
+/// Everything IPAM persists (`allocations.json` in `--ipalloc-dir`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The range the allocations were made from.
+    pub range: String,
+    /// The chunks this host claims.
+    pub chunks: Vec<String>,
+    /// Addresses given to pods.
+    pub allocations: Vec<Allocation>,
+    /// Departed peers' chunks kept reserved.
+    pub reservations: Vec<Reservation>,
+}
+
+/// What the mesh says, fed to [`Ipam::update_view`].
+#[derive(Debug, Clone, Default)]
+pub struct MeshView {
+    /// Whether this host has announced its claims (synchronised with the
+    /// mesh): before that, ownership is not known and nothing is claimed.
+    pub announced: bool,
+    /// Every accepted IPv4 prefix claim and its owner (this host included),
+    /// from the claim resolution over live peers.
+    pub owned: Vec<(IpPrefix, PeerId)>,
+    /// This host's claims refused because another host owns them.
+    pub refused: Vec<IpPrefix>,
+    /// Peers known but not live, with their name and claims.
+    pub departed: Vec<(PeerId, String, Vec<IpPrefix>)>,
+    /// Names of live peers (for `rmpeer`).
+    pub live_names: Vec<String>,
+}
+
+/// Why an address could not be given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllocError {
+    /// A chunk claim is settling (or the mesh has not synchronised yet):
+    /// ask again shortly.
+    Pending(String),
+    /// No free chunk is left anywhere in the range.
+    Exhausted(String),
+    /// Input refused (an empty id, say).
+    Invalid(String),
+}
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocError::Pending(s) | AllocError::Exhausted(s) | AllocError::Invalid(s) => {
+                f.write_str(s)
+            }
+        }
+    }
+}
+
+/// A chunk this host claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnChunk {
+    /// When this life of weft started claiming it (`None`: reloaded or
+    /// taken over by rmpeer, usable as soon as the mesh confirms it).
+    claimed_at: Option<Instant>,
+    /// Whether the last view had this host as its owner.
+    confirmed: bool,
+}
+
+/// How many addresses a host holds in a chunk, for `weft status ipam`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkStatus {
+    /// The chunk.
+    pub chunk: String,
+    /// Owner's name.
+    pub owner: String,
+    /// `owned`, `claiming` (settling), `refused` (another host owns it),
+    /// or `reserved` (departed owner).
+    pub state: String,
+    /// Addresses in use (known for this host's chunks only).
+    pub in_use: Option<u32>,
+    /// Addresses the chunk can hand out.
+    pub size: u32,
+    /// Reserved chunks: seconds until they are reclaimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaim_in: Option<u64>,
+}
+
+/// `weft status ipam`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IpamStatus {
+    /// The range.
+    pub range: String,
+    /// Chunk length.
+    pub chunk_len: u8,
+    /// This host's name.
+    pub host: String,
+    /// Addresses this host has given to pods.
+    pub in_use: u32,
+    /// Every chunk known, by owner.
+    pub chunks: Vec<ChunkStatus>,
+}
+
+impl IpamStatus {
+    /// `weft status ipam` as text: one line per chunk.
+    pub fn render_text(&self) -> String {
+        let mut out = format!(
+            "IPAM range {} in /{} chunks; {} address(es) in use on {}\n",
+            self.range, self.chunk_len, self.in_use, self.host
+        );
+        if self.chunks.is_empty() {
+            out.push_str("  no chunk claimed yet (the first pod claims one)\n");
+        }
+        for c in &self.chunks {
+            let use_text = match c.in_use {
+                Some(n) => format!("{n}/{} in use", c.size),
+                None => format!("{} addresses", c.size),
+            };
+            let reclaim = c
+                .reclaim_in
+                .map(|s| format!(", reclaimed in {s} s unless `weft rmpeer {}`", c.owner))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {:<18} {:<9} {:<20} {use_text}{reclaim}\n",
+                c.chunk, c.state, c.owner
+            ));
+        }
+        out
+    }
+}
+
+/// The allocator of one host. See the module documentation.
+pub struct Ipam {
+    range: AllocRange,
+    chunk_len: u8,
+    me: PeerId,
+    /// Addresses never handed out: the range's ends, the host's own.
+    excluded: BTreeSet<u32>,
+    chunks: BTreeMap<IpPrefix, OwnChunk>,
+    allocations: BTreeMap<AttachmentKey, Allocation>,
+    used: BTreeSet<u32>,
+    reservations: BTreeMap<IpPrefix, Reservation>,
+    reclaim_after: Duration,
+    view: MeshView,
+    /// Owner names for status, from the last view.
+    names: HashMap<PeerId, String>,
+}
+
+impl Ipam {
+    /// An allocator for `range` on the host `me`; `own_address` (the
+    /// host's overlay address, if any) is never handed out.
+    pub fn new(
+        range: AllocRange,
+        me: PeerId,
+        own_address: Option<Ipv4Addr>,
+        reclaim_after: Duration,
+    ) -> Ipam {
+        let (first, last) = range.ends();
+        let mut excluded = BTreeSet::from([first, last]);
+        if let Some(a) = own_address.filter(|a| range.contains(*a)) {
+            excluded.insert(u32::from(a));
+        }
+        Ipam {
+            range,
+            chunk_len: chunk_len(&range),
+            me,
+            excluded,
+            chunks: BTreeMap::new(),
+            allocations: BTreeMap::new(),
+            used: BTreeSet::new(),
+            reservations: BTreeMap::new(),
+            reclaim_after,
+            view: MeshView::default(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// Takes back a persisted state: its allocations, the chunks they lie
+    /// in (claimed again) and its reservations. A state of another range
+    /// with live allocations is refused, naming both ranges.
+    pub fn restore(&mut self, state: State) -> Result<(), String> {
+        if state.range != self.range.to_string() && !state.allocations.is_empty() {
+            return Err(format!(
+                "--ipalloc-range {} differs from the range {} of the {} addresses held in the IPAM directory; pods still use them: keep the old range, or remove the directory once no pod uses it",
+                self.range,
+                state.range,
+                state.allocations.len()
+            ));
+        }
+        for a in state.allocations {
+            if !self.range.contains(a.address) {
+                continue;
+            }
+            let chunk = self.chunk_of(a.address);
+            self.chunks.entry(chunk).or_insert(OwnChunk {
+                claimed_at: None,
+                confirmed: false,
+            });
+            self.used.insert(u32::from(a.address));
+            self.allocations.insert(a.key.clone(), a);
+        }
+        if state.range == self.range.to_string() {
+            let chunks: Vec<IpPrefix> = state
+                .chunks
+                .iter()
+                .filter_map(|c| self.parse_chunk(c))
+                .collect();
+            for c in chunks {
+                self.chunks.entry(c).or_insert(OwnChunk {
+                    claimed_at: None,
+                    confirmed: false,
+                });
+            }
+            for r in state.reservations {
+                if let Some(c) = self.parse_chunk(&r.chunk) {
+                    self.reservations.insert(c, r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_chunk(&self, text: &str) -> Option<IpPrefix> {
+        let p: IpPrefix = text.parse().ok()?;
+        (p.len() == self.chunk_len && self.range.prefix().contains(&p)).then_some(p)
+    }
+
+    /// What to persist.
+    pub fn state(&self) -> State {
+        State {
+            range: self.range.to_string(),
+            chunks: self.chunks.keys().map(|c| c.to_string()).collect(),
+            allocations: self.allocations.values().cloned().collect(),
+            reservations: self.reservations.values().cloned().collect(),
+        }
+    }
+
+    /// The range.
+    pub fn range(&self) -> AllocRange {
+        self.range
+    }
+
+    /// The chunks to announce as this host's claims.
+    pub fn claims(&self) -> Vec<IpPrefix> {
+        self.chunks.keys().copied().collect()
+    }
+
+    fn chunk_of(&self, addr: Ipv4Addr) -> IpPrefix {
+        IpPrefix::new(IpAddr::V4(addr), self.chunk_len).expect("chunk length is at most 32")
+    }
+
+    fn chunk_bounds(&self, chunk: &IpPrefix) -> (u32, u32) {
+        let IpAddr::V4(a) = chunk.addr() else {
+            return (1, 0);
+        };
+        let a = u32::from(a);
+        (a, a | (u32::MAX >> chunk.len()))
+    }
+
+    /// Addresses a chunk can hand out (its size less excluded addresses).
+    fn capacity(&self, chunk: &IpPrefix) -> u32 {
+        let (lo, hi) = self.chunk_bounds(chunk);
+        let excluded = self.excluded.range(lo..=hi).count() as u32;
+        (hi - lo + 1) - excluded
+    }
+
+    fn in_use(&self, chunk: &IpPrefix) -> u32 {
+        let (lo, hi) = self.chunk_bounds(chunk);
+        self.used.range(lo..=hi).count() as u32
+    }
+
+    /// Takes in the mesh's view: confirms or drops claims, keeps departed
+    /// peers' chunks reserved, expires reservations. Returns whether the
+    /// state to persist or the claims changed.
+    pub fn update_view(&mut self, view: MeshView, unix_now: u64) -> bool {
+        let mut changed = false;
+        let range = self.range.prefix();
+        let owner_of: BTreeMap<IpPrefix, PeerId> = view
+            .owned
+            .iter()
+            .filter(|(p, _)| range.overlaps(p))
+            .copied()
+            .collect();
+        self.names.clear();
+        for (id, name, _) in &view.departed {
+            self.names.insert(*id, name.clone());
+        }
+        // Own chunks: confirmed when owned by us; refused ones go unless
+        // pods hold addresses there.
+        let refused: BTreeSet<IpPrefix> = view.refused.iter().copied().collect();
+        let mut drop = Vec::new();
+        let me = self.me;
+        for (chunk, own) in self.chunks.iter_mut() {
+            own.confirmed = view.announced && owner_of.get(chunk) == Some(&me);
+            if refused.contains(chunk) && self.used.range(bounds(chunk)).next().is_none() {
+                drop.push(*chunk);
+            }
+        }
+        for chunk in drop {
+            tracing::warn!(%chunk, "IPAM: another host owns chunk {chunk}; claiming another");
+            self.chunks.remove(&chunk);
+            changed = true;
+        }
+        // Departed peers' chunks: reserved while nobody live owns them.
+        for (id, name, claims) in &view.departed {
+            for chunk in claims
+                .iter()
+                .filter(|c| c.len() == self.chunk_len && range.contains(c))
+            {
+                if owner_of.contains_key(chunk) || self.reservations.contains_key(chunk) {
+                    continue;
+                }
+                tracing::info!(%chunk, peer = %name, "IPAM: {name} left; its chunk {chunk} stays reserved");
+                self.reservations.insert(
+                    *chunk,
+                    Reservation {
+                        chunk: chunk.to_string(),
+                        owner: name.clone(),
+                        owner_key: id.to_string(),
+                        since: unix_now,
+                    },
+                );
+                changed = true;
+            }
+        }
+        let reclaim = self.reclaim_after.as_secs();
+        let before = self.reservations.len();
+        self.reservations.retain(|chunk, r| {
+            let keep = !owner_of.contains_key(chunk) && unix_now < r.since.saturating_add(reclaim);
+            if !keep && !owner_of.contains_key(chunk) {
+                tracing::info!(%chunk, peer = %r.owner, "IPAM: reclaim timeout passed; chunk {chunk} of departed {} is free", r.owner);
+            }
+            keep
+        });
+        changed |= self.reservations.len() != before;
+        self.view = view;
+        changed
+    }
+
+    /// The address held for `key`, if any.
+    pub fn lookup(&self, key: &AttachmentKey) -> Option<Ipv4Addr> {
+        self.allocations.get(key).map(|a| a.address)
+    }
+
+    /// Gives `key` an address: the one it holds, else a free one from a
+    /// confirmed chunk. With none free it claims a new chunk (the caller
+    /// persists and announces, then asks again once it settles).
+    /// `Ok((address, new))`: `new` says the state changed.
+    pub fn allocate(
+        &mut self,
+        key: &AttachmentKey,
+        netns: &str,
+        now: Instant,
+    ) -> Result<(Ipv4Addr, bool), AllocError> {
+        check_key(key)?;
+        if let Some(a) = self.allocations.get(key) {
+            return Ok((a.address, false));
+        }
+        let usable: Vec<IpPrefix> = self
+            .chunks
+            .iter()
+            .filter(|(_, c)| c.confirmed && c.claimed_at.map_or(true, |t| now >= t + CLAIM_SETTLE))
+            .map(|(p, _)| *p)
+            .collect();
+        for chunk in usable {
+            let (lo, hi) = self.chunk_bounds(&chunk);
+            let free = (lo..=hi).find(|a| !self.used.contains(a) && !self.excluded.contains(a));
+            if let Some(a) = free {
+                let address = Ipv4Addr::from(a);
+                self.used.insert(a);
+                self.allocations.insert(
+                    key.clone(),
+                    Allocation {
+                        key: key.clone(),
+                        netns: netns.to_string(),
+                        address,
+                    },
+                );
+                return Ok((address, true));
+            }
+        }
+        if !self.view.announced {
+            return Err(AllocError::Pending(
+                "weft has not synchronised with the mesh yet".into(),
+            ));
+        }
+        // A claim still settling, or one reloaded and not yet confirmed,
+        // with room: wait for it rather than claim more.
+        let settling = |p: &IpPrefix, c: &OwnChunk| {
+            let unusable = !c.confirmed || c.claimed_at.is_some_and(|t| now < t + CLAIM_SETTLE);
+            unusable && !self.view.refused.contains(p) && self.in_use(p) < self.capacity(p)
+        };
+        if let Some((chunk, _)) = self.chunks.iter().find(|(p, c)| settling(p, c)) {
+            return Err(AllocError::Pending(format!(
+                "waiting for the mesh to confirm this host's claim on chunk {chunk}"
+            )));
+        }
+        match self.pick_chunk() {
+            Some(chunk) => {
+                tracing::info!(%chunk, "IPAM: claiming chunk {chunk} of {}", self.range);
+                self.chunks.insert(
+                    chunk,
+                    OwnChunk {
+                        claimed_at: Some(now),
+                        confirmed: false,
+                    },
+                );
+                Err(AllocError::Pending(format!(
+                    "claiming chunk {chunk}; it is usable in {} s",
+                    CLAIM_SETTLE.as_secs()
+                )))
+            }
+            None => Err(AllocError::Exhausted(format!(
+                "every chunk of --ipalloc-range {} is owned by a host or reserved for a departed one, and this host's chunks are full ({} addresses in use)",
+                self.range,
+                self.used.len()
+            ))),
+        }
+    }
+
+    /// A free chunk: inside the range, overlapping no owned claim, no
+    /// reservation and no chunk of ours, scanned from an offset derived
+    /// from this host's identity.
+    fn pick_chunk(&self) -> Option<IpPrefix> {
+        let count: u64 = 1 << (self.chunk_len - self.range.len);
+        let seed = self
+            .me
+            .0
+            .iter()
+            .take(8)
+            .fold(0u64, |h, b| h << 8 | u64::from(*b));
+        let start = seed % count;
+        let step = 1u64 << (32 - self.chunk_len);
+        (0..count)
+            .map(|i| (start + i) % count)
+            .map(|i| {
+                let a = u64::from(self.range.base) + i * step;
+                self.chunk_of(Ipv4Addr::from(a as u32))
+            })
+            .find(|c| {
+                self.capacity(c) > 0
+                    && !self.chunks.contains_key(c)
+                    && !self.reservations.contains_key(c)
+                    && !self.view.owned.iter().any(|(p, _)| p.overlaps(c))
+                    && !self.view.refused.contains(c)
+            })
+    }
+
+    /// Releases `key`'s address; whether anything was held.
+    pub fn release(&mut self, key: &AttachmentKey) -> bool {
+        match self.allocations.remove(key) {
+            Some(a) => {
+                self.used.remove(&u32::from(a.address));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Releases every allocation not in `valid`; how many were released.
+    pub fn gc(&mut self, valid: &[AttachmentKey]) -> u32 {
+        let valid: BTreeSet<&AttachmentKey> = valid.iter().collect();
+        let gone: Vec<AttachmentKey> = self
+            .allocations
+            .keys()
+            .filter(|k| !valid.contains(k))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.release(k);
+        }
+        gone.len() as u32
+    }
+
+    /// Whether IPAM can serve `add` (CNI STATUS): the mesh has synchronised
+    /// and a chunk has room or one can be claimed.
+    pub fn ready(&self) -> Result<(), String> {
+        if !self.view.announced {
+            return Err("weft has not synchronised with the mesh yet".into());
+        }
+        let room = self
+            .chunks
+            .keys()
+            .any(|c| self.in_use(c) < self.capacity(c));
+        if room || self.pick_chunk().is_some() {
+            Ok(())
+        } else {
+            Err(format!(
+                "--ipalloc-range {} is exhausted: no free address in this host's chunks and no free chunk",
+                self.range
+            ))
+        }
+    }
+
+    /// `weft rmpeer NAME`: takes over the reserved chunks of the departed
+    /// peer `name` as this host's own. Returns the chunks taken.
+    pub fn rmpeer(&mut self, name: &str) -> Result<Vec<IpPrefix>, String> {
+        if self.view.live_names.iter().any(|n| n == name) {
+            return Err(format!(
+                "peer {name} is live: stop weft there first (rmpeer is for hosts that are gone)"
+            ));
+        }
+        let taken: Vec<IpPrefix> = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.owner == name)
+            .map(|(c, _)| *c)
+            .collect();
+        if taken.is_empty() {
+            let known: BTreeSet<&str> = self
+                .reservations
+                .values()
+                .map(|r| r.owner.as_str())
+                .collect();
+            return Err(format!(
+                "no departed peer named {name} holds reserved chunks here (departed peers with chunks: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                }
+            ));
+        }
+        for c in &taken {
+            self.reservations.remove(c);
+            self.chunks.insert(
+                *c,
+                OwnChunk {
+                    claimed_at: None,
+                    confirmed: false,
+                },
+            );
+        }
+        Ok(taken)
+    }
+
+    /// `weft status ipam`.
+    pub fn status(
+        &self,
+        host: &str,
+        names: &dyn Fn(&PeerId) -> String,
+        unix_now: u64,
+    ) -> IpamStatus {
+        let range = self.range.prefix();
+        let mut chunks = Vec::new();
+        for (chunk, own) in &self.chunks {
+            let refused = self.view.refused.contains(chunk);
+            chunks.push(ChunkStatus {
+                chunk: chunk.to_string(),
+                owner: host.to_string(),
+                state: if refused {
+                    "refused"
+                } else if own.confirmed {
+                    "owned"
+                } else {
+                    "claiming"
+                }
+                .into(),
+                in_use: Some(self.in_use(chunk)),
+                size: self.capacity(chunk),
+                reclaim_in: None,
+            });
+        }
+        for (prefix, owner) in &self.view.owned {
+            if *owner == self.me || !range.contains(prefix) || prefix.len() != self.chunk_len {
+                continue;
+            }
+            chunks.push(ChunkStatus {
+                chunk: prefix.to_string(),
+                owner: names(owner),
+                state: "owned".into(),
+                in_use: None,
+                size: self.capacity(prefix),
+                reclaim_in: None,
+            });
+        }
+        for (chunk, r) in &self.reservations {
+            chunks.push(ChunkStatus {
+                chunk: chunk.to_string(),
+                owner: r.owner.clone(),
+                state: "reserved".into(),
+                in_use: None,
+                size: self.capacity(chunk),
+                reclaim_in: Some(
+                    r.since
+                        .saturating_add(self.reclaim_after.as_secs())
+                        .saturating_sub(unix_now),
+                ),
+            });
+        }
+        chunks.sort_by(|a, b| {
+            let ka: Option<IpPrefix> = a.chunk.parse().ok();
+            let kb: Option<IpPrefix> = b.chunk.parse().ok();
+            ka.cmp(&kb)
+        });
+        IpamStatus {
+            range: self.range.to_string(),
+            chunk_len: self.chunk_len,
+            host: host.to_string(),
+            in_use: self.used.len() as u32,
+            chunks,
+        }
+    }
+}
+
+fn bounds(chunk: &IpPrefix) -> std::ops::RangeInclusive<u32> {
+    match chunk.addr() {
+        IpAddr::V4(a) => {
+            let a = u32::from(a);
+            a..=(a | (u32::MAX >> chunk.len()))
+        }
+        IpAddr::V6(_) => 1..=0,
+    }
+}
+
+/// Longest container id or interface name accepted.
+const MAX_ID_LEN: usize = 1024;
+
+fn check_key(key: &AttachmentKey) -> Result<(), AllocError> {
+    if key.container_id.is_empty() || key.container_id.len() > MAX_ID_LEN {
+        return Err(AllocError::Invalid(format!(
+            "container_id {:?} must be 1-{MAX_ID_LEN} bytes",
+            key.container_id
+        )));
+    }
+    if key.ifname.is_empty() || key.ifname.len() > 15 {
+        return Err(AllocError::Invalid(format!(
+            "ifname {:?} must be 1-15 bytes (a Linux interface name)",
+            key.ifname
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,329 @@
+//! Allocator and chunk choice, driven through mesh views by hand.
+
+use super::*;
+
+fn id(b: u8) -> PeerId {
+    PeerId([b; 32])
+}
+
+fn key(c: &str) -> AttachmentKey {
+    AttachmentKey {
+        container_id: c.into(),
+        ifname: "eth0".into(),
+    }
+}
+
+fn p(s: &str) -> IpPrefix {
+    s.parse().unwrap()
+}
+
+/// A view in which `me` owns its claims and `others` own theirs.
+fn view(ipam: &Ipam, others: &[(IpPrefix, PeerId)]) -> MeshView {
+    let mut owned: Vec<(IpPrefix, PeerId)> = others.to_vec();
+    let mut refused = Vec::new();
+    for c in ipam.claims() {
+        if others.iter().any(|(o, _)| o.overlaps(&c)) {
+            refused.push(c);
+        } else {
+            owned.push((c, ipam.me));
+        }
+    }
+    MeshView {
+        announced: true,
+        owned,
+        refused,
+        departed: Vec::new(),
+        live_names: Vec::new(),
+    }
+}
+
+/// Allocates `c`, settling any claim it makes (view, clock) on the way.
+fn add(ipam: &mut Ipam, c: &str, others: &[(IpPrefix, PeerId)], now: &mut Instant) -> Ipv4Addr {
+    for _ in 0..4 {
+        match ipam.allocate(&key(c), "/proc/1/ns/net", *now) {
+            Ok((a, _)) => return a,
+            Err(AllocError::Pending(_)) => {
+                let v = view(ipam, others);
+                ipam.update_view(v, 0);
+                *now += CLAIM_SETTLE;
+            }
+            Err(e) => panic!("{c}: {e}"),
+        }
+    }
+    panic!("{c}: no address after four rounds")
+}
+
+#[test]
+fn ranges_parse_and_refuse_by_value() {
+    let r = AllocRange::parse("10.32.0.0/12").unwrap();
+    assert_eq!(r.to_string(), "10.32.0.0/12");
+    assert_eq!(chunk_len(&r), 26);
+    assert_eq!(chunk_len(&AllocRange::parse("10.0.0.0/24").unwrap()), 28);
+    assert_eq!(chunk_len(&AllocRange::parse("10.0.0.0/28").unwrap()), 30);
+    assert_eq!(chunk_len(&AllocRange::parse("10.0.0.0/30").unwrap()), 30);
+    for (bad, says) in [
+        ("10.32.0.0", "CIDR"),
+        ("fd00::/64", "IPv4"),
+        ("10.32.0.0/31", "1-30"),
+        ("10.32.0.1/16", "10.32.0.0/16"),
+    ] {
+        let e = AllocRange::parse(bad).unwrap_err();
+        assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn nothing_is_claimed_before_the_mesh_synchronised_then_a_claim_settles() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    let t0 = Instant::now();
+    let e = ipam.allocate(&key("a"), "ns", t0).unwrap_err();
+    assert!(matches!(e, AllocError::Pending(_)), "{e}");
+    assert!(ipam.claims().is_empty());
+    assert!(ipam.ready().is_err());
+    // Synchronised: the first add claims a chunk and waits for it.
+    ipam.update_view(view(&ipam, &[]), 0);
+    assert!(ipam.ready().is_ok());
+    assert!(matches!(
+        ipam.allocate(&key("a"), "ns", t0),
+        Err(AllocError::Pending(_))
+    ));
+    assert_eq!(ipam.claims().len(), 1);
+    let chunk = ipam.claims()[0];
+    assert_eq!(chunk.len(), 26);
+    // Confirmed but not settled yet, then settled.
+    ipam.update_view(view(&ipam, &[]), 0);
+    assert!(matches!(
+        ipam.allocate(&key("a"), "ns", t0),
+        Err(AllocError::Pending(_))
+    ));
+    let (a, new) = ipam.allocate(&key("a"), "ns", t0 + CLAIM_SETTLE).unwrap();
+    assert!(new);
+    assert!(chunk.contains_addr(IpAddr::V4(a)));
+    assert_ne!(
+        a,
+        Ipv4Addr::new(10, 32, 0, 0),
+        "the range's network address"
+    );
+    // Idempotent for the same key; another key gets another address.
+    assert_eq!(ipam.allocate(&key("a"), "ns", t0).unwrap(), (a, false));
+    let (b, _) = ipam.allocate(&key("b"), "ns", t0 + CLAIM_SETTLE).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(ipam.claims().len(), 1);
+}
+
+#[test]
+fn a_full_chunk_makes_a_new_claim_and_the_range_runs_out() {
+    // /28 in /30 chunks: 4 chunks of 4, less the range's two ends and the
+    // host's own address.
+    let range = AllocRange::parse("10.9.0.0/28").unwrap();
+    let mut ipam = Ipam::new(
+        range,
+        id(1),
+        Some(Ipv4Addr::new(10, 9, 0, 5)),
+        Duration::ZERO,
+    );
+    let mut now = Instant::now();
+    let mut got = BTreeSet::new();
+    for i in 0..13 {
+        let a = add(&mut ipam, &format!("c{i}"), &[], &mut now);
+        assert!(range.contains(a));
+        assert!(got.insert(a), "{a} handed out twice");
+    }
+    assert_eq!(ipam.claims().len(), 4);
+    for bad in [[10, 9, 0, 0], [10, 9, 0, 15], [10, 9, 0, 5]] {
+        assert!(!got.contains(&Ipv4Addr::from(bad)));
+    }
+    let e = ipam.allocate(&key("one-too-many"), "ns", now).unwrap_err();
+    assert!(matches!(e, AllocError::Exhausted(_)), "{e}");
+    assert!(e.to_string().contains("10.9.0.0/28"));
+    assert!(ipam.ready().is_err());
+    // A release makes room again, without a new claim.
+    assert!(ipam.release(&key("c3")));
+    assert!(!ipam.release(&key("c3")));
+    assert!(ipam.allocate(&key("one-too-many"), "ns", now).is_ok());
+}
+
+#[test]
+fn a_refused_claim_is_dropped_and_another_chunk_is_claimed() {
+    let range = AllocRange::parse("10.32.0.0/24").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::ZERO);
+    let now = Instant::now();
+    ipam.update_view(view(&ipam, &[]), 0);
+    let _ = ipam.allocate(&key("a"), "ns", now);
+    let first = ipam.claims()[0];
+    // Another host's simultaneous claim on the same chunk won.
+    let others = [(first, id(0))];
+    ipam.update_view(view(&ipam, &others), 0);
+    assert!(ipam.claims().is_empty(), "the refused claim is dropped");
+    let mut t = now;
+    let a = add(&mut ipam, "a", &others, &mut t);
+    let second = ipam.claims()[0];
+    assert_ne!(first, second);
+    assert!(second.contains_addr(IpAddr::V4(a)));
+    // A refused chunk in which pods hold addresses stays claimed (the
+    // conflict stays visible) and is not allocated from.
+    let others = [(first, id(0)), (second, id(0))];
+    ipam.update_view(view(&ipam, &others), 0);
+    assert_eq!(ipam.claims(), vec![second]);
+    let b = add(&mut ipam, "b", &others, &mut t);
+    assert!(!second.contains_addr(IpAddr::V4(b)));
+    let status = ipam.status("me", &|p| format!("{p}"), 0);
+    assert!(status
+        .chunks
+        .iter()
+        .any(|c| c.chunk == second.to_string() && c.state == "refused"));
+}
+
+#[test]
+fn two_hosts_pick_different_chunks() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut a = Ipam::new(range, id(1), None, Duration::ZERO);
+    let mut b = Ipam::new(range, id(2), None, Duration::ZERO);
+    let now = Instant::now();
+    a.update_view(view(&a, &[]), 0);
+    b.update_view(view(&b, &[]), 0);
+    let _ = a.allocate(&key("x"), "ns", now);
+    let _ = b.allocate(&key("x"), "ns", now);
+    assert_ne!(a.claims(), b.claims());
+}
+
+#[test]
+fn allocations_survive_a_restart_through_the_store() {
+    let dir = std::env::temp_dir().join(format!("weft-ipam-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut now = Instant::now();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::ZERO);
+    let a = add(&mut ipam, "a", &[], &mut now);
+    let b = add(&mut ipam, "b", &[], &mut now);
+    assert!(ipam.release(&key("b")));
+    store::save(&dir, &ipam.state()).unwrap();
+
+    let mut again = Ipam::new(range, id(1), None, Duration::ZERO);
+    again.restore(store::load(&dir).unwrap().unwrap()).unwrap();
+    // The chunk is claimed again at once; nothing is handed out before the
+    // mesh confirms it, then the held address comes back for its key and
+    // is not handed to anyone else.
+    assert_eq!(again.claims(), ipam.claims());
+    assert_eq!(again.lookup(&key("a")), Some(a));
+    assert_eq!(again.allocate(&key("a"), "ns", now).unwrap(), (a, false));
+    assert!(matches!(
+        again.allocate(&key("c"), "ns", now),
+        Err(AllocError::Pending(_))
+    ));
+    again.update_view(view(&again, &[]), 0);
+    let (c, _) = again.allocate(&key("c"), "ns", now).unwrap();
+    assert_ne!(c, a);
+    assert_eq!(c, b, "b's released address is free again");
+    // Another range with live allocations is refused, naming both.
+    let other = AllocRange::parse("10.40.0.0/16").unwrap();
+    let e = Ipam::new(other, id(1), None, Duration::ZERO)
+        .restore(store::load(&dir).unwrap().unwrap())
+        .unwrap_err();
+    assert!(
+        e.contains("10.40.0.0/16") && e.contains("10.32.0.0/16"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gc_releases_what_is_not_listed() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::ZERO);
+    let mut now = Instant::now();
+    for c in ["a", "b", "c"] {
+        add(&mut ipam, c, &[], &mut now);
+    }
+    assert_eq!(ipam.gc(&[key("b")]), 2);
+    assert_eq!(ipam.lookup(&key("a")), None);
+    assert!(ipam.lookup(&key("b")).is_some());
+    assert_eq!(ipam.gc(&[key("b")]), 0);
+    assert_eq!(ipam.status("me", &|p| p.to_string(), 0).in_use, 1);
+}
+
+#[test]
+fn bad_keys_are_refused_by_value() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::ZERO);
+    let bad = AttachmentKey {
+        container_id: String::new(),
+        ifname: "eth0".into(),
+    };
+    let e = ipam.allocate(&bad, "ns", Instant::now()).unwrap_err();
+    assert!(matches!(e, AllocError::Invalid(ref s) if s.contains("container_id")));
+    let bad = AttachmentKey {
+        container_id: "c".into(),
+        ifname: "a-very-long-interface".into(),
+    };
+    let e = ipam.allocate(&bad, "ns", Instant::now()).unwrap_err();
+    assert!(e.to_string().contains("a-very-long-interface"));
+}
+
+#[test]
+fn departed_peers_chunks_stay_reserved_until_timeout_or_rmpeer() {
+    let range = AllocRange::parse("10.32.0.0/24").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(100));
+    let mut now = Instant::now();
+    // Peer 2 ("b") owned every chunk but one, then left.
+    let theirs: Vec<IpPrefix> = ["10.32.0.0/28", "10.32.0.16/28", "10.32.0.32/28"]
+        .iter()
+        .map(|s| p(s))
+        .collect();
+    let mut gone = view(&ipam, &[]);
+    gone.departed = vec![(id(2), "b".into(), theirs.clone())];
+    gone.live_names = vec!["c".into()];
+    assert!(ipam.update_view(gone.clone(), 1000));
+    let status = ipam.status("me", &|p| p.to_string(), 1010);
+    let reserved: Vec<_> = status
+        .chunks
+        .iter()
+        .filter(|c| c.state == "reserved")
+        .collect();
+    assert_eq!(reserved.len(), 3);
+    assert_eq!(reserved[0].owner, "b");
+    assert_eq!(reserved[0].reclaim_in, Some(90));
+    // Chunks picked avoid the reservations.
+    for i in 0..20 {
+        let _ = add(&mut ipam, &format!("c{i}"), &[], &mut now);
+        let v = MeshView {
+            departed: gone.departed.clone(),
+            live_names: gone.live_names.clone(),
+            ..view(&ipam, &[])
+        };
+        ipam.update_view(v, 1000);
+    }
+    assert!(ipam.claims().iter().all(|c| !theirs.contains(c)));
+    // rmpeer refuses a live name and an unknown one.
+    assert!(ipam.rmpeer("c").unwrap_err().contains("live"));
+    assert!(ipam.rmpeer("zz").unwrap_err().contains("b"));
+    // The reservations persist.
+    let mut again = Ipam::new(range, id(1), None, Duration::from_secs(100));
+    again.restore(ipam.state()).unwrap();
+    // rmpeer takes them over as our own claims.
+    let taken = again.rmpeer("b").unwrap();
+    assert_eq!(taken, theirs);
+    assert!(theirs.iter().all(|c| again.claims().contains(c)));
+    // Elsewhere, without rmpeer: the timeout frees them.
+    let mut v = view(&ipam, &[]);
+    v.departed = Vec::new();
+    ipam.update_view(v.clone(), 1099);
+    assert_eq!(ipam.state().reservations.len(), 3);
+    assert!(ipam.update_view(v, 1100));
+    assert!(ipam.state().reservations.is_empty());
+}
+
+#[test]
+fn a_reservation_ends_when_the_chunk_has_a_live_owner_again() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    let chunk = p("10.32.1.0/26");
+    let mut v = view(&ipam, &[]);
+    v.departed = vec![(id(2), "b".into(), vec![chunk])];
+    ipam.update_view(v, 10);
+    assert_eq!(ipam.state().reservations.len(), 1);
+    // b came back and announced it again.
+    ipam.update_view(view(&ipam, &[(chunk, id(2))]), 20);
+    assert!(ipam.state().reservations.is_empty());
+}
