@@ -63,9 +63,8 @@ fn add(ns: &str, id: &str, netns: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
-fn pods_on_two_weft_hosts_reach_each_other() {
-    require_root!();
+/// Two weft hosts with IPAM (`extra` adds e.g. bridge mode), converged.
+fn two_hosts(extra: &[&str]) -> Switched {
     let mut net = Switched::new(2);
     net.hosts[1].peers = vec![net.addr(0)];
     for host in net.hosts.iter_mut() {
@@ -73,18 +72,22 @@ fn pods_on_two_weft_hosts_reach_each_other() {
         args.extend([
             "--config".to_string(),
             host.path("weft.toml").display().to_string(),
-            "--iface".into(),
-            "bridge".into(),
-            "--bridge".into(),
-            "weft".into(),
             "--ipalloc-range".into(),
             RANGE.into(),
             "--ipalloc-dir".into(),
             host.path("ipam").display().to_string(),
         ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         host.start_with(&args, &[]);
     }
     net.wait_converged(&[0, 1], Duration::from_secs(30));
+    net
+}
+
+#[test]
+fn pods_on_two_weft_hosts_reach_each_other() {
+    require_root!();
+    let mut net = two_hosts(&["--iface", "bridge", "--bridge", "weft"]);
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
     let pods: Vec<Netns> = hosts
         .iter()
@@ -172,4 +175,73 @@ fn pods_on_two_weft_hosts_reach_each_other() {
     let out = plugin(&hosts[0], "DEL", "pod2", &paths[0], MINIMAL);
     assert!(out.status.success(), "DEL without weft {}", show(&out));
     assert!(!link_exists(&pods[0].name, "eth0"));
+}
+
+/// TUN (L3) mode. Ignored until weft's side routes the range: with
+/// `--ipalloc-range` in TUN mode weft must add `RANGE dev weft0` and turn
+/// on forwarding on weft0 (pods' packets arrive from the overlay there and
+/// are forwarded to their veth). With those two set by hand this test
+/// passes: the plugin's half (veth, /32, next hop, host route, proxy ARP,
+/// forwarding on the host end) and weft's mesh routing of pod addresses
+/// both work.
+#[test]
+#[ignore = "weft side: TUN mode with --ipalloc-range does not yet route the range to weft0 nor turn on forwarding there"]
+fn routed_pods_on_two_weft_hosts_reach_each_other() {
+    require_root!();
+    let net = two_hosts(&[]);
+    let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
+    let pods: Vec<Netns> = hosts
+        .iter()
+        .map(|h| Netns::new(format!("{h}-pod")))
+        .collect();
+    let logs = || net.hosts.iter().map(|h| h.logs()).collect::<String>();
+    let mut ips = Vec::new();
+    for i in 0..2 {
+        let path = format!("/var/run/netns/{}", pods[i].name);
+        let r = add(&hosts[i], &format!("pod{i}"), &path);
+        let a = r["ips"][0]["address"].as_str().unwrap().to_string();
+        assert!(a.starts_with("10.32.") && a.ends_with("/32"), "{a}");
+        assert_eq!(r["routes"][0]["gw"], "169.254.1.1");
+        ips.push(a.trim_end_matches("/32").to_string());
+    }
+    // The host reaches its own pod over the veth, and pods each other
+    // through the hosts' TUN devices and the overlay.
+    assert!(
+        ping(&hosts[0], &ips[0]),
+        "host0 cannot reach its pod {}",
+        ips[0]
+    );
+    let reached = wait_until(Duration::from_secs(15), || ping(&pods[0].name, &ips[1]));
+    let diag = || {
+        let mut d = String::new();
+        for h in &hosts {
+            for args in [
+                vec!["ip", "route"],
+                vec![
+                    "sysctl",
+                    "net.ipv4.ip_forward",
+                    "net.ipv4.conf.weft0.forwarding",
+                    "net.ipv4.conf.weft0.rp_filter",
+                    "net.ipv4.conf.all.rp_filter",
+                ],
+            ] {
+                let out = ns_exec(h, &args);
+                d += &format!(
+                    "{h}: {}\n{}{}\n",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        d
+    };
+    assert!(
+        reached,
+        "pod0 {} cannot reach pod1 {}\n{}\n{}",
+        ips[0],
+        ips[1],
+        diag(),
+        logs()
+    );
 }
