@@ -505,11 +505,7 @@ fn weft_error(e: WeftError, unreachable: fn(String) -> Error) -> Error {
             let msg = format!("weft: {msg}");
             cni_error(code, msg, details)
         }
-        WeftError::Protocol(why) => Error::Custom(
-            CODE_WEFT_PROTOCOL,
-            "Unexpected answer from weft".into(),
-            why,
-        ),
+        WeftError::Protocol(why) => protocol(why),
     }
 }
 
