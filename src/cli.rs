@@ -323,7 +323,7 @@ fn pubkey() -> ExitCode {
 /// `weft connect` (`connect` true) and `weft forget`: exit 0 when done, 1
 /// when weft refused or is not running, 2 for a malformed address.
 fn control(status_addr: SocketAddr, peer: &str, connect: bool) -> ExitCode {
-    use crate::api::control::{send, ControlRequest};
+    use crate::api::control::ControlRequest;
     use crate::mesh::target::PeerTarget;
     let target = match PeerTarget::parse(peer) {
         Ok(p) => p,
@@ -348,29 +348,21 @@ fn control(status_addr: SocketAddr, peer: &str, connect: bool) -> ExitCode {
     } else {
         ControlRequest::Forget { peer }
     };
-    match send(status_addr, &request) {
-        Ok(reply) if reply.ok => {
-            println!("{}", reply.message);
-            ExitCode::SUCCESS
-        }
-        Ok(reply) => {
-            eprintln!("weft: {}", reply.message);
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("weft: {e}");
-            ExitCode::from(1)
-        }
-    }
+    ask(status_addr, &request)
 }
 
 /// `weft rmpeer NAME`: exit 0 when done, 1 when refused or not running.
 fn rmpeer(status_addr: SocketAddr, name: &str) -> ExitCode {
-    use crate::api::control::{send, ControlRequest};
-    let request = ControlRequest::Rmpeer {
+    let request = crate::api::control::ControlRequest::Rmpeer {
         name: name.to_string(),
     };
-    match send(status_addr, &request) {
+    ask(status_addr, &request)
+}
+
+/// Sends one control request and prints the answer: exit 0 when done, 1
+/// when refused or weft is not running.
+fn ask(status_addr: SocketAddr, request: &crate::api::control::ControlRequest) -> ExitCode {
+    match crate::api::control::send(status_addr, request) {
         Ok(reply) if reply.ok => {
             println!("{}", reply.message);
             ExitCode::SUCCESS

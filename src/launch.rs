@@ -202,6 +202,18 @@ pub fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{flag} {text:?} is too long"))
 }
 
+/// The longest prefix length for `addr` whose prefix holds all of `range`.
+fn widened(addr: IpAddr, range: &crate::ipam::AllocRange) -> u8 {
+    let IpAddr::V4(a) = addr else {
+        return 0;
+    };
+    let base = match range.prefix().addr() {
+        IpAddr::V4(b) => u32::from(b),
+        IpAddr::V6(_) => return 0,
+    };
+    ((u32::from(a) ^ base).leading_zeros() as u8).min(range.len())
+}
+
 /// Reads the IPAM flags (or config keys); `None` without --ipalloc-range.
 fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan>, LaunchError> {
     let range_err = from_file(file, "ipalloc-range", args.ipalloc_range.is_some());
@@ -752,6 +764,16 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         l2.is_some(),
         log,
     )?;
+    if let (Some(id), Some(ipam)) = (&identity, &ipam) {
+        // Peers refuse chunk claims a certificate does not cover: say so now.
+        let range = crate::mesh::Claim::Ip(ipam.range.prefix());
+        if !id.cert.covers(&range) {
+            return Err(usage(format!(
+                "this host's --cert does not cover --ipalloc-range {}: peers would refuse every chunk it claims; sign its certificate with --subnet {} (weft cert sign)",
+                ipam.range, ipam.range
+            )));
+        }
+    }
     let default_iface = match &l2 {
         Some(l2) => format!("{}-tap", l2.bridge).chars().take(15).collect(),
         None => "weft0".to_string(),
@@ -894,10 +916,22 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     } else {
         file.path.clone()
     };
-    if overlay.is_none() && l2.is_none() {
-        return Err(usage(
-            "--ipalloc-range without --overlay is implemented in bridge mode only: TUN mode needs an overlay address to route pods' traffic through the TUN device. Add --iface bridge, or give this host --overlay ADDR/PREFIX",
-        ));
+    if let (Some(ipam), None) = (&ipam, &l2) {
+        // TUN mode: pods' traffic reaches the TUN device by the route of
+        // the overlay prefix, so the range must lie inside it.
+        let Some((addr, len)) = overlay else {
+            return Err(usage(
+                "--ipalloc-range without --overlay is implemented in bridge mode only: TUN mode needs an overlay address to route pods' traffic through the TUN device. Add --iface bridge, or give this host --overlay ADDR/PREFIX",
+            ));
+        };
+        let prefix = crate::mesh::IpPrefix::new(addr, len);
+        if !prefix.is_some_and(|p| p.contains(&ipam.range.prefix())) {
+            return Err(usage(format!(
+                "--ipalloc-range {} must lie inside the --overlay prefix {addr}/{len} in TUN mode (the TUN device's route carries the pods' traffic); widen --overlay (e.g. {addr}/{}) or use --iface bridge",
+                ipam.range,
+                widened(addr, &ipam.range)
+            )));
+        }
     }
     Ok(Plan {
         overlay,
@@ -1885,6 +1919,30 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn durations_parse_and_refuse_by_value() {
+        assert_eq!(
+            parse_duration("1h", "--x").unwrap(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse_duration("90", "--x").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration("30m", "--x").unwrap(),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            parse_duration("2d", "--x").unwrap(),
+            Duration::from_secs(172800)
+        );
+        for bad in ["", "h", "1y", "-1s", "99999999999999999999d"] {
+            let e = parse_duration(bad, "--x").unwrap_err();
+            assert!(e.contains("--x"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn overlay_parsing() {

@@ -414,3 +414,76 @@ fn readable_secret_file_warns() {
         "no warning naming the readable secret file {path}:\n{logs}"
     );
 }
+
+#[test]
+fn malformed_ipam_flags() {
+    require_root!();
+    let net = Net::pair(1500);
+    let a = &net.a;
+    let dir = a.path("ipam").display().to_string();
+    let ipam = |extra: &[&str]| {
+        let mut args = with(a, "--ipalloc-dir", &dir);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    for (bad, needles) in [
+        ("10.32.0.0", vec!["--ipalloc-range", "10.32.0.0"]),
+        ("10.32.0.1/16", vec!["--ipalloc-range", "10.32.0.0/16"]),
+        ("fd00::/64", vec!["--ipalloc-range", "IPv4"]),
+        ("10.32.0.0/31", vec!["--ipalloc-range", "1-30"]),
+    ] {
+        expect_rejected(
+            a,
+            &format!("--ipalloc-range {bad}"),
+            &ipam(&["--ipalloc-range", bad]),
+            &[],
+            &[],
+            &needles,
+        );
+    }
+    expect_rejected(
+        a,
+        "--ipalloc-reclaim-after",
+        &ipam(&[
+            "--ipalloc-range",
+            "10.40.0.0/16",
+            "--ipalloc-reclaim-after",
+            "soon",
+        ]),
+        &[],
+        &[],
+        &["--ipalloc-reclaim-after", "soon"],
+    );
+    expect_rejected(
+        a,
+        "--ipalloc-dir without --ipalloc-range",
+        &ipam(&[]),
+        &[],
+        &[],
+        &["--ipalloc-dir", "--ipalloc-range"],
+    );
+    // TUN mode: the range must lie in the overlay prefix, and --overlay
+    // stays required.
+    expect_rejected(
+        a,
+        "range outside the overlay in TUN mode",
+        &ipam(&["--ipalloc-range", "10.32.0.0/16"]),
+        &[],
+        &[],
+        &["10.32.0.0/16", "--overlay", "/12"],
+    );
+    let mut no_overlay = without(a, &["--overlay"]);
+    no_overlay.extend(["--ipalloc-range".into(), "10.32.0.0/16".into()]);
+    expect_rejected(
+        a,
+        "no overlay in TUN mode",
+        &no_overlay,
+        &[],
+        &[],
+        &["--iface bridge", "--overlay"],
+    );
+    assert!(
+        !a.path("ipam").exists(),
+        "nothing written for rejected input"
+    );
+}

@@ -3,8 +3,8 @@
 //! answer the CNI socket (`@weft-cni`, scoped to each host's namespace)
 //! the way the plugin asks: add, check, del, gc, status, version; a
 //! restarted weft gives a container the address it held; a stopped host's
-//! chunk stays reserved on the other until `weft rmpeer`. One host has
-//! no overlay address of its own.
+//! chunk stays reserved on the other (and on a host that joins later, by
+//! gossip) until `weft rmpeer`. One host has no overlay address of its own.
 
 mod common;
 
@@ -110,8 +110,9 @@ fn logs(net: &Switched) -> String {
 #[test]
 fn two_hosts_split_the_range_and_answer_the_plugin() {
     require_root!();
-    let mut net = Switched::new(2);
+    let mut net = Switched::new(3);
     net.hosts[1].peers = vec![net.addr(0)];
+    net.hosts[2].peers = vec![net.addr(0)];
     start(&mut net, 0);
     start(&mut net, 1);
     net.wait_converged(&[0, 1], Duration::from_secs(30));
@@ -279,6 +280,25 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
     });
     assert!(reserved, "{:?}\n{}", ipam_status(&h0), logs(&net));
 
+    // A host that joins after the departure learns the reservation by
+    // gossip, and its own first chunk is another.
+    start(&mut net, 2);
+    let h2 = net.hosts[2].ns.clone();
+    net.wait_converged(&[0, 2], Duration::from_secs(30));
+    let kept = format!("departed peer (kept by {h0})");
+    let learned = wait_until(Duration::from_secs(10), || {
+        ipam_status(&h2).is_some_and(|s| {
+            chunk_of(&s, a1.address.addr) == Some((kept.clone(), "reserved".into()))
+        })
+    });
+    assert!(learned, "{:?}", ipam_status(&h2));
+    let a2 = attachment(&h2, add(&h2, "c1"));
+    let s2 = ipam_status(&h2).unwrap();
+    assert_eq!(
+        chunk_of(&s2, a2.address.addr),
+        Some((h2.clone(), "owned".into()))
+    );
+
     // rmpeer: h0 takes the chunk over.
     let out = ns_exec(&h0, &[common::WEFT, "rmpeer", &h1]);
     assert!(
@@ -292,6 +312,11 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
             .is_some_and(|s| chunk_of(&s, a1.address.addr) == Some((h0.clone(), "owned".into())))
     });
     assert!(taken, "{:?}", ipam_status(&h0));
+    let seen = wait_until(Duration::from_secs(10), || {
+        ipam_status(&h2)
+            .is_some_and(|s| chunk_of(&s, a1.address.addr) == Some((h0.clone(), "owned".into())))
+    });
+    assert!(seen, "{:?}", ipam_status(&h2));
     // Asked again, nothing is left to take.
     let out = ns_exec(&h0, &[common::WEFT, "rmpeer", &h1]);
     assert!(!out.status.success());

@@ -14,9 +14,7 @@
 //! request's own channel.
 
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::sync::Arc;
@@ -106,17 +104,9 @@ pub fn serve(
     requests: crossbeam_channel::Sender<PendingRequest>,
     waker: Arc<mio::Waker>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("weft-control".into())
-        .spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let reply = answer(&stream, &requests, &waker);
-                let mut stream = stream;
-                let line = serde_json::to_string(&reply).unwrap_or_default();
-                let _ = writeln!(stream, "{line}");
-            }
-        })?;
-    Ok(())
+    super::local_socket::serve_lines(listener, "weft-control", move |stream| {
+        answer(stream, &requests, &waker)
+    })
 }
 
 /// Reads, checks and forwards one client's request; returns the answer.
@@ -128,12 +118,10 @@ fn answer(
     if let Err(why) = check_credentials(stream) {
         return ControlReply::refused(why);
     }
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
-    let mut line = String::new();
-    let mut reader = BufReader::new(stream).take(MAX_REQUEST as u64);
-    if let Err(e) = reader.read_line(&mut line) {
-        return ControlReply::refused(format!("reading the request: {e}"));
-    }
+    let line = match super::local_socket::read_line(stream, MAX_REQUEST, TIMEOUT) {
+        Ok(l) => l,
+        Err(e) => return ControlReply::refused(format!("reading the request: {e}")),
+    };
     let request: ControlRequest = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => return ControlReply::refused(format!("malformed request: {e}")),
@@ -152,28 +140,7 @@ fn answer(
 
 /// Only root and weft's own user may change the peer set.
 fn check_credentials(stream: &UnixStream) -> Result<(), String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid for the kernel to write a ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "cannot read the caller's credentials: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let cred = super::local_socket::peer_credentials(stream)?;
     // SAFETY: geteuid has no preconditions.
     let own = unsafe { libc::geteuid() };
     if cred.uid == 0 || cred.uid == own {
@@ -190,21 +157,16 @@ fn check_credentials(stream: &UnixStream) -> Result<(), String> {
 /// `status_addr` (in this network namespace) and returns its answer.
 pub fn send(status_addr: SocketAddr, request: &ControlRequest) -> Result<ControlReply, String> {
     let name = socket_name(status_addr);
-    let addr = UnixAddr::from_abstract_name(name.as_bytes())
-        .map_err(|e| format!("control socket @{name}: {e}"))?;
-    let mut stream = UnixStream::connect_addr(&addr).map_err(|e| {
-        format!("no weft answers on @{name} ({e}): is `weft launch` running in this network namespace with --status-addr {status_addr}?")
-    })?;
-    stream
-        .set_read_timeout(Some(TIMEOUT + Duration::from_secs(1)))
-        .map_err(|e| e.to_string())?;
     let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    writeln!(stream, "{line}").map_err(|e| format!("sending to @{name}: {e}"))?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .take(MAX_REQUEST as u64)
-        .read_line(&mut answer)
-        .map_err(|e| format!("reading the answer from @{name}: {e}"))?;
+    let answer = super::local_socket::exchange(
+        &name,
+        &line,
+        MAX_REQUEST,
+        TIMEOUT + Duration::from_secs(1),
+        |e| {
+            format!("no weft answers on @{name} ({e}): is `weft launch` running in this network namespace with --status-addr {status_addr}?")
+        },
+    )?;
     serde_json::from_str(answer.trim())
         .map_err(|e| format!("weft's answer on @{name} is not understood ({e}): {answer:?}"))
 }

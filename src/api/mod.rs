@@ -5,6 +5,7 @@
 pub mod control;
 pub mod http;
 pub mod l2_status;
+pub mod local_socket;
 pub mod mesh_status;
 pub mod status;
 

@@ -29,10 +29,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
+use std::os::unix::net::SocketAddr as UnixAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -316,20 +315,16 @@ pub fn socket_addr(name: &str) -> Result<UnixAddr, String> {
 /// map to [`code::PLUGIN_NOT_AVAILABLE`] (for STATUS) or
 /// [`code::TRY_AGAIN_LATER`].
 pub fn request(name: &str, request: &CniRequest) -> Result<CniReply, String> {
-    let addr = socket_addr(name)?;
-    let mut stream = UnixStream::connect_addr(&addr).map_err(|e| {
-        format!("no weft answers on @{name} ({e}): is `weft launch --ipalloc-range CIDR` running in this network namespace?")
-    })?;
-    stream
-        .set_read_timeout(Some(TIMEOUT + Duration::from_secs(1)))
-        .map_err(|e| e.to_string())?;
     let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    writeln!(stream, "{line}").map_err(|e| format!("sending to @{name}: {e}"))?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .take(MAX_LINE as u64)
-        .read_line(&mut answer)
-        .map_err(|e| format!("reading the reply from @{name}: {e}"))?;
+    let answer = crate::api::local_socket::exchange(
+        name,
+        &line,
+        MAX_LINE,
+        TIMEOUT + Duration::from_secs(1),
+        |e| {
+            format!("no weft answers on @{name} ({e}): is `weft launch --ipalloc-range CIDR` running in this network namespace?")
+        },
+    )?;
     serde_json::from_str(answer.trim())
         .map_err(|e| format!("weft's reply on @{name} is not understood ({e}): {answer:?}"))
 }

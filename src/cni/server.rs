@@ -12,8 +12,6 @@
 //! [`TIMEOUT`] gets [`code::TRY_AGAIN_LATER`].
 
 use super::api::{code, CniError, CniReply, CniRequest, CniSuccess, MAX_LINE, TIMEOUT};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
@@ -39,17 +37,9 @@ pub fn serve(
     requests: crossbeam_channel::Sender<PendingCni>,
     waker: Arc<mio::Waker>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("weft-cni".into())
-        .spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let reply = answer(&stream, &requests, &waker);
-                let mut stream = stream;
-                let line = serde_json::to_string(&reply).unwrap_or_default();
-                let _ = writeln!(stream, "{line}");
-            }
-        })?;
-    Ok(())
+    crate::api::local_socket::serve_lines(listener, "weft-cni", move |stream| {
+        answer(stream, &requests, &waker)
+    })
 }
 
 fn refuse(code: u32, msg: &str, details: String) -> CniReply {
@@ -65,13 +55,11 @@ fn answer(
     if let Err(why) = check_root(stream) {
         return refuse(code::NOT_ROOT, "permission denied", why);
     }
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
     let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let mut line = String::new();
-    let mut reader = BufReader::new(stream).take(MAX_LINE as u64);
-    if let Err(e) = reader.read_line(&mut line) {
-        return refuse(code::DECODE, "cannot read the request", e.to_string());
-    }
+    let line = match crate::api::local_socket::read_line(stream, MAX_LINE, TIMEOUT) {
+        Ok(l) => l,
+        Err(e) => return refuse(code::DECODE, "cannot read the request", e.to_string()),
+    };
     let request: CniRequest = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
@@ -115,28 +103,7 @@ fn truncate(s: &str, max: usize) -> &str {
 /// Only root may ask: the plugin runs as root under every runtime, and an
 /// address handed out is a lease on the overlay.
 fn check_root(stream: &UnixStream) -> Result<(), String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid for the kernel to write a ucred.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "cannot read the caller's credentials: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let cred = crate::api::local_socket::peer_credentials(stream)?;
     if cred.uid == 0 {
         Ok(())
     } else {
@@ -151,6 +118,7 @@ fn check_root(stream: &UnixStream) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::cni::api::{request, AttachmentKey};
+    use std::io::{BufRead, BufReader, Write};
     use std::time::Duration;
 
     #[test]

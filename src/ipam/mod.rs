@@ -37,10 +37,12 @@
 //!   them), which every other host then sees as live-owned and stops
 //!   reserving.
 //!
-//! Reservations are kept by the hosts that saw the departure (every live
-//! host at that time) and are not gossiped: a host that joins after the
-//! departure does not know them. That window is the known limit of this
-//! design (see the README's "Kubernetes" section).
+//! Each host gossips the chunks it keeps reserved in its record (claim
+//! kinds 4 and 5 of [`crate::wire::gossip`]: reserved, never owned), and
+//! never picks a chunk any live host reserves, so a host that joins after
+//! the departure avoids those chunks too. A reservation is only dropped by
+//! the hosts that hold it (by the rules above); if every host that saw the
+//! departure leaves as well, the reservation goes with them.
 //!
 //! The core here is sans-IO: the driver feeds it the mesh's view and the
 //! clock, writes [`Ipam::state`] to disk ([`store`]) after every change and
@@ -187,6 +189,9 @@ pub struct MeshView {
     pub departed: Vec<(PeerId, String, Vec<IpPrefix>)>,
     /// Names of live peers (for `rmpeer`).
     pub live_names: Vec<String>,
+    /// Chunks live peers keep reserved for departed ones, and who keeps
+    /// them (gossiped, so a host that joined later avoids them too).
+    pub reserved_by_live: Vec<(IpPrefix, PeerId)>,
 }
 
 /// Why an address could not be given.
@@ -404,11 +409,8 @@ impl Ipam {
     }
 
     fn chunk_bounds(&self, chunk: &IpPrefix) -> (u32, u32) {
-        let IpAddr::V4(a) = chunk.addr() else {
-            return (1, 0);
-        };
-        let a = u32::from(a);
-        (a, a | (u32::MAX >> chunk.len()))
+        let r = bounds(chunk);
+        (*r.start(), *r.end())
     }
 
     /// Addresses a chunk can hand out (its size less excluded addresses).
@@ -461,7 +463,10 @@ impl Ipam {
                 .iter()
                 .filter(|c| c.len() == self.chunk_len && range.contains(c))
             {
-                if owner_of.contains_key(chunk) || self.reservations.contains_key(chunk) {
+                if owner_of.contains_key(chunk)
+                    || self.reservations.contains_key(chunk)
+                    || self.chunks.contains_key(chunk)
+                {
                     continue;
                 }
                 tracing::info!(%chunk, peer = %name, "IPAM: {name} left; its chunk {chunk} stays reserved");
@@ -597,7 +602,17 @@ impl Ipam {
                     && !self.reservations.contains_key(c)
                     && !self.view.owned.iter().any(|(p, _)| p.overlaps(c))
                     && !self.view.refused.contains(c)
+                    && !self
+                        .view
+                        .reserved_by_live
+                        .iter()
+                        .any(|(p, _)| p.overlaps(c))
             })
+    }
+
+    /// The departed peers' chunks this host keeps reserved, to gossip.
+    pub fn reserved_chunks(&self) -> Vec<IpPrefix> {
+        self.reservations.keys().copied().collect()
     }
 
     /// Releases `key`'s address; whether anything was held.
@@ -742,6 +757,22 @@ impl Ipam {
                 ),
             });
         }
+        for (chunk, keeper) in &self.view.reserved_by_live {
+            if self.reservations.contains_key(chunk)
+                || !range.contains(chunk)
+                || chunks.iter().any(|c| c.chunk == chunk.to_string())
+            {
+                continue;
+            }
+            chunks.push(ChunkStatus {
+                chunk: chunk.to_string(),
+                owner: format!("departed peer (kept by {})", names(keeper)),
+                state: "reserved".into(),
+                in_use: None,
+                size: self.capacity(chunk),
+                reclaim_in: None,
+            });
+        }
         chunks.sort_by(|a, b| {
             let ka: Option<IpPrefix> = a.chunk.parse().ok();
             let kb: Option<IpPrefix> = b.chunk.parse().ok();
@@ -757,14 +788,11 @@ impl Ipam {
     }
 }
 
+/// The first and last address of an IPv4 chunk (every chunk is IPv4: the
+/// range is, and the view passes IPv4 prefixes only).
 fn bounds(chunk: &IpPrefix) -> std::ops::RangeInclusive<u32> {
-    match chunk.addr() {
-        IpAddr::V4(a) => {
-            let a = u32::from(a);
-            a..=(a | (u32::MAX >> chunk.len()))
-        }
-        IpAddr::V6(_) => 1..=0,
-    }
+    let first = (chunk.bits() >> 96) as u32;
+    first..=(first | (u32::MAX.checked_shr(u32::from(chunk.len())).unwrap_or(0)))
 }
 
 /// Longest container id or interface name accepted.

@@ -34,6 +34,7 @@ fn view(ipam: &Ipam, others: &[(IpPrefix, PeerId)]) -> MeshView {
         refused,
         departed: Vec::new(),
         live_names: Vec::new(),
+        reserved_by_live: Vec::new(),
     }
 }
 
@@ -326,4 +327,38 @@ fn a_reservation_ends_when_the_chunk_has_a_live_owner_again() {
     // b came back and announced it again.
     ipam.update_view(view(&ipam, &[(chunk, id(2))]), 20);
     assert!(ipam.state().reservations.is_empty());
+}
+
+#[test]
+fn chunks_other_live_hosts_reserve_are_never_picked() {
+    // A /26 range in /30 chunks: 16 chunks, all but one reserved by a live
+    // host for departed peers; this host joined after the departure.
+    let range = AllocRange::parse("10.32.0.0/26").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::ZERO);
+    let free = p("10.32.0.20/30");
+    let reserved: Vec<(IpPrefix, PeerId)> = (0..16u32)
+        .map(|i| {
+            let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 32, 0, 0)) + 4 * i);
+            (IpPrefix::new(IpAddr::V4(a), 30).unwrap(), id(3))
+        })
+        .filter(|(c, _)| *c != free)
+        .collect();
+    let v = MeshView {
+        reserved_by_live: reserved.clone(),
+        ..view(&ipam, &[])
+    };
+    ipam.update_view(v, 0);
+    let _ = ipam.allocate(&key("a"), "ns", Instant::now());
+    assert_eq!(ipam.claims(), vec![free]);
+    let status = ipam.status("me", &|p| format!("peer{}", p.0[0]), 0);
+    let kept = status
+        .chunks
+        .iter()
+        .filter(|c| c.state == "reserved")
+        .count();
+    assert_eq!(kept, 15);
+    assert!(status
+        .chunks
+        .iter()
+        .any(|c| c.owner.contains("kept by peer3")));
 }

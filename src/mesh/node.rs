@@ -511,6 +511,7 @@ impl Node {
             name: cfg.name.clone(),
             endpoints: cfg.endpoints.clone(),
             claims: Vec::new(),
+            reserved: Vec::new(),
             subnets: cfg.subnets.clone(),
             neighbours: Vec::new(),
             cert: cfg.cert.clone(),
@@ -597,6 +598,17 @@ impl Node {
         }
         self.own.claims = claims;
         self.publish_own_because("claims", now);
+    }
+
+    /// Sets the prefixes this host keeps reserved for departed peers (IPAM
+    /// chunks), gossiped in its record so that hosts joining later avoid
+    /// them too.
+    pub fn set_reserved(&mut self, reserved: &[IpPrefix], now: Instant) {
+        if self.own.reserved == reserved {
+            return;
+        }
+        self.own.reserved = reserved.to_vec();
+        self.publish_own_because("reserved", now);
     }
 
     /// Whether this host has announced its claims (it synchronised with

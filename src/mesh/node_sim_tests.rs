@@ -655,9 +655,10 @@ fn broadcast_reaches_every_host_exactly_once_over_a_partial_mesh() {
     }
 }
 
-#[test]
-fn duplicate_claim_is_refused_on_both_sides() {
-    let mut sim = Sim::new(6, Duration::from_millis(20));
+/// Two nodes, b dialled a, converged and past the sync timeout (both
+/// announced their claims).
+fn converged_pair(seed: u64) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(seed, Duration::from_millis(20));
     let a = sim.add(|_| {});
     let b = sim.add(|_| {});
     let now = sim.now;
@@ -665,6 +666,12 @@ fn duplicate_claim_is_refused_on_both_sides() {
     sim.drain(b);
     sim.run_until(LIMIT, |s| s.agreed()).expect("two converge");
     sim.run_for(Duration::from_secs(6));
+    (sim, a, b)
+}
+
+#[test]
+fn duplicate_claim_is_refused_on_both_sides() {
+    let (mut sim, a, b) = converged_pair(6);
     // A newcomer claims a's address, and a subnet the others do not share.
     let c = sim.add(|c| {
         c.claims = vec![Claim::Ip(IpPrefix::host(overlay(0)))];
@@ -711,6 +718,78 @@ fn duplicate_claim_is_refused_on_both_sides() {
         Event::SubnetMismatch { peer, .. } if peer.id == ida)));
     assert!(sim.nodes[a].events.iter().any(|e| matches!(e,
         Event::SubnetMismatch { peer, .. } if peer.id == idc)));
+}
+
+#[test]
+fn dynamic_chunk_claims_spread_route_and_race_like_any_claim() {
+    let (mut sim, a, b) = converged_pair(8);
+    assert!(sim.nodes[a].node.claims_announced() && sim.nodes[b].node.claims_announced());
+    let chunk: IpPrefix = "10.32.0.64/26".parse().unwrap();
+    let pod = IpAddr::V4(Ipv4Addr::new(10, 32, 0, 70));
+    // a claims a chunk at run time: b routes it to a.
+    let now = sim.now;
+    sim.nodes[a]
+        .node
+        .set_dynamic_claims(&[Claim::Ip(chunk)], now);
+    sim.drain(a);
+    sim.run_for(Duration::from_secs(2));
+    let ida = sim.nodes[a].node.id();
+    let lamport = |sim: &Sim, i: usize, c: IpPrefix| {
+        sim.nodes[i]
+            .node
+            .own_record()
+            .claims
+            .iter()
+            .find(|x| x.claim == Claim::Ip(c))
+            .map(|x| x.lamport)
+    };
+    let first = lamport(&sim, a, chunk).expect("announced");
+    assert!(sim.nodes[b]
+        .node
+        .owned_claims()
+        .contains(&(Claim::Ip(chunk), ida)));
+    assert!(matches!(
+        sim.nodes[b].node.forwarding_table().lookup_ip(pod),
+        Some(Destination::Peer { peer, .. }) if *peer == ida
+    ));
+    // Another chunk keeps the first one's Lamport time; the new one is later.
+    let second: IpPrefix = "10.32.0.128/26".parse().unwrap();
+    let now = sim.now;
+    sim.nodes[a]
+        .node
+        .set_dynamic_claims(&[Claim::Ip(chunk), Claim::Ip(second)], now);
+    sim.drain(a);
+    assert_eq!(lamport(&sim, a, chunk), Some(first));
+    assert!(lamport(&sim, a, second) > Some(first));
+    // b claims a's chunk later: refused on both sides, a keeps it.
+    let now = sim.now;
+    sim.nodes[b]
+        .node
+        .set_dynamic_claims(&[Claim::Ip(chunk)], now);
+    sim.drain(b);
+    sim.run_for(Duration::from_secs(2));
+    let idb = sim.nodes[b].node.id();
+    for i in [a, b] {
+        assert!(
+            sim.nodes[i]
+                .node
+                .conflicts()
+                .any(|c| c.refused == idb && c.owner == ida),
+            "host {i}"
+        );
+    }
+    // Dropping it ends the conflict; reserved prefixes travel in the record.
+    let now = sim.now;
+    sim.nodes[b].node.set_dynamic_claims(&[], now);
+    let reserved: IpPrefix = "10.32.1.0/26".parse().unwrap();
+    sim.nodes[b].node.set_reserved(&[reserved], now);
+    sim.drain(b);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.nodes[a].node.conflicts().count(), 0);
+    assert_eq!(
+        sim.nodes[a].node.record(&idb).unwrap().reserved,
+        vec![reserved]
+    );
 }
 
 /// Figures from one scale run.

@@ -26,6 +26,8 @@ pub struct PeerRecord {
     pub endpoints: Vec<SocketAddr>,
     /// Its claims.
     pub claims: Vec<AnnouncedClaim>,
+    /// Prefixes it keeps reserved for departed peers (IPAM chunks).
+    pub reserved: Vec<IpPrefix>,
     /// Its device's overlay subnets.
     pub subnets: Vec<IpPrefix>,
     /// Its connections, sorted by peer.
@@ -47,6 +49,7 @@ impl PeerRecord {
             name: PeerName::from_untrusted(view.name()),
             endpoints: view.endpoints().collect(),
             claims: view.claims().collect(),
+            reserved: view.reserved().collect(),
             subnets: view.subnets().collect(),
             neighbours,
             cert: view.cert().to_vec(),
@@ -61,6 +64,7 @@ impl PeerRecord {
             name: self.name.as_str().as_bytes(),
             endpoints: &self.endpoints,
             claims: &self.claims,
+            reserved: &self.reserved,
             subnets: &self.subnets,
             neighbours: &self.neighbours,
             cert: &self.cert,
@@ -74,7 +78,7 @@ impl PeerRecord {
             + self.name.as_str().len()
             + self.endpoints.capacity() * std::mem::size_of::<SocketAddr>()
             + self.claims.capacity() * std::mem::size_of::<AnnouncedClaim>()
-            + self.subnets.capacity() * std::mem::size_of::<IpPrefix>()
+            + (self.subnets.capacity() + self.reserved.capacity()) * std::mem::size_of::<IpPrefix>()
             + self.neighbours.capacity() * std::mem::size_of::<Neighbour>()
             + self.cert.capacity()
     }
@@ -249,6 +253,7 @@ mod tests {
             name: PeerName::default(),
             endpoints: vec![],
             claims: vec![],
+            reserved: vec![],
             subnets: vec![],
             neighbours,
             cert: vec![],

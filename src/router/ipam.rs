@@ -72,6 +72,13 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+fn attachment_key(container_id: &str, ifname: &str) -> AttachmentKey {
+    AttachmentKey {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+    }
+}
+
 fn error(code: u32, msg: &str, details: impl Into<String>) -> CniReply {
     CniReply(Err(CniError::new(code, msg, details)))
 }
@@ -113,6 +120,7 @@ impl IpamDriver {
     fn push_claims(&self, mesh: &mut Node, now: Instant) {
         let claims: Vec<Claim> = self.ipam.claims().into_iter().map(Claim::Ip).collect();
         mesh.set_dynamic_claims(&claims, now);
+        mesh.set_reserved(&self.ipam.reserved_chunks(), now);
     }
 
     /// The node's view, as IPAM takes it.
@@ -133,6 +141,11 @@ impl IpamDriver {
                 .conflicts()
                 .filter(|c| c.refused == me)
                 .filter_map(|c| v4(&c.refused_claim))
+                .chain(
+                    mesh.refused_claims()
+                        .filter(|r| r.peer == me)
+                        .filter_map(|r| v4(&r.claim)),
+                )
                 .collect(),
             departed: mesh
                 .records()
@@ -145,6 +158,10 @@ impl IpamDriver {
                 .filter(|(_, _, c)| !c.is_empty())
                 .collect(),
             live_names: mesh.live_peers().map(|r| r.name.to_string()).collect(),
+            reserved_by_live: mesh
+                .live_peers()
+                .flat_map(|r| r.reserved.iter().map(move |p| (*p, r.id)))
+                .collect(),
         }
     }
 
@@ -214,10 +231,7 @@ impl IpamDriver {
                 ifname,
                 netns,
             } => {
-                let key = AttachmentKey {
-                    container_id: container_id.clone(),
-                    ifname: ifname.clone(),
-                };
+                let key = attachment_key(container_id, ifname);
                 match self.ipam.allocate(&key, netns, now) {
                     Ok((addr, new)) => {
                         if new {
@@ -256,11 +270,7 @@ impl IpamDriver {
                 container_id,
                 ifname,
             } => {
-                let key = AttachmentKey {
-                    container_id: container_id.clone(),
-                    ifname: ifname.clone(),
-                };
-                if self.ipam.release(&key) {
+                if self.ipam.release(&attachment_key(container_id, ifname)) {
                     tracing::info!(
                         "IPAM: released the address of container {container_id} {ifname}"
                     );
@@ -271,20 +281,16 @@ impl IpamDriver {
             CniRequest::Check {
                 container_id,
                 ifname,
-            } => {
-                let key = AttachmentKey {
-                    container_id: container_id.clone(),
-                    ifname: ifname.clone(),
-                };
-                match self.ipam.lookup(&key) {
-                    Some(addr) => CniReply(Ok(self.attachment(addr))),
-                    None => error(
-                        code::CONTAINER_UNKNOWN,
-                        "no address held",
-                        format!("weft holds no address for container {container_id:?} interface {ifname:?}"),
+            } => match self.ipam.lookup(&attachment_key(container_id, ifname)) {
+                Some(addr) => CniReply(Ok(self.attachment(addr))),
+                None => error(
+                    code::CONTAINER_UNKNOWN,
+                    "no address held",
+                    format!(
+                        "weft holds no address for container {container_id:?} interface {ifname:?}"
                     ),
-                }
-            }
+                ),
+            },
             CniRequest::Status => match self.ipam.ready() {
                 Ok(()) => CniReply(Ok(CniSuccess::Done {})),
                 Err(why) => error(code::PLUGIN_NOT_AVAILABLE, "weft IPAM not available", why),

@@ -12,7 +12,10 @@
 //!             n:u8 n*endpoint  n:u8 n*claim  n:u8 n*subnet  n:u16 n*neighbour
 //!             cert_len:u16 cert                    (0: none; at most MAX_CERT_LEN)
 //! endpoint := family:u8(4|6) addr:16 port:u16          (19 bytes)
-//! claim    := kind:u8(1 ipv4|2 ipv6|3 mac) len:u8 addr:16 lamport:u64   (26 bytes)
+//! claim    := kind:u8(1 ipv4|2 ipv6|3 mac|4 reserved ipv4|5 reserved ipv6)
+//!             len:u8 addr:16 lamport:u64                                  (26 bytes)
+//!             kinds 4 and 5: a prefix the record's owner keeps reserved for a
+//!             departed peer (IPAM chunks); never owned, lamport 0
 //! subnet   := kind:u8(1|2) len:u8 addr:16              (18 bytes)
 //! neighbour:= id flags:u8 (bit 0: data path works)     (33 bytes)
 //! ```
@@ -227,6 +230,15 @@ fn decode_claim(c: &[u8]) -> Option<AnnouncedClaim> {
     })
 }
 
+/// A reserved prefix (claim kinds 4 and 5).
+fn decode_reserved(c: &[u8]) -> Option<IpPrefix> {
+    match c[0] {
+        4 => decode_prefix(1, c[1], &c[2..18]),
+        5 => decode_prefix(2, c[1], &c[2..18]),
+        _ => None,
+    }
+}
+
 impl<'a> RecordView<'a> {
     /// Parses one record at the start of `bytes`: the view and the bytes it
     /// used. Every item is checked here, so the iterators cannot fail.
@@ -251,7 +263,7 @@ impl<'a> RecordView<'a> {
         let claims = take(&mut rest, n * CLAIM_LEN)?;
         if claims
             .chunks_exact(CLAIM_LEN)
-            .any(|c| decode_claim(c).is_none())
+            .any(|c| decode_claim(c).is_none() && decode_reserved(c).is_none())
         {
             return Err(WireError::Malformed);
         }
@@ -311,6 +323,13 @@ impl<'a> RecordView<'a> {
     /// The peer's claims.
     pub fn claims(&self) -> impl Iterator<Item = AnnouncedClaim> + 'a {
         self.claims.chunks_exact(CLAIM_LEN).filter_map(decode_claim)
+    }
+
+    /// Prefixes the peer keeps reserved for departed peers (IPAM).
+    pub fn reserved(&self) -> impl Iterator<Item = IpPrefix> + 'a {
+        self.claims
+            .chunks_exact(CLAIM_LEN)
+            .filter_map(decode_reserved)
     }
 
     /// The overlay subnets of the peer's device.
@@ -455,6 +474,9 @@ pub struct RecordRepr<'a> {
     pub endpoints: &'a [SocketAddr],
     /// Claims (at most 255 are sent).
     pub claims: &'a [AnnouncedClaim],
+    /// Reserved prefixes, sent after the claims in the same list (as many
+    /// as fit in its 255 entries).
+    pub reserved: &'a [IpPrefix],
     /// Device subnets (at most 255 are sent).
     pub subnets: &'a [IpPrefix],
     /// Connections (at most 65535 are sent).
@@ -482,7 +504,7 @@ impl RecordRepr<'_> {
             + 1
             + self.endpoints.len().min(255) * ENDPOINT_LEN
             + 1
-            + self.claims.len().min(255) * CLAIM_LEN
+            + (self.claims.len() + self.reserved.len()).min(255) * CLAIM_LEN
             + 1
             + self.subnets.len().min(255) * SUBNET_LEN
             + 2
@@ -514,7 +536,8 @@ impl RecordRepr<'_> {
             out.extend_from_slice(&e.port().to_be_bytes());
         }
         let claims = &self.claims[..self.claims.len().min(255)];
-        out.push(claims.len() as u8);
+        let reserved = &self.reserved[..self.reserved.len().min(255 - claims.len())];
+        out.push((claims.len() + reserved.len()) as u8);
         for c in claims {
             match c.claim {
                 Claim::Ip(p) => {
@@ -529,6 +552,12 @@ impl RecordRepr<'_> {
                 }
             }
             out.extend_from_slice(&c.lamport.to_be_bytes());
+        }
+        for p in reserved {
+            out.push(if p.is_ipv4() { 4 } else { 5 });
+            out.push(p.len());
+            put_addr16(out, &p.addr());
+            out.extend_from_slice(&0u64.to_be_bytes());
         }
         let subnets = &self.subnets[..self.subnets.len().min(255)];
         out.push(subnets.len() as u8);
@@ -639,6 +668,10 @@ mod tests {
             },
         ];
         let subnets = ["10.40.0.0/16".parse().unwrap()];
+        let reserved = [
+            "10.32.1.0/26".parse().unwrap(),
+            "fd32::/64".parse().unwrap(),
+        ];
         let neighbours = [
             Neighbour {
                 peer: id(3),
@@ -655,6 +688,7 @@ mod tests {
             name: b"host-a",
             endpoints: &endpoints,
             claims: &claims,
+            reserved: &reserved,
             subnets: &subnets,
             neighbours: &neighbours,
             cert: b"certificate bytes",
@@ -673,6 +707,7 @@ mod tests {
         assert_eq!((r.id(), r.version(), r.name()), (id(1), 77, &b"host-a"[..]));
         assert_eq!(r.endpoints().collect::<Vec<_>>(), endpoints);
         assert_eq!(r.claims().collect::<Vec<_>>(), claims);
+        assert_eq!(r.reserved().collect::<Vec<IpPrefix>>(), reserved);
         assert_eq!(r.subnets().collect::<Vec<_>>(), subnets);
         assert_eq!(r.neighbours().collect::<Vec<_>>(), neighbours);
         for n in 0..out.len() {
