@@ -92,6 +92,14 @@ pub struct Attachment {
 }
 
 impl Attachment {
+    /// The request that has weft release this attachment's address.
+    pub fn del_request(&self) -> CniRequest {
+        CniRequest::Del {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+
     /// The deterministic name of the host end of this attachment's veth.
     pub fn host_veth(&self) -> String {
         host_veth_name(&self.container_id, &self.ifname)
@@ -722,21 +730,29 @@ pub fn render_result(version: SpecVersion, result: CNIResult) -> String {
     rendered.unwrap_or_default()
 }
 
-fn add(inv: &Invocation, system: &mut dyn System) -> Result<String, Error> {
-    let att = attachment(inv)?;
+/// Checks the pod's namespace, then asks weft about the attachment:
+/// a namespace that is gone gets no address.
+fn ask_about_pod(
+    inv: &Invocation,
+    system: &mut dyn System,
+    request: impl FnOnce(&Attachment, String) -> CniRequest,
+) -> Result<(Attachment, String, CniSuccess), Error> {
+    let att = attachment(inv)?.clone();
     let netns = att.netns.clone().unwrap_or_default();
-    // Before weft allocates anything: a namespace that is gone gets no address.
     system.check_netns(&netns)?;
     let reply = system
-        .weft(
-            &inv.settings.socket,
-            &CniRequest::Add {
-                container_id: att.container_id.clone(),
-                ifname: att.ifname.clone(),
-                netns: netns.clone(),
-            },
-        )
+        .weft(&inv.settings.socket, &request(&att, netns.clone()))
         .map_err(|e| weft_error(e, try_again))?;
+    Ok((att, netns, reply))
+}
+
+fn add(inv: &Invocation, system: &mut dyn System) -> Result<String, Error> {
+    let (att, _, reply) = ask_about_pod(inv, system, |att, netns| CniRequest::Add {
+        container_id: att.container_id.clone(),
+        ifname: att.ifname.clone(),
+        netns,
+    })?;
+    let att = &att;
     let reply = match &reply {
         CniSuccess::Attachment(a) => validate_attachment(a)?,
         other => return Err(unexpected("add", other)),
@@ -747,13 +763,7 @@ fn add(inv: &Invocation, system: &mut dyn System) -> Result<String, Error> {
         Err(e) => {
             // Give the address back: the runtime calls DEL after a failed
             // ADD, but not always (and weft's add is idempotent anyway).
-            let _ = system.weft(
-                &inv.settings.socket,
-                &CniRequest::Del {
-                    container_id: att.container_id.clone(),
-                    ifname: att.ifname.clone(),
-                },
-            );
+            let _ = system.weft(&inv.settings.socket, &att.del_request());
             return Err(e);
         }
     };
@@ -771,13 +781,7 @@ fn del(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<
             att.container_id, att.ifname
         ));
     }
-    match system.weft(
-        &inv.settings.socket,
-        &CniRequest::Del {
-            container_id: att.container_id.clone(),
-            ifname: att.ifname.clone(),
-        },
-    ) {
+    match system.weft(&inv.settings.socket, &att.del_request()) {
         Ok(_) => Ok(()),
         // DEL is best effort: with weft gone, the veth is removed and the
         // address stays recorded until weft runs again and the runtime's GC
@@ -796,18 +800,11 @@ fn del(inv: &Invocation, system: &mut dyn System, notes: &mut String) -> Result<
 }
 
 fn check(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
-    let att = attachment(inv)?;
-    let netns = att.netns.clone().unwrap_or_default();
-    system.check_netns(&netns)?;
-    let reply = system
-        .weft(
-            &inv.settings.socket,
-            &CniRequest::Check {
-                container_id: att.container_id.clone(),
-                ifname: att.ifname.clone(),
-            },
-        )
-        .map_err(|e| weft_error(e, try_again))?;
+    let (att, netns, reply) = ask_about_pod(inv, system, |att, _| CniRequest::Check {
+        container_id: att.container_id.clone(),
+        ifname: att.ifname.clone(),
+    })?;
+    let att = &att;
     // The address to find: weft's answer when it gives one, else what ADD
     // reported (prevResult).
     let expected: Option<(Ipv4Addr, Option<u32>)> = match &reply {
@@ -1162,25 +1159,21 @@ mod tests {
         env.insert("CNI_COMMAND".into(), "DEL".into());
         assert!(parse_with(&env, MINIMAL).is_ok());
 
-        let mut env = add_env("ADD");
-        env.insert("CNI_IFNAME".into(), "eth0/x".into());
-        let f = parse_with(&env, MINIMAL).unwrap_err();
-        assert_eq!(code(&f), 4);
-        assert!(f.error.details().contains("eth0/x"));
-        let mut env = add_env("ADD");
-        env.insert("CNI_CONTAINERID".into(), "-bad id".into());
-        assert!(parse_with(&env, MINIMAL)
-            .unwrap_err()
-            .error
-            .details()
-            .contains("-bad id"));
-        let mut env = add_env("ADD");
-        env.insert("CNI_NETNS".into(), "pod1".into());
-        assert!(parse_with(&env, MINIMAL)
-            .unwrap_err()
-            .error
-            .details()
-            .contains("\"pod1\""));
+        for (var, bad) in [
+            ("CNI_IFNAME", "eth0/x"),
+            ("CNI_CONTAINERID", "-bad id"),
+            ("CNI_NETNS", "pod1"),
+        ] {
+            let mut env = add_env("ADD");
+            env.insert(var.into(), bad.into());
+            let f = parse_with(&env, MINIMAL).unwrap_err();
+            assert_eq!(code(&f), 4, "{var}");
+            assert!(
+                f.error.details().contains(&format!("{var}={bad:?}")),
+                "{:?}",
+                f.error
+            );
+        }
     }
 
     #[test]
