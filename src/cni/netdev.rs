@@ -18,6 +18,10 @@ use super::rtnl::{in_netns, Rtnl, RtnlError};
 /// nsfs's filesystem magic (linux/magic.h): what a network namespace file is on.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
+/// `NS_GET_NSTYPE` (linux/nsfs.h, `_IO(0xb7, 0x3)`): the CLONE_NEW* type of
+/// a namespace file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
 /// The plugin's effects on this host.
 #[derive(Debug, Default)]
 pub struct LinuxSystem;
@@ -44,6 +48,14 @@ fn open_netns(path: &str) -> Result<File, Error> {
     if rc != 0 || st.f_type as i64 != NSFS_MAGIC {
         return Err(Error::NotExist(format!(
             "CNI_NETNS={path:?} is not a network namespace (not an nsfs file)"
+        )));
+    }
+    // SAFETY: an ioctl without arguments on an fd we hold.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    // -1 (kernels before 4.11 do not know the ioctl): nsfs is enough then.
+    if kind != -1 && kind != libc::CLONE_NEWNET {
+        return Err(Error::NotExist(format!(
+            "CNI_NETNS={path:?} is a namespace, but not a network namespace"
         )));
     }
     Ok(file)
