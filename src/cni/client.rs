@@ -7,8 +7,6 @@
 //! the distinction the plugin needs: weft absent, weft refusing, or weft
 //! answering something that is not the contract.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use super::api::{self, CniError, CniReply, CniRequest, CniSuccess};
@@ -65,29 +63,14 @@ fn truncate(s: &str) -> String {
 /// Sends `request` to the weft listening on abstract socket `name` in this
 /// network namespace and returns its reply.
 pub fn call(name: &str, request: &CniRequest) -> Result<CniSuccess, WeftError> {
-    let unreachable = |e: String| {
-        WeftError::Unreachable(format!(
-            "cannot reach weft on the abstract unix socket @{name} in this network namespace ({e}); is `weft launch --ipalloc-range CIDR` running here?"
-        ))
-    };
-    let addr = api::socket_addr(name).map_err(unreachable)?;
-    let stream = UnixStream::connect_addr(&addr).map_err(|e| unreachable(e.to_string()))?;
-    stream
-        .set_read_timeout(Some(REPLY_TIMEOUT))
-        .map_err(|e| unreachable(e.to_string()))?;
-    stream
-        .set_write_timeout(Some(REPLY_TIMEOUT))
-        .map_err(|e| unreachable(e.to_string()))?;
-    let mut line = serde_json::to_string(request)
+    let line = serde_json::to_string(request)
         .map_err(|e| WeftError::Protocol(format!("cannot encode the request: {e}")))?;
-    line.push('\n');
-    (&stream)
-        .write_all(line.as_bytes())
-        .map_err(|e| broken(name, request, e))?;
-    let mut reply = String::new();
-    BufReader::new((&stream).take(api::MAX_LINE as u64))
-        .read_line(&mut reply)
-        .map_err(|e| broken(name, request, e))?;
+    let reply = crate::api::local_socket::exchange(name, &line, api::MAX_LINE, REPLY_TIMEOUT, |e| {
+        format!(
+            "cannot reach weft on the abstract unix socket @{name} in this network namespace ({e}); is `weft launch --ipalloc-range CIDR` running here?"
+        )
+    })
+    .map_err(WeftError::Unreachable)?;
     if reply.is_empty() {
         return Err(WeftError::Unreachable(format!(
             "weft on @{name} closed the connection without answering the {} request",
@@ -95,13 +78,6 @@ pub fn call(name: &str, request: &CniRequest) -> Result<CniSuccess, WeftError> {
         )));
     }
     parse_reply(&reply)
-}
-
-fn broken(name: &str, request: &CniRequest, e: std::io::Error) -> WeftError {
-    WeftError::Unreachable(format!(
-        "the connection to weft on @{name} broke during the {} request: {e}",
-        op(request)
-    ))
 }
 
 #[cfg(test)]
