@@ -76,6 +76,14 @@ fn chunk_of(status: &Value, addr: Ipv4Addr) -> Option<(String, String)> {
     })
 }
 
+/// Waits until `weft status ipam` of `ns` (published every status interval)
+/// counts `n` addresses in use.
+fn in_use_becomes(ns: &str, n: u64) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        ipam_status(ns).is_some_and(|s| s["in_use"] == n)
+    })
+}
+
 /// Starts host `i` in bridge mode with IPAM. Host 1 runs without an
 /// overlay address of its own (`--overlay` is optional with IPAM).
 fn start(net: &mut Switched, i: usize) {
@@ -152,9 +160,8 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
         });
         assert!(ok, "{ns}: {:?}", ipam_status(ns));
     }
-    let s0 = ipam_status(&h0).unwrap();
-    assert_eq!(s0["range"], RANGE);
-    assert_eq!(s0["in_use"], 1);
+    assert_eq!(ipam_status(&h0).unwrap()["range"], RANGE);
+    assert!(in_use_becomes(&h0, 1), "{:?}", ipam_status(&h0));
 
     // The addresses work across the overlay, also on the host without an
     // overlay address: each bridge stands in for a pod here (the plugin's
@@ -244,7 +251,7 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
         .unwrap();
         assert_eq!(d.0, Ok(CniSuccess::Done {}));
     }
-    assert_eq!(ipam_status(&h0).unwrap()["in_use"], 1);
+    assert!(in_use_becomes(&h0, 1), "{:?}", ipam_status(&h0));
 
     // gc releases what the runtime no longer lists.
     attachment(&h1, add(&h1, "c2"));
@@ -257,7 +264,7 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
     )
     .unwrap();
     assert_eq!(g.0, Ok(CniSuccess::Released { released: 2 }));
-    assert_eq!(ipam_status(&h1).unwrap()["in_use"], 1);
+    assert!(in_use_becomes(&h1, 1), "{:?}", ipam_status(&h1));
 
     // Malformed input gets a decode error naming it.
     let bad = in_netns(&h0, || {
