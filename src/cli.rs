@@ -147,6 +147,11 @@ enum SecretCommand {
 /// Runs the command line and returns the process exit code:
 /// 0 success, 1 runtime failure, 2 bad input (usage, values, environment).
 pub fn main() -> ExitCode {
+    // A container runtime runs the CNI plugin with CNI_COMMAND set and the
+    // network configuration on stdin: the same binary is the plugin.
+    if crate::cni::invoked_as_plugin() {
+        return crate::cni::plugin_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,242 @@
+//! The real [`System`] of the CNI plugin: the weft socket, network
+//! namespaces and rtnetlink. It does what the sans-IO core planned and
+//! reports failures naming the interface, namespace or route.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use rscni_types::error::Error;
+
+use super::api::{CniRequest, CniSuccess};
+use super::client::{self, WeftError};
+use super::plugin::{
+    AttachPlan, Attached, HostLink, Inspection, Mode, System, ALIAS_PREFIX, CODE_SETUP,
+};
+use super::rtnl::{in_netns, Rtnl, RtnlError};
+
+/// nsfs's filesystem magic (linux/magic.h): what a network namespace file is on.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// `NS_GET_NSTYPE` (linux/nsfs.h, `_IO(0xb7, 0x3)`): the CLONE_NEW* type of
+/// a namespace file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// The plugin's effects on this host.
+#[derive(Debug, Default)]
+pub struct LinuxSystem;
+
+fn setup(e: RtnlError) -> Error {
+    Error::Custom(CODE_SETUP, "Network setup failed".into(), e.to_string())
+}
+
+fn setup_msg(what: String) -> Error {
+    Error::Custom(CODE_SETUP, "Network setup failed".into(), what)
+}
+
+/// Opens `path` and checks that it is a namespace file (nsfs).
+fn open_netns(path: &str) -> Result<File, Error> {
+    let file = File::open(path).map_err(|e| {
+        Error::NotExist(format!(
+            "CNI_NETNS={path:?}: cannot open the network namespace ({e}); does the container still exist?"
+        ))
+    })?;
+    // SAFETY: fstatfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    #[allow(clippy::unnecessary_cast)]
+    if rc != 0 || st.f_type as i64 != NSFS_MAGIC {
+        return Err(Error::NotExist(format!(
+            "CNI_NETNS={path:?} is not a network namespace (not an nsfs file)"
+        )));
+    }
+    // SAFETY: an ioctl without arguments on an fd we hold.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    // -1 (kernels before 4.11 do not know the ioctl): nsfs is enough then.
+    if kind != -1 && kind != libc::CLONE_NEWNET {
+        return Err(Error::NotExist(format!(
+            "CNI_NETNS={path:?} is a namespace, but not a network namespace"
+        )));
+    }
+    Ok(file)
+}
+
+impl System for LinuxSystem {
+    fn weft(&mut self, socket: &str, request: &CniRequest) -> Result<CniSuccess, WeftError> {
+        client::call(socket, request)
+    }
+
+    fn check_netns(&mut self, path: &str) -> Result<(), Error> {
+        open_netns(path).map(|_| ())
+    }
+
+    fn attach(&mut self, plan: &AttachPlan) -> Result<Attached, Error> {
+        let netns = open_netns(&plan.netns)?;
+        let mut host = Rtnl::open().map_err(setup)?;
+        // A host end left by an earlier ADD of the same attachment (ADD is
+        // retried after failures): start again from nothing.
+        if let Some(old) = host.link(&plan.host_veth).map_err(setup)? {
+            host.delete_link(old.index, &plan.host_veth)
+                .map_err(setup)?;
+        }
+        let bridge_index = match &plan.mode {
+            Mode::Bridge { bridge } => Some(
+                host.link(bridge)
+                    .map_err(setup)?
+                    .ok_or_else(|| {
+                        setup_msg(format!(
+                            "weft's bridge {bridge} does not exist in this network namespace; is weft running in bridge mode here?"
+                        ))
+                    })?
+                    .index,
+            ),
+            Mode::Routed => None,
+        };
+        host.create_veth(&plan.host_veth, &plan.ifname, netns.as_raw_fd(), plan.mtu)
+            .map_err(|e| {
+                if e.is_exists() {
+                    setup_msg(format!(
+                        "{e}: an interface named {} already exists in {} (or {} on the host)",
+                        plan.ifname, plan.netns, plan.host_veth
+                    ))
+                } else {
+                    setup(e)
+                }
+            })?;
+        let result = configure(&mut host, &netns, plan, bridge_index);
+        if result.is_err() {
+            if let Ok(Some(link)) = host.link(&plan.host_veth) {
+                let _ = host.delete_link(link.index, &plan.host_veth);
+            }
+        }
+        result
+    }
+
+    fn detach(&mut self, host_veth: &str) -> Result<bool, Error> {
+        let mut host = Rtnl::open().map_err(setup)?;
+        let Some(link) = host.link(host_veth).map_err(setup)? else {
+            return Ok(false);
+        };
+        match host.delete_link(link.index, host_veth) {
+            Ok(()) => Ok(true),
+            // Gone in between (the pod's namespace went away): fine.
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(setup(e)),
+        }
+    }
+
+    fn inspect(&mut self, netns: &str, ifname: &str, host_veth: &str) -> Result<Inspection, Error> {
+        let file = open_netns(netns)?;
+        let mut host = Rtnl::open().map_err(setup)?;
+        let host_exists = host.link(host_veth).map_err(setup)?.is_some();
+        let ifname = ifname.to_string();
+        let pod = in_netns(&file, move || -> Result<_, RtnlError> {
+            let mut rtnl = Rtnl::open()?;
+            let Some(link) = rtnl.link(&ifname)? else {
+                return Ok(None);
+            };
+            let addresses = rtnl.addresses(link.index)?;
+            Ok(Some((link, addresses)))
+        })
+        .map_err(|e| setup_msg(format!("cannot enter network namespace {netns}: {e}")))?
+        .map_err(setup)?;
+        Ok(match pod {
+            Some((link, addresses)) => Inspection {
+                pod_addresses: Some(addresses),
+                pod_mtu: link.mtu,
+                pod_up: link.up,
+                host_veth: host_exists,
+            },
+            None => Inspection {
+                pod_addresses: None,
+                pod_mtu: 0,
+                pod_up: false,
+                host_veth: host_exists,
+            },
+        })
+    }
+
+    fn host_links(&mut self) -> Result<Vec<HostLink>, Error> {
+        let mut host = Rtnl::open().map_err(setup)?;
+        Ok(host
+            .links()
+            .map_err(setup)?
+            .into_iter()
+            .filter(|l| l.alias.starts_with(ALIAS_PREFIX))
+            .map(|l| HostLink {
+                name: l.name,
+                alias: l.alias,
+            })
+            .collect())
+    }
+}
+
+/// Configures both ends of a new veth pair as `plan` says.
+fn configure(
+    host: &mut Rtnl,
+    netns: &File,
+    plan: &AttachPlan,
+    bridge_index: Option<u32>,
+) -> Result<Attached, Error> {
+    let link = host.link(&plan.host_veth).map_err(setup)?.ok_or_else(|| {
+        setup_msg(format!(
+            "{} vanished right after it was made",
+            plan.host_veth
+        ))
+    })?;
+    host.set_alias(link.index, &plan.host_veth, &plan.alias)
+        .map_err(setup)?;
+    match (&plan.mode, bridge_index) {
+        (Mode::Bridge { bridge }, Some(bridge_index)) => host
+            .set_controller(link.index, &plan.host_veth, bridge_index, bridge)
+            .map_err(setup)?,
+        _ => host
+            .set_proxy_arp_and_forwarding(link.index, &plan.host_veth)
+            .map_err(setup)?,
+    }
+    host.set_up(link.index, &plan.host_veth).map_err(setup)?;
+    for route in &plan.host_routes {
+        host.add_route(route.dst, route.gateway, link.index, &plan.host_veth)
+            .map_err(setup)?;
+    }
+
+    let pod_plan = plan.clone();
+    let host_hw = link.hw.clone();
+    let pod_mac = in_netns(netns, move || -> Result<String, RtnlError> {
+        let mut rtnl = Rtnl::open()?;
+        let Some(pod) = rtnl.link(&pod_plan.ifname)? else {
+            return Err(RtnlError {
+                what: format!("find {} in {}", pod_plan.ifname, pod_plan.netns),
+                source: std::io::Error::from_raw_os_error(libc::ENODEV),
+            });
+        };
+        rtnl.add_address(
+            pod.index,
+            &pod_plan.ifname,
+            IpAddr::V4(pod_plan.address.addr()),
+            pod_plan.address.prefix_len(),
+        )?;
+        rtnl.set_up(pod.index, &pod_plan.ifname)?;
+        if let Some(lo) = rtnl.link("lo")? {
+            rtnl.set_up(lo.index, "lo")?;
+        }
+        if let Some(next_hop) = pod_plan.next_hop {
+            rtnl.set_neighbour(pod.index, &pod_plan.ifname, next_hop, &host_hw)?;
+        }
+        for route in &pod_plan.pod_routes {
+            rtnl.add_route(route.dst, route.gateway, pod.index, &pod_plan.ifname)?;
+        }
+        Ok(pod.mac)
+    })
+    .map_err(|e| {
+        setup_msg(format!(
+            "cannot enter network namespace {}: {e}",
+            plan.netns
+        ))
+    })?
+    .map_err(setup)?;
+    Ok(Attached {
+        host_mac: link.mac,
+        pod_mac,
+    })
+}
