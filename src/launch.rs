@@ -171,6 +171,20 @@ struct IpamPlan {
     socket: String,
 }
 
+/// Turns on IPv4 forwarding for packets arriving on `iface` (netlink).
+fn enable_forwarding(iface: &str) -> Result<(), LaunchError> {
+    let mut rtnl = crate::cni::rtnl::Rtnl::open().map_err(|e| usage(e.to_string()))?;
+    let link = rtnl
+        .link(iface)
+        .map_err(|e| usage(e.to_string()))?
+        .ok_or_else(|| usage(format!("{iface} vanished right after weft created it")))?;
+    rtnl.set_inet_conf(link.index, iface, false).map_err(|e| {
+        usage(format!(
+            "cannot turn on forwarding on {iface} for routed pods: {e}"
+        ))
+    })
+}
+
 /// The default `--ipalloc-dir`.
 pub const DEFAULT_IPALLOC_DIR: &str = "/var/lib/weft/ipam";
 /// The default `--ipalloc-reclaim-after`.
@@ -1596,6 +1610,16 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 (true, true) => log.info("TUN offloads on: IFF_VNET_HDR with TSO/USO; weft segments super-packets itself and coalesces what it writes (GRO)"),
                 (true, false) => log.info("TUN offloads off: the kernel refused IFF_VNET_HDR/TUNSETOFFLOAD; one packet per read and write"),
                 (false, _) => log.info("TUN offloads off (--no-offload): one packet per read and write"),
+            }
+            if plan.ipam.is_some() {
+                // Pods are routed: packets from the overlay for a pod
+                // arrive on the TUN device and leave on the pod's veth.
+                // Per-device forwarding, gone with the device on exit.
+                enable_forwarding(&plan.iface_name)?;
+                log.info(format!(
+                    "IPAM: forwarding on {} so routed pods receive from the overlay",
+                    plan.iface_name
+                ));
             }
             tun
         }

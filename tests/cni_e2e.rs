@@ -187,7 +187,6 @@ fn pods_on_two_weft_hosts_reach_each_other() {
 /// (veth, /32, next hop, host route, proxy ARP, forwarding on the host
 /// end) and weft's routing of pod addresses through the mesh both work.
 #[test]
-#[ignore = "weft side: TUN mode with --ipalloc-range does not turn on forwarding on weft0 yet"]
 fn routed_pods_on_two_weft_hosts_reach_each_other() {
     require_root!();
     // TUN mode: the range lies inside the hosts' overlay prefix

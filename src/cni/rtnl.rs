@@ -317,12 +317,24 @@ impl Rtnl {
     /// of a routed pod link): the host answers the pod's ARP for its
     /// link-local next hop, and forwards what the pod sends.
     pub fn set_proxy_arp_and_forwarding(&mut self, index: u32, name: &str) -> Result<()> {
+        self.set_inet_conf(index, name, true)
+    }
+
+    /// Turns on IPv4 forwarding of packets arriving on link `index` (and
+    /// proxy ARP with `proxy_arp`). Only the values set are sent: the
+    /// link's other settings stay as they are.
+    pub fn set_inet_conf(&mut self, index: u32, name: &str, proxy_arp: bool) -> Result<()> {
         let mut conf = InetDevConf::default();
-        conf.proxy_arp = 1;
+        conf.proxy_arp = i32::from(proxy_arp);
         conf.forwarding = 1;
+        let what = if proxy_arp {
+            format!("turn on proxy ARP and forwarding on {name}")
+        } else {
+            format!("turn on forwarding on {name}")
+        };
         self.set_link(
             index,
-            &format!("turn on proxy ARP and forwarding on {name}"),
+            &what,
             vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
                 AfSpecInet::DevConfRequest(conf),
             ])])],
