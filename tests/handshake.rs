@@ -36,7 +36,7 @@ impl Lan {
         let base = format!("wths-{}-{id}", std::process::id());
         let subnet = (id % 250) as u8 + 1;
         // The switch first: dropped last, after the hosts (fields drop in order).
-        let switch = Netns::new(format!("{base}-sw"));
+        let switch = new_switch(format!("{base}-sw"));
         let eve = Netns::new(format!("{base}-e"));
         let a = Host::new(
             format!("{base}-a"),
@@ -48,43 +48,8 @@ impl Lan {
             Ipv4Addr::new(198, 19, subnet, 2),
             "10.40.0.2/16",
         );
-        run(
-            "ip",
-            &["-n", &switch.name, "link", "add", "br0", "type", "bridge"],
-        );
-        run("ip", &["-n", &switch.name, "link", "set", "br0", "up"]);
         for (ns, port) in [(&a.ns, "pa"), (&b.ns, "pb"), (&eve.name, "pe")] {
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "u0",
-                    "netns",
-                    ns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    port,
-                    "netns",
-                    &switch.name,
-                ],
-            );
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &switch.name,
-                    "link",
-                    "set",
-                    port,
-                    "master",
-                    "br0",
-                    "up",
-                ],
-            );
-            run("ip", &["-n", ns, "link", "set", "u0", "up"]);
+            plug_into_switch(ns, &switch, port);
         }
         for (ns, host) in [(&a.ns, 1), (&b.ns, 2), (&eve.name, 3), (&eve.name, 4)] {
             let addr = format!("198.19.{subnet}.{host}/24");

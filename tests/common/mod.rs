@@ -74,6 +74,53 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A namespace holding the bridge `br0`: the switch of an underlay LAN.
+pub fn new_switch(name: String) -> Netns {
+    let switch = Netns::new(name);
+    run(
+        "ip",
+        &["-n", &switch.name, "link", "add", "br0", "type", "bridge"],
+    );
+    run("ip", &["-n", &switch.name, "link", "set", "br0", "up"]);
+    switch
+}
+
+/// Plugs namespace `ns` into `switch`'s `br0` with a veth pair: `u0` in
+/// `ns` and `port` on the bridge, both up (the caller adds addresses).
+pub fn plug_into_switch(ns: &str, switch: &Netns, port: &str) {
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "u0",
+            "netns",
+            ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &switch.name,
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "-n",
+            &switch.name,
+            "link",
+            "set",
+            port,
+            "master",
+            "br0",
+            "up",
+        ],
+    );
+    run("ip", &["-n", ns, "link", "set", "u0", "up"]);
+}
+
 /// Runs a command and panics with its output if it fails.
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     let out = Command::new(cmd)

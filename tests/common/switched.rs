@@ -27,12 +27,7 @@ impl Switched {
         let id = next_id();
         let base = format!("wm-{}-{id}", std::process::id());
         let subnet = (id % 200) as u8 + 20;
-        let switch = Netns::new(format!("{base}-sw"));
-        run(
-            "ip",
-            &["-n", &switch.name, "link", "add", "br0", "type", "bridge"],
-        );
-        run("ip", &["-n", &switch.name, "link", "set", "br0", "up"]);
+        let switch = new_switch(format!("{base}-sw"));
         let mut hosts = Vec::new();
         for i in 0..n {
             let h = Host::new(
@@ -40,29 +35,7 @@ impl Switched {
                 Ipv4Addr::new(198, 18, subnet, i as u8 + 1),
                 &format!("10.40.0.{}/16", i + 1),
             );
-            let port = format!("s{i}");
-            run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "u0",
-                    "netns",
-                    &h.ns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &port,
-                    "netns",
-                    &switch.name,
-                ],
-            );
-            run(
-                "ip",
-                &["-n", &switch.name, "link", "set", &port, "master", "br0"],
-            );
-            run("ip", &["-n", &switch.name, "link", "set", &port, "up"]);
+            plug_into_switch(&h.ns, &switch, &format!("s{i}"));
             run(
                 "ip",
                 &[
@@ -75,7 +48,6 @@ impl Switched {
                     "u0",
                 ],
             );
-            run("ip", &["-n", &h.ns, "link", "set", "u0", "up"]);
             std::fs::write(h.path("weft.toml"), FAST_TIMERS).expect("write the config");
             hosts.push(h);
         }
