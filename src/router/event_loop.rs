@@ -924,10 +924,8 @@ impl Router {
                 continue;
             }
             if let Some(cert) = &allowed_macs {
-                let covered = crate::wire::ethernet::MacAddr::from_bytes(
-                    record.frame.get(6..).unwrap_or_default(),
-                )
-                .is_some_and(|m| cert.covers(&crate::mesh::Claim::Mac(m)));
+                let covered = super::l2::source_mac(record.frame)
+                    .is_some_and(|m| cert.covers(&crate::mesh::Claim::Mac(m)));
                 if !covered {
                     // A source MAC its certificate does not list.
                     self.drops.spoofed_source += 1;
