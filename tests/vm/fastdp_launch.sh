@@ -202,7 +202,12 @@ sleeve_rx=$(grep -o 'rx=[^ ]*/[0-9]*p' /tmp/status2.a | head -1 | sed 's/.*\/\([
 misses=$(sed -n 's/.*Fastdp: .* misses=\([0-9]*\) .*/\1/p' /tmp/status2.a)
 echo "fastdp-launch: userspace on $a: sleeve tx=$sleeve_tx rx=$sleeve_rx packets, datapath misses=$misses"
 ((sleeve_tx < 50 && sleeve_rx < 50)) || fail "$sleeve_tx/$sleeve_rx packets went over the userspace sleeve"
-((misses < 100)) || fail "$misses packets went through weft's miss handling"
+# Misses are the packets that arrive before a flow is installed: a handful
+# per flow on an idle machine, more when the VM's vCPU is starved (140 seen
+# with the host's two cores busy building). 400 is under 7% of the ~5800
+# data packets of the 8 MiB transfer; the kernel_bytes check above already
+# proves the flows carried it.
+((misses < 400)) || fail "$misses packets went through weft's miss handling (the kernel flows should carry nearly all of the 8 MiB)"
 
 # Lower the underlay MTU below the verified path MTU (1500): the next
 # fastdp heartbeats (1500 bytes) cannot be sent or arrive.
