@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// The seed of the mutation generator unless `--seed` says otherwise.
+pub const DEFAULT_SEED: u64 = 0x5eed_f00d_cafe_d00d;
+
 /// Deterministic xorshift64* generator: no dependency, reproducible runs.
 struct Rng(u64);
 
@@ -112,8 +115,8 @@ fn load_corpus(dirs: &[PathBuf]) -> Vec<Vec<u8>> {
     corpus
 }
 
-fn save_crash(target: &str, input: &[u8]) -> PathBuf {
-    let dir = Path::new("artifacts").join(target);
+fn save_crash(artifacts: &Path, target: &str, input: &[u8]) -> PathBuf {
+    let dir = artifacts.join(target);
     let dir = dir.as_path();
     let _ = fs::create_dir_all(dir);
     let name: String = input.iter().take(16).map(|b| format!("{b:02x}")).collect();
@@ -122,10 +125,10 @@ fn save_crash(target: &str, input: &[u8]) -> PathBuf {
     path
 }
 
-fn run_one(target: &str, run: weft::fuzzing::Target, input: &[u8]) -> bool {
+fn run_one(artifacts: &Path, target: &str, run: weft::fuzzing::Target, input: &[u8]) -> bool {
     let outcome = panic::catch_unwind(|| run(input));
     if outcome.is_err() {
-        let path = save_crash(target, input);
+        let path = save_crash(artifacts, target, input);
         eprintln!(
             "fuzz_stable: input of {} bytes failed; saved to {}",
             input.len(),
@@ -137,6 +140,7 @@ fn run_one(target: &str, run: weft::fuzzing::Target, input: &[u8]) -> bool {
 }
 
 /// Writes the target's seeds to `corpus/TARGET/`.
+#[allow(dead_code)]
 fn write_seeds(target: &str) -> Result<usize, String> {
     let dir = Path::new("corpus").join(target);
     fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -148,18 +152,21 @@ fn write_seeds(target: &str) -> Result<usize, String> {
     Ok(seeds.len())
 }
 
-/// Replays the corpus, then `iterations` mutated inputs.
-fn fuzz(
+/// Replays the corpus, then `iterations` mutated inputs; a failing input
+/// is saved under `artifacts/TARGET/`. Also run by `tests/fuzz_stable.rs`
+/// in the main crate's `cargo test` (which includes this file).
+pub fn fuzz(
     target: &str,
     run: weft::fuzzing::Target,
     dirs: &[PathBuf],
     iterations: u64,
     seed: u64,
+    artifacts: &Path,
 ) -> bool {
     let mut corpus = load_corpus(dirs);
     let started = Instant::now();
     for input in &corpus {
-        if !run_one(target, run, input) {
+        if !run_one(artifacts, target, run, input) {
             return false;
         }
     }
@@ -172,7 +179,7 @@ fn fuzz(
         for _ in 0..=rng.below(4) {
             mutate(&mut rng, &mut input);
         }
-        if !run_one(target, run, &input) {
+        if !run_one(artifacts, target, run, &input) {
             return false;
         }
     }
@@ -186,6 +193,7 @@ fn fuzz(
     true
 }
 
+#[allow(dead_code)]
 fn usage() -> ExitCode {
     let names: Vec<&str> = weft::fuzzing::TARGETS.iter().map(|(n, _)| *n).collect();
     eprintln!(
@@ -195,9 +203,10 @@ fn usage() -> ExitCode {
     ExitCode::from(2)
 }
 
+#[allow(dead_code)] // not called where tests/fuzz_stable.rs includes this file
 fn main() -> ExitCode {
     let mut iterations: u64 = 200_000;
-    let mut seed: u64 = 0x5eed_f00d_cafe_d00d;
+    let mut seed: u64 = DEFAULT_SEED;
     let mut dirs = Vec::new();
     let mut target = None;
     let mut seeds_only = false;
@@ -253,7 +262,7 @@ fn main() -> ExitCode {
         } else {
             dirs.clone()
         };
-        if !fuzz(name, run, &dirs, iterations, seed) {
+        if !fuzz(name, run, &dirs, iterations, seed, Path::new("artifacts")) {
             return ExitCode::FAILURE;
         }
     }
