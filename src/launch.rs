@@ -1342,20 +1342,38 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         "underlay: {underlay_iface} mtu {underlay_mtu} ({why})"
     ));
     let ipv6_underlay = plan.listen.is_ipv6() || remotes.first().is_some_and(|p| p.is_ipv6());
-    let overlay_mtu = overhead::overlay_mtu(underlay_mtu, framing, ipv6_underlay, l2);
-    let min = if plan.overlay.map_or(true, |(a, _)| a.is_ipv4()) {
-        overhead::MIN_OVERLAY_MTU_IPV4
-    } else {
-        overhead::MIN_OVERLAY_MTU_IPV6
+    // Preflight: the same checks `weft preflight` prints, logged line by
+    // line, on the underlay found above. Its plan is the one launch runs:
+    // the datapath and the overlay MTU come from it, nothing is computed twice.
+    let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(
+        underlay_iface.clone(),
+    ));
+    facts.apply(&crate::host::facts::Assumptions::default());
+    facts.underlay_ipv6 = ipv6_underlay;
+    facts.underlay_mtu = Ok(u32::from(underlay_mtu));
+    let request = crate::host::plan::Request {
+        // Fastdp sends plaintext: only a plaintext network (--insecure-plaintext)
+        // or trusted subnets make this request unencrypted.
+        encrypted: !plain && plan.plaintext_policy.is_none(),
+        // Without --mode plain the sleeve may carry any link (untrusted
+        // peers, the fastdp fallback), so the device MTU fits its overhead.
+        sleeve_possible: !plain,
+        l2,
+        overlay_ipv6: plan.overlay.is_some_and(|(a, _)| a.is_ipv6()),
     };
+    let preflight = crate::host::plan::decide(&facts, &request);
+    for line in crate::host::preflight::log_lines(&preflight) {
+        log.info(format!("preflight: {line}"));
+    }
     let overhead_bytes = overhead::datagram_overhead(framing, ipv6_underlay)
         + if l2 { overhead::ETHERNET_HEADER } else { 0 };
-    let overlay_mtu = match overlay_mtu {
-        Some(m) if m >= min => m,
+    let overlay_mtu = match preflight.overlay_mtu {
+        Some(m) if preflight.mtu_usable => m,
         _ => {
+            let min = crate::host::plan::minimum_overlay_mtu(request.overlay_ipv6);
             return Err(LaunchError::Runtime(format!(
                 "underlay MTU {underlay_mtu} of {underlay_iface} minus weft's {overhead_bytes}-byte overhead leaves less than the {min} bytes an overlay needs: raise the MTU of {underlay_iface}"
-            )))
+            )));
         }
     };
     if plain {
@@ -1365,24 +1383,6 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             "overlay MTU {overlay_mtu} = underlay {underlay_mtu} - {overhead_bytes} (outer IP+UDP, weft header, record, VXLAN, AEAD tag{})",
             if l2 { ", inner Ethernet" } else { "" }
         ));
-    }
-    // Preflight: the same checks `weft preflight` prints, logged line by line.
-    let mut facts = crate::host::facts::Facts::gather(crate::host::facts::UnderlaySelector::Iface(
-        underlay_iface.clone(),
-    ));
-    facts.apply(&crate::host::facts::Assumptions::default());
-    let preflight = crate::host::plan::decide(
-        &facts,
-        // Fastdp sends plaintext: only a plaintext network (--insecure-plaintext)
-        // or trusted subnets make this request unencrypted.
-        &crate::host::plan::Request {
-            encrypted: !plain && plan.plaintext_policy.is_none(),
-            l2,
-            overlay_ipv6: plan.overlay.is_some_and(|(a, _)| a.is_ipv6()),
-        },
-    );
-    for line in crate::host::preflight::log_lines(&preflight) {
-        log.info(format!("preflight: {line}"));
     }
     if facts.tun.state != crate::host::facts::Tri::Yes {
         // Without /dev/net/tun nothing local can run: say that, not every datapath's story.

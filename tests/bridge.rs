@@ -507,3 +507,45 @@ fn small_frames_share_sealed_datagrams_within_the_path_mtu() {
         "the full-size ping was not seen ({biggest})"
     );
 }
+
+/// With `--trusted-subnet` the network allows plaintext (fastdp may run),
+/// but peers outside the subnets and fastdp's fallback use the encrypted
+/// sleeve: the one device MTU must fit the sleeve. Launch runs the plan
+/// preflight decided, so the logged decision, the logged MTU line and the
+/// devices agree (they once said 1450 while the device got 1416).
+#[test]
+fn trusted_subnet_launch_logs_the_mtu_the_devices_get() {
+    let t = two_hosts("l2t", "", "--mode udp --trusted-subnet 198.18.0.0/15");
+    let log = t.w1.log_text();
+    assert!(
+        log.contains(&format!("overlay mtu {MTU}")),
+        "preflight decision line does not say mtu {MTU}:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("overlay MTU {MTU} = underlay 1500 - 84")),
+        "{log}"
+    );
+    assert!(!log.contains("overlay mtu 1450"), "{log}");
+    assert!(t
+        .net
+        .h1
+        .run("ip link show br1-tap")
+        .contains(&format!("mtu {MTU}")));
+    assert!(t
+        .net
+        .h2
+        .run(&format!("ip link show {}", t.bridge2))
+        .contains(&format!("mtu {MTU}")));
+    // A full-size frame crosses (DF set, 1416 - 28 bytes of ICMP payload).
+    let payload = usize::from(MTU) - 28;
+    assert!(
+        wait_for(Duration::from_secs(5), || t
+            .c11
+            .ns
+            .try_run(&format!("ping -c 1 -W 1 -M do -s {payload} {}", t.c21.ip))
+            .0
+            .then_some(()))
+        .is_some(),
+        "a {MTU}-byte packet did not cross; h1 log:\n{log}"
+    );
+}

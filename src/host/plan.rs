@@ -45,6 +45,11 @@ impl fmt::Display for Datapath {
 pub struct Request {
     /// The network is encrypted (Noise sleeve); false = plaintext VXLAN.
     pub encrypted: bool,
+    /// Some links may still use the encrypted sleeve although the network
+    /// allows plaintext (`--trusted-subnet`: peers outside the subnets; and
+    /// fastdp falls back to the sleeve): the overlay MTU must then fit the
+    /// sleeve's overhead, since one device MTU serves every link.
+    pub sleeve_possible: bool,
     /// Bridge (L2, TAP) mode: frames carry an inner Ethernet header.
     pub l2: bool,
     /// The overlay carries IPv6, which needs an overlay MTU of at least 1280.
@@ -56,6 +61,7 @@ impl Default for Request {
     fn default() -> Self {
         Request {
             encrypted: true,
+            sleeve_possible: true,
             l2: false,
             overlay_ipv6: false,
         }
@@ -232,11 +238,12 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
         }
     }
     let floor = minimum_overlay_mtu(request.overlay_ipv6);
-    let overlay = facts
-        .underlay_mtu
-        .as_ref()
-        .ok()
-        .and_then(|mtu| overlay_mtu(*mtu, facts.underlay_ipv6, request.l2, request.encrypted));
+    // The framing with the largest overhead any link may use.
+    let mtu_framing_encrypted = request.encrypted || request.sleeve_possible;
+    let overlay =
+        facts.underlay_mtu.as_ref().ok().and_then(|mtu| {
+            overlay_mtu(*mtu, facts.underlay_ipv6, request.l2, mtu_framing_encrypted)
+        });
     let mtu_ok = match (&facts.underlay_mtu, overlay) {
         (Ok(mtu), Some(overlay)) if overlay >= floor => {
             checks.push(check("underlay-mtu", true, format!("{mtu} on {iface}")));
@@ -244,7 +251,7 @@ pub fn decide(facts: &Facts, request: &Request) -> Plan {
         }
         (Ok(mtu), _) => {
             let needed = u32::from(floor)
-                + encapsulation_overhead(facts.underlay_ipv6, request.l2, request.encrypted);
+                + encapsulation_overhead(facts.underlay_ipv6, request.l2, mtu_framing_encrypted);
             let inner = if request.overlay_ipv6 { "IPv6" } else { "IPv4" };
             checks.push(check(
                 "underlay-mtu",
@@ -610,9 +617,31 @@ mod tests {
     fn plaintext() -> Request {
         Request {
             encrypted: false,
+            sleeve_possible: false,
             l2: true,
             overlay_ipv6: false,
         }
+    }
+
+    /// Bridge mode with `--trusted-subnet`: plaintext allowed (fastdp may
+    /// run), but untrusted peers and the fastdp fallback use the sleeve.
+    fn trusted_subnets() -> Request {
+        Request {
+            sleeve_possible: true,
+            ..plaintext()
+        }
+    }
+
+    #[test]
+    fn trusted_subnets_size_the_overlay_for_the_sleeve_and_still_allow_fastdp() {
+        let f = facts("6.1.0", 1500, Offload::Off);
+        // One device MTU serves every link: the sleeve's 1416, not VXLAN's 1450.
+        let plan = decide(&f, &trusted_subnets());
+        assert_eq!(plan.overlay_mtu, Some(1416));
+        assert!(!plan.encrypted, "fastdp stays possible: {plan:?}");
+        assert_eq!(decide(&f, &plaintext()).overlay_mtu, Some(1450));
+        let log = crate::host::preflight::log_lines(&plan).join("\n");
+        assert!(log.contains("overlay mtu 1416"), "{log}");
     }
 
     #[test]
