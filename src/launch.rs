@@ -239,14 +239,9 @@ fn kube_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<KubePlan
         }
         return Ok(None);
     }
-    let api_err = from_file(file, "kube-api", api_flag);
-    let api = crate::kube::client::ApiConfig::resolve(api.as_deref(), token, ca, &|k| {
-        std::env::var(k).ok()
-    })
-    .map_err(&api_err)?;
-    api.check_files().map_err(usage)?;
     let node_err = from_file(file, "kube-node-name", node_flag);
-    let node = match node.or_else(|| std::env::var("NODE_NAME").ok()) {
+    let env_node = || std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
+    let node = match node.or_else(env_node) {
         Some(n) if !n.trim().is_empty() && n.len() <= 253 => n.trim().to_string(),
         Some(n) => {
             return Err(node_err(format!(
@@ -259,6 +254,12 @@ fn kube_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<KubePlan
             ))
         }
     };
+    let api_err = from_file(file, "kube-api", api_flag);
+    let api = crate::kube::client::ApiConfig::resolve(api.as_deref(), token, ca, &|k| {
+        std::env::var(k).ok()
+    })
+    .map_err(&api_err)?;
+    api.check_files().map_err(usage)?;
     let refresh_err = from_file(file, "kube-refresh", refresh_flag);
     let every = match refresh {
         Some(t) => parse_duration(&t, "--kube-refresh").map_err(&refresh_err)?,
@@ -772,6 +773,11 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     if plain && ipam.is_some() {
         return Err(usage(
             "--ipalloc-range is not implemented with --mode plain (plaintext mode has static VTEPs and no mesh to split the range through); drop one of them",
+        ));
+    }
+    if plain && kube.is_some() {
+        return Err(usage(
+            "--kube is not implemented with --mode plain (plaintext mode has static VTEPs, given with --vtep, and no peers to connect); drop one of them",
         ));
     }
     if plain && !insecure {

@@ -229,7 +229,8 @@ fn all_logs(net: &Switched) -> String {
 fn peers_come_from_the_node_list() {
     require_root!();
     let (mut net, api) = setup(3);
-    let ip = |i: usize| net.hosts[i].underlay.to_string();
+    let ips: Vec<String> = net.hosts.iter().map(|h| h.underlay.to_string()).collect();
+    let ip = |i: usize| ips[i].clone();
     api.set_nodes(vec![
         node("node0", &ip(0), None),
         node("node1", &ip(1), None),
@@ -327,7 +328,8 @@ fn peers_come_from_the_node_list() {
 fn pods_get_addresses_from_their_nodes_pod_cidr() {
     require_root!();
     let (mut net, api) = setup(2);
-    let ip = |i: usize| net.hosts[i].underlay.to_string();
+    let ips: Vec<String> = net.hosts.iter().map(|h| h.underlay.to_string()).collect();
+    let ip = |i: usize| ips[i].clone();
     // node0's range comes from the API, node1's from --ipalloc-pod-cidr.
     api.set_nodes(vec![
         node("node0", &ip(0), Some("10.32.7.0/24")),
@@ -365,22 +367,22 @@ fn pods_get_addresses_from_their_nodes_pod_cidr() {
     let pods: Vec<Netns> = (0..2)
         .map(|i| Netns::new(format!("{}-pod", net.hosts[i].ns)))
         .collect();
-    let mut ips = Vec::new();
+    let mut pod_ips = Vec::new();
     for (i, want) in [(0, "10.32.7."), (1, "10.32.9.")] {
         let path = format!("/var/run/netns/{}", pods[i].name);
         let r = add(&net.hosts[i].ns, &format!("pod{i}"), &path);
         let a = r["ips"][0]["address"].as_str().unwrap().to_string();
         assert!(a.starts_with(want) && a.ends_with("/16"), "host {i}: {a}");
-        ips.push(a.trim_end_matches("/16").to_string());
+        pod_ips.push(a.trim_end_matches("/16").to_string());
     }
     assert!(
-        wait_until(Duration::from_secs(15), || ping(&pods[0].name, &ips[1])),
+        wait_until(Duration::from_secs(15), || ping(&pods[0].name, &pod_ips[1])),
         "pod0 {} cannot reach pod1 {}\n{}",
-        ips[0],
-        ips[1],
+        pod_ips[0],
+        pod_ips[1],
         all_logs(&net)
     );
-    assert!(ping(&pods[1].name, &ips[0]));
+    assert!(ping(&pods[1].name, &pod_ips[0]));
 
     // Both hosts show their pod range as owned, with the address in use.
     let status = ns_exec(&net.hosts[0].ns, &[WEFT, "status", "ipam"]);
@@ -390,7 +392,11 @@ fn pods_get_addresses_from_their_nodes_pod_cidr() {
         "{text}"
     );
     assert!(text.contains("1 address(es) in use"), "{text}");
-    let line = |t: &str, chunk: &str| t.lines().find(|l| l.contains(chunk)).map(str::to_string);
+    let line = |t: &str, chunk: &str| {
+        t.lines()
+            .find(|l| l.trim_start().starts_with(chunk))
+            .map(str::to_string)
+    };
     let own = line(&text, "10.32.7.0/24").unwrap_or_default();
     assert!(
         own.contains("owned") && own.contains("1/254 in use"),

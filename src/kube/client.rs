@@ -267,7 +267,7 @@ mod tests {
             ("http://198.18.0.1:8001", "loopback"),
             ("ftp://198.18.0.1", "neither"),
             ("198.18.0.1:6443", "not a URL"),
-            ("https://", "no host"),
+            ("https:///nodes", "no host"),
         ] {
             let e = ApiConfig::resolve(Some(bad), None, None, &none).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
