@@ -64,6 +64,22 @@ pub const KEYS: &[(&str, &str)] = &[
         "cni-socket",
         "string: abstract socket name the CNI plugin talks to",
     ),
+    (
+        "ipalloc-pod-cidr",
+        "string: this host's own pod range inside ipalloc-range",
+    ),
+    (
+        "kube",
+        "bool: peers and the pod range from the Kubernetes API",
+    ),
+    ("kube-api", "string: the Kubernetes API's URL"),
+    ("kube-token-file", "path: the Kubernetes API bearer token"),
+    ("kube-ca-file", "path: the Kubernetes cluster CA (PEM)"),
+    ("kube-node-name", "string: this host's Kubernetes node name"),
+    (
+        "kube-refresh",
+        "string: how often the node list is read (e.g. 30s)",
+    ),
     ("timers", "table: timer overrides (see [timers])"),
 ];
 

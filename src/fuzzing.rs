@@ -38,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("xdp_frame", xdp_frame),
     ("l2_switch", l2_switch),
     ("certificates", certificates),
+    ("kube_nodes", kube_nodes),
 ];
 
 /// Wall-clock time the fuzzed links and certificates see (since the Unix
@@ -143,6 +144,42 @@ pub fn certificates(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Certificate::from_armored(text);
         let _ = crate::identity::trust::parse_revocation_list(text);
+    }
+}
+
+/// The Kubernetes node-list parser ([`crate::kube::parse_node_list`]) and
+/// what weft makes of a list: the peer view, the peer set's changes and
+/// IPAM's pod range. Invariants: bounds hold, this node is never its own
+/// peer, the same list twice changes nothing, a pod range IPAM accepts
+/// lies in its range and is claimed.
+pub fn kube_nodes(data: &[u8]) {
+    use crate::kube::{parse_node_list, view, PeerSync, MAX_NODES};
+    let Ok(nodes) = parse_node_list(data) else {
+        return;
+    };
+    assert!(nodes.len() <= MAX_NODES);
+    let me = nodes.first().map(|n| n.name.clone()).unwrap_or_default();
+    let v = view(&nodes, &me, 6783, false);
+    assert!(!v.peers.contains_key(&me) || me.is_empty());
+    let mut sync = PeerSync::new(["192.0.2.1:6783".parse().expect("literal")]);
+    sync.update(&v.peers);
+    assert!(
+        sync.update(&v.peers).is_empty(),
+        "the same list changed peers"
+    );
+    let range = crate::ipam::AllocRange::parse("10.0.0.0/8").expect("literal");
+    for node in &nodes {
+        assert!(!node.name.is_empty() && node.name.len() <= 253);
+        assert!(node.internal_ips.len() <= 16);
+        let _ = node.dial_address(true);
+        if let Ok(Some(cidr)) = node.pod_cidr_v4() {
+            assert!(cidr.is_ipv4());
+            let mut ipam = crate::ipam::Ipam::new(range, PeerId([1; 32]), None, Duration::ZERO);
+            if ipam.set_pod_cidr(Some(cidr)).is_ok() {
+                assert!(range.prefix().contains(&cidr));
+                assert_eq!(ipam.claims(), vec![cidr]);
+            }
+        }
     }
 }
 
@@ -683,6 +720,26 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
             add(
                 "revoked-list",
                 format!("# revoked\n{}\n", ca.host_cert.fingerprint()).into_bytes(),
+            );
+        }
+        "kube_nodes" => {
+            let node = |name: &str, ip: &str, cidr: &str| {
+                format!(
+                    r#"{{"metadata":{{"name":"{name}","uid":"7d3c","labels":{{"kubernetes.io/os":"linux"}}}},"spec":{{"podCIDR":"{cidr}","podCIDRs":["{cidr}","fd00:10:244:1::/64"]}},"status":{{"addresses":[{{"type":"InternalIP","address":"{ip}"}},{{"type":"InternalIP","address":"fd00::{name}"}},{{"type":"Hostname","address":"{name}"}}]}}}}"#
+                )
+            };
+            add(
+                "node-list",
+                format!(
+                    r#"{{"kind":"NodeList","apiVersion":"v1","metadata":{{"resourceVersion":"42"}},"items":[{},{}]}}"#,
+                    node("a", "198.18.0.1", "10.244.1.0/24"),
+                    node("b", "198.18.0.2", "10.244.2.0/24")
+                )
+                .into_bytes(),
+            );
+            add(
+                "status-403",
+                br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"nodes is forbidden","reason":"Forbidden","code":403}"#.to_vec(),
             );
         }
         _ => {}

@@ -161,11 +161,123 @@ pub struct LaunchArgs {
     /// talks to [default: weft-cni].
     #[arg(long, value_name = "NAME")]
     pub cni_socket: Option<String>,
+    /// This host's own pod range, inside --ipalloc-range: IPAM hands out
+    /// addresses from it only and claims it in the mesh as this host's one
+    /// chunk (as a Kubernetes node's spec.podCIDR; --kube reads that from
+    /// the API).
+    #[arg(long, value_name = "CIDR")]
+    pub ipalloc_pod_cidr: Option<String>,
+    /// Peers from the Kubernetes API: every node's InternalIP but this
+    /// node's, with this host's listen port, re-read every --kube-refresh
+    /// (new nodes connected, removed ones forgotten; --peer still works
+    /// alongside). With --ipalloc-range, this node's spec.podCIDR, when
+    /// set, is its pod range. Needs get/list on nodes.
+    #[arg(long)]
+    pub kube: bool,
+    /// The Kubernetes API server, e.g. https://10.0.0.1:6443, or
+    /// http://127.0.0.1:8001 for `kubectl proxy` (plain http on loopback
+    /// only) [default in a pod:
+    /// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT].
+    #[arg(long, value_name = "URL")]
+    pub kube_api: Option<String>,
+    /// The bearer token for the API, re-read for every request (tokens
+    /// rotate) [default:
+    /// /var/run/secrets/kubernetes.io/serviceaccount/token].
+    #[arg(long, value_name = "FILE")]
+    pub kube_token_file: Option<PathBuf>,
+    /// The cluster CA (PEM) the API server's certificate must chain to;
+    /// the only trusted root [default:
+    /// /var/run/secrets/kubernetes.io/serviceaccount/ca.crt].
+    #[arg(long, value_name = "FILE")]
+    pub kube_ca_file: Option<PathBuf>,
+    /// This host's node name in the API (its node is not a peer, its
+    /// podCIDR is the pod range) [default: $NODE_NAME, which the DaemonSet
+    /// sets from spec.nodeName].
+    #[arg(long, value_name = "NAME")]
+    pub kube_node_name: Option<String>,
+    /// How often the node list is read: e.g. 30s, 2s, 5m [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub kube_refresh: Option<String>,
+}
+
+/// `--kube` and its companions, checked.
+struct KubePlan {
+    api: crate::kube::client::ApiConfig,
+    node: String,
+    every: Duration,
+}
+
+/// The default `--kube-refresh`.
+pub const DEFAULT_KUBE_REFRESH: Duration = Duration::from_secs(30);
+
+/// Reads the `--kube` flags (or config keys); `None` without --kube.
+fn kube_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<KubePlan>, LaunchError> {
+    let on = args.kube || file.flag("kube").map_err(usage)?;
+    let string = |flag: Option<String>, key: &str| -> Result<(Option<String>, bool), LaunchError> {
+        let given = flag.is_some();
+        match flag {
+            Some(v) => Ok((Some(v), given)),
+            None => Ok((file.string(key).map_err(usage)?, given)),
+        }
+    };
+    let path = |flag: Option<PathBuf>, key: &str| -> Result<Option<PathBuf>, LaunchError> {
+        match flag {
+            Some(p) => Ok(Some(p)),
+            None => file.path_value(key).map_err(usage),
+        }
+    };
+    let (api, api_flag) = string(args.kube_api.take(), "kube-api")?;
+    let token = path(args.kube_token_file.take(), "kube-token-file")?;
+    let ca = path(args.kube_ca_file.take(), "kube-ca-file")?;
+    let (node, node_flag) = string(args.kube_node_name.take(), "kube-node-name")?;
+    let (refresh, refresh_flag) = string(args.kube_refresh.take(), "kube-refresh")?;
+    if !on {
+        if api.is_some() || token.is_some() || ca.is_some() || node.is_some() || refresh.is_some() {
+            return Err(usage(
+                "--kube-api, --kube-token-file, --kube-ca-file, --kube-node-name and --kube-refresh need --kube (peers from the Kubernetes API are off without it)",
+            ));
+        }
+        return Ok(None);
+    }
+    let node_err = from_file(file, "kube-node-name", node_flag);
+    let env_node = || std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
+    let node = match node.or_else(env_node) {
+        Some(n) if !n.trim().is_empty() && n.len() <= 253 => n.trim().to_string(),
+        Some(n) => {
+            return Err(node_err(format!(
+                "--kube-node-name {n:?} is not a node name (1-253 characters)"
+            )))
+        }
+        None => {
+            return Err(usage(
+                "--kube needs this host's node name: set --kube-node-name NAME (config kube-node-name), or NODE_NAME (the DaemonSet sets it from spec.nodeName through the downward API)",
+            ))
+        }
+    };
+    let api_err = from_file(file, "kube-api", api_flag);
+    let api = crate::kube::client::ApiConfig::resolve(api.as_deref(), token, ca, &|k| {
+        std::env::var(k).ok()
+    })
+    .map_err(&api_err)?;
+    api.check_files().map_err(usage)?;
+    let refresh_err = from_file(file, "kube-refresh", refresh_flag);
+    let every = match refresh {
+        Some(t) => parse_duration(&t, "--kube-refresh").map_err(&refresh_err)?,
+        None => DEFAULT_KUBE_REFRESH,
+    };
+    if every.is_zero() {
+        return Err(refresh_err(
+            "--kube-refresh must be at least 1s (e.g. 30s)".into(),
+        ));
+    }
+    Ok(Some(KubePlan { api, node, every }))
 }
 
 /// `--ipalloc-range` and its companions, checked.
 struct IpamPlan {
     range: crate::ipam::AllocRange,
+    /// `--ipalloc-pod-cidr`.
+    pod_cidr: Option<crate::mesh::IpPrefix>,
     dir: PathBuf,
     reclaim_after: Duration,
     socket: String,
@@ -235,17 +347,26 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
         Some(r) => Some(r),
         None => file.string("ipalloc-range").map_err(usage)?,
     };
+    let pod_err = from_file(file, "ipalloc-pod-cidr", args.ipalloc_pod_cidr.is_some());
+    let pod_cidr = match args.ipalloc_pod_cidr.take() {
+        Some(p) => Some(p),
+        None => file.string("ipalloc-pod-cidr").map_err(usage)?,
+    };
     let dir_given = args.ipalloc_dir.is_some() || file.has("ipalloc-dir");
     let reclaim_given = args.ipalloc_reclaim_after.is_some() || file.has("ipalloc-reclaim-after");
     let Some(range) = range else {
-        if dir_given || reclaim_given {
+        if dir_given || reclaim_given || pod_cidr.is_some() {
             return Err(usage(
-                "--ipalloc-dir and --ipalloc-reclaim-after need --ipalloc-range (IPAM is off without it)",
+                "--ipalloc-dir, --ipalloc-reclaim-after and --ipalloc-pod-cidr need --ipalloc-range (IPAM is off without it)",
             ));
         }
         return Ok(None);
     };
     let range = crate::ipam::AllocRange::parse(&range).map_err(&range_err)?;
+    let pod_cidr = match pod_cidr {
+        Some(text) => Some(crate::ipam::parse_pod_cidr(&text, &range).map_err(&pod_err)?),
+        None => None,
+    };
     let dir = match args.ipalloc_dir.take() {
         Some(d) => d,
         None => file
@@ -281,6 +402,7 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
     }
     Ok(Some(IpamPlan {
         range,
+        pod_cidr,
         dir,
         reclaim_after,
         socket,
@@ -345,6 +467,8 @@ struct Plan {
     identity: Option<IdentityPlan>,
     /// `--ipalloc-range`: IPAM and the CNI socket.
     ipam: Option<IpamPlan>,
+    /// `--kube`: peers and the pod range from the Kubernetes API.
+    kube: Option<KubePlan>,
 }
 
 /// `--ca-cert`, `--cert` and `--revoked`, checked.
@@ -602,6 +726,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         log.warn(line.clone());
     }
     let ipam = ipam_plan(&mut args, &file)?;
+    let kube = kube_plan(&mut args, &file)?;
     let overlay_err = from_file(&file, "overlay", args.overlay.is_some());
     let overlay = match args.overlay {
         Some(o) => Some(o),
@@ -648,6 +773,11 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     if plain && ipam.is_some() {
         return Err(usage(
             "--ipalloc-range is not implemented with --mode plain (plaintext mode has static VTEPs and no mesh to split the range through); drop one of them",
+        ));
+    }
+    if plain && kube.is_some() {
+        return Err(usage(
+            "--kube is not implemented with --mode plain (plaintext mode has static VTEPs, given with --vtep, and no peers to connect); drop one of them",
         ));
     }
     if plain && !insecure {
@@ -994,6 +1124,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         fastdp_flow_idle,
         identity,
         ipam,
+        kube,
     })
 }
 
@@ -1501,6 +1632,21 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 own,
                 p.reclaim_after,
             );
+            let how = match (p.pod_cidr, &plan.kube) {
+                (Some(cidr), _) => ipam.set_pod_cidr(Some(cidr)).map_err(usage)?,
+                (None, Some(k)) => {
+                    ipam.await_pod_cidr();
+                    format!(
+                        "this host's pod range is node {}'s spec.podCIDR from the Kubernetes API when it has one, else /{} chunks (nothing is handed out until the API answers)",
+                        k.node,
+                        crate::ipam::chunk_len(&p.range)
+                    )
+                }
+                (None, None) => format!(
+                    "divided among the hosts in /{} chunks",
+                    crate::ipam::chunk_len(&p.range)
+                ),
+            };
             let state = crate::ipam::store::load(&p.dir).map_err(usage)?;
             let held = state.as_ref().map_or(0, |s| s.allocations.len());
             if let Some(state) = state {
@@ -1509,9 +1655,8 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             // Fail now, not at the first pod, if the directory is unusable.
             crate::ipam::store::save(&p.dir, &ipam.state()).map_err(usage)?;
             log.info(format!(
-                "IPAM: range {} in /{} chunks; {held} address(es) held in {}; CNI socket @{}",
+                "IPAM: range {}, {how}; {held} address(es) held in {}; CNI socket @{}",
                 p.range,
-                crate::ipam::chunk_len(&p.range),
                 p.dir.display(),
                 p.socket
             ));
@@ -1772,6 +1917,28 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         plan.listen,
         plan.peers.len()
     );
+    let kube = plan.kube.map(|k| crate::kube::refresh::RefreshSetup {
+        api: k.api,
+        node: k.node,
+        port: plan.listen.port(),
+        v6: plan.listen.is_ipv6(),
+        every: k.every,
+        fixed: plan.peers.iter().filter_map(PeerTarget::addr).collect(),
+        pod_cidr: plan.ipam.as_ref().is_some_and(|p| p.pod_cidr.is_none()),
+    });
+    if let Some(k) = &kube {
+        tracing::info!(
+            "--kube: peers from the node list at {}, every {} s; this host is node {}{}",
+            k.api.nodes_url(),
+            k.every.as_secs(),
+            k.node,
+            if k.pod_cidr {
+                "; its spec.podCIDR is the pod range"
+            } else {
+                ""
+            }
+        );
+    }
     let router =
         Router::new(
             tun,
@@ -1820,6 +1987,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                         },
                     }
                 }),
+                kube,
                 identity: plan.identity.map(|i| crate::router::RouterIdentity {
                     trust: i.trust,
                     revocation: i.revocation,

@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod host;
 pub mod identity;
 pub mod ipam;
+pub mod kube;
 pub mod launch;
 pub mod logging;
 pub mod mesh;

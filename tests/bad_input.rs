@@ -487,3 +487,75 @@ fn malformed_ipam_flags() {
         "nothing written for rejected input"
     );
 }
+
+#[test]
+fn malformed_kube_flags() {
+    require_root!();
+    let net = Net::pair(1500);
+    let a = &net.a;
+    let args = |extra: &[&str]| {
+        let mut args = a.launch_args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let no_node = [("NODE_NAME", ""), ("KUBERNETES_SERVICE_HOST", "")];
+    let missing = a.path("no-such-token").display().to_string();
+    for (what, extra, needles) in [
+        (
+            "--kube without a node name",
+            vec!["--kube", "--kube-api", "https://198.18.0.1:6443"],
+            vec!["--kube-node-name", "NODE_NAME"],
+        ),
+        (
+            "--kube outside a pod without --kube-api",
+            vec!["--kube", "--kube-node-name", "n1"],
+            vec!["KUBERNETES_SERVICE_HOST", "--kube-api"],
+        ),
+        (
+            "plain http to another host",
+            vec![
+                "--kube",
+                "--kube-node-name",
+                "n1",
+                "--kube-api",
+                "http://198.18.0.1:8001",
+            ],
+            vec!["http://198.18.0.1:8001", "loopback"],
+        ),
+        (
+            "a missing token file",
+            vec![
+                "--kube",
+                "--kube-node-name",
+                "n1",
+                "--kube-api",
+                "https://198.18.0.1:6443",
+                "--kube-token-file",
+                &missing,
+            ],
+            vec![missing.as_str(), "--kube-token-file"],
+        ),
+        (
+            "--kube-refresh without --kube",
+            vec!["--kube-refresh", "2s"],
+            vec!["--kube-refresh", "need --kube"],
+        ),
+        (
+            "a pod range outside the range",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-pod-cidr",
+                "10.33.0.0/24",
+            ],
+            vec!["10.33.0.0/24", "10.40.0.0/16"],
+        ),
+        (
+            "--ipalloc-pod-cidr without --ipalloc-range",
+            vec!["--ipalloc-pod-cidr", "10.40.7.0/24"],
+            vec!["--ipalloc-pod-cidr", "need --ipalloc-range"],
+        ),
+    ] {
+        expect_rejected(a, what, &args(&extra), &no_node, &[], &needles);
+    }
+}

@@ -8,61 +8,15 @@
 
 mod common;
 
+use common::cni::*;
 use common::switched::*;
 use common::*;
 use serde_json::Value;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const RANGE: &str = "10.32.0.0/16";
 const ROUTED_RANGE: &str = "10.40.128.0/17";
-const MINIMAL: &str = r#"{"cniVersion":"1.0.0","name":"weftnet","type":"weft"}"#;
 const V11: &str = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#;
-
-/// The plugin in namespace `ns` with `command`, for container `id` in `netns`.
-fn plugin(ns: &str, command: &str, id: &str, netns: &str, conf: &str) -> Output {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, WEFT])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", netns)
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run weft as a CNI plugin");
-    let _ = child.stdin.take().unwrap().write_all(conf.as_bytes());
-    child.wait_with_output().unwrap()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// ADD, retried while weft says "try again later" (11: IPAM waiting for
-/// the mesh to settle a claim), as runtimes retry.
-fn add(ns: &str, id: &str, netns: &str) -> Value {
-    let mut last = None;
-    let ok = wait_until(Duration::from_secs(20), || {
-        let out = plugin(ns, "ADD", id, netns, MINIMAL);
-        let done = out.status.success();
-        last = Some(out);
-        done
-    });
-    let out = last.unwrap();
-    assert!(ok, "{ns}: ADD {id}: {}", show(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// Two weft hosts with IPAM over `range` (`extra` adds e.g. bridge
 /// mode), converged.

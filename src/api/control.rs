@@ -45,6 +45,14 @@ pub enum ControlRequest {
         /// The departed peer's name.
         name: String,
     },
+    /// This node's pod range from the Kubernetes API (`--kube`): IPAM
+    /// hands addresses out of it. In-process only: never read from the
+    /// socket.
+    #[serde(skip)]
+    KubePodCidr {
+        /// `None`: the node has no podCIDR (IPAM divides the range).
+        cidr: Option<crate::mesh::claims::IpPrefix>,
+    },
 }
 
 /// The answer to one [`ControlRequest`].

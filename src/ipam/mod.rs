@@ -66,6 +66,19 @@ pub const CLAIM_SETTLE: Duration = Duration::from_secs(2);
 /// Widest chunk: 64 addresses.
 const WIDEST_CHUNK: u8 = 26;
 
+/// Where this host's pod addresses come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodRange {
+    /// Chunks of the range, claimed as needed (the default).
+    Divided,
+    /// One range of its own (`--ipalloc-pod-cidr`, or the node's
+    /// `spec.podCIDR` under `--kube`), claimed as this host's one chunk.
+    Fixed(IpPrefix),
+    /// `--kube`: the API has not said yet whether the node has a podCIDR;
+    /// nothing is handed out until it does.
+    Awaiting,
+}
+
 /// An IPv4 `--ipalloc-range`, checked: at most /30 (a range needs room for
 /// its network and broadcast address and at least one pod).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +140,20 @@ impl fmt::Display for AllocRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", Ipv4Addr::from(self.base), self.len)
     }
+}
+
+/// Parses `--ipalloc-pod-cidr`: an IPv4 CIDR inside `range`; errors name
+/// the value (and the range) and say what is wanted.
+pub fn parse_pod_cidr(text: &str, range: &AllocRange) -> Result<IpPrefix, String> {
+    let checked =
+        AllocRange::parse(text).map_err(|e| e.replace("--ipalloc-range", "--ipalloc-pod-cidr"))?;
+    let prefix = checked.prefix();
+    if !range.prefix().contains(&prefix) {
+        return Err(format!(
+            "--ipalloc-pod-cidr {text} does not lie inside --ipalloc-range {range}: this host's pod range must be part of the range every host shares"
+        ));
+    }
+    Ok(prefix)
 }
 
 /// The chunk length for a range: /26 chunks for ranges of /22 and wider
@@ -258,14 +285,28 @@ pub struct IpamStatus {
     pub in_use: u32,
     /// Every chunk known, by owner.
     pub chunks: Vec<ChunkStatus>,
+    /// This host's own pod range (`--ipalloc-pod-cidr` or the node's
+    /// podCIDR), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<String>,
+    /// `--kube`: waiting for the API to give this node's podCIDR.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaiting_pod_cidr: bool,
 }
 
 impl IpamStatus {
     /// `weft status ipam` as text: one line per chunk.
     pub fn render_text(&self) -> String {
+        let how = match (&self.pod_cidr, self.awaiting_pod_cidr) {
+            (Some(p), _) => format!("this host hands out its pod range {p} only"),
+            (None, true) => {
+                "waiting for the Kubernetes API to give this node's podCIDR".to_string()
+            }
+            (None, false) => format!("in /{} chunks", self.chunk_len),
+        };
         let mut out = format!(
-            "IPAM range {} in /{} chunks; {} address(es) in use on {}\n",
-            self.range, self.chunk_len, self.in_use, self.host
+            "IPAM range {} {how}; {} address(es) in use on {}\n",
+            self.range, self.in_use, self.host
         );
         if self.chunks.is_empty() {
             out.push_str("  no chunk claimed yet (the first pod claims one)\n");
@@ -303,6 +344,8 @@ pub struct Ipam {
     view: MeshView,
     /// Owner names for status, from the last view.
     names: HashMap<PeerId, String>,
+    /// Chunks of the range, or one range of this host's own.
+    pod_range: PodRange,
 }
 
 impl Ipam {
@@ -331,7 +374,62 @@ impl Ipam {
             reclaim_after,
             view: MeshView::default(),
             names: HashMap::new(),
+            pod_range: PodRange::Divided,
         }
+    }
+
+    /// Where pod addresses come from now.
+    pub fn pod_range(&self) -> PodRange {
+        self.pod_range
+    }
+
+    /// `--kube`: hand nothing out until [`set_pod_cidr`](Self::set_pod_cidr)
+    /// says whether the node has a podCIDR.
+    pub fn await_pod_cidr(&mut self) {
+        self.pod_range = PodRange::Awaiting;
+    }
+
+    /// Sets this host's own pod range (`None`: divide the range in chunks
+    /// as usual). The range must lie inside `--ipalloc-range`; chunks
+    /// claimed before that hold no address, or lie inside it, are dropped
+    /// (pods keep the addresses they hold elsewhere). Returns what IPAM
+    /// does now, for the log; `Err` names both ranges.
+    pub fn set_pod_cidr(&mut self, cidr: Option<IpPrefix>) -> Result<String, String> {
+        let Some(cidr) = cidr else {
+            self.pod_range = PodRange::Divided;
+            return Ok(format!(
+                "no pod range of this host's own: IPAM divides --ipalloc-range {} among the hosts in /{} chunks",
+                self.range, self.chunk_len
+            ));
+        };
+        if !cidr.is_ipv4() || cidr.len() > 30 || !self.range.prefix().contains(&cidr) {
+            return Err(format!(
+                "this host's pod range {cidr} does not lie inside --ipalloc-range {} (or is longer than /30): give every host the same --ipalloc-range that holds all nodes' pod CIDRs (the cluster's pod CIDR)",
+                self.range
+            ));
+        }
+        let used = &self.used;
+        self.chunks
+            .retain(|c, _| !cidr.contains(c) && used.range(bounds(c)).next().is_some());
+        self.chunks.entry(cidr).or_insert(OwnChunk {
+            claimed_at: None,
+            confirmed: false,
+        });
+        let r = bounds(&cidr);
+        self.excluded.insert(*r.start());
+        self.excluded.insert(*r.end());
+        self.pod_range = PodRange::Fixed(cidr);
+        Ok(format!(
+            "IPAM hands out addresses from this host's pod range {cidr} only ({} addresses, inside --ipalloc-range {}); this host claims it in the mesh",
+            self.capacity(&cidr),
+            self.range
+        ))
+    }
+
+    /// Whether a claim looks like a chunk of the range: inside it and
+    /// wider than a host address (chunks, and hosts' pod ranges).
+    fn chunk_like(&self, p: &IpPrefix) -> bool {
+        p.len() <= 30 && self.range.prefix().contains(p)
     }
 
     /// Takes back a persisted state: its allocations, the chunks they lie
@@ -381,7 +479,11 @@ impl Ipam {
 
     fn parse_chunk(&self, text: &str) -> Option<IpPrefix> {
         let p: IpPrefix = text.parse().ok()?;
-        (p.len() == self.chunk_len && self.range.prefix().contains(&p)).then_some(p)
+        let own = match self.pod_range {
+            PodRange::Fixed(cidr) => p == cidr,
+            _ => false,
+        };
+        (own || p.len() == self.chunk_len && self.range.prefix().contains(&p)).then_some(p)
     }
 
     /// What to persist.
@@ -405,6 +507,11 @@ impl Ipam {
     }
 
     fn chunk_of(&self, addr: Ipv4Addr) -> IpPrefix {
+        if let PodRange::Fixed(cidr) = self.pod_range {
+            if cidr.contains_addr(IpAddr::V4(addr)) {
+                return cidr;
+            }
+        }
         IpPrefix::new(IpAddr::V4(addr), self.chunk_len).expect("chunk length is at most 32")
     }
 
@@ -448,7 +555,9 @@ impl Ipam {
         let me = self.me;
         for (chunk, own) in self.chunks.iter_mut() {
             own.confirmed = view.announced && owner_of.get(chunk) == Some(&me);
-            if refused.contains(chunk) && self.used.range(bounds(chunk)).next().is_none() {
+            let fixed = self.pod_range == PodRange::Fixed(*chunk);
+            if refused.contains(chunk) && !fixed && self.used.range(bounds(chunk)).next().is_none()
+            {
                 drop.push(*chunk);
             }
         }
@@ -459,10 +568,12 @@ impl Ipam {
         }
         // Departed peers' chunks: reserved while nobody live owns them.
         for (id, name, claims) in &view.departed {
-            for chunk in claims
+            let chunk_like: Vec<IpPrefix> = claims
                 .iter()
-                .filter(|c| c.len() == self.chunk_len && range.contains(c))
-            {
+                .filter(|c| self.chunk_like(c))
+                .copied()
+                .collect();
+            for chunk in &chunk_like {
                 if owner_of.contains_key(chunk)
                     || self.reservations.contains_key(chunk)
                     || self.chunks.contains_key(chunk)
@@ -515,9 +626,19 @@ impl Ipam {
         if let Some(a) = self.allocations.get(key) {
             return Ok((a.address, false));
         }
+        if self.pod_range == PodRange::Awaiting {
+            return Err(AllocError::Pending(
+                "waiting for the Kubernetes API to say whether this node has a podCIDR (see weft's log)".into(),
+            ));
+        }
+        let fixed = match self.pod_range {
+            PodRange::Fixed(cidr) => Some(cidr),
+            _ => None,
+        };
         let usable: Vec<IpPrefix> = self
             .chunks
             .iter()
+            .filter(|(p, _)| fixed.map_or(true, |f| f == **p))
             .filter(|(_, c)| c.confirmed && c.claimed_at.map_or(true, |t| now >= t + CLAIM_SETTLE))
             .map(|(p, _)| *p)
             .collect();
@@ -542,6 +663,22 @@ impl Ipam {
             return Err(AllocError::Pending(
                 "weft has not synchronised with the mesh yet".into(),
             ));
+        }
+        if let Some(cidr) = fixed {
+            return Err(if self.view.refused.contains(&cidr) {
+                AllocError::Pending(format!(
+                    "another host claims this host's pod range {cidr}: `weft status peers` shows the conflict; give each host its own pod range"
+                ))
+            } else if !self.chunks.get(&cidr).is_some_and(|c| c.confirmed) {
+                AllocError::Pending(format!(
+                    "waiting for the mesh to confirm this host's claim on its pod range {cidr}"
+                ))
+            } else {
+                AllocError::Exhausted(format!(
+                    "this host's pod range {cidr} is full ({} addresses in use)",
+                    self.in_use(&cidr)
+                ))
+            });
         }
         // A claim still settling, or one reloaded and not yet confirmed,
         // with room: wait for it rather than claim more.
@@ -581,6 +718,9 @@ impl Ipam {
     /// reservation and no chunk of ours, scanned from an offset derived
     /// from this host's identity.
     fn pick_chunk(&self) -> Option<IpPrefix> {
+        if self.pod_range != PodRange::Divided {
+            return None;
+        }
         let count: u64 = 1 << (self.chunk_len - self.range.len);
         let seed = self
             .me
@@ -646,6 +786,18 @@ impl Ipam {
     pub fn ready(&self) -> Result<(), String> {
         if !self.view.announced {
             return Err("weft has not synchronised with the mesh yet".into());
+        }
+        match self.pod_range {
+            PodRange::Awaiting => {
+                return Err(
+                    "waiting for the Kubernetes API to say whether this node has a podCIDR".into(),
+                )
+            }
+            PodRange::Fixed(cidr) if self.in_use(&cidr) >= self.capacity(&cidr) => {
+                return Err(format!("this host's pod range {cidr} is full"))
+            }
+            PodRange::Fixed(_) => return Ok(()),
+            PodRange::Divided => {}
         }
         let room = self
             .chunks
@@ -731,7 +883,7 @@ impl Ipam {
             });
         }
         for (prefix, owner) in &self.view.owned {
-            if *owner == self.me || !range.contains(prefix) || prefix.len() != self.chunk_len {
+            if *owner == self.me || !self.chunk_like(prefix) {
                 continue;
             }
             chunks.push(ChunkStatus {
@@ -784,6 +936,11 @@ impl Ipam {
             host: host.to_string(),
             in_use: self.used.len() as u32,
             chunks,
+            pod_cidr: match self.pod_range {
+                PodRange::Fixed(cidr) => Some(cidr.to_string()),
+                _ => None,
+            },
+            awaiting_pod_cidr: self.pod_range == PodRange::Awaiting,
         }
     }
 }

@@ -362,3 +362,151 @@ fn chunks_other_live_hosts_reserve_are_never_picked() {
         .iter()
         .any(|c| c.owner.contains("kept by peer3")));
 }
+
+#[test]
+fn a_pod_range_of_its_own_is_claimed_as_one_chunk_and_handed_out_alone() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    assert_eq!(
+        parse_pod_cidr("10.32.7.0/24", &range).unwrap(),
+        p("10.32.7.0/24")
+    );
+    for (bad, says) in [
+        (
+            "10.33.0.0/24",
+            "does not lie inside --ipalloc-range 10.32.0.0/16",
+        ),
+        ("10.32.7.1/24", "host bits"),
+        ("10.32.7.0", "CIDR"),
+    ] {
+        let e = parse_pod_cidr(bad, &range).unwrap_err();
+        assert!(e.contains(bad) && e.contains(says), "{bad}: {e}");
+        assert!(e.contains("--ipalloc-pod-cidr"), "{e}");
+    }
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    let e = ipam.set_pod_cidr(Some(p("10.99.0.0/24"))).unwrap_err();
+    assert!(
+        e.contains("10.99.0.0/24") && e.contains("10.32.0.0/16"),
+        "{e}"
+    );
+    let said = ipam.set_pod_cidr(Some(p("10.32.7.0/30"))).unwrap();
+    assert!(
+        said.contains("10.32.7.0/30") && said.contains("2 addresses"),
+        "{said}"
+    );
+    assert_eq!(ipam.claims(), vec![p("10.32.7.0/30")]);
+    let mut now = Instant::now();
+    // Not before the mesh confirms the claim.
+    assert!(matches!(
+        ipam.allocate(&key("a"), "/proc/1/ns/net", now),
+        Err(AllocError::Pending(_))
+    ));
+    let a = add(&mut ipam, "a", &[], &mut now);
+    let b = add(&mut ipam, "b", &[], &mut now);
+    // The range's first and last address are never handed out.
+    assert_eq!(
+        (a, b),
+        ("10.32.7.1".parse().unwrap(), "10.32.7.2".parse().unwrap())
+    );
+    // Full: no other chunk is claimed.
+    match ipam.allocate(&key("c"), "/proc/1/ns/net", now) {
+        Err(AllocError::Exhausted(why)) => assert!(why.contains("10.32.7.0/30"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ipam.claims(), vec![p("10.32.7.0/30")]);
+    assert!(ipam.ready().unwrap_err().contains("full"));
+    let s = ipam.status("host-a", &|_| "other".into(), 0);
+    assert_eq!(s.pod_cidr.as_deref(), Some("10.32.7.0/30"));
+    assert_eq!(s.chunks.len(), 1);
+    assert_eq!(s.chunks[0].state, "owned");
+    assert_eq!(s.chunks[0].in_use, Some(2));
+    assert!(s
+        .render_text()
+        .contains("hands out its pod range 10.32.7.0/30 only"));
+}
+
+#[test]
+fn a_conflicting_pod_range_is_kept_and_named_not_replaced() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    ipam.set_pod_cidr(Some(p("10.32.7.0/24"))).unwrap();
+    let others = [(p("10.32.7.0/24"), id(2))];
+    let v = view(&ipam, &others);
+    ipam.update_view(v, 0);
+    assert_eq!(ipam.claims(), vec![p("10.32.7.0/24")], "the claim stays");
+    match ipam.allocate(&key("a"), "/proc/1/ns/net", Instant::now()) {
+        Err(AllocError::Pending(why)) => assert!(why.contains("another host claims"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn divided_hosts_avoid_other_hosts_pod_ranges_and_show_them() {
+    let range = AllocRange::parse("10.32.0.0/24").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    // Another host owns three quarters of the range as its pod range.
+    let others = [(p("10.32.0.0/25"), id(2)), (p("10.32.0.128/26"), id(3))];
+    let mut now = Instant::now();
+    let a = add(&mut ipam, "a", &others, &mut now);
+    assert!(p("10.32.0.192/26").contains_addr(IpAddr::V4(a)), "{a}");
+    let s = ipam.status("host-a", &|i| format!("peer{}", i.0[0]), 0);
+    let owners: Vec<(String, String)> = s
+        .chunks
+        .iter()
+        .map(|c| (c.chunk.clone(), c.owner.clone()))
+        .collect();
+    assert!(
+        owners.contains(&("10.32.0.0/25".into(), "peer2".into())),
+        "{owners:?}"
+    );
+}
+
+#[test]
+fn under_kube_nothing_is_handed_out_until_the_api_said_then_chunks_or_the_pod_range() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    ipam.await_pod_cidr();
+    let v = view(&ipam, &[]);
+    ipam.update_view(v, 0);
+    match ipam.allocate(&key("a"), "/proc/1/ns/net", Instant::now()) {
+        Err(AllocError::Pending(why)) => assert!(why.contains("Kubernetes API"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(ipam.ready().unwrap_err().contains("podCIDR"));
+    assert!(ipam.claims().is_empty());
+    assert!(ipam
+        .status("h", &|_| String::new(), 0)
+        .render_text()
+        .contains("waiting for the Kubernetes API"));
+    // No podCIDR: chunks as usual.
+    let said = ipam.set_pod_cidr(None).unwrap();
+    assert!(said.contains("/26 chunks"), "{said}");
+    let mut now = Instant::now();
+    let a = add(&mut ipam, "a", &[], &mut now);
+    assert!(range.contains(a));
+    // A podCIDR given later: new pods get addresses from it, the chunk
+    // holding a's address stays claimed.
+    let before = ipam.claims();
+    ipam.set_pod_cidr(Some(p("10.32.200.0/24"))).unwrap();
+    let b = add(&mut ipam, "b", &[], &mut now);
+    assert!(p("10.32.200.0/24").contains_addr(IpAddr::V4(b)), "{b}");
+    assert!(before.iter().all(|c| ipam.claims().contains(c)));
+    assert_eq!(ipam.lookup(&key("a")), Some(a));
+}
+
+#[test]
+fn a_restart_with_a_pod_range_keeps_addresses_in_it() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    ipam.set_pod_cidr(Some(p("10.32.7.0/24"))).unwrap();
+    let mut now = Instant::now();
+    let a = add(&mut ipam, "a", &[], &mut now);
+    let state = ipam.state();
+    assert_eq!(state.chunks, vec!["10.32.7.0/24".to_string()]);
+    let mut again = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    again.set_pod_cidr(Some(p("10.32.7.0/24"))).unwrap();
+    again.restore(state).unwrap();
+    assert_eq!(again.claims(), vec![p("10.32.7.0/24")]);
+    assert_eq!(again.lookup(&key("a")), Some(a));
+    let b = add(&mut again, "b", &[], &mut now);
+    assert_ne!(a, b);
+}

@@ -76,6 +76,9 @@ pub struct RouterConfig {
     pub identity: Option<RouterIdentity>,
     /// `--ipalloc-range`: IPAM and the CNI socket.
     pub ipam: Option<super::ipam::IpamSetup>,
+    /// `--kube`: peers and the pod range from the Kubernetes API, read on
+    /// a thread of its own that sends its changes as control requests.
+    pub kube: Option<crate::kube::refresh::RefreshSetup>,
 }
 
 /// What a host with `--ca-cert` checks peers against.
@@ -308,13 +311,19 @@ impl Router {
                 .register(&mut SourceFd(&f.upcall_fd()), FASTDP, Interest::READABLE)?;
         }
         let waker = Arc::new(mio::Waker::new(poll.registry(), CONTROL)?);
-        let control = match cfg.control.take() {
-            Some(listener) => {
+        let kube = cfg.kube.take();
+        let control = match (cfg.control.take(), kube) {
+            (None, None) => None,
+            (listener, kube) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
-                crate::api::control::serve(listener, tx, waker.clone())?;
+                if let Some(listener) = listener {
+                    crate::api::control::serve(listener, tx.clone(), waker.clone())?;
+                }
+                if let Some(setup) = kube {
+                    crate::kube::refresh::spawn(setup, tx, waker.clone())?;
+                }
                 Some(rx)
             }
-            None => None,
         };
         let ipam = match cfg.ipam.take() {
             Some(setup) => Some(super::ipam::IpamDriver::start(setup, waker.clone())?),
@@ -2314,6 +2323,19 @@ impl Router {
                 ControlRequest::Connect { peer } | ControlRequest::Forget { peer } => {
                     PeerTarget::parse(peer)
                 }
+                ControlRequest::KubePodCidr { cidr } => {
+                    let reply = match self.ipam.as_mut() {
+                        Some(ipam) => match ipam.set_pod_cidr(*cidr, &mut self.mesh, now) {
+                            Ok(done) => ControlReply::done(done),
+                            Err(why) => ControlReply::refused(why),
+                        },
+                        None => ControlReply::done(
+                            "no IPAM here (no --ipalloc-range): this node's pod range is not used",
+                        ),
+                    };
+                    let _ = pending.reply.send(reply);
+                    continue;
+                }
                 ControlRequest::Rmpeer { name } => {
                     let reply = match self.ipam.as_mut() {
                         Some(ipam) => match ipam.rmpeer(name, &mut self.mesh, now) {
@@ -2347,7 +2369,7 @@ impl Router {
                         ControlReply::done(format!("{peer} is already a peer"))
                     }
                 }
-                ControlRequest::Rmpeer { .. } => continue,
+                ControlRequest::Rmpeer { .. } | ControlRequest::KubePodCidr { .. } => continue,
                 ControlRequest::Forget { .. } => {
                     if self.remove_target(&target, "forgotten (weft forget)", now) {
                         tracing::info!("weft forget: removed peer {peer}");

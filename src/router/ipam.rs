@@ -328,6 +328,22 @@ impl IpamDriver {
         ))
     }
 
+    /// This node's pod range from the Kubernetes API (`None`: it has
+    /// none; the range is divided in chunks).
+    pub fn set_pod_cidr(
+        &mut self,
+        cidr: Option<IpPrefix>,
+        mesh: &mut Node,
+        now: Instant,
+    ) -> Result<String, String> {
+        let done = self.ipam.set_pod_cidr(cidr)?;
+        self.ipam.update_view(Self::view(mesh), unix_now());
+        self.persist_or_log();
+        self.push_claims(mesh, now);
+        self.next_tick = now;
+        Ok(done)
+    }
+
     /// `weft status ipam`.
     pub fn status(&self, mesh: &Node) -> IpamStatus {
         let names = |p: &crate::mesh::peer::PeerId| -> String {

@@ -15,6 +15,7 @@
 
 #![allow(dead_code)]
 
+pub mod cni;
 pub mod switched;
 
 use serde_json::Value;
