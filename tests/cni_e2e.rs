@@ -40,15 +40,6 @@ fn plugin(ns: &str, command: &str, id: &str, netns: &str, conf: &str) -> Output 
     child.wait_with_output().unwrap()
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "exit {}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// ADD, retried while weft says "try again later" (11: IPAM waiting for
 /// the mesh to settle a claim), as runtimes retry.
 fn add(ns: &str, id: &str, netns: &str) -> Value {

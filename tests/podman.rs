@@ -67,15 +67,6 @@ macro_rules! require_podman {
     };
 }
 
-fn show(out: &Output) -> String {
-    format!(
-        "exit {}: {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// What podman writes outside its own directories however it is
 /// configured: libcni's result cache (/var/lib/cni) and the image blob-info
 /// cache of `podman import` (/var/lib/containers/cache). Removed on drop if
