@@ -1789,6 +1789,23 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 l2plan.bridge,
                 tap.name()
             ));
+            if plan.ipam.is_some() {
+                // Pods of an earlier run lost their bridge when it stopped
+                // (weft deletes the bridge it made): put them back on it.
+                match crate::cni::netdev::reattach_pods(&l2plan.bridge) {
+                    Ok(ends) if ends.is_empty() => {}
+                    Ok(ends) => log.info(format!(
+                        "IPAM: re-attached {} pod interface(s) of an earlier run to bridge {}: {}",
+                        ends.len(),
+                        l2plan.bridge,
+                        ends.join(", ")
+                    )),
+                    Err(e) => log.warn(format!(
+                        "IPAM: cannot re-attach the pods of an earlier run to bridge {}: {e}",
+                        l2plan.bridge
+                    )),
+                }
+            }
             bridge_guard = Some(guard);
             tap
         }

@@ -18,32 +18,11 @@ const RANGE: &str = "10.32.0.0/16";
 const ROUTED_RANGE: &str = "10.40.128.0/17";
 const V11: &str = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#;
 
-/// Two weft hosts with IPAM over `range` (`extra` adds e.g. bridge
-/// mode), converged.
-fn two_hosts(range: &str, extra: &[&str]) -> Switched {
-    let mut net = Switched::new(2);
-    net.hosts[1].peers = vec![net.addr(0)];
-    for host in net.hosts.iter_mut() {
-        let mut args = host.launch_args();
-        args.extend([
-            "--config".to_string(),
-            host.path("weft.toml").display().to_string(),
-            "--ipalloc-range".into(),
-            range.into(),
-            "--ipalloc-dir".into(),
-            host.path("ipam").display().to_string(),
-        ]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        host.start_with(&args, &[]);
-    }
-    net.wait_converged(&[0, 1], Duration::from_secs(30));
-    net
-}
 
 #[test]
 fn pods_on_two_weft_hosts_reach_each_other() {
     require_root!();
-    let mut net = two_hosts(RANGE, &["--iface", "bridge", "--bridge", "weft"]);
+    let mut net = Switched::ipam_pair(RANGE, &["--iface", "bridge", "--bridge", "weft"]);
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
     let pods: Vec<Netns> = hosts
         .iter()
@@ -145,7 +124,7 @@ fn routed_pods_on_two_weft_hosts_reach_each_other() {
     require_root!();
     // TUN mode: the range lies inside the hosts' overlay prefix
     // (10.40.0.0/16), whose route to weft0 carries the pods' traffic.
-    let net = two_hosts(ROUTED_RANGE, &[]);
+    let net = Switched::ipam_pair(ROUTED_RANGE, &[]);
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
     let pods: Vec<Netns> = hosts
         .iter()

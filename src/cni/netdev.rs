@@ -11,9 +11,9 @@ use rscni_types::error::Error;
 use super::api::{CniRequest, CniSuccess};
 use super::client::{self, WeftError};
 use super::plugin::{
-    AttachPlan, Attached, HostLink, Inspection, Mode, System, ALIAS_PREFIX, CODE_SETUP,
+    parse_alias, AttachPlan, Attached, HostLink, Inspection, Mode, System, ALIAS_PREFIX, CODE_SETUP,
 };
-use super::rtnl::{in_netns, Rtnl, RtnlError};
+use super::rtnl::{in_netns, LinkState, Rtnl, RtnlError};
 
 /// nsfs's filesystem magic (linux/magic.h): what a network namespace file is on.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -239,4 +239,80 @@ fn configure(
         host_mac: link.mac,
         pod_mac,
     })
+}
+
+/// The host ends of pods (alias `weft-cni NETWORK CONTAINER IFNAME`) that
+/// are ports of no bridge. In bridge mode these are pods whose bridge went
+/// away: weft deletes the bridge it made when it stops, which detaches
+/// every port, and makes a new one when it starts again.
+pub fn detached_pod_ends(links: &[LinkState]) -> Vec<&LinkState> {
+    links
+        .iter()
+        .filter(|l| parse_alias(&l.alias).is_some() && l.controller.is_none())
+        .collect()
+}
+
+/// At `weft launch` in bridge mode: puts the host ends of pods attached by
+/// an earlier run back on `bridge` and brings them up, so a restart of weft
+/// keeps its pods connected. Returns the interfaces re-attached; an
+/// interface that cannot be re-attached is an error naming it.
+pub fn reattach_pods(bridge: &str) -> Result<Vec<String>, String> {
+    let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+    let links = rtnl.links().map_err(|e| e.to_string())?;
+    let ends = detached_pod_ends(&links);
+    if ends.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(br) = links.iter().find(|l| l.name == bridge) else {
+        return Err(format!("bridge {bridge} not found"));
+    };
+    let mut done = Vec::new();
+    for end in ends {
+        rtnl.set_controller(end.index, &end.name, br.index, bridge)
+            .and_then(|()| rtnl.set_up(end.index, &end.name))
+            .map_err(|e| {
+                format!(
+                    "{e}; the pod behind {} stays cut off until `ip link set {} master {bridge} up`",
+                    end.name, end.name
+                )
+            })?;
+        done.push(end.name.clone());
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str, alias: &str, controller: Option<u32>) -> LinkState {
+        LinkState {
+            index,
+            name: name.into(),
+            alias: alias.into(),
+            mac: String::new(),
+            hw: Vec::new(),
+            mtu: 1376,
+            up: true,
+            controller,
+        }
+    }
+
+    #[test]
+    fn only_pod_ends_without_a_bridge_are_reattached() {
+        let links = [
+            link(1, "lo", "", None),
+            link(2, "weft", "", None),
+            link(3, "vweft00000001", "weft-cni weftnet c1 eth0", None),
+            link(4, "vweft00000002", "weft-cni weftnet c2 eth0", Some(2)),
+            link(5, "veth-other", "", None),
+            link(6, "vweft00000003", "weft-cni malformed", None),
+            link(7, "vweft00000004", "weft-cni other c3 net1", None),
+        ];
+        let names: Vec<&str> = detached_pod_ends(&links)
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, ["vweft00000001", "vweft00000004"]);
+    }
 }

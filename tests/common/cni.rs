@@ -30,15 +30,6 @@ pub fn plugin(ns: &str, command: &str, id: &str, netns: &str, conf: &str) -> Out
     child.wait_with_output().unwrap()
 }
 
-pub fn show(out: &Output) -> String {
-    format!(
-        "exit {}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// ADD, retried while weft says "try again later" (11: IPAM waiting for
 /// the mesh to settle a claim), as runtimes retry.
 pub fn add(ns: &str, id: &str, netns: &str) -> Value {

@@ -140,6 +140,16 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
     out
 }
 
+/// A command's exit status, stdout and stderr, for failure messages.
+pub fn show(out: &Output) -> String {
+    format!(
+        "exit {}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `args` inside namespace `ns` (`ip netns exec`, which also gives the
 /// command the namespace's own /sys) and returns its output, success or not.
 pub fn ns_exec(ns: &str, args: &[&str]) -> Output {

@@ -54,6 +54,20 @@ impl Switched {
         Switched { hosts, switch }
     }
 
+    /// Two hosts with IPAM over `range` (each started with
+    /// [`ipam_launch_args`]; `extra` adds e.g. bridge mode), host 1
+    /// peering with host 0, converged.
+    pub fn ipam_pair(range: &str, extra: &[&str]) -> Switched {
+        let mut net = Switched::new(2);
+        net.hosts[1].peers = vec![net.addr(0)];
+        for host in net.hosts.iter_mut() {
+            let args = ipam_launch_args(host, range, extra);
+            host.start_with(&args, &[]);
+        }
+        net.wait_converged(&[0, 1], Duration::from_secs(30));
+        net
+    }
+
     /// Host `i`'s control address.
     pub fn addr(&self, i: usize) -> String {
         format!("{}:{PORT}", self.hosts[i].underlay)
@@ -155,6 +169,23 @@ impl Drop for Switched {
         self.hosts.clear();
         let _ = &self.switch;
     }
+}
+
+/// `weft launch` arguments for `host` with the test timers and IPAM over
+/// `range`, addresses kept in the host's `ipam/` (so a restart with the
+/// same arguments finds them), plus `extra`.
+pub fn ipam_launch_args(host: &Host, range: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = host.launch_args();
+    args.extend([
+        "--config".to_string(),
+        host.path("weft.toml").display().to_string(),
+        "--ipalloc-range".into(),
+        range.into(),
+        "--ipalloc-dir".into(),
+        host.path("ipam").display().to_string(),
+    ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
 
 /// `weft status peers --json` in a namespace: the peer list.
