@@ -18,7 +18,6 @@ const RANGE: &str = "10.32.0.0/16";
 const ROUTED_RANGE: &str = "10.40.128.0/17";
 const V11: &str = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#;
 
-
 #[test]
 fn pods_on_two_weft_hosts_reach_each_other() {
     require_root!();

@@ -385,18 +385,28 @@ fn pods_get_addresses_from_their_nodes_pod_cidr() {
     assert!(ping(&pods[1].name, &pod_ips[0]));
 
     // Both hosts show their pod range as owned, with the address in use.
-    let status = ns_exec(&net.hosts[0].ns, &[WEFT, "status", "ipam"]);
-    let text = String::from_utf8_lossy(&status.stdout);
-    assert!(
-        text.contains("hands out its pod range 10.32.7.0/24 only"),
-        "{text}"
-    );
-    assert!(text.contains("1 address(es) in use"), "{text}");
+    // The status is a snapshot published every 100 ms and the claim is
+    // confirmed by the next mesh tick: wait (5 s at most) for both.
     let line = |t: &str, chunk: &str| {
         t.lines()
             .find(|l| l.trim_start().starts_with(chunk))
             .map(str::to_string)
     };
+    let status_text = || {
+        let status = ns_exec(&net.hosts[0].ns, &[WEFT, "status", "ipam"]);
+        String::from_utf8_lossy(&status.stdout).into_owned()
+    };
+    wait_until(Duration::from_secs(5), || {
+        let t = status_text();
+        line(&t, "10.32.7.0/24").is_some_and(|l| l.contains("owned") && l.contains("1/254 in use"))
+            && line(&t, "10.32.9.0/24").is_some_and(|l| l.contains("owned"))
+    });
+    let text = status_text();
+    assert!(
+        text.contains("hands out its pod range 10.32.7.0/24 only"),
+        "{text}"
+    );
+    assert!(text.contains("1 address(es) in use"), "{text}");
     let own = line(&text, "10.32.7.0/24").unwrap_or_default();
     assert!(
         own.contains("owned") && own.contains("1/254 in use"),
