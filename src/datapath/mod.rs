@@ -3,6 +3,7 @@
 //! `noise` state.
 
 pub mod batch;
+pub mod device;
 pub mod odp;
 pub mod offload;
 pub mod sockaddr;
