@@ -16,6 +16,8 @@
 #![allow(dead_code)]
 
 pub mod cni;
+pub mod containers;
+pub mod kube_api;
 pub mod switched;
 
 use serde_json::Value;
@@ -52,6 +54,26 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// A scratch directory ($TMPDIR/weft-TAG-PID-N), removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A new empty directory named after `tag`.
+    pub fn new(tag: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("weft-{tag}-{}-{}", std::process::id(), next_id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -512,6 +534,23 @@ impl Drop for Host {
 fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// The permission bits of `path` (e.g. 0o600).
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    meta.permissions().mode() & 0o7777
+}
+
+/// `weft pubkey < key`: the public key of the private key in `key`.
+pub fn pubkey_of(key: &Path) -> Output {
+    let file = fs::File::open(key).unwrap_or_else(|e| panic!("open {}: {e}", key.display()));
+    Command::new(WEFT)
+        .arg("pubkey")
+        .stdin(file)
+        .output()
+        .expect("run weft pubkey")
 }
 
 /// Two hosts joined by a veth pair (`u0` in each), underlay 198.18.N.1/24 and
