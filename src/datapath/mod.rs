@@ -3,6 +3,7 @@
 //! `noise` state.
 
 pub mod batch;
+pub mod l2_offload;
 pub mod odp;
 pub mod offload;
 pub mod sockaddr;
