@@ -27,6 +27,22 @@
 //!   large frames; the rest gets an all-zero header. Each output is one
 //!   contiguous byte range: one write(2).
 //!
+//! What a driver does:
+//!
+//! - Open the TAP with IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6, and
+//!   USO4|USO6 where the kernel takes them): tun-rs's
+//!   `DeviceBuilder::new().layer(Layer::L2).offload(true)` does both.
+//! - Read into a buffer of at least `VNET_HDR_LEN + 65535 + 18` bytes (a
+//!   smaller one truncates super-frames, which are then rejected as
+//!   [`L2OffloadError::IpLengthMismatch`]). Per read, one [`split_read`]
+//!   into free slots at the offset the sleeve/VXLAN headers need; a
+//!   super-frame needs [`SuperFrame::count`] slots of `offset +`
+//!   [`SuperFrame::segment_len`] bytes (ask [`classify_read`] first when
+//!   slots run short). On an error, drop the read.
+//! - Per batch of received frames, each at `headroom >= VNET_HDR_LEN` in
+//!   its buffer (buffers of `headroom + 65535 + 18` bytes coalesce fully),
+//!   one [`L2Coalescer::coalesce`], then one write(2) per [`FrameWrite`].
+//!
 //! Every function is total: any bytes give a value or an
 //! [`L2OffloadError`], never a panic.
 
@@ -50,18 +66,18 @@ pub const GSO_ECN: u8 = 0x80;
 /// `virtio_net_hdr.flags`: the checksum at `csum_start + csum_offset` is partial.
 pub const F_NEEDS_CSUM: u8 = 1;
 
-const ETH_HEADER_LEN: usize = 14;
+const ETH_HEADER_LEN: usize = crate::wire::ethernet::HEADER_LEN;
 const VLAN_TAG_LEN: usize = 4;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
+const IPV4_HEADER_LEN: usize = crate::wire::ipv4::HEADER_LEN;
+const IPV6_HEADER_LEN: usize = crate::wire::ipv6::HEADER_LEN;
 const TCP_HEADER_LEN: usize = 20;
 const TCP_MAX_HEADER_LEN: usize = 60;
-const UDP_HEADER_LEN: usize = 8;
+const UDP_HEADER_LEN: usize = crate::wire::udp::HEADER_LEN;
 const TCP_CSUM_OFFSET: u16 = 16;
 const UDP_CSUM_OFFSET: u16 = 6;
 const TCP_FIN: u8 = 0x01;

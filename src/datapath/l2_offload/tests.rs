@@ -540,11 +540,14 @@ fn plain_frames_pass_through_unchanged() {
     assert_eq!(&out[0][20..20 + sizes[0]], &before[VNET_HDR_LEN..]);
 }
 
+/// A change to a TAP read.
+type ReadChange = Box<dyn Fn(&mut Vec<u8>)>;
+
 #[test]
 fn bad_super_frames_are_errors_that_say_why() {
     let flow = Flow::tcp4();
     let good = flow.super_read(1, 1, TCP_ACK, &payload(3000, 4), 1000);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, L2OffloadError)> = vec![
+    let cases: Vec<(&str, ReadChange, L2OffloadError)> = vec![
         (
             "legacy UFO",
             Box::new(|r| r[1] = 3),
@@ -778,6 +781,10 @@ fn coalescing_stops_where_the_buffer_ends() {
     assert_eq!(counts, [(0, 3), (3, 1)]);
 }
 
+/// A change to the second of two segments: its flow, sequence number,
+/// IPv4 ID, TCP flags or payload.
+type Tweak = Box<dyn Fn(&mut Flow, &mut u32, &mut u16, &mut u8, &mut Vec<u8>)>;
+
 /// Two segments of `flow`, the second changed by `change` (checksums made
 /// right again afterwards): how many writes they give.
 fn writes_after(
@@ -807,10 +814,7 @@ fn each_gro_rule_keeps_segments_apart() {
             1,
             "unchanged merges"
         );
-        let rules: Vec<(
-            &str,
-            Box<dyn Fn(&mut Flow, &mut u32, &mut u16, &mut u8, &mut Vec<u8>)>,
-        )> = vec![
+        let rules: Vec<(&str, Tweak)> = vec![
             ("ACK number", Box::new(|f, _, _, _, _| f.ack += 1)),
             ("window", Box::new(|f, _, _, _, _| f.window += 1)),
             ("TTL", Box::new(|f, _, _, _, _| f.ttl -= 1)),
