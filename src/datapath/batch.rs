@@ -52,7 +52,14 @@ pub struct RecvBatch {
     datagrams: Vec<(usize, usize, usize)>,
     /// Messages that were coalesced runs (UDP GRO), since creation.
     pub coalesced: u64,
+    /// Messages asked for per receive: fewer when the kernel coalesces,
+    /// so one receive holds about [`TARGET_DATAGRAMS`] datagrams and the
+    /// worker gets back to its device (TCP's ACKs) soon.
+    vlen: usize,
 }
+
+/// About how many datagrams one receive should hold.
+const TARGET_DATAGRAMS: usize = 128;
 
 impl RecvBatch {
     /// Room for [`BATCH`] messages of up to `max_message` bytes each (64
@@ -68,6 +75,7 @@ impl RecvBatch {
             control: Box::new([[0; CONTROL_LEN]; BATCH]),
             datagrams: Vec::with_capacity(BATCH * 4),
             coalesced: 0,
+            vlen: BATCH,
         }
     }
 
@@ -99,7 +107,7 @@ impl RecvBatch {
             libc::recvmmsg(
                 fd,
                 msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.vlen as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -107,6 +115,7 @@ impl RecvBatch {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
+        let messages = (n as usize).max(1);
         for (i, m) in msgs.iter().take(n as usize).enumerate() {
             let len = (m.msg_len as usize).min(self.slot_len);
             match gro_segment(&m.msg_hdr) {
@@ -122,6 +131,9 @@ impl RecvBatch {
                 _ => self.datagrams.push((i, 0, len)),
             }
         }
+        // Datagrams per message this time decide the next receive's size.
+        let per_message = self.datagrams.len().div_ceil(messages).max(1);
+        self.vlen = (TARGET_DATAGRAMS / per_message).clamp(1, BATCH);
         Ok(self.datagrams.len())
     }
 

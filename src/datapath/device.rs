@@ -147,12 +147,16 @@ impl PacketBatch {
         (&mut self.bufs[..self.count], &self.lens[..self.count])
     }
 
-    /// Runs `write` over the used buffers cut to `HEADROOM + length` (what
-    /// tun-rs's coalescing writer takes), then makes them whole again.
+    /// Runs `write` over the used buffers cut to `HEADROOM + length`, the
+    /// headroom zeroed (what tun-rs's coalescing writer takes: it fills in
+    /// the headers of what it merges), then makes them whole again.
     pub fn with_exact_bufs<T>(&mut self, write: impl FnOnce(&mut [Vec<u8>]) -> T) -> T {
         let full = HEADROOM + self.max_packet;
         for (b, &len) in self.bufs[..self.count].iter_mut().zip(&self.lens) {
             b.truncate(HEADROOM + len);
+            // The headroom is the virtio header of what is not coalesced:
+            // it must say "no offload" (a stale one would be obeyed).
+            b[..HEADROOM].fill(0);
         }
         let out = write(&mut self.bufs[..self.count]);
         for b in &mut self.bufs[..self.count] {

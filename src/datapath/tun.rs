@@ -391,8 +391,11 @@ impl Device for TunDevice {
     }
 
     fn write_room(&self) -> usize {
-        // A TAP coalesces into the first frame's buffer: room for 64 KiB.
-        if self.coalescer.is_some() {
+        // With offloads, received segments are coalesced into the first
+        // one's buffer (TAP: our coalescer; TUN: tun-rs's, which only
+        // merges into a buffer whose capacity holds the result): room
+        // for 64 KiB.
+        if self.vnet_hdr {
             MAX_READ - VNET_HDR_LEN
         } else {
             0
