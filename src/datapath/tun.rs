@@ -52,7 +52,7 @@ impl TunDevice {
         mtu: u16,
         offload: bool,
     ) -> Result<TunDevice, TunError> {
-        if std::path::Path::new("/sys/class/net").join(name).exists() {
+        if crate::sys::link_exists(name).unwrap_or(false) {
             return Err(TunError::Exists { name: name.into() });
         }
         if !std::path::Path::new("/dev/net/tun").exists() {
