@@ -562,12 +562,12 @@ impl XdpUnderlay {
 
     /// Where datagrams to `dst` go: Some(MAC and source) for the XDP path,
     /// None for the kernel socket. Never waits: lookups run on the
-    /// resolver thread, and their answers are taken here when there are any.
+    /// resolver thread, and their answers are taken here.
     fn next_hop(&mut self, dst: IpAddr, now: Instant) -> Option<(MacAddr, IpAddr)> {
-        if self.next_hops.in_flight() > 0 {
-            for answer in self.resolver.answers() {
-                self.next_hops.answer(answer, now);
-            }
+        // Answers also come unasked (a watched next hop resolved): an
+        // empty channel costs a load or two.
+        for answer in self.resolver.answers() {
+            self.next_hops.answer(answer, now);
         }
         let resolver = &self.resolver;
         match self.next_hops.via(dst, now, |d| resolver.ask(d)) {

@@ -7,14 +7,16 @@
 //! and a [`Resolver`] thread that owns its own netlink socket, answers
 //! lookups over a crossbeam channel and never touches a packet. Until an
 //! answer arrives a destination goes through the kernel UDP socket, which
-//! also makes the kernel resolve ARP/ND for it.
+//! also makes the kernel resolve ARP/ND for it; the resolver then keeps
+//! looking ([`Watch`]) and sends the MAC as soon as the kernel has it, so
+//! the next datagram already takes the AF_XDP path.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::sys::Netlink;
 use crate::wire::ethernet::MacAddr;
@@ -37,6 +39,9 @@ const MAX_ENTRIES: usize = 4096;
 const IDLE_FORGET: Duration = Duration::from_secs(60);
 /// Lookups that may wait for the resolver.
 const REQUEST_QUEUE: usize = 1024;
+/// How long the resolver keeps looking for the MAC of a next hop the
+/// kernel is resolving (ARP gives up after about 3 s).
+pub const WATCH_FOR: Duration = Duration::from_secs(3);
 
 /// What the resolver found out about one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +161,8 @@ impl NextHops {
         }
     }
 
-    /// Takes the resolver's answer for one destination.
+    /// Takes the resolver's answer for one destination (asked for, or
+    /// sent by the resolver when a watched next hop resolved).
     pub fn answer(&mut self, answer: Answer, now: Instant) {
         let Some(entry) = self.entries.get_mut(&answer.dst) else {
             return; // forgotten meanwhile
@@ -184,6 +190,52 @@ impl NextHops {
             }
         }
         self.in_flight = self.entries.values().filter(|e| e.asked.is_some()).count();
+    }
+}
+
+/// The destinations whose next hop the kernel is still resolving, which
+/// the resolver looks up again every [`NEIGHBOUR_RETRY`] for up to
+/// [`WATCH_FOR`] until the MAC is there. No I/O.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// Destination -> until when it is watched.
+    until: HashMap<IpAddr, Instant>,
+    next_sweep: Option<Instant>,
+}
+
+impl Watch {
+    /// Takes a fresh answer: an unresolved next hop on the interface is
+    /// watched (from `now`, if it was not already); anything else is not.
+    /// Returns whether the answer should go to the driver: always for a
+    /// requested lookup; for a watched one only once it resolved (or the
+    /// route moved away).
+    pub fn answered(&mut self, answer: &Answer, requested: bool, now: Instant) -> bool {
+        let unresolved = answer.on_interface && answer.mac.is_none();
+        if unresolved {
+            self.until.entry(answer.dst).or_insert(now + WATCH_FOR);
+            self.next_sweep.get_or_insert(now + NEIGHBOUR_RETRY);
+        } else {
+            self.until.remove(&answer.dst);
+        }
+        requested || !unresolved
+    }
+
+    /// How long the resolver may wait for a request before it must look
+    /// again; None: as long as it likes.
+    pub fn wait(&self, now: Instant) -> Option<Duration> {
+        self.next_sweep.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// The destinations to look up again now (those whose time is up are
+    /// dropped).
+    pub fn due(&mut self, now: Instant) -> Vec<IpAddr> {
+        match self.next_sweep {
+            Some(at) if now >= at => {}
+            _ => return Vec::new(),
+        }
+        self.until.retain(|_, until| now < *until);
+        self.next_sweep = (!self.until.is_empty()).then_some(now + NEIGHBOUR_RETRY);
+        self.until.keys().copied().collect()
     }
 }
 
@@ -238,9 +290,30 @@ impl Resolver {
         let thread = std::thread::Builder::new()
             .name(format!("weft-nexthop-{interface}"))
             .spawn(move || {
-                for dst in asked.iter() {
-                    if answered.send(resolve(&mut netlink, ifindex, dst)).is_err() {
-                        break;
+                let mut watch = Watch::default();
+                loop {
+                    let request = match watch.wait(Instant::now()) {
+                        None => asked.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(wait) => asked.recv_timeout(wait),
+                    };
+                    let requested = match request {
+                        Ok(dst) => vec![dst],
+                        Err(RecvTimeoutError::Timeout) => Vec::new(),
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    let now = Instant::now();
+                    let watched = watch.due(now);
+                    let lookups = requested
+                        .iter()
+                        .map(|dst| (*dst, true))
+                        .chain(watched.into_iter().map(|dst| (dst, false)));
+                    for (dst, requested) in lookups {
+                        let answer = resolve(&mut netlink, ifindex, dst);
+                        if watch.answered(&answer, requested, Instant::now())
+                            && answered.send(answer).is_err()
+                        {
+                            return;
+                        }
                     }
                 }
             })?;
@@ -440,6 +513,36 @@ mod tests {
         }
         cache.via(ip("198.18.0.3"), later, |_| true);
         assert_eq!(cache.entries.len(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn unresolved_next_hops_are_watched_until_they_resolve_or_time_out() {
+        let t0 = Instant::now();
+        let mut watch = Watch::default();
+        assert_eq!(watch.wait(t0), None);
+        // Asked, not resolved yet: the driver hears it, and it is watched.
+        assert!(watch.answered(&answer("198.18.0.2", true, None), true, t0));
+        assert_eq!(watch.wait(t0), Some(NEIGHBOUR_RETRY));
+        assert!(watch.due(t0).is_empty());
+        let t1 = t0 + NEIGHBOUR_RETRY;
+        assert_eq!(watch.due(t1), [ip("198.18.0.2")]);
+        // Still unresolved: nothing to tell the driver.
+        assert!(!watch.answered(&answer("198.18.0.2", true, None), false, t1));
+        // Resolved: told, and no longer watched.
+        assert!(watch.answered(&answer("198.18.0.2", true, Some(MAC)), false, t1));
+        assert!(watch.due(t1 + NEIGHBOUR_RETRY).is_empty());
+        assert_eq!(watch.wait(t1 + NEIGHBOUR_RETRY), None);
+        // Another interface's route is never watched.
+        assert!(watch.answered(&answer("203.0.113.5", false, None), true, t1));
+        assert_eq!(watch.wait(t1), None);
+        // A next hop that never resolves is given up after WATCH_FOR.
+        watch.answered(&answer("198.18.0.3", true, None), true, t1);
+        let mut t = t1;
+        while !watch.due(t + NEIGHBOUR_RETRY).is_empty() {
+            t += NEIGHBOUR_RETRY;
+            assert!(t <= t1 + WATCH_FOR, "watched past {WATCH_FOR:?}");
+        }
+        assert_eq!(watch.wait(t), None);
     }
 
     #[test]
