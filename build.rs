@@ -22,9 +22,14 @@ fn main() {
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
         println!("cargo:rerun-if-changed={dir}/HEAD");
     }
-    if let Some(refs) = git(&["rev-parse", "--git-common-dir"]) {
-        println!("cargo:rerun-if-changed={refs}/refs/heads");
-        println!("cargo:rerun-if-changed={refs}/packed-refs");
+    // Only the branch this checkout is on: other worktrees' commits (they
+    // share refs/heads) must not rebuild this one.
+    if let (Some(common), Some(branch)) = (
+        git(&["rev-parse", "--git-common-dir"]),
+        git(&["symbolic-ref", "-q", "HEAD"]),
+    ) {
+        println!("cargo:rerun-if-changed={common}/{branch}");
+        println!("cargo:rerun-if-changed={common}/packed-refs");
     }
     println!("cargo:rerun-if-changed=build.rs");
 }

@@ -31,6 +31,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("force", "bool: start an unsafe explicit mode"),
     ("allow-xdp", "bool: let --mode auto attach AF_XDP"),
     ("no-offload", "bool: turn TUN offloads off"),
+    (
+        "workers",
+        "integer: datapath worker threads (default: one per core)",
+    ),
     ("iface", "string: tun or bridge"),
     ("bridge", "string: bridge name in bridge mode"),
     (

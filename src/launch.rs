@@ -84,6 +84,12 @@ pub struct LaunchArgs {
     /// comparing; on by default where the kernel accepts them.
     #[arg(long)]
     pub no_offload: bool,
+    /// Datapath worker threads, each with its own queue of the TUN/TAP
+    /// device (multi-queue) and its own UDP socket (SO_REUSEPORT); the
+    /// kernel spreads flows over them. Default: one per CPU core. The
+    /// control connections, mesh and status run on a thread of their own.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: Option<u16>,
     /// TOML file with any of these options, keys named like the flags
     /// without dashes (`peer = ["198.18.0.2"]`, `secret-file = "secret"`);
     /// command-line flags win, paths are relative to the file. SIGHUP
@@ -454,6 +460,8 @@ struct Plan {
     force: bool,
     allow_xdp: bool,
     offload: bool,
+    /// Datapath worker threads.
+    workers: usize,
     /// The config file, re-read on SIGHUP for its peer list (`None`, or
     /// peers given with --peer, which win: nothing to re-read).
     reload_peers_from: Option<PathBuf>,
@@ -1079,6 +1087,19 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     let force = args.force || file.flag("force").map_err(usage)?;
     let allow_xdp = args.allow_xdp || file.flag("allow-xdp").map_err(usage)?;
     let no_offload = args.no_offload || file.flag("no-offload").map_err(usage)?;
+    let workers = match args.workers {
+        Some(n) => usize::from(n),
+        None => match file.number::<u16>("workers").map_err(usage)? {
+            Some(n) if (1..=64).contains(&n) => usize::from(n),
+            Some(n) => {
+                return Err(usage(format!(
+                    "{}: workers = {n} is out of range: give 1 to 64 datapath threads",
+                    file.context("workers")
+                )))
+            }
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(64)),
+        },
+    };
     let reload_peers_from = if peers_from_flags {
         None
     } else {
@@ -1116,6 +1137,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         force,
         allow_xdp,
         offload: !no_offload,
+        workers,
         reload_peers_from,
         timers,
         mesh_timers,
@@ -1578,9 +1600,19 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         return Err(usage("no network secret: pass --secret-file FILE (the same file on every host) or set WEFT_SECRET"));
     };
 
-    // Bind everything before touching the host, so an error leaves nothing behind.
-    let udp_socket = udp::bind_data_socket(plan.listen).map_err(|e| usage(e.to_string()))?;
+    // Bind everything before touching the host, so an error leaves nothing
+    // behind. TCP first: the UDP sockets share their port (SO_REUSEPORT),
+    // and a second weft on the same address must fail before it joins them.
     let listener = udp::bind_control_listener(plan.listen).map_err(|e| usage(e.to_string()))?;
+    let mut workers = plan.workers;
+    if datapath == crate::host::plan::Datapath::Xdp && workers > 1 {
+        log.info(format!(
+            "datapath: 1 worker, not {workers}: the AF_XDP driver serves every queue's socket from one thread"
+        ));
+        workers = 1;
+    }
+    let mut udp_sockets =
+        udp::bind_data_sockets(plan.listen, workers).map_err(|e| usage(e.to_string()))?;
     let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
     let control = crate::api::control::bind(plan.status_addr).map_err(usage)?;
     let ipam_parts = match &plan.ipam {
@@ -1637,11 +1669,19 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     }
     check_overlay_route(&plan)?;
 
-    let underlay_socket = if datapath == crate::host::plan::Datapath::Xdp {
+    // The control thread sends heartbeats, probes and relayed datagrams
+    // through a handle on the first socket (it never reads from it).
+    let control_udp = crate::datapath::underlay::UdpUnderlay::new(
+        udp_sockets[0]
+            .try_clone()
+            .map_err(|e| LaunchError::Runtime(format!("cannot duplicate the UDP socket: {e}")))?,
+    );
+    let mut underlays: Vec<Box<dyn crate::datapath::underlay::Underlay>> = Vec::new();
+    if datapath == crate::host::plan::Datapath::Xdp {
         if let Some(lock) = instance_lock.as_mut() {
             lock.record(|r| r.xdp = Some(underlay_iface.clone()));
         }
-        match open_xdp(&underlay_iface, plan.listen, &udp_socket) {
+        match open_xdp(&underlay_iface, plan.listen, &udp_sockets[0]) {
             Ok(xdp) => {
                 let mode = xdp.mode();
                 log.info(format!(
@@ -1649,18 +1689,21 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                     xdp.queue_count()
                 ));
                 datapath_reason = format!("AF_XDP {mode} on {underlay_iface}; {datapath_reason}");
-                crate::datapath::underlay::Underlay::xdp(xdp)
+                underlays.push(Box::new(xdp));
+                udp_sockets.clear();
             }
             Err(e) => {
                 log.warn(format!("{e}; falling back to udp"));
                 datapath = crate::host::plan::Datapath::Udp;
                 datapath_reason = format!("xdp unusable, fell back to udp: {e}");
-                crate::datapath::underlay::Underlay::udp(udp_socket)
             }
         }
-    } else {
-        crate::datapath::underlay::Underlay::udp(udp_socket)
-    };
+    }
+    for socket in udp_sockets {
+        underlays.push(Box::new(crate::datapath::underlay::UdpUnderlay::new(
+            socket,
+        )));
+    }
 
     let (signal_rx, signal_tx) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| LaunchError::Runtime(format!("cannot create the signal pipe: {e}")))?;
@@ -1711,9 +1754,10 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 overlay_prefix,
                 overlay_mtu,
                 plan.offload,
+                workers,
             )
             .map_err(|e| usage(e.to_string()))?;
-            match (plan.offload, tun.vnet_hdr()) {
+            match (plan.offload, tun[0].vnet_hdr()) {
                 (true, true) => log.info("TUN offloads on: IFF_VNET_HDR with TSO/USO; weft segments super-packets itself and coalesces what it writes (GRO)"),
                 (true, false) => log.info("TUN offloads off: the kernel refused IFF_VNET_HDR/TUNSETOFFLOAD; one packet per read and write"),
                 (false, _) => log.info("TUN offloads off (--no-offload): one packet per read and write"),
@@ -1736,6 +1780,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 &plan.iface_name,
                 overlay_mtu,
                 plan.overlay,
+                workers,
             )
             .map_err(usage)?;
             if guard.created() {
@@ -1748,8 +1793,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             }
             log.info(format!(
                 "bridge {} holds {overlay_text}; TAP {} on it, mtu {overlay_mtu}",
-                l2plan.bridge,
-                tap.name()
+                l2plan.bridge, plan.iface_name
             ));
             if plan.ipam.is_some() {
                 // Pods of an earlier run lost their bridge when it stopped
@@ -1773,8 +1817,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         }
     };
     log.info(format!(
-        "created {} with {overlay_text} mtu {overlay_mtu}",
-        tun.name(),
+        "created {} with {overlay_text} mtu {overlay_mtu}, {} queue(s)",
+        plan.iface_name,
+        tun.len()
     ));
     log.flush();
 
@@ -1918,10 +1963,22 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             }
         );
     }
+    let device_writer = tun[0]
+        .writer()
+        .map_err(|e| LaunchError::Runtime(format!("cannot duplicate the device queue: {e}")))?;
+    let worker_parts: Vec<crate::router::WorkerParts> = tun
+        .into_iter()
+        .zip(underlays)
+        .map(|(device, underlay)| crate::router::WorkerParts {
+            device: Box::new(device),
+            underlay,
+        })
+        .collect();
     let router =
         Router::new(
-            tun,
-            underlay_socket,
+            device_writer,
+            control_udp,
+            worker_parts,
             listener,
             signal_rx,
             RouterConfig {
@@ -1967,6 +2024,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                     }
                 }),
                 kube,
+                panic_after: test_hook_panic_after(),
                 identity: plan.identity.map(|i| crate::router::RouterIdentity {
                     trust: i.trust,
                     revocation: i.revocation,
@@ -1986,6 +2044,19 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         if l2 { "TAP" } else { "TUN" }
     );
     Ok(())
+}
+
+/// Test builds (`--features test-hooks`): `WEFT_TEST_WORKER_PANIC_AFTER=N`
+/// makes a datapath worker panic after it read N packets from the device, so the
+/// tests can check that weft then stops whole and leaves nothing behind.
+fn test_hook_panic_after() -> Option<u64> {
+    if cfg!(feature = "test-hooks") {
+        std::env::var("WEFT_TEST_WORKER_PANIC_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    } else {
+        None
+    }
 }
 
 /// The mesh node's configuration: identity, name, where peers can dial

@@ -26,39 +26,13 @@ fn weft(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     )
 }
 
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path).expect("stat").permissions().mode() & 0o777
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "weft-first-run-{}-{}-{tag}",
-            std::process::id(),
-            next_id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn secret_new_and_keygen_make_private_files_in_new_directories() {
-    let scratch = Scratch::new("files");
+    let scratch = Scratch::new("first-run-files");
     let secret = scratch.0.join("etc/weft/secret");
     let (st, _, err) = weft(&["secret", "new", secret.to_str().unwrap()]);
     assert!(st.success(), "{err}");
-    assert_eq!(mode(&secret), 0o600);
+    assert_eq!(file_mode(&secret), 0o600);
     use base64::Engine;
     let text = fs::read_to_string(&secret).unwrap();
     let bytes = base64::engine::general_purpose::STANDARD
@@ -74,13 +48,9 @@ fn secret_new_and_keygen_make_private_files_in_new_directories() {
     let key = scratch.0.join("other/dir/key");
     let (st, out, err) = weft(&["keygen", key.to_str().unwrap()]);
     assert!(st.success(), "{err}");
-    assert_eq!(mode(&key), 0o600);
+    assert_eq!(file_mode(&key), 0o600);
     // It printed the public key, the same `weft pubkey` derives.
-    let pubkey = Command::new(WEFT)
-        .arg("pubkey")
-        .stdin(fs::File::open(&key).unwrap())
-        .output()
-        .unwrap();
+    let pubkey = pubkey_of(&key);
     assert_eq!(String::from_utf8_lossy(&pubkey.stdout).trim(), out.trim());
 
     // `--help`'s quick start names these commands.
@@ -531,7 +501,7 @@ fn service_unit_passes_systemd_analyze_verify() {
         assert!(unit.contains(needed), "weft@.service lacks {needed}");
     }
     // verify wants ExecStart to exist: point it at this build.
-    let scratch = Scratch::new("unit");
+    let scratch = Scratch::new("first-run-unit");
     let text = unit.replace("/usr/local/bin/weft", WEFT);
     fs::write(scratch.0.join("weft@.service"), &text).unwrap();
     let instance = scratch.0.join("weft@main.service");

@@ -18,13 +18,13 @@
 
 mod common;
 
+use common::containers::*;
 use common::switched::*;
 use common::*;
 use serde_json::Value;
-use std::cell::RefCell;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 const RANGE: &str = "10.32.0.0/16";
@@ -34,185 +34,35 @@ const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"weftnet","plugins":[{"ty
 /// busybox applets the containers use.
 const APPLETS: [&str; 5] = ["sh", "sleep", "ping", "ip", "cat"];
 
-/// True when `program` is on PATH.
-fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Returns early when podman, runc or busybox is missing, except in CI
-/// (`CI=true`), where scripts/install-deps has installed them and their
-/// absence is a failure.
-macro_rules! require_podman {
-    () => {
-        let missing: Vec<&str> = ["podman", "runc", "nsenter"]
-            .into_iter()
-            .filter(|p| !installed(p))
-            .chain((!Path::new("/bin/busybox").exists()).then_some("busybox-static"))
-            .collect();
-        if !missing.is_empty() {
-            let msg = format!(
-                "this test needs {} (Debian: podman runc busybox-static; scripts/install-deps installs them)",
-                missing.join(", ")
-            );
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{msg}");
-            }
-            eprintln!("skipped: {msg}");
-            return;
-        }
-    };
-}
-
-/// What podman writes outside its own directories however it is
-/// configured: libcni's result cache (/var/lib/cni) and the image blob-info
-/// cache of `podman import` (/var/lib/containers/cache). Removed on drop if
-/// the test created them; left as they are if they were there before.
-struct HostCaches {
-    created_by_us: Vec<PathBuf>,
-}
-
-const HOST_CACHES: [&str; 3] = [
-    "/var/lib/cni",
-    "/var/lib/containers",
-    "/var/lib/containers/cache",
-];
-
-impl HostCaches {
-    fn record() -> HostCaches {
-        HostCaches {
-            created_by_us: HOST_CACHES
-                .iter()
-                .map(PathBuf::from)
-                .filter(|p| !p.exists())
-                .collect(),
-        }
-    }
-
-    /// Removes what the test created (the deepest first).
-    fn clean(&self) {
-        for p in self.created_by_us.iter().rev() {
-            let _ = fs::remove_dir_all(p);
-        }
-    }
-}
-
-impl Drop for HostCaches {
-    fn drop(&mut self) {
-        self.clean();
-    }
-}
-
-/// Mount points at or under `dir` (from /proc/self/mountinfo).
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The mount points of every cgroup hierarchy (v1 controllers and v2).
-fn cgroup_roots() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let fstype = right.split(' ').next()?;
-            let point = left.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
-        })
-        .collect()
-}
-
-/// Removes the directories of cgroup `dir` and below (cgroups are
-/// removed with rmdir, children first).
-fn remove_cgroup(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-/// One host's podman: its own storage, run state, locks, configuration and
-/// CNI directories under `dir`, run in network namespace `ns`.
+/// One host's podman: a world of its own (storage, run state, locks,
+/// configuration) plus the CNI directories, run in the host's network
+/// namespace.
 struct Podman {
-    ns: String,
-    dir: PathBuf,
-    /// The cgroup parent of its containers and conmon (in every hierarchy).
-    cgroup: String,
-    /// Network namespaces podman made for the containers (SandboxKey).
-    sandboxes: RefCell<Vec<String>>,
+    world: PodmanWorld,
 }
 
 impl Podman {
     /// A podman world for host namespace `ns`, with the image imported.
     fn new(ns: &str) -> Podman {
         let tag = format!("weft-podman-{ns}");
+        let dir = std::env::temp_dir().join(&tag);
+        let d = |name: &str| dir.join(name).display().to_string();
+        // The CNI backend; the plugin directory holds weft (as plugin
+        // type "weft") and Debian's plugins, the network directory only
+        // weftnet.
+        let network = format!(
+            "network_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\ndefault_network = \"weftnet\"",
+            d("cni-bin"),
+            d("cni-conf")
+        );
         let p = Podman {
-            ns: ns.to_string(),
-            dir: std::env::temp_dir().join(&tag),
-            cgroup: tag,
-            sandboxes: RefCell::new(Vec::new()),
+            world: PodmanWorld::new(&tag, &network, Some(ns)),
         };
-        let _ = fs::remove_dir_all(&p.dir);
-        for d in [
-            "root",
-            "runroot",
-            "tmp",
-            "cni-bin",
-            "cni-conf",
-            "rootfs/bin",
-        ] {
+        for d in ["cni-bin", "cni-conf", "rootfs/bin"] {
             fs::create_dir_all(p.path(d)).expect("create the podman directories");
         }
-        let d = |name: &str| p.path(name).display().to_string();
-        // The plugin directory: weft (as plugin type "weft") and Debian's
-        // plugins; the network directory holds only weftnet.
         std::os::unix::fs::symlink(WEFT, p.path("cni-bin/weft")).expect("link the plugin");
         fs::write(p.path("cni-conf/weftnet.conflist"), CONFLIST).expect("write the conflist");
-        // Only this file is read (CONTAINERS_CONF): CNI backend, runc
-        // (crun refuses hybrid cgroup hosts), cgroupfs, no events or
-        // systemd, file locks in tmp/ (not /dev/shm), ulimits this host
-        // allows (podman's default is the maximum).
-        let conf = format!(
-            r#"[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["{}", "/usr/lib/cni"]
-network_config_dir = "{}"
-default_network = "weftnet"
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "none"
-lock_type = "file"
-tmp_dir = "{}"
-"#,
-            d("cni-bin"),
-            d("cni-conf"),
-            d("tmp")
-        );
-        fs::write(p.path("containers.conf"), conf).expect("write containers.conf");
-        let storage = format!(
-            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-            d("root"),
-            d("runroot")
-        );
-        fs::write(p.path("storage.conf"), storage).expect("write storage.conf");
-        fs::write(p.path("registries.conf"), "").expect("write registries.conf");
 
         // The image: busybox-static and its applets, imported from a tar.
         fs::copy("/bin/busybox", p.path("rootfs/bin/busybox")).expect("copy /bin/busybox");
@@ -225,42 +75,23 @@ tmp_dir = "{}"
         p
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.world.path(name)
     }
 
-    /// `podman ARGS` in the host's network namespace (nsenter --net: only
-    /// the network namespace changes, so the network namespaces podman
-    /// bind-mounts under /run/netns stay visible to its next invocation).
+    /// `podman ARGS` in the host's network namespace.
     fn cmd(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg("podman")
-            .args(args)
-            .env("CONTAINERS_CONF", self.path("containers.conf"))
-            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"))
-            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run podman")
+        self.world.cmd(args)
     }
 
     /// `podman ARGS`, which must succeed; its stdout, trimmed.
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args);
-        assert!(
-            out.status.success(),
-            "{}: podman {}: {}",
-            self.ns,
-            args.join(" "),
-            show(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.world.ok(args)
     }
 
     /// Starts container `name` on weftnet (`sleep 600`); its id.
     fn start(&self, name: &str) -> String {
-        let parent = format!("/{}", self.cgroup);
+        let parent = self.world.cgroup_parent();
         let id = self.ok(&[
             "run",
             "-d",
@@ -282,7 +113,7 @@ tmp_dir = "{}"
             name,
         ]);
         assert!(sandbox.starts_with("/run/netns/"), "{name}: {sandbox}");
-        self.sandboxes.borrow_mut().push(sandbox);
+        self.world.sandboxes.borrow_mut().push(sandbox);
         id
     }
 
@@ -321,66 +152,7 @@ tmp_dir = "{}"
     /// Removes every container (`rm -f`, no grace: `sleep` as PID 1
     /// ignores SIGTERM).
     fn rm_all(&self) -> Output {
-        self.cmd(&["rm", "-f", "-a", "-t", "0"])
-    }
-
-    /// What is left of this podman on the host: mounts under its
-    /// directory, its containers' network namespaces, its cgroups, the
-    /// directory itself.
-    fn leftovers(&self) -> Vec<String> {
-        let mut left = mounts_under(&self.dir);
-        left.extend(
-            self.sandboxes
-                .borrow()
-                .iter()
-                .filter(|s| Path::new(s).exists())
-                .cloned(),
-        );
-        left.extend(
-            cgroup_roots()
-                .into_iter()
-                .map(|r| r.join(&self.cgroup))
-                .filter(|c| c.exists())
-                .map(|c| c.display().to_string()),
-        );
-        if self.dir.exists() {
-            left.push(self.dir.display().to_string());
-        }
-        left
-    }
-
-    /// Removes everything: containers, then whatever podman left mounted,
-    /// the network namespaces, the cgroups, the directory.
-    fn clean(&self) {
-        let _ = self.rm_all();
-        for m in mounts_under(&self.dir).iter().rev() {
-            let _ = Command::new("umount").args(["-l", m]).status();
-        }
-        for s in self.sandboxes.borrow().iter() {
-            if Path::new(s).exists() {
-                let _ = Command::new("umount")
-                    .args(["-l", s])
-                    .stderr(Stdio::null())
-                    .status();
-                let _ = fs::remove_file(s);
-            }
-        }
-        // conmon may still be exiting: its cgroup is busy until it has.
-        let cgroups: Vec<PathBuf> = cgroup_roots()
-            .into_iter()
-            .map(|r| r.join(&self.cgroup))
-            .collect();
-        wait_until(Duration::from_secs(5), || {
-            cgroups.iter().for_each(|c| remove_cgroup(c));
-            cgroups.iter().all(|c| !c.exists())
-        });
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        self.clean();
+        self.world.rm_all()
     }
 }
 
@@ -407,7 +179,7 @@ fn host_veth(ns: &str, id: &str) -> bool {
 #[test]
 fn podman_containers_on_two_weft_hosts() {
     require_root!();
-    require_podman!();
+    require_tools!("podman", "runc", "nsenter", "busybox-static");
     // Dropped in reverse: containers go first (weft still running), then
     // the hosts, then the caches podman left on the host.
     let caches = HostCaches::record();
@@ -447,7 +219,7 @@ fn podman_containers_on_two_weft_hosts() {
         in_use(&hosts[0])
     );
     assert!(!host_veth(&hosts[0], &id2), "veth of c2 left behind");
-    let c2_netns = pods[0].sandboxes.borrow()[1].clone();
+    let c2_netns = pods[0].world.sandboxes.borrow()[1].clone();
     assert!(!Path::new(&c2_netns).exists(), "{c2_netns} left behind");
 
     // Restart weft on A with the same --ipalloc-dir: it still knows c1's
@@ -492,9 +264,10 @@ fn podman_containers_on_two_weft_hosts() {
         // What podman itself must undo (the cgroups and the directory are
         // the test's): mounts and network namespaces.
         let podmans_own = || -> Vec<String> {
-            p.leftovers()
+            p.world
+                .leftovers()
                 .into_iter()
-                .filter(|l| !l.starts_with("/sys/") && *l != p.dir.display().to_string())
+                .filter(|l| !l.starts_with("/sys/") && *l != p.world.dir.display().to_string())
                 .collect()
         };
         wait_until(Duration::from_secs(5), || podmans_own().is_empty());
@@ -505,8 +278,8 @@ fn podman_containers_on_two_weft_hosts() {
             !String::from_utf8_lossy(&veths.stdout).contains("weft-cni"),
             "{h}: plugin veths left"
         );
-        p.clean();
-        assert_eq!(p.leftovers(), Vec::<String>::new(), "{h}");
+        p.world.clean();
+        assert_eq!(p.world.leftovers(), Vec::<String>::new(), "{h}");
     }
     drop(pods);
     drop(net);

@@ -103,6 +103,29 @@ impl RecvBatch {
         Ok(n)
     }
 
+    /// Fills the batch from a driver that hands over one datagram at a
+    /// time (AF_XDP): `recv` writes one into the buffer it gets and says
+    /// how long it is and who sent it; it stops at the first error
+    /// (WouldBlock: nothing more queued). Returns the count.
+    pub fn fill(
+        &mut self,
+        mut recv: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
+    ) -> usize {
+        self.count = 0;
+        while self.count < BATCH {
+            let i = self.count;
+            match recv(&mut self.slots[i]) {
+                Ok((n, from)) => {
+                    self.lens[i] = n.min(self.slot_len);
+                    self.from[i] = to_storage(from).0;
+                    self.count += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.count
+    }
+
     /// How many datagrams the last [`RecvBatch::recv`] returned.
     pub fn len(&self) -> usize {
         self.count

@@ -1,8 +1,12 @@
-//! I/O drivers: the local device (TUN) and the underlay socket (UDP). They
-//! only move bytes; every decision is made in `router` from `mesh` and
-//! `noise` state.
+//! I/O drivers behind two batch interfaces: the local device
+//! ([`device::Device`]: TUN, TAP) and the underlay ([`underlay::Underlay`]:
+//! UDP sockets, AF_XDP), plus the kernel OVS datapath (odp). They only move
+//! bytes (offloads included); every decision is made in `router` from
+//! `mesh` and `noise` state.
 
 pub mod batch;
+pub mod device;
+pub mod l2_offload;
 pub mod odp;
 pub mod offload;
 pub mod sockaddr;

@@ -78,7 +78,8 @@ pub fn create(
     tap_name: &str,
     overlay_mtu: u16,
     overlay: Option<(IpAddr, u8)>,
-) -> Result<(TunDevice, BridgeGuard), String> {
+    queues: usize,
+) -> Result<(Vec<TunDevice>, BridgeGuard), String> {
     for (what, name) in [("--bridge", bridge), ("--iface-name", tap_name)] {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
             return Err(format!("{what} {name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"));
@@ -129,6 +130,7 @@ pub fn create(
         .layer(tun_rs::Layer::L2)
         .mac_addr(random_mac())
         .mtu(overlay_mtu)
+        .multi_queue(queues > 1)
         .build_sync()
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => {
@@ -136,10 +138,16 @@ pub fn create(
             }
             _ => format!("cannot create TAP device {tap_name}: {e}"),
         })?;
-    device
-        .set_nonblocking(true)
+    let tap = TunDevice::from_device(device, tap_name.to_string())
         .map_err(|e| format!("cannot make TAP {tap_name} non-blocking: {e}"))?;
-    let tap = TunDevice::from_device(device, tap_name.to_string());
+    let mut taps = Vec::with_capacity(queues.max(1));
+    for _ in 1..queues.max(1) {
+        taps.push(
+            tap.add_queue()
+                .map_err(|e| format!("cannot open another queue of TAP {tap_name}: {e}"))?,
+        );
+    }
+    taps.insert(0, tap);
     let tap_link = netlink.require_link(tap_name).map_err(text)?;
     netlink
         .set_controller(tap_link.index, tap_name, index, bridge)
@@ -169,5 +177,5 @@ pub fn create(
         }
     }
     netlink.set_up(index, bridge).map_err(text)?;
-    Ok((tap, guard))
+    Ok((taps, guard))
 }

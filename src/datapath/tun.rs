@@ -1,15 +1,36 @@
-//! The TUN device (L3 mode), through `tun-rs`.
+//! The TUN device (L3 mode) and the queues of the TAP device (bridge mode),
+//! through `tun-rs`, behind the batch [`Device`] interface. With
+//! IFF_VNET_HDR offloads (TUN), reads are TSO/USO super-packets that are cut
+//! into path-sized segments here, and writes are coalesced (GRO) into few
+//! large packets here: the router only ever sees ordinary packets.
+//!
+//! With several workers the device is multi-queue (IFF_MULTI_QUEUE): one
+//! [`TunDevice`] per queue, each read and written by its own worker; the
+//! kernel spreads flows over the queues.
 
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
-/// An open TUN device. Closing it (drop) removes the interface and the
-/// connected route the kernel added for its address.
+use mio::{Registry, Token};
+
+use super::device::{Device, DeviceStats, DeviceWriter, PacketBatch, HEADROOM};
+use super::offload::{self, SuperPacket, VNET_HDR_LEN};
+
+/// One queue of an open TUN or TAP device. Closing the last queue (drop)
+/// removes the interface and the connected route the kernel added for its
+/// address.
 pub struct TunDevice {
     device: tun_rs::SyncDevice,
     name: String,
     vnet_hdr: bool,
+    /// Offloads: one read (virtio header + up to 64 KiB).
+    read_buf: Box<[u8]>,
+    /// Offloads: a super-packet read that did not fit the last batch.
+    pending: Option<usize>,
+    sizes: Vec<usize>,
+    gro_table: tun_rs::GROTable,
+    stats: DeviceStats,
 }
 
 /// Why the TUN device could not be made.
@@ -41,7 +62,8 @@ pub enum TunError {
 }
 
 impl TunDevice {
-    /// Creates the device with the overlay address and MTU, and brings it up.
+    /// Creates the device with the overlay address and MTU, brings it up,
+    /// and opens `queues` queues of it (multi-queue when more than one).
     /// With `offload`, the device is opened with IFF_VNET_HDR and TSO/USO
     /// (if the kernel accepts them): reads may then return 64 KiB
     /// super-packets behind a virtio_net header, and writes carry one.
@@ -51,7 +73,8 @@ impl TunDevice {
         prefix: u8,
         mtu: u16,
         offload: bool,
-    ) -> Result<TunDevice, TunError> {
+        queues: usize,
+    ) -> Result<Vec<TunDevice>, TunError> {
         if crate::sys::link_exists(name).unwrap_or(false) {
             return Err(TunError::Exists { name: name.into() });
         }
@@ -61,40 +84,51 @@ impl TunDevice {
         let builder = tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(mtu)
-            .offload(offload);
+            .offload(offload)
+            .multi_queue(queues > 1);
         let builder = match address {
             IpAddr::V4(a) => builder.ipv4(a, prefix, None),
             IpAddr::V6(a) => builder.ipv6(a, prefix),
         };
+        let other = |source: io::Error| TunError::Other {
+            name: name.into(),
+            source,
+        };
         let device = builder.build_sync().map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => TunError::Permission { name: name.into() },
             Some(libc::EBUSY) | Some(libc::EEXIST) => TunError::Exists { name: name.into() },
-            _ => TunError::Other {
-                name: name.into(),
-                source: e,
-            },
+            _ => other(e),
         })?;
-        device.set_nonblocking(true).map_err(|e| TunError::Other {
-            name: name.into(),
-            source: e,
-        })?;
-        let vnet_hdr = device.tcp_gso();
-        Ok(TunDevice {
-            device,
-            name: name.to_string(),
-            vnet_hdr,
-        })
+        let first = TunDevice::from_device(device, name.to_string()).map_err(other)?;
+        let mut all = Vec::with_capacity(queues);
+        for _ in 1..queues.max(1) {
+            all.push(first.add_queue().map_err(other)?);
+        }
+        all.insert(0, first);
+        Ok(all)
     }
 
     /// Wraps a device opened elsewhere (the TAP of bridge mode, see
     /// `datapath::tap`): reads and writes work the same for both layers.
-    pub fn from_device(device: tun_rs::SyncDevice, name: String) -> TunDevice {
+    /// Makes it non-blocking.
+    pub fn from_device(device: tun_rs::SyncDevice, name: String) -> io::Result<TunDevice> {
+        device.set_nonblocking(true)?;
         let vnet_hdr = device.tcp_gso();
-        TunDevice {
+        Ok(TunDevice {
             device,
             name,
             vnet_hdr,
-        }
+            read_buf: vec![0u8; VNET_HDR_LEN + 65536].into_boxed_slice(),
+            pending: None,
+            sizes: vec![0; super::device::DEVICE_BATCH],
+            gro_table: tun_rs::GROTable::default(),
+            stats: DeviceStats::default(),
+        })
+    }
+
+    /// Opens one more queue of this (multi-queue) device.
+    pub fn add_queue(&self) -> io::Result<TunDevice> {
+        TunDevice::from_device(self.device.try_clone()?, self.name.clone())
     }
 
     /// Whether reads and writes carry a virtio_net header (offloads on).
@@ -105,6 +139,11 @@ impl TunDevice {
     /// Interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A write-only handle on this queue for another thread.
+    pub fn writer(&self) -> io::Result<DeviceWriter> {
+        DeviceWriter::dup(self.device.as_raw_fd(), self.vnet_hdr, &self.name)
     }
 
     /// Reads one packet (with offloads: header and maybe a super-packet);
@@ -119,8 +158,7 @@ impl TunDevice {
     #[inline]
     pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
         if self.vnet_hdr {
-            const NO_OFFLOAD: [u8; crate::datapath::offload::VNET_HDR_LEN] =
-                [0; crate::datapath::offload::VNET_HDR_LEN];
+            const NO_OFFLOAD: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
             self.device.send_vectored(&[
                 std::io::IoSlice::new(&NO_OFFLOAD),
                 std::io::IoSlice::new(packet),
@@ -130,22 +168,141 @@ impl TunDevice {
         }
     }
 
-    /// Writes a batch of packets, each at `offset` in its buffer (with at
-    /// least the header's 10 bytes free in front), coalescing TCP segments
-    /// of one flow into super-packets (GRO) so the kernel sees few, large
-    /// packets. Only with offloads on.
-    pub fn send_coalesced(
-        &self,
-        table: &mut tun_rs::GROTable,
-        bufs: &mut [bytes::BytesMut],
-        offset: usize,
-    ) -> io::Result<usize> {
-        self.device.send_multiple(table, bufs, offset)
+    /// One read: `Some(len)`, or `None` when nothing is queued (or the read
+    /// failed, which is logged).
+    fn read_once(&self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            match self.device.recv(buf) {
+                Ok(n) => return Some(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) => {
+                    tracing::warn!(device = %self.name, error = %e, "reading the local device failed");
+                    return None;
+                }
+            }
+        }
     }
 
-    /// Changes the device MTU (when the path MTU shrinks).
-    pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
-        self.device.set_mtu(mtu)
+    /// Offloads: puts the read in `read_buf[..n]` into the batch, cut into
+    /// segments if it is a super-packet. False when it does not fit the
+    /// batch's free room (kept for the next batch).
+    fn take_read(&mut self, n: usize, batch: &mut PacketBatch) -> bool {
+        match offload::classify(&mut self.read_buf, n) {
+            Ok((_, SuperPacket::Single(len))) => {
+                if batch.room() == 0 {
+                    return false;
+                }
+                if !batch.push(&self.read_buf[VNET_HDR_LEN..VNET_HDR_LEN + len]) {
+                    self.stats.too_big += 1;
+                }
+                true
+            }
+            Ok((hdr, SuperPacket::Segmented { segment_len, count })) => {
+                if count > batch.capacity() || segment_len > batch.max_packet() {
+                    self.stats.too_big += 1;
+                    return true;
+                }
+                if count > batch.room() {
+                    return false;
+                }
+                let slots = batch.free_slots();
+                match offload::split_super_packet(
+                    &mut self.read_buf[VNET_HDR_LEN..n],
+                    hdr,
+                    &mut slots[..count],
+                    &mut self.sizes[..count],
+                    HEADROOM,
+                ) {
+                    Ok(k) => batch.commit_many(&self.sizes[..k]),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot segment a super-packet from the TUN device");
+                        self.stats.too_big += 1;
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "unreadable packet from the TUN device");
+                self.stats.malformed += 1;
+                true
+            }
+        }
+    }
+}
+
+impl Device for TunDevice {
+    fn read_batch(&mut self, batch: &mut PacketBatch) -> usize {
+        let before = batch.len();
+        if !self.vnet_hdr {
+            while let Some(slot) = batch.next_slot() {
+                let Some(n) = self.read_once(slot) else {
+                    break;
+                };
+                batch.commit(n);
+            }
+            return batch.len() - before;
+        }
+        if let Some(n) = self.pending.take() {
+            if !self.take_read(n, batch) {
+                self.pending = Some(n);
+                return batch.len() - before;
+            }
+        }
+        while batch.room() > 0 {
+            let mut buf = std::mem::take(&mut self.read_buf);
+            let read = self.read_once(&mut buf);
+            self.read_buf = buf;
+            let Some(n) = read else {
+                break;
+            };
+            if !self.take_read(n, batch) {
+                self.pending = Some(n);
+                break;
+            }
+        }
+        batch.len() - before
+    }
+
+    fn write_batch(&mut self, batch: &mut PacketBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        if self.vnet_hdr {
+            let n = batch.len();
+            match self
+                .device
+                .send_multiple(&mut self.gro_table, batch.used_bufs(), HEADROOM)
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "coalesced write to the TUN device failed");
+                    self.stats.write_errors += 1;
+                }
+            }
+            if n > 1 {
+                self.stats.coalesced_writes += 1;
+            }
+        } else {
+            for i in 0..batch.len() {
+                if self.device.send(batch.get(i)).is_err() {
+                    self.stats.write_errors += 1;
+                }
+            }
+        }
+        batch.clear();
+    }
+
+    fn write_one(&mut self, packet: &[u8]) -> io::Result<()> {
+        self.send(packet).map(|_| ())
+    }
+
+    fn register(&self, registry: &Registry, token: Token) -> io::Result<()> {
+        super::device::register_fd(self.device.as_raw_fd(), registry, token)
+    }
+
+    fn take_stats(&mut self) -> DeviceStats {
+        std::mem::take(&mut self.stats)
     }
 }
 

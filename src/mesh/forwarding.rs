@@ -169,6 +169,11 @@ impl ForwardingReader {
         ForwardingReader(shared)
     }
 
+    /// A reader of a table that stays empty (plaintext mode: no mesh).
+    pub fn empty() -> ForwardingReader {
+        ForwardingReader(Arc::new(ArcSwap::from_pointee(ForwardingTable::default())))
+    }
+
     /// The current table; hold the guard for a batch of packets, not
     /// longer (a held guard keeps an old table alive).
     #[inline]

@@ -112,6 +112,18 @@ impl Session {
         buf: &mut [u8],
         plaintext_len: usize,
     ) -> Result<usize, SealError> {
+        self.seal_in_lane(0, message_type, buf, plaintext_len)
+    }
+
+    /// As [`Session::seal`], with the sender's lane (its worker number) in
+    /// the header: the receiver keeps each lane on one of its workers.
+    pub fn seal_in_lane(
+        &self,
+        lane: u8,
+        message_type: MessageType,
+        buf: &mut [u8],
+        plaintext_len: usize,
+    ) -> Result<usize, SealError> {
         let total = sleeve::HEADER_LEN + plaintext_len + TAG_LEN;
         if buf.len() < total {
             return Err(SealError::BufferTooSmall);
@@ -125,6 +137,7 @@ impl Session {
         let (header, rest) = buf.split_at_mut(sleeve::HEADER_LEN);
         sleeve::Packet::new_unchecked(&mut *header).set_header(
             message_type,
+            lane,
             self.remote_index,
             counter,
         );

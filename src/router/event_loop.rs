@@ -1,9 +1,19 @@
-//! One mio event loop: TUN <-> route -> frame -> seal <-> UDP, and the
-//! control connections that key the sessions.
+//! The control thread: one mio loop over the control connections that key
+//! the sessions, the mesh node, end-to-end sessions, relays, broadcast
+//! trees, the fast datapath and the local API. The datapath workers
+//! (`super::worker`) move the data; this thread publishes what they need
+//! (the forwarding table, the [`DataPlane`]) and takes what they hand off.
 
+use super::dataplane::{
+    DataPlane, Handoff, LinkPath, PathCounters, RecvSession, SharedPlane, StopFlag,
+};
+use super::worker::destination;
+use super::worker::{
+    Codec, ControlLink, WorkerConfig, WorkerParts, WorkerSet, RELAY_LOCATION_BASE,
+};
 use crate::api::{ConnectionStatus, DropCounters, Status};
-use crate::datapath::tun::TunDevice;
-use crate::datapath::underlay::Underlay;
+use crate::datapath::device::DeviceWriter;
+use crate::datapath::underlay::UdpUnderlay;
 use crate::mesh::admission::{self, Admission, ConnectionVerdict, Refusal};
 use crate::mesh::e2e::{E2eOutput, EndToEnd};
 use crate::mesh::link::{Direction, Link, LinkConfig, LinkState, Output};
@@ -19,20 +29,19 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TUN: Token = Token(0);
-const UDP: Token = Token(1);
 const LISTENER: Token = Token(2);
 const SIGNALS: Token = Token(3);
 /// Misses from the kernel OVS datapath (fastdp).
 const FASTDP: Token = Token(4);
 /// SIGHUP: re-read the peer list.
 const RELOAD: Token = Token(5);
-/// The local control endpoint has a request (`weft connect`, `weft forget`).
+/// The local control endpoint has a request (`weft connect`, `weft
+/// forget`), or a worker handed something off (one waker serves both).
 const CONTROL: Token = Token(6);
 const FIRST_STREAM: usize = 16;
 
@@ -47,6 +56,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// Room for one datagram: the largest UDP payload.
 const BUF_LEN: usize = 65536;
+/// The data plane is published again at least this often, so a change no
+/// code path marked still reaches the workers.
+const PLANE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything the router needs from the launcher.
 pub struct RouterConfig {
@@ -79,6 +91,9 @@ pub struct RouterConfig {
     /// `--kube`: peers and the pod range from the Kubernetes API, read on
     /// a thread of its own that sends its changes as control requests.
     pub kube: Option<crate::kube::refresh::RefreshSetup>,
+    /// Test builds: a worker panics after this many packets from the
+    /// device (the failure path is tested end to end).
+    pub panic_after: Option<u64>,
 }
 
 /// What a host with `--ca-cert` checks peers against.
@@ -110,19 +125,11 @@ struct Stream {
     dialed: Option<SocketAddr>,
     /// The mesh node was told this connection is up.
     up: bool,
-    counters: LinkCounters,
+    counters: Arc<PathCounters>,
     /// Networks with a CA: the certificate the peer presented.
     cert: Option<Arc<crate::identity::Certificate>>,
     /// Admission control refused it (counted under its own reason).
     refused: bool,
-}
-
-#[derive(Default, Clone, Copy)]
-struct LinkCounters {
-    tx_bytes: u64,
-    tx_packets: u64,
-    rx_bytes: u64,
-    rx_packets: u64,
 }
 
 /// A user-given peer host name and what it resolved to.
@@ -164,9 +171,6 @@ const RELAY_OVERHEAD: usize = sleeve::HEADER_LEN + sleeve::TAG_LEN + crate::wire
 const E2E_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Sessions of a connection closed as a duplicate still open data this long.
 const DUPLICATE_GRACE: Duration = Duration::from_secs(2);
-/// MAC-learning locations of peers reached through relays start here,
-/// above every socket token.
-const RELAY_LOCATION_BASE: usize = 1 << 40;
 
 fn conn_of(token: Token) -> ConnectionId {
     ConnectionId(token.0 as u64)
@@ -176,11 +180,15 @@ fn token_of(conn: ConnectionId) -> Token {
     Token(conn.0 as usize)
 }
 
-/// The router: owns the sockets, the device and every link.
+/// The router's control thread: owns the control connections and every
+/// link, and starts and stops the datapath workers.
 pub struct Router {
     poll: Poll,
-    tun: TunDevice,
-    udp: Underlay,
+    /// Writes to the local device (frames from relays and broadcast trees,
+    /// ICMP answers); the workers read it.
+    device: DeviceWriter,
+    /// Sends heartbeats, probes, relayed and broadcast datagrams.
+    udp: UdpUnderlay,
     listener: TcpListener,
     signals: std::os::unix::net::UnixStream,
     cfg: RouterConfig,
@@ -202,7 +210,7 @@ pub struct Router {
     /// What this host relayed for others.
     relayed: crate::api::status::RelayCounters,
     /// Traffic to and from peers reached through relays.
-    relayed_peers: HashMap<PeerId, LinkCounters>,
+    relayed_peers: HashMap<PeerId, Arc<PathCounters>>,
     /// Bridge mode: MAC-learning locations of peers reached through relays.
     relay_locations: HashMap<PeerId, usize>,
     /// Sessions of duplicate connections, removed after their grace period.
@@ -229,17 +237,30 @@ pub struct Router {
     started: Instant,
     last_status: Instant,
     buf: Box<[u8]>,
-    /// Bridge mode's MAC learning switch (`None` in TUN mode).
-    l2: Option<super::l2::L2Switch>,
-    /// Packs frames per peer into sealed datagrams, sent with sendmmsg.
+    /// Bridge mode's MAC learning switch (`None` in TUN mode), shared with
+    /// the workers.
+    l2: Option<Arc<Mutex<super::l2::L2Switch>>>,
+    /// Packs frames per peer into sealed datagrams (frames the fast
+    /// datapath hands back; the workers have their own).
     batcher: super::sleeve_batch::SleeveBatcher,
-    /// Received datagrams, read with recvmmsg.
-    recv_batch: Option<crate::datapath::batch::RecvBatch>,
+    /// What the workers read: sessions, endpoints, limits.
+    plane: SharedPlane,
+    /// Something the workers read changed since the last publication.
+    plane_dirty: bool,
+    last_plane: Instant,
+    /// What the workers hand off.
+    handoffs: crossbeam_channel::Receiver<Handoff>,
+    handoff_tx: crossbeam_channel::Sender<Handoff>,
+    /// Workers not started yet (started by `run`).
+    pending_workers: Vec<WorkerParts>,
+    workers: Option<WorkerSet>,
+    /// Set on SIGINT/SIGTERM or when a worker dies: every loop stops.
+    stop: Arc<StopFlag>,
     /// The device MTU now: lowered when a peer's verified path is smaller.
     tun_mtu: u16,
     icmp_buf: Box<[u8]>,
     /// Rate limit of ICMP unreachable replies to local senders.
-    unreachable: UnreachableLimit,
+    unreachable: super::worker::UnreachableLimit,
     /// Requests from the local control endpoint.
     control: Option<crossbeam_channel::Receiver<crate::api::control::PendingRequest>>,
     /// IPAM and the CNI socket's requests (`--ipalloc-range`).
@@ -247,15 +268,6 @@ pub struct Router {
     /// The kernel fast datapath (bridge mode, plaintext-allowed peers).
     fastdp: Option<super::fastdp::Fastdp>,
     fastdp_actions: Vec<super::fastdp::FastdpAction>,
-    /// TUN offloads: one read (virtio header + up to 64 KiB).
-    tun_in: Box<[u8]>,
-    /// TUN offloads: where a super-packet's segments are cut into.
-    segments: Vec<Vec<u8>>,
-    /// TUN offloads: received inner packets waiting to be written
-    /// coalesced, each behind `VNET_HDR_LEN` bytes of room.
-    gro_bufs: Vec<bytes::BytesMut>,
-    gro_count: usize,
-    gro_table: tun_rs::GROTable,
     /// Networks with a CA: trust and the revocation file.
     identity: Option<RouterIdentity>,
     /// Next check of the revocation file and peers' certificates.
@@ -264,19 +276,15 @@ pub struct Router {
     own_cert_warnings: u8,
 }
 
-/// Most segments one TUN super-packet may be cut into (64 KiB at a small MSS).
-const MAX_SEGMENTS: usize = 128;
-/// Received packets gathered before one coalesced write to the TUN device.
-const GRO_BATCH: usize = 64;
-/// Room for the records one datagram may carry past `GRO_BATCH`.
-const GRO_SLOTS: usize = 128;
-
 impl Router {
-    /// Wraps already-bound sockets and the created device. The signal
-    /// stream becomes readable when SIGINT or SIGTERM arrives.
+    /// Wraps already-bound sockets and the created device: `device` and
+    /// `udp` are the control thread's handles, `workers` the queues and
+    /// sockets of the datapath workers `run` starts. The signal stream
+    /// becomes readable when SIGINT or SIGTERM arrives.
     pub fn new(
-        tun: TunDevice,
-        mut udp: Underlay,
+        device: DeviceWriter,
+        udp: UdpUnderlay,
+        workers: Vec<WorkerParts>,
         listener: std::net::TcpListener,
         signals: std::os::unix::net::UnixStream,
         cfg: RouterConfig,
@@ -285,9 +293,6 @@ impl Router {
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
         signals.set_nonblocking(true)?;
-        poll.registry()
-            .register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
-        udp.register(poll.registry(), UDP)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(
@@ -352,9 +357,10 @@ impl Router {
         // that just broke is retried soon.
         e2e_cfg.handshake_timeout = cfg.link.timers.handshake_timeout.min(E2E_HANDSHAKE_TIMEOUT);
         let e2e = EndToEnd::new(Arc::new(e2e_cfg), cfg.mesh.id, Box::new(rand_core::OsRng));
+        let (handoff_tx, handoffs) = crossbeam_channel::unbounded();
         let mut router = Router {
             poll,
-            tun,
+            device,
             udp,
             listener,
             signals,
@@ -384,9 +390,13 @@ impl Router {
             started: now,
             last_status: now - STATUS_INTERVAL,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
-            l2: cfg_l2
-                .as_ref()
-                .map(|c| super::l2::L2Switch::new(overlay_mtu, c.mac_age, c.mac_quota)),
+            l2: cfg_l2.as_ref().map(|c| {
+                Arc::new(Mutex::new(super::l2::L2Switch::new(
+                    overlay_mtu,
+                    c.mac_age,
+                    c.mac_quota,
+                )))
+            }),
             batcher: super::sleeve_batch::SleeveBatcher::new(
                 super::sleeve_batch::SleeveBatcher::limit_for(
                     overlay_mtu,
@@ -394,21 +404,17 @@ impl Router {
                 ),
                 vni,
             ),
-            recv_batch: Some(crate::datapath::batch::RecvBatch::new(BUF_LEN)),
-            tun_in: vec![0u8; crate::datapath::offload::VNET_HDR_LEN + 65536].into_boxed_slice(),
-            segments: (0..MAX_SEGMENTS)
-                .map(|_| vec![0u8; usize::from(cfg_overlay_mtu) + 64])
-                .collect(),
-            gro_bufs: (0..GRO_SLOTS)
-                .map(|_| {
-                    bytes::BytesMut::with_capacity(crate::datapath::offload::VNET_HDR_LEN + 65536)
-                })
-                .collect(),
-            gro_count: 0,
-            gro_table: tun_rs::GROTable::default(),
+            plane: Arc::new(arc_swap::ArcSwap::from_pointee(DataPlane::default())),
+            plane_dirty: true,
+            last_plane: now,
+            handoffs,
+            handoff_tx,
+            pending_workers: workers,
+            workers: None,
+            stop: Arc::new(StopFlag::default()),
             tun_mtu: cfg_overlay_mtu,
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
-            unreachable: UnreachableLimit::new(&cfg_overlay_text, now),
+            unreachable: super::worker::UnreachableLimit::new(&cfg_overlay_text, now),
             control,
             ipam,
             fastdp,
@@ -425,8 +431,57 @@ impl Router {
         Ok(router)
     }
 
-    /// Runs until SIGINT or SIGTERM, then says goodbye to every peer.
+    /// Starts the datapath workers, runs until SIGINT or SIGTERM, then
+    /// says goodbye to every peer and stops the workers. An error when a
+    /// worker died: the whole router stops with it (never half alive).
     pub fn run(mut self) -> io::Result<()> {
+        self.start_workers()?;
+        let result = self.run_control();
+        self.shutdown();
+        self.stop_workers();
+        result
+    }
+
+    /// Spawns one thread per worker.
+    fn start_workers(&mut self) -> io::Result<()> {
+        self.publish_plane(Instant::now());
+        let parts = std::mem::take(&mut self.pending_workers);
+        let count = parts.len();
+        let control = ControlLink {
+            handoff: self.handoff_tx.clone(),
+            waker: self.waker.clone(),
+        };
+        let config = |index| WorkerConfig {
+            index,
+            vni: self.cfg.vni,
+            overlay_mtu: self.cfg.overlay_mtu,
+            l2: self.l2.clone(),
+            overlay_text: self.cfg.status_template.overlay.clone(),
+            panic_after: self.cfg.panic_after,
+            codec: Codec::Sleeve,
+        };
+        self.workers = Some(WorkerSet::start(
+            parts,
+            config,
+            self.plane.clone(),
+            self.fwd.clone(),
+            control,
+            self.stop.clone(),
+        )?);
+        tracing::info!(
+            "datapath: {count} worker thread(s), each with its own device queue and underlay socket"
+        );
+        Ok(())
+    }
+
+    /// Asks every worker to stop and waits for them.
+    fn stop_workers(&mut self) {
+        if let Some(mut w) = self.workers.take() {
+            w.stop();
+        }
+    }
+
+    fn run_control(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
@@ -438,13 +493,10 @@ impl Router {
                 return Err(e);
             }
             let mut stop = false;
-            // Datagrams last: a peer's hello (TCP) that arrived just before
+            // Hand-offs last: a peer's hello (TCP) that arrived just before
             // its first datagram installs the session that datagram needs.
-            let mut udp_ready = false;
             for event in events.iter() {
                 match event.token() {
-                    TUN => self.on_tun_readable(),
-                    UDP => udp_ready = true,
                     LISTENER => self.on_accept(),
                     SIGNALS => stop = true,
                     RELOAD => self.on_reload(Instant::now()),
@@ -459,11 +511,14 @@ impl Router {
                     token => self.on_stream_event(token, event.is_readable(), event.is_writable()),
                 }
             }
-            if udp_ready {
-                self.on_udp_readable();
-            }
+            self.on_handoffs();
             if stop {
-                break;
+                return Ok(());
+            }
+            if self.stop.stopped() {
+                return Err(io::Error::other(
+                    "a datapath worker stopped unexpectedly (see the error above); weft stops with it",
+                ));
             }
             let now = Instant::now();
             self.run_timers(now);
@@ -472,14 +527,178 @@ impl Router {
             }
             self.drive_mesh(now);
             self.drive_e2e(now);
-            self.udp.flush();
+            if self.plane_dirty || now.duration_since(self.last_plane) >= PLANE_INTERVAL {
+                self.publish_plane(now);
+            }
             if now.duration_since(self.last_status) >= STATUS_INTERVAL {
                 self.publish_status(now);
                 self.last_status = now;
             }
         }
-        self.shutdown();
-        Ok(())
+    }
+
+    /// Publishes what the workers need to move data: the sending state of
+    /// every connected peer and every session datagrams may arrive on.
+    fn publish_plane(&mut self, now: Instant) {
+        self.plane_dirty = false;
+        self.last_plane = now;
+        let limits = PeerLimit {
+            overlay_mtu: self.cfg.overlay_mtu,
+            datagram_overhead: self.cfg.datagram_overhead,
+            l2_header: 0,
+        };
+        let mut plane = DataPlane::default();
+        for (token, s) in &self.streams {
+            let Some(link) = s.link.as_ref() else {
+                continue;
+            };
+            if let (Some(session), Some(endpoint)) = (link.sending_session(), link.endpoint()) {
+                plane.links.insert(
+                    token.0,
+                    LinkPath {
+                        session: session.clone(),
+                        endpoint,
+                        payload_mtu: limits.payload_mtu(link),
+                        counters: s.counters.clone(),
+                    },
+                );
+            }
+        }
+        let with_macs = self.identity.is_some() && self.l2.is_some();
+        for (index, (owner, session)) in &self.sessions {
+            let (plane_owner, peer, location, counters, endpoint, report_first, cert) = match owner
+            {
+                SessionOwner::Link(token) => {
+                    let stream = self.streams.get(token);
+                    let link = stream.and_then(|s| s.link.as_ref());
+                    let peer = link
+                        .and_then(|l| l.remote_static())
+                        .map(|k| PeerId(*k))
+                        .or_else(|| {
+                            self.retired_peers
+                                .iter()
+                                .find(|(_, t, _)| t == token)
+                                .map(|(_, _, p)| *p)
+                        });
+                    let current = link
+                        .and_then(|l| l.sending_session())
+                        .is_some_and(|c| c.local_index == *index);
+                    let cert = stream
+                        .and_then(|s| s.cert.clone())
+                        .filter(|c| with_macs && c.body.macs != crate::identity::MacPolicy::Any);
+                    (
+                        super::dataplane::SessionOwner::Link(token.0),
+                        peer,
+                        token.0,
+                        stream.map_or_else(Default::default, |s| s.counters.clone()),
+                        link.and_then(|l| l.endpoint()),
+                        // A session the link has not switched to yet.
+                        link.is_some() && !current,
+                        cert,
+                    )
+                }
+                SessionOwner::E2e(peer) => (
+                    super::dataplane::SessionOwner::E2e(*peer),
+                    Some(*peer),
+                    0,
+                    Default::default(),
+                    None,
+                    false,
+                    None,
+                ),
+            };
+            plane.sessions.insert(
+                *index,
+                RecvSession {
+                    session: session.clone(),
+                    owner: plane_owner,
+                    peer,
+                    location,
+                    counters,
+                    endpoint,
+                    report_first,
+                    allowed_macs: cert,
+                },
+            );
+        }
+        self.plane.store(Arc::new(plane));
+    }
+
+    /// Takes what the workers handed off.
+    fn on_handoffs(&mut self) {
+        let mut handled = 0;
+        while let Ok(handoff) = self.handoffs.try_recv() {
+            let now = Instant::now();
+            match handoff {
+                Handoff::Datagram { bytes, from } => {
+                    let n = bytes.len().min(self.buf.len());
+                    self.buf[..n].copy_from_slice(&bytes[..n]);
+                    self.on_datagram(n, from);
+                }
+                Handoff::Local(packet) => {
+                    let limits = PeerLimit {
+                        overlay_mtu: self.cfg.overlay_mtu,
+                        datagram_overhead: self.cfg.datagram_overhead,
+                        l2_header: 0,
+                    };
+                    self.route_l3(&packet, &limits);
+                }
+                Handoff::L2Relay { location, frame } => {
+                    let limits = PeerLimit {
+                        overlay_mtu: self.cfg.overlay_mtu,
+                        datagram_overhead: self.cfg.datagram_overhead,
+                        l2_header: 14,
+                    };
+                    let peer = self.relay_location_peer(location);
+                    let next = peer.and_then(|p| self.fwd.load().peer(&p).copied());
+                    if let (Some(peer), Some(Destination::Peer { conn, .. })) = (peer, next) {
+                        self.relay_frame(peer, token_of(conn), &frame, &limits);
+                    } else {
+                        self.drops.no_route += 1;
+                    }
+                }
+                Handoff::Flood(frame) => {
+                    // Along this host's broadcast tree: every host gets it
+                    // exactly once, also in a partial mesh.
+                    let own = self.mesh.id();
+                    let mut records = vec![0u8; sleeve::RECORD_OVERHEAD + frame.len()];
+                    if let Some(len) = sleeve::emit_record(&mut records, self.cfg.vni, &frame) {
+                        records.truncate(len);
+                        self.send_broadcast(own, crate::wire::relay::DEFAULT_HOPS, &records, None);
+                    }
+                }
+                Handoff::Authenticated {
+                    index,
+                    from,
+                    newest,
+                } => {
+                    if let Some((SessionOwner::Link(token), _)) = self.sessions.get(&index) {
+                        let token = *token;
+                        if let Some(link) =
+                            self.streams.get_mut(&token).and_then(|s| s.link.as_mut())
+                        {
+                            link.on_authenticated(index, from, newest, now);
+                            self.plane_dirty = true;
+                        }
+                        self.drive_link(token, now);
+                    }
+                }
+                Handoff::TooBig(token) => {
+                    if let Some(l) = self
+                        .streams
+                        .get_mut(&Token(token))
+                        .and_then(|s| s.link.as_mut())
+                    {
+                        l.on_data_too_big();
+                    }
+                }
+            }
+            handled += 1;
+            if handled % 64 == 0 {
+                self.flush_batcher();
+            }
+        }
+        self.flush_batcher();
     }
 
     fn next_timeout(&self, now: Instant) -> Duration {
@@ -509,67 +728,9 @@ impl Router {
 
     // ---- data path -------------------------------------------------------
 
-    /// With TUN offloads: each read is one packet or a TSO/USO super-packet
-    /// behind a virtio header; super-packets are cut into path-sized
-    /// segments here (the kernel skipped segmenting them), each then routed
-    /// like a packet read on its own.
-    fn on_tun_readable_offload(&mut self) {
-        use crate::datapath::offload::{self, SuperPacket, VNET_HDR_LEN};
-        let limits = PeerLimit {
-            overlay_mtu: self.cfg.overlay_mtu,
-            datagram_overhead: self.cfg.datagram_overhead,
-            l2_header: 0,
-        };
-        let mut tun_in = std::mem::take(&mut self.tun_in);
-        let mut segments = std::mem::take(&mut self.segments);
-        let mut sizes = [0usize; MAX_SEGMENTS];
-        let mut burst = 0;
-        loop {
-            if burst == crate::datapath::batch::BATCH {
-                self.flush_batcher();
-                burst = 0;
-            }
-            let Some(n) = read_local(&self.tun, &mut tun_in) else {
-                break;
-            };
-            burst += 1;
-            match offload::classify(&mut tun_in, n) {
-                Ok((_, SuperPacket::Single(len))) => {
-                    self.route_l3(&tun_in[VNET_HDR_LEN..VNET_HDR_LEN + len], &limits);
-                }
-                Ok((hdr, SuperPacket::Segmented { segment_len, count })) => {
-                    if count > MAX_SEGMENTS || segment_len > segments[0].len() {
-                        self.drops.too_big += 1;
-                        continue;
-                    }
-                    match offload::split_super_packet(
-                        &mut tun_in[VNET_HDR_LEN..n],
-                        hdr,
-                        &mut segments[..count],
-                        &mut sizes[..count],
-                        0,
-                    ) {
-                        Ok(k) => {
-                            for i in 0..k {
-                                self.route_l3(&segments[i][..sizes[i]], &limits);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "cannot segment a super-packet from the TUN device");
-                            self.drops.too_big += 1;
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "unreadable packet from the TUN device"),
-            }
-        }
-        self.tun_in = tun_in;
-        self.segments = segments;
-        self.flush_batcher();
-    }
-
-    /// Routes one IP packet from the TUN device to its peer's batch, or
-    /// answers it with ICMP when it is too big for that peer's path.
+    /// Routes one IP packet a worker handed off (a peer reached through
+    /// relays, or a route that changed under the worker) to its peer's
+    /// batch, or answers it with ICMP.
     fn route_l3(&mut self, frame: &[u8], limits: &PeerLimit) {
         let Some(dst) = destination(frame) else {
             return;
@@ -607,7 +768,7 @@ impl Router {
                         _ => Ok(None),
                     };
                     if let Ok(Some(len)) = reply {
-                        let _ = self.tun.send(&self.icmp_buf[..len]);
+                        let _ = self.device.send(&self.icmp_buf[..len]);
                     }
                 }
             }
@@ -636,98 +797,6 @@ impl Router {
         }
     }
 
-    /// Writes the gathered received packets to the TUN device, coalesced.
-    fn flush_gro(&mut self) {
-        if self.gro_count == 0 {
-            return;
-        }
-        let n = self.gro_count;
-        if let Err(e) = self.tun.send_coalesced(
-            &mut self.gro_table,
-            &mut self.gro_bufs[..n],
-            crate::datapath::offload::VNET_HDR_LEN,
-        ) {
-            tracing::debug!(error = %e, "coalesced write to the TUN device failed");
-            self.drops.send_errors += 1;
-        }
-        for b in &mut self.gro_bufs[..n] {
-            b.clear();
-        }
-        self.gro_count = 0;
-    }
-
-    fn on_tun_readable(&mut self) {
-        if self.l2.is_none() && self.tun.vnet_hdr() {
-            return self.on_tun_readable_offload();
-        }
-        let now = Instant::now();
-        let l2_header = if self.l2.is_some() { 14 } else { 0 };
-        let max = usize::from(self.cfg.overlay_mtu).max(1500) + 64 + l2_header;
-        let mut burst = 0;
-        loop {
-            if burst == crate::datapath::batch::BATCH {
-                // Bound the latency of the first frame of a long burst.
-                self.flush_batcher();
-                burst = 0;
-            }
-            let Some(n) = read_local(&self.tun, &mut self.buf[..max]) else {
-                break;
-            };
-            burst += 1;
-            let frame = &self.buf[..n];
-            let limits = PeerLimit {
-                overlay_mtu: self.cfg.overlay_mtu,
-                datagram_overhead: self.cfg.datagram_overhead,
-                l2_header,
-            };
-            let Some(switch) = self.l2.as_mut() else {
-                let buf = std::mem::take(&mut self.buf);
-                self.route_l3(&buf[..n], &limits);
-                self.buf = buf;
-                continue;
-            };
-            match switch.from_local(frame, now) {
-                super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id))
-                    if id >= RELAY_LOCATION_BASE =>
-                {
-                    // A MAC learned from a peer reached through relays.
-                    let peer = self.relay_location_peer(id);
-                    let next = peer.and_then(|p| self.fwd.load().peer(&p).copied());
-                    if let (Some(peer), Some(Destination::Peer { conn, .. })) = (peer, next) {
-                        let buf = std::mem::take(&mut self.buf);
-                        self.relay_frame(peer, token_of(conn), &buf[..n], &limits);
-                        self.buf = buf;
-                    } else {
-                        self.drops.no_route += 1;
-                    }
-                }
-                super::l2::Egress::Unicast(crate::mesh::fdb::Location::Peer(id)) => {
-                    let queued = queue_frame(
-                        &mut self.batcher,
-                        &mut self.streams,
-                        &mut self.udp,
-                        Token(id),
-                        frame,
-                        &limits,
-                    );
-                    self.drops.too_big += u64::from(!queued);
-                }
-                super::l2::Egress::Flood => {
-                    // Along this host's broadcast tree: every host gets it
-                    // exactly once, also in a partial mesh.
-                    let own = self.mesh.id();
-                    let mut records = vec![0u8; sleeve::RECORD_OVERHEAD + frame.len()];
-                    if let Some(len) = sleeve::emit_record(&mut records, self.cfg.vni, frame) {
-                        records.truncate(len);
-                        self.send_broadcast(own, crate::wire::relay::DEFAULT_HOPS, &records, None);
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.flush_batcher();
-    }
-
     /// Sends what the batcher holds; a peer whose datagram the kernel
     /// refused as too big gets its path MTU searched again.
     fn flush_batcher(&mut self) {
@@ -743,49 +812,6 @@ impl Router {
         }
     }
 
-    fn on_udp_readable(&mut self) {
-        let fd = match &self.udp {
-            Underlay::Udp(socket) => socket.as_raw_fd(),
-            Underlay::Xdp { .. } => {
-                // AF_XDP hands frames over one by one from its own rings.
-                loop {
-                    let (n, from) = match self.udp.recv_from(&mut self.buf) {
-                        Ok(r) => r,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.flush_gro(),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => continue,
-                    };
-                    self.on_datagram(n, from);
-                }
-            }
-        };
-        let Some(mut batch) = self.recv_batch.take() else {
-            return;
-        };
-        loop {
-            let count = match batch.recv(fd) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => continue, // ICMP errors surface here; nothing to do
-            };
-            for i in 0..count {
-                let Some((n, from)) = batch.meta(i) else {
-                    continue;
-                };
-                // on_datagram opens the datagram in place in self.buf: lend
-                // it the slot's buffer instead of copying the bytes.
-                if batch.swap_slot(i, &mut self.buf) {
-                    self.on_datagram(n, from);
-                    batch.swap_slot(i, &mut self.buf);
-                }
-            }
-        }
-        self.recv_batch = Some(batch);
-        self.flush_gro();
-    }
-
     fn on_datagram(&mut self, n: usize, from: SocketAddr) {
         self.on_datagram_at(n, from, false);
     }
@@ -794,9 +820,6 @@ impl Router {
     /// out of a relay wrapper addressed to this host, so only an end-to-end
     /// `Data` datagram is accepted (no nesting).
     fn on_datagram_at(&mut self, n: usize, from: SocketAddr, inner: bool) {
-        if self.gro_count >= GRO_BATCH {
-            self.flush_gro();
-        }
         let now = Instant::now();
         let datagram = &mut self.buf[..n];
         let Ok(packet) = sleeve::Packet::new_checked(&*datagram) else {
@@ -831,7 +854,16 @@ impl Router {
             SessionOwner::Link(token) => {
                 match self.streams.get_mut(&token).and_then(|s| s.link.as_mut()) {
                     Some(link) => {
+                        let before = (
+                            link.endpoint(),
+                            link.sending_session().map(|s| s.local_index),
+                        );
                         link.on_authenticated(repr.receiver_index, from, newest, now);
+                        let after = (
+                            link.endpoint(),
+                            link.sending_session().map(|s| s.local_index),
+                        );
+                        self.plane_dirty |= before != after;
                         Some(token)
                     }
                     // A duplicate connection just closed: its data still counts.
@@ -923,6 +955,13 @@ impl Router {
         }
         .filter(|c| c.body.macs != crate::identity::MacPolicy::Any);
         let plaintext = &self.buf[range];
+        let switch = self.l2.clone();
+        let mut switch = switch.as_ref().and_then(|s| s.lock().ok());
+        let from = super::worker::Sender {
+            peer: sender,
+            location,
+            allowed_macs: allowed_macs.as_deref(),
+        };
         for record in sleeve::Records::new(plaintext) {
             let Ok(record) = record else {
                 self.drops.bad_record += 1;
@@ -932,54 +971,17 @@ impl Router {
                 self.drops.bad_record += 1;
                 continue;
             }
-            if let Some(cert) = &allowed_macs {
-                let covered = super::l2::source_mac(record.frame)
-                    .is_some_and(|m| cert.covers(&crate::mesh::Claim::Mac(m)));
-                if !covered {
-                    // A source MAC its certificate does not list.
-                    self.drops.spoofed_source += 1;
-                    continue;
-                }
-            }
-            let accepted = match self.l2.as_mut() {
-                // Counted by the switch (oversized, bad source) when refused.
-                Some(switch) => switch.from_remote(
-                    record.frame,
-                    crate::mesh::fdb::Location::Peer(location),
-                    now,
-                ),
-                None => match source(record.frame) {
-                    None => {
-                        self.drops.bad_record += 1;
-                        false
-                    }
-                    Some(src) => {
-                        let owned = match table.lookup_ip(src) {
-                            Some(Destination::Peer { peer, .. })
-                            | Some(Destination::Unreachable { peer }) => Some(*peer) == sender,
-                            _ => false,
-                        };
-                        // An authenticated peer sending as an address it
-                        // does not own: spoofing, dropped.
-                        self.drops.spoofed_source += u64::from(!owned);
-                        owned
-                    }
-                },
-            };
-            if !accepted {
+            if !super::worker::accept_frame(
+                record.frame,
+                &from,
+                switch.as_deref_mut(),
+                &table,
+                &mut self.drops,
+                now,
+            ) {
                 continue;
             }
-            if self.l2.is_none() && self.tun.vnet_hdr() && self.gro_count < GRO_SLOTS {
-                // Gathered and written coalesced after the batch.
-                let b = &mut self.gro_bufs[self.gro_count];
-                b.extend_from_slice(&[0u8; crate::datapath::offload::VNET_HDR_LEN]);
-                b.extend_from_slice(record.frame);
-                self.gro_count += 1;
-                rx_bytes += record.frame.len() as u64;
-                rx_packets += 1;
-                continue;
-            }
-            match self.tun.send(record.frame) {
+            match self.device.send(record.frame) {
                 Ok(_) => {
                     rx_bytes += record.frame.len() as u64;
                     rx_packets += 1;
@@ -987,13 +989,13 @@ impl Router {
                 Err(_) => self.drops.send_errors += 1,
             }
         }
+        drop(switch);
         let counters = match owner {
-            SessionOwner::Link(token) => self.streams.get_mut(&token).map(|s| &mut s.counters),
-            SessionOwner::E2e(peer) => Some(self.relayed_peers.entry(peer).or_default()),
+            SessionOwner::Link(token) => self.streams.get(&token).map(|s| &s.counters),
+            SessionOwner::E2e(peer) => Some(&*self.relayed_peers.entry(peer).or_default()),
         };
         if let Some(c) = counters {
-            c.rx_bytes += rx_bytes;
-            c.rx_packets += rx_packets;
+            c.received(rx_packets, rx_bytes);
         }
     }
 
@@ -1077,9 +1079,8 @@ impl Router {
                 Ok(total) => {
                     if self.udp.send_to(&out[..total], to).is_err() {
                         self.drops.send_errors += 1;
-                    } else if let Some(s) = self.streams.get_mut(&token) {
-                        s.counters.tx_packets += 1;
-                        s.counters.tx_bytes += len as u64;
+                    } else if let Some(s) = self.streams.get(&token) {
+                        s.counters.sent(1, len as u64);
                     }
                 }
                 Err(_) => self.drops.send_errors += 1,
@@ -1238,9 +1239,10 @@ impl Router {
         let sent = self.send_end_to_end(peer, via, &mut out, record_len);
         self.relay_buf = out;
         if sent {
-            let c = self.relayed_peers.entry(peer).or_default();
-            c.tx_bytes += frame.len() as u64;
-            c.tx_packets += 1;
+            self.relayed_peers
+                .entry(peer)
+                .or_default()
+                .sent(1, frame.len() as u64);
         }
     }
 
@@ -1272,19 +1274,8 @@ impl Router {
     /// Answers a local IP packet that is larger than its path carries with
     /// ICMP fragmentation-needed / packet-too-big naming `limit`.
     fn answer_too_big(&mut self, frame: &[u8], limit: u16) {
-        let reply = match frame[0] >> 4 {
-            4 if frame.len() > 6 && frame[6] & 0x40 != 0 => {
-                crate::wire::icmpv4::build_frag_needed(frame, limit, &mut self.icmp_buf)
-            }
-            6 => crate::wire::icmpv6::build_packet_too_big(
-                frame,
-                u32::from(limit),
-                &mut self.icmp_buf,
-            ),
-            _ => Ok(None),
-        };
-        if let Ok(Some(len)) = reply {
-            let _ = self.tun.send(&self.icmp_buf[..len]);
+        if let Some(len) = super::worker::too_big_reply(frame, limit, &mut self.icmp_buf) {
+            let _ = self.device.send(&self.icmp_buf[..len]);
         }
     }
 
@@ -1543,7 +1534,7 @@ impl Router {
                 peer_addr,
                 dialed,
                 up: false,
-                counters: LinkCounters::default(),
+                counters: Arc::default(),
                 cert: None,
                 refused: false,
             },
@@ -1617,6 +1608,7 @@ impl Router {
     /// mirrors this map (the authority on live indices), so links and
     /// end-to-end sessions never draw an index in use.
     fn install_session(&mut self, owner: SessionOwner, session: Arc<Session>) {
+        self.plane_dirty = true;
         self.cfg.link.indices.reserve(session.local_index);
         if let Some((old_owner, _)) = self.sessions.insert(session.local_index, (owner, session)) {
             if old_owner != owner {
@@ -1629,11 +1621,32 @@ impl Router {
 
     /// Forgets a session's local index and gives it back to the registry.
     fn remove_session(&mut self, index: u32) {
+        self.plane_dirty = true;
         self.sessions.remove(&index);
         self.cfg.link.indices.release(index);
     }
 
+    /// What of a link the workers see: where to send, with which session.
+    fn link_signature(&self, token: Token) -> (Option<SocketAddr>, Option<u32>) {
+        let link = self.streams.get(&token).and_then(|s| s.link.as_ref());
+        (
+            link.and_then(|l| l.endpoint()),
+            link.and_then(|l| l.sending_session())
+                .map(|s| s.local_index),
+        )
+    }
+
+    /// Applies a link's outputs; the data plane is published again when
+    /// what the workers see of the link changed.
     fn drive_link(&mut self, token: Token, now: Instant) {
+        let before = self.link_signature(token);
+        self.apply_link_outputs(token, now);
+        if self.link_signature(token) != before {
+            self.plane_dirty = true;
+        }
+    }
+
+    fn apply_link_outputs(&mut self, token: Token, now: Instant) {
         loop {
             let Some(s) = self.streams.get_mut(&token) else {
                 return;
@@ -1711,6 +1724,7 @@ impl Router {
                     }
                 }
                 Output::PathMtu(v) => {
+                    self.plane_dirty = true;
                     let peer = self.streams[&token].peer_addr;
                     tracing::info!(%peer, "verified path MTU {v} (probes with DF, acknowledged over TCP)");
                     self.update_tun_mtu();
@@ -1728,6 +1742,7 @@ impl Router {
                     remote_static,
                     hello,
                 } => {
+                    self.plane_dirty = true;
                     self.on_peer_ready(token, remote_static, hello.clone());
                     if let (Some(f), Some(l)) = (
                         self.fastdp.as_mut(),
@@ -1744,6 +1759,7 @@ impl Router {
                     }
                 }
                 Output::Established => {
+                    self.plane_dirty = true;
                     let s = self.streams.get_mut(&token).expect("present");
                     tracing::info!(peer = %s.peer_addr, "connection established: heartbeats flow over UDP");
                     if let Some(addr) = s.dialed {
@@ -1965,7 +1981,7 @@ impl Router {
             .min(self.cfg.overlay_mtu)
             .max(crate::wire::overhead::MIN_OVERLAY_MTU_IPV4);
         if smallest != self.tun_mtu {
-            match self.tun.set_mtu(smallest) {
+            match self.device.set_mtu(smallest) {
                 Ok(()) => {
                     tracing::info!("overlay MTU {} -> {smallest} (smallest verified path MTU minus {} bytes overhead)", self.tun_mtu, self.cfg.datagram_overhead);
                     self.tun_mtu = smallest;
@@ -2045,9 +2061,10 @@ impl Router {
                 keep
             });
         }
-        if let Some(switch) = self.l2.as_mut() {
+        if let Some(switch) = self.l2.as_ref().and_then(|s| s.lock().ok()).as_mut() {
             switch.fdb.forget(crate::mesh::fdb::Location::Peer(token.0));
         }
+        self.plane_dirty = true;
         if let Some(f) = self.fastdp.as_mut() {
             f.on_peer_gone(token.0);
         }
@@ -2398,7 +2415,7 @@ impl Router {
             self.reload_revocations(false, now);
             self.recheck_peer_certs(now);
         }
-        if let Some(switch) = self.l2.as_mut() {
+        if let Some(switch) = self.l2.as_ref().and_then(|s| s.lock().ok()).as_mut() {
             switch.tick(now);
         }
         if let Some(f) = self.fastdp.as_mut() {
@@ -2569,11 +2586,15 @@ impl Router {
         status.dropped = self.drops.clone();
         status.dropped.send_errors += self.batcher.send_errors;
         status.batching = self.batcher.counters.clone();
+        if let Some(w) = &self.workers {
+            w.add_counters(&mut status.dropped, &mut status.batching, None);
+        }
         status.fastdp = self
             .fastdp
             .as_ref()
             .map(|f| (f.datapath_name().to_string(), f.counters.clone()));
-        if let (Some(switch), Some(c)) = (self.l2.as_ref(), self.cfg.l2.as_ref()) {
+        let switch = self.l2.as_ref().and_then(|s| s.lock().ok());
+        if let (Some(switch), Some(c)) = (switch, self.cfg.l2.as_ref()) {
             status.l2 = Some(crate::api::l2_status::L2Status {
                 bridge: c.bridge.clone(),
                 bridge_created: c.bridge_created,
@@ -2704,6 +2725,7 @@ impl Router {
 
     fn connection_status(&self, token: Token, s: &Stream, now: Instant) -> ConnectionStatus {
         let link = s.link.as_ref();
+        let (tx_bytes, tx_packets, rx_bytes, rx_packets) = s.counters.read();
         let (mode, mode_reason) = match self.fastdp.as_ref() {
             Some(f) => f.mode(token.0, now),
             None => ("sleeve".to_string(), None),
@@ -2756,10 +2778,10 @@ impl Router {
                 .unwrap_or(self.cfg.overlay_mtu),
             path_mtu: link.and_then(|l| l.path_mtu()),
             rtt_ms: link.and_then(|l| l.rtt()).map(|r| r.as_secs_f64() * 1000.0),
-            tx_bytes: s.counters.tx_bytes,
-            tx_packets: s.counters.tx_packets,
-            rx_bytes: s.counters.rx_bytes,
-            rx_packets: s.counters.rx_packets,
+            tx_bytes,
+            tx_packets,
+            rx_bytes,
+            rx_packets,
             peer_name: hello
                 .map(|h| crate::mesh::PeerName::from_untrusted(h.name.as_bytes()).to_string()),
             peer_key: link.and_then(|l| l.remote_static()).map(|k| {
@@ -2933,54 +2955,6 @@ impl Router {
     }
 }
 
-/// ICMP unreachable replies for overlay addresses no peer claims: a token
-/// bucket (burst [`UnreachableLimit::BURST`], refilled
-/// [`UnreachableLimit::PER_SECOND`] per second), like the kernel's
-/// icmp_ratelimit, so a scan of the overlay cannot make weft flood.
-struct UnreachableLimit {
-    tokens: u32,
-    refilled: Instant,
-    /// The overlay's IPv4 broadcast address (never answered).
-    broadcast: Option<IpAddr>,
-}
-
-impl UnreachableLimit {
-    const BURST: u32 = 10;
-    const PER_SECOND: u32 = 10;
-
-    /// `overlay` is this host's `ADDR/PREFIX`.
-    fn new(overlay: &str, now: Instant) -> UnreachableLimit {
-        let broadcast = crate::launch::parse_overlay(overlay)
-            .ok()
-            .and_then(|(addr, prefix)| match addr {
-                IpAddr::V4(a) if prefix < 32 => Some(IpAddr::V4(std::net::Ipv4Addr::from(
-                    u32::from(a) | (u32::MAX >> prefix),
-                ))),
-                _ => None,
-            });
-        UnreachableLimit {
-            tokens: Self::BURST,
-            refilled: now,
-            broadcast,
-        }
-    }
-
-    /// Takes one token if there is one.
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled);
-        let fresh = (elapsed.as_millis() as u64 * u64::from(Self::PER_SECOND) / 1000) as u32;
-        if fresh > 0 {
-            self.tokens = (self.tokens + fresh).min(Self::BURST);
-            self.refilled = now;
-        }
-        if self.tokens == 0 {
-            return false;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
 /// What bounds the datagrams towards one peer.
 struct PeerLimit {
     overlay_mtu: u16,
@@ -3012,7 +2986,7 @@ impl PeerLimit {
 fn queue_frame(
     batcher: &mut super::sleeve_batch::SleeveBatcher,
     streams: &mut HashMap<Token, Stream>,
-    underlay: &mut Underlay,
+    underlay: &mut UdpUnderlay,
     token: Token,
     frame: &[u8],
     limits: &PeerLimit,
@@ -3031,56 +3005,8 @@ fn queue_frame(
     if !batcher.push(underlay, token.0, session, endpoint, limit, frame) {
         return false;
     }
-    stream.counters.tx_bytes += frame.len() as u64;
-    stream.counters.tx_packets += 1;
+    stream.counters.sent(1, frame.len() as u64);
     true
-}
-
-/// One read from the local device: `Some(len)`, or `None` when nothing is
-/// queued (or the read failed, which is logged).
-fn read_local(tun: &TunDevice, buf: &mut [u8]) -> Option<usize> {
-    loop {
-        match tun.recv(buf) {
-            Ok(n) => return Some(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the local device failed");
-                return None;
-            }
-        }
-    }
-}
-
-/// The destination address of an IP packet, or `None` if it is not one.
-#[inline]
-/// The source address of an IP packet.
-fn source(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => {
-            let b: [u8; 4] = packet[12..16].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        6 if packet.len() >= 40 => {
-            let b: [u8; 16] = packet[8..24].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        _ => None,
-    }
-}
-
-fn destination(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 if packet.len() >= 20 => {
-            let b: [u8; 4] = packet[16..20].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        6 if packet.len() >= 40 => {
-            let b: [u8; 16] = packet[24..40].try_into().ok()?;
-            Some(IpAddr::from(b))
-        }
-        _ => None,
-    }
 }
 
 /// The wall-clock time (since the Unix epoch) for handshake timestamps.
@@ -3096,23 +3022,4 @@ fn wall_clock() -> Duration {
 /// still gets no byte.
 fn reset_on_close(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unreachable_replies_are_rate_limited() {
-        let t0 = Instant::now();
-        let mut limit = UnreachableLimit::new("10.40.0.1/16", t0);
-        assert_eq!(limit.broadcast, Some("10.40.255.255".parse().unwrap()));
-        let sent = (0..100).filter(|_| limit.allow(t0)).count();
-        assert_eq!(sent, UnreachableLimit::BURST as usize);
-        assert!(limit.allow(t0 + Duration::from_millis(100)));
-        assert!(!limit.allow(t0 + Duration::from_millis(100)));
-        let later = t0 + Duration::from_secs(10);
-        let sent = (0..100).filter(|_| limit.allow(later)).count();
-        assert_eq!(sent, UnreachableLimit::BURST as usize);
-    }
 }

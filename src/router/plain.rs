@@ -94,8 +94,12 @@ pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
         &cfg.tap_name,
         cfg.overlay_mtu,
         Some(cfg.overlay),
+        1,
     )
     .map_err(PlainError::Usage)?;
+    let Some(tap_dev) = tap_dev.into_iter().next() else {
+        return Err(PlainError::Runtime("no TAP queue".into()));
+    };
     tracing::info!(
         "bridge {} holds {}/{}; TAP {} on it, mtu {}; VXLAN VNI {} on {}; {} static VTEP(s)",
         cfg.bridge,

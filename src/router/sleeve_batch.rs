@@ -6,12 +6,11 @@
 //! allocated per frame.
 
 use crate::api::l2_status::BatchCounters;
-use crate::datapath::batch::{self, BATCH};
+use crate::datapath::batch::BATCH;
 use crate::datapath::underlay::Underlay;
 use crate::noise::Session;
 use crate::wire::sleeve;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 /// A datagram being filled for one peer.
@@ -31,7 +30,7 @@ struct Pending {
 pub struct SleeveBatcher {
     pending: Vec<Pending>,
     /// Sealed datagrams waiting for sendmmsg: buffer, length, destination, peer.
-    sealed: Vec<(Box<[u8]>, usize, SocketAddr, usize)>,
+    sealed: Vec<Queued>,
     pool: Vec<Box<[u8]>>,
     buf_len: usize,
     vni: u32,
@@ -42,30 +41,8 @@ pub struct SleeveBatcher {
     /// Peers whose datagram the kernel refused with EMSGSIZE (the path
     /// MTU shrank): the router restarts their path-MTU search.
     pub too_big_peers: Vec<usize>,
-    /// Whether UDP GSO works on this socket (cleared on the first refusal).
-    gso: bool,
-}
-
-/// How many datagrams from `start` form a UDP GSO run: same destination,
-/// every one but the last exactly as long as the first, at most 64
-/// segments and 64 KB in all.
-fn gso_run(sealed: &[(Box<[u8]>, usize, SocketAddr, usize)], start: usize) -> usize {
-    let (_, seg, to, _) = sealed[start];
-    let mut n = 1;
-    let mut total = seg;
-    while start + n < sealed.len() && n < crate::datapath::offload::MAX_GSO_SEGMENTS {
-        let (_, len, next_to, _) = sealed[start + n];
-        // The previous one must be full-size for this one to join.
-        if next_to != to || len > seg || total + len > crate::datapath::offload::MAX_GSO_BYTES {
-            break;
-        }
-        total += len;
-        n += 1;
-        if len < seg {
-            break; // a short datagram ends the run
-        }
-    }
-    n
+    /// The lane sealed datagrams carry (the worker's number).
+    lane: u8,
 }
 
 impl SleeveBatcher {
@@ -81,8 +58,14 @@ impl SleeveBatcher {
             counters: BatchCounters::default(),
             send_errors: 0,
             too_big_peers: Vec::new(),
-            gso: true,
+            lane: 0,
         }
+    }
+
+    /// Seals in `lane` from now on (a worker's number: the receiver keeps
+    /// each lane on one of its workers).
+    pub fn set_lane(&mut self, lane: u8) {
+        self.lane = lane;
     }
 
     fn take_buf(&mut self) -> Box<[u8]> {
@@ -107,7 +90,7 @@ impl SleeveBatcher {
     /// first; a full send queue is flushed to `fd`.
     pub fn push(
         &mut self,
-        underlay: &mut Underlay,
+        underlay: &mut dyn Underlay,
         peer: usize,
         session: &Arc<Session>,
         to: SocketAddr,
@@ -168,11 +151,13 @@ impl SleeveBatcher {
         true
     }
 
-    fn seal(&mut self, underlay: &mut Underlay, mut p: Pending) {
-        match p
-            .session
-            .seal(sleeve::MessageType::Data, &mut p.buf, p.plain_len)
-        {
+    fn seal(&mut self, underlay: &mut dyn Underlay, mut p: Pending) {
+        match p.session.seal_in_lane(
+            self.lane,
+            sleeve::MessageType::Data,
+            &mut p.buf,
+            p.plain_len,
+        ) {
             Ok(len) if len <= p.limit => {
                 self.counters.sealed_datagrams += 1;
                 self.counters.sealed_frames += p.frames;
@@ -189,117 +174,70 @@ impl SleeveBatcher {
         }
     }
 
-    fn send_sealed(&mut self, underlay: &mut Underlay) {
-        if self.sealed.is_empty() {
-            return;
-        }
-        let sealed = &self.sealed;
-        let too_big = &mut self.too_big_peers;
-        let mut on_error = |i: usize, errno: i32| {
-            if errno == libc::EMSGSIZE {
-                if let Some((_, _, _, peer)) = sealed.get(i) {
-                    if !too_big.contains(peer) {
-                        too_big.push(*peer);
-                    }
-                }
-            }
-        };
-        let (sent, calls) = match underlay {
-            Underlay::Udp(socket) => {
-                let fd = socket.as_raw_fd();
-                let (mut sent, mut calls) = (0u64, 0u64);
-                // Runs of equal-size datagrams to one peer (a TCP burst cut
-                // into full segments) leave in one UDP GSO sendmsg; the rest,
-                // in order, in sendmmsg batches.
-                let mut singles_from = 0;
-                let mut i = 0;
-                while i < sealed.len() {
-                    let run = if self.gso { gso_run(sealed, i) } else { 1 };
-                    if run < 2 {
-                        i += 1;
-                        continue;
-                    }
-                    if singles_from < i {
-                        let (s, c) = batch::send_slices(
-                            fd,
-                            sealed[singles_from..i]
-                                .iter()
-                                .map(|(b, len, to, _)| (&b[..*len], *to)),
-                            |k, errno| on_error(singles_from + k, errno),
-                        );
-                        sent += s;
-                        calls += c;
-                    }
-                    let (_, seg_len, to, _) = sealed[i];
-                    let mut parts: [&[u8]; crate::datapath::offload::MAX_GSO_SEGMENTS] =
-                        [&[]; crate::datapath::offload::MAX_GSO_SEGMENTS];
-                    for (k, (b, len, _, _)) in sealed[i..i + run].iter().enumerate() {
-                        parts[k] = &b[..*len];
-                    }
-                    match crate::datapath::offload::send_gso_slices(
-                        fd,
-                        &parts[..run],
-                        seg_len as u16,
-                        to,
-                    ) {
-                        Ok(_) => {
-                            sent += run as u64;
-                            self.counters.gso_sends += 1;
-                            self.counters.gso_datagrams += run as u64;
-                            singles_from = i + run;
-                        }
-                        Err(e) if crate::datapath::offload::gso_unsupported(&e) => {
-                            tracing::info!("UDP GSO refused ({e}); sending datagrams one by one with sendmmsg from now on");
-                            self.gso = false;
-                            // Leave the run to the sendmmsg path below.
-                            singles_from = singles_from.min(i);
-                        }
-                        Err(e) => {
-                            on_error(i, e.raw_os_error().unwrap_or(0));
-                            singles_from = i + run;
-                        }
-                    }
-                    i += run;
-                }
-                if singles_from < sealed.len() {
-                    let (s, c) = batch::send_slices(
-                        fd,
-                        sealed[singles_from..]
-                            .iter()
-                            .map(|(b, len, to, _)| (&b[..*len], *to)),
-                        |k, errno| on_error(singles_from + k, errno),
-                    );
-                    sent += s;
-                    calls += c;
-                }
-                (sent, calls)
-            }
-            // AF_XDP queues frames itself and kicks the kernel in batches.
-            other => {
-                let mut sent = 0;
-                for (i, (b, len, to, _)) in sealed.iter().enumerate() {
-                    match other.send_to(&b[..*len], *to) {
-                        Ok(_) => sent += 1,
-                        Err(e) => on_error(i, e.raw_os_error().unwrap_or(0)),
-                    }
-                }
-                other.flush();
-                (sent, 0)
-            }
-        };
-        self.counters.sendmmsg_calls += calls;
-        self.counters.sendmmsg_datagrams += sent;
-        self.send_errors += self.sealed.len() as u64 - sent;
+    fn send_sealed(&mut self, underlay: &mut dyn Underlay) {
+        send_by_destination(
+            underlay,
+            &self.sealed,
+            &mut self.counters,
+            &mut self.send_errors,
+            &mut self.too_big_peers,
+        );
         for (b, _, _, _) in self.sealed.drain(..) {
             self.pool.push(b);
         }
     }
 
     /// Seals every datagram being filled and sends all of them.
-    pub fn flush(&mut self, underlay: &mut Underlay) {
+    pub fn flush(&mut self, underlay: &mut dyn Underlay) {
         while let Some(p) = self.pending.pop() {
             self.seal(underlay, p);
         }
         self.send_sealed(underlay);
     }
+}
+
+/// A datagram waiting to be sent: buffer, length, destination, and the
+/// peer (connection token) it is for.
+pub type Queued = (Box<[u8]>, usize, SocketAddr, usize);
+
+/// Sends queued datagrams with one send per destination, each keeping its
+/// datagrams in order (the driver turns equal-size runs into one UDP GSO
+/// send). Counts into `counters` and `send_errors`; peers whose datagram
+/// the kernel refused as too big go to `too_big` once.
+pub fn send_by_destination(
+    underlay: &mut dyn Underlay,
+    queued: &[Queued],
+    counters: &mut BatchCounters,
+    send_errors: &mut u64,
+    too_big: &mut Vec<usize>,
+) {
+    if queued.is_empty() {
+        return;
+    }
+    let mut done = [false; BATCH];
+    for first in 0..queued.len().min(BATCH) {
+        if done[first] {
+            continue;
+        }
+        let (_, _, to, peer) = queued[first];
+        let mut parts: [&[u8]; BATCH] = [&[]; BATCH];
+        let mut n = 0;
+        for (k, (b, len, t, _)) in queued.iter().enumerate().take(BATCH).skip(first) {
+            if *t == to && !done[k] {
+                done[k] = true;
+                parts[n] = &b[..*len];
+                n += 1;
+            }
+        }
+        let report = underlay.send_batch(&parts[..n], to);
+        if report.too_big && !too_big.contains(&peer) {
+            too_big.push(peer);
+        }
+        counters.sendmmsg_calls += report.calls as u64;
+        counters.sendmmsg_datagrams += report.sent as u64;
+        counters.gso_sends += report.gso_sends as u64;
+        counters.gso_datagrams += report.gso_datagrams as u64;
+        *send_errors += report.failed as u64;
+    }
+    underlay.flush();
 }

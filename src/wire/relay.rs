@@ -312,7 +312,7 @@ mod tests {
         let mut b = vec![0xab; 32];
         b.push(3); // hops_left
         let mut inner = [0u8; 40];
-        sleeve::Packet::new_unchecked(&mut inner[..]).set_header(MessageType::Data, 7, 9);
+        sleeve::Packet::new_unchecked(&mut inner[..]).set_header(MessageType::Data, 0, 7, 9);
         inner[16..].fill(0x5a);
         b.extend_from_slice(&inner);
         b

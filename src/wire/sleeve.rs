@@ -5,9 +5,14 @@
 //! and a 16-byte tag):
 //!
 //! ```text
-//! 0        1..3      4..7                   8..15
-//! type u8  reserved  receiver_index u32 LE  counter u64 LE
+//! 0        1        2..3      4..7                   8..15
+//! type u8  lane u8  reserved  receiver_index u32 LE  counter u64 LE
 //! ```
+//!
+//! The lane is the sending worker's number: the receiver's SO_REUSEPORT
+//! program hands each lane to one of its workers (`lane % workers`), so
+//! the traffic of one peer spreads over the receiver's cores while each
+//! flow (one sending queue) keeps its order.
 //!
 //! The plaintext of a `Data` message is one or more records:
 //! `u16 BE record_len | VXLAN header (8) | frame`, where `record_len`
@@ -22,7 +27,8 @@ use super::{vxlan, Result, WireError};
 mod field {
     use crate::wire::Field;
     pub const TYPE: usize = 0;
-    pub const RESERVED: Field = 1..4;
+    pub const LANE: usize = 1;
+    pub const RESERVED: Field = 2..4;
     pub const RECEIVER_INDEX: Field = 4..8;
     pub const COUNTER: Field = 8..16;
 }
@@ -82,14 +88,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Wraps a buffer, checking it holds a header and at least a tag, a
-    /// known type and zero reserved bytes.
+    /// known type and zero reserved bytes (any lane).
     pub fn new_checked(buffer: T) -> Result<Self> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN + TAG_LEN {
             return Err(WireError::Truncated);
         }
         MessageType::from_byte(b[field::TYPE])?;
-        if b[field::RESERVED] != [0, 0, 0] {
+        if b[field::RESERVED] != [0, 0] {
             return Err(WireError::Malformed);
         }
         Ok(Packet { buffer })
@@ -99,6 +105,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
     #[inline]
     pub fn message_type(&self) -> Result<MessageType> {
         MessageType::from_byte(self.buffer.as_ref()[field::TYPE])
+    }
+
+    /// The sender's lane (its worker number).
+    #[inline]
+    pub fn lane(&self) -> u8 {
+        self.buffer.as_ref()[field::LANE]
     }
 
     /// The index the receiver chose for the session this was sealed with.
@@ -132,9 +144,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Writes the header fields.
     #[inline]
-    pub fn set_header(&mut self, message_type: MessageType, receiver_index: u32, counter: u64) {
+    pub fn set_header(
+        &mut self,
+        message_type: MessageType,
+        lane: u8,
+        receiver_index: u32,
+        counter: u64,
+    ) {
         let b = self.buffer.as_mut();
         b[field::TYPE] = message_type as u8;
+        b[field::LANE] = lane;
         b[field::RESERVED].fill(0);
         b[field::RECEIVER_INDEX].copy_from_slice(&receiver_index.to_le_bytes());
         b[field::COUNTER].copy_from_slice(&counter.to_le_bytes());
@@ -146,6 +165,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 pub struct Repr {
     /// What the sealed payload is.
     pub message_type: MessageType,
+    /// The sender's lane.
+    pub lane: u8,
     /// The receiver's session index.
     pub receiver_index: u32,
     /// The nonce counter.
@@ -160,6 +181,7 @@ impl Repr {
         }
         Ok(Repr {
             message_type: packet.message_type()?,
+            lane: packet.lane(),
             receiver_index: packet.receiver_index(),
             counter: packet.counter(),
         })
@@ -172,7 +194,12 @@ impl Repr {
 
     /// Writes the header into `packet`.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) {
-        packet.set_header(self.message_type, self.receiver_index, self.counter);
+        packet.set_header(
+            self.message_type,
+            self.lane,
+            self.receiver_index,
+            self.counter,
+        );
     }
 }
 
@@ -272,7 +299,7 @@ mod tests {
     use super::*;
 
     static GOLDEN_HEADER: [u8; 16] = [
-        0x01, 0, 0, 0, // Data, reserved
+        0x01, 3, 0, 0, // Data, lane 3, reserved
         0x78, 0x56, 0x34, 0x12, // receiver index 0x12345678 LE
         0x05, 0, 0, 0, 0, 0, 0, 0, // counter 5 LE
     ];
@@ -287,6 +314,7 @@ mod tests {
             repr,
             Repr {
                 message_type: MessageType::Data,
+                lane: 3,
                 receiver_index: 0x1234_5678,
                 counter: 5
             }

@@ -12,8 +12,21 @@ pub const MINIMAL: &str = r#"{"cniVersion":"1.0.0","name":"weftnet","type":"weft
 
 /// The plugin in namespace `ns` with `command`, for container `id` in `netns`.
 pub fn plugin(ns: &str, command: &str, id: &str, netns: &str, conf: &str) -> Output {
+    plugin_at(WEFT, ns, command, id, netns, conf)
+}
+
+/// Like [`plugin`], with the plugin binary at `program` (e.g. where an
+/// installer put it).
+pub fn plugin_at(
+    program: &str,
+    ns: &str,
+    command: &str,
+    id: &str,
+    netns: &str,
+    conf: &str,
+) -> Output {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, WEFT])
+        .args(["netns", "exec", ns, program])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
@@ -33,9 +46,14 @@ pub fn plugin(ns: &str, command: &str, id: &str, netns: &str, conf: &str) -> Out
 /// ADD, retried while weft says "try again later" (11: IPAM waiting for
 /// the mesh to settle a claim), as runtimes retry.
 pub fn add(ns: &str, id: &str, netns: &str) -> Value {
+    add_at(WEFT, ns, id, netns, MINIMAL)
+}
+
+/// Like [`add`], with the plugin at `program` and configuration `conf`.
+pub fn add_at(program: &str, ns: &str, id: &str, netns: &str, conf: &str) -> Value {
     let mut last = None;
     let ok = wait_until(Duration::from_secs(20), || {
-        let out = plugin(ns, "ADD", id, netns, MINIMAL);
+        let out = plugin_at(program, ns, "ADD", id, netns, conf);
         let done = out.status.success();
         last = Some(out);
         done

@@ -16,6 +16,8 @@
 #![allow(dead_code)]
 
 pub mod cni;
+pub mod containers;
+pub mod kube_api;
 pub mod switched;
 
 use serde_json::Value;
@@ -52,6 +54,26 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// A scratch directory ($TMPDIR/weft-TAG-PID-N), removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A new empty directory named after `tag`.
+    pub fn new(tag: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("weft-{tag}-{}-{}", std::process::id(), next_id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create the scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -384,6 +406,19 @@ impl Host {
         self.weft.as_ref().map(|c| c.id())
     }
 
+    /// Waits up to `timeout` for weft to exit on its own; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(st))) = self.weft.as_mut().map(|c| c.try_wait()) {
+                self.weft = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Whether weft is still running.
     pub fn weft_running(&mut self) -> bool {
         match self.weft.as_mut() {
@@ -501,6 +536,23 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// The permission bits of `path` (e.g. 0o600).
+pub fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    meta.permissions().mode() & 0o7777
+}
+
+/// `weft pubkey < key`: the public key of the private key in `key`.
+pub fn pubkey_of(key: &Path) -> Output {
+    let file = fs::File::open(key).unwrap_or_else(|e| panic!("open {}: {e}", key.display()));
+    Command::new(WEFT)
+        .arg("pubkey")
+        .stdin(file)
+        .output()
+        .expect("run weft pubkey")
+}
+
 /// Two hosts joined by a veth pair (`u0` in each), underlay 198.18.N.1/24 and
 /// 198.18.N.2/24, overlay 10.40.0.1/16 and 10.40.0.2/16, each the other's peer.
 pub struct Net {
@@ -605,7 +657,7 @@ pub fn tcp_transfer(
     seed: u64,
 ) -> ([u8; 32], [u8; 32], usize) {
     use sha2::{Digest, Sha256};
-    let addr: std::net::SocketAddr = format!("{to_ip}:{port}").parse().expect("address");
+    let addr = std::net::SocketAddr::new(to_ip.parse().expect("address"), port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = spawn_in_netns(to, move || {
         let listener = std::net::TcpListener::bind(addr).expect("bind the receiver");
@@ -655,6 +707,104 @@ pub fn tcp_transfer(
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));
     (sent_hash, recv_hash, received)
+}
+
+/// What [`udp_transfer`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpTransfer {
+    /// Datagrams sent.
+    pub sent: usize,
+    /// Datagrams received with exactly the bytes sent.
+    pub intact: usize,
+    /// Datagrams received with other bytes (or another length).
+    pub corrupted: usize,
+}
+
+/// Sends `count` UDP datagrams from namespace `from` to `to_ip:port`
+/// (receiver in namespace `to`), their payload lengths taken in turn from
+/// `sizes`, each holding its sequence number and bytes derived from it, so
+/// the receiver checks every datagram on its own. Paced (a short pause
+/// every 32 datagrams) so socket buffers do not overflow.
+pub fn udp_transfer(
+    from: &str,
+    to: &str,
+    to_ip: &str,
+    port: u16,
+    count: usize,
+    sizes: &[usize],
+) -> UdpTransfer {
+    fn fill(seq: u64, buf: &mut [u8]) {
+        buf[..8].copy_from_slice(&seq.to_be_bytes());
+        for (i, b) in buf[8..].iter_mut().enumerate() {
+            *b = (seq.wrapping_mul(31) as usize + i * 7) as u8;
+        }
+    }
+    let addr: std::net::SocketAddr =
+        std::net::SocketAddr::new(to_ip.parse().expect("address"), port);
+    let sizes: Vec<usize> = sizes.iter().map(|s| (*s).max(8)).collect();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let expect = sizes.clone();
+    let server = spawn_in_netns(to, move || {
+        let socket = std::net::UdpSocket::bind(addr).expect("bind the receiver");
+        ready_tx.send(()).expect("signal ready");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let (mut intact, mut corrupted) = (0, 0);
+        let mut buf = vec![0u8; 65536];
+        let mut want = vec![0u8; 65536];
+        while let Ok(n) = socket.recv(&mut buf) {
+            if n < 8 {
+                corrupted += 1;
+                continue;
+            }
+            let seq = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+            let len = expect[seq as usize % expect.len()];
+            if n != len {
+                corrupted += 1;
+                continue;
+            }
+            fill(seq, &mut want[..len]);
+            if buf[..n] == want[..n] {
+                intact += 1;
+            } else {
+                corrupted += 1;
+            }
+        }
+        (intact, corrupted)
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("receiver ready");
+    let sent = in_netns(from, move || {
+        let socket = std::net::UdpSocket::bind(if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        })
+        .expect("bind the sender");
+        let mut buf = vec![0u8; 65536];
+        let mut sent = 0;
+        for seq in 0..count as u64 {
+            let len = sizes[seq as usize % sizes.len()];
+            fill(seq, &mut buf[..len]);
+            if socket.send_to(&buf[..len], addr).is_ok() {
+                sent += 1;
+            }
+            if seq % 32 == 31 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        sent
+    });
+    let (intact, corrupted) = server
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    UdpTransfer {
+        sent,
+        intact,
+        corrupted,
+    }
 }
 
 /// The header of one weft datagram seen on the wire.
