@@ -1575,6 +1575,8 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             mac_age: l2plan.mac_age,
             mac_quota: l2plan.mac_quota,
             status_addr: plan.status_addr,
+            workers: plan.workers,
+            offload: plan.offload,
             status_template: Status {
                 version: crate::VERSION.into(),
                 name: plan.name.clone(),
@@ -1611,8 +1613,8 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         ));
         workers = 1;
     }
-    let mut udp_sockets =
-        udp::bind_data_sockets(plan.listen, workers).map_err(|e| usage(e.to_string()))?;
+    let mut udp_sockets = udp::bind_data_sockets(plan.listen, workers, udp::Steering::Lane)
+        .map_err(|e| usage(e.to_string()))?;
     let http = crate::api::http::bind(plan.status_addr).map_err(usage)?;
     let control = crate::api::control::bind(plan.status_addr).map_err(usage)?;
     let ipam_parts = match &plan.ipam {
@@ -1781,8 +1783,14 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 overlay_mtu,
                 plan.overlay,
                 workers,
+                plan.offload,
             )
             .map_err(usage)?;
+            log.info(match (plan.offload, tap[0].vnet_hdr()) {
+                (true, true) => "TAP offloads on: IFF_VNET_HDR with TSO; weft segments super-frames itself and coalesces what it writes (GRO)",
+                (true, false) => "TAP offloads off: the kernel refused IFF_VNET_HDR/TUNSETOFFLOAD; one frame per read and write",
+                (false, _) => "TAP offloads off (--no-offload): one frame per read and write",
+            });
             if guard.created() {
                 if let Some(lock) = instance_lock.as_mut() {
                     lock.record(|r| {

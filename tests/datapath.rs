@@ -158,6 +158,88 @@ fn bridge_2_workers() {
     bridge(2);
 }
 
+/// Bridge mode without TAP offloads: one frame per read and write.
+#[test]
+fn bridge_no_offloads_2_workers() {
+    require_root!();
+    let mut net = Net::pair(1500);
+    up(
+        &mut net,
+        &[
+            "--iface",
+            "bridge",
+            "--mode",
+            "udp",
+            "--workers",
+            "2",
+            "--no-offload",
+        ],
+    );
+    assert!(net.a.logs().contains("TAP offloads off (--no-offload)"));
+    let (a_ip, b_ip) = (net.a.overlay_ip(), net.b.overlay_ip());
+    transfers(&net, &a_ip, &b_ip, "bridge, no offloads, 2 workers");
+}
+
+/// Plaintext VXLAN (static VTEPs, no weft control protocol): the same
+/// transfers, each host the other's VTEP.
+fn plain(workers: usize) {
+    let mut net = Net::pair(1500);
+    let w = workers.to_string();
+    let (a_vtep, b_vtep) = (net.b.underlay.to_string(), net.a.underlay.to_string());
+    for (h, vtep) in [(&mut net.a, a_vtep), (&mut net.b, b_vtep)] {
+        h.peers.clear();
+        h.start(&[
+            "--mode",
+            "plain",
+            "--insecure-plaintext",
+            "--vni",
+            "42",
+            "--vtep",
+            &vtep,
+            "--workers",
+            &w,
+        ]);
+    }
+    for h in [&net.a, &net.b] {
+        assert!(
+            wait_until(Duration::from_secs(10), || link_exists(&h.ns, "weft-tap")),
+            "{}",
+            h.logs()
+        );
+        // The line follows the device by a moment.
+        let line = format!("static VTEP(s); {workers} worker(s)");
+        assert!(
+            wait_until(Duration::from_secs(5), || h.logs().contains(&line)),
+            "{}",
+            h.logs()
+        );
+    }
+    let (a_ip, b_ip) = (net.a.overlay_ip(), net.b.overlay_ip());
+    transfers(
+        &net,
+        &a_ip,
+        &b_ip,
+        &format!("plaintext VXLAN, {workers} worker(s)"),
+    );
+    // Every frame crossed as VXLAN between the two VTEPs.
+    let status = status_json(&net.a.ns).expect("status");
+    let vtep = &status["l2"]["vteps"][0];
+    assert!(vtep["tx_packets"].as_u64() > Some(1000), "{status}");
+    assert!(vtep["rx_packets"].as_u64() > Some(1000), "{status}");
+}
+
+#[test]
+fn plaintext_1_worker() {
+    require_root!();
+    plain(1);
+}
+
+#[test]
+fn plaintext_2_workers() {
+    require_root!();
+    plain(2);
+}
+
 /// With the test hook, a worker panics once it has read some packets from
 /// the device: weft must stop whole (never run on half alive), exit with
 /// an error, and leave no device or route behind; its peer sees it go.

@@ -22,11 +22,13 @@ pub const DEVICE_BATCH: usize = 128;
 
 /// A batch of packets, each in its own buffer behind [`HEADROOM`] bytes.
 /// Allocated once per worker and reused: nothing is allocated per packet.
+/// Buffers stay `HEADROOM + max_packet` bytes long (allocated zeroed, so
+/// untouched pages cost no memory); the packet lengths are kept apart.
 /// (`Default` is an empty batch with no room, for swapping out.)
 #[derive(Default)]
 pub struct PacketBatch {
-    /// Each buffer holds `HEADROOM + packet length` bytes while in use.
     bufs: Vec<Vec<u8>>,
+    lens: Vec<usize>,
     count: usize,
     max_packet: usize,
 }
@@ -36,8 +38,9 @@ impl PacketBatch {
     pub fn new(capacity: usize, max_packet: usize) -> PacketBatch {
         PacketBatch {
             bufs: (0..capacity)
-                .map(|_| Vec::with_capacity(HEADROOM + max_packet))
+                .map(|_| vec![0u8; HEADROOM + max_packet])
                 .collect(),
+            lens: vec![0; capacity],
             count: 0,
             max_packet,
         }
@@ -75,17 +78,21 @@ impl PacketBatch {
 
     /// Packet `i`.
     pub fn get(&self, i: usize) -> &[u8] {
-        &self.bufs[i][HEADROOM..]
+        &self.bufs[i][HEADROOM..HEADROOM + self.lens[i]]
     }
 
     /// Packet `i`, writable.
     pub fn get_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.bufs[i][HEADROOM..]
+        let len = self.lens[i];
+        &mut self.bufs[i][HEADROOM..HEADROOM + len]
     }
 
     /// The packets, in order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.bufs[..self.count].iter().map(|b| &b[HEADROOM..])
+        self.bufs[..self.count]
+            .iter()
+            .zip(&self.lens)
+            .map(|(b, &len)| &b[HEADROOM..HEADROOM + len])
     }
 
     /// Appends a copy of `packet`; false when the batch is full or the
@@ -105,29 +112,23 @@ impl PacketBatch {
     /// The next free slot, `max_packet` bytes long (after the headroom),
     /// for a driver to read into; [`commit`](Self::commit) keeps it.
     pub fn next_slot(&mut self) -> Option<&mut [u8]> {
-        let max = self.max_packet;
         let buf = self.bufs.get_mut(self.count)?;
-        buf.resize(HEADROOM + max, 0);
         Some(&mut buf[HEADROOM..])
     }
 
     /// Keeps the first `len` bytes of the slot [`next_slot`](Self::next_slot)
     /// gave as the next packet.
     pub fn commit(&mut self, len: usize) {
-        if let Some(buf) = self.bufs.get_mut(self.count) {
-            buf.truncate(HEADROOM + len.min(self.max_packet));
+        if self.count < self.bufs.len() {
+            self.lens[self.count] = len.min(self.max_packet);
             self.count += 1;
         }
     }
 
-    /// The free slots, whole (headroom included), `HEADROOM + max_packet`
-    /// bytes each: a driver that splits a super-packet writes the segments
-    /// straight into them, then calls [`commit_many`](Self::commit_many).
+    /// The free slots, whole (headroom included): a driver that splits a
+    /// super-packet writes the segments straight into them, then calls
+    /// [`commit_many`](Self::commit_many).
     pub fn free_slots(&mut self) -> &mut [Vec<u8>] {
-        let size = HEADROOM + self.max_packet;
-        for b in &mut self.bufs[self.count..] {
-            b.resize(size, 0);
-        }
         &mut self.bufs[self.count..]
     }
 
@@ -139,10 +140,34 @@ impl PacketBatch {
         }
     }
 
-    /// The used buffers, whole (headroom included): what a coalescing
-    /// writer needs.
-    pub fn used_bufs(&mut self) -> &mut [Vec<u8>] {
-        &mut self.bufs[..self.count]
+    /// The used buffers, whole, and the packet lengths: what a coalescing
+    /// writer needs (each packet at [`HEADROOM`] in its buffer, the rest
+    /// of the buffer room to grow into).
+    pub fn used(&mut self) -> (&mut [Vec<u8>], &[usize]) {
+        (&mut self.bufs[..self.count], &self.lens[..self.count])
+    }
+
+    /// Runs `write` over the used buffers cut to `HEADROOM + length` (what
+    /// tun-rs's coalescing writer takes), then makes them whole again.
+    pub fn with_exact_bufs<T>(&mut self, write: impl FnOnce(&mut [Vec<u8>]) -> T) -> T {
+        let full = HEADROOM + self.max_packet;
+        for (b, &len) in self.bufs[..self.count].iter_mut().zip(&self.lens) {
+            b.truncate(HEADROOM + len);
+        }
+        let out = write(&mut self.bufs[..self.count]);
+        for b in &mut self.bufs[..self.count] {
+            if b.capacity() >= full && b.len() <= full {
+                // SAFETY: every buffer was allocated zeroed at `full` bytes
+                // and is only ever truncated or grown (Vec::resize, which
+                // initialises, or a reallocation, which keeps the old
+                // allocation's bytes), so its first `full` bytes are
+                // initialised u8s within its capacity.
+                unsafe { b.set_len(full) };
+            } else {
+                b.resize(full, 0);
+            }
+        }
+        out
     }
 }
 
@@ -177,6 +202,12 @@ pub trait Device: Send {
 
     /// Watches the device for readability under `token`.
     fn register(&self, registry: &Registry, token: Token) -> io::Result<()>;
+
+    /// How long a packet buffer of the write batch should be for the
+    /// driver to coalesce in place (0: any slot will do).
+    fn write_room(&self) -> usize {
+        0
+    }
 
     /// Counters since the last call (then reset).
     fn take_stats(&mut self) -> DeviceStats;
@@ -278,11 +309,15 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!(b.get(0), &[1, 2, 3]);
         assert_eq!(b.get(1), &[9, 9]);
-        assert_eq!(b.used_bufs()[1].len(), HEADROOM + 2);
+        assert_eq!(b.used().1, &[3, 2]);
         assert!(!b.push(&[0; 101]), "longer than a slot");
         assert!(b.push(&[7; 100]));
         assert!(!b.push(&[1]), "full");
         assert!(b.next_slot().is_none());
+        let lens: Vec<usize> = b.with_exact_bufs(|bufs| bufs.iter().map(Vec::len).collect());
+        assert_eq!(lens, vec![HEADROOM + 3, HEADROOM + 2, HEADROOM + 100]);
+        assert_eq!(b.get(0), &[1, 2, 3], "whole again afterwards");
+        assert!(b.used().0.iter().all(|s| s.len() == HEADROOM + 100));
         b.clear();
         assert!(b.is_empty());
         assert_eq!(b.room(), 3);

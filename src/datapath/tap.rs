@@ -79,6 +79,7 @@ pub fn create(
     overlay_mtu: u16,
     overlay: Option<(IpAddr, u8)>,
     queues: usize,
+    offload: bool,
 ) -> Result<(Vec<TunDevice>, BridgeGuard), String> {
     for (what, name) in [("--bridge", bridge), ("--iface-name", tap_name)] {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
@@ -131,6 +132,7 @@ pub fn create(
         .mac_addr(random_mac())
         .mtu(overlay_mtu)
         .multi_queue(queues > 1)
+        .offload(offload)
         .build_sync()
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => {
@@ -138,7 +140,7 @@ pub fn create(
             }
             _ => format!("cannot create TAP device {tap_name}: {e}"),
         })?;
-    let tap = TunDevice::from_device(device, tap_name.to_string())
+    let tap = TunDevice::from_device(device, tap_name.to_string(), true)
         .map_err(|e| format!("cannot make TAP {tap_name} non-blocking: {e}"))?;
     let mut taps = Vec::with_capacity(queues.max(1));
     for _ in 1..queues.max(1) {

@@ -1,8 +1,9 @@
 //! The TUN device (L3 mode) and the queues of the TAP device (bridge mode),
 //! through `tun-rs`, behind the batch [`Device`] interface. With
-//! IFF_VNET_HDR offloads (TUN), reads are TSO/USO super-packets that are cut
-//! into path-sized segments here, and writes are coalesced (GRO) into few
-//! large packets here: the router only ever sees ordinary packets.
+//! IFF_VNET_HDR offloads, reads are TSO/USO super-packets that are cut into
+//! path-sized segments here (TUN: `offload`; TAP: `l2_offload`), and
+//! writes are coalesced (GRO) into few large packets here: the router only
+//! ever sees ordinary packets and frames.
 //!
 //! With several workers the device is multi-queue (IFF_MULTI_QUEUE): one
 //! [`TunDevice`] per queue, each read and written by its own worker; the
@@ -15,7 +16,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use mio::{Registry, Token};
 
 use super::device::{Device, DeviceStats, DeviceWriter, PacketBatch, HEADROOM};
+use super::l2_offload::{self, L2Coalescer, L2Read};
 use super::offload::{self, SuperPacket, VNET_HDR_LEN};
+
+/// The largest read with offloads: virtio header, a 64 KiB IP packet and
+/// an Ethernet header with a VLAN tag.
+const MAX_READ: usize = VNET_HDR_LEN + 65535 + 18;
 
 /// One queue of an open TUN or TAP device. Closing the last queue (drop)
 /// removes the interface and the connected route the kernel added for its
@@ -24,6 +30,10 @@ pub struct TunDevice {
     device: tun_rs::SyncDevice,
     name: String,
     vnet_hdr: bool,
+    /// A TAP (Ethernet frames) rather than a TUN (IP packets).
+    l2: bool,
+    /// TAP offloads: merges received TCP segments for writing.
+    coalescer: Option<L2Coalescer>,
     /// Offloads: one read (virtio header + up to 64 KiB).
     read_buf: Box<[u8]>,
     /// Offloads: a super-packet read that did not fit the last batch.
@@ -99,7 +109,7 @@ impl TunDevice {
             Some(libc::EBUSY) | Some(libc::EEXIST) => TunError::Exists { name: name.into() },
             _ => other(e),
         })?;
-        let first = TunDevice::from_device(device, name.to_string()).map_err(other)?;
+        let first = TunDevice::from_device(device, name.to_string(), false).map_err(other)?;
         let mut all = Vec::with_capacity(queues);
         for _ in 1..queues.max(1) {
             all.push(first.add_queue().map_err(other)?);
@@ -109,16 +119,22 @@ impl TunDevice {
     }
 
     /// Wraps a device opened elsewhere (the TAP of bridge mode, see
-    /// `datapath::tap`): reads and writes work the same for both layers.
-    /// Makes it non-blocking.
-    pub fn from_device(device: tun_rs::SyncDevice, name: String) -> io::Result<TunDevice> {
+    /// `datapath::tap`, with `l2`): reads and writes work the same for
+    /// both layers. Makes it non-blocking.
+    pub fn from_device(
+        device: tun_rs::SyncDevice,
+        name: String,
+        l2: bool,
+    ) -> io::Result<TunDevice> {
         device.set_nonblocking(true)?;
         let vnet_hdr = device.tcp_gso();
         Ok(TunDevice {
             device,
             name,
             vnet_hdr,
-            read_buf: vec![0u8; VNET_HDR_LEN + 65536].into_boxed_slice(),
+            l2,
+            coalescer: (l2 && vnet_hdr).then(|| L2Coalescer::new(super::device::DEVICE_BATCH)),
+            read_buf: vec![0u8; MAX_READ].into_boxed_slice(),
             pending: None,
             sizes: vec![0; super::device::DEVICE_BATCH],
             gro_table: tun_rs::GROTable::default(),
@@ -128,7 +144,7 @@ impl TunDevice {
 
     /// Opens one more queue of this (multi-queue) device.
     pub fn add_queue(&self) -> io::Result<TunDevice> {
-        TunDevice::from_device(self.device.try_clone()?, self.name.clone())
+        TunDevice::from_device(self.device.try_clone()?, self.name.clone(), self.l2)
     }
 
     /// Whether reads and writes carry a virtio_net header (offloads on).
@@ -184,10 +200,61 @@ impl TunDevice {
         }
     }
 
+    /// TAP offloads: puts the read in `read_buf[..n]` into the batch, cut
+    /// into Ethernet frames if it is a super-frame. False when it does not
+    /// fit the batch's free room (kept for the next batch).
+    fn take_l2_read(&mut self, n: usize, batch: &mut PacketBatch) -> bool {
+        let read = &mut self.read_buf[..n];
+        match l2_offload::classify_read(read) {
+            Ok(L2Read::Single(len)) => {
+                if batch.room() == 0 {
+                    return false;
+                }
+                if !batch.push(&read[VNET_HDR_LEN..VNET_HDR_LEN + len]) {
+                    self.stats.too_big += 1;
+                }
+                true
+            }
+            Ok(L2Read::Segmented(sf)) => {
+                let count = sf.count();
+                if count > batch.capacity() || sf.segment_len() > batch.max_packet() {
+                    self.stats.too_big += 1;
+                    return true;
+                }
+                if count > batch.room() {
+                    return false;
+                }
+                let slots = batch.free_slots();
+                match l2_offload::split_super_frame(
+                    &read[VNET_HDR_LEN..],
+                    &sf,
+                    &mut slots[..count],
+                    &mut self.sizes[..count],
+                    HEADROOM,
+                ) {
+                    Ok(k) => batch.commit_many(&self.sizes[..k]),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot segment a super-frame from the TAP device");
+                        self.stats.too_big += 1;
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "unreadable frame from the TAP device");
+                self.stats.malformed += 1;
+                true
+            }
+        }
+    }
+
     /// Offloads: puts the read in `read_buf[..n]` into the batch, cut into
     /// segments if it is a super-packet. False when it does not fit the
     /// batch's free room (kept for the next batch).
     fn take_read(&mut self, n: usize, batch: &mut PacketBatch) -> bool {
+        if self.l2 {
+            return self.take_l2_read(n, batch);
+        }
         match offload::classify(&mut self.read_buf, n) {
             Ok((_, SuperPacket::Single(len))) => {
                 if batch.room() == 0 {
@@ -268,17 +335,39 @@ impl Device for TunDevice {
         if batch.is_empty() {
             return;
         }
-        if self.vnet_hdr {
-            let n = batch.len();
-            match self
-                .device
-                .send_multiple(&mut self.gro_table, batch.used_bufs(), HEADROOM)
-            {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "coalesced write to the TUN device failed");
-                    self.stats.write_errors += 1;
+        if let Some(coalescer) = self.coalescer.as_mut() {
+            let (bufs, lens) = batch.used();
+            match coalescer.coalesce(bufs, lens, HEADROOM) {
+                Ok(writes) => {
+                    for w in writes {
+                        // The virtio header is in the buffer already.
+                        if self
+                            .device
+                            .send(&bufs[w.buf][w.start..w.start + w.len])
+                            .is_err()
+                        {
+                            self.stats.write_errors += 1;
+                        }
+                        self.stats.coalesced_writes += u64::from(w.segments > 1);
+                    }
                 }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot coalesce frames for the TAP device");
+                    for i in 0..batch.len() {
+                        if self.send(batch.get(i)).is_err() {
+                            self.stats.write_errors += 1;
+                        }
+                    }
+                }
+            }
+        } else if self.vnet_hdr {
+            let n = batch.len();
+            let (device, table) = (&self.device, &mut self.gro_table);
+            if let Err(e) =
+                batch.with_exact_bufs(|bufs| device.send_multiple(table, bufs, HEADROOM))
+            {
+                tracing::debug!(error = %e, "coalesced write to the TUN device failed");
+                self.stats.write_errors += 1;
             }
             if n > 1 {
                 self.stats.coalesced_writes += 1;
@@ -299,6 +388,15 @@ impl Device for TunDevice {
 
     fn register(&self, registry: &Registry, token: Token) -> io::Result<()> {
         super::device::register_fd(self.device.as_raw_fd(), registry, token)
+    }
+
+    fn write_room(&self) -> usize {
+        // A TAP coalesces into the first frame's buffer: room for 64 KiB.
+        if self.coalescer.is_some() {
+            MAX_READ - VNET_HDR_LEN
+        } else {
+            0
+        }
     }
 
     fn take_stats(&mut self) -> DeviceStats {

@@ -49,10 +49,23 @@ fn map_bind(proto: &'static str, addr: SocketAddr, e: io::Error) -> BindError {
     }
 }
 
+/// How a group of data sockets shares what arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steering {
+    /// weft's sleeve: by the lane in the header (the sending worker).
+    Lane,
+    /// Plaintext VXLAN: by a hash of the inner frame's addresses and ports.
+    InnerFlow,
+}
+
 /// Binds `count` data sockets on `addr` (with SO_REUSEPORT when more than
-/// one: each datapath worker gets its own, and the kernel keeps each flow
-/// on one of them), each as [`bind_data_socket`] makes it.
-pub fn bind_data_sockets(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket>, BindError> {
+/// one: each datapath worker gets its own, and a classic BPF program
+/// picks the socket per `steering`), each as [`bind_data_socket`] makes it.
+pub fn bind_data_sockets(
+    addr: SocketAddr,
+    count: usize,
+    steering: Steering,
+) -> Result<Vec<UdpSocket>, BindError> {
     if count <= 1 {
         return Ok(vec![bind_data_socket(addr)?]);
     }
@@ -63,45 +76,95 @@ pub fn bind_data_sockets(addr: SocketAddr, count: usize) -> Result<Vec<UdpSocket
     for _ in 1..count {
         all.push(bind_socket(addr, true)?);
     }
-    if let Err(e) = steer_by_lane(&all[0], count) {
+    let program = match steering {
+        Steering::Lane => lane_program(count as u32),
+        Steering::InnerFlow => inner_flow_program(count as u32),
+    };
+    if let Err(e) = attach_reuseport_program(&all[0], &program) {
         // The kernel's 4-tuple hash still spreads peers over the sockets.
-        tracing::warn!("cannot attach the SO_REUSEPORT lane program ({e}): each peer's traffic stays on one worker");
+        tracing::warn!("cannot attach the SO_REUSEPORT steering program ({e}): each peer's traffic stays on one worker");
     }
     Ok(all)
 }
 
-/// Attaches a classic BPF program to the SO_REUSEPORT group of `socket`
-/// that hands a datagram to socket `lane % count`, the lane being the
-/// second byte of weft's sleeve header (the sending worker's number): one
-/// peer's traffic then spreads over this host's workers, each sending
-/// worker's flows staying on one receiving worker, in order. The program
-/// sees the UDP payload (the kernel pulls the UDP header first); datagrams
-/// shorter than two bytes go to socket 0.
-fn steer_by_lane(socket: &UdpSocket, count: usize) -> io::Result<()> {
+// Classic BPF (see linux/filter.h): the few opcodes the programs use.
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+const LD_W_IND: u16 = 0x40; // BPF_LD | BPF_W | BPF_IND
+const LDX_B_MSH: u16 = 0xb1; // BPF_LDX | BPF_B | BPF_MSH: X = 4 * (P[k] & 0xf)
+const LDX_MEM: u16 = 0x61; // BPF_LDX | BPF_W | BPF_MEM
+const ST: u16 = 0x02;
+const ALU_XOR_X: u16 = 0xac;
+const ALU_RSH_K: u16 = 0x74;
+const ALU_MOD_K: u16 = 0x94;
+const JA: u16 = 0x05;
+const JEQ_K: u16 = 0x15;
+const TAX: u16 = 0x07;
+const RET_A: u16 = 0x16;
+const RET_K: u16 = 0x06;
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// Socket `lane % count`, the lane being the second byte of weft's sleeve
+/// header (the sending worker's number): one peer's traffic spreads over
+/// this host's workers, each sending worker's flows staying on one
+/// receiving worker, in order. The program sees the UDP payload (the
+/// kernel pulls the UDP header first); a datagram shorter than two bytes
+/// goes to socket 0.
+fn lane_program(count: u32) -> Vec<libc::sock_filter> {
+    vec![
+        insn(LD_B_ABS, 0, 0, 1),
+        insn(ALU_MOD_K, 0, 0, count),
+        insn(RET_A, 0, 0, 0),
+    ]
+}
+
+/// Socket `hash % count`, the hash folding the inner IPv4/IPv6 addresses
+/// (the last word of each for IPv6) and the word after the IP header (TCP
+/// and UDP ports) of the Ethernet frame in a VXLAN datagram: a Linux
+/// vxlan device spreads flows over source ports, but a weft sending from
+/// its one port does not, so the inner flow decides. Anything else goes
+/// to socket 0.
+fn inner_flow_program(count: u32) -> Vec<libc::sock_filter> {
+    // VXLAN header 8, Ethernet type at 20, IP header at 22.
+    vec![
+        insn(LD_H_ABS, 0, 0, 20),
+        insn(JEQ_K, 0, 9, 0x0800), // IPv4, else to 11
+        insn(LD_W_ABS, 0, 0, 22 + 12),
+        insn(ST, 0, 0, 0),
+        insn(LD_W_ABS, 0, 0, 22 + 16),
+        insn(LDX_MEM, 0, 0, 0),
+        insn(ALU_XOR_X, 0, 0, 0),
+        insn(ST, 0, 0, 0),
+        insn(LDX_B_MSH, 0, 0, 22),
+        insn(LD_W_IND, 0, 0, 22),
+        insn(JA, 0, 0, 8),          // to 19
+        insn(JEQ_K, 0, 14, 0x86dd), // IPv6, else to 26
+        insn(LD_W_ABS, 0, 0, 22 + 8 + 12),
+        insn(ST, 0, 0, 0),
+        insn(LD_W_ABS, 0, 0, 22 + 24 + 12),
+        insn(LDX_MEM, 0, 0, 0),
+        insn(ALU_XOR_X, 0, 0, 0),
+        insn(ST, 0, 0, 0),
+        insn(LD_W_ABS, 0, 0, 22 + 40),
+        insn(LDX_MEM, 0, 0, 0), // 19: A = ports ^ addresses
+        insn(ALU_XOR_X, 0, 0, 0),
+        insn(TAX, 0, 0, 0),
+        insn(ALU_RSH_K, 0, 0, 16),
+        insn(ALU_XOR_X, 0, 0, 0),
+        insn(ALU_MOD_K, 0, 0, count),
+        insn(RET_A, 0, 0, 0),
+        insn(RET_K, 0, 0, 0), // 26
+    ]
+}
+
+/// Attaches a classic BPF program to the SO_REUSEPORT group of `socket`:
+/// its return value picks the socket (in the order they were bound).
+fn attach_reuseport_program(socket: &UdpSocket, program: &[libc::sock_filter]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    const BPF_LD_B_ABS: u16 = 0x10 | 0x20; // BPF_LD (0) | BPF_B | BPF_ABS
-    const BPF_ALU_MOD_K: u16 = 0x04 | 0x90; // BPF_ALU | BPF_MOD | BPF_K
-    const BPF_RET_A: u16 = 0x06 | 0x10; // BPF_RET | BPF_A
-    let program = [
-        libc::sock_filter {
-            code: BPF_LD_B_ABS,
-            jt: 0,
-            jf: 0,
-            k: 1,
-        },
-        libc::sock_filter {
-            code: BPF_ALU_MOD_K,
-            jt: 0,
-            jf: 0,
-            k: count as u32,
-        },
-        libc::sock_filter {
-            code: BPF_RET_A,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-    ];
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr() as *mut libc::sock_filter,
@@ -217,7 +280,7 @@ mod tests {
 
     #[test]
     fn lanes_pick_the_socket() {
-        let socks = bind_data_sockets("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let socks = bind_data_sockets("127.0.0.1:0".parse().unwrap(), 2, Steering::Lane).unwrap();
         let to = socks[0].local_addr().unwrap();
         assert_eq!(socks[1].local_addr().unwrap(), to, "one port for the group");
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -236,6 +299,68 @@ mod tests {
         // Same source, same 4-tuple: only the lane program spreads them.
         assert_eq!(got[0], vec![0, 2, 0]);
         assert_eq!(got[1], vec![1, 3, 1]);
+    }
+
+    /// A VXLAN datagram carrying an IPv4 (or IPv6) UDP frame between
+    /// these ports.
+    fn vxlan_udp(v6: bool, sport: u16, dport: u16) -> Vec<u8> {
+        let mut d = vec![0u8; 8 + 14];
+        d[0] = 0x08;
+        if v6 {
+            d[20..22].copy_from_slice(&0x86ddu16.to_be_bytes());
+            let mut ip = vec![0u8; 40];
+            ip[0] = 0x60;
+            ip[6] = 17;
+            ip[23] = 1;
+            ip[39] = 2;
+            d.extend_from_slice(&ip);
+        } else {
+            d[20..22].copy_from_slice(&0x0800u16.to_be_bytes());
+            d.extend_from_slice(&[
+                0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+            ]);
+        }
+        d.extend_from_slice(&sport.to_be_bytes());
+        d.extend_from_slice(&dport.to_be_bytes());
+        d.extend_from_slice(&[0, 8, 0, 0]);
+        d
+    }
+
+    #[test]
+    fn inner_flows_keep_their_socket_and_spread() {
+        let socks =
+            bind_data_sockets("127.0.0.1:0".parse().unwrap(), 2, Steering::InnerFlow).unwrap();
+        let to = socks[0].local_addr().unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let flows: Vec<Vec<u8>> = (0..16u16)
+            .map(|i| vxlan_udp(i % 2 == 1, 40000 + i, 5201))
+            .collect();
+        for _ in 0..3 {
+            for f in &flows {
+                tx.send_to(f, to).unwrap();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut seen: Vec<Vec<usize>> = vec![Vec::new(); flows.len()];
+        let mut buf = [0u8; 200];
+        for (i, s) in socks.iter().enumerate() {
+            while let Ok(n) = s.recv(&mut buf) {
+                let f = flows.iter().position(|f| f[..] == buf[..n]).unwrap();
+                seen[f].push(i);
+            }
+        }
+        for (f, socks) in seen.iter().enumerate() {
+            assert_eq!(socks.len(), 3, "flow {f}");
+            assert!(
+                socks.iter().all(|s| *s == socks[0]),
+                "flow {f} moved: {socks:?}"
+            );
+        }
+        let on_first = seen.iter().filter(|s| s[0] == 0).count();
+        assert!(
+            (1..flows.len()).contains(&on_first),
+            "{on_first} of 16 on socket 0"
+        );
     }
 
     #[test]

@@ -6,33 +6,30 @@
 //! switch or flannel. There is nothing to authenticate (the frames are not
 //! protected anyway) and nothing to negotiate: VNI, port and MTU are
 //! configuration, exactly as for a Linux vxlan device. One frame per
-//! datagram, as the RFC requires; datagrams are read with recvmmsg and
-//! written with sendmmsg, [`BATCH`] per call.
+//! datagram, as the RFC requires. The datapath workers of the encrypted
+//! mode move the frames here too (`Codec::Vxlan`): each with its own TAP
+//! queue (offloads on) and its own SO_REUSEPORT socket, batches in and
+//! out, equal-size runs in one UDP GSO send.
 
-use super::l2::{Egress, L2Switch};
+use super::dataplane::StopFlag;
+use super::l2::L2Switch;
+use super::worker::{Codec, ControlLink, Vtep, WorkerConfig, WorkerParts, WorkerSet};
 use crate::api::http::StatusServer;
 use crate::api::l2_status::{L2Status, VtepStatus, VxlanDrops};
-use crate::api::Status;
-use crate::datapath::batch::{RecvBatch, SendBatch, BATCH};
-use crate::datapath::tun::TunDevice;
+use crate::api::{DropCounters, Status};
+use crate::datapath::underlay::UdpUnderlay;
 use crate::datapath::{tap, udp};
-use crate::mesh::fdb::Location;
-use crate::wire::vxlan;
-use mio::net::UdpSocket;
+use crate::mesh::ForwardingReader;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TAP: Token = Token(0);
-const UDP: Token = Token(1);
-const SIGNALS: Token = Token(2);
+const SIGNALS: Token = Token(0);
+const WAKE: Token = Token(1);
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
-/// Room for one datagram: the largest UDP payload.
-const MAX_DATAGRAM: usize = 65536;
 
 /// What `weft launch --mode plain` decided.
 pub struct PlainLaunch {
@@ -56,6 +53,10 @@ pub struct PlainLaunch {
     pub mac_quota: usize,
     /// Status server address.
     pub status_addr: SocketAddr,
+    /// Datapath worker threads.
+    pub workers: usize,
+    /// TAP offloads (IFF_VNET_HDR).
+    pub offload: bool,
     /// The static part of the status.
     pub status_template: Status,
 }
@@ -69,16 +70,12 @@ pub enum PlainError {
     Runtime(String),
 }
 
-struct Vtep {
-    addr: SocketAddr,
-    status: VtepStatus,
-}
-
-/// Sets up the bridge, TAP and socket, runs until SIGINT/SIGTERM and
-/// removes what it created.
+/// Sets up the bridge, TAP and sockets, runs the workers until
+/// SIGINT/SIGTERM and removes what it created.
 pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
     tracing::warn!("plaintext mode: frames cross the underlay as standard VXLAN, unencrypted and unauthenticated");
-    let socket = udp::bind_data_socket(cfg.bind).map_err(|e| PlainError::Usage(e.to_string()))?;
+    let sockets = udp::bind_data_sockets(cfg.bind, cfg.workers, udp::Steering::InnerFlow)
+        .map_err(|e| PlainError::Usage(e.to_string()))?;
     let http = crate::api::http::bind(cfg.status_addr).map_err(PlainError::Usage)?;
     let (signal_rx, signal_tx) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| PlainError::Runtime(format!("cannot create the signal pipe: {e}")))?;
@@ -89,27 +86,27 @@ pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
         signal_hook::low_level::pipe::register(sig, tx)
             .map_err(|e| PlainError::Runtime(format!("cannot handle signal {sig}: {e}")))?;
     }
-    let (tap_dev, guard) = tap::create(
+    let (taps, guard) = tap::create(
         &cfg.bridge,
         &cfg.tap_name,
         cfg.overlay_mtu,
         Some(cfg.overlay),
-        1,
+        cfg.workers,
+        cfg.offload,
     )
     .map_err(PlainError::Usage)?;
-    let Some(tap_dev) = tap_dev.into_iter().next() else {
-        return Err(PlainError::Runtime("no TAP queue".into()));
-    };
     tracing::info!(
-        "bridge {} holds {}/{}; TAP {} on it, mtu {}; VXLAN VNI {} on {}; {} static VTEP(s)",
+        "bridge {} holds {}/{}; TAP {} on it, mtu {}, offloads {}; VXLAN VNI {} on {}; {} static VTEP(s); {} worker(s)",
         cfg.bridge,
         cfg.overlay.0,
         cfg.overlay.1,
         cfg.tap_name,
         cfg.overlay_mtu,
+        if taps[0].vnet_hdr() { "on" } else { "off" },
         cfg.vni,
         cfg.bind,
-        cfg.vteps.len()
+        cfg.vteps.len(),
+        cfg.workers
     );
     let mut template = cfg.status_template.clone();
     template.l2 = Some(L2Status {
@@ -121,245 +118,137 @@ pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
     });
     let snapshot = Arc::new(Mutex::new(template.clone()));
     let _status_server = StatusServer::start(http, snapshot.clone());
-    let mut plain = PlainRouter::new(tap_dev, socket, signal_rx, &cfg, template, snapshot)
-        .map_err(|e| PlainError::Runtime(format!("cannot start the event loop: {e}")))?;
-    plain
-        .run()
-        .map_err(|e| PlainError::Runtime(format!("event loop failed: {e}")))?;
-    drop(plain);
+    let result = run(&cfg, taps, sockets, signal_rx, template, snapshot);
     drop(guard);
+    result?;
     tracing::info!("stopped; the TAP device is gone");
     Ok(())
 }
 
-struct PlainRouter {
-    poll: Poll,
-    tap: TunDevice,
-    udp: UdpSocket,
+/// The plaintext mode's control thread: starts the workers, expires MAC
+/// entries, publishes the status, and stops everything on a signal (or
+/// when a worker dies).
+fn run(
+    cfg: &PlainLaunch,
+    taps: Vec<crate::datapath::tun::TunDevice>,
+    sockets: Vec<std::net::UdpSocket>,
     signals: std::os::unix::net::UnixStream,
-    vni: u32,
-    vteps: Vec<Vtep>,
-    switch: L2Switch,
-    drops: VxlanDrops,
-    send_errors: u64,
-    recv: RecvBatch,
-    send: SendBatch,
     template: Status,
     snapshot: Arc<Mutex<Status>>,
-    started: Instant,
-}
-
-impl PlainRouter {
-    fn new(
-        tap: TunDevice,
-        udp: std::net::UdpSocket,
-        signals: std::os::unix::net::UnixStream,
-        cfg: &PlainLaunch,
-        template: Status,
-        snapshot: Arc<Mutex<Status>>,
-    ) -> io::Result<PlainRouter> {
-        let poll = Poll::new()?;
-        let mut udp = UdpSocket::from_std(udp);
-        signals.set_nonblocking(true)?;
-        poll.registry()
-            .register(&mut SourceFd(&tap.as_raw_fd()), TAP, Interest::READABLE)?;
-        poll.registry()
-            .register(&mut udp, UDP, Interest::READABLE)?;
-        poll.registry().register(
+) -> Result<(), PlainError> {
+    let runtime = |e: std::io::Error| PlainError::Runtime(format!("plaintext mode: {e}"));
+    let mut poll = Poll::new().map_err(runtime)?;
+    signals.set_nonblocking(true).map_err(runtime)?;
+    poll.registry()
+        .register(
             &mut SourceFd(&signals.as_raw_fd()),
             SIGNALS,
             Interest::READABLE,
-        )?;
-        let frame_room = usize::from(cfg.overlay_mtu) + 14 + 4 + vxlan::HEADER_LEN;
-        Ok(PlainRouter {
-            poll,
-            tap,
-            udp,
-            signals,
-            vni: cfg.vni,
-            vteps: cfg
-                .vteps
-                .iter()
-                .map(|&addr| Vtep {
-                    addr,
-                    status: VtepStatus {
-                        address: addr.to_string(),
-                        ..Default::default()
-                    },
-                })
-                .collect(),
-            switch: L2Switch::new(cfg.overlay_mtu, cfg.mac_age, cfg.mac_quota),
-            drops: VxlanDrops::default(),
-            send_errors: 0,
-            recv: RecvBatch::new(MAX_DATAGRAM),
-            // One more than the largest frame, so an oversized read is seen as such.
-            send: SendBatch::new(frame_room + 1),
-            template,
-            snapshot,
-            started: Instant::now(),
+        )
+        .map_err(runtime)?;
+    let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE).map_err(runtime)?);
+    let vteps: Arc<Vec<Vtep>> = Arc::new(
+        cfg.vteps
+            .iter()
+            .map(|&addr| Vtep {
+                addr,
+                counters: Default::default(),
+            })
+            .collect(),
+    );
+    let switch = Arc::new(Mutex::new(L2Switch::new(
+        cfg.overlay_mtu,
+        cfg.mac_age,
+        cfg.mac_quota,
+    )));
+    let parts: Vec<WorkerParts> = taps
+        .into_iter()
+        .zip(sockets)
+        .map(|(tap, socket)| WorkerParts {
+            device: Box::new(tap),
+            underlay: Box::new(UdpUnderlay::new(socket)),
         })
-    }
-
-    fn run(&mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(64);
-        let mut last_status = Instant::now() - STATUS_INTERVAL;
-        loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(STATUS_INTERVAL)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let mut stop = false;
-            for event in events.iter() {
-                match event.token() {
-                    TAP => self.on_tap_readable(),
-                    UDP => self.on_udp_readable(),
-                    SIGNALS => stop = true,
-                    _ => {}
-                }
-            }
-            if stop {
-                let _ = &self.signals;
-                return Ok(());
-            }
-            let now = Instant::now();
-            self.switch.tick(now);
-            if now.duration_since(last_status) >= STATUS_INTERVAL {
-                self.publish_status(now);
-                last_status = now;
-            }
-        }
-    }
-
-    /// Frames from the bridge: VXLAN header written in front of the frame,
-    /// read straight into the send batch (no copy for unicast).
-    fn on_tap_readable(&mut self) {
-        let fd = self.udp.as_raw_fd();
-        let now = Instant::now();
-        loop {
-            if self.send.len() + self.vteps.len() > BATCH {
-                self.flush(fd);
-            }
-            let Some(slot) = self.send.next_slot() else {
-                self.flush(fd);
+        .collect();
+    let stop = Arc::new(StopFlag::default());
+    // Plaintext workers hand nothing off; the channel is only there for
+    // the shape (the waker tells of a worker's death).
+    let (handoff, _handoffs) = crossbeam_channel::unbounded();
+    let overlay_text = format!("{}/{}", cfg.overlay.0, cfg.overlay.1);
+    let mut workers = WorkerSet::start(
+        parts,
+        |index| WorkerConfig {
+            index,
+            vni: cfg.vni,
+            overlay_mtu: cfg.overlay_mtu,
+            l2: Some(switch.clone()),
+            overlay_text: overlay_text.clone(),
+            panic_after: None,
+            codec: Codec::Vxlan(vteps.clone()),
+        },
+        Arc::default(),
+        ForwardingReader::empty(),
+        ControlLink {
+            handoff,
+            waker: waker.clone(),
+        },
+        stop.clone(),
+    )
+    .map_err(runtime)?;
+    let started = Instant::now();
+    let mut events = Events::with_capacity(8);
+    let result = loop {
+        if let Err(e) = poll.poll(&mut events, Some(STATUS_INTERVAL)) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
-            };
-            let n = match self.tap.recv(&mut slot[vxlan::HEADER_LEN..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the TAP device failed");
-                    break;
-                }
-            };
-            let frame = &slot[vxlan::HEADER_LEN..vxlan::HEADER_LEN + n];
-            let egress = self.switch.from_local(frame, now);
-            vxlan::Packet::new_unchecked(&mut slot[..vxlan::HEADER_LEN]).set_header(self.vni);
-            let datagram_len = vxlan::HEADER_LEN + n;
-            match egress {
-                Egress::Unicast(Location::Vtep(addr)) => {
-                    if let Some(v) = self.vteps.iter_mut().find(|v| v.addr == addr) {
-                        v.status.tx_packets += 1;
-                        v.status.tx_bytes += n as u64;
-                    }
-                    self.send.commit(datagram_len, addr);
-                }
-                Egress::Flood => {
-                    // The first VTEP gets the slot itself, the others a copy.
-                    let Some(first) = self.vteps.first_mut() else {
-                        continue;
-                    };
-                    first.status.tx_packets += 1;
-                    first.status.tx_bytes += n as u64;
-                    let first_addr = first.addr;
-                    self.send.commit(datagram_len, first_addr);
-                    let idx = self.send.len() - 1;
-                    for v in self.vteps.iter_mut().skip(1) {
-                        if self.send.push_copy_of(idx, v.addr) {
-                            v.status.tx_packets += 1;
-                            v.status.tx_bytes += n as u64;
-                        } else {
-                            self.send_errors += 1;
-                        }
-                    }
-                }
-                _ => {}
             }
+            break Err(runtime(e));
         }
-        self.flush(fd);
-    }
-
-    fn flush(&mut self, fd: std::os::fd::RawFd) {
-        let before = self.send.failed;
-        self.send.flush(fd);
-        self.send_errors += self.send.failed - before;
-    }
-
-    fn on_udp_readable(&mut self) {
-        let fd = self.udp.as_raw_fd();
+        if events.iter().any(|e| e.token() == SIGNALS) {
+            break Ok(());
+        }
+        if stop.stopped() {
+            break Err(PlainError::Runtime(
+                "a datapath worker stopped unexpectedly (see the error above); weft stops with it"
+                    .into(),
+            ));
+        }
         let now = Instant::now();
-        loop {
-            let count = match self.recv.recv(fd) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => continue, // ICMP errors surface here
-            };
-            for i in 0..count {
-                let Some((datagram, from)) = self.recv.get_mut(i) else {
-                    continue;
-                };
-                // Linux vxlan devices send from a per-flow source port: match the IP only.
-                let Some(vtep) = self.vteps.iter_mut().find(|v| v.addr.ip() == from.ip()) else {
-                    self.drops.unknown_vtep += 1;
-                    continue;
-                };
-                let Ok(header) = vxlan::Packet::new_checked(&*datagram) else {
-                    self.drops.bad_header += 1;
-                    continue;
-                };
-                let Ok(repr) = vxlan::Repr::parse(&header) else {
-                    self.drops.bad_header += 1;
-                    continue;
-                };
-                if repr.vni != self.vni {
-                    self.drops.wrong_vni += 1;
-                    continue;
-                }
-                let frame = &datagram[vxlan::HEADER_LEN..];
-                if !self
-                    .switch
-                    .from_remote(frame, Location::Vtep(vtep.addr), now)
-                {
-                    continue;
-                }
-                vtep.status.rx_packets += 1;
-                vtep.status.rx_bytes += frame.len() as u64;
-                if self.tap.send(frame).is_err() {
-                    self.send_errors += 1;
-                }
-            }
-        }
-    }
-
-    fn publish_status(&mut self, now: Instant) {
-        let mut status = self.template.clone();
-        status.uptime_secs = now.duration_since(self.started).as_secs();
-        status.dropped.send_errors = self.send_errors;
-        status.dropped.malformed = self.drops.bad_header;
-        status.dropped.bad_record = self.drops.wrong_vni;
-        status.batching.sendmmsg_datagrams = self.send.sent;
-        status.batching.sendmmsg_calls = self.send.calls;
+        let counters = switch.lock().map(|mut s| {
+            s.tick(now);
+            s.counters.clone()
+        });
+        let mut status = template.clone();
+        status.uptime_secs = now.duration_since(started).as_secs();
+        let mut drops = DropCounters::default();
+        let mut vxlan_drops = VxlanDrops::default();
+        workers.add_counters(&mut drops, &mut status.batching, Some(&mut vxlan_drops));
+        status.dropped.send_errors = drops.send_errors;
+        status.dropped.malformed = vxlan_drops.bad_header;
+        status.dropped.bad_record = vxlan_drops.wrong_vni;
+        status.dropped.too_big = drops.too_big;
         if let Some(l2) = status.l2.as_mut() {
-            l2.counters = self.switch.counters.clone();
-            l2.vteps = self.vteps.iter().map(|v| v.status.clone()).collect();
-            l2.vxlan_drops = self.drops.clone();
+            if let Ok(c) = counters {
+                l2.counters = c;
+            }
+            l2.vteps = vteps
+                .iter()
+                .map(|v| {
+                    let (tx_bytes, tx_packets, rx_bytes, rx_packets) = v.counters.read();
+                    VtepStatus {
+                        address: v.addr.to_string(),
+                        tx_packets,
+                        tx_bytes,
+                        rx_packets,
+                        rx_bytes,
+                    }
+                })
+                .collect();
+            l2.vxlan_drops = vxlan_drops;
         }
-        if let Ok(mut g) = self.snapshot.lock() {
+        if let Ok(mut g) = snapshot.lock() {
             *g = status;
         }
-    }
+    };
+    workers.stop();
+    result
 }

@@ -135,6 +135,7 @@ impl Worker {
     ) -> std::io::Result<(Worker, Arc<Waker>)> {
         let poll = Poll::new()?;
         device.register(poll.registry(), DEVICE)?;
+        let device_room = device.write_room();
         underlay.register(poll.registry(), UNDERLAY)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         let l2_header = if cfg.l2.is_some() { 14 } else { 0 };
@@ -160,7 +161,7 @@ impl Worker {
             stop,
             shared,
             read: PacketBatch::new(DEVICE_BATCH, max_packet),
-            write: PacketBatch::new(DEVICE_BATCH, max_packet),
+            write: PacketBatch::new(DEVICE_BATCH, max_packet.max(device_room)),
             recv: Some(RecvBatch::new(MAX_DATAGRAM)),
             drops: DropCounters::default(),
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
