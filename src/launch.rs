@@ -1588,6 +1588,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 underlay_mtu,
                 listen: SocketAddr::new(plan.listen.ip(), l2plan.vxlan_port).to_string(),
                 datapath: format!("{datapath} (plaintext VXLAN)"),
+                workers: plan.workers as u32,
                 datapath_reason,
                 encryption: "none: plaintext VXLAN (--insecure-plaintext)".into(),
                 ..Status::default()
@@ -1897,6 +1898,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         underlay_mtu,
         listen: plan.listen.to_string(),
         datapath: datapath.to_string(),
+        workers: workers as u32,
         datapath_reason,
         encryption: cipher_desc,
         ..Status::default()

@@ -94,6 +94,23 @@ fn tun_no_offloads_2_workers() {
     tun(2, false);
 }
 
+/// AF_XDP under the sleeve: one worker serves every queue's socket, so a
+/// request for two is turned down with a line that says why.
+#[test]
+fn xdp_underlay_one_worker() {
+    require_root!();
+    let mut net = Net::pair(1500);
+    up(&mut net, &["--mode", "xdp", "--workers", "2"]);
+    let log = net.a.logs();
+    assert!(
+        log.contains("the AF_XDP driver serves every queue's socket from one thread"),
+        "{log}"
+    );
+    assert_workers(&net.a, 1);
+    let (a_ip, b_ip) = (net.a.overlay_ip(), net.b.overlay_ip());
+    transfers(&net, &a_ip, &b_ip, "tun over AF_XDP, 1 worker");
+}
+
 /// IPv6 inside: the hosts' overlay addresses are IPv6.
 fn tun_v6(workers: usize) {
     let mut net = Net::pair(1500);

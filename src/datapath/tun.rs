@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use mio::{Registry, Token};
 
@@ -401,11 +401,5 @@ impl Device for TunDevice {
 
     fn take_stats(&mut self) -> DeviceStats {
         std::mem::take(&mut self.stats)
-    }
-}
-
-impl AsRawFd for TunDevice {
-    fn as_raw_fd(&self) -> RawFd {
-        self.device.as_raw_fd()
     }
 }
