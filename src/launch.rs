@@ -1703,7 +1703,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         }
     }
     for socket in udp_sockets {
-        underlays.push(Box::new(crate::datapath::underlay::UdpUnderlay::new(
+        underlays.push(Box::new(crate::datapath::underlay::UdpUnderlay::receiving(
             socket,
         )));
     }

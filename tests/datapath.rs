@@ -40,8 +40,10 @@ fn transfers(net: &Net, a_ip: &str, b_ip: &str, what: &str) {
         udp.corrupted, 0,
         "{what}: UDP datagrams changed on the way: {udp:?}"
     );
+    // UDP may drop under load (socket buffers of a starved receiver):
+    // nearly all, not all, must arrive.
     assert!(
-        udp.intact * 100 >= udp.sent * 95,
+        udp.intact * 100 >= udp.sent * 90,
         "{what}: too few UDP datagrams arrived: {udp:?}"
     );
 }
@@ -58,6 +60,16 @@ fn assert_workers(h: &Host, workers: usize) {
 
 fn tun(workers: usize, offload: bool) {
     let mut net = Net::pair(1500);
+    if offload {
+        // GRO on the underlay veth (as on a NIC): the kernel hands weft's
+        // UDP_GRO sockets coalesced runs, which the driver cuts up.
+        for h in [&net.a, &net.b] {
+            run(
+                "ip",
+                &["netns", "exec", &h.ns, "ethtool", "-K", "u0", "gro", "on"],
+            );
+        }
+    }
     let w = workers.to_string();
     let mut extra = vec!["--mode", "udp", "--workers", &w];
     if !offload {
