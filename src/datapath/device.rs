@@ -251,21 +251,12 @@ impl DeviceWriter {
 
     /// Sets the device's MTU (when the path MTU shrinks), over rtnetlink.
     pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
-        let fail = |e: crate::cni::rtnl::RtnlError| io::Error::other(e.to_string());
-        let mut rtnl = crate::cni::rtnl::Rtnl::open().map_err(fail)?;
-        let link = rtnl
-            .link(&self.name)
-            .map_err(fail)?
-            .ok_or_else(|| io::Error::other(format!("device {} is gone", self.name)))?;
-        rtnl.set_link(
-            link.index,
-            &format!("set the MTU of {} to {mtu}", self.name),
-            vec![netlink_packet_route::link::LinkAttribute::Mtu(u32::from(
-                mtu,
-            ))],
-            false,
-        )
-        .map_err(fail)
+        let fail = |e: crate::sys::SysError| io::Error::other(e.to_string());
+        let mut netlink = crate::sys::Netlink::open().map_err(fail)?;
+        let link = netlink.require_link(&self.name).map_err(fail)?;
+        netlink
+            .set_mtu(link.index, &self.name, u32::from(mtu))
+            .map_err(fail)
     }
 
     /// Writes one packet (behind an all-zero virtio header when the queue

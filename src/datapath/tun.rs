@@ -85,7 +85,7 @@ impl TunDevice {
         offload: bool,
         queues: usize,
     ) -> Result<Vec<TunDevice>, TunError> {
-        if std::path::Path::new("/sys/class/net").join(name).exists() {
+        if crate::sys::link_exists(name).unwrap_or(false) {
             return Err(TunError::Exists { name: name.into() });
         }
         if !std::path::Path::new("/dev/net/tun").exists() {
