@@ -657,7 +657,9 @@ pub fn tcp_transfer(
     seed: u64,
 ) -> ([u8; 32], [u8; 32], usize) {
     use sha2::{Digest, Sha256};
-    let addr = std::net::SocketAddr::new(to_ip.parse().expect("address"), port);
+    // Bare ("fd40::2") and bracketed ("[fd40::2]") IPv6 both work.
+    let bare = to_ip.trim_start_matches('[').trim_end_matches(']');
+    let addr = std::net::SocketAddr::new(bare.parse().expect("address"), port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = spawn_in_netns(to, move || {
         let listener = std::net::TcpListener::bind(addr).expect("bind the receiver");
