@@ -221,6 +221,35 @@ impl Rtnl {
         }
     }
 
+    /// Whether link `name` forwards IPv4 (`net.ipv4.conf.NAME.forwarding`);
+    /// `None` when there is no such link or the kernel did not say.
+    pub fn ipv4_forwarding(&mut self, name: &str) -> Result<Option<bool>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let replies = match self.request(
+            &format!("look up interface {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
+                    AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
+                        AfSpecInet::DevConf(conf) => Some(conf.forwarding != 0),
+                        _ => None,
+                    }),
+                    _ => None,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
     /// Creates the veth pair `host_name` (here) / `peer_name` (in the
     /// namespace `peer_netns`), both with `mtu`.
     pub fn create_veth(
@@ -364,6 +393,29 @@ impl Rtnl {
             Err(e) if e.is_exists() => Ok(()),
             other => other.map(|_| ()),
         }
+    }
+
+    /// Removes `address/prefix_len` from link `index` (with it the
+    /// kernel removes the prefix route it made).
+    pub fn del_address(
+        &mut self,
+        index: u32,
+        name: &str,
+        address: IpAddr,
+        prefix_len: u8,
+    ) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = family(address);
+        msg.header.prefix_len = prefix_len;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(address));
+        msg.attributes.push(AddressAttribute::Address(address));
+        self.request(
+            &format!("remove address {address}/{prefix_len} from {name}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            NLM_F_ACK,
+        )?;
+        Ok(())
     }
 
     /// The addresses of link `index`, as (address, prefix length).
