@@ -23,14 +23,7 @@ fn pods_on_two_weft_hosts_reach_each_other() {
     require_root!();
     let mut net = Switched::ipam_pair(RANGE, &["--iface", "bridge", "--bridge", "weft"]);
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
-    let pods: Vec<Netns> = hosts
-        .iter()
-        .map(|h| Netns::new(format!("{h}-pod")))
-        .collect();
-    let paths: Vec<String> = pods
-        .iter()
-        .map(|p| format!("/var/run/netns/{}", p.name))
-        .collect();
+    let (pods, paths) = pod_namespaces(&hosts);
     let logs = || net.hosts.iter().map(|h| h.logs()).collect::<String>();
 
     // STATUS with weft running.
@@ -125,15 +118,11 @@ fn routed_pods_on_two_weft_hosts_reach_each_other() {
     // (10.40.0.0/16), whose route to weft0 carries the pods' traffic.
     let net = Switched::ipam_pair(ROUTED_RANGE, &[]);
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
-    let pods: Vec<Netns> = hosts
-        .iter()
-        .map(|h| Netns::new(format!("{h}-pod")))
-        .collect();
+    let (pods, paths) = pod_namespaces(&hosts);
     let logs = || net.hosts.iter().map(|h| h.logs()).collect::<String>();
     let mut ips = Vec::new();
     for i in 0..2 {
-        let path = format!("/var/run/netns/{}", pods[i].name);
-        let r = add(&hosts[i], &format!("pod{i}"), &path);
+        let r = add(&hosts[i], &format!("pod{i}"), &paths[i]);
         let a = r["ips"][0]["address"].as_str().unwrap().to_string();
         assert!(a.starts_with("10.40.") && a.ends_with("/32"), "{a}");
         assert_eq!(r["routes"][0]["gw"], "169.254.1.1");
@@ -179,6 +168,20 @@ fn routed_pods_on_two_weft_hosts_reach_each_other() {
         diag(),
         logs()
     );
+}
+
+/// One pod namespace per host (`HOST-pod`), and their paths as a runtime
+/// passes them in `CNI_NETNS`.
+fn pod_namespaces(hosts: &[String]) -> (Vec<Netns>, Vec<String>) {
+    let pods: Vec<Netns> = hosts
+        .iter()
+        .map(|h| Netns::new(format!("{h}-pod")))
+        .collect();
+    let paths = pods
+        .iter()
+        .map(|p| format!("/var/run/netns/{}", p.name))
+        .collect();
+    (pods, paths)
 }
 
 /// Starts host `i` of `net` in bridge mode (bridge `weft`) with IPAM over
@@ -269,14 +272,7 @@ fn bridge_pods_without_overlay_route_through_the_bridges_ipam_address() {
     }
 
     // One pod per host: its default route goes via its host's gateway.
-    let pods: Vec<Netns> = hosts
-        .iter()
-        .map(|h| Netns::new(format!("{h}-pod")))
-        .collect();
-    let paths: Vec<String> = pods
-        .iter()
-        .map(|p| format!("/var/run/netns/{}", p.name))
-        .collect();
+    let (pods, paths) = pod_namespaces(&hosts);
     let mut ips = Vec::new();
     for (i, gw) in [&gw0, &gw1].into_iter().enumerate() {
         let r = add(&hosts[i], &format!("pod{i}"), &paths[i]);
@@ -487,14 +483,10 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
     assert_eq!(weft_table(&hosts[1]), None, "host 1 has no --masquerade");
     assert_eq!(weft_table(&outside.name), None);
 
-    let pods: Vec<Netns> = hosts
-        .iter()
-        .map(|h| Netns::new(format!("{h}-pod")))
-        .collect();
+    let (pods, paths) = pod_namespaces(&hosts);
     let mut ips = Vec::new();
     for i in 0..2 {
-        let path = format!("/var/run/netns/{}", pods[i].name);
-        ips.push(pod_ip(&add(&hosts[i], &format!("pod{i}"), &path)));
+        ips.push(pod_ip(&add(&hosts[i], &format!("pod{i}"), &paths[i])));
     }
 
     // Pod on host 0 to the outside, and back.
@@ -520,10 +512,8 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
         "pod1 sees pod0's own address"
     );
     // Without --masquerade the outside has no way back to a pod.
-    assert!(
-        ping(&pods[1].name, &hosts_underlay(&net, 1)),
-        "pod1 reaches its node"
-    );
+    let node1 = net.hosts[1].underlay.to_string();
+    assert!(ping(&pods[1].name, &node1), "pod1 reaches its node");
     assert!(
         !ping(&pods[1].name, &out),
         "pod1 on host 1 (no --masquerade) reached the outside"
@@ -548,8 +538,4 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
     } else {
         eprintln!("kernel without nftables owner tables: a killed weft's table stays until the next launch");
     }
-}
-
-fn hosts_underlay(net: &Switched, i: usize) -> String {
-    net.hosts[i].underlay.to_string()
 }

@@ -149,12 +149,17 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
             gw.octets()[..2] == [10, 32] && gw != a.address.addr,
             "{a:?}"
         );
-        let status = ipam_status(ns).unwrap();
-        assert_eq!(status["gateway"], gw.to_string(), "{status}");
-        assert_eq!(
-            chunk_of(&status, gw).map(|c| c.0),
-            Some(ns.to_string()),
-            "the gateway lies in {ns}'s own chunk: {status}"
+        // The status is a snapshot published every status interval.
+        let shown = wait_until(Duration::from_secs(5), || {
+            ipam_status(ns).is_some_and(|s| {
+                s["gateway"] == gw.to_string()
+                    && chunk_of(&s, gw).map(|c| c.0) == Some(ns.to_string())
+            })
+        });
+        assert!(
+            shown,
+            "{ns}: the gateway {gw} in its own chunk: {:?}",
+            ipam_status(ns)
         );
         assert_eq!(a.mode, AttachMode::Bridge);
         assert_eq!(a.bridge.as_deref(), Some("wbr"));

@@ -29,7 +29,6 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
@@ -372,27 +371,9 @@ impl NfSocket {
             .connect(&SocketAddr::new(0, 0))
             .map_err(|e| nft_err("connect the NETLINK_NETFILTER socket", e))?;
         // The kernel answers at once; never wait forever for it.
-        let timeout = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt on a socket we own, with a timeval of the
-        // size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(nft_err(
-                "set a receive timeout on the NETLINK_NETFILTER socket",
-                io::Error::last_os_error(),
-            ));
-        }
+        socket2::SockRef::from(&socket)
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .map_err(|e| nft_err("set a receive timeout on the NETLINK_NETFILTER socket", e))?;
         Ok(NfSocket { socket, seq: 1 })
     }
 

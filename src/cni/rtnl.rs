@@ -379,15 +379,9 @@ impl Rtnl {
         address: IpAddr,
         prefix_len: u8,
     ) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(address);
-        msg.header.prefix_len = prefix_len;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(address));
-        msg.attributes.push(AddressAttribute::Address(address));
         match self.request(
             &format!("add address {address}/{prefix_len} to {name}"),
-            RouteNetlinkMessage::NewAddress(msg),
+            RouteNetlinkMessage::NewAddress(address_message(index, address, prefix_len)),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         ) {
             Err(e) if e.is_exists() => Ok(()),
@@ -404,15 +398,9 @@ impl Rtnl {
         address: IpAddr,
         prefix_len: u8,
     ) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = family(address);
-        msg.header.prefix_len = prefix_len;
-        msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(address));
-        msg.attributes.push(AddressAttribute::Address(address));
         self.request(
             &format!("remove address {address}/{prefix_len} from {name}"),
-            RouteNetlinkMessage::DelAddress(msg),
+            RouteNetlinkMessage::DelAddress(address_message(index, address, prefix_len)),
             NLM_F_ACK,
         )?;
         Ok(())
@@ -513,6 +501,17 @@ impl Rtnl {
             other => other.map(|_| ()),
         }
     }
+}
+
+/// `address/prefix_len` on link `index`, for adding or removing it.
+fn address_message(index: u32, address: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(address);
+    msg.header.prefix_len = prefix_len;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(address));
+    msg.attributes.push(AddressAttribute::Address(address));
+    msg
 }
 
 fn family(ip: IpAddr) -> AddressFamily {

@@ -38,20 +38,34 @@ fn view(ipam: &Ipam, others: &[(IpPrefix, PeerId)]) -> MeshView {
     }
 }
 
-/// Allocates `c`, settling any claim it makes (view, clock) on the way.
-fn add(ipam: &mut Ipam, c: &str, others: &[(IpPrefix, PeerId)], now: &mut Instant) -> Ipv4Addr {
+/// Runs `step` until it gives an answer, settling any claim it makes
+/// (view, clock) on the way.
+fn settled<T>(
+    ipam: &mut Ipam,
+    others: &[(IpPrefix, PeerId)],
+    now: &mut Instant,
+    what: &str,
+    mut step: impl FnMut(&mut Ipam, Instant) -> Result<T, AllocError>,
+) -> T {
     for _ in 0..4 {
-        match ipam.allocate(&key(c), "/proc/1/ns/net", *now) {
-            Ok((a, _)) => return a,
+        match step(ipam, *now) {
+            Ok(v) => return v,
             Err(AllocError::Pending(_)) => {
                 let v = view(ipam, others);
                 ipam.update_view(v, 0);
                 *now += CLAIM_SETTLE;
             }
-            Err(e) => panic!("{c}: {e}"),
+            Err(e) => panic!("{what}: {e}"),
         }
     }
-    panic!("{c}: no address after four rounds")
+    panic!("{what}: no answer after four rounds")
+}
+
+/// Allocates `c`, settling any claim it makes on the way.
+fn add(ipam: &mut Ipam, c: &str, others: &[(IpPrefix, PeerId)], now: &mut Instant) -> Ipv4Addr {
+    settled(ipam, others, now, c, |i, t| {
+        i.allocate(&key(c), "/proc/1/ns/net", t).map(|(a, _)| a)
+    })
 }
 
 #[test]
@@ -513,19 +527,10 @@ fn a_restart_with_a_pod_range_keeps_addresses_in_it() {
 
 /// Takes the gateway, settling any claim it makes on the way.
 fn gateway(ipam: &mut Ipam, others: &[(IpPrefix, PeerId)], now: &mut Instant) -> Ipv4Addr {
-    for _ in 0..4 {
-        match ipam.ensure_gateway(*now) {
-            Ok(Some((g, _))) => return g,
-            Ok(None) => panic!("no gateway wanted"),
-            Err(AllocError::Pending(_)) => {
-                let v = view(ipam, others);
-                ipam.update_view(v, 0);
-                *now += CLAIM_SETTLE;
-            }
-            Err(e) => panic!("gateway: {e}"),
-        }
-    }
-    panic!("no gateway after four rounds")
+    settled(ipam, others, now, "gateway", |i, t| {
+        i.ensure_gateway(t)
+            .map(|g| g.expect("a gateway is wanted").0)
+    })
 }
 
 #[test]
