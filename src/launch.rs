@@ -300,16 +300,18 @@ struct IpamPlan {
 
 /// Turns on IPv4 forwarding for packets arriving on `iface` (netlink).
 fn enable_forwarding(iface: &str) -> Result<(), LaunchError> {
-    let mut rtnl = crate::cni::rtnl::Rtnl::open().map_err(|e| usage(e.to_string()))?;
-    let link = rtnl
+    let mut netlink = crate::sys::Netlink::open().map_err(|e| usage(e.to_string()))?;
+    let link = netlink
         .link(iface)
         .map_err(|e| usage(e.to_string()))?
         .ok_or_else(|| usage(format!("{iface} vanished right after weft created it")))?;
-    rtnl.set_inet_conf(link.index, iface, false).map_err(|e| {
-        usage(format!(
-            "cannot turn on forwarding on {iface} for routed pods: {e}"
-        ))
-    })
+    netlink
+        .set_inet_conf(link.index, iface, false)
+        .map_err(|e| {
+            usage(format!(
+                "cannot turn on forwarding on {iface} for routed pods: {e}"
+            ))
+        })
 }
 
 /// The default `--ipalloc-dir`.
@@ -1232,85 +1234,47 @@ fn check_overlay_route(plan: &Plan) -> Result<(), LaunchError> {
 }
 
 /// An existing route that overlaps the overlay prefix, if any, as text.
+/// Default routes overlap everything by design and do not count, nor do
+/// IPv6 link-local, multicast and loopback routes.
 pub fn overlapping_route(addr: IpAddr, prefix: u8) -> Option<String> {
-    match addr {
-        IpAddr::V4(a) => {
-            let text = std::fs::read_to_string("/proc/net/route").ok()?;
-            let mask = |p: u8| {
-                if p == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(p))
-                }
-            };
-            let ours = u32::from(a) & mask(prefix);
-            for line in text.lines().skip(1) {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() < 8 {
-                    continue;
-                }
-                let (Ok(dst), Ok(m)) =
-                    (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16))
-                else {
-                    continue;
-                };
-                // /proc/net/route prints the raw little-endian words.
-                let (dst, m) = (
-                    u32::from_be_bytes(dst.to_le_bytes()),
-                    u32::from_be_bytes(m.to_le_bytes()),
-                );
-                let theirs_prefix = m.count_ones() as u8;
-                if theirs_prefix == 0 {
-                    continue; // the default route overlaps everything by design
-                }
-                let common = mask(prefix.min(theirs_prefix));
-                if ours & common == dst & common {
-                    return Some(format!(
-                        "{}/{} dev {}",
-                        std::net::Ipv4Addr::from(dst),
-                        theirs_prefix,
-                        f[0]
-                    ));
-                }
-            }
-            None
+    let mut netlink = crate::sys::Netlink::open().ok()?;
+    let routes = netlink.main_routes(addr.is_ipv6()).ok()?;
+    let route = routes
+        .iter()
+        .find(|r| !r.is_default() && !ignored_route(r) && overlaps(addr, prefix, r))?;
+    let dev = route
+        .oif
+        .and_then(|index| netlink.link_by_index(index).ok().flatten())
+        .map(|link| format!(" dev {}", link.name))
+        .unwrap_or_default();
+    Some(format!("{}/{}{dev}", route.dst, route.prefix_len))
+}
+
+/// IPv6 routes every interface has (link-local, multicast, loopback).
+fn ignored_route(route: &crate::sys::Route) -> bool {
+    match route.dst {
+        IpAddr::V6(ip) => ip.is_loopback() || ip.is_multicast() || (u128::from(ip) >> 118) == 0x3fa,
+        IpAddr::V4(_) => false,
+    }
+}
+
+/// Whether `addr/prefix` and the route's prefix share addresses.
+fn overlaps(addr: IpAddr, prefix: u8, route: &crate::sys::Route) -> bool {
+    let common = prefix.min(route.prefix_len);
+    match (addr, route.dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(common.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
         }
-        IpAddr::V6(a) => {
-            let text = std::fs::read_to_string("/proc/net/ipv6_route").ok()?;
-            let ours = u128::from(a);
-            let mask = |p: u8| {
-                if p == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(p))
-                }
-            };
-            for line in text.lines() {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() < 10 {
-                    continue;
-                }
-                let (Ok(dst), Ok(p)) =
-                    (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16))
-                else {
-                    continue;
-                };
-                let ip = std::net::Ipv6Addr::from(dst);
-                if p == 0
-                    || ip.is_loopback()
-                    || ip.is_multicast()
-                    || (dst >> 118) == 0x3fa
-                    || f[9] == "lo"
-                {
-                    continue;
-                }
-                let common = mask(prefix.min(p));
-                if ours & common == dst & common {
-                    return Some(format!("{ip}/{p} dev {}", f[9]));
-                }
-            }
-            None
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(common.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
         }
+        _ => false,
     }
 }
 
@@ -1640,6 +1604,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 underlay_mtu,
                 listen: SocketAddr::new(plan.listen.ip(), l2plan.vxlan_port).to_string(),
                 datapath: format!("{datapath} (plaintext VXLAN)"),
+                workers: plan.workers as u32,
                 datapath_reason,
                 encryption: "none: plaintext VXLAN (--insecure-plaintext)".into(),
                 ..Status::default()
@@ -1717,9 +1682,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
 
     // One weft per interface name: refuse if one runs, clear what a dead one left.
     let mut instance_lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
-    let device_exists = std::path::Path::new("/sys/class/net")
-        .join(&plan.iface_name)
-        .exists();
+    let device_exists = crate::sys::link_exists(&plan.iface_name).unwrap_or(false);
     if device_exists {
         return Err(existing_interface_error(&plan.iface_name, plan.status_addr));
     }
@@ -1757,7 +1720,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         }
     }
     for socket in udp_sockets {
-        underlays.push(Box::new(crate::datapath::underlay::UdpUnderlay::new(
+        underlays.push(Box::new(crate::datapath::underlay::UdpUnderlay::receiving(
             socket,
         )));
     }
@@ -1952,6 +1915,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         underlay_mtu,
         listen: plan.listen.to_string(),
         datapath: datapath.to_string(),
+        workers: workers as u32,
         datapath_reason,
         encryption: cipher_desc,
         ..Status::default()
@@ -2118,22 +2082,22 @@ fn install_masquerade(
     ipam: Option<&IpamPlan>,
     underlay: &str,
     log: &mut StartupLog,
-) -> Result<Option<crate::cni::nft::Masquerade>, LaunchError> {
+) -> Result<Option<crate::sys::nft::Masquerade>, LaunchError> {
     let Some(p) = ipam.filter(|p| p.masquerade) else {
         return Ok(None);
     };
     let IpAddr::V4(net) = p.range.prefix().addr() else {
         return Ok(None);
     };
-    let nat = crate::cni::nft::Masquerade::install((net, p.range.len())).map_err(|e| {
+    let nat = crate::sys::nft::Masquerade::install((net, p.range.len())).map_err(|e| {
         usage(format!(
             "--masquerade: {e}; weft needs CAP_NET_ADMIN and a kernel with nf_tables and NAT (nf_nat, nft_masq)"
         ))
     })?;
     log.info(format!(
         "--masquerade: nftables table ip {} chain {}: {}{}",
-        crate::cni::nft::TABLE,
-        crate::cni::nft::CHAIN,
+        crate::sys::nft::TABLE,
+        crate::sys::nft::CHAIN,
         nat.rule(),
         if nat.owned() {
             " (owned by weft: the kernel removes it when weft exits)"
@@ -2141,7 +2105,7 @@ fn install_masquerade(
             " (removed when weft exits)"
         }
     ));
-    match crate::cni::rtnl::Rtnl::open().and_then(|mut r| r.ipv4_forwarding(underlay)) {
+    match crate::sys::Netlink::open().and_then(|mut r| r.ipv4_forwarding(underlay)) {
         Ok(Some(false)) => log.warn(format!(
             "--masquerade: {underlay} does not forward IPv4 (net.ipv4.conf.{underlay}.forwarding = 0): pods cannot reach beyond this host until net.ipv4.ip_forward = 1 (Kubernetes nodes need it anyway)"
         )),
@@ -2210,45 +2174,22 @@ fn mesh_config(
 /// The addresses of one interface (of one family), for the control
 /// endpoints a host announces when it listens on every address.
 fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list freed by freeifaddrs below;
-    // every node is read only while the list is alive.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return out;
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            let ifa = &*cur;
-            cur = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-                continue;
-            }
-            if std::ffi::CStr::from_ptr(ifa.ifa_name).to_str() != Ok(iface) {
-                continue;
-            }
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET if ipv4 => {
-                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    out.push(IpAddr::from(
-                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                    ));
-                }
-                libc::AF_INET6 if !ipv4 => {
-                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                    // fe80::/10: link-local addresses are not dialled.
-                    if ip.segments()[0] & 0xffc0 != 0xfe80 {
-                        out.push(IpAddr::V6(ip));
-                    }
-                }
-                _ => {}
-            }
-        }
-        libc::freeifaddrs(head);
-    }
-    out
+    let addresses = crate::sys::Netlink::open().and_then(|mut netlink| {
+        let Some(link) = netlink.link(iface)? else {
+            return Ok(Vec::new());
+        };
+        netlink.addresses(link.index)
+    });
+    addresses
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .filter(|ip| match ip {
+            IpAddr::V4(_) => ipv4,
+            // fe80::/10: link-local addresses are not dialled.
+            IpAddr::V6(v6) => !ipv4 && v6.segments()[0] & 0xffc0 != 0xfe80,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -2387,18 +2328,39 @@ mod tests {
 
     #[test]
     fn loopback_route_collides() {
-        // 127.0.0.0/8 is always routed (local table is not in /proc/net/route,
-        // so check something on the main table when one exists).
-        let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
-        if let Some(line) = text.lines().nth(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let dst = u32::from_str_radix(f[1], 16).unwrap();
-            let m = u32::from_str_radix(f[7], 16).unwrap();
-            if m != 0 {
-                let ip = std::net::Ipv4Addr::from(u32::from_be_bytes(dst.to_le_bytes()) | 1);
-                assert!(overlapping_route(IpAddr::V4(ip), 24).is_some());
-            }
+        // 127.0.0.0/8 is always routed (but in the local table, not the
+        // main one, so check something on the main table when one exists).
+        let routes = crate::sys::Netlink::open()
+            .and_then(|mut n| n.main_routes(false))
+            .unwrap_or_default();
+        if let Some(route) = routes.iter().find(|r| !r.is_default()) {
+            let IpAddr::V4(dst) = route.dst else {
+                unreachable!()
+            };
+            let ip = std::net::Ipv4Addr::from(u32::from(dst) | 1);
+            assert!(overlapping_route(IpAddr::V4(ip), 24).is_some());
         }
         assert!(overlapping_route("10.213.77.1".parse().unwrap(), 24).is_none_or(|r| !r.is_empty()));
+    }
+
+    #[test]
+    fn overlap_is_on_the_shorter_prefix() {
+        let route = |dst: &str, prefix_len| crate::sys::Route {
+            dst: dst.parse().unwrap(),
+            prefix_len,
+            oif: Some(2),
+            gateway: None,
+            metric: 0,
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(overlaps(ip("10.40.0.1"), 16, &route("10.40.3.0", 24)));
+        assert!(overlaps(ip("10.40.0.1"), 24, &route("10.0.0.0", 8)));
+        assert!(!overlaps(ip("10.41.0.1"), 16, &route("10.40.0.0", 16)));
+        assert!(!overlaps(ip("10.40.0.1"), 16, &route("fd00::", 64)));
+        assert!(overlaps(ip("fd00:1::1"), 64, &route("fd00::", 16)));
+        assert!(!overlaps(ip("fd01::1"), 64, &route("fd00::", 16)));
+        assert!(ignored_route(&route("fe80::", 64)));
+        assert!(ignored_route(&route("ff00::", 8)));
+        assert!(!ignored_route(&route("fd00::", 64)));
     }
 }

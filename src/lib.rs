@@ -21,6 +21,7 @@ pub mod logging;
 pub mod mesh;
 pub mod noise;
 pub mod router;
+pub mod sys;
 pub mod wire;
 
 /// weft's version with the commit it was built from, e.g. `0.1.0 (c606d0b)`

@@ -95,8 +95,10 @@ weft_show_logs() {
 }
 
 # weft_start_pair MODE NS_A NS_B DIR
-#   MODE is "enc" (the Noise sleeve) or "plain" (standard VXLAN, no crypto,
-#   bridge mode: weft0 is a TAP on a Linux bridge that carries the address).
+#   MODE is "enc" (the Noise sleeve, TUN), "bridge" (the Noise sleeve, bridge
+#   mode: weft0 is a TAP on a Linux bridge that carries the address) or
+#   "plain" (standard VXLAN, no crypto, bridge mode). WEFT_WORKERS=N sets
+#   --workers (default: weft's own, one per core).
 #   Launches weft in both namespaces with the creds from weft_make_creds,
 #   logs in DIR/weft-{a,b}.log, waits (bounded) until both report an
 #   established connection (enc) and a ping crosses the overlay both ways.
@@ -110,7 +112,7 @@ weft_start_pair() {
     # host is a static VTEP rather than a --peer.
     local -a mode_args=() args_a=() args_b=()
     case "$mode" in
-    enc)
+    enc | bridge)
         port="$WEFT_PORT"
         # WEFT_DATAPATH=udp|xdp|auto picks the datapath (default: weft's own choice).
         if [[ -n "${WEFT_DATAPATH:-}" ]]; then
@@ -118,6 +120,9 @@ weft_start_pair() {
         fi
         args_a=(--peer "$WEFT_UNDERLAY_B:$port" --secret-file "$dir/secret" --key-file "$dir/key-a")
         args_b=(--peer "$WEFT_UNDERLAY_A:$port" --secret-file "$dir/secret" --key-file "$dir/key-b")
+        if [[ "$mode" == bridge ]]; then
+            mode_args+=(--iface bridge --bridge weftbr)
+        fi
         ;;
     plain)
         port="$WEFT_PLAIN_PORT"
@@ -126,10 +131,13 @@ weft_start_pair() {
         args_b=(--vtep "$WEFT_UNDERLAY_A:$port")
         ;;
     *)
-        netns_log "weft_start_pair: unknown mode '$mode' (enc or plain)"
+        netns_log "weft_start_pair: unknown mode '$mode' (enc, bridge or plain)"
         return 2
         ;;
     esac
+    if [[ -n "${WEFT_WORKERS:-}" ]]; then
+        mode_args+=(--workers "$WEFT_WORKERS")
+    fi
 
     ns_spawn "$ns_a" "$dir/weft-a.log" "$WEFT_BIN" launch "${mode_args[@]}" \
         --overlay "$WEFT_OVERLAY_A/$WEFT_OVERLAY_PREFIX" \
@@ -151,7 +159,7 @@ weft_start_pair() {
         return 1
     fi
 
-    if [[ "$mode" == enc ]]; then
+    if [[ "$mode" != plain ]]; then
         if ! wait_for 20 "weft on host a to report established" weft_established "$ns_a" ||
             ! wait_for 20 "weft on host b to report established" weft_established "$ns_b"; then
             weft_show_logs "$dir"

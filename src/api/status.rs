@@ -180,6 +180,9 @@ pub struct Status {
     pub listen: String,
     /// The datapath in use (`udp`).
     pub datapath: String,
+    /// Datapath worker threads (0 in statuses of older versions).
+    #[serde(default)]
+    pub workers: u32,
     /// Why that datapath.
     pub datapath_reason: String,
     /// `encrypted (...)` or `plaintext`.
@@ -297,8 +300,13 @@ impl Status {
             "       Underlay: {} mtu={} listen={}\n",
             self.underlay, self.underlay_mtu, self.listen
         ));
+        let workers = match self.workers {
+            0 => String::new(),
+            1 => ", 1 worker".to_string(),
+            n => format!(", {n} workers"),
+        };
         out.push_str(&format!(
-            "       Datapath: {} - {}\n",
+            "       Datapath: {}{workers} - {}\n",
             self.datapath, self.datapath_reason
         ));
         out.push_str(&format!("     Encryption: {}\n", self.encryption));

@@ -9,18 +9,14 @@
 //! - [`api`]: the contract between the plugin and weft (requests, replies,
 //!   error codes), shared with weft's socket server.
 //! - [`client`]: the plugin's side of weft's CNI socket.
-//! - [`netdev`]: the real effects: namespaces, veths, addresses, routes.
-//! - [`rtnl`]: a synchronous rtnetlink client.
-//! - [`nft`]: NAT for pods leaving the pod network (`--masquerade`), one
-//!   nftables table over nfnetlink.
+//! - [`netdev`]: the real effects: namespaces, veths, addresses, routes,
+//!   through [`crate::sys`].
 //! - [`server`]: weft's side of the socket (in `weft launch`).
 
 pub mod api;
 pub mod client;
 pub mod netdev;
-pub mod nft;
 pub mod plugin;
-pub mod rtnl;
 pub mod server;
 
 use std::io::{Read, Write};

@@ -13,9 +13,10 @@ use rscni_types::error::Error;
 use super::api::{CniRequest, CniSuccess};
 use super::client::{self, WeftError};
 use super::plugin::{
-    parse_alias, AttachPlan, Attached, HostLink, Inspection, Mode, System, ALIAS_PREFIX, CODE_SETUP,
+    parse_alias, AttachPlan, Attached, HostLink, Inspection, Mode, PlannedRoute, System,
+    ALIAS_PREFIX, CODE_SETUP,
 };
-use super::rtnl::{in_netns, LinkState, Rtnl, RtnlError};
+use crate::sys::{in_netns, Link, Netlink, SysError};
 
 /// nsfs's filesystem magic (linux/magic.h): what a network namespace file is on.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -28,7 +29,7 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 #[derive(Debug, Default)]
 pub struct LinuxSystem;
 
-fn setup(e: RtnlError) -> Error {
+fn setup(e: SysError) -> Error {
     Error::Custom(CODE_SETUP, "Network setup failed".into(), e.to_string())
 }
 
@@ -74,7 +75,7 @@ impl System for LinuxSystem {
 
     fn attach(&mut self, plan: &AttachPlan) -> Result<Attached, Error> {
         let netns = open_netns(&plan.netns)?;
-        let mut host = Rtnl::open().map_err(setup)?;
+        let mut host = Netlink::open().map_err(setup)?;
         // A host end left by an earlier ADD of the same attachment (ADD is
         // retried after failures): start again from nothing.
         if let Some(old) = host.link(&plan.host_veth).map_err(setup)? {
@@ -115,7 +116,7 @@ impl System for LinuxSystem {
     }
 
     fn detach(&mut self, host_veth: &str) -> Result<bool, Error> {
-        let mut host = Rtnl::open().map_err(setup)?;
+        let mut host = Netlink::open().map_err(setup)?;
         let Some(link) = host.link(host_veth).map_err(setup)? else {
             return Ok(false);
         };
@@ -129,11 +130,11 @@ impl System for LinuxSystem {
 
     fn inspect(&mut self, netns: &str, ifname: &str, host_veth: &str) -> Result<Inspection, Error> {
         let file = open_netns(netns)?;
-        let mut host = Rtnl::open().map_err(setup)?;
+        let mut host = Netlink::open().map_err(setup)?;
         let host_exists = host.link(host_veth).map_err(setup)?.is_some();
         let ifname = ifname.to_string();
-        let pod = in_netns(&file, move || -> Result<_, RtnlError> {
-            let mut rtnl = Rtnl::open()?;
+        let pod = in_netns(&file, move || -> Result<_, SysError> {
+            let mut rtnl = Netlink::open()?;
             let Some(link) = rtnl.link(&ifname)? else {
                 return Ok(None);
             };
@@ -159,7 +160,7 @@ impl System for LinuxSystem {
     }
 
     fn host_links(&mut self) -> Result<Vec<HostLink>, Error> {
-        let mut host = Rtnl::open().map_err(setup)?;
+        let mut host = Netlink::open().map_err(setup)?;
         Ok(host
             .links()
             .map_err(setup)?
@@ -173,9 +174,25 @@ impl System for LinuxSystem {
     }
 }
 
+/// Adds a planned route out of link `index`.
+fn add_route(
+    netlink: &mut Netlink,
+    route: &PlannedRoute,
+    index: u32,
+    name: &str,
+) -> Result<(), SysError> {
+    netlink.add_route(
+        route.dst.addr().into(),
+        route.dst.prefix_len(),
+        route.gateway.map(IpAddr::V4),
+        index,
+        name,
+    )
+}
+
 /// Configures both ends of a new veth pair as `plan` says.
 fn configure(
-    host: &mut Rtnl,
+    host: &mut Netlink,
     netns: &File,
     plan: &AttachPlan,
     bridge_index: Option<u32>,
@@ -198,18 +215,18 @@ fn configure(
     }
     host.set_up(link.index, &plan.host_veth).map_err(setup)?;
     for route in &plan.host_routes {
-        host.add_route(route.dst, route.gateway, link.index, &plan.host_veth)
-            .map_err(setup)?;
+        add_route(host, route, link.index, &plan.host_veth).map_err(setup)?;
     }
 
     let pod_plan = plan.clone();
     let host_hw = link.hw.clone();
-    let pod_mac = in_netns(netns, move || -> Result<String, RtnlError> {
-        let mut rtnl = Rtnl::open()?;
+    let pod_mac = in_netns(netns, move || -> Result<String, SysError> {
+        let mut rtnl = Netlink::open()?;
         let Some(pod) = rtnl.link(&pod_plan.ifname)? else {
-            return Err(RtnlError {
+            return Err(SysError::Refused {
                 what: format!("find {} in {}", pod_plan.ifname, pod_plan.netns),
                 source: std::io::Error::from_raw_os_error(libc::ENODEV),
+                kernel_says: None,
             });
         };
         rtnl.add_address(
@@ -223,12 +240,12 @@ fn configure(
             rtnl.set_up(lo.index, "lo")?;
         }
         if let Some(next_hop) = pod_plan.next_hop {
-            rtnl.set_neighbour(pod.index, &pod_plan.ifname, next_hop, &host_hw)?;
+            rtnl.set_neighbour(pod.index, &pod_plan.ifname, next_hop.into(), &host_hw)?;
         }
         for route in &pod_plan.pod_routes {
-            rtnl.add_route(route.dst, route.gateway, pod.index, &pod_plan.ifname)?;
+            add_route(&mut rtnl, route, pod.index, &pod_plan.ifname)?;
         }
-        Ok(pod.mac)
+        Ok(pod.mac_text())
     })
     .map_err(|e| {
         setup_msg(format!(
@@ -238,7 +255,7 @@ fn configure(
     })?
     .map_err(setup)?;
     Ok(Attached {
-        host_mac: link.mac,
+        host_mac: link.mac_text(),
         pod_mac,
     })
 }
@@ -247,7 +264,7 @@ fn configure(
 /// are ports of no bridge. In bridge mode these are pods whose bridge went
 /// away: weft deletes the bridge it made when it stops, which detaches
 /// every port, and makes a new one when it starts again.
-pub fn detached_pod_ends(links: &[LinkState]) -> Vec<&LinkState> {
+pub fn detached_pod_ends(links: &[Link]) -> Vec<&Link> {
     links
         .iter()
         .filter(|l| parse_alias(&l.alias).is_some() && l.controller.is_none())
@@ -259,7 +276,7 @@ pub fn detached_pod_ends(links: &[LinkState]) -> Vec<&LinkState> {
 /// keeps its pods connected. Returns the interfaces re-attached; an
 /// interface that cannot be re-attached is an error naming it.
 pub fn reattach_pods(bridge: &str) -> Result<Vec<String>, String> {
-    let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+    let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
     let links = rtnl.links().map_err(|e| e.to_string())?;
     let ends = detached_pod_ends(&links);
     if ends.is_empty() {
@@ -289,12 +306,13 @@ pub fn reattach_pods(bridge: &str) -> Result<Vec<String>, String> {
 /// adds with it, this host reaches the pod network through the bridge.
 /// Already there is fine.
 pub fn add_bridge_gateway(bridge: &str, gateway: Ipv4Addr, prefix_len: u8) -> Result<(), String> {
-    let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+    let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
     let br = rtnl
         .link(bridge)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("bridge {bridge} not found"))?;
     rtnl.add_address(br.index, bridge, IpAddr::V4(gateway), prefix_len)
+        .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
@@ -305,11 +323,11 @@ pub fn remove_bridge_gateway(
     gateway: Ipv4Addr,
     prefix_len: u8,
 ) -> Result<(), String> {
-    let mut rtnl = Rtnl::open().map_err(|e| e.to_string())?;
+    let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
     let Some(br) = rtnl.link(bridge).map_err(|e| e.to_string())? else {
         return Ok(());
     };
-    match rtnl.del_address(br.index, bridge, IpAddr::V4(gateway), prefix_len) {
+    match rtnl.delete_address(br.index, bridge, IpAddr::V4(gateway), prefix_len) {
         Err(e) if !e.is_not_found() => Err(e.to_string()),
         _ => Ok(()),
     }
@@ -319,16 +337,15 @@ pub fn remove_bridge_gateway(
 mod tests {
     use super::*;
 
-    fn link(index: u32, name: &str, alias: &str, controller: Option<u32>) -> LinkState {
-        LinkState {
+    fn link(index: u32, name: &str, alias: &str, controller: Option<u32>) -> Link {
+        Link {
             index,
             name: name.into(),
             alias: alias.into(),
-            mac: String::new(),
-            hw: Vec::new(),
             mtu: 1376,
             up: true,
             controller,
+            ..Link::default()
         }
     }
 

@@ -37,35 +37,54 @@ impl Slots {
     }
 }
 
-/// Up to [`BATCH`] received datagrams and their senders. Each slot is its
-/// own buffer so a caller can swap one out (see [`RecvBatch::swap_slot`])
-/// and process the datagram in its own buffer without copying it.
+/// Room for one control message carrying an `int` (UDP_GRO's segment size).
+const CONTROL_LEN: usize = 32;
+
+/// What the last receive of a [`RecvBatch`] holds: up to [`BATCH`]
+/// messages, each one datagram or, with UDP GRO, a run of datagrams the
+/// kernel coalesced (all of one size but the last) that is cut up here.
 pub struct RecvBatch {
     slots: Vec<Box<[u8]>>,
     slot_len: usize,
-    lens: [usize; BATCH],
     from: Box<[libc::sockaddr_storage; BATCH]>,
-    count: usize,
+    control: Box<[[u8; CONTROL_LEN]; BATCH]>,
+    /// The datagrams: (slot, start, length).
+    datagrams: Vec<(usize, usize, usize)>,
+    /// Messages that were coalesced runs (UDP GRO), since creation.
+    pub coalesced: u64,
+    /// Messages asked for per receive: fewer when the kernel coalesces,
+    /// so one receive holds about [`TARGET_DATAGRAMS`] datagrams and the
+    /// worker gets back to its device (TCP's ACKs) soon.
+    vlen: usize,
 }
 
+/// About how many datagrams one receive should hold.
+const TARGET_DATAGRAMS: usize = 128;
+
 impl RecvBatch {
-    /// Room for [`BATCH`] datagrams of up to `max_datagram` bytes each.
-    pub fn new(max_datagram: usize) -> RecvBatch {
+    /// Room for [`BATCH`] messages of up to `max_message` bytes each (64
+    /// KiB for UDP GRO's coalesced runs).
+    pub fn new(max_message: usize) -> RecvBatch {
         RecvBatch {
             slots: (0..BATCH)
-                .map(|_| vec![0u8; max_datagram].into_boxed_slice())
+                .map(|_| vec![0u8; max_message].into_boxed_slice())
                 .collect(),
-            slot_len: max_datagram,
-            lens: [0; BATCH],
+            slot_len: max_message,
             // SAFETY: all-zero sockaddr_storage values are valid.
             from: Box::new(unsafe { std::mem::zeroed() }),
-            count: 0,
+            control: Box::new([[0; CONTROL_LEN]; BATCH]),
+            datagrams: Vec::with_capacity(BATCH * 4),
+            coalesced: 0,
+            vlen: BATCH,
         }
     }
 
-    /// Receives as many datagrams as are queued (at most [`BATCH`]) with one
-    /// recvmmsg call. `WouldBlock` when none is queued.
+    /// Receives as many messages as are queued (at most [`BATCH`]) with one
+    /// recvmmsg call and returns how many datagrams they hold (runs the
+    /// kernel coalesced with UDP GRO are cut at their segment size).
+    /// `WouldBlock` when none is queued.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.datagrams.clear();
         let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
         // SAFETY: mmsghdr is plain old data; zero is valid.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
@@ -75,32 +94,47 @@ impl RecvBatch {
                 iov_base: slot.as_mut_ptr() as *mut libc::c_void,
                 iov_len: slot.len(),
             });
-            msgs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_name = &mut self.from[i] as *mut _ as *mut libc::c_void;
-            msgs[i].msg_hdr.msg_namelen =
-                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            let hdr = &mut msgs[i].msg_hdr;
+            hdr.msg_iov = iov[i].as_mut_ptr();
+            hdr.msg_iovlen = 1;
+            hdr.msg_name = &mut self.from[i] as *mut _ as *mut libc::c_void;
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_control = self.control[i].as_mut_ptr() as *mut libc::c_void;
+            hdr.msg_controllen = CONTROL_LEN;
         }
         // SAFETY: every header points at live buffers owned by self for the call.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
                 msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.vlen as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
         };
         if n < 0 {
-            self.count = 0;
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
-        for (i, m) in msgs.iter().take(n).enumerate() {
-            self.lens[i] = (m.msg_len as usize).min(self.slots[i].len());
+        let messages = (n as usize).max(1);
+        for (i, m) in msgs.iter().take(n as usize).enumerate() {
+            let len = (m.msg_len as usize).min(self.slot_len);
+            match gro_segment(&m.msg_hdr) {
+                Some(seg) if seg > 0 && len > seg => {
+                    self.coalesced += 1;
+                    let mut start = 0;
+                    while start < len {
+                        let l = seg.min(len - start);
+                        self.datagrams.push((i, start, l));
+                        start += l;
+                    }
+                }
+                _ => self.datagrams.push((i, 0, len)),
+            }
         }
-        self.count = n;
-        Ok(n)
+        // Datagrams per message this time decide the next receive's size.
+        let per_message = self.datagrams.len().div_ceil(messages).max(1);
+        self.vlen = (TARGET_DATAGRAMS / per_message).clamp(1, BATCH);
+        Ok(self.datagrams.len())
     }
 
     /// Fills the batch from a driver that hands over one datagram at a
@@ -111,60 +145,53 @@ impl RecvBatch {
         &mut self,
         mut recv: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
     ) -> usize {
-        self.count = 0;
-        while self.count < BATCH {
-            let i = self.count;
+        self.datagrams.clear();
+        for i in 0..BATCH {
             match recv(&mut self.slots[i]) {
                 Ok((n, from)) => {
-                    self.lens[i] = n.min(self.slot_len);
                     self.from[i] = to_storage(from).0;
-                    self.count += 1;
+                    self.datagrams.push((i, 0, n.min(self.slot_len)));
                 }
                 Err(_) => break,
             }
         }
-        self.count
+        self.datagrams.len()
     }
 
-    /// How many datagrams the last [`RecvBatch::recv`] returned.
+    /// How many datagrams the last receive returned.
     pub fn len(&self) -> usize {
-        self.count
+        self.datagrams.len()
     }
 
     /// Whether the last receive returned nothing.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.datagrams.is_empty()
     }
 
     /// Datagram `i` of the last receive (mutable, for in-place decryption)
     /// and its sender; `None` past the end or for an unknown address family.
     pub fn get_mut(&mut self, i: usize) -> Option<(&mut [u8], SocketAddr)> {
-        if i >= self.count {
-            return None;
-        }
-        let from = from_storage(&self.from[i])?;
-        let len = self.lens[i];
-        Some((&mut self.slots[i][..len], from))
+        let &(slot, start, len) = self.datagrams.get(i)?;
+        let from = from_storage(&self.from[slot])?;
+        Some((&mut self.slots[slot][start..start + len], from))
     }
+}
 
-    /// Datagram `i`'s length and sender, without borrowing its bytes.
-    pub fn meta(&self, i: usize) -> Option<(usize, SocketAddr)> {
-        if i >= self.count {
-            return None;
+/// The segment size of a UDP GRO message (its UDP_GRO control message).
+fn gro_segment(hdr: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the CMSG macros walk the control buffer the kernel filled,
+    // within msg_controllen; the data of a UDP_GRO message is an int.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                return usize::try_from(v).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
         }
-        Some((self.lens[i], from_storage(&self.from[i])?))
     }
-
-    /// Exchanges slot `i` with `buffer` (which must be at least as long as
-    /// a slot, or nothing happens and false is returned). The datagram
-    /// then lives in `buffer[..len]`; swap back after processing it.
-    pub fn swap_slot(&mut self, i: usize, buffer: &mut Box<[u8]>) -> bool {
-        if i >= BATCH || buffer.len() < self.slot_len {
-            return false;
-        }
-        std::mem::swap(&mut self.slots[i], buffer);
-        true
-    }
+    None
 }
 
 /// Up to [`BATCH`] datagrams waiting to be sent with one sendmmsg call.
@@ -417,6 +444,42 @@ mod tests {
         }
         assert_eq!(got, 10);
         assert!(batch.get_mut(batch.len()).is_none());
+    }
+
+    #[test]
+    fn gro_runs_are_cut_into_their_datagrams() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        crate::datapath::underlay::enable_udp_gro(&rx).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a, b, c) = ([1u8; 100], [2u8; 100], [3u8; 40]);
+        let parts: [&[u8]; 3] = [&a, &b, &c];
+        crate::datapath::offload::send_gso_slices(
+            tx.as_raw_fd(),
+            &parts,
+            100,
+            rx.local_addr().unwrap(),
+        )
+        .unwrap();
+        let mut batch = RecvBatch::new(65536);
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            match batch.recv(rx.as_raw_fd()) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let (d, _) = batch.get_mut(i).unwrap();
+                        got.push((d.len(), d[0]));
+                    }
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+            if got.len() >= 3 {
+                break;
+            }
+        }
+        assert_eq!(got, vec![(100, 1), (100, 2), (40, 3)]);
+        // Over loopback the kernel hands the GSO send over as one run.
+        assert_eq!(batch.coalesced, 1);
     }
 
     #[test]

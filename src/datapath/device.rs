@@ -147,12 +147,16 @@ impl PacketBatch {
         (&mut self.bufs[..self.count], &self.lens[..self.count])
     }
 
-    /// Runs `write` over the used buffers cut to `HEADROOM + length` (what
-    /// tun-rs's coalescing writer takes), then makes them whole again.
+    /// Runs `write` over the used buffers cut to `HEADROOM + length`, the
+    /// headroom zeroed (what tun-rs's coalescing writer takes: it fills in
+    /// the headers of what it merges), then makes them whole again.
     pub fn with_exact_bufs<T>(&mut self, write: impl FnOnce(&mut [Vec<u8>]) -> T) -> T {
         let full = HEADROOM + self.max_packet;
         for (b, &len) in self.bufs[..self.count].iter_mut().zip(&self.lens) {
             b.truncate(HEADROOM + len);
+            // The headroom is the virtio header of what is not coalesced:
+            // it must say "no offload" (a stale one would be obeyed).
+            b[..HEADROOM].fill(0);
         }
         let out = write(&mut self.bufs[..self.count]);
         for b in &mut self.bufs[..self.count] {
@@ -247,21 +251,12 @@ impl DeviceWriter {
 
     /// Sets the device's MTU (when the path MTU shrinks), over rtnetlink.
     pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
-        let fail = |e: crate::cni::rtnl::RtnlError| io::Error::other(e.to_string());
-        let mut rtnl = crate::cni::rtnl::Rtnl::open().map_err(fail)?;
-        let link = rtnl
-            .link(&self.name)
-            .map_err(fail)?
-            .ok_or_else(|| io::Error::other(format!("device {} is gone", self.name)))?;
-        rtnl.set_link(
-            link.index,
-            &format!("set the MTU of {} to {mtu}", self.name),
-            vec![netlink_packet_route::link::LinkAttribute::Mtu(u32::from(
-                mtu,
-            ))],
-            false,
-        )
-        .map_err(fail)
+        let fail = |e: crate::sys::SysError| io::Error::other(e.to_string());
+        let mut netlink = crate::sys::Netlink::open().map_err(fail)?;
+        let link = netlink.require_link(&self.name).map_err(fail)?;
+        netlink
+            .set_mtu(link.index, &self.name, u32::from(mtu))
+            .map_err(fail)
     }
 
     /// Writes one packet (behind an all-zero virtio header when the queue

@@ -1,17 +1,15 @@
 //! Bridge (L2) mode's local device: a TAP interface on a Linux bridge.
 //!
 //! The TAP is made with `tun-rs` (Layer 2). The bridge is created, or an
-//! existing one attached, with `ip link`: iproute2 is on every host weft
-//! supports, its errors are readable as they are, and the few commands run
-//! once at start and once at exit, so a netlink client of our own would add
-//! code without adding anything the user can see. Everything weft created is
-//! removed again by [`BridgeGuard`]'s drop; a pre-existing bridge is left
-//! as it was (only the address weft added is taken off again).
+//! existing one attached, through [`crate::sys`] (rtnetlink). Everything
+//! weft created is removed again by [`BridgeGuard`]'s drop; a pre-existing
+//! bridge is left as it was (only the address weft added is taken off
+//! again).
 
 use super::tun::TunDevice;
+use crate::sys::addr::Added;
+use crate::sys::{Netlink, SysError};
 use std::net::IpAddr;
-use std::path::Path;
-use std::process::Command;
 
 /// Undoes the host changes of [`create`] when dropped: deletes a bridge
 /// weft created, or removes the overlay address weft put on an existing one.
@@ -20,7 +18,7 @@ use std::process::Command;
 pub struct BridgeGuard {
     bridge: String,
     created: bool,
-    added_address: Option<String>,
+    added_address: Option<(IpAddr, u8)>,
 }
 
 impl BridgeGuard {
@@ -37,50 +35,30 @@ impl BridgeGuard {
 
 impl Drop for BridgeGuard {
     fn drop(&mut self) {
-        if self.created {
-            if let Err(e) = ip(&["link", "del", "dev", &self.bridge]) {
-                tracing::warn!(
-                    "could not remove bridge {}: {e}; remove it with `ip link del {}`",
-                    self.bridge,
-                    self.bridge
-                );
+        let bridge = &self.bridge;
+        let result = Netlink::open().and_then(|mut netlink| {
+            let Some(link) = netlink.link(bridge)? else {
+                return Ok(false);
+            };
+            if self.created {
+                netlink.delete_link(link.index, bridge)?;
+                Ok(true)
             } else {
-                tracing::info!("removed bridge {}", self.bridge);
+                if let Some((addr, prefix)) = self.added_address {
+                    netlink.delete_address(link.index, bridge, addr, prefix)?;
+                }
+                Ok(false)
             }
-        } else if let Some(addr) = &self.added_address {
-            let _ = ip(&["addr", "del", addr, "dev", &self.bridge]);
+        });
+        match result {
+            Ok(true) => tracing::info!("removed bridge {bridge}"),
+            Ok(false) => {}
+            Err(e) if self.created => tracing::warn!(
+                "could not remove bridge {bridge}: {e}; remove it with `ip link del {bridge}`"
+            ),
+            Err(e) => tracing::warn!("could not remove weft's address from bridge {bridge}: {e}"),
         }
     }
-}
-
-/// Runs `ip ARGS`, returning stderr as the error.
-pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Whether interface `name` is a Linux bridge.
-pub(crate) fn is_bridge(name: &str) -> bool {
-    Path::new("/sys/class/net")
-        .join(name)
-        .join("bridge")
-        .exists()
-}
-
-/// Whether interface `name` exists (in this network namespace).
-pub(crate) fn exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
 }
 
 /// A random locally administered unicast MAC address for the TAP.
@@ -113,32 +91,40 @@ pub fn create(
             "--bridge and --iface-name are both {bridge:?}: the TAP needs its own name"
         ));
     }
-    if exists(tap_name) {
+    let text = |e: SysError| e.to_string();
+    let mut netlink = Netlink::open().map_err(text)?;
+    if netlink.link_exists(tap_name).map_err(text)? {
         return Err(format!(
             "an interface named {tap_name} already exists: pick another TAP name with --iface-name, or remove it (`ip link del {tap_name}`)"
         ));
     }
-    let created = if exists(bridge) {
-        if !is_bridge(bridge) {
-            return Err(format!(
-                "{bridge} exists but is not a Linux bridge: choose another --bridge name"
-            ));
+    let (bridge_link, created) = match netlink.link(bridge).map_err(text)? {
+        Some(link) => {
+            if !link.is_bridge() {
+                return Err(format!(
+                    "{bridge} exists but is not a Linux bridge: choose another --bridge name"
+                ));
+            }
+            tracing::info!("attaching to the existing bridge {bridge}");
+            (link, false)
         }
-        tracing::info!("attaching to the existing bridge {bridge}");
-        false
-    } else {
-        ip(&["link", "add", "name", bridge, "type", "bridge"])
-            .map_err(|e| format!("cannot create bridge {bridge}: {e}"))?;
-        true
+        None => {
+            let link = netlink
+                .create_bridge(bridge)
+                .map_err(|e| format!("cannot create bridge {bridge}: {e}"))?;
+            (link, true)
+        }
     };
     let mut guard = BridgeGuard {
         bridge: bridge.to_string(),
         created,
         added_address: None,
     };
-    let mtu_text = overlay_mtu.to_string();
+    let index = bridge_link.index;
     if created {
-        ip(&["link", "set", "dev", bridge, "mtu", &mtu_text])?;
+        netlink
+            .set_mtu(index, bridge, u32::from(overlay_mtu))
+            .map_err(text)?;
     }
     let device = tun_rs::DeviceBuilder::new()
         .name(tap_name)
@@ -164,25 +150,34 @@ pub fn create(
         );
     }
     taps.insert(0, tap);
-    ip(&["link", "set", "dev", tap_name, "master", bridge])?;
-    ip(&["link", "set", "dev", tap_name, "up"])?;
+    let tap_link = netlink.require_link(tap_name).map_err(text)?;
+    netlink
+        .set_controller(tap_link.index, tap_name, index, bridge)
+        .map_err(text)?;
+    netlink.set_up(tap_link.index, tap_name).map_err(text)?;
     if !created {
-        if let Ok(m) = crate::host::facts::interface_mtu(bridge) {
-            if m > u32::from(overlay_mtu) {
+        // Read after the TAP joined: a bridge takes its ports' smallest MTU
+        // unless someone set one.
+        if let Ok(Some(now)) = netlink.link_by_index(index) {
+            if now.mtu > u32::from(overlay_mtu) {
                 tracing::warn!(
-                    "bridge {bridge} has mtu {m}, above the overlay MTU {overlay_mtu}: larger frames will be dropped; lower the MTU of the bridge's ports to {overlay_mtu}"
+                    "bridge {bridge} has mtu {}, above the overlay MTU {overlay_mtu}: larger frames will be dropped; lower the MTU of the bridge's ports to {overlay_mtu}",
+                    now.mtu
                 );
             }
         }
     }
     if let Some((addr, prefix)) = overlay {
-        let cidr = format!("{addr}/{prefix}");
-        match ip(&["addr", "add", &cidr, "dev", bridge]) {
-            Ok(()) => guard.added_address = (!created).then(|| cidr.clone()),
-            Err(e) if e.contains("File exists") => {}
-            Err(e) => return Err(format!("cannot put {cidr} on bridge {bridge}: {e}")),
+        match netlink.add_address(index, bridge, addr, prefix) {
+            Ok(Added::Added) => guard.added_address = (!created).then_some((addr, prefix)),
+            Ok(Added::AlreadyThere) => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot put {addr}/{prefix} on bridge {bridge}: {e}"
+                ))
+            }
         }
     }
-    ip(&["link", "set", "dev", bridge, "up"])?;
+    netlink.set_up(index, bridge).map_err(text)?;
     Ok((taps, guard))
 }

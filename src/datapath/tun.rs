@@ -11,7 +11,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use mio::{Registry, Token};
 
@@ -85,7 +85,7 @@ impl TunDevice {
         offload: bool,
         queues: usize,
     ) -> Result<Vec<TunDevice>, TunError> {
-        if std::path::Path::new("/sys/class/net").join(name).exists() {
+        if crate::sys::link_exists(name).unwrap_or(false) {
             return Err(TunError::Exists { name: name.into() });
         }
         if !std::path::Path::new("/dev/net/tun").exists() {
@@ -391,8 +391,11 @@ impl Device for TunDevice {
     }
 
     fn write_room(&self) -> usize {
-        // A TAP coalesces into the first frame's buffer: room for 64 KiB.
-        if self.coalescer.is_some() {
+        // With offloads, received segments are coalesced into the first
+        // one's buffer (TAP: our coalescer; TUN: tun-rs's, which only
+        // merges into a buffer whose capacity holds the result): room
+        // for 64 KiB.
+        if self.vnet_hdr {
             MAX_READ - VNET_HDR_LEN
         } else {
             0
@@ -401,11 +404,5 @@ impl Device for TunDevice {
 
     fn take_stats(&mut self) -> DeviceStats {
         std::mem::take(&mut self.stats)
-    }
-}
-
-impl AsRawFd for TunDevice {
-    fn as_raw_fd(&self) -> RawFd {
-        self.device.as_raw_fd()
     }
 }

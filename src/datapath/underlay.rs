@@ -76,6 +76,15 @@ impl UdpUnderlay {
         UdpUnderlay { socket, gso: true }
     }
 
+    /// Wraps a bound, non-blocking socket a worker reads, with UDP GRO on
+    /// where the kernel offers it (a line says when it does not).
+    pub fn receiving(socket: UdpSocket) -> UdpUnderlay {
+        if let Err(e) = enable_udp_gro(&socket) {
+            tracing::info!("UDP GRO unavailable ({e}): one datagram per received message");
+        }
+        UdpUnderlay::new(socket)
+    }
+
     /// Another handle on the same socket (for the control thread's sends).
     pub fn try_clone(&self) -> io::Result<UdpUnderlay> {
         Ok(UdpUnderlay {
@@ -94,6 +103,27 @@ impl UdpUnderlay {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
+}
+
+/// Turns on UDP GRO (UDP_GRO) on `socket`: the kernel may then hand over
+/// a run of datagrams from one sender as one message, which
+/// [`RecvBatch`] cuts up. Only for sockets read through a `RecvBatch`.
+pub fn enable_udp_gro(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid fd and a pointer to a c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// How many datagrams from `start` form a UDP GSO run: every one but the

@@ -1,7 +1,8 @@
 //! Facts about the host that decide which datapath weft may use.
 //!
 //! `Facts::gather` reads them with harmless, local probes only: `uname`,
-//! interface ioctls, one generic-netlink family lookup, opening (and closing)
+//! read-only rtnetlink queries (links, routes, addresses, through
+//! [`crate::sys`]), ethtool ioctls, one generic-netlink family lookup, opening (and closing)
 //! an AF_XDP socket, and creating a non-persistent TUN device that vanishes
 //! when its file descriptor is closed. No packet is sent. Every `--assume-*`
 //! flag replaces one gathered fact through [`Assumptions`], so the decision
@@ -10,7 +11,7 @@
 use std::ffi::CStr;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -77,7 +78,7 @@ pub enum UnderlaySelector {
     /// The interface that owns the local address of the route to this peer
     /// (`--peer`). Found with an unsent UDP `connect`.
     Peer(IpAddr),
-    /// The interface of the IPv4 default route in /proc/net/route.
+    /// The interface of the lowest-metric IPv4 default route.
     DefaultRoute,
 }
 
@@ -156,8 +157,10 @@ impl Facts {
             UnderlaySelector::Peer(peer) => {
                 let found = iface_for_peer(*peer);
                 let source = match &found {
-                    Ok((_, local)) => format!("route to peer {peer} via local address {local}"),
-                    Err(_) => format!("route to peer {peer}"),
+                    Ok((_, Some(local))) => {
+                        format!("route to peer {peer} via local address {local}")
+                    }
+                    _ => format!("route to peer {peer}"),
                 };
                 (found.map(|(name, _)| name), source, peer.is_ipv6())
             }
@@ -275,104 +278,46 @@ pub fn kernel_release() -> String {
 }
 
 fn interface_exists(name: &str) -> bool {
-    let Ok(cname) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: cname is a valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(cname.as_ptr()) != 0 }
+    crate::sys::link_exists(name).unwrap_or(false)
 }
 
-/// Finds the interface whose address the kernel would use to reach `peer`.
-/// A UDP `connect` only resolves the route; it sends nothing.
-pub fn iface_for_peer(peer: IpAddr) -> Result<(String, IpAddr), String> {
-    let bind: SocketAddr = if peer.is_ipv6() {
-        "[::]:0".parse()
-    } else {
-        "0.0.0.0:0".parse()
-    }
-    .map_err(|e| format!("internal address error: {e}"))?;
-    let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-    // Port 6783 only because connect needs one; no datagram is sent.
-    socket
-        .connect(SocketAddr::new(peer, 6783))
-        .map_err(|e| format!("no route to peer {peer}: {e}"))?;
-    let local = socket
-        .local_addr()
-        .map_err(|e| format!("cannot read the local address towards {peer}: {e}"))?
-        .ip();
-    let name = iface_owning_address(local)?
-        .ok_or_else(|| format!("no interface owns local address {local} (route to {peer})"))?;
-    Ok((name, local))
-}
-
-/// The interface that carries `address`, via getifaddrs.
-pub fn iface_owning_address(address: IpAddr) -> Result<Option<String>, String> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(format!("getifaddrs failed: {}", io::Error::last_os_error()));
-    }
-    let mut found = None;
-    let mut cursor = list;
-    while !cursor.is_null() {
-        // SAFETY: cursor walks the list getifaddrs returned.
-        let entry = unsafe { &*cursor };
-        if !entry.ifa_addr.is_null() && !entry.ifa_name.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr of the family it names.
-            let family = unsafe { (*entry.ifa_addr).sa_family } as i32;
-            let entry_address = match family {
-                libc::AF_INET => {
-                    let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-                    Some(IpAddr::from(
-                        u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                    ))
-                }
-                libc::AF_INET6 => {
-                    let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
-                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-                }
-                _ => None,
-            };
-            if entry_address == Some(address) {
-                // SAFETY: ifa_name is a NUL-terminated interface name.
-                let name = unsafe { CStr::from_ptr(entry.ifa_name) };
-                found = Some(name.to_string_lossy().into_owned());
-                break;
-            }
+/// Finds the interface the kernel's route to `peer` leaves through, and
+/// the route's preferred source address (RTM_GETROUTE: nothing is sent).
+pub fn iface_for_peer(peer: IpAddr) -> Result<(String, Option<IpAddr>), String> {
+    let mut netlink = crate::sys::Netlink::open().map_err(|e| e.to_string())?;
+    let route = netlink.route_to(peer).map_err(|e| match e {
+        crate::sys::SysError::Refused { source, .. } => {
+            format!("no route to peer {peer}: {source}")
         }
-        cursor = entry.ifa_next;
-    }
-    // SAFETY: list came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(found)
+        e => e.to_string(),
+    })?;
+    let link = netlink
+        .link_by_index(route.oif)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "the route to peer {peer} leaves through interface index {}, which does not exist",
+                route.oif
+            )
+        })?;
+    Ok((link.name, route.prefsrc))
+}
+
+/// The interface that holds `address`.
+pub fn iface_owning_address(address: IpAddr) -> Result<Option<String>, String> {
+    let mut netlink = crate::sys::Netlink::open().map_err(|e| e.to_string())?;
+    Ok(netlink
+        .link_holding(address)
+        .map_err(|e| e.to_string())?
+        .map(|link| link.name))
 }
 
 /// The interface of the lowest-metric IPv4 default route.
 fn default_route_iface() -> Result<String, String> {
-    let table = std::fs::read_to_string("/proc/net/route")
-        .map_err(|e| format!("cannot read /proc/net/route: {e}; pass --underlay-iface"))?;
-    parse_default_route(&table)
+    crate::sys::Netlink::open()
+        .and_then(|mut netlink| netlink.default_route_iface(false))
+        .map_err(|e| format!("{e}; pass --underlay-iface"))?
         .ok_or_else(|| "no IPv4 default route; pass --underlay-iface IF or --peer ADDR".to_string())
-}
-
-/// Parses /proc/net/route text; total (bad lines are skipped).
-fn parse_default_route(table: &str) -> Option<String> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (iface, destination, mask, metric) = (
-                fields.first()?,
-                fields.get(1)?,
-                fields.get(7)?,
-                fields.get(6)?,
-            );
-            let metric: u32 = metric.parse().ok()?;
-            (*destination == "00000000" && *mask == "00000000").then(|| (metric, iface.to_string()))
-        })
-        .min_by_key(|(metric, _)| *metric)
-        .map(|(_, iface)| iface)
 }
 
 /// A datagram socket used only as a handle for interface ioctls.
@@ -399,20 +344,9 @@ fn ifreq_for(iface: &str) -> Result<libc::ifreq, String> {
     Ok(request)
 }
 
-/// The MTU of `iface` via SIOCGIFMTU (namespace-correct, unlike a stale /sys).
+/// The MTU of `iface` (rtnetlink: answers for this network namespace).
 pub fn interface_mtu(iface: &str) -> Result<u32, String> {
-    let socket = ioctl_socket().map_err(|e| format!("cannot open a socket for SIOCGIFMTU: {e}"))?;
-    let mut request = ifreq_for(iface)?;
-    // SAFETY: request is a valid ifreq for SIOCGIFMTU.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &mut request) } != 0 {
-        return Err(format!(
-            "SIOCGIFMTU on {iface} failed: {}",
-            io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: SIOCGIFMTU fills ifru_mtu.
-    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
-    u32::try_from(mtu).map_err(|_| format!("{iface} reported a negative MTU {mtu}"))
+    crate::sys::interface_mtu(iface).map_err(|e| e.to_string())
 }
 
 // ethtool ioctl commands (linux/ethtool.h).
@@ -693,7 +627,7 @@ pub(crate) mod tests {
     use std::sync::Mutex;
 
     /// Serialises the tests that create probe TUN devices, so the root test's
-    /// before/after view of /sys/class/net is not disturbed by a sibling.
+    /// before/after view of the links is not disturbed by a sibling.
     pub(crate) static GATHER_LOCK: Mutex<()> = Mutex::new(());
 
     fn gather(selector: UnderlaySelector) -> Facts {
@@ -701,18 +635,6 @@ pub(crate) mod tests {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         Facts::gather(selector)
-    }
-
-    #[test]
-    fn default_route_parser_is_total_and_picks_lowest_metric() {
-        let table =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                     eth1\t00000000\t0102A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
-                     eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
-                     eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(parse_default_route(table).as_deref(), Some("eth0"));
-        assert_eq!(parse_default_route(""), None);
-        assert_eq!(parse_default_route("header\ngarbage\n\t\t\n"), None);
     }
 
     #[test]
@@ -748,10 +670,12 @@ pub(crate) mod tests {
     }
 
     fn probe_devices() -> Vec<String> {
-        std::fs::read_dir("/sys/class/net")
-            .map(|dir| {
-                dir.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
+        crate::sys::Netlink::open()
+            .and_then(|mut netlink| netlink.links())
+            .map(|links| {
+                links
+                    .into_iter()
+                    .map(|link| link.name)
                     .filter(|name| name.starts_with(TUN_PROBE_PREFIX))
                     .collect()
             })

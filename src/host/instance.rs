@@ -203,15 +203,11 @@ impl Drop for InstanceLock {
     }
 }
 
-use crate::datapath::tap::{exists, is_bridge};
-
-/// Whether `bridge` carries `overlay` (ADDR/PREFIX), by `ip -o addr show`.
-fn has_address(bridge: &str, overlay: &str) -> bool {
-    std::process::Command::new("ip")
-        .args(["-o", "addr", "show", "dev", bridge])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {overlay} ")))
-        .unwrap_or(false)
+/// Whether `addresses` hold `overlay` (`ADDR/PREFIX` as the record has it).
+fn holds(addresses: &[(std::net::IpAddr, u8)], overlay: &str) -> bool {
+    addresses
+        .iter()
+        .any(|(ip, prefix)| format!("{ip}/{prefix}") == overlay)
 }
 
 /// Removes what a dead weft left, as its record lists it and only where it
@@ -220,28 +216,29 @@ fn has_address(bridge: &str, overlay: &str) -> bool {
 /// one line to log, or `None` when nothing was left.
 pub fn clear_leftovers(record: &Record) -> Result<Option<String>, String> {
     let mut cleared = Vec::new();
-    if exists(&record.iface) {
-        crate::datapath::tap::ip(&["link", "del", "dev", &record.iface]).map_err(|e| {
-            format!(
-                "cannot remove {} left by weft pid {}: {e}",
-                record.iface, record.pid
-            )
-        })?;
+    let mut netlink = crate::sys::Netlink::open().map_err(|e| e.to_string())?;
+    let pid = record.pid;
+    if let Some(link) = netlink.link(&record.iface).map_err(|e| e.to_string())? {
+        netlink
+            .delete_link(link.index, &record.iface)
+            .map_err(|e| format!("cannot remove {} left by weft pid {pid}: {e}", record.iface))?;
         cleared.push(format!("device {}", record.iface));
     }
     if let (Some(bridge), Some(overlay)) = (&record.bridge, &record.overlay) {
-        if exists(bridge) && is_bridge(bridge) && has_address(bridge, overlay) {
-            crate::datapath::tap::ip(&["link", "del", "dev", bridge]).map_err(|e| {
-                format!(
-                    "cannot remove bridge {bridge} left by weft pid {}: {e}",
-                    record.pid
-                )
-            })?;
-            cleared.push(format!("bridge {bridge} with {overlay} and its route"));
+        if let Some(link) = netlink.link(bridge).map_err(|e| e.to_string())? {
+            let addresses = netlink.addresses(link.index).map_err(|e| e.to_string())?;
+            if link.is_bridge() && holds(&addresses, overlay) {
+                netlink.delete_link(link.index, bridge).map_err(|e| {
+                    format!("cannot remove bridge {bridge} left by weft pid {pid}: {e}")
+                })?;
+                cleared.push(format!("bridge {bridge} with {overlay} and its route"));
+            }
         }
     }
     if let Some(iface) = &record.xdp {
-        if exists(iface) && crate::datapath::xdp::clear_leftover_program(iface)? {
+        if netlink.link_exists(iface).map_err(|e| e.to_string())?
+            && crate::datapath::xdp::clear_leftover_program(iface)?
+        {
             cleared.push(format!("XDP program on {iface}"));
         }
     }
@@ -296,5 +293,8 @@ mod tests {
             "weft0",
         );
         assert!(m.contains("pid 7") && !m.contains("ip link del"), "{m}");
+        let held = [("10.40.0.1".parse().unwrap(), 16)];
+        assert!(holds(&held, "10.40.0.1/16"));
+        assert!(!holds(&held, "10.40.0.1/24"));
     }
 }

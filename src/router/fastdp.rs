@@ -184,24 +184,15 @@ pub struct Fastdp {
     /// Userspace work counters (shown in `weft status`).
     pub counters: FastdpCounters,
     frame_buf: Vec<u8>,
+    /// Bridge ports and MTUs are set and read over this socket.
+    netlink: Netlink,
 }
 
-use crate::datapath::tap::ip;
+use crate::sys::Netlink;
 
-/// Forgets the MACs the bridge learned on `port`.
-fn flush_bridge_port(port: &str) {
-    let path = format!("/sys/class/net/{port}/brport/flush");
-    if let Err(e) = std::fs::write(&path, "1") {
-        tracing::warn!("fastdp: cannot flush the bridge's MAC entries on {port} ({path}): {e}");
-    }
-}
-
-fn current_mtu(iface: &str) -> Option<usize> {
-    std::fs::read_to_string(format!("/sys/class/net/{iface}/mtu"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The current MTU of `iface`, None when it cannot be read.
+fn current_mtu(netlink: &mut Netlink, iface: &str) -> Option<usize> {
+    Some(netlink.link(iface).ok()??.mtu as usize)
 }
 
 impl Fastdp {
@@ -209,33 +200,35 @@ impl Fastdp {
     /// enslaves its internal device to the bridge.
     pub fn start(cfg: FastdpConfig) -> Result<Fastdp, String> {
         let dp = Datapath::create(&cfg.datapath, cfg.port)?;
-        let mtu = cfg.overlay_mtu.to_string();
-        ip(&["link", "set", "dev", &cfg.datapath, "mtu", &mtu])?;
-        ip(&["link", "set", "dev", &cfg.datapath, "master", &cfg.bridge]).map_err(|e| {
-            format!(
-                "cannot put the OVS datapath port {} on bridge {}: {e}",
-                cfg.datapath, cfg.bridge
-            )
-        })?;
-        ip(&["link", "set", "dev", &cfg.datapath, "up"])?;
+        let text = |e: crate::sys::SysError| e.to_string();
+        let mut netlink = Netlink::open().map_err(text)?;
+        let port = netlink.require_link(&cfg.datapath).map_err(text)?;
+        let bridge = netlink.require_link(&cfg.bridge).map_err(text)?;
+        netlink
+            .set_mtu(port.index, &cfg.datapath, u32::from(cfg.overlay_mtu))
+            .map_err(text)?;
+        netlink
+            .set_controller(port.index, &cfg.datapath, bridge.index, &cfg.bridge)
+            .map_err(|e| {
+                format!(
+                    "cannot put the OVS datapath port {} on bridge {}: {e}",
+                    cfg.datapath, cfg.bridge
+                )
+            })?;
+        netlink.set_up(port.index, &cfg.datapath).map_err(text)?;
         // Split horizon on the bridge: the TAP and the datapath port both
         // lead to the peers, so the bridge must never forward between them
         // (a frame from a peer over one path would go back out over the
         // other, and while two hosts disagree on a connection's path a
         // broadcast would loop). Isolated ports only talk to non-isolated
         // ones: the containers and the bridge itself.
-        for port in [&cfg.datapath, &cfg.tap] {
-            ip(&[
-                "link",
-                "set",
-                "dev",
-                port,
-                "type",
-                "bridge_slave",
-                "isolated",
-                "on",
-            ])
-            .map_err(|e| format!("cannot isolate bridge port {port} (needs Linux 4.18+): {e}"))?;
+        for name in [&cfg.datapath, &cfg.tap] {
+            let link = netlink.require_link(name).map_err(text)?;
+            netlink
+                .set_bridge_port_isolated(link.index, name)
+                .map_err(|e| {
+                    format!("cannot isolate bridge port {name} (needs Linux 4.18+): {e}")
+                })?;
         }
         let switch = Switch::new(SwitchConfig {
             vni: cfg.vni,
@@ -260,6 +253,7 @@ impl Fastdp {
             next_sweep: Instant::now() + Duration::from_secs(1),
             counters: FastdpCounters::default(),
             frame_buf: Vec::with_capacity(9000),
+            netlink,
         })
     }
 
@@ -443,8 +437,20 @@ impl Fastdp {
             // flooded to both ports once, then relearned behind the
             // datapath port).
             if joined {
-                flush_bridge_port(&self.cfg.tap);
+                self.flush_bridge_port();
             }
+        }
+    }
+
+    /// Makes the bridge forget the MACs it learned on the TAP.
+    fn flush_bridge_port(&mut self) {
+        let tap = &self.cfg.tap;
+        let flushed = self
+            .netlink
+            .require_link(tap)
+            .and_then(|link| self.netlink.flush_bridge_port(link.index, tap));
+        if let Err(e) = flushed {
+            tracing::warn!("fastdp: {e}");
         }
     }
 
@@ -463,14 +469,12 @@ impl Fastdp {
     /// port follows, so the bridge drops what the path cannot carry.
     pub fn set_overlay_mtu(&mut self, mtu: u16) {
         if mtu != self.cfg.overlay_mtu {
-            match ip(&[
-                "link",
-                "set",
-                "dev",
-                &self.cfg.datapath,
-                "mtu",
-                &mtu.to_string(),
-            ]) {
+            let port = &self.cfg.datapath;
+            let set = self
+                .netlink
+                .require_link(port)
+                .and_then(|link| self.netlink.set_mtu(link.index, port, u32::from(mtu)));
+            match set {
                 Ok(()) => self.cfg.overlay_mtu = mtu,
                 Err(e) => tracing::warn!("fastdp: {e}"),
             }
@@ -479,7 +483,8 @@ impl Fastdp {
 
     /// Timers: heartbeats, idle flows, MAC ageing.
     pub fn poll(&mut self, now: Instant, actions: &mut Vec<FastdpAction>) {
-        let underlay_mtu = current_mtu(&self.cfg.underlay_iface);
+        // Read once per poll, and only when a heartbeat is due.
+        let mut underlay_mtu: Option<Option<usize>> = None;
         let (vni, vxlan_port) = (self.cfg.vni, self.dp.vxlan_port());
         let mut changed = false;
         for (token, peer) in self.peers.iter_mut() {
@@ -493,7 +498,9 @@ impl Fastdp {
                 continue;
             };
             let outer = heartbeat.frame_len + proof::VXLAN_IPV4_OVERHEAD - 14;
-            if let Some(mtu) = underlay_mtu.filter(|m| outer > *m) {
+            let mtu_now = *underlay_mtu
+                .get_or_insert_with(|| current_mtu(&mut self.netlink, &self.cfg.underlay_iface));
+            if let Some(mtu) = mtu_now.filter(|m| outer > *m) {
                 // Never send a datagram larger than the interface MTU: a
                 // path that needs this size cannot be proven now.
                 proof.fail(

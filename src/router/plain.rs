@@ -166,7 +166,7 @@ fn run(
         .zip(sockets)
         .map(|(tap, socket)| WorkerParts {
             device: Box::new(tap),
-            underlay: Box::new(UdpUnderlay::new(socket)),
+            underlay: Box::new(UdpUnderlay::receiving(socket)),
         })
         .collect();
     let stop = Arc::new(StopFlag::default());

@@ -37,8 +37,10 @@ const WAKE: Token = Token(2);
 
 /// How often a worker adds its counters to what the control thread reads.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
-/// Batches of one kind handled per wakeup before the other side gets a turn.
-const BATCHES_PER_TURN: usize = 8;
+/// Batches of one kind handled before the other side gets a turn: small,
+/// so a flood one way never holds up the other (a TCP sender waits for
+/// the ACKs that come the other way).
+const BATCHES_PER_TURN: usize = 2;
 /// Room for one datagram: the largest UDP payload.
 const MAX_DATAGRAM: usize = 65536;
 /// MAC-learning locations of peers reached through relays start here,

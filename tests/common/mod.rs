@@ -657,7 +657,9 @@ pub fn tcp_transfer(
     seed: u64,
 ) -> ([u8; 32], [u8; 32], usize) {
     use sha2::{Digest, Sha256};
-    let addr = std::net::SocketAddr::new(to_ip.parse().expect("address"), port);
+    // Bare ("fd40::2") and bracketed ("[fd40::2]") IPv6 both work.
+    let bare = to_ip.trim_start_matches('[').trim_end_matches(']');
+    let addr = std::net::SocketAddr::new(bare.parse().expect("address"), port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let server = spawn_in_netns(to, move || {
         let listener = std::net::TcpListener::bind(addr).expect("bind the receiver");
@@ -724,7 +726,7 @@ pub struct UdpTransfer {
 /// (receiver in namespace `to`), their payload lengths taken in turn from
 /// `sizes`, each holding its sequence number and bytes derived from it, so
 /// the receiver checks every datagram on its own. Paced (a short pause
-/// every 32 datagrams) so socket buffers do not overflow.
+/// every 8 datagrams) so socket buffers do not overflow on a busy machine.
 pub fn udp_transfer(
     from: &str,
     to: &str,
@@ -791,7 +793,7 @@ pub fn udp_transfer(
             if socket.send_to(&buf[..len], addr).is_ok() {
                 sent += 1;
             }
-            if seq % 32 == 31 {
+            if seq % 8 == 7 {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }

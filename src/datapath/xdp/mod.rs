@@ -6,8 +6,9 @@
 //! - [`filter`]: the XDP program (assembled in Rust, ports baked in at
 //!   load) that redirects only weft's UDP datagrams to the sockets.
 //! - [`bpf`]: the bpf(2) calls that create the XSKMAP and load the program.
-//! - [`rtnl`]: netlink for attaching/detaching the program and for routes
-//!   and neighbours (next-hop MACs).
+//! - [`next_hop`]: next-hop MACs for the send path, looked up (routes and
+//!   neighbours, through [`crate::sys`]) by a thread of their own so that
+//!   sending never waits on netlink.
 //! - [`frame`]: Ethernet/IP/UDP headers around weft's payload.
 //! - [`XdpUnderlay`]: one AF_XDP socket (own UMEM) per RX queue, plus the
 //!   kernel UDP socket weft already has. That socket keeps the port
@@ -21,9 +22,9 @@
 pub mod bpf;
 pub mod filter;
 pub mod frame;
-pub mod rtnl;
+pub mod next_hop;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -36,8 +37,9 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+use crate::sys::{AttachMode, Netlink};
 use crate::wire::ethernet::MacAddr;
-use rtnl::{AttachMode, Rtnl};
+use next_hop::{NextHops, Resolver, Via};
 
 /// UMEM frame size: one page, so a 1500-byte (and up to ~3.8 KB) frame fits
 /// after the kernel's 256-byte XDP headroom.
@@ -50,13 +52,6 @@ const XDP_PACKET_HEADROOM: u32 = 256;
 const TX_FRAMES: u32 = 1024;
 /// Descriptors taken from a ring in one go.
 const BATCH: usize = 64;
-/// How long a known next-hop MAC is trusted before netlink is asked again.
-const NEIGHBOUR_RECHECK: Duration = Duration::from_secs(2);
-/// How soon an unknown next hop is looked up again.
-const NEIGHBOUR_RETRY: Duration = Duration::from_millis(20);
-/// How often one datagram per peer goes through the kernel to keep its
-/// neighbour entry confirmed.
-const KERNEL_REFRESH: Duration = Duration::from_secs(10);
 /// How long a bind that fails with EBUSY (the previous owner of the queue
 /// is still being torn down) is retried.
 const BIND_RETRY_FOR: Duration = Duration::from_millis(500);
@@ -119,19 +114,6 @@ struct QueueSocket {
     zero_copy: bool,
 }
 
-/// What is known about reaching one peer address.
-#[derive(Debug, Clone, Copy)]
-struct NextHop {
-    /// MAC of the next hop, when the kernel has resolved it.
-    mac: Option<MacAddr>,
-    /// Source address to use.
-    src: Option<IpAddr>,
-    /// The route leaves through the XDP interface.
-    on_interface: bool,
-    checked: Instant,
-    kernel_due: Instant,
-}
-
 /// The AF_XDP underlay for one interface. Dropping it detaches the program
 /// and closes the sockets.
 pub struct XdpUnderlay {
@@ -139,12 +121,12 @@ pub struct XdpUnderlay {
     ifindex: u32,
     mac: MacAddr,
     ports: Vec<u16>,
-    source: Option<IpAddr>,
     local_port: u16,
     attach: AttachMode,
     program_id: u32,
-    rtnl: Rtnl,
-    neighbours: HashMap<IpAddr, NextHop>,
+    netlink: Netlink,
+    next_hops: NextHops,
+    resolver: Resolver,
     sockets: Vec<QueueSocket>,
     rx_pending: VecDeque<(usize, FrameDesc)>,
     kernel: UdpSocket,
@@ -156,8 +138,8 @@ pub struct XdpUnderlay {
 
 /// Removes a weft XDP program a killed process left on `ifindex`. A
 /// program by any other name is not weft's: refuse rather than replace it.
-fn clear_stale(rtnl: &mut Rtnl, interface: &str, ifindex: u32) -> Result<(), String> {
-    if let Some(id) = detach_weft_program(rtnl, interface, ifindex)? {
+fn clear_stale(netlink: &mut Netlink, interface: &str, ifindex: u32) -> Result<(), String> {
+    if let Some(id) = detach_weft_program(netlink, interface, ifindex)? {
         tracing::warn!(
             interface,
             program_id = id,
@@ -170,13 +152,14 @@ fn clear_stale(rtnl: &mut Rtnl, interface: &str, ifindex: u32) -> Result<(), Str
 /// Detaches weft's XDP program from `ifindex`; `Ok(Some(id))` when one was
 /// there, `Err` when another program is attached (never replaced).
 fn detach_weft_program(
-    rtnl: &mut Rtnl,
+    netlink: &mut Netlink,
     interface: &str,
     ifindex: u32,
 ) -> Result<Option<u32>, String> {
-    let Some((id, mode)) = rtnl.xdp_program(ifindex).map_err(|e| e.to_string())? else {
+    let Some(program) = netlink.xdp_program(ifindex).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
+    let id = program.id;
     let name = bpf::program_name(id).unwrap_or_else(|e| format!("<unreadable: {e}>"));
     if name != bpf::PROGRAM_NAME {
         return Err(format!(
@@ -184,7 +167,8 @@ fn detach_weft_program(
              remove it (`ip link set dev {interface} xdp off`) or use --mode udp"
         ));
     }
-    rtnl.set_xdp(ifindex, -1, mode.flag())
+    netlink
+        .detach_xdp(ifindex, interface, program.mode)
         .map_err(|e| format!("removing stale weft program id {id}: {e}"))?;
     Ok(Some(id))
 }
@@ -193,11 +177,9 @@ fn detach_weft_program(
 /// on `interface`: `Ok(true)` when there was one. Another program (not
 /// weft's) is left alone and reported as an error.
 pub fn clear_leftover_program(interface: &str) -> Result<bool, String> {
-    let mut rtnl = Rtnl::open().map_err(|e| format!("route netlink: {e}"))?;
-    let link = rtnl
-        .link(interface)
-        .map_err(|e| format!("{interface}: {e}"))?;
-    Ok(detach_weft_program(&mut rtnl, interface, link.index)?.is_some())
+    let mut netlink = Netlink::open().map_err(|e| e.to_string())?;
+    let link = netlink.require_link(interface).map_err(|e| e.to_string())?;
+    Ok(detach_weft_program(&mut netlink, interface, link.index)?.is_some())
 }
 
 fn program_id(program: &OwnedFd) -> u32 {
@@ -342,15 +324,15 @@ impl XdpUnderlay {
         );
         ports.truncate(filter::MAX_PORTS);
 
-        let mut rtnl = Rtnl::open().map_err(|e| fail("open route netlink", e.to_string()))?;
-        let link = rtnl.link(&interface).map_err(|e| {
+        let mut netlink = Netlink::open().map_err(|e| fail("open route netlink", e.to_string()))?;
+        let link = netlink.require_link(&interface).map_err(|e| {
             fail(
                 "find the interface",
                 format!("{e} (is {interface} an interface of this host?)"),
             )
         })?;
         let ifindex = link.index;
-        let mac = link.mac.ok_or_else(|| {
+        let mac = link.mac().ok_or_else(|| {
             fail(
                 "read the interface MAC",
                 "not an Ethernet interface".to_string(),
@@ -366,8 +348,14 @@ impl XdpUnderlay {
         }
         let queues = link.rx_queues;
 
-        clear_stale(&mut rtnl, &interface, ifindex)
+        clear_stale(&mut netlink, &interface, ifindex)
             .map_err(|d| fail("clear a stale XDP program", d))?;
+        // The resolver's socket is opened here, so it is in this thread's
+        // network namespace whatever thread it then runs on.
+        let resolver = Netlink::open()
+            .map_err(|e| e.to_string())
+            .and_then(|n| Resolver::spawn(n, ifindex, &interface).map_err(|e| e.to_string()))
+            .map_err(|d| fail("start the next-hop resolver", d))?;
 
         let map = bpf::create_xsk_map(queues).map_err(|e| {
             fail(
@@ -402,17 +390,18 @@ impl XdpUnderlay {
             sockets.push(socket);
         }
 
-        let flags = rtnl::XDP_FLAGS_UPDATE_IF_NOEXIST;
-        let attach = match rtnl.set_xdp(
+        let attach = match netlink.attach_xdp(
             ifindex,
+            &interface,
             program.as_raw_fd(),
-            flags | rtnl::XDP_FLAGS_DRV_MODE,
+            AttachMode::Native,
         ) {
             Ok(()) => AttachMode::Native,
-            Err(native) => match rtnl.set_xdp(
+            Err(native) => match netlink.attach_xdp(
                 ifindex,
+                &interface,
                 program.as_raw_fd(),
-                flags | rtnl::XDP_FLAGS_SKB_MODE,
+                AttachMode::Generic,
             ) {
                 Ok(()) => {
                     tracing::info!(interface, %native, "native XDP refused; using generic (SKB) mode");
@@ -432,12 +421,12 @@ impl XdpUnderlay {
             ifindex,
             mac,
             ports,
-            source: config.source.filter(|s| !s.is_unspecified()),
             local_port,
             attach,
             program_id,
-            rtnl,
-            neighbours: HashMap::new(),
+            netlink,
+            next_hops: NextHops::new(config.source.filter(|s| !s.is_unspecified())),
+            resolver,
             sockets,
             rx_pending: VecDeque::with_capacity(BATCH * 2),
             kernel,
@@ -453,12 +442,7 @@ impl XdpUnderlay {
     /// How the program and sockets run, for `weft status`:
     /// "native, copy", "generic, copy", "native, zero-copy".
     pub fn mode(&self) -> String {
-        let attach = match self.attach {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-            AttachMode::Offload => "offload",
-            AttachMode::Multi => "multi",
-        };
+        let attach = self.attach.name();
         let copy = if self.sockets.iter().all(|s| s.zero_copy) {
             "zero-copy"
         } else {
@@ -576,54 +560,20 @@ impl XdpUnderlay {
         }
     }
 
-    /// Where datagrams to `dst` go: Some(MACs and source) for the XDP
-    /// path, None for the kernel socket.
+    /// Where datagrams to `dst` go: Some(MAC and source) for the XDP path,
+    /// None for the kernel socket. Never waits: lookups run on the
+    /// resolver thread, and their answers are taken here.
     fn next_hop(&mut self, dst: IpAddr, now: Instant) -> Option<(MacAddr, IpAddr)> {
-        let stale = match self.neighbours.get(&dst) {
-            None => true,
-            Some(hop) => {
-                let age = now.saturating_duration_since(hop.checked);
-                age >= if hop.mac.is_some() {
-                    NEIGHBOUR_RECHECK
-                } else {
-                    NEIGHBOUR_RETRY
-                }
-            }
-        };
-        if stale {
-            let route = self.rtnl.route_to(dst).ok();
-            let on_interface = route.is_some_and(|r| r.oif == self.ifindex);
-            let gateway = route.and_then(|r| r.gateway).unwrap_or(dst);
-            let mac = if on_interface {
-                self.rtnl.neighbour(self.ifindex, gateway).ok().flatten()
-            } else {
-                None
-            };
-            let src = self.source.or(route.and_then(|r| r.prefsrc));
-            let kernel_due = self
-                .neighbours
-                .get(&dst)
-                .map_or(now + KERNEL_REFRESH, |h| h.kernel_due);
-            self.neighbours.insert(
-                dst,
-                NextHop {
-                    mac,
-                    src,
-                    on_interface,
-                    checked: now,
-                    kernel_due,
-                },
-            );
+        // Answers also come unasked (a watched next hop resolved): an
+        // empty channel costs a load or two.
+        for answer in self.resolver.answers() {
+            self.next_hops.answer(answer, now);
         }
-        let hop = self.neighbours.get_mut(&dst)?;
-        if !hop.on_interface {
-            return None;
+        let resolver = &self.resolver;
+        match self.next_hops.via(dst, now, |d| resolver.ask(d)) {
+            Via::Xdp { mac, src } => Some((mac, src)),
+            Via::Kernel => None,
         }
-        if now >= hop.kernel_due {
-            hop.kernel_due = now + KERNEL_REFRESH;
-            return None;
-        }
-        Some((hop.mac?, hop.src?))
     }
 
     /// Sends one datagram to `dst`: built into a UMEM frame and put on the
@@ -717,9 +667,12 @@ impl XdpUnderlay {
 impl Drop for XdpUnderlay {
     fn drop(&mut self) {
         // Detach only our own program (someone may have replaced it).
-        match self.rtnl.xdp_program(self.ifindex) {
-            Ok(Some((id, mode))) if id == self.program_id => {
-                if let Err(e) = self.rtnl.set_xdp(self.ifindex, -1, mode.flag()) {
+        match self.netlink.xdp_program(self.ifindex) {
+            Ok(Some(program)) if program.id == self.program_id => {
+                if let Err(e) = self
+                    .netlink
+                    .detach_xdp(self.ifindex, &self.interface, program.mode)
+                {
                     tracing::warn!(interface = %self.interface, "could not detach the XDP program: {e}");
                 }
             }

@@ -19,13 +19,13 @@
 //! On older kernels it is an ordinary table, replaced at the next launch.
 //!
 //! Spoken over nfnetlink (`NETLINK_NETFILTER`) with `netlink-sys`'s
-//! socket, like [`super::rtnl`]: no crate fits. `rustables` is
+//! socket, like [`crate::sys`]: no crate fits. `rustables` is
 //! GPL-3.0 (weft is MIT); `nftnl` binds libnftnl and libmnl, C libraries
 //! that neither weft's image nor every node has; `nf_tables` is a first
 //! 0.1 release; and the `nft` command is not in weft's image either. The
 //! messages are few and fixed: one batch (table, chain, one rule), built by
 //! [`ruleset_batch`] and checked byte by byte in the tests below, and one
-//! to delete the table. Moves to `src/sys/` with the rtnetlink client.
+//! to delete the table.
 
 use std::io;
 use std::net::Ipv4Addr;
