@@ -73,6 +73,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "string: this host's own pod range inside ipalloc-range",
     ),
     (
+        "masquerade",
+        "bool: NAT for pods' traffic leaving ipalloc-range (nftables)",
+    ),
+    (
         "kube",
         "bool: peers and the pod range from the Kubernetes API",
     ),

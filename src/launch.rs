@@ -173,6 +173,13 @@ pub struct LaunchArgs {
     /// the API).
     #[arg(long, value_name = "CIDR")]
     pub ipalloc_pod_cidr: Option<String>,
+    /// NAT for pods: what they send to addresses outside --ipalloc-range
+    /// leaves with this host's address (an nftables masquerade rule in
+    /// table `ip weft` of this network namespace, removed at exit), as
+    /// flannel's --ip-masq. The host must forward IPv4
+    /// (net.ipv4.ip_forward=1). Needs --ipalloc-range.
+    #[arg(long)]
+    pub masquerade: bool,
     /// Peers from the Kubernetes API: every node's InternalIP but this
     /// node's, with this host's listen port, re-read every --kube-refresh
     /// (new nodes connected, removed ones forgotten; --peer still works
@@ -287,6 +294,8 @@ struct IpamPlan {
     dir: PathBuf,
     reclaim_after: Duration,
     socket: String,
+    /// `--masquerade`.
+    masquerade: bool,
 }
 
 /// Turns on IPv4 forwarding for packets arriving on `iface` (netlink).
@@ -362,10 +371,16 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
     };
     let dir_given = args.ipalloc_dir.is_some() || file.has("ipalloc-dir");
     let reclaim_given = args.ipalloc_reclaim_after.is_some() || file.has("ipalloc-reclaim-after");
+    let masquerade = args.masquerade || file.flag("masquerade").map_err(usage)?;
     let Some(range) = range else {
         if dir_given || reclaim_given || pod_cidr.is_some() {
             return Err(usage(
                 "--ipalloc-dir, --ipalloc-reclaim-after and --ipalloc-pod-cidr need --ipalloc-range (IPAM is off without it)",
+            ));
+        }
+        if masquerade {
+            return Err(usage(
+                "--masquerade needs --ipalloc-range: it masquerades what pods send out of that range",
             ));
         }
         return Ok(None);
@@ -414,6 +429,7 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
         dir,
         reclaim_after,
         socket,
+        masquerade,
     }))
 }
 
@@ -1671,6 +1687,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         return Err(existing_interface_error(&plan.iface_name, plan.status_addr));
     }
     check_overlay_route(&plan)?;
+    let masquerade = install_masquerade(plan.ipam.as_ref(), &underlay_iface, log)?;
 
     // The control thread sends heartbeats, probes and relayed datagrams
     // through a handle on the first socket (it never reads from it).
@@ -2047,6 +2064,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     router
         .run()
         .map_err(|e| LaunchError::Runtime(format!("event loop failed: {e}")))?;
+    drop(masquerade);
     drop(bridge_guard);
     drop(instance_lock);
     tracing::info!(
@@ -2054,6 +2072,49 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         if l2 { "TAP" } else { "TUN" }
     );
     Ok(())
+}
+
+/// `--masquerade`: NAT for pods leaving the pod network, in this network
+/// namespace only (`src/cni/nft.rs`); the table goes when the guard drops.
+/// Warns when `underlay` does not forward IPv4 (then replies to pods'
+/// masqueraded packets are not forwarded back to them).
+fn install_masquerade(
+    ipam: Option<&IpamPlan>,
+    underlay: &str,
+    log: &mut StartupLog,
+) -> Result<Option<crate::sys::nft::Masquerade>, LaunchError> {
+    let Some(p) = ipam.filter(|p| p.masquerade) else {
+        return Ok(None);
+    };
+    let IpAddr::V4(net) = p.range.prefix().addr() else {
+        return Ok(None);
+    };
+    let nat = crate::sys::nft::Masquerade::install((net, p.range.len())).map_err(|e| {
+        usage(format!(
+            "--masquerade: {e}; weft needs CAP_NET_ADMIN and a kernel with nf_tables and NAT (nf_nat, nft_masq)"
+        ))
+    })?;
+    log.info(format!(
+        "--masquerade: nftables table ip {} chain {}: {}{}",
+        crate::sys::nft::TABLE,
+        crate::sys::nft::CHAIN,
+        nat.rule(),
+        if nat.owned() {
+            " (owned by weft: the kernel removes it when weft exits)"
+        } else {
+            " (removed when weft exits)"
+        }
+    ));
+    match crate::sys::Netlink::open().and_then(|mut r| r.ipv4_forwarding(underlay)) {
+        Ok(Some(false)) => log.warn(format!(
+            "--masquerade: {underlay} does not forward IPv4 (net.ipv4.conf.{underlay}.forwarding = 0): pods cannot reach beyond this host until net.ipv4.ip_forward = 1 (Kubernetes nodes need it anyway)"
+        )),
+        Ok(_) => {}
+        Err(e) => log.warn(format!(
+            "--masquerade: cannot read whether {underlay} forwards IPv4: {e}"
+        )),
+    }
+    Ok(Some(nat))
 }
 
 /// Test builds (`--features test-hooks`): `WEFT_TEST_WORKER_PANIC_AFTER=N`

@@ -23,14 +23,7 @@ fn pods_on_two_weft_hosts_reach_each_other() {
     require_root!();
     let mut net = Switched::ipam_pair(RANGE, &["--iface", "bridge", "--bridge", "weft"]);
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
-    let pods: Vec<Netns> = hosts
-        .iter()
-        .map(|h| Netns::new(format!("{h}-pod")))
-        .collect();
-    let paths: Vec<String> = pods
-        .iter()
-        .map(|p| format!("/var/run/netns/{}", p.name))
-        .collect();
+    let (pods, paths) = pod_namespaces(&hosts);
     let logs = || net.hosts.iter().map(|h| h.logs()).collect::<String>();
 
     // STATUS with weft running.
@@ -125,15 +118,11 @@ fn routed_pods_on_two_weft_hosts_reach_each_other() {
     // (10.40.0.0/16), whose route to weft0 carries the pods' traffic.
     let net = Switched::ipam_pair(ROUTED_RANGE, &[]);
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
-    let pods: Vec<Netns> = hosts
-        .iter()
-        .map(|h| Netns::new(format!("{h}-pod")))
-        .collect();
+    let (pods, paths) = pod_namespaces(&hosts);
     let logs = || net.hosts.iter().map(|h| h.logs()).collect::<String>();
     let mut ips = Vec::new();
     for i in 0..2 {
-        let path = format!("/var/run/netns/{}", pods[i].name);
-        let r = add(&hosts[i], &format!("pod{i}"), &path);
+        let r = add(&hosts[i], &format!("pod{i}"), &paths[i]);
         let a = r["ips"][0]["address"].as_str().unwrap().to_string();
         assert!(a.starts_with("10.40.") && a.ends_with("/32"), "{a}");
         assert_eq!(r["routes"][0]["gw"], "169.254.1.1");
@@ -179,4 +168,374 @@ fn routed_pods_on_two_weft_hosts_reach_each_other() {
         diag(),
         logs()
     );
+}
+
+/// One pod namespace per host (`HOST-pod`), and their paths as a runtime
+/// passes them in `CNI_NETNS`.
+fn pod_namespaces(hosts: &[String]) -> (Vec<Netns>, Vec<String>) {
+    let pods: Vec<Netns> = hosts
+        .iter()
+        .map(|h| Netns::new(format!("{h}-pod")))
+        .collect();
+    let paths = pods
+        .iter()
+        .map(|p| format!("/var/run/netns/{}", p.name))
+        .collect();
+    (pods, paths)
+}
+
+/// Starts host `i` of `net` in bridge mode (bridge `weft`) with IPAM over
+/// [`RANGE`] and without `--overlay`, plus `extra`: the bridge gets its
+/// address from IPAM.
+fn start_without_overlay(net: &mut Switched, i: usize, extra: &[&str]) {
+    let host = &mut net.hosts[i];
+    let mut args = ipam_launch_args(host, RANGE, &["--iface", "bridge", "--bridge", "weft"]);
+    let at = args.iter().position(|a| a == "--overlay").unwrap();
+    args.drain(at..at + 2);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    host.start_with(&args, &[]);
+}
+
+/// `weft status ipam --json` in `ns`.
+fn ipam_status(ns: &str) -> Option<Value> {
+    let out = ns_exec(ns, &[WEFT, "status", "ipam", "--json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())?
+}
+
+/// The bridge's gateway `weft status ipam` names, once it has one.
+fn wait_gateway(ns: &str) -> Option<String> {
+    let mut found = None;
+    wait_until(Duration::from_secs(15), || {
+        found = ipam_status(ns).and_then(|s| s["gateway"].as_str().map(str::to_string));
+        found.is_some()
+    });
+    found
+}
+
+/// `ip -4 -o addr show dev DEV` in `ns`.
+fn addresses(ns: &str, dev: &str) -> String {
+    String::from_utf8_lossy(&ns_exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", dev]).stdout)
+        .to_string()
+}
+
+/// The pod's address (without prefix) in an ADD result.
+fn pod_ip(result: &Value) -> String {
+    let a = result["ips"][0]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
+/// One request to the CNI socket of `ns`, as the plugin sends it.
+fn cni(ns: &str, request: weft::cni::api::CniRequest) -> weft::cni::api::CniReply {
+    let ns_name = ns.to_string();
+    in_netns(ns, move || {
+        weft::cni::api::request(weft::cni::api::DEFAULT_SOCKET, &request)
+            .unwrap_or_else(|e| panic!("{ns_name}: CNI socket: {e}"))
+    })
+}
+
+/// Bridge mode without `--overlay` (how deploy/weft.yaml runs weft): the
+/// bridge takes an address of its own from this host's IPAM space (the
+/// first of its pod range on host 0, of its first chunk on host 1), pods
+/// route through it by default, the host reaches its pods and theirs
+/// through the bridge, pods reach their host; the address is never handed
+/// to a pod, and a restart of weft puts the same address back.
+#[test]
+fn bridge_pods_without_overlay_route_through_the_bridges_ipam_address() {
+    require_root!();
+    let mut net = Switched::new(2);
+    net.hosts[1].peers = vec![net.addr(0)];
+    // Host 0: a small pod range of its own (14 addresses, .1 to .14), as a
+    // Kubernetes node's podCIDR; host 1: chunks of the range.
+    let pod_cidr = ["--ipalloc-pod-cidr", "10.32.1.0/28"];
+    start_without_overlay(&mut net, 0, &pod_cidr);
+    start_without_overlay(&mut net, 1, &[]);
+    net.wait_converged(&[0, 1], Duration::from_secs(30));
+    let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
+    let underlay = [
+        net.hosts[0].underlay.to_string(),
+        net.hosts[1].underlay.to_string(),
+    ];
+    let logs = |net: &Switched| net.hosts.iter().map(|h| h.logs()).collect::<String>();
+
+    // The bridges take their gateways before any pod asks.
+    let gw0 = wait_gateway(&hosts[0]).unwrap_or_else(|| panic!("no gateway\n{}", logs(&net)));
+    assert_eq!(gw0, "10.32.1.1", "the pod range's first address");
+    let gw1 = wait_gateway(&hosts[1]).unwrap_or_else(|| panic!("no gateway\n{}", logs(&net)));
+    assert!(gw1.starts_with("10.32.") && gw1 != gw0, "{gw1}");
+    for (h, gw) in [(&hosts[0], &gw0), (&hosts[1], &gw1)] {
+        let on = addresses(h, "weft");
+        assert!(on.contains(&format!("inet {gw}/16 ")), "{h}: {on}");
+        // The prefix route: the host reaches the pod network via the bridge.
+        assert!(has_route(h, "10.32.0.0/16 dev weft"), "{h}");
+    }
+
+    // One pod per host: its default route goes via its host's gateway.
+    let (pods, paths) = pod_namespaces(&hosts);
+    let mut ips = Vec::new();
+    for (i, gw) in [&gw0, &gw1].into_iter().enumerate() {
+        let r = add(&hosts[i], &format!("pod{i}"), &paths[i]);
+        assert_eq!(r["ips"][0]["gateway"], gw.as_str(), "{r}");
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0", "{r}");
+        assert_eq!(r["routes"][0]["gw"], gw.as_str(), "{r}");
+        let ip = pod_ip(&r);
+        assert_ne!(&ip, gw);
+        let route = ns_exec(&pods[i].name, &["ip", "route", "show", "default"]);
+        let route = String::from_utf8_lossy(&route.stdout);
+        assert!(route.contains(&format!("via {gw} dev eth0")), "{route}");
+        ips.push(ip);
+    }
+    assert_eq!(ips[0], "10.32.1.2");
+
+    // Node and pod reach each other (what the kubelet's probes need), the
+    // pods each other across the overlay, and a node the other's pod.
+    let reached = |from: &str, to: &str| wait_until(Duration::from_secs(10), || ping(from, to));
+    for i in 0..2 {
+        assert!(
+            reached(&hosts[i], &ips[i]),
+            "{}: node cannot reach its pod {}\n{}",
+            hosts[i],
+            ips[i],
+            logs(&net)
+        );
+        assert!(
+            reached(&pods[i].name, &underlay[i]),
+            "pod {} cannot reach its node's underlay address {}",
+            ips[i],
+            underlay[i]
+        );
+    }
+    assert!(reached(&pods[0].name, &ips[1]), "pod0 cannot reach pod1");
+    assert!(
+        reached(&hosts[0], &ips[1]),
+        "node 0 cannot reach pod1 {} across the overlay",
+        ips[1]
+    );
+
+    // The gateway is never handed out: fill host 0's pod range. 14
+    // addresses, less the gateway and pod0: 12 more, then it is full.
+    use weft::cni::api::{code, AttachmentKey, CniRequest, CniSuccess};
+    let mut given = std::collections::BTreeSet::from([ips[0].clone()]);
+    for n in 0..12 {
+        let reply = cni(
+            &hosts[0],
+            CniRequest::Add {
+                container_id: format!("fill{n}"),
+                ifname: "eth0".into(),
+                netns: "/proc/1/ns/net".into(),
+            },
+        );
+        let Ok(CniSuccess::Attachment(a)) = reply.0 else {
+            panic!("fill{n}: {reply:?}");
+        };
+        let a = a.address.addr.to_string();
+        assert_ne!(a, gw0, "the gateway was handed to a pod");
+        assert!(given.insert(a.clone()), "{a} handed out twice");
+    }
+    let full = cni(
+        &hosts[0],
+        CniRequest::Add {
+            container_id: "one-too-many".into(),
+            ifname: "eth0".into(),
+            netns: "/proc/1/ns/net".into(),
+        },
+    );
+    assert_eq!(
+        full.0.as_ref().map_err(|e| e.code),
+        Err(code::RANGE_EXHAUSTED),
+        "{full:?}"
+    );
+    let expected: std::collections::BTreeSet<String> =
+        (2..=14).map(|h| format!("10.32.1.{h}")).collect();
+    assert_eq!(given, expected);
+    let gc = cni(
+        &hosts[0],
+        CniRequest::Gc {
+            valid: vec![AttachmentKey {
+                container_id: "pod0".into(),
+                ifname: "eth0".into(),
+            }],
+        },
+    );
+    assert_eq!(gc.0, Ok(CniSuccess::Released { released: 12 }));
+    assert_eq!(wait_gateway(&hosts[0]).as_deref(), Some(gw0.as_str()));
+
+    // Restart weft on host 0: its bridge goes and comes back with the same
+    // gateway; pod0 is re-attached and reaches its node again.
+    net.hosts[0].terminate();
+    assert!(!link_exists(&hosts[0], "weft"), "the bridge went with weft");
+    start_without_overlay(&mut net, 0, &pod_cidr);
+    net.wait_converged(&[0, 1], Duration::from_secs(30));
+    assert_eq!(wait_gateway(&hosts[0]).as_deref(), Some(gw0.as_str()));
+    let back = wait_until(Duration::from_secs(10), || {
+        addresses(&hosts[0], "weft").contains(&format!("inet {gw0}/16 "))
+    });
+    assert!(back, "{}\n{}", addresses(&hosts[0], "weft"), logs(&net));
+    assert!(
+        reached(&hosts[0], &ips[0]),
+        "after the restart: node cannot reach pod0\n{}",
+        logs(&net)
+    );
+    assert!(reached(&pods[0].name, &underlay[0]));
+    assert!(reached(&pods[0].name, &ips[1]));
+    // And still never hands it out.
+    let after = cni(
+        &hosts[0],
+        CniRequest::Add {
+            container_id: "after-restart".into(),
+            ifname: "eth0".into(),
+            netns: "/proc/1/ns/net".into(),
+        },
+    );
+    let Ok(CniSuccess::Attachment(a)) = after.0 else {
+        panic!("after the restart: {after:?}");
+    };
+    assert_eq!(
+        a.gateway.map(|g| g.to_string()).as_deref(),
+        Some(gw0.as_str())
+    );
+    assert_eq!(a.address.addr.to_string(), "10.32.1.3");
+}
+
+/// `nft list table ip weft` in `ns`: the table's text, or None.
+fn weft_table(ns: &str) -> Option<String> {
+    let out = ns_exec(ns, &["nft", "list", "table", "ip", "weft"]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The source address a datagram from namespace `from` to `to:port`
+/// arrives with in namespace `at` (None: nothing arrived in 5 s).
+fn source_seen(
+    from: &str,
+    at: &str,
+    to: std::net::Ipv4Addr,
+    port: u16,
+) -> Option<std::net::IpAddr> {
+    use std::net::UdpSocket;
+    // A socket keeps the namespace it was made in.
+    let rx = in_netns(at, move || {
+        UdpSocket::bind(("0.0.0.0", port)).expect("bind")
+    });
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let tx = in_netns(from, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    let mut buf = [0u8; 64];
+    for _ in 0..10 {
+        let _ = tx.send_to(b"weft masquerade test", (to, port));
+        if let Ok((_, src)) = rx.recv_from(&mut buf) {
+            return Some(src.ip());
+        }
+    }
+    None
+}
+
+/// `--masquerade` (as deploy/weft.yaml runs weft): a pod reaches an
+/// address outside the cluster behind its host's underlay, leaving with its
+/// host's address; pod-to-pod traffic keeps the pods' addresses; without
+/// it (the other host) the outside cannot answer. The nftables table lives
+/// in weft's namespace only and goes when weft stops, even when killed.
+#[test]
+fn masquerade_takes_pods_beyond_the_pod_network() {
+    require_root!();
+    let mut net = Switched::new(2);
+    net.hosts[1].peers = vec![net.addr(0)];
+    let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
+    // Both hosts forward (as Kubernetes nodes must), so only NAT differs.
+    for h in &hosts {
+        run(
+            "ip",
+            &["netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        );
+    }
+    // The outside: on the underlay switch, with no route to the pod range.
+    let o = net.hosts[0].underlay.octets();
+    let outside_ip = std::net::Ipv4Addr::new(o[0], o[1], o[2], 200);
+    let outside = Netns::new(format!("{}-out", hosts[0]));
+    plug_into_switch(&outside.name, &net.switch, "sout");
+    run(
+        "ip",
+        &[
+            "-n",
+            &outside.name,
+            "addr",
+            "add",
+            &format!("{outside_ip}/24"),
+            "dev",
+            "u0",
+        ],
+    );
+    start_without_overlay(&mut net, 0, &["--masquerade"]);
+    start_without_overlay(&mut net, 1, &[]);
+    net.wait_converged(&[0, 1], Duration::from_secs(30));
+    let logs = |net: &Switched| net.hosts.iter().map(|h| h.logs()).collect::<String>();
+
+    // The rule, in host 0's namespace only.
+    let table = weft_table(&hosts[0]).unwrap_or_else(|| panic!("no table\n{}", logs(&net)));
+    assert!(
+        table.contains("type nat hook postrouting priority srcnat; policy accept;")
+            && table
+                .contains("ip saddr 10.32.0.0/16 ip daddr != 10.32.0.0/16 masquerade fully-random"),
+        "{table}"
+    );
+    assert_eq!(weft_table(&hosts[1]), None, "host 1 has no --masquerade");
+    assert_eq!(weft_table(&outside.name), None);
+
+    let (pods, paths) = pod_namespaces(&hosts);
+    let mut ips = Vec::new();
+    for i in 0..2 {
+        ips.push(pod_ip(&add(&hosts[i], &format!("pod{i}"), &paths[i])));
+    }
+
+    // Pod on host 0 to the outside, and back.
+    let out = outside_ip.to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(&pods[0].name, &out)),
+        "pod0 {} cannot reach the outside {out}\n{}",
+        ips[0],
+        logs(&net)
+    );
+    assert_eq!(
+        source_seen(&pods[0].name, &outside.name, outside_ip, 47001),
+        Some(std::net::IpAddr::V4(net.hosts[0].underlay)),
+        "the outside sees host 0's address"
+    );
+    // Host 0 reaches its pod.
+    assert!(ping(&hosts[0], &ips[0]), "host 0 cannot reach pod0");
+    // Pod to pod across the overlay is not masqueraded.
+    let pod1: std::net::Ipv4Addr = ips[1].parse().unwrap();
+    assert_eq!(
+        source_seen(&pods[0].name, &pods[1].name, pod1, 47002),
+        Some(ips[0].parse().unwrap()),
+        "pod1 sees pod0's own address"
+    );
+    // Without --masquerade the outside has no way back to a pod.
+    let node1 = net.hosts[1].underlay.to_string();
+    assert!(ping(&pods[1].name, &node1), "pod1 reaches its node");
+    assert!(
+        !ping(&pods[1].name, &out),
+        "pod1 on host 1 (no --masquerade) reached the outside"
+    );
+
+    // weft stops: the table goes with it.
+    net.hosts[0].terminate();
+    assert_eq!(weft_table(&hosts[0]), None, "table left after SIGTERM");
+    // Killed: the kernel removes the table it tied to weft's socket.
+    start_without_overlay(&mut net, 0, &["--masquerade"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || weft_table(&hosts[0]).is_some()),
+        "{}",
+        logs(&net)
+    );
+    if net.hosts[0].logs().contains("owned by weft") {
+        net.hosts[0].kill9();
+        assert!(
+            wait_until(Duration::from_secs(5), || weft_table(&hosts[0]).is_none()),
+            "table left after SIGKILL"
+        );
+    } else {
+        eprintln!("kernel without nftables owner tables: a killed weft's table stays until the next launch");
+    }
 }

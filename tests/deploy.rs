@@ -289,6 +289,13 @@ fn the_daemonset_asks_for_what_weft_needs_and_no_more() {
         !command.iter().any(|a| a.starts_with("--status-addr")),
         "the probes expect the default status address"
     );
+    // No per-node address in one DaemonSet: the bridge takes the pods'
+    // gateway from IPAM; pods leave the pod network through NAT.
+    assert!(
+        !command.iter().any(|a| a.starts_with("--overlay")),
+        "{command:?}"
+    );
+    assert!(command.iter().any(|a| a == "--masquerade"), "{command:?}");
 
     // The files weft is told to use are where volumes are mounted: the
     // secret from the Secret (read-only), the key and the IPAM records on
@@ -774,7 +781,45 @@ fn the_daemonset_runs_on_two_nodes_in_podman() {
         assert_eq!(len, range_len, "{}: {a} (range {range})", n.name);
         let in_pod_cidr = ip.starts_with("10.33.7.");
         assert_eq!(in_pod_cidr, i == 0, "{}: {a}, podCIDR {pod_cidr}", n.name);
+        // The default route goes via the node's bridge, whose address is
+        // the first of the node's pod range (or chunk).
+        let gw = text(&r["routes"][0]["gw"], "the default route's gateway").to_string();
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0", "{r}");
+        if i == 0 {
+            assert_eq!(gw, "10.33.7.1", "{r}");
+        }
+        let on_bridge = ns_exec(&n.ns, &["ip", "-4", "-o", "addr", "show", "dev", "weft"]);
+        assert!(
+            String::from_utf8_lossy(&on_bridge.stdout).contains(&format!("inet {gw}/{range_len} ")),
+            "{}: {}",
+            n.name,
+            show(&on_bridge)
+        );
         pod_ips.push(ip.to_string());
+    }
+    // Node and pod reach each other (the kubelet's probes); the NAT rule
+    // is in the node's namespace.
+    for (i, n) in nodes.iter().enumerate() {
+        assert!(
+            wait_until(Duration::from_secs(10), || ping(&n.ns, &pod_ips[i])),
+            "{}: node cannot reach its pod {}\n{}",
+            n.name,
+            pod_ips[i],
+            logs(n)
+        );
+        assert!(
+            ping(&pod_ns[i].name, &n.ip),
+            "{}: pod cannot reach its node",
+            n.name
+        );
+        let nat = ns_exec(&n.ns, &["nft", "list", "table", "ip", "weft"]);
+        assert!(
+            String::from_utf8_lossy(&nat.stdout)
+                .contains(&format!("ip saddr {range} ip daddr != {range} masquerade")),
+            "{}: {}",
+            n.name,
+            show(&nat)
+        );
     }
     assert!(
         wait_until(Duration::from_secs(15), || ping(
@@ -822,6 +867,13 @@ fn the_daemonset_runs_on_two_nodes_in_podman() {
     assert_eq!(code, "0", "{}", logs(n0));
     let bridge = flag(&command, "--bridge").unwrap_or("weft");
     assert!(!link_exists(&n0.ns, bridge), "{}: bridge left", n0.ns);
+    let nat = ns_exec(&n0.ns, &["nft", "list", "table", "ip", "weft"]);
+    assert!(
+        !nat.status.success(),
+        "{}: NAT table left: {}",
+        n0.ns,
+        show(&nat)
+    );
 
     // CAP_NET_ADMIN is needed: without it the same container refuses to
     // start (a usage error, exit 2) and says what it lacks.

@@ -136,14 +136,31 @@ fn two_hosts_split_the_range_and_answer_the_plugin() {
     assert_eq!(s.0, Ok(CniSuccess::Done {}), "{}", logs(&net));
 
     // One container on each host: addresses from the range with its whole
-    // prefix (bridge mode), no gateway (the hosts' own addresses are
-    // outside the range), distinct.
+    // prefix (bridge mode), distinct; the gateway is the bridge's own
+    // address from the host's chunk (no host address lies in the range:
+    // h0's overlay address is outside it, h1 has none).
     let a0 = attachment(&h0, add(&h0, "c1"));
     let a1 = attachment(&h1, add(&h1, "c1"));
-    for a in [&a0, &a1] {
+    for (ns, a) in [(&h0, &a0), (&h1, &a1)] {
         assert_eq!(a.address.prefix_len, 16, "{a:?}");
         assert!(a.address.addr.octets()[..2] == [10, 32], "{a:?}");
-        assert_eq!(a.gateway, None);
+        let gw = a.gateway.expect("a gateway from IPAM");
+        assert!(
+            gw.octets()[..2] == [10, 32] && gw != a.address.addr,
+            "{a:?}"
+        );
+        // The status is a snapshot published every status interval.
+        let shown = wait_until(Duration::from_secs(5), || {
+            ipam_status(ns).is_some_and(|s| {
+                s["gateway"] == gw.to_string()
+                    && chunk_of(&s, gw).map(|c| c.0) == Some(ns.to_string())
+            })
+        });
+        assert!(
+            shown,
+            "{ns}: the gateway {gw} in its own chunk: {:?}",
+            ipam_status(ns)
+        );
         assert_eq!(a.mode, AttachMode::Bridge);
         assert_eq!(a.bridge.as_deref(), Some("wbr"));
         assert!(a.mtu >= 1280 && a.mtu < 1500, "{a:?}");

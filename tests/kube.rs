@@ -220,7 +220,7 @@ fn pods_get_addresses_from_their_nodes_pod_cidr() {
     };
     wait_until(Duration::from_secs(5), || {
         let t = status_text();
-        line(&t, "10.32.7.0/24").is_some_and(|l| l.contains("owned") && l.contains("1/254 in use"))
+        line(&t, "10.32.7.0/24").is_some_and(|l| l.contains("owned") && l.contains("1/253 in use"))
             && line(&t, "10.32.9.0/24").is_some_and(|l| l.contains("owned"))
     });
     let text = status_text();
@@ -229,9 +229,15 @@ fn pods_get_addresses_from_their_nodes_pod_cidr() {
         "{text}"
     );
     assert!(text.contains("1 address(es) in use"), "{text}");
+    // The bridge's gateway is the podCIDR's first address (the hosts'
+    // overlay addresses lie outside the range); pods get the rest.
+    assert!(
+        text.contains("the bridge's address 10.32.7.1 is the pods' gateway"),
+        "{text}"
+    );
     let own = line(&text, "10.32.7.0/24").unwrap_or_default();
     assert!(
-        own.contains("owned") && own.contains("1/254 in use"),
+        own.contains("owned") && own.contains("1/253 in use"),
         "{text}"
     );
     let other = line(&text, "10.32.9.0/24").unwrap_or_default();

@@ -1,9 +1,11 @@
 //! The real [`System`] of the CNI plugin: the weft socket, network
 //! namespaces and rtnetlink. It does what the sans-IO core planned and
-//! reports failures naming the interface, namespace or route.
+//! reports failures naming the interface, namespace or route. Also the
+//! host-side steps weft itself takes for its pods: re-attaching them to a
+//! new bridge, and the bridge's gateway address.
 
 use std::fs::File;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use rscni_types::error::Error;
@@ -296,6 +298,39 @@ pub fn reattach_pods(bridge: &str) -> Result<Vec<String>, String> {
         done.push(end.name.clone());
     }
     Ok(done)
+}
+
+/// Bridge mode without a host address in the range: puts the pods'
+/// gateway `gateway/prefix_len` (an address IPAM gave the bridge) on
+/// `bridge`, so pods route through it and, by the prefix route the kernel
+/// adds with it, this host reaches the pod network through the bridge.
+/// Already there is fine.
+pub fn add_bridge_gateway(bridge: &str, gateway: Ipv4Addr, prefix_len: u8) -> Result<(), String> {
+    let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
+    let br = rtnl
+        .link(bridge)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("bridge {bridge} not found"))?;
+    rtnl.add_address(br.index, bridge, IpAddr::V4(gateway), prefix_len)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Takes the gateway off `bridge` again (weft stops, or the gateway is no
+/// longer IPAM's); a bridge or address already gone is fine.
+pub fn remove_bridge_gateway(
+    bridge: &str,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+) -> Result<(), String> {
+    let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
+    let Some(br) = rtnl.link(bridge).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    match rtnl.delete_address(br.index, bridge, IpAddr::V4(gateway), prefix_len) {
+        Err(e) if !e.is_not_found() => Err(e.to_string()),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,18 @@
 //! the hosts that hold it (by the rules above); if every host that saw the
 //! departure leaves as well, the reservation goes with them.
 //!
+//! # The bridge's gateway
+//!
+//! In bridge mode pods route through their host's address on the bridge.
+//! A host whose `--overlay` lies inside the range has one; any other host
+//! (the usual case under Kubernetes: one DaemonSet cannot give every node
+//! its own `--overlay`) takes one from IPAM, as `weave expose` did: the
+//! first free address of its first usable chunk, or of its pod range
+//! ([`Ipam::ensure_gateway`]). It is held like a pod's address (in use, so
+//! never handed out and its chunk stays claimed; persisted, so a restart
+//! puts the same address back on the bridge for the pods that route
+//! through it), but no DEL or GC releases it.
+//!
 //! The core here is sans-IO: the driver feeds it the mesh's view and the
 //! clock, writes [`Ipam::state`] to disk ([`store`]) after every change and
 //! pushes [`Ipam::claims`] into the mesh node.
@@ -199,6 +211,10 @@ pub struct State {
     pub allocations: Vec<Allocation>,
     /// Departed peers' chunks kept reserved.
     pub reservations: Vec<Reservation>,
+    /// The bridge's own address, the pods' gateway (bridge mode without
+    /// an `--overlay` inside the range; see [`Ipam::want_bridge_gateway`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// What the mesh says, fed to [`Ipam::update_view`].
@@ -292,6 +308,10 @@ pub struct IpamStatus {
     /// `--kube`: waiting for the API to give this node's podCIDR.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub awaiting_pod_cidr: bool,
+    /// The bridge's own address from this host's pod addresses, the pods'
+    /// gateway (bridge mode without an `--overlay` inside the range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 impl IpamStatus {
@@ -304,8 +324,13 @@ impl IpamStatus {
             }
             (None, false) => format!("in /{} chunks", self.chunk_len),
         };
+        let gateway = self
+            .gateway
+            .as_ref()
+            .map(|g| format!("; the bridge's address {g} is the pods' gateway"))
+            .unwrap_or_default();
         let mut out = format!(
-            "IPAM range {} {how}; {} address(es) in use on {}\n",
+            "IPAM range {} {how}; {} address(es) in use on {}{gateway}\n",
             self.range, self.in_use, self.host
         );
         if self.chunks.is_empty() {
@@ -346,6 +371,13 @@ pub struct Ipam {
     names: HashMap<PeerId, String>,
     /// Chunks of the range, or one range of this host's own.
     pod_range: PodRange,
+    /// Whether this host's bridge takes an address of its own from IPAM
+    /// as the pods' gateway ([`want_bridge_gateway`](Self::want_bridge_gateway)).
+    want_gateway: bool,
+    /// That address, once taken: in `used` (so its chunk stays claimed
+    /// and it is never handed to a pod), not in `allocations` (no DEL or
+    /// GC releases it).
+    gateway: Option<Ipv4Addr>,
 }
 
 impl Ipam {
@@ -375,7 +407,50 @@ impl Ipam {
             view: MeshView::default(),
             names: HashMap::new(),
             pod_range: PodRange::Divided,
+            want_gateway: false,
+            gateway: None,
         }
+    }
+
+    /// Bridge mode without an `--overlay` inside the range: the bridge
+    /// takes the first free address of this host's first usable chunk (or
+    /// pod range) as the pods' gateway, allocated like a pod's address and
+    /// persisted, so it survives restarts and is never handed out twice.
+    /// `want = false` (a host address in the range is the gateway now)
+    /// releases one held from an earlier run and returns it.
+    pub fn want_bridge_gateway(&mut self, want: bool) -> Option<Ipv4Addr> {
+        self.want_gateway = want;
+        if want {
+            return None;
+        }
+        let old = self.gateway.take()?;
+        self.used.remove(&u32::from(old));
+        Some(old)
+    }
+
+    /// The bridge's address from IPAM, once taken.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.gateway
+    }
+
+    /// Takes the bridge's gateway address if it is wanted and not held
+    /// yet. `Ok(Some((address, new)))`; `Ok(None)` when none is wanted;
+    /// `Err` as for [`allocate`](Self::allocate) (a chunk claim settling:
+    /// ask again).
+    pub fn ensure_gateway(&mut self, now: Instant) -> Result<Option<(Ipv4Addr, bool)>, AllocError> {
+        if !self.want_gateway {
+            return Ok(None);
+        }
+        if let Some(g) = self.gateway {
+            return Ok(Some((g, false)));
+        }
+        let a = self.take_free(now)?;
+        self.gateway = Some(a);
+        tracing::info!(
+            "IPAM: {a} (in {}) is the bridge's own address, the pods' gateway",
+            self.chunk_of(a)
+        );
+        Ok(Some((a, true)))
     }
 
     /// Where pod addresses come from now.
@@ -473,6 +548,18 @@ impl Ipam {
                     self.reservations.insert(c, r);
                 }
             }
+            // Pods of the earlier run route through it: keep it.
+            if let Some(g) = state.gateway.filter(|g| self.range.contains(*g)) {
+                if !self.used.contains(&u32::from(g)) && !self.excluded.contains(&u32::from(g)) {
+                    let chunk = self.chunk_of(g);
+                    self.chunks.entry(chunk).or_insert(OwnChunk {
+                        claimed_at: None,
+                        confirmed: false,
+                    });
+                    self.used.insert(u32::from(g));
+                    self.gateway = Some(g);
+                }
+            }
         }
         Ok(())
     }
@@ -493,6 +580,7 @@ impl Ipam {
             chunks: self.chunks.keys().map(|c| c.to_string()).collect(),
             allocations: self.allocations.values().cloned().collect(),
             reservations: self.reservations.values().cloned().collect(),
+            gateway: self.gateway,
         }
     }
 
@@ -626,6 +714,25 @@ impl Ipam {
         if let Some(a) = self.allocations.get(key) {
             return Ok((a.address, false));
         }
+        // The gateway first: it takes the first address of the chunk, and
+        // a pod is never answered without the gateway it routes through.
+        self.ensure_gateway(now)?;
+        let address = self.take_free(now)?;
+        self.allocations.insert(
+            key.clone(),
+            Allocation {
+                key: key.clone(),
+                netns: netns.to_string(),
+                address,
+            },
+        );
+        Ok((address, true))
+    }
+
+    /// A free address from a confirmed chunk, marked used. With none free
+    /// it claims a new chunk (the caller persists and announces, then asks
+    /// again once it settles).
+    fn take_free(&mut self, now: Instant) -> Result<Ipv4Addr, AllocError> {
         if self.pod_range == PodRange::Awaiting {
             return Err(AllocError::Pending(
                 "waiting for the Kubernetes API to say whether this node has a podCIDR (see weft's log)".into(),
@@ -646,17 +753,8 @@ impl Ipam {
             let (lo, hi) = self.chunk_bounds(&chunk);
             let free = (lo..=hi).find(|a| !self.used.contains(a) && !self.excluded.contains(a));
             if let Some(a) = free {
-                let address = Ipv4Addr::from(a);
                 self.used.insert(a);
-                self.allocations.insert(
-                    key.clone(),
-                    Allocation {
-                        key: key.clone(),
-                        netns: netns.to_string(),
-                        address,
-                    },
-                );
-                return Ok((address, true));
+                return Ok(Ipv4Addr::from(a));
             }
         }
         if !self.view.announced {
@@ -863,6 +961,11 @@ impl Ipam {
         unix_now: u64,
     ) -> IpamStatus {
         let range = self.range.prefix();
+        let gateway_in = |chunk: &IpPrefix| -> u32 {
+            self.gateway
+                .is_some_and(|g| chunk.contains_addr(IpAddr::V4(g)))
+                .into()
+        };
         let mut chunks = Vec::new();
         for (chunk, own) in &self.chunks {
             let refused = self.view.refused.contains(chunk);
@@ -877,8 +980,9 @@ impl Ipam {
                     "claiming"
                 }
                 .into(),
-                in_use: Some(self.in_use(chunk)),
-                size: self.capacity(chunk),
+                // The gateway is the bridge's, not a pod's: shown apart.
+                in_use: Some(self.in_use(chunk) - gateway_in(chunk)),
+                size: self.capacity(chunk) - gateway_in(chunk),
                 reclaim_in: None,
             });
         }
@@ -934,13 +1038,14 @@ impl Ipam {
             range: self.range.to_string(),
             chunk_len: self.chunk_len,
             host: host.to_string(),
-            in_use: self.used.len() as u32,
+            in_use: self.allocations.len() as u32,
             chunks,
             pod_cidr: match self.pod_range {
                 PodRange::Fixed(cidr) => Some(cidr.to_string()),
                 _ => None,
             },
             awaiting_pod_cidr: self.pod_range == PodRange::Awaiting,
+            gateway: self.gateway.map(|g| g.to_string()),
         }
     }
 }

@@ -38,20 +38,34 @@ fn view(ipam: &Ipam, others: &[(IpPrefix, PeerId)]) -> MeshView {
     }
 }
 
-/// Allocates `c`, settling any claim it makes (view, clock) on the way.
-fn add(ipam: &mut Ipam, c: &str, others: &[(IpPrefix, PeerId)], now: &mut Instant) -> Ipv4Addr {
+/// Runs `step` until it gives an answer, settling any claim it makes
+/// (view, clock) on the way.
+fn settled<T>(
+    ipam: &mut Ipam,
+    others: &[(IpPrefix, PeerId)],
+    now: &mut Instant,
+    what: &str,
+    mut step: impl FnMut(&mut Ipam, Instant) -> Result<T, AllocError>,
+) -> T {
     for _ in 0..4 {
-        match ipam.allocate(&key(c), "/proc/1/ns/net", *now) {
-            Ok((a, _)) => return a,
+        match step(ipam, *now) {
+            Ok(v) => return v,
             Err(AllocError::Pending(_)) => {
                 let v = view(ipam, others);
                 ipam.update_view(v, 0);
                 *now += CLAIM_SETTLE;
             }
-            Err(e) => panic!("{c}: {e}"),
+            Err(e) => panic!("{what}: {e}"),
         }
     }
-    panic!("{c}: no address after four rounds")
+    panic!("{what}: no answer after four rounds")
+}
+
+/// Allocates `c`, settling any claim it makes on the way.
+fn add(ipam: &mut Ipam, c: &str, others: &[(IpPrefix, PeerId)], now: &mut Instant) -> Ipv4Addr {
+    settled(ipam, others, now, c, |i, t| {
+        i.allocate(&key(c), "/proc/1/ns/net", t).map(|(a, _)| a)
+    })
 }
 
 #[test]
@@ -509,4 +523,140 @@ fn a_restart_with_a_pod_range_keeps_addresses_in_it() {
     assert_eq!(again.lookup(&key("a")), Some(a));
     let b = add(&mut again, "b", &[], &mut now);
     assert_ne!(a, b);
+}
+
+/// Takes the gateway, settling any claim it makes on the way.
+fn gateway(ipam: &mut Ipam, others: &[(IpPrefix, PeerId)], now: &mut Instant) -> Ipv4Addr {
+    settled(ipam, others, now, "gateway", |i, t| {
+        i.ensure_gateway(t)
+            .map(|g| g.expect("a gateway is wanted").0)
+    })
+}
+
+#[test]
+fn the_bridge_gateway_is_the_pod_ranges_first_address_and_never_a_pods() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    assert_eq!(ipam.ensure_gateway(Instant::now()), Ok(None), "not wanted");
+    ipam.want_bridge_gateway(true);
+    ipam.set_pod_cidr(Some(p("10.32.7.0/28"))).unwrap();
+    // Nothing before the mesh confirms the pod range.
+    assert!(matches!(
+        ipam.ensure_gateway(Instant::now()),
+        Err(AllocError::Pending(_))
+    ));
+    assert_eq!(ipam.gateway(), None);
+    let mut now = Instant::now();
+    // The first pod's add takes the gateway first: .1; pods get .2 to .14.
+    let mut pods = BTreeSet::new();
+    for i in 0..13 {
+        let a = add(&mut ipam, &format!("c{i}"), &[], &mut now);
+        assert!(pods.insert(a), "{a} handed out twice");
+    }
+    let g: Ipv4Addr = "10.32.7.1".parse().unwrap();
+    assert_eq!(ipam.gateway(), Some(g));
+    assert_eq!(ipam.ensure_gateway(now), Ok(Some((g, false))));
+    assert!(!pods.contains(&g), "the gateway was handed to a pod");
+    let expected: BTreeSet<Ipv4Addr> = (2..=14).map(|h| Ipv4Addr::new(10, 32, 7, h)).collect();
+    assert_eq!(pods, expected);
+    match ipam.allocate(&key("one-too-many"), "ns", now) {
+        Err(AllocError::Exhausted(why)) => assert!(why.contains("10.32.7.0/28"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Status: pods counted apart from the gateway, which is named.
+    let s = ipam.status("host-a", &|_| String::new(), 0);
+    assert_eq!(s.in_use, 13);
+    assert_eq!(s.gateway.as_deref(), Some("10.32.7.1"));
+    assert_eq!((s.chunks[0].in_use, s.chunks[0].size), (Some(13), 13));
+    assert!(s.render_text().contains("10.32.7.1 is the pods' gateway"));
+    // Neither GC nor DEL of every pod releases it; its chunk stays claimed.
+    assert!(ipam.release(&key("c0")));
+    assert_eq!(ipam.gc(&[]), 12);
+    assert_eq!(ipam.gateway(), Some(g));
+    assert_eq!(ipam.claims(), vec![p("10.32.7.0/28")]);
+    let a = add(&mut ipam, "again", &[], &mut now);
+    assert_eq!(a, "10.32.7.2".parse::<Ipv4Addr>().unwrap());
+}
+
+#[test]
+fn in_chunks_the_gateway_takes_the_first_chunks_first_free_address() {
+    // /24 in /28 chunks; the host's own address is no concern here.
+    let range = AllocRange::parse("10.32.0.0/24").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    ipam.want_bridge_gateway(true);
+    let mut now = Instant::now();
+    // Taken eagerly (weft does on its tick), before any pod.
+    let g = gateway(&mut ipam, &[], &mut now);
+    let chunk = ipam.claims()[0];
+    assert_eq!(chunk.len(), 28);
+    let first = match chunk.addr() {
+        IpAddr::V4(b) if b == Ipv4Addr::new(10, 32, 0, 0) => Ipv4Addr::new(10, 32, 0, 1),
+        IpAddr::V4(b) => b,
+        IpAddr::V6(_) => unreachable!(),
+    };
+    assert_eq!(g, first);
+    // Many pods, over several chunks: never the gateway, never twice.
+    let mut pods = BTreeSet::new();
+    for i in 0..40 {
+        let a = add(&mut ipam, &format!("c{i}"), &[], &mut now);
+        assert_ne!(a, g);
+        assert!(pods.insert(a), "{a} handed out twice");
+    }
+    assert!(ipam.claims().len() >= 3, "{:?}", ipam.claims());
+    // Every pod gone: a refused claim holding only the gateway stays (the
+    // address is in use, as a pod's would be); the empty ones go.
+    assert_eq!(ipam.gc(&[]), 40);
+    let others: Vec<(IpPrefix, PeerId)> = ipam.claims().iter().map(|c| (*c, id(2))).collect();
+    let v = view(&ipam, &others);
+    ipam.update_view(v, 0);
+    assert_eq!(ipam.claims(), vec![chunk]);
+    assert_eq!(ipam.gateway(), Some(g));
+}
+
+#[test]
+fn the_gateway_survives_a_restart_and_goes_when_a_host_address_is_the_gateway() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    ipam.want_bridge_gateway(true);
+    let mut now = Instant::now();
+    let a = add(&mut ipam, "a", &[], &mut now);
+    let g = ipam.gateway().expect("taken with the first pod");
+    assert_ne!(a, g);
+    let state = ipam.state();
+    assert_eq!(state.gateway, Some(g));
+    // Through the JSON of the store: the same gateway, its chunk claimed,
+    // usable at once for the bridge (before the mesh confirms anything),
+    // and not handed out.
+    let text = serde_json::to_string(&state).unwrap();
+    let mut again = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    again.want_bridge_gateway(true);
+    again.restore(serde_json::from_str(&text).unwrap()).unwrap();
+    assert_eq!(again.gateway(), Some(g));
+    assert_eq!(again.ensure_gateway(now), Ok(Some((g, false))));
+    assert_eq!(again.claims(), ipam.claims());
+    let mut seen = BTreeSet::from([a]);
+    for i in 0..70 {
+        let b = add(&mut again, &format!("b{i}"), &[], &mut now);
+        assert!(b != g && seen.insert(b), "{b}");
+    }
+    // A state from before gateways existed still loads.
+    let old = r#"{"range":"10.32.0.0/16","chunks":[],"allocations":[],"reservations":[]}"#;
+    let s: State = serde_json::from_str(old).unwrap();
+    assert_eq!(s.gateway, None);
+    // With a host address inside the range (the gateway now), the old one
+    // is released and free for pods.
+    let mut third = Ipam::new(
+        range,
+        id(1),
+        Some("10.32.99.1".parse().unwrap()),
+        Duration::from_secs(3600),
+    );
+    third.restore(state).unwrap();
+    assert_eq!(third.want_bridge_gateway(false), Some(g));
+    assert_eq!(third.gateway(), None);
+    assert_eq!(third.state().gateway, None);
+    let v = view(&third, &[]);
+    third.update_view(v, 0);
+    let c = third.allocate(&key("c"), "ns", now).unwrap().0;
+    assert_eq!(c, g, "the released gateway is the first free address");
 }

@@ -7,6 +7,10 @@
 //! ([`crate::cni::server`]). An `add` that has to wait for a chunk claim to
 //! settle is parked and retried on every tick until it succeeds or
 //! [`ADD_PATIENCE`] passes.
+//!
+//! In bridge mode without a host address in the range it also keeps the
+//! bridge's own address from IPAM, the pods' gateway, on the bridge
+//! ([`BridgeGateway`]; the allocation rules are in [`crate::ipam`]).
 
 use crate::cni::api::{
     code, AttachMode, AttachmentKey, CniError, CniReply, CniRequest, CniSuccess, PodAddress,
@@ -37,7 +41,9 @@ pub struct PodNetwork {
     pub mode: AttachMode,
     /// The bridge's name (bridge mode).
     pub bridge: Option<String>,
-    /// The host's own address on the bridge, when inside the range.
+    /// The host's own address on the bridge, when inside the range
+    /// (`--overlay`). Without one, in bridge mode, IPAM gives the bridge
+    /// an address of its own ([`crate::ipam::Ipam::want_bridge_gateway`]).
     pub gateway: Option<Ipv4Addr>,
     /// The overlay MTU.
     pub mtu: u32,
@@ -63,6 +69,86 @@ pub struct IpamDriver {
     requests: crossbeam_channel::Receiver<PendingCni>,
     parked: Vec<(PendingCni, Instant)>,
     next_tick: Instant,
+    /// Bridge mode without a host address in the range: the bridge's
+    /// address from IPAM, kept on the bridge.
+    bridge_gateway: Option<BridgeGateway>,
+}
+
+/// The pods' gateway address IPAM gave the bridge, put on it while weft
+/// runs (with the prefix route to the whole range: this host reaches its
+/// pods, and the pods of every host, through the bridge) and taken off
+/// when weft stops. The address stays allocated in IPAM across restarts:
+/// pods keep routing through it, and the next weft puts it back.
+struct BridgeGateway {
+    bridge: String,
+    prefix_len: u8,
+    /// The address on the bridge now.
+    on_bridge: Option<Ipv4Addr>,
+    /// The last failure, logged once until it changes.
+    failed: Option<String>,
+}
+
+impl BridgeGateway {
+    /// Puts `want` on the bridge (taking an older one off); a failure is
+    /// logged and tried again at the next call.
+    fn sync(&mut self, want: Option<Ipv4Addr>) {
+        if self.on_bridge == want && self.failed.is_none() {
+            return;
+        }
+        if let Some(old) = self.on_bridge.filter(|o| Some(*o) != want) {
+            match crate::cni::netdev::remove_bridge_gateway(&self.bridge, old, self.prefix_len) {
+                Ok(()) => self.on_bridge = None,
+                Err(e) => tracing::warn!(
+                    "IPAM: cannot take the old gateway {old} off bridge {}: {e}",
+                    self.bridge
+                ),
+            }
+        }
+        let Some(gw) = want else {
+            self.failed = None;
+            return;
+        };
+        match crate::cni::netdev::add_bridge_gateway(&self.bridge, gw, self.prefix_len) {
+            Ok(()) => {
+                if self.on_bridge != Some(gw) || self.failed.is_some() {
+                    tracing::info!(
+                        "IPAM: bridge {} has {gw}/{}, the pods' gateway: pods reach this host and beyond through it, and this host reaches the pod network through the bridge",
+                        self.bridge,
+                        self.prefix_len
+                    );
+                }
+                self.on_bridge = Some(gw);
+                self.failed = None;
+            }
+            Err(e) => {
+                if self.failed.as_deref() != Some(e.as_str()) {
+                    tracing::error!(
+                        "IPAM: cannot put the pods' gateway {gw}/{} on bridge {}: {e}; pods cannot reach this host or beyond until it is there (retrying)",
+                        self.prefix_len,
+                        self.bridge
+                    );
+                }
+                self.failed = Some(e);
+            }
+        }
+    }
+}
+
+impl Drop for BridgeGateway {
+    fn drop(&mut self) {
+        // A bridge weft made goes with its addresses; on one it found, the
+        // address it added is taken off again (as --overlay's is).
+        if let Some(gw) = self.on_bridge.take() {
+            if let Err(e) =
+                crate::cni::netdev::remove_bridge_gateway(&self.bridge, gw, self.prefix_len)
+            {
+                tracing::warn!(
+                    "IPAM: cannot take the pods' gateway {gw} off bridge {}: {e}",
+                    self.bridge
+                );
+            }
+        }
+    }
 }
 
 fn unix_now() -> u64 {
@@ -87,16 +173,82 @@ impl IpamDriver {
     /// Starts the CNI socket thread; its requests wake the loop through
     /// `waker`.
     pub fn start(setup: IpamSetup, waker: Arc<mio::Waker>) -> std::io::Result<IpamDriver> {
+        let mut ipam = setup.ipam;
+        let network = setup.network;
+        let mut released = None;
+        // Bridge mode without a host address in the range: the bridge
+        // takes one from IPAM (held from an earlier run, or taken on the
+        // first tick that can).
+        let bridge_gateway = match (&network.mode, &network.bridge, network.gateway) {
+            (AttachMode::Bridge, Some(bridge), None) => {
+                ipam.want_bridge_gateway(true);
+                Some(BridgeGateway {
+                    bridge: bridge.clone(),
+                    prefix_len: ipam.range().len(),
+                    on_bridge: None,
+                    failed: None,
+                })
+            }
+            _ => {
+                released = ipam.want_bridge_gateway(false);
+                if let Some(old) = released {
+                    tracing::warn!(
+                        "IPAM: {old}, the bridge's gateway of an earlier run, is released: {} is the pods' gateway now; pods added before still route through {old}: re-create them",
+                        network
+                            .gateway
+                            .map_or("none".to_string(), |g| g.to_string())
+                    );
+                }
+                None
+            }
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         crate::cni::server::serve(setup.listener, tx, waker)?;
-        Ok(IpamDriver {
-            ipam: setup.ipam,
+        let mut driver = IpamDriver {
+            ipam,
             dir: setup.dir,
-            network: setup.network,
+            network,
             requests: rx,
             parked: Vec::new(),
             next_tick: Instant::now(),
-        })
+            bridge_gateway,
+        };
+        if released.is_some() {
+            driver.persist_or_log();
+        }
+        // Pods of an earlier run route through the held gateway: back on
+        // the bridge before anything else.
+        driver.sync_gateway();
+        Ok(driver)
+    }
+
+    /// The pods' gateway in bridge mode: the host's address in the range,
+    /// or the bridge's from IPAM.
+    fn gateway(&self) -> Option<Ipv4Addr> {
+        self.network.gateway.or(self.ipam.gateway())
+    }
+
+    /// Puts IPAM's gateway on the bridge (when it wants one).
+    fn sync_gateway(&mut self) {
+        if let Some(b) = self.bridge_gateway.as_mut() {
+            b.sync(self.ipam.gateway());
+        }
+    }
+
+    /// Takes the bridge's gateway as soon as IPAM can give one, before
+    /// any pod asks: this host reaches the pod network from the start.
+    fn take_gateway(&mut self, now: Instant) {
+        if self.bridge_gateway.is_none() || self.ipam.gateway().is_some() {
+            return;
+        }
+        let claims = self.ipam.claims();
+        if let Err(e) = self.ipam.ensure_gateway(now) {
+            tracing::debug!("IPAM: no gateway for the bridge yet: {e}");
+        }
+        // Taken, or a chunk claimed for it: recorded.
+        if self.ipam.gateway().is_some() || self.ipam.claims() != claims {
+            self.persist_or_log();
+        }
     }
 
     /// When [`tick`](Self::tick) wants to run next.
@@ -177,6 +329,8 @@ impl IpamDriver {
         for (pending, deadline) in parked {
             self.answer(pending, Some(deadline), now);
         }
+        self.take_gateway(now);
+        self.sync_gateway();
         self.push_claims(mesh, now);
         self.next_tick = now
             + if self.parked.is_empty() {
@@ -212,7 +366,7 @@ impl IpamDriver {
                 addr,
                 prefix_len: if bridge { self.ipam.range().len() } else { 32 },
             },
-            gateway: if bridge { self.network.gateway } else { None },
+            gateway: if bridge { self.gateway() } else { None },
             mtu: self.network.mtu,
             mode: self.network.mode,
             bridge: if bridge {
@@ -232,7 +386,15 @@ impl IpamDriver {
                 netns,
             } => {
                 let key = attachment_key(container_id, ifname);
-                match self.ipam.allocate(&key, netns, now) {
+                let gateway_before = self.ipam.gateway();
+                let allocated = self.ipam.allocate(&key, netns, now);
+                if self.ipam.gateway() != gateway_before {
+                    // Taken on the way (the first pod): recorded, and on
+                    // the bridge before the pod hears of it.
+                    self.persist_or_log();
+                    self.sync_gateway();
+                }
+                match allocated {
                     Ok((addr, new)) => {
                         if new {
                             if let Err(e) = self.persist() {

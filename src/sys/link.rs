@@ -342,6 +342,37 @@ impl Netlink {
         )
     }
 
+    /// Whether link `name` forwards IPv4 (`net.ipv4.conf.NAME.forwarding`);
+    /// `None` when there is no such link or the kernel did not say.
+    pub fn ipv4_forwarding(&mut self, name: &str) -> Result<Option<bool>> {
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        let replies = match self.request(
+            &format!("look up interface {name}"),
+            RouteNetlinkMessage::GetLink(message),
+            0,
+        ) {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
+                    AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
+                        AfSpecInet::DevConf(conf) => Some(conf.forwarding != 0),
+                        _ => None,
+                    }),
+                    _ => None,
+                }),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
     /// Turns on proxy ARP and IPv4 forwarding on link `index` (the host end
     /// of a routed pod link): the host answers the pod's ARP for its
     /// link-local next hop, and forwards what the pod sends.

@@ -22,10 +22,13 @@
 //!   the main table, adding routes.
 //! - [`neigh`]: neighbour lookup and permanent entries.
 //! - [`xdp`]: attach, detach and query an interface's XDP program.
+//! - [`nft`]: the one nftables table of `--masquerade` (NAT for pods
+//!   leaving the pod network), over nfnetlink.
 
 pub mod addr;
 pub mod link;
 pub mod neigh;
+pub mod nft;
 pub mod route;
 pub mod xdp;
 
