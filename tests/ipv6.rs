@@ -103,3 +103,184 @@ fn bridge_ipv6_underlay_2_workers() {
     require_root!();
     bridge_over_v6(2);
 }
+
+/// Plaintext VXLAN over an IPv6-only underlay: weft on A with B as its
+/// static VTEP, B a standard Linux `vxlan` device (local and remote IPv6).
+/// Ping and checksummed TCP both ways; every datagram between them is
+/// IPv6/UDP to port 4789 within the underlay MTU; the overlay MTU is
+/// 1500 - 70 (IPv6 40, UDP 8, VXLAN 8, inner Ethernet 14), the same the
+/// kernel picks for its own device.
+#[test]
+fn plaintext_vxlan_over_ipv6_interoperates_with_linux_vxlan() {
+    require_root!();
+    let mut net = Net::pair_v6(1500);
+    let (a6, b6) = (
+        net.a.underlay6.expect("IPv6 underlay"),
+        net.b.underlay6.expect("IPv6 underlay"),
+    );
+    let b = net.b.ns.clone();
+    run(
+        "ip",
+        &[
+            "-n",
+            &b,
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "local",
+            &b6.to_string(),
+            "remote",
+            &a6.to_string(),
+            "dstport",
+            "4789",
+            "dev",
+            "u0",
+        ],
+    );
+    run(
+        "ip",
+        &["-n", &b, "addr", "add", &net.b.overlay, "dev", "vx0"],
+    );
+    run("ip", &["-n", &b, "link", "set", "vx0", "up"]);
+    // The kernel device leaves inner checksums to the NIC, and a veth
+    // never fills them in: only another kernel on the same veth would
+    // accept such frames. Checksums in software, as a real NIC delivers.
+    let out = ns_exec(&b, &["ethtool", "-K", "vx0", "tx", "off"]);
+    assert!(
+        out.status.success(),
+        "ethtool -K vx0 tx off: {}",
+        show(&out)
+    );
+    // Segmentation offloads off, so the capture sees wire-sized datagrams.
+    for h in [&net.a, &net.b] {
+        disable_offloads(&h.ns, "u0");
+    }
+    let capture = UnderlayCapture::start(&net.a.ns, "u0");
+    net.a.peers.clear();
+    let vtep = format!("[{b6}]");
+    net.a.start(&[
+        "--mode",
+        "plain",
+        "--insecure-plaintext",
+        "--vni",
+        "42",
+        "--vtep",
+        &vtep,
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(10), || status_json(&net.a.ns).is_some()),
+        "weft did not come up:\n{}",
+        net.a.logs()
+    );
+    let status = status_json(&net.a.ns).expect("status");
+    assert_eq!(status["overlay_mtu"].as_u64(), Some(1430), "{status:#}");
+    let kernel_mtu = String::from_utf8_lossy(&run("ip", &["-n", &b, "link", "show", "vx0"]).stdout)
+        .contains("mtu 1430");
+    assert!(
+        kernel_mtu,
+        "the Linux vxlan device over IPv6 has MTU 1430 too"
+    );
+    let (a_ip, b_ip) = (net.a.overlay_ip(), net.b.overlay_ip());
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(&net.a.ns, &b_ip)),
+        "weft cannot reach the Linux vxlan endpoint over IPv6:\n{}",
+        net.a.logs()
+    );
+    assert!(
+        ping(&b, &a_ip),
+        "the Linux vxlan endpoint cannot reach weft"
+    );
+    let total = 8 << 20;
+    let (sent, got, n) = tcp_transfer(&net.a.ns, &b, &b_ip, 7101, total, 21);
+    assert_eq!((n, sent), (total, got), "weft -> Linux vxlan TCP");
+    let (sent, got, n) = tcp_transfer(&b, &net.a.ns, &a_ip, 7102, total, 22);
+    assert_eq!((n, sent), (total, got), "Linux vxlan -> weft TCP");
+    let packets = capture.finish();
+    let vxlan: Vec<&WirePacket> = packets
+        .iter()
+        .filter(|p| p.ports.is_some_and(|(_, d)| d == 4789))
+        .collect();
+    let from_weft = vxlan.iter().filter(|p| p.outgoing).count();
+    let from_linux = vxlan.iter().filter(|p| !p.outgoing).count();
+    assert!(
+        from_weft > 1000 && from_linux > 1000,
+        "VXLAN datagrams: {from_weft} sent by weft, {from_linux} by Linux"
+    );
+    for p in &vxlan {
+        assert_eq!(p.ip_version, 6, "{p:?}");
+        assert!(
+            p.len <= 1500,
+            "a {}-byte datagram on the wire: {p:?}",
+            p.len
+        );
+        let ends = if p.outgoing { (a6, b6) } else { (b6, a6) };
+        assert_eq!((p.src, p.dst), (ends.0.into(), ends.1.into()), "{p:?}");
+    }
+    let status = status_json(&net.a.ns).expect("status");
+    let vtep = &status["l2"]["vteps"][0];
+    assert_eq!(vtep["address"], format!("[{b6}]:4789"), "{status:#}");
+}
+
+/// A dual-stack overlay over an IPv6-only underlay: A gets both addresses
+/// from repeated --overlay flags, B from a config list; both addresses
+/// are on each device, both are claimed in the mesh, and checksummed
+/// transfers cross over IPv4 and over IPv6 inside.
+fn dual_stack(extra: &[&str], what: &str) {
+    let mut net = Net::pair_v6(1500);
+    let config = net.b.path("dual.toml");
+    std::fs::write(
+        &config,
+        format!("overlay = [\"{}\", \"fd40::2/64\"]\n", net.b.overlay),
+    )
+    .expect("write the config");
+    let mut a_extra = vec!["--overlay", "fd40::1/64"];
+    a_extra.extend_from_slice(extra);
+    net.a.start(&a_extra);
+    // B: everything but --overlay from the usual arguments.
+    let mut b_args = net.b.launch_args();
+    let at = b_args
+        .iter()
+        .position(|a| a == "--overlay")
+        .expect("--overlay");
+    b_args.drain(at..at + 2);
+    b_args.extend(["--config".to_string(), config.display().to_string()]);
+    b_args.extend(extra.iter().map(|s| s.to_string()));
+    net.b.start_with(&b_args, &[]);
+    net.wait_established(Duration::from_secs(15));
+    for (h, v6) in [(&net.a, "fd40::1/64"), (&net.b, "fd40::2/64")] {
+        let status = status_json(&h.ns).expect("status");
+        let overlay = status["overlay"].as_str().unwrap_or_default();
+        assert_eq!(overlay, format!("{}, {v6}", h.overlay), "{status:#}");
+    }
+    // Each host claims both of its addresses, and knows both of the other's.
+    for h in [&net.a, &net.b] {
+        let text =
+            String::from_utf8_lossy(&ns_exec(&h.ns, &[common::WEFT, "status", "peers"]).stdout)
+                .to_string();
+        for claim in ["10.40.0.1/32", "10.40.0.2/32", "fd40::1/128", "fd40::2/128"] {
+            assert!(text.contains(claim), "{}: no claim {claim}:\n{text}", h.ns);
+        }
+    }
+    let (a_ip, b_ip) = (net.a.overlay_ip(), net.b.overlay_ip());
+    transfers(&net, &a_ip, &b_ip, &format!("{what}, IPv4 inside"));
+    transfers(&net, "fd40::1", "fd40::2", &format!("{what}, IPv6 inside"));
+}
+
+#[test]
+fn dual_stack_overlay_tun() {
+    require_root!();
+    dual_stack(&["--mode", "udp", "--workers", "2"], "dual-stack TUN");
+}
+
+#[test]
+fn dual_stack_overlay_bridge() {
+    require_root!();
+    dual_stack(
+        &["--iface", "bridge", "--mode", "udp", "--workers", "1"],
+        "dual-stack bridge",
+    );
+}

@@ -348,8 +348,7 @@ impl Host {
 
     /// The underlay address weft listens on: `underlay6` when set.
     pub fn underlay_ip(&self) -> IpAddr {
-        self.underlay6
-            .map_or(IpAddr::V4(self.underlay), IpAddr::V6)
+        self.underlay6.map_or(IpAddr::V4(self.underlay), IpAddr::V6)
     }
 
     /// This host's control address, `IP:PORT` (`[IPv6]:PORT`).
