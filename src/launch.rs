@@ -2122,7 +2122,8 @@ fn mesh_config(
         PeerName::from_untrusted(plan.name.as_bytes()),
     );
     cfg.endpoints = if plan.listen.ip().is_unspecified() {
-        interface_addresses(underlay_iface, plan.listen.is_ipv4())
+        // 0.0.0.0 takes IPv4 only; [::] is a dual-stack socket: both.
+        interface_addresses(underlay_iface, plan.listen.is_ipv6())
             .into_iter()
             .map(|ip| SocketAddr::new(ip, plan.listen.port()))
             .collect()
@@ -2150,9 +2151,10 @@ fn mesh_config(
     Ok(cfg)
 }
 
-/// The addresses of one interface (of one family), for the control
-/// endpoints a host announces when it listens on every address.
-fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
+/// The addresses of one interface, for the control endpoints a host
+/// announces when it listens on every address: the IPv4 ones, and with
+/// `ipv6` (a dual-stack `[::]` listener) the IPv6 ones too.
+fn interface_addresses(iface: &str, ipv6: bool) -> Vec<IpAddr> {
     let addresses = crate::sys::Netlink::open().and_then(|mut netlink| {
         let Some(link) = netlink.link(iface)? else {
             return Ok(Vec::new());
@@ -2164,9 +2166,9 @@ fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
         .into_iter()
         .map(|(ip, _)| ip)
         .filter(|ip| match ip {
-            IpAddr::V4(_) => ipv4,
+            IpAddr::V4(_) => true,
             // fe80::/10: link-local addresses are not dialled.
-            IpAddr::V6(v6) => !ipv4 && v6.segments()[0] & 0xffc0 != 0xfe80,
+            IpAddr::V6(v6) => ipv6 && v6.segments()[0] & 0xffc0 != 0xfe80,
         })
         .collect()
 }

@@ -1,10 +1,15 @@
 //! IPv6 underlays and overlays: the encrypted sleeve over an IPv6-only
 //! underlay in TUN and bridge mode with 1 and 2 workers (ping and
-//! checksummed transfers). Needs root.
+//! checksummed transfers), plaintext VXLAN over IPv6 with a Linux vxlan
+//! device, dual-stack overlays, and a mesh of an IPv4-only and an
+//! IPv6-only host joined by a dual-stack relay. (Path-MTU captures on
+//! IPv6 underlays are in tests/pmtu.rs.) Needs root.
 
 mod common;
 
+use common::switched::{peers_text, Switched};
 use common::*;
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 /// weft's overhead over an IPv6 underlay: IPv6 40, UDP 8, weft header 16,
@@ -282,5 +287,105 @@ fn dual_stack_overlay_bridge() {
     dual_stack(
         &["--iface", "bridge", "--mode", "udp", "--workers", "1"],
         "dual-stack bridge",
+    );
+}
+
+/// A mixed mesh on one switch: h0 has only IPv4, h2 only IPv6, h1 both
+/// (listening on [::], so one socket takes either family). h0 and h2 are
+/// each told only of h1; they learn of each other by gossip, cannot
+/// connect directly (no common family), and reach each other through h1,
+/// end to end sealed: ping and checksummed TCP both ways.
+#[test]
+fn ipv4_only_and_ipv6_only_hosts_meet_through_a_dual_stack_relay() {
+    require_root!();
+    let mut net = Switched::new(3);
+    let subnet = net.hosts[0].underlay.octets()[2];
+    let v6 = |i: u16| Ipv6Addr::new(0x2001, 2, 0, 0x100 + u16::from(subnet), 0, 0, 0, i);
+    // h2: IPv6 only.
+    run(
+        "ip",
+        &["-n", &net.hosts[2].ns, "addr", "flush", "dev", "u0"],
+    );
+    net.hosts[2].underlay6 = Some(v6(3));
+    add_underlay_addr(&net.hosts[2]);
+    // h1: both.
+    let relay_v6 = v6(2);
+    run(
+        "ip",
+        &[
+            "-n",
+            &net.hosts[1].ns,
+            "addr",
+            "add",
+            &format!("{relay_v6}/64"),
+            "dev",
+            "u0",
+            "nodad",
+        ],
+    );
+    net.hosts[0].peers = vec![net.addr(1)];
+    net.hosts[2].peers = vec![format!("[{relay_v6}]:{PORT}")];
+    // The relay listens on [::] and is told of both (its peers tell it
+    // which interface is the underlay).
+    net.hosts[1].peers = vec![net.addr(0), format!("[{}]:{PORT}", v6(3))];
+    net.start(0);
+    net.start(2);
+    let config = net.hosts[1].path("weft.toml").display().to_string();
+    let mut args = net.hosts[1].launch_args();
+    let at = args.iter().position(|a| a == "--listen").expect("--listen");
+    args[at + 1] = format!("[::]:{PORT}");
+    args.extend(["--config".to_string(), config]);
+    net.hosts[1].start_with(&args, &[]);
+    net.wait_converged(&[0, 1, 2], Duration::from_secs(30));
+    let via_h1 = |r: Option<(String, Option<String>)>| {
+        r.is_some_and(|(kind, via)| {
+            kind == "via" && via.is_some_and(|v| v.starts_with(&net.hosts[1].ns))
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || via_h1(net.route(0, 2))
+            && via_h1(net.route(2, 0))),
+        "no route through h1: {}\n{}",
+        peers_text(&net.hosts[0].ns),
+        peers_text(&net.hosts[2].ns)
+    );
+    assert!(
+        net.ping_within(0, 2, Duration::from_secs(10)),
+        "no ping from the IPv4-only host to the IPv6-only host: {}",
+        peers_text(&net.hosts[0].ns)
+    );
+    assert!(net.ping_within(2, 0, Duration::from_secs(10)));
+    let (h0, h2) = (&net.hosts[0], &net.hosts[2]);
+    let total = 4 << 20;
+    let (sent, got, n) = tcp_transfer(&h0.ns, &h2.ns, &h2.overlay_ip(), 7201, total, 31);
+    assert_eq!((n, sent), (total, got), "IPv4-only -> IPv6-only TCP");
+    let (sent, got, n) = tcp_transfer(&h2.ns, &h0.ns, &h0.overlay_ip(), 7202, total, 32);
+    assert_eq!((n, sent), (total, got), "IPv6-only -> IPv4-only TCP");
+    assert!(
+        wait_until(Duration::from_secs(3), || status_json(&net.hosts[1].ns)
+            .is_some_and(
+                |s| s["relayed"]["datagrams"].as_u64().unwrap_or(0) > 1000
+            )),
+        "h1 relayed nothing: {:?}",
+        status_json(&net.hosts[1].ns)
+    );
+    // The relay names its peers by their own families: h0 by IPv4, h2 by IPv6.
+    let status = status_json(&net.hosts[1].ns).expect("status");
+    let addresses: Vec<&str> = status["connections"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["address"].as_str()).collect())
+        .unwrap_or_default();
+    let h0_v4 = net.hosts[0].underlay.to_string();
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a.starts_with(&format!("{h0_v4}:"))),
+        "{addresses:?}"
+    );
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a.starts_with(&format!("[{}]:", v6(3)))),
+        "{addresses:?}"
     );
 }
