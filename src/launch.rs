@@ -1531,7 +1531,18 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         _ => {
             let min = crate::host::plan::minimum_overlay_mtu(request.overlay_ipv6);
             return Err(LaunchError::Runtime(format!(
-                "underlay MTU {underlay_mtu} of {underlay_iface} minus weft's {overhead_bytes}-byte overhead leaves less than the {min} bytes an overlay needs: raise the MTU of {underlay_iface}"
+                "underlay MTU {underlay_mtu} of {underlay_iface} minus weft's {overhead_bytes}-byte overhead leaves less than the {min} bytes {}: raise the MTU of {underlay_iface} to at least {}{}",
+                if request.overlay_ipv6 {
+                    "an IPv6 overlay address needs (every IPv6 link carries 1280)"
+                } else {
+                    "an overlay needs"
+                },
+                u32::from(min) + overhead_bytes as u32,
+                if request.overlay_ipv6 {
+                    ", or give only an IPv4 --overlay"
+                } else {
+                    ""
+                }
             )));
         }
     };
