@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 /// Every top-level key, with what its value is (for the README and errors).
 /// These are exactly the `weft launch` flags minus `--config`.
 pub const KEYS: &[(&str, &str)] = &[
-    ("overlay", "string: this host's overlay address/prefix"),
+    (
+        "overlay",
+        "string or list: this host's overlay address/prefix (one IPv4 and one IPv6 for dual stack)",
+    ),
     ("listen", "string: IP:PORT of the control and data sockets"),
     (
         "peer",

@@ -26,9 +26,11 @@ pub const DEFAULT_PORT: u16 = 6783;
 #[derive(Args, Debug, Default)]
 pub struct LaunchArgs {
     /// This host's overlay address and prefix, e.g. 10.40.0.1/16. Packets to
-    /// other addresses in the prefix go to the peer that owns them.
+    /// other addresses in the prefix go to the peer that owns them. Repeat
+    /// it for a dual-stack host: one IPv4 and one IPv6 address, e.g.
+    /// --overlay 10.40.0.1/16 --overlay fd40::1/64.
     #[arg(long, value_name = "ADDR/PREFIX")]
-    pub overlay: Option<String>,
+    pub overlay: Vec<String>,
     /// Address for the TCP control listener and the UDP data socket
     /// [default: 0.0.0.0:6783].
     #[arg(long, value_name = "IP:PORT")]
@@ -458,10 +460,10 @@ fn usage(msg: impl Into<String>) -> LaunchError {
 
 /// Everything validated, before touching the host.
 struct Plan {
-    /// This host's overlay address and prefix: `None` only with
-    /// --ipalloc-range in bridge mode (the host serves pods without an
-    /// address of its own).
-    overlay: Option<(IpAddr, u8)>,
+    /// This host's overlay addresses and prefixes, at most one per family
+    /// (IPv4 first): empty only with --ipalloc-range in bridge mode (the
+    /// host serves pods without an address of its own).
+    overlays: Vec<(IpAddr, u8)>,
     listen: SocketAddr,
     peers: Vec<PeerTarget>,
     /// `None` only in plaintext mode, which authenticates nothing.
@@ -518,7 +520,7 @@ fn identity_plan(
     args: &IdentityArgs,
     file: &ConfigFile,
     key: &StaticKey,
-    overlay: Option<crate::identity::InterfaceAddr>,
+    overlays: &[crate::identity::InterfaceAddr],
     plain: bool,
     bridge: bool,
     log: &mut StartupLog,
@@ -592,7 +594,10 @@ fn identity_plan(
             key.public_base64()
         )));
     }
-    if let Some(overlay) = overlay.filter(|o| !checked.body.overlay.contains(o)) {
+    for overlay in overlays
+        .iter()
+        .filter(|o| !checked.body.overlay.contains(o))
+    {
         let listed: Vec<String> = checked.body.overlay.iter().map(|o| o.to_string()).collect();
         let msg = format!(
             "--cert {cert_text} does not cover --overlay {overlay}: it lists {}; use one of those or sign a certificate for {overlay}",
@@ -661,6 +666,38 @@ pub fn parse_overlay(text: &str) -> Result<(IpAddr, u8), String> {
         }
     }
     Ok((addr, prefix))
+}
+
+/// Parses every `--overlay` (or the config's `overlay` list): at most one
+/// IPv4 and one IPv6 address, returned IPv4 first.
+pub fn parse_overlays(texts: &[String]) -> Result<Vec<(IpAddr, u8)>, String> {
+    let mut overlays: Vec<(IpAddr, u8)> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let (addr, prefix) = parse_overlay(text)?;
+        if let Some((other, other_prefix)) =
+            overlays.iter().find(|(a, _)| a.is_ipv4() == addr.is_ipv4())
+        {
+            return Err(format!(
+                "--overlay {addr}/{prefix} and --overlay {other}/{other_prefix} are both {}: a host holds at most one IPv4 and one IPv6 overlay address",
+                if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+        overlays.push((addr, prefix));
+    }
+    overlays.sort_by_key(|(a, _)| a.is_ipv6());
+    Ok(overlays)
+}
+
+/// `ADDR/PREFIX` of every overlay address, joined by ", " ("none" without one).
+fn overlays_text(overlays: &[(IpAddr, u8)]) -> String {
+    if overlays.is_empty() {
+        return "none".to_string();
+    }
+    overlays
+        .iter()
+        .map(|(a, p)| format!("{a}/{p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Parses a `--peer`: `IP[:PORT]`, `[IPv6]:PORT`, `HOST[:PORT]`.
@@ -753,16 +790,16 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     }
     let ipam = ipam_plan(&mut args, &file)?;
     let kube = kube_plan(&mut args, &file)?;
-    let overlay_err = from_file(&file, "overlay", args.overlay.is_some());
-    let overlay = match args.overlay {
-        Some(o) => Some(o),
-        None => file.string("overlay").map_err(usage)?,
+    let overlay_err = from_file(&file, "overlay", !args.overlay.is_empty());
+    let overlay_texts = if args.overlay.is_empty() {
+        file.list("overlay").map_err(usage)?
+    } else {
+        std::mem::take(&mut args.overlay)
     };
-    let overlay = match overlay {
-        Some(o) => Some(parse_overlay(&o).map_err(&overlay_err)?),
-        None if ipam.is_some() => None,
-        None => return Err(usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16 (or --ipalloc-range CIDR in bridge mode, to serve pods without an address of its own)")),
-    };
+    let overlays = parse_overlays(&overlay_texts).map_err(&overlay_err)?;
+    if overlays.is_empty() && ipam.is_none() {
+        return Err(usage("--overlay is required: this host's overlay address with prefix, e.g. --overlay 10.40.0.1/16 (or --ipalloc-range CIDR in bridge mode, to serve pods without an address of its own)"));
+    }
     let listen_err = from_file(&file, "listen", args.listen.is_some());
     let listen = match args
         .listen
@@ -951,7 +988,10 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         &identity_args,
         &file,
         &key,
-        overlay.map(|(addr, len)| crate::identity::InterfaceAddr { addr, len }),
+        &overlays
+            .iter()
+            .map(|&(addr, len)| crate::identity::InterfaceAddr { addr, len })
+            .collect::<Vec<_>>(),
         plain,
         l2.is_some(),
         log,
@@ -1124,9 +1164,12 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     if let (Some(ipam), None) = (&ipam, &l2) {
         // TUN mode: pods' traffic reaches the TUN device by the route of
         // the overlay prefix, so the range must lie inside it.
-        let Some((addr, len)) = overlay else {
+        let same_family = overlays
+            .iter()
+            .find(|(a, _)| a.is_ipv4() == ipam.range.prefix().is_ipv4());
+        let Some(&(addr, len)) = same_family else {
             return Err(usage(
-                "--ipalloc-range without --overlay is implemented in bridge mode only: TUN mode needs an overlay address to route pods' traffic through the TUN device. Add --iface bridge, or give this host --overlay ADDR/PREFIX",
+                "--ipalloc-range without an --overlay of its family is implemented in bridge mode only: TUN mode needs an overlay address to route pods' traffic through the TUN device. Add --iface bridge, or give this host --overlay ADDR/PREFIX",
             ));
         };
         let prefix = crate::mesh::IpPrefix::new(addr, len);
@@ -1139,7 +1182,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         }
     }
     Ok(Plan {
-        overlay,
+        overlays,
         listen,
         peers,
         secret,
@@ -1222,15 +1265,14 @@ pub fn reload_peers(path: &std::path::Path, listen: SocketAddr) -> Result<Vec<Pe
 
 /// Refuses an overlay prefix that an existing route already covers.
 fn check_overlay_route(plan: &Plan) -> Result<(), LaunchError> {
-    let Some((addr, prefix)) = plan.overlay else {
-        return Ok(());
-    };
-    match overlapping_route(addr, prefix) {
-        Some(route) => Err(usage(format!(
-            "--overlay {addr}/{prefix} collides with the existing route {route}: choose an overlay prefix no route on this host uses"
-        ))),
-        None => Ok(()),
+    for &(addr, prefix) in &plan.overlays {
+        if let Some(route) = overlapping_route(addr, prefix) {
+            return Err(usage(format!(
+                "--overlay {addr}/{prefix} collides with the existing route {route}: choose an overlay prefix no route on this host uses"
+            )));
+        }
     }
+    Ok(())
 }
 
 /// An existing route that overlaps the overlay prefix, if any, as text.
@@ -1492,7 +1534,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         // peers, the fastdp fallback), so the device MTU fits its overhead.
         sleeve_possible: !plain,
         l2,
-        overlay_ipv6: plan.overlay.is_some_and(|(a, _)| a.is_ipv6()),
+        overlay_ipv6: plan.overlays.iter().any(|(a, _)| a.is_ipv6()),
     };
     let preflight = crate::host::plan::decide(&facts, &request);
     for line in crate::host::preflight::log_lines(&preflight) {
@@ -1505,7 +1547,18 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         _ => {
             let min = crate::host::plan::minimum_overlay_mtu(request.overlay_ipv6);
             return Err(LaunchError::Runtime(format!(
-                "underlay MTU {underlay_mtu} of {underlay_iface} minus weft's {overhead_bytes}-byte overhead leaves less than the {min} bytes an overlay needs: raise the MTU of {underlay_iface}"
+                "underlay MTU {underlay_mtu} of {underlay_iface} minus weft's {overhead_bytes}-byte overhead leaves less than the {min} bytes {}: raise the MTU of {underlay_iface} to at least {}{}",
+                if request.overlay_ipv6 {
+                    "an IPv6 overlay address needs (every IPv6 link carries 1280)"
+                } else {
+                    "an overlay needs"
+                },
+                u32::from(min) + overhead_bytes as u32,
+                if request.overlay_ipv6 {
+                    ", or give only an IPv4 --overlay"
+                } else {
+                    ""
+                }
             )));
         }
     };
@@ -1574,9 +1627,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     log.info(format!("datapath: {datapath} ({datapath_reason})"));
 
     if let (true, Some(l2plan)) = (plain, plan.l2.as_ref()) {
-        let Some((overlay_addr, overlay_prefix)) = plan.overlay else {
+        if plan.overlays.is_empty() {
             return Err(usage("--mode plain needs --overlay ADDR/PREFIX"));
-        };
+        }
         let _lock = claim_interface(&plan.iface_name, plan.status_addr, log)?;
         check_overlay_route(&plan)?;
         log.flush();
@@ -1586,7 +1639,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             vni: plan.vni,
             bridge: l2plan.bridge.clone(),
             tap_name: plan.iface_name.clone(),
-            overlay: (overlay_addr, overlay_prefix),
+            overlays: plan.overlays.clone(),
             overlay_mtu,
             mac_age: l2plan.mac_age,
             mac_quota: l2plan.mac_quota,
@@ -1598,7 +1651,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 name: plan.name.clone(),
                 public_key: plan.key.public_base64(),
                 interface: plan.iface_name.clone(),
-                overlay: format!("{overlay_addr}/{overlay_prefix}"),
+                overlay: overlays_text(&plan.overlays),
                 overlay_mtu,
                 underlay: underlay_iface.clone(),
                 underlay_mtu,
@@ -1637,10 +1690,10 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     let ipam_parts = match &plan.ipam {
         Some(p) => {
             let listener = crate::cni::server::bind(&p.socket).map_err(usage)?;
-            let own = match plan.overlay {
-                Some((IpAddr::V4(a), _)) => Some(a),
-                _ => None,
-            };
+            let own = plan.overlays.iter().find_map(|(a, _)| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            });
             let mut ipam = crate::ipam::Ipam::new(
                 p.range,
                 crate::mesh::PeerId(plan.key.public()),
@@ -1759,19 +1812,19 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     // Bridge mode: a TAP on a bridge that holds the overlay address; the
     // guard removes what weft created when launch returns.
     let mut bridge_guard = None;
-    let overlay_text = plan.overlay.map_or_else(
-        || "no overlay address".to_string(),
-        |(a, p)| format!("{a}/{p}"),
-    );
+    let overlay_text = if plan.overlays.is_empty() {
+        "no overlay address".to_string()
+    } else {
+        overlays_text(&plan.overlays)
+    };
     let tun = match &plan.l2 {
         None => {
-            let Some((overlay_addr, overlay_prefix)) = plan.overlay else {
+            if plan.overlays.is_empty() {
                 return Err(usage("TUN mode needs --overlay ADDR/PREFIX"));
-            };
+            }
             let tun = TunDevice::create(
                 &plan.iface_name,
-                overlay_addr,
-                overlay_prefix,
+                &plan.overlays,
                 overlay_mtu,
                 plan.offload,
                 workers,
@@ -1799,7 +1852,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 &l2plan.bridge,
                 &plan.iface_name,
                 overlay_mtu,
-                plan.overlay,
+                &plan.overlays,
                 workers,
                 plan.offload,
             )
@@ -1813,7 +1866,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 if let Some(lock) = instance_lock.as_mut() {
                     lock.record(|r| {
                         r.bridge = Some(l2plan.bridge.clone());
-                        r.overlay = plan.overlay.map(|(a, p)| format!("{a}/{p}"));
+                        r.overlay = plan.overlays.first().map(|(a, p)| format!("{a}/{p}"));
                     });
                 }
             }
@@ -1907,9 +1960,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         name: plan.name.clone(),
         public_key: public.clone(),
         interface: plan.iface_name.clone(),
-        overlay: plan
-            .overlay
-            .map_or_else(|| "none".to_string(), |(a, p)| format!("{a}/{p}")),
+        overlay: overlays_text(&plan.overlays),
         overlay_mtu,
         underlay: underlay_iface.clone(),
         underlay_mtu,
@@ -1936,9 +1987,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             version: PROTOCOL_VERSION,
             name: plan.name,
             overlay: plan
-                .overlay
+                .overlays
+                .iter()
                 .map(|(a, p)| format!("{a}/{p}"))
-                .into_iter()
                 .collect(),
             vni: plan.vni,
             udp_port: plan.listen.port(),
@@ -2042,7 +2093,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                             bridge: l2plan.map(|p| p.bridge.clone()),
                             gateway: l2plan.and_then(|_| {
                                 crate::router::ipam::bridge_gateway(
-                                    plan.overlay.map(|(a, _)| a),
+                                    plan.overlays.iter().map(|(a, _)| *a).find(IpAddr::is_ipv4),
                                     &range,
                                 )
                             }),
@@ -2143,19 +2194,20 @@ fn mesh_config(
         PeerName::from_untrusted(plan.name.as_bytes()),
     );
     cfg.endpoints = if plan.listen.ip().is_unspecified() {
-        interface_addresses(underlay_iface, plan.listen.is_ipv4())
+        // 0.0.0.0 takes IPv4 only; [::] is a dual-stack socket: both.
+        interface_addresses(underlay_iface, plan.listen.is_ipv6())
             .into_iter()
             .map(|ip| SocketAddr::new(ip, plan.listen.port()))
             .collect()
     } else {
         vec![plan.listen]
     };
-    if let Some((addr, prefix)) = plan.overlay {
+    for &(addr, prefix) in &plan.overlays {
         let text = format!("{addr}/{prefix}");
         let (claim, subnet) = crate::mesh::claims::interface_address(&text)
             .map_err(|e| usage(format!("--overlay {text}: {e}")))?;
-        cfg.claims = vec![claim];
-        cfg.subnets = vec![subnet];
+        cfg.claims.push(claim);
+        cfg.subnets.push(subnet);
     }
     cfg.broadcast_trees = l2;
     cfg.timers = plan.mesh_timers.clone();
@@ -2171,9 +2223,10 @@ fn mesh_config(
     Ok(cfg)
 }
 
-/// The addresses of one interface (of one family), for the control
-/// endpoints a host announces when it listens on every address.
-fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
+/// The addresses of one interface, for the control endpoints a host
+/// announces when it listens on every address: the IPv4 ones, and with
+/// `ipv6` (a dual-stack `[::]` listener) the IPv6 ones too.
+fn interface_addresses(iface: &str, ipv6: bool) -> Vec<IpAddr> {
     let addresses = crate::sys::Netlink::open().and_then(|mut netlink| {
         let Some(link) = netlink.link(iface)? else {
             return Ok(Vec::new());
@@ -2185,9 +2238,9 @@ fn interface_addresses(iface: &str, ipv4: bool) -> Vec<IpAddr> {
         .into_iter()
         .map(|(ip, _)| ip)
         .filter(|ip| match ip {
-            IpAddr::V4(_) => ipv4,
+            IpAddr::V4(_) => true,
             // fe80::/10: link-local addresses are not dialled.
-            IpAddr::V6(v6) => !ipv4 && v6.segments()[0] & 0xffc0 != 0xfe80,
+            IpAddr::V6(v6) => ipv6 && v6.segments()[0] & 0xffc0 != 0xfe80,
         })
         .collect()
 }
@@ -2277,6 +2330,32 @@ mod tests {
             let e = parse_overlay(bad).unwrap_err();
             assert!(e.contains("--overlay"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn dual_stack_overlays() {
+        let texts = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let both = parse_overlays(&texts(&["fd40::1/64", "10.40.0.1/16"])).unwrap();
+        assert_eq!(
+            both,
+            vec![
+                ("10.40.0.1".parse().unwrap(), 16),
+                ("fd40::1".parse().unwrap(), 64)
+            ],
+            "IPv4 first"
+        );
+        assert_eq!(overlays_text(&both), "10.40.0.1/16, fd40::1/64");
+        assert_eq!(overlays_text(&[]), "none");
+        assert!(parse_overlays(&[]).unwrap().is_empty());
+        let e = parse_overlays(&texts(&["10.40.0.1/16", "10.41.0.1/16"])).unwrap_err();
+        assert!(
+            e.contains("10.41.0.1/16")
+                && e.contains("10.40.0.1/16")
+                && e.contains("one IPv4 and one IPv6"),
+            "{e}"
+        );
+        assert!(parse_overlays(&texts(&["fd40::1/64", "fd41::1/64"])).is_err());
+        assert!(parse_overlays(&texts(&["10.40.0.1/16", "nonsense"])).is_err());
     }
 
     #[test]

@@ -9,53 +9,10 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// Mixed datagram sizes (UDP payload bytes): all fit every overlay MTU
-/// here (the smallest: bridge mode, IPv6 inside, 1416 - 40 - 8).
-const SIZES: &[usize] = &[8, 64, 512, 1000, 1300, 1360];
-
 /// Starts both hosts with `extra` and waits for them to connect.
 fn up(net: &mut Net, extra: &[&str]) {
     net.start_both(extra);
     net.wait_established(Duration::from_secs(15));
-}
-
-/// TCP both ways (checksums equal, every byte there) and UDP one way
-/// (every datagram intact, almost all arrived) between `a_ip` and `b_ip`.
-fn transfers(net: &Net, a_ip: &str, b_ip: &str, what: &str) {
-    assert!(
-        wait_until(Duration::from_secs(10), || ping(&net.a.ns, b_ip)),
-        "{what}: A cannot ping {b_ip}\n{}{}",
-        net.a.logs(),
-        net.b.logs()
-    );
-    let total = 16 << 20;
-    let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, b_ip, 7001, total, 11);
-    assert_eq!(n, total, "{what}: A -> B TCP bytes");
-    assert_eq!(sent, got, "{what}: A -> B TCP checksum");
-    let (sent, got, n) = tcp_transfer(&net.b.ns, &net.a.ns, a_ip, 7002, total / 4, 12);
-    assert_eq!(n, total / 4, "{what}: B -> A TCP bytes");
-    assert_eq!(sent, got, "{what}: B -> A TCP checksum");
-    let udp = udp_transfer(&net.a.ns, &net.b.ns, b_ip, 7003, 3000, SIZES);
-    assert_eq!(
-        udp.corrupted, 0,
-        "{what}: UDP datagrams changed on the way: {udp:?}"
-    );
-    // UDP may drop under load (socket buffers of a starved receiver):
-    // nearly all, not all, must arrive.
-    assert!(
-        udp.intact * 100 >= udp.sent * 90,
-        "{what}: too few UDP datagrams arrived: {udp:?}"
-    );
-}
-
-/// The worker count weft reported at start.
-fn assert_workers(h: &Host, workers: usize) {
-    let log = h.logs();
-    assert!(
-        log.contains(&format!("datapath: {workers} worker thread(s)")),
-        "{}: expected {workers} worker(s):\n{log}",
-        h.ns
-    );
 }
 
 fn tun(workers: usize, offload: bool) {

@@ -9,8 +9,10 @@ use common::*;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// weft's per-datagram overhead on an IPv4 underlay (see notes/wire-format.md).
+/// weft's per-datagram overhead on an IPv4 underlay (see docs/wire-format.md).
 const OVERHEAD_V4: u32 = 70;
+/// The same on an IPv6 underlay: the outer header is 40 bytes, not 20.
+const OVERHEAD_V6: u32 = 90;
 /// IPv4 + ICMP echo headers: `ping -s N` sends an IP datagram of N + 28 bytes.
 const PING_HEADERS: u32 = 28;
 
@@ -161,8 +163,17 @@ fn assert_wire_fits(packets: &[WirePacket], mtu: u32, label: &str) {
 /// Start-up and the whole path-MTU search with the underlay at `mtu`, both
 /// sides captured from before weft starts; then DF pings at the overlay MTU.
 fn underlay_case(mtu: u32) {
+    underlay_family_case(mtu, false);
+}
+
+/// [`underlay_case`] over an IPv4 (`ipv6` false) or IPv6-only underlay.
+fn underlay_family_case(mtu: u32, ipv6: bool) {
     let started = Instant::now();
-    let mut net = Net::pair(mtu);
+    let mut net = if ipv6 {
+        Net::pair_v6(mtu)
+    } else {
+        Net::pair(mtu)
+    };
     for h in [&net.a, &net.b] {
         disable_offloads(&h.ns, "u0");
     }
@@ -180,8 +191,14 @@ fn underlay_case(mtu: u32) {
     // The overlay: exactly the MTU passes with DF, one byte more is refused
     // loudly. Still capturing: the full-size ping must fill the underlay
     // datagram to exactly the MTU, not one byte more.
-    let overlay = mtu - OVERHEAD_V4;
+    let overlay = mtu - if ipv6 { OVERHEAD_V6 } else { OVERHEAD_V4 };
     assert_eq!(device_mtu(&net.a.ns), overlay);
+    let line = format!("overlay MTU {overlay} = underlay {mtu} - {}", mtu - overlay);
+    assert!(
+        net.a.logs().contains(&line),
+        "no line {line:?}:\n{}",
+        net.a.logs()
+    );
     let status = status_json(&net.a.ns).expect("status");
     assert_eq!(
         status["overlay_mtu"].as_u64(),
@@ -216,7 +233,7 @@ fn underlay_case(mtu: u32) {
     for (h, peer, seen) in [(&net.a, &net.b, &seen_b), (&net.b, &net.a, &seen_a)] {
         // Counted where they arrive: what crossed the link.
         let from_h = |p: &&WirePacket| {
-            !p.outgoing && p.src == IpAddr::V4(h.underlay) && p.dst == IpAddr::V4(peer.underlay)
+            !p.outgoing && p.src == h.underlay_ip() && p.dst == peer.underlay_ip()
         };
         let probes: Vec<usize> = seen
             .iter()
@@ -224,11 +241,21 @@ fn underlay_case(mtu: u32) {
             .filter(|p| p.weft_kind == Some(3))
             .map(|p| p.len)
             .collect();
-        assert!(
-            probes.contains(&(mtu as usize)),
-            "{}: no path-MTU probe of exactly {mtu} bytes reached the peer (probe sizes: {probes:?}): did the search run?",
-            h.ns
-        );
+        if ipv6 && mtu == 1280 {
+            // Every IPv6 path carries 1280 (RFC 8200): at the floor there
+            // is nothing to search, so no probe at all.
+            assert!(
+                probes.is_empty(),
+                "{}: probes at the IPv6 floor: {probes:?}",
+                h.ns
+            );
+        } else {
+            assert!(
+                probes.contains(&(mtu as usize)),
+                "{}: no path-MTU probe of exactly {mtu} bytes reached the peer (probe sizes: {probes:?}): did the search run?",
+                h.ns
+            );
+        }
         assert!(
             seen.iter().filter(from_h).any(|p| p.weft_kind == Some(2)),
             "{}: no heartbeat seen: the capture missed the start-up",
@@ -267,11 +294,11 @@ fn underlay_case(mtu: u32) {
         "weft's TCP control segments should be in the capture, saw {control}"
     );
     // Every weft UDP datagram has DF set (IP_PMTUDISC_DO), so none can be
-    // fragmented on the way.
+    // fragmented on the way (IPv6 routers never fragment: nothing to set).
     for p in seen_a
         .iter()
         .chain(&seen_b)
-        .filter(|p| p.weft_kind.is_some())
+        .filter(|p| p.weft_kind.is_some() && !ipv6)
     {
         assert!(p.dont_fragment, "weft datagram without DF: {p:?}");
     }
@@ -300,6 +327,28 @@ fn underlay_1450_nothing_larger_on_the_wire() {
 fn underlay_9000_nothing_larger_on_the_wire() {
     require_root!();
     underlay_case(9000);
+}
+
+/// IPv6 underlay at its minimum MTU 1280, the floor every IPv6 path
+/// carries: no probe is needed, the overlay is 1190.
+#[test]
+fn ipv6_underlay_1280_nothing_larger_on_the_wire() {
+    require_root!();
+    underlay_family_case(1280, true);
+}
+
+/// IPv6 underlay at 1500: overlay 1410.
+#[test]
+fn ipv6_underlay_1500_nothing_larger_on_the_wire() {
+    require_root!();
+    underlay_family_case(1500, true);
+}
+
+/// Jumbo IPv6 underlay 9000: overlay 8910.
+#[test]
+fn ipv6_underlay_9000_nothing_larger_on_the_wire() {
+    require_root!();
+    underlay_family_case(9000, true);
 }
 
 /// A router between the hosts whose second hop has MTU 1400: A's interface

@@ -44,7 +44,10 @@ pub fn to_storage(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t)
     }
 }
 
-/// Converts back; `None` for families other than IPv4/IPv6.
+/// Converts back; `None` for families other than IPv4/IPv6. An IPv4
+/// peer seen by a dual-stack socket (`[::]`, as `::ffff:a.b.c.d`) comes
+/// back as the IPv4 address it is, so one peer has one address whichever
+/// socket saw it (Linux sends to an IPv4 address from such a socket too).
 pub fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
@@ -58,7 +61,7 @@ pub fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
             let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::new(
-                IpAddr::V6(ip),
+                ip.to_canonical(),
                 u16::from_be(sin6.sin6_port),
             ))
         }
@@ -77,5 +80,8 @@ mod tests {
             let (s, _) = to_storage(addr);
             assert_eq!(from_storage(&s), Some(addr));
         }
+        let mapped: SocketAddr = "[::ffff:198.18.0.1]:6783".parse().unwrap();
+        let (s, _) = to_storage(mapped);
+        assert_eq!(from_storage(&s), Some("198.18.0.1:6783".parse().unwrap()));
     }
 }

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 pub struct BridgeGuard {
     bridge: String,
     created: bool,
-    added_address: Option<(IpAddr, u8)>,
+    added_addresses: Vec<(IpAddr, u8)>,
 }
 
 impl BridgeGuard {
@@ -44,7 +44,7 @@ impl Drop for BridgeGuard {
                 netlink.delete_link(link.index, bridge)?;
                 Ok(true)
             } else {
-                if let Some((addr, prefix)) = self.added_address {
+                for &(addr, prefix) in &self.added_addresses {
                     netlink.delete_address(link.index, bridge, addr, prefix)?;
                 }
                 Ok(false)
@@ -56,7 +56,7 @@ impl Drop for BridgeGuard {
             Err(e) if self.created => tracing::warn!(
                 "could not remove bridge {bridge}: {e}; remove it with `ip link del {bridge}`"
             ),
-            Err(e) => tracing::warn!("could not remove weft's address from bridge {bridge}: {e}"),
+            Err(e) => tracing::warn!("could not remove weft's addresses from bridge {bridge}: {e}"),
         }
     }
 }
@@ -71,13 +71,13 @@ fn random_mac() -> [u8; 6] {
 }
 
 /// Creates (or attaches to) `bridge`, creates the TAP `tap_name` on it with
-/// the overlay MTU, puts `overlay` on the bridge (if given) and brings both
-/// up. On error nothing weft made is left behind.
+/// the overlay MTU, puts the `overlays` addresses on the bridge and brings
+/// both up. On error nothing weft made is left behind.
 pub fn create(
     bridge: &str,
     tap_name: &str,
     overlay_mtu: u16,
-    overlay: Option<(IpAddr, u8)>,
+    overlays: &[(IpAddr, u8)],
     queues: usize,
     offload: bool,
 ) -> Result<(Vec<TunDevice>, BridgeGuard), String> {
@@ -118,7 +118,7 @@ pub fn create(
     let mut guard = BridgeGuard {
         bridge: bridge.to_string(),
         created,
-        added_address: None,
+        added_addresses: Vec::new(),
     };
     let index = bridge_link.index;
     if created {
@@ -167,9 +167,10 @@ pub fn create(
             }
         }
     }
-    if let Some((addr, prefix)) = overlay {
+    for &(addr, prefix) in overlays {
         match netlink.add_address(index, bridge, addr, prefix) {
-            Ok(Added::Added) => guard.added_address = (!created).then_some((addr, prefix)),
+            Ok(Added::Added) if !created => guard.added_addresses.push((addr, prefix)),
+            Ok(Added::Added) => {}
             Ok(Added::AlreadyThere) => {}
             Err(e) => {
                 return Err(format!(

@@ -71,16 +71,27 @@ pub enum TunError {
     },
 }
 
+/// Puts `addresses` on link `name` (already there counts as done).
+fn add_addresses(name: &str, addresses: &[(IpAddr, u8)]) -> Result<(), crate::sys::SysError> {
+    let mut netlink = crate::sys::Netlink::open()?;
+    let link = netlink.require_link(name)?;
+    for &(ip, prefix) in addresses {
+        netlink.add_address(link.index, name, ip, prefix)?;
+    }
+    Ok(())
+}
+
 impl TunDevice {
     /// Creates the device with the overlay address and MTU, brings it up,
     /// and opens `queues` queues of it (multi-queue when more than one).
     /// With `offload`, the device is opened with IFF_VNET_HDR and TSO/USO
     /// (if the kernel accepts them): reads may then return 64 KiB
     /// super-packets behind a virtio_net header, and writes carry one.
+    /// The first of `addresses` is given at creation, the others (a
+    /// dual-stack host's second family) are added over netlink after it.
     pub fn create(
         name: &str,
-        address: IpAddr,
-        prefix: u8,
+        addresses: &[(IpAddr, u8)],
         mtu: u16,
         offload: bool,
         queues: usize,
@@ -96,9 +107,10 @@ impl TunDevice {
             .mtu(mtu)
             .offload(offload)
             .multi_queue(queues > 1);
-        let builder = match address {
-            IpAddr::V4(a) => builder.ipv4(a, prefix, None),
-            IpAddr::V6(a) => builder.ipv6(a, prefix),
+        let builder = match addresses.first() {
+            Some(&(IpAddr::V4(a), prefix)) => builder.ipv4(a, prefix, None),
+            Some(&(IpAddr::V6(a), prefix)) => builder.ipv6(a, prefix),
+            None => builder,
         };
         let other = |source: io::Error| TunError::Other {
             name: name.into(),
@@ -110,6 +122,9 @@ impl TunDevice {
             _ => other(e),
         })?;
         let first = TunDevice::from_device(device, name.to_string(), false).map_err(other)?;
+        if addresses.len() > 1 {
+            add_addresses(name, &addresses[1..]).map_err(|e| other(io::Error::other(e)))?;
+        }
         let mut all = Vec::with_capacity(queues);
         for _ in 1..queues.max(1) {
             all.push(first.add_queue().map_err(other)?);

@@ -1403,6 +1403,10 @@ impl Router {
         loop {
             match self.listener.accept() {
                 Ok((stream, addr)) => {
+                    // A dual-stack listener ([::]) sees IPv4 peers as
+                    // ::ffff:a.b.c.d: name them by their IPv4 address, as
+                    // their datagrams are (datapath::sockaddr).
+                    let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
                     let now = Instant::now();
                     if !self.admit_connection(&stream, addr, now) {
                         continue; // dropping the stream closes it

@@ -43,8 +43,8 @@ pub struct PlainLaunch {
     pub bridge: String,
     /// TAP device name.
     pub tap_name: String,
-    /// Address put on the bridge.
-    pub overlay: (IpAddr, u8),
+    /// Addresses put on the bridge (one per family at most).
+    pub overlays: Vec<(IpAddr, u8)>,
     /// Bridge and TAP MTU.
     pub overlay_mtu: u16,
     /// Idle age of learned MAC addresses.
@@ -86,20 +86,19 @@ pub fn launch(cfg: PlainLaunch) -> Result<(), PlainError> {
         signal_hook::low_level::pipe::register(sig, tx)
             .map_err(|e| PlainError::Runtime(format!("cannot handle signal {sig}: {e}")))?;
     }
+    let overlay_text = cfg.status_template.overlay.clone();
     let (taps, guard) = tap::create(
         &cfg.bridge,
         &cfg.tap_name,
         cfg.overlay_mtu,
-        Some(cfg.overlay),
+        &cfg.overlays,
         cfg.workers,
         cfg.offload,
     )
     .map_err(PlainError::Usage)?;
     tracing::info!(
-        "bridge {} holds {}/{}; TAP {} on it, mtu {}, offloads {}; VXLAN VNI {} on {}; {} static VTEP(s); {} worker(s)",
+        "bridge {} holds {overlay_text}; TAP {} on it, mtu {}, offloads {}; VXLAN VNI {} on {}; {} static VTEP(s); {} worker(s)",
         cfg.bridge,
-        cfg.overlay.0,
-        cfg.overlay.1,
         cfg.tap_name,
         cfg.overlay_mtu,
         if taps[0].vnet_hdr() { "on" } else { "off" },
@@ -173,7 +172,6 @@ fn run(
     // Plaintext workers hand nothing off; the channel is only there for
     // the shape (the waker tells of a worker's death).
     let (handoff, _handoffs) = crossbeam_channel::unbounded();
-    let overlay_text = format!("{}/{}", cfg.overlay.0, cfg.overlay.1);
     let mut workers = WorkerSet::start(
         parts,
         |index| WorkerConfig {
@@ -181,7 +179,7 @@ fn run(
             vni: cfg.vni,
             overlay_mtu: cfg.overlay_mtu,
             l2: Some(switch.clone()),
-            overlay_text: overlay_text.clone(),
+            overlay_text: cfg.status_template.overlay.clone(),
             panic_after: None,
             codec: Codec::Vxlan(vteps.clone()),
         },

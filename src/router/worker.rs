@@ -876,11 +876,13 @@ impl UnreachableLimit {
     const BURST: u32 = 10;
     const PER_SECOND: u32 = 10;
 
-    /// `overlay` is this host's `ADDR/PREFIX`.
+    /// `overlay` is this host's `ADDR/PREFIX` (a dual-stack host's are
+    /// joined by ", ": the IPv4 one has the broadcast address).
     pub(super) fn new(overlay: &str, now: Instant) -> UnreachableLimit {
-        let broadcast = crate::launch::parse_overlay(overlay)
-            .ok()
-            .and_then(|(addr, prefix)| match addr {
+        let broadcast = overlay
+            .split(", ")
+            .filter_map(|o| crate::launch::parse_overlay(o).ok())
+            .find_map(|(addr, prefix)| match addr {
                 IpAddr::V4(a) if prefix < 32 => Some(IpAddr::V4(std::net::Ipv4Addr::from(
                     u32::from(a) | (u32::MAX >> prefix),
                 ))),
@@ -918,6 +920,8 @@ mod tests {
         let t0 = Instant::now();
         let mut limit = UnreachableLimit::new("10.40.0.1/16", t0);
         assert_eq!(limit.broadcast, Some("10.40.255.255".parse().unwrap()));
+        let dual = UnreachableLimit::new("10.41.0.1/24, fd40::1/64", t0);
+        assert_eq!(dual.broadcast, Some("10.41.0.255".parse().unwrap()));
         let sent = (0..100).filter(|_| limit.allow(t0)).count();
         assert_eq!(sent, UnreachableLimit::BURST as usize);
         assert!(limit.allow(t0 + Duration::from_millis(100)));

@@ -23,7 +23,7 @@ pub mod switched;
 use serde_json::Value;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -290,8 +290,11 @@ impl ByteStream {
 pub struct Host {
     /// Namespace name.
     pub ns: String,
-    /// Underlay address on its veth `u0`.
+    /// IPv4 underlay address on its veth `u0` (unused when `underlay6` is set).
     pub underlay: Ipv4Addr,
+    /// IPv6 underlay address on `u0`: when set, weft listens and is dialled
+    /// on it instead of `underlay` (see [`Net::pair_v6`]).
+    pub underlay6: Option<Ipv6Addr>,
     /// Overlay address with prefix, e.g. `10.40.0.1/16`.
     pub overlay: String,
     /// Control addresses of its peers.
@@ -311,6 +314,7 @@ impl Host {
         let host = Host {
             ns,
             underlay,
+            underlay6: None,
             overlay: overlay.into(),
             peers: Vec::new(),
             dir,
@@ -342,6 +346,16 @@ impl Host {
             .to_string()
     }
 
+    /// The underlay address weft listens on: `underlay6` when set.
+    pub fn underlay_ip(&self) -> IpAddr {
+        self.underlay6.map_or(IpAddr::V4(self.underlay), IpAddr::V6)
+    }
+
+    /// This host's control address, `IP:PORT` (`[IPv6]:PORT`).
+    pub fn control_addr(&self) -> String {
+        std::net::SocketAddr::new(self.underlay_ip(), PORT).to_string()
+    }
+
     /// A path in the scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -354,7 +368,7 @@ impl Host {
             "--overlay".into(),
             self.overlay.clone(),
             "--listen".into(),
-            format!("{}:{PORT}", self.underlay),
+            self.control_addr(),
             "--secret-file".into(),
             self.path("secret").display().to_string(),
             "--key-file".into(),
@@ -563,12 +577,23 @@ pub struct Net {
 }
 
 impl Net {
-    /// Makes the pair with underlay MTU `mtu`.
+    /// Makes the pair with underlay MTU `mtu` (IPv4 underlay).
     pub fn pair(mtu: u32) -> Net {
+        Net::pair_family(mtu, false)
+    }
+
+    /// Makes the pair with an IPv6-only underlay of MTU `mtu`:
+    /// 2001:2:0:N::1/64 and 2001:2:0:N::2/64 on `u0` (no IPv4 address there),
+    /// each host's peer and listen address the IPv6 one.
+    pub fn pair_v6(mtu: u32) -> Net {
+        Net::pair_family(mtu, true)
+    }
+
+    fn pair_family(mtu: u32, ipv6: bool) -> Net {
         let id = next_id();
         let base = format!("wt-{}-{id}", std::process::id());
-        // Each test's /24 is distinct (not needed for isolation, but it makes
-        // logs of parallel tests easy to tell apart).
+        // Each test's /24 (or /64) is distinct (not needed for isolation, but
+        // it makes logs of parallel tests easy to tell apart).
         let subnet = (id % 250) as u8 + 1;
         let mut a = Host::new(
             format!("{base}-a"),
@@ -580,6 +605,10 @@ impl Net {
             Ipv4Addr::new(198, 18, subnet, 2),
             "10.40.0.2/16",
         );
+        if ipv6 {
+            a.underlay6 = Some(Ipv6Addr::new(0x2001, 2, 0, subnet.into(), 0, 0, 0, 1));
+            b.underlay6 = Some(Ipv6Addr::new(0x2001, 2, 0, subnet.into(), 0, 0, 0, 2));
+        }
         run(
             "ip",
             &[
@@ -602,22 +631,11 @@ impl Net {
             ],
         );
         for h in [&a, &b] {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &h.ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", h.underlay),
-                    "dev",
-                    "u0",
-                ],
-            );
+            add_underlay_addr(h);
             run("ip", &["-n", &h.ns, "link", "set", "u0", "up"]);
         }
-        a.peers = vec![format!("{}:{PORT}", b.underlay)];
-        b.peers = vec![format!("{}:{PORT}", a.underlay)];
+        a.peers = vec![b.control_addr()];
+        b.peers = vec![a.control_addr()];
         Net { a, b }
     }
 
@@ -643,6 +661,62 @@ impl Net {
             );
         }
     }
+}
+
+/// Gives `h`'s `u0` its underlay address: `underlay6` (/64, without
+/// duplicate address detection, so it is usable at once) when set, else
+/// `underlay` (/24).
+pub fn add_underlay_addr(h: &Host) {
+    let (addr, extra): (String, &[&str]) = match h.underlay6 {
+        Some(v6) => (format!("{v6}/64"), &["nodad"]),
+        None => (format!("{}/24", h.underlay), &[]),
+    };
+    let mut args = vec!["-n", &h.ns, "addr", "add", &addr, "dev", "u0"];
+    args.extend_from_slice(extra);
+    run("ip", &args);
+}
+
+/// Mixed datagram sizes (UDP payload bytes): all fit every overlay MTU
+/// here (the smallest: bridge mode, IPv6 inside, 1416 - 40 - 8).
+pub const SIZES: &[usize] = &[8, 64, 512, 1000, 1300, 1360];
+
+/// TCP both ways (checksums equal, every byte there) and UDP one way
+/// (every datagram intact, almost all arrived) between `a_ip` and `b_ip`.
+pub fn transfers(net: &Net, a_ip: &str, b_ip: &str, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(&net.a.ns, b_ip)),
+        "{what}: A cannot ping {b_ip}\n{}{}",
+        net.a.logs(),
+        net.b.logs()
+    );
+    let total = 16 << 20;
+    let (sent, got, n) = tcp_transfer(&net.a.ns, &net.b.ns, b_ip, 7001, total, 11);
+    assert_eq!(n, total, "{what}: A -> B TCP bytes");
+    assert_eq!(sent, got, "{what}: A -> B TCP checksum");
+    let (sent, got, n) = tcp_transfer(&net.b.ns, &net.a.ns, a_ip, 7002, total / 4, 12);
+    assert_eq!(n, total / 4, "{what}: B -> A TCP bytes");
+    assert_eq!(sent, got, "{what}: B -> A TCP checksum");
+    let udp = udp_transfer(&net.a.ns, &net.b.ns, b_ip, 7003, 3000, SIZES);
+    assert_eq!(
+        udp.corrupted, 0,
+        "{what}: UDP datagrams changed on the way: {udp:?}"
+    );
+    // UDP may drop under load (socket buffers of a starved receiver):
+    // nearly all, not all, must arrive.
+    assert!(
+        udp.intact * 100 >= udp.sent * 90,
+        "{what}: too few UDP datagrams arrived: {udp:?}"
+    );
+}
+
+/// The worker count weft reported at start.
+pub fn assert_workers(h: &Host, workers: usize) {
+    let log = h.logs();
+    assert!(
+        log.contains(&format!("datapath: {workers} worker thread(s)")),
+        "{}: expected {workers} worker(s):\n{log}",
+        h.ns
+    );
 }
 
 /// Sends `total` bytes of [`ByteStream`] `seed` from namespace `from` to

@@ -120,6 +120,30 @@ impl Switched {
         ))
     }
 
+    /// Waits until hosts `i` and `j` route to each other through host
+    /// `relay` (both directions), then pings both ways; panics with the
+    /// peer lists if not.
+    pub fn wait_relayed(&self, i: usize, j: usize, relay: usize) {
+        let through = |r: Option<(String, Option<String>)>| {
+            r.is_some_and(|(kind, via)| {
+                kind == "via" && via.is_some_and(|v| v.starts_with(&self.hosts[relay].ns))
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(20), || through(self.route(i, j))
+                && through(self.route(j, i))),
+            "no route through host {relay}: {}\n{}",
+            peers_text(&self.hosts[i].ns),
+            peers_text(&self.hosts[j].ns)
+        );
+        assert!(
+            self.ping_within(i, j, Duration::from_secs(10)),
+            "no ping from host {i} to host {j} through host {relay}: {}",
+            peers_text(&self.hosts[i].ns)
+        );
+        assert!(self.ping_within(j, i, Duration::from_secs(10)));
+    }
+
     /// Drops traffic between hosts `i` and `j` in `i`'s namespace: all of
     /// it, or only UDP.
     pub fn firewall(&self, i: usize, j: usize, udp_only: bool) {
