@@ -117,6 +117,9 @@ pub struct Worker {
     unreachable: UnreachableLimit,
     /// Sessions reported to the control thread in this batch.
     reported: Vec<(u32, SocketAddr)>,
+    /// Bridge and plaintext modes: where each frame of the batch read from
+    /// the bridge goes (decided under the switch's lock, acted on after).
+    egress: Vec<Egress>,
     last_publish: Instant,
     packets_read: u64,
 }
@@ -168,6 +171,7 @@ impl Worker {
             drops: DropCounters::default(),
             icmp_buf: vec![0u8; 1280].into_boxed_slice(),
             reported: Vec::new(),
+            egress: Vec::new(),
             last_publish: now,
             packets_read: 0,
         };
@@ -377,14 +381,13 @@ impl Worker {
     }
 
     /// Bridge mode: learns sources and forwards each frame read from the
-    /// bridge (one lock of the switch per batch).
+    /// bridge (the switch is locked once per batch, only while it decides;
+    /// sealing and sending happen after).
     fn switch_l2(&mut self, read: &PacketBatch, switch: &Mutex<L2Switch>, plane: &DataPlane) {
-        let now = Instant::now();
-        let Ok(mut switch) = switch.lock() else {
-            return;
-        };
-        for frame in read.iter() {
-            match switch.from_local(frame, now) {
+        self.decide(read, switch);
+        let egress = std::mem::take(&mut self.egress);
+        for (frame, decision) in read.iter().zip(egress.iter()) {
+            match *decision {
                 Egress::Unicast(Location::Peer(id)) if id >= RELAY_LOCATION_BASE => {
                     self.hand_off(Handoff::L2Relay {
                         location: id,
@@ -401,18 +404,29 @@ impl Worker {
                 _ => {}
             }
         }
+        self.egress = egress;
+    }
+
+    /// Learns the sources of a batch read from the bridge and decides where
+    /// each frame goes (into `self.egress`), under one short lock.
+    fn decide(&mut self, read: &PacketBatch, switch: &Mutex<L2Switch>) {
+        self.egress.clear();
+        let now = Instant::now();
+        let Ok(mut switch) = switch.lock() else {
+            return;
+        };
+        self.egress
+            .extend(read.iter().map(|frame| switch.from_local(frame, now)));
     }
 
     /// Plaintext mode: learns sources and sends each frame read from the
     /// bridge to its VTEP, or to every VTEP (flood), as VXLAN.
     fn switch_vxlan(&mut self, read: &PacketBatch, switch: &Mutex<L2Switch>, vteps: &[Vtep]) {
-        let now = Instant::now();
-        let Ok(mut switch) = switch.lock() else {
-            return;
-        };
-        for frame in read.iter() {
+        self.decide(read, switch);
+        let egress = std::mem::take(&mut self.egress);
+        for (frame, decision) in read.iter().zip(egress.iter()) {
             let bytes = frame.len() as u64;
-            match switch.from_local(frame, now) {
+            match *decision {
                 Egress::Unicast(Location::Vtep(addr)) => {
                     if self.vxlan_out.push(self.underlay.as_mut(), frame, addr) {
                         if let Some(v) = vteps.iter().find(|v| v.addr == addr) {
@@ -434,6 +448,7 @@ impl Worker {
                 _ => {}
             }
         }
+        self.egress = egress;
     }
 
     // ---- underlay → local device ------------------------------------------
@@ -453,15 +468,15 @@ impl Worker {
             }
             let plane = self.plane.load();
             self.reported.clear();
+            // The MAC table is locked per datagram, after decryption, so
+            // that workers open datagrams in parallel.
             let switch = self.cfg.l2.clone();
-            let mut guard = switch.as_ref().and_then(|s| s.lock().ok());
             for i in 0..count {
                 let Some((datagram, from)) = recv.get_mut(i) else {
                     continue;
                 };
-                self.on_datagram(datagram, from, &plane, guard.as_deref_mut());
+                self.on_datagram(datagram, from, &plane, switch.as_deref());
             }
-            drop(guard);
             self.recv = Some(recv);
             self.flush_writes();
         }
@@ -479,12 +494,15 @@ impl Worker {
         datagram: &mut [u8],
         from: SocketAddr,
         plane: &DataPlane,
-        switch: Option<&mut L2Switch>,
+        switch: Option<&Mutex<L2Switch>>,
     ) {
         let switch = match (&self.cfg.codec, switch) {
             (Codec::Vxlan(vteps), Some(switch)) => {
                 let vteps = vteps.clone();
-                return self.on_vxlan(datagram, from, &vteps, switch);
+                if let Ok(mut switch) = switch.lock() {
+                    self.on_vxlan(datagram, from, &vteps, &mut switch);
+                }
+                return;
             }
             (_, switch) => switch,
         };
@@ -583,8 +601,9 @@ impl Worker {
         &mut self,
         plaintext: &[u8],
         session: &RecvSession,
-        mut switch: Option<&mut L2Switch>,
+        switch: Option<&Mutex<L2Switch>>,
     ) {
+        let mut switch = switch.and_then(|s| s.lock().ok());
         let (mut packets, mut bytes) = (0u64, 0u64);
         let table = self.fwd.load();
         let now = Instant::now();
