@@ -335,8 +335,8 @@ fn control(status_addr: SocketAddr, peer: &str, connect: bool) -> ExitCode {
     if let (true, PeerTarget::Name { host, port }) = (connect, &target) {
         // A name that does not resolve now is most likely a typo: say so
         // here rather than have weft retry it forever.
-        if let Err(e) = crate::mesh::target::resolve(host, *port, true)
-            .or_else(|_| crate::mesh::target::resolve(host, *port, false))
+        if let Err(e) =
+            crate::mesh::target::resolve(host, *port, crate::mesh::target::Family::Either)
         {
             eprintln!("weft: {peer:?} is not an address, and as a host name it does not resolve ({e}); check the spelling or /etc/hosts");
             return ExitCode::from(2);

@@ -1505,7 +1505,8 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             .filter_map(|p| match p {
                 PeerTarget::Addr(a) => Some(*a),
                 PeerTarget::Name { host, port } if plan.listen.ip().is_unspecified() => {
-                    crate::mesh::target::resolve(host, *port, plan.listen.is_ipv4()).ok()
+                    let family = crate::mesh::target::Family::of_listener(plan.listen);
+                    crate::mesh::target::resolve(host, *port, family).ok()
                 }
                 PeerTarget::Name { .. } => None,
             })

@@ -291,10 +291,12 @@ fn dual_stack_overlay_bridge() {
 }
 
 /// A mixed mesh on one switch: h0 has only IPv4, h2 only IPv6, h1 both
-/// (listening on [::], so one socket takes either family). h0 and h2 are
-/// each told only of h1; they learn of each other by gossip, cannot
-/// connect directly (no common family), and reach each other through h1,
-/// end to end sealed: ping and checksummed TCP both ways.
+/// (listening on [::], so one socket takes either family). h1 alone is told
+/// of the others, by host names (its /etc/hosts: one name with an IPv4
+/// address, one with an IPv6 address: a dual-stack host resolves a name to
+/// either family); h0 and h2 are told of nobody, learn of each other by
+/// gossip, cannot connect directly (no common family), and reach each
+/// other through h1, end to end sealed: checksummed TCP both ways.
 #[test]
 fn ipv4_only_and_ipv6_only_hosts_meet_through_a_dual_stack_relay() {
     require_root!();
@@ -323,11 +325,20 @@ fn ipv4_only_and_ipv6_only_hosts_meet_through_a_dual_stack_relay() {
             "nodad",
         ],
     );
-    net.hosts[0].peers = vec![net.addr(1)];
-    net.hosts[2].peers = vec![format!("[{relay_v6}]:{PORT}")];
-    // The relay listens on [::] and is told of both (its peers tell it
-    // which interface is the underlay).
-    net.hosts[1].peers = vec![net.addr(0), format!("[{}]:{PORT}", v6(3))];
+    net.hosts[0].peers = Vec::new();
+    net.hosts[2].peers = Vec::new();
+    // The relay listens on [::] and is told of both by name (the names'
+    // addresses tell it which interface is the underlay).
+    let hosts = NetnsHosts::new(&net.hosts[1].ns);
+    hosts.set(&format!(
+        "127.0.0.1 localhost\n{} h0.weft-test\n{} h2.weft-test\n",
+        net.hosts[0].underlay,
+        v6(3)
+    ));
+    net.hosts[1].peers = vec![
+        format!("h0.weft-test:{PORT}"),
+        format!("h2.weft-test:{PORT}"),
+    ];
     net.start(0);
     net.start(2);
     let config = net.hosts[1].path("weft.toml").display().to_string();

@@ -241,31 +241,6 @@ fn duplicate_address_claim_is_refused_on_both_sides() {
     assert!(net.hosts[0].weft_running() && net.hosts[1].weft_running());
 }
 
-/// `/etc/hosts` of a namespace: `ip netns exec` bind-mounts
-/// `/etc/netns/NS/hosts` over it. Removed on drop.
-struct NetnsHosts(std::path::PathBuf);
-
-impl NetnsHosts {
-    fn new(ns: &str) -> NetnsHosts {
-        let dir = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
-        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
-        let h = NetnsHosts(dir);
-        h.set("127.0.0.1 localhost\n");
-        h
-    }
-
-    /// Rewrites the file in place (the bind mount keeps its inode).
-    fn set(&self, text: &str) {
-        std::fs::write(self.0.join("hosts"), text).expect("write the hosts file");
-    }
-}
-
-impl Drop for NetnsHosts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_peer_given_by_host_name_is_resolved_and_resolved_again_after_a_failure() {
     require_root!();

@@ -99,9 +99,52 @@ fn is_host_name(text: &str) -> bool {
         })
 }
 
+/// The address families a peer's host name may resolve to: those the
+/// listening socket can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// An IPv4 listener: IPv4 addresses only.
+    V4,
+    /// An IPv6 listener on a given address: IPv6 addresses only.
+    V6,
+    /// A dual-stack listener (`[::]`): either, in the resolver's order
+    /// (getaddrinfo sorts by RFC 6724).
+    Either,
+}
+
+impl Family {
+    /// The families a socket listening on `listen` reaches: `[::]` is
+    /// dual-stack, any other IPv6 address IPv6 only.
+    pub fn of_listener(listen: SocketAddr) -> Family {
+        match listen {
+            SocketAddr::V4(_) => Family::V4,
+            SocketAddr::V6(a) if a.ip().is_unspecified() => Family::Either,
+            SocketAddr::V6(_) => Family::V6,
+        }
+    }
+
+    fn admits(self, addr: &SocketAddr) -> bool {
+        match self {
+            Family::V4 => addr.is_ipv4(),
+            Family::V6 => addr.is_ipv6(),
+            Family::Either => true,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+            Family::Either => "IPv4 or IPv6",
+        })
+    }
+}
+
 /// Resolves a host name to one address of the wanted family (blocking:
 /// call it off the event loop). The error says what failed.
-pub fn resolve(host: &str, port: u16, ipv4: bool) -> Result<SocketAddr, String> {
+pub fn resolve(host: &str, port: u16, family: Family) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let found: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
@@ -109,12 +152,11 @@ pub fn resolve(host: &str, port: u16, ipv4: bool) -> Result<SocketAddr, String> 
         .collect();
     found
         .iter()
-        .find(|a| a.is_ipv4() == ipv4)
+        .find(|a| family.admits(a))
         .copied()
         .ok_or_else(|| {
             format!(
-                "{host} resolves to no {} address (found: {})",
-                if ipv4 { "IPv4" } else { "IPv6" },
+                "{host} resolves to no {family} address (found: {})",
                 if found.is_empty() {
                     "none".to_string()
                 } else {
@@ -167,9 +209,21 @@ mod tests {
     }
 
     #[test]
+    fn the_listener_decides_the_families() {
+        let f = |t: &str| Family::of_listener(t.parse().unwrap());
+        assert_eq!(f("0.0.0.0:6783"), Family::V4);
+        assert_eq!(f("198.18.0.1:6783"), Family::V4);
+        assert_eq!(f("[::]:6783"), Family::Either);
+        assert_eq!(f("[2001:2::1]:6783"), Family::V6);
+    }
+
+    #[test]
     fn resolves_localhost() {
-        let a = resolve("localhost", 6783, true).unwrap();
-        assert!(a.ip().is_loopback() && a.port() == 6783);
-        assert!(resolve("no-such-host.invalid", 1, true).is_err());
+        let a = resolve("localhost", 6783, Family::V4).unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 6783 && a.is_ipv4());
+        assert!(resolve("no-such-host.invalid", 1, Family::V4).is_err());
+        assert!(resolve("127.0.0.1", 1, Family::Either).unwrap().is_ipv4());
+        let e = resolve("127.0.0.1", 1, Family::V6).unwrap_err();
+        assert!(e.contains("no IPv6 address (found: 127.0.0.1)"), "{e}");
     }
 }

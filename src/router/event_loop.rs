@@ -2232,13 +2232,19 @@ impl Router {
         named.resolving = true;
         named.retry_at = None;
         let (host, port, owned_key) = (named.host.clone(), named.port, key.to_string());
-        let ipv4 = !self.cfg.link.ipv6_underlay;
+        // A dual-stack listener ([::]) dials either family; otherwise the
+        // listener's own.
+        let family = match self.listener.local_addr() {
+            Ok(listen) => crate::mesh::target::Family::of_listener(listen),
+            Err(_) if self.cfg.link.ipv6_underlay => crate::mesh::target::Family::V6,
+            Err(_) => crate::mesh::target::Family::V4,
+        };
         let tx = self.resolved.0.clone();
         let waker = self.waker.clone();
         let spawned = std::thread::Builder::new()
             .name("weft-resolve".into())
             .spawn(move || {
-                let result = crate::mesh::target::resolve(&host, port, ipv4);
+                let result = crate::mesh::target::resolve(&host, port, family);
                 let _ = tx.send((owned_key, result));
                 let _ = waker.wake();
             });

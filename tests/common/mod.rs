@@ -1437,3 +1437,28 @@ fn capture_packets(
     }
     seen
 }
+
+/// `/etc/hosts` of a namespace: `ip netns exec` bind-mounts
+/// `/etc/netns/NS/hosts` over it. Removed on drop.
+pub struct NetnsHosts(std::path::PathBuf);
+
+impl NetnsHosts {
+    pub fn new(ns: &str) -> NetnsHosts {
+        let dir = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NS");
+        let h = NetnsHosts(dir);
+        h.set("127.0.0.1 localhost\n");
+        h
+    }
+
+    /// Rewrites the file in place (the bind mount keeps its inode).
+    pub fn set(&self, text: &str) {
+        std::fs::write(self.0.join("hosts"), text).expect("write the hosts file");
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
