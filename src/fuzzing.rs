@@ -39,6 +39,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("l2_switch", l2_switch),
     ("certificates", certificates),
     ("kube_nodes", kube_nodes),
+    ("odp_attrs", odp_attrs),
 ];
 
 /// Wall-clock time the fuzzed links and certificates see (since the Unix
@@ -470,6 +471,48 @@ pub fn xdp_frame(data: &[u8]) {
     assert_eq!(&buf[again.payload], payload);
 }
 
+/// What the kernel OVS datapath sends weft (flow keys of misses and dumps,
+/// IPv4 and IPv6 tunnel keys, action lists, flow stats): the parsers in
+/// `datapath::odp::attr` are total, and whatever they accept re-emits to
+/// bytes that parse to the same value.
+pub fn odp_attrs(data: &[u8]) {
+    use crate::datapath::odp::attr::{parse_flow_stats, Action, Attr, FlowKey, TunnelKey};
+    use netlink_packet_core::Emitable;
+    fn emit(attrs: &[Attr]) -> Vec<u8> {
+        let mut buffer = vec![0u8; attrs.buffer_len()];
+        attrs.emit(&mut buffer);
+        buffer
+    }
+    if let Ok(key) = FlowKey::parse(data) {
+        let again = FlowKey::parse(&emit(&key.to_match_attrs())).expect("a match key parses");
+        assert_eq!(
+            (again.in_port, again.eth_src, again.eth_dst),
+            (key.in_port, key.eth_src, key.eth_dst)
+        );
+        if let Some(tunnel) = key.tunnel {
+            assert!(
+                tunnel.src.is_none()
+                    || tunnel.dst.is_none()
+                    || tunnel.src.map(|a| a.is_ipv4()) == tunnel.dst.map(|a| a.is_ipv4()),
+                "a tunnel key mixes IPv4 and IPv6: {tunnel:?}"
+            );
+        }
+    }
+    if let Ok(tunnel) = TunnelKey::parse(data) {
+        let again = TunnelKey::parse(&emit(&tunnel.to_attrs())).expect("a tunnel key parses");
+        assert_eq!(again, tunnel);
+    }
+    if let Ok(actions) = Action::parse_list(data) {
+        let attrs: Vec<Attr> = actions.iter().map(Action::to_attr).collect();
+        let again = Action::parse_list(&emit(&attrs)).expect("an action list parses");
+        assert_eq!(again, actions);
+        for action in &actions {
+            let _ = action.to_string();
+        }
+    }
+    let _ = parse_flow_stats(data);
+}
+
 /// The L2 switch driven by a sequence of frames from the local bridge and
 /// from peers, with time passing and peers leaving. Invariants: the table
 /// holds only unicast sources it was shown and never more than
@@ -695,6 +738,49 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
                 let len = frame::build(&mut buf, &e, &payload).expect("sized");
                 buf.truncate(len);
                 add(n, buf);
+            }
+        }
+        "odp_attrs" => {
+            use crate::datapath::odp::attr::{self as a, Action, Attr, TunnelKey};
+            use netlink_packet_core::Emitable;
+            let emit = |attrs: &[Attr]| {
+                let mut buffer = vec![0u8; attrs.buffer_len()];
+                attrs.emit(&mut buffer);
+                buffer
+            };
+            for (n, src, dst) in [
+                ("ipv4", "198.18.0.1", "198.18.0.2"),
+                ("ipv6", "2001:2::1", "2001:2::2"),
+            ] {
+                let src = src.parse().expect("literal");
+                let dst: std::net::IpAddr = dst.parse().expect("literal");
+                // A miss from the VXLAN vport, as the kernel sends it.
+                let mut tunnel = TunnelKey {
+                    id: 1,
+                    src: Some(src),
+                    dst: Some(dst),
+                }
+                .to_attrs();
+                tunnel.push(Attr::bytes(a::TUNNEL_KEY_ATTR_TTL, &[64]));
+                tunnel.push(Attr::flag(a::TUNNEL_KEY_ATTR_CSUM));
+                add(
+                    &format!("miss-key-{n}"),
+                    emit(&[
+                        Attr::u32(a::KEY_ATTR_PRIORITY, 0),
+                        Attr::nested(a::KEY_ATTR_TUNNEL, tunnel),
+                        Attr::u32(a::KEY_ATTR_IN_PORT, 1),
+                        Attr::bytes(a::KEY_ATTR_ETHERNET, &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]),
+                        Attr::bytes(a::KEY_ATTR_ETHERTYPE, &0x0800u16.to_be_bytes()),
+                    ]),
+                );
+                add(
+                    &format!("actions-{n}"),
+                    emit(&[
+                        Action::tunnel_to(1, dst, 64).to_attr(),
+                        Action::Output(1).to_attr(),
+                        Action::Output(0).to_attr(),
+                    ]),
+                );
             }
         }
         "l2_switch" => {

@@ -121,8 +121,8 @@ pub struct LaunchArgs {
     /// speaks no weft protocol, e.g. a Linux vxlan device (repeat for more).
     #[arg(long = "vtep", value_name = "ADDR")]
     pub vteps: Vec<String>,
-    /// Fast datapath: peers whose underlay address is inside this IPv4
-    /// subnet may get plaintext VXLAN through the kernel OVS datapath
+    /// Fast datapath: peers whose underlay address is inside this IPv4 or
+    /// IPv6 subnet may get plaintext VXLAN through the kernel OVS datapath
     /// (repeat for more). Other peers stay on the encrypted sleeve. With
     /// --insecure-plaintext (and no --mode plain) every peer may.
     #[arg(long = "trusted-subnet", value_name = "CIDR")]
@@ -1590,12 +1590,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     if let Some(w) = &resolved.warning {
         log.warn(w.clone());
     }
-    // Fastdp is implemented for bridge mode over an IPv4 underlay with a
-    // plaintext policy (a plaintext network or trusted subnets).
+    // Fastdp is implemented for bridge mode with a plaintext policy (a
+    // plaintext network or trusted subnets), over IPv4 or IPv6 underlays
+    // (whether the kernel has IPv6 tunnels is preflight's known-issues table).
     let fastdp_unusable = if !l2 || plain {
         Some("fastdp needs bridge mode (--iface bridge) with the control protocol (not --mode plain)")
-    } else if ipv6_underlay {
-        Some("fastdp needs an IPv4 underlay in this build")
     } else if plan.plaintext_policy.is_none() {
         Some("fastdp carries no encryption: give --trusted-subnet CIDR or --insecure-plaintext")
     } else {
@@ -1930,7 +1929,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                     crate::router::fastdp::PlaintextPolicy::TrustedSubnets(nets) => format!(
                         "peers in --trusted-subnet {}",
                         nets.iter()
-                            .map(|(a, p)| format!("{a}/{p}"))
+                            .map(|net| net.to_string())
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),

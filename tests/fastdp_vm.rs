@@ -226,7 +226,10 @@ fn vm_fastdp_ping_and_tcp_through_the_kernel_datapath() {
 /// counters at 0; lowering the underlay MTU fails the heartbeats, the
 /// connection moves to the sleeve with the reason in `weft status` and
 /// traffic continues; the path MTU is verified again and the retry brings
-/// fastdp back; the datapath and bridge are gone after SIGTERM.
+/// fastdp back; the datapath and bridge are gone after SIGTERM. Then, in
+/// the same VM, the same over an IPv6-only underlay (2001:2::/48): fastdp
+/// proven, ping and 8 MiB through kernel flows whose tunnel keys are IPv6,
+/// nothing left after SIGTERM.
 #[test]
 fn vm_weft_launch_fastdp_proves_falls_back_and_retries() {
     if let Some(reason) = cannot_run_qemu() {
@@ -257,5 +260,21 @@ fn vm_weft_launch_fastdp_proves_falls_back_and_retries() {
         run.console
             .contains("(sleeve: fastdp failed: heartbeat of 1500 bytes"),
         "no fallback reason in the status output"
+    );
+    let bytes6: u64 = run
+        .console
+        .lines()
+        .find(|l| l.starts_with("fastdp-launch: IPv6 underlay: bytes switched by weft's flows"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("IPv6 flow byte count line");
+    assert!(
+        bytes6 >= 8 << 20,
+        "kernel flows with IPv6 tunnel keys carried only {bytes6} bytes"
+    );
+    assert!(
+        run.console
+            .contains("actions:set(tunnel(vni=1,dst=2001:2::2,ttl=64,csum)),output:"),
+        "no flow with an IPv6 tunnel key in the console"
     );
 }

@@ -248,3 +248,68 @@ fn unknown_kernel_tiny_mtu_and_bad_arguments() {
         "the error should name the bad value: {stderr}"
     );
 }
+
+/// Over an IPv6 underlay (`--peer` an IPv6 address) the kernel's OVS
+/// datapath needs IPv6 tunnels: before Linux 4.4 row
+/// `ovs-ipv6-tunnel-missing` rules fastdp out with its fix (and the
+/// overlay MTU counts the 40-byte IPv6 header); 4.4 and later allow it; the
+/// same old kernel over IPv4 allows it too.
+#[test]
+fn ipv6_underlay_needs_a_kernel_with_ovs_ipv6_tunnels() {
+    require_root!();
+    let ns = Netns::new(format!("wt-{}-{}-p", std::process::id(), next_id()));
+    let run = |peer: &str, kernel: &str| {
+        let out = ns_exec(
+            &ns.name,
+            &[
+                WEFT,
+                "preflight",
+                "--json",
+                "--peer",
+                peer,
+                "--assume-kernel",
+                kernel,
+                "--assume-mtu",
+                "1500",
+                "--assume-ufo",
+                "off",
+                "--assume-ovs",
+                "yes",
+                "--assume-xdp",
+                "no",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{peer} {kernel}: no JSON: {stderr}"));
+        assert_eq!(out.status.code(), Some(0), "{report:#}");
+        report
+    };
+    let old = run("::1", "4.3.3");
+    let w = warnings(&old);
+    let row = w
+        .iter()
+        .find(|w| w.starts_with("ovs-ipv6-tunnel-missing"))
+        .unwrap_or_else(|| panic!("4.3.3 over IPv6: the row should fire: {old:#}"));
+    assert!(row.contains("Linux 4.4"), "{row}");
+    assert!(!fastdp_allowed(&old), "{old:#}");
+    assert!(
+        old["reasons"]
+            .to_string()
+            .contains("fastdp not used: known kernel issue ovs-ipv6-tunnel-missing"),
+        "{old:#}"
+    );
+    // 1500 - 40 (IPv6) - 8 (UDP) - 16 - 2 - 8 - 16 (sleeve): 1410.
+    assert_eq!(old["overlay_mtu"].as_u64(), Some(1410), "{old:#}");
+    let modern = run("::1", "6.1.0-56-amd64");
+    assert!(warnings(&modern).is_empty(), "{modern:#}");
+    assert!(fastdp_allowed(&modern), "{modern:#}");
+    let old_v4 = run("127.0.0.1", "4.3.3");
+    assert!(
+        !warnings(&old_v4)
+            .iter()
+            .any(|w| w.starts_with("ovs-ipv6-tunnel-missing")),
+        "{old_v4:#}"
+    );
+    assert!(fastdp_allowed(&old_v4), "{old_v4:#}");
+}

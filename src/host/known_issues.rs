@@ -108,6 +108,8 @@ pub enum Condition {
     UnderlayMtuBelow(u32),
     /// When the underlay MTU is above this value (or unknown).
     UnderlayMtuAbove(u32),
+    /// When the underlay is IPv6 (peers are reached over IPv6).
+    Ipv6Underlay,
 }
 
 /// One known kernel issue.
@@ -183,6 +185,18 @@ pub static KNOWN_ISSUES: &[KnownIssue] = &[
         source: "weaveworks/weave#1853 (CoreOS, Linux 4.3; torvalds/linux commit 614732eaa12d), weaveworks/weave#2376",
     },
     KnownIssue {
+        id: "ovs-ipv6-tunnel-missing",
+        kernels: KernelRange {
+            upstream: Some(VersionRange { from: None, before: Some(KernelVersion::new(4, 4, 0)) }),
+            el7: El7Scope::AsUpstream,
+        },
+        condition: Condition::Ipv6Underlay,
+        consequence: "the kernel OVS datapath has no IPv6 tunnel keys (OVS_TUNNEL_KEY_ATTR_IPV6_SRC/DST) before Linux 4.4 and its VXLAN vport listens on IPv4 only, so the fast datapath cannot carry an IPv6 underlay",
+        mitigation: "upgrade to Linux 4.4 or later, or give the hosts IPv4 underlay addresses; over IPv6 weft uses the userspace sleeve meanwhile",
+        rules_out: &[Datapath::Fastdp],
+        source: "upstream commits \"openvswitch: netlink attributes for IPv6 tunneling\" and \"vxlan: support both IPv4 and IPv6 sockets in a single vxlan device\" (a metadata-collecting VXLAN device such as the OVS vport opens an IPv6 socket too), both merged for Linux 4.4; whether el7 backports carry them is not known to weft, so el7 kernels are treated as lacking them; weft's VM test (tests/vm/fastdp_launch.sh) runs fastdp over IPv6 on Debian's 6.1",
+    },
+    KnownIssue {
         id: "ovs-tunnel-vport-release-hang",
         kernels: KernelRange {
             upstream: Some(VersionRange {
@@ -206,6 +220,21 @@ pub fn kernel_blockers(release: &KernelRelease, datapath: Datapath) -> Vec<&'sta
     KNOWN_ISSUES
         .iter()
         .filter(|issue| issue.condition == Condition::Always)
+        .filter(|issue| issue.rules_out.contains(&datapath))
+        .filter(|issue| issue.kernels.contains(release))
+        .collect()
+}
+
+/// The rows that rule out `datapath` on `release` when the underlay is
+/// IPv6 ([`Condition::Ipv6Underlay`]): what `weft fastdp run` with an IPv6
+/// `--peer` must refuse.
+pub fn ipv6_underlay_blockers(
+    release: &KernelRelease,
+    datapath: Datapath,
+) -> Vec<&'static KnownIssue> {
+    KNOWN_ISSUES
+        .iter()
+        .filter(|issue| issue.condition == Condition::Ipv6Underlay)
         .filter(|issue| issue.rules_out.contains(&datapath))
         .filter(|issue| issue.kernels.contains(release))
         .collect()
@@ -274,6 +303,9 @@ fn condition_holds(condition: Condition, facts: &Facts, iface: &str) -> Option<S
                 "underlay MTU unknown ({why}), assumed below {limit}"
             )),
         },
+        Condition::Ipv6Underlay => facts
+            .underlay_ipv6
+            .then(|| "the underlay is IPv6".to_string()),
         Condition::UnderlayMtuAbove(limit) => match &facts.underlay_mtu {
             Ok(mtu) if *mtu > limit => {
                 Some(format!("underlay MTU {mtu} of {iface} is above {limit}"))
@@ -403,6 +435,39 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ipv6_tunnel_row_needs_4_4_and_an_ipv6_underlay() {
+        let row = "ovs-ipv6-tunnel-missing";
+        let v6 = |kernel: &str| {
+            let mut f = facts(kernel, 1500, Offload::Off);
+            f.underlay_ipv6 = true;
+            ids(&f)
+        };
+        assert!(v6("4.3.3").contains(&row));
+        assert!(v6("3.13.0").contains(&row));
+        assert!(v6("3.10.0-1160.el7.x86_64").contains(&row));
+        assert!(!v6("4.4.0").contains(&row));
+        assert!(!v6("6.1.0-56-amd64").contains(&row));
+        // Mitigation: an IPv4 underlay on the same old kernel.
+        assert!(!ids(&facts("4.3.3", 1500, Offload::Off)).contains(&row));
+        let mut f = facts("4.3.3", 1500, Offload::Off);
+        f.underlay_ipv6 = true;
+        let matched = evaluate(&f).unwrap();
+        let m = matched.iter().find(|m| m.issue.id == row).unwrap();
+        assert!(m.why.contains("the underlay is IPv6"), "{}", m.why);
+        assert!(m.mitigation.contains("Linux 4.4"), "{}", m.mitigation);
+        // Not a blocker whatever the configuration: `weft fastdp run` with
+        // IPv4 peers stays possible on such a kernel.
+        let release = KernelRelease::parse("4.3.3").unwrap();
+        assert!(kernel_blockers(&release, Datapath::Fastdp)
+            .iter()
+            .all(|i| i.id != row));
+        let blockers = ipv6_underlay_blockers(&release, Datapath::Fastdp);
+        assert_eq!(blockers.iter().map(|i| i.id).collect::<Vec<_>>(), [row]);
+        let modern = KernelRelease::parse("6.1.0-56-amd64").unwrap();
+        assert!(ipv6_underlay_blockers(&modern, Datapath::Fastdp).is_empty());
+    }
+
+    #[test]
     fn vport_release_hang_row_on_debian_6_1_builds() {
         let row = "ovs-tunnel-vport-release-hang";
         let debian = |release: &str, package: &str| {
@@ -474,6 +539,7 @@ pub(crate) mod tests {
         assert_eq!(d[1], "upstream before 3.13.0; el7 builds 0 to before 229");
         assert_eq!(d[2], "el7 builds 327 and later (no fixed build known)");
         assert_eq!(d[3], "upstream 4.3.0 to before 4.5.0");
-        assert_eq!(d[4], "upstream 6.1.168 to before 6.1.175");
+        assert_eq!(d[4], "upstream before 4.4.0");
+        assert_eq!(d[5], "upstream 6.1.168 to before 6.1.175");
     }
 }

@@ -31,9 +31,10 @@ use crate::datapath::odp::datapath::{Datapath, LOCAL_PORT};
 use crate::datapath::odp::proof::{self, PathState, Proof, ProofConfig};
 use crate::datapath::odp::standalone::{sweep_idle_flows, FlowActivity};
 use crate::datapath::odp::switch::{Switch, SwitchConfig};
+use crate::mesh::claims::IpPrefix;
 use crate::mesh::control::Hello;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Which peers weft may send plaintext to over fastdp.
@@ -41,30 +42,21 @@ use std::time::{Duration, Instant};
 pub enum PlaintextPolicy {
     /// `--insecure-plaintext`: every peer (a plaintext network).
     AllPeers,
-    /// `--trusted-subnet`: only peers whose underlay address is inside.
-    TrustedSubnets(Vec<(Ipv4Addr, u8)>),
+    /// `--trusted-subnet`: only peers whose underlay address is inside
+    /// (IPv4 or IPv6 subnets).
+    TrustedSubnets(Vec<IpPrefix>),
 }
 
 impl PlaintextPolicy {
-    /// Whether data to `ip` may travel unencrypted, and if not, why.
+    /// Whether data to `ip` may travel unencrypted, and if not, why. An
+    /// IPv4-mapped IPv6 address (a peer seen on a dual-stack socket) is
+    /// judged as the IPv4 address it is.
     pub fn allows(&self, ip: IpAddr) -> Result<(), String> {
-        let IpAddr::V4(ip) = ip else {
-            return Err(
-                "fastdp is IPv4-only in this build: the peer's underlay address is IPv6".into(),
-            );
-        };
+        let ip = ip.to_canonical();
         match self {
             PlaintextPolicy::AllPeers => Ok(()),
             PlaintextPolicy::TrustedSubnets(nets) => {
-                let inside = nets.iter().any(|(net, prefix)| {
-                    let mask = if *prefix == 0 {
-                        0
-                    } else {
-                        u32::MAX << (32 - u32::from(*prefix))
-                    };
-                    u32::from(ip) & mask == u32::from(*net) & mask
-                });
-                if inside {
+                if nets.iter().any(|net| net.contains_addr(ip)) {
                     Ok(())
                 } else {
                     Err(format!("encrypted: {ip} is outside every --trusted-subnet, so it stays on the encrypted sleeve"))
@@ -74,17 +66,17 @@ impl PlaintextPolicy {
     }
 }
 
-/// Parses `--trusted-subnet` (IPv4 CIDR).
-pub fn parse_trusted_subnet(text: &str) -> Result<(Ipv4Addr, u8), String> {
-    let bad =
-        || format!("--trusted-subnet {text:?} is not an IPv4 subnet; write it like 198.18.0.0/24");
+/// Parses `--trusted-subnet` (an IPv4 or IPv6 CIDR; host bits are ignored).
+pub fn parse_trusted_subnet(text: &str) -> Result<IpPrefix, String> {
+    let bad = || {
+        format!(
+            "--trusted-subnet {text:?} is not a subnet; write it like 198.18.0.0/24 or 2001:2::/48"
+        )
+    };
     let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
-    let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
+    let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
     let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
-    if prefix > 32 {
-        return Err(bad());
-    }
-    Ok((addr, prefix))
+    IpPrefix::new(addr, prefix).ok_or_else(bad)
 }
 
 /// Settings from `weft launch`.
@@ -164,7 +156,9 @@ pub enum FastdpAction {
 
 /// Per-connection fastdp state.
 struct Peer {
-    ip: Ipv4Addr,
+    /// Underlay address (canonical: IPv4 peers are IPv4 even when seen on
+    /// a dual-stack socket), the tunnel destination.
+    ip: IpAddr,
     /// Why this connection can never use fastdp (policy, peer without fastdp).
     ineligible: Option<String>,
     /// `None` until the path MTU is verified.
@@ -282,7 +276,13 @@ impl Fastdp {
         now: Instant,
     ) {
         let Some(endpoint) = endpoint else { return };
-        let ineligible = match (self.cfg.policy.allows(endpoint.ip()), hello.fastdp_port) {
+        let ip = endpoint.ip().to_canonical();
+        let allowed = if crate::datapath::odp::datapath::is_tunnel_destination(ip) {
+            self.cfg.policy.allows(ip)
+        } else {
+            Err(format!("{ip} cannot be a tunnel destination"))
+        };
+        let ineligible = match (allowed, hello.fastdp_port) {
             (Err(why), _) => Some(why),
             (Ok(()), None) => Some("the peer does not run fastdp".to_string()),
             (Ok(()), Some(p)) if p != self.cfg.port => Some(format!(
@@ -291,15 +291,16 @@ impl Fastdp {
             )),
             (Ok(()), Some(_)) => None,
         };
-        let ip = match endpoint.ip() {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
         if let Some(why) = &ineligible {
             tracing::info!(peer = %endpoint, "fastdp not used: {why}");
         }
         let proof = match (&ineligible, path_mtu) {
-            (None, Some(mtu)) => Some(Proof::new(self.cfg.proof, usize::from(mtu), now)),
+            (None, Some(mtu)) => Some(Proof::new(
+                self.cfg.proof,
+                usize::from(mtu),
+                proof::vxlan_outer_overhead(ip),
+                now,
+            )),
             _ => None,
         };
         self.peers.insert(
@@ -324,7 +325,14 @@ impl Fastdp {
         }
         match peer.proof.as_mut() {
             Some(p) => p.set_path_mtu(usize::from(path_mtu), now),
-            None => peer.proof = Some(Proof::new(self.cfg.proof, usize::from(path_mtu), now)),
+            None => {
+                peer.proof = Some(Proof::new(
+                    self.cfg.proof,
+                    usize::from(path_mtu),
+                    proof::vxlan_outer_overhead(peer.ip),
+                    now,
+                ))
+            }
         }
         self.update_sending();
     }
@@ -387,7 +395,7 @@ impl Fastdp {
 
     /// Every peer that may send to us over fastdp (policy and port agree).
     fn update_peers(&mut self) {
-        let accepted: Vec<Ipv4Addr> = self
+        let accepted: Vec<IpAddr> = self
             .peers
             .values()
             .filter(|p| p.ineligible.is_none())
@@ -400,7 +408,7 @@ impl Fastdp {
     }
 
     fn update_sending(&mut self) {
-        let sending: Vec<Ipv4Addr> = self
+        let sending: Vec<IpAddr> = self
             .peers
             .values()
             .filter(|p| p.proof.as_ref().is_some_and(|p| p.is_fastdp()))
@@ -497,7 +505,7 @@ impl Fastdp {
                     || matches!(proof.state(), PathState::Userspace { .. });
                 continue;
             };
-            let outer = heartbeat.frame_len + proof::VXLAN_IPV4_OVERHEAD - 14;
+            let outer = heartbeat.datagram_len;
             let mtu_now = *underlay_mtu
                 .get_or_insert_with(|| current_mtu(&mut self.netlink, &self.cfg.underlay_iface));
             if let Some(mtu) = mtu_now.filter(|m| outer > *m) {
@@ -516,12 +524,7 @@ impl Fastdp {
             }
             proof::build_heartbeat_frame(&heartbeat, &mut self.frame_buf);
             let actions = [
-                Action::SetTunnel {
-                    vni,
-                    dst: peer.ip,
-                    ttl: 64,
-                    dont_fragment: true,
-                },
+                Action::tunnel_to(vni, peer.ip, 64),
                 Action::Output(vxlan_port),
             ];
             match self.dp.execute_from_local(&self.frame_buf, &actions) {
@@ -562,7 +565,7 @@ impl Fastdp {
                 self.counters.misses += 1;
                 if miss.key.in_port == self.dp.vxlan_port() {
                     if let Some(seq) = proof::parse_heartbeat_frame(&miss.packet) {
-                        let from = miss.key.tunnel.and_then(|t| t.ipv4_src);
+                        let from = miss.key.tunnel.and_then(|t| t.src);
                         let token = self
                             .peers
                             .iter()
@@ -638,21 +641,26 @@ mod tests {
         let p =
             PlaintextPolicy::TrustedSubnets(vec![parse_trusted_subnet("198.18.0.0/24").unwrap()]);
         assert!(p.allows("198.18.0.2".parse().unwrap()).is_ok());
+        // The same peer seen on a dual-stack socket.
+        assert!(p.allows("::ffff:198.18.0.2".parse().unwrap()).is_ok());
         let e = p.allows("198.19.0.2".parse().unwrap()).unwrap_err();
         assert!(e.contains("outside every --trusted-subnet"), "{e}");
         assert!(p
             .allows("fd00::1".parse().unwrap())
             .unwrap_err()
-            .contains("IPv6"));
+            .contains("outside every --trusted-subnet"));
         assert!(PlaintextPolicy::AllPeers
             .allows("203.0.113.9".parse().unwrap())
             .is_ok());
+        assert!(PlaintextPolicy::AllPeers
+            .allows("2001:2::9".parse().unwrap())
+            .is_ok());
         assert!(
-            PlaintextPolicy::TrustedSubnets(vec![(Ipv4Addr::UNSPECIFIED, 0)])
+            PlaintextPolicy::TrustedSubnets(vec![parse_trusted_subnet("0.0.0.0/0").unwrap()])
                 .allows("198.19.1.1".parse().unwrap())
                 .is_ok()
         );
-        for bad in ["198.18.0.0", "198.18.0.0/33", "x/24", "fd00::/64", ""] {
+        for bad in ["198.18.0.0", "198.18.0.0/33", "x/24", "2001:2::/129", ""] {
             assert!(
                 parse_trusted_subnet(bad)
                     .unwrap_err()
@@ -660,5 +668,26 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn ipv6_trusted_subnets_admit_ipv6_peers_only_inside() {
+        let p = PlaintextPolicy::TrustedSubnets(vec![
+            parse_trusted_subnet("2001:2::/48").unwrap(),
+            parse_trusted_subnet("198.18.0.0/24").unwrap(),
+        ]);
+        assert!(p.allows("2001:2::2".parse().unwrap()).is_ok());
+        assert!(p.allows("2001:2:0:ff::9".parse().unwrap()).is_ok());
+        assert!(p.allows("198.18.0.9".parse().unwrap()).is_ok());
+        let e = p.allows("2001:3::2".parse().unwrap()).unwrap_err();
+        assert!(
+            e.contains("2001:3::2 is outside every --trusted-subnet"),
+            "{e}"
+        );
+        // Host bits are ignored, as for IPv4.
+        assert_eq!(
+            parse_trusted_subnet("2001:2::1/48").unwrap().to_string(),
+            "2001:2::/48"
+        );
     }
 }

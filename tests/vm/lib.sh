@@ -54,6 +54,22 @@ underlay() {
     ip -n "$2" link set ub up
 }
 
+# underlay6 A B: like underlay, over IPv6 only: ua in A with 2001:2::1/64,
+# ub in B with 2001:2::2/64 (from the benchmarking range 2001:2::/48;
+# nodad: usable at once, no duplicate address detection to wait for).
+underlay6() {
+    ip netns add "$1"
+    ip netns add "$2"
+    ip link add ua type veth peer name ub
+    ip link set ua netns "$1"
+    ip link set ub netns "$2"
+    ip -n "$1" addr add 2001:2::1/64 dev ua nodad
+    ip -n "$2" addr add 2001:2::2/64 dev ub nodad
+    for ns in "$1" "$2"; do ip -n "$ns" link set lo up; done
+    ip -n "$1" link set ua up
+    ip -n "$2" link set ub up
+}
+
 # stop_all PIDS...: SIGTERM each, then wait at most 25 s for each to exit
 # (weft gives the kernel 10 s to delete its datapath); fails otherwise.
 stop_all() {

@@ -7,10 +7,14 @@
 //! it matches on (absent ones are wildcarded); `ETHERTYPE` is left out so a
 //! flow matches every protocol, and an IPv4 key with protocol 17 would also
 //! need the UDP key (weft never matches on L3, so it never sends one).
+//!
+//! Tunnel keys carry either IPv4 (`IPV4_SRC`/`IPV4_DST`) or IPv6
+//! (`IPV6_SRC`/`IPV6_DST`, Linux 4.4+) outer addresses, never both: the
+//! kernel refuses a mixed key, and the parsers here do too.
 
 use netlink_packet_core::{Emitable, Nla, NlasIterator};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `OVS_DATAPATH_FAMILY` and friends: the four generic-netlink families.
 pub const FAMILY_DATAPATH: &str = "ovs_datapath";
@@ -100,8 +104,16 @@ pub const TUNNEL_KEY_ATTR_IPV4_DST: u16 = 2;
 pub const TUNNEL_KEY_ATTR_TOS: u16 = 3;
 /// u8 outer TTL (the kernel requires it in a tunnel key).
 pub const TUNNEL_KEY_ATTR_TTL: u16 = 4;
-/// Flag: set DF on the outer header.
+/// Flag: set DF on the outer header (IPv4 only: IPv6 routers never fragment).
 pub const TUNNEL_KEY_ATTR_DONT_FRAGMENT: u16 = 5;
+/// Flag: compute the outer UDP checksum (weft sets it over IPv6, where a
+/// zero UDP checksum is only allowed by exception, RFC 6935).
+pub const TUNNEL_KEY_ATTR_CSUM: u16 = 6;
+/// `struct in6_addr` outer source address (Linux 4.4+). The enum counts
+/// from `ID` = 0, so this is 12 (14 is `PAD`, which the kernel wants empty).
+pub const TUNNEL_KEY_ATTR_IPV6_SRC: u16 = 12;
+/// `struct in6_addr` outer destination address (Linux 4.4+).
+pub const TUNNEL_KEY_ATTR_IPV6_DST: u16 = 13;
 
 /// `OVS_ACTION_ATTR_OUTPUT`: u32 port number.
 pub const ACTION_ATTR_OUTPUT: u16 = 1;
@@ -243,15 +255,16 @@ fn fixed<const N: usize>(value: &[u8], what: &str) -> Result<[u8; N], ParseError
 /// A MAC address: the one type the wire parsers use.
 pub use crate::wire::ethernet::MacAddr as Mac;
 
-/// The outer (underlay) side of a packet that arrived through the VXLAN vport.
+/// The outer (underlay) side of a packet that arrived through the VXLAN
+/// vport: IPv4 or IPv6 addresses, one family per key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelKey {
     /// Tunnel id (VNI).
     pub id: u64,
     /// Outer source address: the sending peer.
-    pub ipv4_src: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
     /// Outer destination address: this host.
-    pub ipv4_dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
 }
 
 /// The parts of a kernel flow key weft decides on.
@@ -316,25 +329,76 @@ impl FlowKey {
 }
 
 impl TunnelKey {
-    /// Parses nested `OVS_TUNNEL_KEY_ATTR_*`.
+    /// Parses nested `OVS_TUNNEL_KEY_ATTR_*`. A key with both IPv4 and
+    /// IPv6 addresses is refused, as the kernel refuses it.
     pub fn parse(buffer: &[u8]) -> Result<TunnelKey, ParseError> {
         let attrs = split_attrs(buffer)?;
         let id = match find(&attrs, TUNNEL_KEY_ATTR_ID) {
             Some(v) => u64::from_be_bytes(fixed(v, "tunnel id")?),
             None => 0,
         };
-        let ip = |kind, what| -> Result<Option<Ipv4Addr>, ParseError> {
-            match find(&attrs, kind) {
-                Some(v) => Ok(Some(Ipv4Addr::from(fixed::<4>(v, what)?))),
-                None => Ok(None),
-            }
-        };
-        Ok(TunnelKey {
-            id,
-            ipv4_src: ip(TUNNEL_KEY_ATTR_IPV4_SRC, "tunnel ipv4_src")?,
-            ipv4_dst: ip(TUNNEL_KEY_ATTR_IPV4_DST, "tunnel ipv4_dst")?,
-        })
+        let (src, dst) = tunnel_addresses(&attrs)?;
+        Ok(TunnelKey { id, src, dst })
     }
+
+    /// The key as nested attributes (id, then the addresses of its family).
+    pub fn to_attrs(&self) -> Vec<Attr> {
+        let mut attrs = vec![Attr::bytes(TUNNEL_KEY_ATTR_ID, &self.id.to_be_bytes())];
+        if let Some(src) = self.src {
+            attrs.push(address_attr(
+                src,
+                TUNNEL_KEY_ATTR_IPV4_SRC,
+                TUNNEL_KEY_ATTR_IPV6_SRC,
+            ));
+        }
+        if let Some(dst) = self.dst {
+            attrs.push(address_attr(
+                dst,
+                TUNNEL_KEY_ATTR_IPV4_DST,
+                TUNNEL_KEY_ATTR_IPV6_DST,
+            ));
+        }
+        attrs
+    }
+}
+
+/// An outer address as the attribute of its family.
+fn address_attr(addr: IpAddr, v4_kind: u16, v6_kind: u16) -> Attr {
+    match addr {
+        IpAddr::V4(a) => Attr::bytes(v4_kind, &a.octets()),
+        IpAddr::V6(a) => Attr::bytes(v6_kind, &a.octets()),
+    }
+}
+
+/// The outer source and destination of a tunnel key: IPv4 or IPv6, never
+/// a mix (the kernel's rule). Total.
+fn tunnel_addresses(
+    attrs: &[(u16, &[u8])],
+) -> Result<(Option<IpAddr>, Option<IpAddr>), ParseError> {
+    let v4 = |kind, what| -> Result<Option<IpAddr>, ParseError> {
+        find(attrs, kind)
+            .map(|v| fixed::<4>(v, what).map(|b| IpAddr::V4(Ipv4Addr::from(b))))
+            .transpose()
+    };
+    let v6 = |kind, what| -> Result<Option<IpAddr>, ParseError> {
+        find(attrs, kind)
+            .map(|v| fixed::<16>(v, what).map(|b| IpAddr::V6(Ipv6Addr::from(b))))
+            .transpose()
+    };
+    let (src4, dst4) = (
+        v4(TUNNEL_KEY_ATTR_IPV4_SRC, "tunnel ipv4_src")?,
+        v4(TUNNEL_KEY_ATTR_IPV4_DST, "tunnel ipv4_dst")?,
+    );
+    let (src6, dst6) = (
+        v6(TUNNEL_KEY_ATTR_IPV6_SRC, "tunnel ipv6_src")?,
+        v6(TUNNEL_KEY_ATTR_IPV6_DST, "tunnel ipv6_dst")?,
+    );
+    if (src4.is_some() || dst4.is_some()) && (src6.is_some() || dst6.is_some()) {
+        return Err(ParseError(
+            "tunnel key with both IPv4 and IPv6 addresses".into(),
+        ));
+    }
+    Ok((src4.or(src6), dst4.or(dst6)))
 }
 
 /// One datapath action weft uses.
@@ -344,18 +408,33 @@ pub enum Action {
     SetTunnel {
         /// VNI.
         vni: u32,
-        /// Underlay address of the peer.
-        dst: Ipv4Addr,
-        /// Outer TTL.
+        /// Underlay address of the peer (IPv4 or IPv6: the outer header's family).
+        dst: IpAddr,
+        /// Outer TTL (IPv6: hop limit).
         ttl: u8,
-        /// Set DF on the outer header (weft never lets the kernel fragment).
+        /// Set DF on the outer IPv4 header (weft never lets the kernel fragment).
         dont_fragment: bool,
+        /// Compute the outer UDP checksum.
+        checksum: bool,
     },
     /// Send out of a datapath port.
     Output(u32),
 }
 
 impl Action {
+    /// The tunnel weft sets towards a peer: DF on an IPv4 outer header (the
+    /// kernel never fragments for weft), the UDP checksum on an IPv6 one
+    /// (a zero checksum over IPv6 is an exception receivers may refuse).
+    pub fn tunnel_to(vni: u32, peer: IpAddr, ttl: u8) -> Action {
+        Action::SetTunnel {
+            vni,
+            dst: peer,
+            ttl,
+            dont_fragment: peer.is_ipv4(),
+            checksum: peer.is_ipv6(),
+        }
+    }
+
     /// The action as a netlink attribute.
     pub fn to_attr(&self) -> Attr {
         match *self {
@@ -365,14 +444,18 @@ impl Action {
                 dst,
                 ttl,
                 dont_fragment,
+                checksum,
             } => {
                 let mut tunnel = vec![
                     Attr::bytes(TUNNEL_KEY_ATTR_ID, &u64::from(vni).to_be_bytes()),
-                    Attr::bytes(TUNNEL_KEY_ATTR_IPV4_DST, &dst.octets()),
+                    address_attr(dst, TUNNEL_KEY_ATTR_IPV4_DST, TUNNEL_KEY_ATTR_IPV6_DST),
                     Attr::bytes(TUNNEL_KEY_ATTR_TTL, &[ttl]),
                 ];
                 if dont_fragment {
                     tunnel.push(Attr::flag(TUNNEL_KEY_ATTR_DONT_FRAGMENT));
+                }
+                if checksum {
+                    tunnel.push(Attr::flag(TUNNEL_KEY_ATTR_CSUM));
                 }
                 Attr::nested(ACTION_ATTR_SET, vec![Attr::nested(KEY_ATTR_TUNNEL, tunnel)])
             }
@@ -397,16 +480,19 @@ impl Action {
                     let id = find(&t, TUNNEL_KEY_ATTR_ID)
                         .map(|v| fixed::<8>(v, "tunnel id"))
                         .transpose()?;
-                    let dst = find(&t, TUNNEL_KEY_ATTR_IPV4_DST)
-                        .ok_or_else(|| ParseError("tunnel set without ipv4_dst".into()))?;
+                    let (_, dst) = tunnel_addresses(&t)?;
+                    let dst = dst.ok_or_else(|| {
+                        ParseError("tunnel set without a destination address".into())
+                    })?;
                     let ttl = find(&t, TUNNEL_KEY_ATTR_TTL)
                         .and_then(|v| v.first().copied())
                         .unwrap_or(0);
                     actions.push(Action::SetTunnel {
                         vni: id.map(|b| u64::from_be_bytes(b) as u32).unwrap_or(0),
-                        dst: Ipv4Addr::from(fixed::<4>(dst, "tunnel ipv4_dst")?),
+                        dst,
                         ttl,
                         dont_fragment: find(&t, TUNNEL_KEY_ATTR_DONT_FRAGMENT).is_some(),
+                        checksum: find(&t, TUNNEL_KEY_ATTR_CSUM).is_some(),
                     });
                 }
                 other => {
@@ -429,10 +515,12 @@ impl fmt::Display for Action {
                 dst,
                 ttl,
                 dont_fragment,
+                checksum,
             } => write!(
                 f,
-                "set(tunnel(vni={vni},dst={dst},ttl={ttl}{}))",
-                if *dont_fragment { ",df" } else { "" }
+                "set(tunnel(vni={vni},dst={dst},ttl={ttl}{}{}))",
+                if *dont_fragment { ",df" } else { "" },
+                if *checksum { ",csum" } else { "" }
             ),
         }
     }
@@ -486,16 +574,41 @@ mod tests {
     #[test]
     fn actions_round_trip() {
         let actions = vec![
-            Action::SetTunnel {
-                vni: 0x123456,
-                dst: Ipv4Addr::new(198, 18, 0, 2),
-                ttl: 64,
-                dont_fragment: true,
-            },
+            Action::tunnel_to(0x123456, "198.18.0.2".parse().unwrap(), 64),
+            Action::Output(1),
+            Action::tunnel_to(7, "2001:2::2".parse().unwrap(), 64),
             Action::Output(1),
         ];
         let attrs: Vec<Attr> = actions.iter().map(Action::to_attr).collect();
         assert_eq!(Action::parse_list(&emit(&attrs)).unwrap(), actions);
+        assert_eq!(
+            actions[0].to_string(),
+            "set(tunnel(vni=1193046,dst=198.18.0.2,ttl=64,df))"
+        );
+        assert_eq!(
+            actions[2].to_string(),
+            "set(tunnel(vni=7,dst=2001:2::2,ttl=64,csum))"
+        );
+    }
+
+    /// The IPv6 set(tunnel) action byte for byte, as the kernel expects it
+    /// (linux/openvswitch.h: IPV6_DST = 13 with a 16-byte in6_addr, TTL
+    /// required, CSUM a flag): set { tunnel { id, ipv6_dst, ttl, csum } }.
+    /// (An IPV6_DST of 14, which is PAD, was refused by Debian's 6.1:
+    /// "Tunnel attr 14 has unexpected len 16 expected 0".)
+    #[test]
+    fn ipv6_tunnel_action_golden_bytes() {
+        let bytes = emit(&[Action::tunnel_to(1, "2001:2::2".parse().unwrap(), 64).to_attr()]);
+        let mut expected = vec![
+            52, 0, 3, 0, // OVS_ACTION_ATTR_SET, 4 + 48
+            48, 0, 16, 0, // OVS_KEY_ATTR_TUNNEL, 4 + 44
+            12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, // ID (be64 1)
+            20, 0, 13, 0, // IPV6_DST
+        ];
+        expected.extend_from_slice(&"2001:2::2".parse::<Ipv6Addr>().unwrap().octets());
+        expected.extend_from_slice(&[5, 0, 4, 0, 64, 0, 0, 0]); // TTL 64, padded
+        expected.extend_from_slice(&[4, 0, 6, 0]); // CSUM flag
+        assert_eq!(bytes, expected);
     }
 
     #[test]
@@ -514,8 +627,57 @@ mod tests {
         let key = FlowKey::parse(&emit(&attrs)).unwrap();
         let tunnel = key.tunnel.unwrap();
         assert_eq!(tunnel.id, 7);
-        assert_eq!(tunnel.ipv4_src, Some(Ipv4Addr::new(198, 18, 0, 1)));
-        assert_eq!(tunnel.ipv4_dst, None);
+        assert_eq!(tunnel.src, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(tunnel.dst, None);
+    }
+
+    #[test]
+    fn ipv6_tunnel_keys_parse_and_round_trip() {
+        let key = TunnelKey {
+            id: 42,
+            src: Some("2001:2::1".parse().unwrap()),
+            dst: Some("2001:2::2".parse().unwrap()),
+        };
+        let mut attrs = vec![
+            Attr::u32(KEY_ATTR_IN_PORT, 1),
+            Attr::bytes(KEY_ATTR_ETHERNET, &[1; 12]),
+        ];
+        let mut tunnel = key.to_attrs();
+        // What a miss from the kernel also carries: TTL, TOS, ports, flags.
+        tunnel.push(Attr::bytes(TUNNEL_KEY_ATTR_TTL, &[64]));
+        tunnel.push(Attr::bytes(9, &[0xc0, 0x01])); // TP_SRC
+        tunnel.push(Attr::flag(TUNNEL_KEY_ATTR_CSUM));
+        attrs.push(Attr::nested(KEY_ATTR_TUNNEL, tunnel));
+        let parsed = FlowKey::parse(&emit(&attrs)).unwrap();
+        assert_eq!(parsed.tunnel, Some(key));
+        assert_eq!(TunnelKey::parse(&emit(&key.to_attrs())).unwrap(), key);
+    }
+
+    #[test]
+    fn mixed_or_short_tunnel_addresses_are_refused() {
+        let mixed = emit(&[
+            Attr::bytes(TUNNEL_KEY_ATTR_IPV4_SRC, &[198, 18, 0, 1]),
+            Attr::bytes(TUNNEL_KEY_ATTR_IPV6_DST, &[0x20; 16]),
+        ]);
+        assert!(TunnelKey::parse(&mixed)
+            .unwrap_err()
+            .0
+            .contains("both IPv4 and IPv6"));
+        let short = emit(&[Attr::bytes(TUNNEL_KEY_ATTR_IPV6_SRC, &[0x20; 15])]);
+        assert!(TunnelKey::parse(&short).unwrap_err().0.contains("ipv6_src"));
+        // A set(tunnel) with a mixed key, or none, is refused too.
+        let set = |tunnel: Vec<Attr>| {
+            emit(&[Attr::nested(
+                ACTION_ATTR_SET,
+                vec![Attr::nested(KEY_ATTR_TUNNEL, tunnel)],
+            )])
+        };
+        assert!(Action::parse_list(&set(vec![
+            Attr::bytes(TUNNEL_KEY_ATTR_IPV4_DST, &[198, 18, 0, 2]),
+            Attr::bytes(TUNNEL_KEY_ATTR_IPV6_DST, &[0x20; 16]),
+        ]))
+        .is_err());
+        assert!(Action::parse_list(&set(vec![Attr::bytes(TUNNEL_KEY_ATTR_TTL, &[64])])).is_err());
     }
 
     #[test]
@@ -529,6 +691,26 @@ mod tests {
                 let _ = TunnelKey::parse(&buf);
                 let _ = Action::parse_list(&buf);
                 let _ = parse_flow_stats(&buf);
+            }
+        }
+        // Every prefix of real IPv4 and IPv6 keys and actions.
+        let real = [
+            emit(&[Action::tunnel_to(1, "2001:2::2".parse().unwrap(), 64).to_attr()]),
+            emit(&[Action::tunnel_to(1, "198.18.0.2".parse().unwrap(), 64).to_attr()]),
+            emit(
+                &TunnelKey {
+                    id: 1,
+                    src: Some("2001:2::1".parse().unwrap()),
+                    dst: Some("2001:2::2".parse().unwrap()),
+                }
+                .to_attrs(),
+            ),
+        ];
+        for bytes in &real {
+            for end in 0..=bytes.len() {
+                let _ = FlowKey::parse(&bytes[..end]);
+                let _ = TunnelKey::parse(&bytes[..end]);
+                let _ = Action::parse_list(&bytes[..end]);
             }
         }
         // Truncated attribute: header says 12 bytes, only 6 present.

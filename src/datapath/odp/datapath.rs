@@ -6,7 +6,7 @@
 use super::attr::*;
 use super::genl::{resolve_family, GenlSocket, NlError, OvsMessage, Reply};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_ECHO};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// The datapath's local port number (the internal device named like the datapath).
@@ -648,7 +648,11 @@ fn delete_by_name(control: &mut GenlSocket, families: Families, name: &str) -> R
         .map(|_| ())
 }
 
-/// Whether `addr` is a usable unicast peer address for the tunnel.
-pub fn is_tunnel_destination(addr: Ipv4Addr) -> bool {
-    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast())
+/// Whether `addr` is a usable unicast peer address for the tunnel (the
+/// kernel refuses an all-zero destination of either family).
+pub fn is_tunnel_destination(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()),
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+    }
 }

@@ -5,11 +5,19 @@
 //! missed heartbeats, the connection stays on / moves to the userspace
 //! path with a reason; fastdp is retried periodically.
 
+use crate::wire::overhead::{self, Framing};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Outer overhead of plaintext VXLAN over IPv4: IPv4 20 + UDP 8 + VXLAN 8 +
-/// inner Ethernet 14.
-pub const VXLAN_IPV4_OVERHEAD: usize = 50;
+/// Bytes the VXLAN vport puts in front of the inner Ethernet frame towards
+/// `peer`: outer IP (20 for IPv4, 40 for IPv6) + UDP 8 + VXLAN 8, i.e. 36
+/// or 56 (the inner Ethernet header is part of the frame).
+pub fn vxlan_outer_overhead(peer: IpAddr) -> usize {
+    usize::from(overhead::datagram_overhead(
+        Framing::PlainVxlan,
+        peer.is_ipv6(),
+    ))
+}
 
 /// Timing of the proof.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +63,8 @@ pub struct Heartbeat {
     pub sequence: u64,
     /// Length of the inner Ethernet frame, so the outer datagram is the path MTU.
     pub frame_len: usize,
+    /// Length of the outer IP datagram the vport makes of it.
+    pub datagram_len: usize,
 }
 
 /// The proof state of one connection.
@@ -63,6 +73,8 @@ pub struct Proof {
     config: ProofConfig,
     state: PathState,
     path_mtu: usize,
+    /// Outer IP + UDP + VXLAN bytes ([`vxlan_outer_overhead`]).
+    outer_overhead: usize,
     next_sequence: u64,
     last_acked: u64,
     next_send: Instant,
@@ -70,12 +82,15 @@ pub struct Proof {
 
 impl Proof {
     /// Starts proving a connection whose verified path MTU is `path_mtu`
-    /// (already capped by the interface MTU: a heartbeat is never larger).
-    pub fn new(config: ProofConfig, path_mtu: usize, now: Instant) -> Proof {
+    /// (already capped by the interface MTU: a heartbeat is never larger);
+    /// `outer_overhead` is what the vport adds in front of a frame on this
+    /// path ([`vxlan_outer_overhead`]: 36 over IPv4, 56 over IPv6).
+    pub fn new(config: ProofConfig, path_mtu: usize, outer_overhead: usize, now: Instant) -> Proof {
         Proof {
             config,
             state: PathState::Proving,
             path_mtu,
+            outer_overhead,
             next_sequence: 1,
             last_acked: 0,
             next_send: now,
@@ -135,9 +150,11 @@ impl Proof {
             };
             return None;
         }
+        let frame_len = self.frame_len();
         let heartbeat = Heartbeat {
             sequence: self.next_sequence,
-            frame_len: self.frame_len(),
+            frame_len,
+            datagram_len: frame_len + self.outer_overhead,
         };
         self.next_sequence += 1;
         self.next_send = now + self.config.interval;
@@ -170,9 +187,7 @@ impl Proof {
     }
 
     fn frame_len(&self) -> usize {
-        self.path_mtu
-            .saturating_sub(VXLAN_IPV4_OVERHEAD - 14)
-            .max(60)
+        self.path_mtu.saturating_sub(self.outer_overhead).max(60)
     }
 }
 
@@ -216,6 +231,8 @@ pub fn parse_heartbeat_frame(frame: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    const V4: usize = 36;
+
     fn config() -> ProofConfig {
         ProofConfig {
             interval: Duration::from_millis(100),
@@ -227,10 +244,11 @@ mod tests {
     #[test]
     fn heartbeat_fills_the_path_mtu_exactly() {
         let now = Instant::now();
-        let mut p = Proof::new(config(), 1500, now);
+        let mut p = Proof::new(config(), 1500, V4, now);
         let hb = p.poll(now).unwrap();
         // Ethernet frame 1464 + VXLAN 8 + UDP 8 + IPv4 20 = 1500.
         assert_eq!(hb.frame_len + 8 + 8 + 20, 1500);
+        assert_eq!(hb.datagram_len, 1500);
         assert!(
             p.poll(now).is_none(),
             "next heartbeat waits for the interval"
@@ -240,7 +258,7 @@ mod tests {
     #[test]
     fn ack_moves_to_fastdp_and_missed_heartbeats_move_back_with_a_reason() {
         let t0 = Instant::now();
-        let mut p = Proof::new(config(), 1500, t0);
+        let mut p = Proof::new(config(), 1500, V4, t0);
         let hb = p.poll(t0).unwrap();
         assert_eq!(p.state(), &PathState::Proving);
         p.on_ack(hb.sequence);
@@ -269,7 +287,7 @@ mod tests {
     #[test]
     fn stale_or_unsent_acks_do_nothing_and_mtu_change_reproves() {
         let t0 = Instant::now();
-        let mut p = Proof::new(config(), 1500, t0);
+        let mut p = Proof::new(config(), 1500, V4, t0);
         p.on_ack(1);
         assert_eq!(p.state(), &PathState::Proving);
         let hb = p.poll(t0).unwrap();
@@ -289,6 +307,7 @@ mod tests {
             &Heartbeat {
                 sequence: 77,
                 frame_len: 1464,
+                datagram_len: 1500,
             },
             &mut buf,
         );
@@ -305,12 +324,23 @@ mod tests {
     #[test]
     fn fail_moves_to_userspace_until_the_retry() {
         let t0 = Instant::now();
-        let mut p = Proof::new(config(), 1500, t0);
+        let mut p = Proof::new(config(), 1500, V4, t0);
         p.fail("does not fit".into(), t0);
         assert!(
             matches!(p.state(), PathState::Userspace { reason, .. } if reason == "does not fit")
         );
         assert!(p.poll(t0 + Duration::from_secs(1)).is_none());
         assert!(p.poll(t0 + Duration::from_secs(10)).is_some());
+    }
+
+    #[test]
+    fn ipv6_heartbeats_leave_room_for_the_40_byte_header() {
+        let v6 = vxlan_outer_overhead("2001:2::2".parse().unwrap());
+        assert_eq!(v6, 56);
+        assert_eq!(vxlan_outer_overhead("198.18.0.2".parse().unwrap()), V4);
+        let now = Instant::now();
+        let hb = Proof::new(config(), 1500, v6, now).poll(now).unwrap();
+        // Ethernet frame 1444 + VXLAN 8 + UDP 8 + IPv6 40 = 1500.
+        assert_eq!((hb.frame_len, hb.datagram_len), (1444, 1500));
     }
 }

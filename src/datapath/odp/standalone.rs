@@ -12,7 +12,7 @@ use super::datapath::{Datapath, LOCAL_PORT};
 use super::switch::{Switch, SwitchConfig};
 use clap::{Args, Subcommand};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,9 +38,9 @@ enum FastdpCommand {
         /// VXLAN network identifier.
         #[arg(long, default_value_t = 1)]
         vni: u32,
-        /// Underlay IPv4 address of a peer (repeat for each peer).
-        #[arg(long = "peer", value_name = "IPV4")]
-        peers: Vec<Ipv4Addr>,
+        /// Underlay address of a peer, IPv4 or IPv6 (repeat for each peer; IPv6 tunnels need Linux 4.4+).
+        #[arg(long = "peer", value_name = "IP")]
+        peers: Vec<IpAddr>,
         /// Delete flows that matched nothing for this long.
         #[arg(long, default_value_t = 10)]
         flow_idle_secs: u64,
@@ -82,17 +82,18 @@ pub fn run(args: &FastdpArgs) -> ExitCode {
             flow_idle_secs,
             counters_file,
             force,
-        } => refuse_known_bad_kernel(*force).and_then(|()| {
-            run_switch(
-                iface,
-                *port,
-                *vni,
-                peers,
-                Duration::from_secs(*flow_idle_secs),
-                counters_file.as_deref(),
-            )
-            .map_err(Refusal::from)
-        }),
+        } => refuse_known_bad_kernel(*force, peers.iter().any(|p| p.to_canonical().is_ipv6()))
+            .and_then(|()| {
+                run_switch(
+                    iface,
+                    *port,
+                    *vni,
+                    peers,
+                    Duration::from_secs(*flow_idle_secs),
+                    counters_file.as_deref(),
+                )
+                .map_err(Refusal::from)
+            }),
         FastdpCommand::Delete { iface } => {
             super::datapath::delete_command(iface).map_err(Refusal::from)
         }
@@ -126,15 +127,21 @@ impl From<String> for Refusal {
 }
 
 /// Refuses to create a datapath on a kernel whose known issues rule the
-/// fast datapath out whatever the configuration, unless forced (then warns).
-fn refuse_known_bad_kernel(force: bool) -> Result<(), Refusal> {
+/// fast datapath out whatever the configuration, or for IPv6 peers
+/// (`ipv6_peers`) where the kernel has no IPv6 tunnels, unless forced
+/// (then warns).
+fn refuse_known_bad_kernel(force: bool, ipv6_peers: bool) -> Result<(), Refusal> {
+    use crate::host::known_issues::{ipv6_underlay_blockers, kernel_blockers};
+    use crate::host::plan::Datapath::Fastdp;
     let release = crate::host::facts::running_kernel().map_err(|e| {
         Refusal::Usage(format!(
             "{e}: known kernel issues cannot be ruled out; pass --force to run anyway"
         ))
     })?;
-    let blockers =
-        crate::host::known_issues::kernel_blockers(&release, crate::host::plan::Datapath::Fastdp);
+    let mut blockers = kernel_blockers(&release, Fastdp);
+    if ipv6_peers {
+        blockers.extend(ipv6_underlay_blockers(&release, Fastdp));
+    }
     let Some(issue) = blockers.first() else {
         return Ok(());
     };
@@ -205,10 +212,20 @@ fn run_switch(
     iface: &str,
     port: u16,
     vni: u32,
-    peers: &[Ipv4Addr],
+    peers: &[IpAddr],
     flow_idle: Duration,
     counters_file: Option<&std::path::Path>,
 ) -> Result<(), String> {
+    // An IPv4 peer written as an IPv4-mapped IPv6 address is an IPv4 peer.
+    let peers: Vec<IpAddr> = peers.iter().map(|p| p.to_canonical()).collect();
+    if let Some(bad) = peers
+        .iter()
+        .find(|p| !super::datapath::is_tunnel_destination(**p))
+    {
+        return Err(format!(
+            "--peer {bad} is not a unicast address a tunnel can be sent to"
+        ));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))

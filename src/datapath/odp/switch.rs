@@ -8,7 +8,7 @@
 use super::attr::{Action, FlowKey, Mac};
 use super::datapath::LOCAL_PORT;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Where a MAC address lives.
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 pub enum Location {
     /// Behind the local port.
     Local,
-    /// Behind the peer with this underlay address.
-    Peer(Ipv4Addr),
+    /// Behind the peer with this underlay address (IPv4 or IPv6).
+    Peer(IpAddr),
 }
 
 /// What to do with a miss.
@@ -27,7 +27,7 @@ pub struct Decision {
     pub flow: Option<FlowKey>,
     /// The destination is behind this peer, but fastdp towards it is not
     /// proven: the frame goes to the userspace path (no flow installed).
-    pub to_userspace: Option<Ipv4Addr>,
+    pub to_userspace: Option<IpAddr>,
     /// Actions for the flow and for the missed packet (empty: drop).
     pub actions: Vec<Action>,
     /// The MAC table changed in a way that can make installed flows wrong
@@ -52,10 +52,10 @@ pub struct SwitchConfig {
 #[derive(Debug)]
 pub struct Switch {
     config: SwitchConfig,
-    peers: Vec<Ipv4Addr>,
+    peers: Vec<IpAddr>,
     /// Peers whose fastdp path is proven: floods and unicast flows go to
     /// these only. A subset of `peers`.
-    sending: Vec<Ipv4Addr>,
+    sending: Vec<IpAddr>,
     macs: HashMap<Mac, (Location, Instant)>,
 }
 
@@ -73,7 +73,7 @@ impl Switch {
     /// Replaces the peers that use fastdp. Returns true when the set changed
     /// (the caller flushes flows: flood flows and unicast flows to a removed
     /// peer would be wrong). MACs behind removed peers are forgotten.
-    pub fn set_peers(&mut self, mut peers: Vec<Ipv4Addr>) -> bool {
+    pub fn set_peers(&mut self, mut peers: Vec<IpAddr>) -> bool {
         peers.sort();
         peers.dedup();
         if peers == self.peers {
@@ -92,7 +92,7 @@ impl Switch {
     /// acknowledged); others only receive. Returns true when the set
     /// changed (the caller flushes flows). Call after [`Switch::set_peers`]:
     /// only known peers are kept. Without a call, every peer is sending.
-    pub fn set_sending(&mut self, mut sending: Vec<Ipv4Addr>) -> bool {
+    pub fn set_sending(&mut self, mut sending: Vec<IpAddr>) -> bool {
         sending.retain(|ip| self.peers.contains(ip));
         sending.sort();
         sending.dedup();
@@ -104,12 +104,12 @@ impl Switch {
     }
 
     /// The peers fastdp sends to.
-    pub fn sending(&self) -> &[Ipv4Addr] {
+    pub fn sending(&self) -> &[IpAddr] {
         &self.sending
     }
 
     /// The peers currently on fastdp.
-    pub fn peers(&self) -> &[Ipv4Addr] {
+    pub fn peers(&self) -> &[IpAddr] {
         &self.peers
     }
 
@@ -127,14 +127,9 @@ impl Switch {
         before - self.macs.len()
     }
 
-    fn to_peer(&self, peer: Ipv4Addr) -> [Action; 2] {
+    fn to_peer(&self, peer: IpAddr) -> [Action; 2] {
         [
-            Action::SetTunnel {
-                vni: self.config.vni,
-                dst: peer,
-                ttl: self.config.ttl,
-                dont_fragment: true,
-            },
+            Action::tunnel_to(self.config.vni, peer, self.config.ttl),
             Action::Output(self.config.vxlan_port),
         ]
     }
@@ -146,7 +141,7 @@ impl Switch {
         } else if key.in_port == self.config.vxlan_port {
             match key.tunnel {
                 Some(t) if t.id == u64::from(self.config.vni) => t
-                    .ipv4_src
+                    .src
                     .filter(|ip| self.peers.contains(ip))
                     .map(Location::Peer),
                 _ => None,
@@ -207,8 +202,10 @@ mod tests {
     use crate::datapath::odp::attr::TunnelKey;
 
     const VXLAN: u32 = 1;
-    const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-    const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
+    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3));
+    const PEER6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2));
     const A: Mac = Mac([2, 0, 0, 0, 0, 0xa]);
     const B: Mac = Mac([2, 0, 0, 0, 0, 0xb]);
     const BROADCAST: Mac = Mac([0xff; 6]);
@@ -233,7 +230,7 @@ mod tests {
             tunnel: None,
         }
     }
-    fn tunnel(src: Mac, dst: Mac, from: Ipv4Addr, vni: u64) -> FlowKey {
+    fn tunnel(src: Mac, dst: Mac, from: IpAddr, vni: u64) -> FlowKey {
         FlowKey {
             in_port: VXLAN,
             eth_src: src,
@@ -241,8 +238,8 @@ mod tests {
             ethertype: Some(0x0806),
             tunnel: Some(TunnelKey {
                 id: vni,
-                ipv4_src: Some(from),
-                ipv4_dst: None,
+                src: Some(from),
+                dst: None,
             }),
         }
     }
@@ -271,7 +268,8 @@ mod tests {
                     vni: 42,
                     dst: PEER,
                     ttl: 64,
-                    dont_fragment: true
+                    dont_fragment: true,
+                    checksum: false,
                 },
                 Action::Output(VXLAN)
             ]
@@ -284,7 +282,7 @@ mod tests {
         let d = s.on_miss(&tunnel(B, A, PEER, 7), Instant::now());
         assert!(d.actions.is_empty());
         let d = s.on_miss(
-            &tunnel(B, A, Ipv4Addr::new(198, 18, 9, 9), 42),
+            &tunnel(B, A, "198.18.9.9".parse().unwrap(), 42),
             Instant::now(),
         );
         assert!(d.actions.is_empty());
@@ -324,7 +322,7 @@ mod tests {
         let now = Instant::now();
         assert!(s.set_sending(vec![OTHER]));
         assert!(
-            !s.set_sending(vec![OTHER, Ipv4Addr::new(198, 18, 9, 9)]),
+            !s.set_sending(vec![OTHER, "198.18.9.9".parse().unwrap()]),
             "unknown peers are not sending"
         );
         s.on_miss(&tunnel(B, BROADCAST, PEER, 42), now);
@@ -340,5 +338,37 @@ mod tests {
         // Frames from the unproven peer are still accepted.
         let d = s.on_miss(&tunnel(B, A, PEER, 42), now);
         assert_eq!(d.actions, vec![Action::Output(LOCAL_PORT)]);
+    }
+
+    #[test]
+    fn ipv6_peers_learn_and_get_ipv6_tunnel_flows_with_checksums() {
+        let mut s = switch();
+        s.set_peers(vec![PEER, PEER6]);
+        s.set_sending(vec![PEER, PEER6]);
+        let now = Instant::now();
+        let d = s.on_miss(&tunnel(B, BROADCAST, PEER6, 42), now);
+        assert_eq!(d.actions, vec![Action::Output(LOCAL_PORT)]);
+        assert_eq!(s.lookup(&B), Some(Location::Peer(PEER6)));
+        let d = s.on_miss(&local(A, B), now);
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::SetTunnel {
+                    vni: 42,
+                    dst: PEER6,
+                    ttl: 64,
+                    dont_fragment: false,
+                    checksum: true,
+                },
+                Action::Output(VXLAN)
+            ]
+        );
+        // An IPv6 sender that is not a peer is dropped, not learned.
+        let stranger: IpAddr = "2001:2::99".parse().unwrap();
+        let d = s.on_miss(&tunnel(A, B, stranger, 42), now);
+        assert!(d.actions.is_empty());
+        // Floods reach both families.
+        let d = s.on_miss(&local(A, BROADCAST), now);
+        assert_eq!(d.actions.len(), 4, "{:?}", d.actions);
     }
 }
