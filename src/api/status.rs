@@ -452,6 +452,37 @@ impl Status {
             overlay_mtu,
         );
         super::l2_status::register_metrics(&mut registry, self.l2.as_ref(), &self.batching);
+        if let Some(ipam) = &self.ipam {
+            // One series per range: the IPv4 one and, dual stack, the IPv6.
+            let in_use = Family::<Labels, Gauge>::default();
+            let chunks = Family::<Labels, Gauge>::default();
+            for s in std::iter::once(ipam).chain(ipam.ipv6.as_deref()) {
+                let range: Labels = vec![("range".into(), s.range.clone())];
+                in_use.get_or_create(&range).set(i64::from(s.in_use));
+                for state in ["owned", "claiming", "refused", "reserved"] {
+                    let mine = |c: &&crate::ipam::ChunkStatus| {
+                        c.state == state && (c.owner == s.host || state == "reserved")
+                    };
+                    let n = s.chunks.iter().filter(mine).count();
+                    chunks
+                        .get_or_create(&vec![
+                            ("range".into(), s.range.clone()),
+                            ("state".into(), state.into()),
+                        ])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            registry.register(
+                "ipam_addresses_in_use",
+                "Pod addresses this host has handed out, by range",
+                in_use,
+            );
+            registry.register(
+                "ipam_chunks",
+                "Chunks of the range this host claims (owned, claiming, refused) or that are reserved for departed peers",
+                chunks,
+            );
+        }
         let mut out = String::new();
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
