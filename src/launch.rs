@@ -1056,8 +1056,7 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     )?;
     if let (Some(id), Some(ipam)) = (&identity, &ipam) {
         // Peers refuse chunk claims a certificate does not cover: say so now.
-        let ranges = std::iter::once(ipam.range.prefix())
-            .chain(ipam.range6.map(|r| r.prefix()));
+        let ranges = std::iter::once(ipam.range.prefix()).chain(ipam.range6.map(|r| r.prefix()));
         for range in ranges {
             if !id.cert.covers(&crate::mesh::Claim::Ip(range)) {
                 return Err(usage(format!(
@@ -2353,6 +2352,38 @@ fn interface_addresses(iface: &str, ipv6: bool) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use crate::mesh::target::PeerTarget;
+
+    #[test]
+    fn ipalloc_ranges_take_one_of_each_family_and_name_bad_values() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::parse_ipalloc_ranges(&[]), Ok(None));
+        let (v4, v6) = super::parse_ipalloc_ranges(&list(&["fd32::/64", "10.32.0.0/16"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(v4.to_string(), "10.32.0.0/16");
+        assert_eq!(v6.unwrap().to_string(), "fd32::/64");
+        let (_, none) = super::parse_ipalloc_ranges(&list(&["10.32.0.0/16"]))
+            .unwrap()
+            .unwrap();
+        assert!(none.is_none());
+        for (bad, says) in [
+            (
+                vec!["10.32.0.0/16", "10.40.0.0/16"],
+                "\"10.40.0.0/16\": a second IPv4",
+            ),
+            (
+                vec!["10.32.0.0/16", "fd32::/64", "fd40::/64"],
+                "\"fd40::/64\": a second IPv6",
+            ),
+            (vec!["fd32::/64"], "IPv6-only IPAM is not implemented"),
+            (vec!["10.32.0.0/16", "fd32::/124"], "fd32::/124"),
+            (vec!["10.32.0.0/16", "fd32::1/64"], "did you mean fd32::/64"),
+            (vec!["10.32.0.0/16", "fd32::zz/64"], "fd32::zz"),
+        ] {
+            let e = super::parse_ipalloc_ranges(&list(&bad)).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn the_same_peer_list_serves_every_host() {

@@ -338,11 +338,7 @@ pub fn add_bridge_gateway(bridge: &str, gateway: IpAddr, prefix_len: u8) -> Resu
 
 /// Takes the gateway off `bridge` again (weft stops, or the gateway is no
 /// longer IPAM's); a bridge or address already gone is fine.
-pub fn remove_bridge_gateway(
-    bridge: &str,
-    gateway: IpAddr,
-    prefix_len: u8,
-) -> Result<(), String> {
+pub fn remove_bridge_gateway(bridge: &str, gateway: IpAddr, prefix_len: u8) -> Result<(), String> {
     let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
     let Some(br) = rtnl.link(bridge).map_err(|e| e.to_string())? else {
         return Ok(());

@@ -637,9 +637,10 @@ pub fn validate_attachment(reply: &PodAttachment) -> Result<AddReply, Error> {
                     .to_string(),
             ))
         }
-        Some(a) => Some(Ipv6Net::new(a.addr, a.prefix_len).map_err(|_| {
-            protocol(format!("\"address6\": {a} has no valid prefix length"))
-        })?),
+        Some(a) => Some(
+            Ipv6Net::new(a.addr, a.prefix_len)
+                .map_err(|_| protocol(format!("\"address6\": {a} has no valid prefix length")))?,
+        ),
     };
     let gateway6 = match (address6, reply.gateway6) {
         (Some(net), Some(gw)) => {

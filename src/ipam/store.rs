@@ -74,7 +74,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("weft-ipam-store-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         assert_eq!(load::<std::net::Ipv4Addr>(&dir).unwrap(), None);
-        let state = State {
+        let state: State = State {
             range: "10.32.0.0/16".into(),
             chunks: vec!["10.32.0.0/26".into()],
             ..State::default()

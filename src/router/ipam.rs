@@ -17,12 +17,12 @@
 //! mesh like the IPv4 ones), its own state file and its own gateway on the
 //! bridge: every pod gets one address of each family.
 
+use crate::cni::api::PodAddress6;
 use crate::cni::api::{
     code, AttachMode, AttachmentKey, CniError, CniReply, CniRequest, CniSuccess, PodAddress,
     PodAttachment,
 };
 use crate::cni::server::PendingCni;
-use crate::cni::api::PodAddress6;
 use crate::ipam::{store, AllocError, Family, Ipam, IpamStatus, MeshView};
 use crate::mesh::claims::{Claim, IpPrefix};
 use crate::mesh::node::Node;
@@ -110,8 +110,11 @@ impl<A: Family> BridgeGateway<A> {
             return;
         }
         if let Some(old) = self.on_bridge.filter(|o| Some(*o) != want) {
-            match crate::cni::netdev::remove_bridge_gateway(&self.bridge, old.into(), self.prefix_len)
-            {
+            match crate::cni::netdev::remove_bridge_gateway(
+                &self.bridge,
+                old.into(),
+                self.prefix_len,
+            ) {
                 Ok(()) => self.on_bridge = None,
                 Err(e) => tracing::warn!(
                     "IPAM: cannot take the old gateway {old} off bridge {}: {e}",
@@ -192,8 +195,7 @@ impl IpamDriver {
         let mut ipam6 = setup.ipam6;
         let network = setup.network;
         let mut released = None;
-        let bridge_gateway6 = match (&network.mode, &network.bridge, network.gateway6, &mut ipam6)
-        {
+        let bridge_gateway6 = match (&network.mode, &network.bridge, network.gateway6, &mut ipam6) {
             (AttachMode::Bridge, Some(bridge), None, Some(ipam6)) => {
                 ipam6.want_bridge_gateway(true);
                 Some(BridgeGateway {
@@ -566,9 +568,10 @@ impl IpamDriver {
             },
             CniRequest::Gc { valid } => {
                 // Every pod holds one address of each family: count pods.
-                let released = self.ipam.gc(valid).max(
-                    self.ipam6.as_mut().map_or(0, |i| i.gc(valid)),
-                );
+                let released = self
+                    .ipam
+                    .gc(valid)
+                    .max(self.ipam6.as_mut().map_or(0, |i| i.gc(valid)));
                 if released > 0 {
                     tracing::info!("IPAM: GC released {released} addresses");
                     self.persist_or_log();
