@@ -545,6 +545,52 @@ mod tests {
     }
 
     #[test]
+    fn ipam_metrics_have_one_series_per_range() {
+        let chunk = |chunk: &str, owner: &str, state: &str| crate::ipam::ChunkStatus {
+            chunk: chunk.into(),
+            owner: owner.into(),
+            state: state.into(),
+            in_use: None,
+            size: 64,
+            reclaim_in: None,
+        };
+        let v6 = crate::ipam::IpamStatus {
+            range: "fd32::/64".into(),
+            chunk_len: 122,
+            host: "h1".into(),
+            in_use: 1,
+            chunks: vec![chunk("fd32::40/122", "h1", "owned")],
+            ..Default::default()
+        };
+        let s = Status {
+            ipam: Some(crate::ipam::IpamStatus {
+                range: "10.32.0.0/16".into(),
+                chunk_len: 26,
+                host: "h1".into(),
+                in_use: 2,
+                chunks: vec![
+                    chunk("10.32.1.0/26", "h1", "owned"),
+                    chunk("10.32.2.0/26", "h2", "owned"),
+                    chunk("10.32.3.0/26", "h3", "reserved"),
+                ],
+                ipv6: Some(Box::new(v6)),
+                ..Default::default()
+            }),
+            ..sample()
+        };
+        let m = s.render_metrics();
+        for want in [
+            "weft_ipam_addresses_in_use{range=\"10.32.0.0/16\"} 2",
+            "weft_ipam_addresses_in_use{range=\"fd32::/64\"} 1",
+            "weft_ipam_chunks{range=\"10.32.0.0/16\",state=\"owned\"} 1",
+            "weft_ipam_chunks{range=\"10.32.0.0/16\",state=\"reserved\"} 1",
+            "weft_ipam_chunks{range=\"fd32::/64\",state=\"owned\"} 1",
+        ] {
+            assert!(m.contains(want), "{want} missing from\n{m}");
+        }
+    }
+
+    #[test]
     fn json_round_trip_and_metrics() {
         let s = sample();
         let j = serde_json::to_string(&s).unwrap();
