@@ -57,7 +57,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("revoked", "path: revoked certificate fingerprints"),
     (
         "ipalloc-range",
-        "string: CIDR range IPAM hands pod addresses out of",
+        "string, or a list of one IPv4 and one IPv6: CIDR ranges IPAM hands pod addresses out of",
     ),
     (
         "ipalloc-dir",

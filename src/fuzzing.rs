@@ -687,6 +687,7 @@ pub fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
         }
         "gossip" => {
             add("records", sample_records());
+            add("records_dual_stack_ipam", dual_stack_ipam_records());
             let mut summary = Vec::new();
             gossip::emit_summary(&mut summary, 3, 0xdead_beef);
             add("summary", summary);
@@ -888,9 +889,57 @@ fn sample_records() -> Vec<u8> {
     out
 }
 
+/// A record as a dual-stack IPAM host gossips it: IPv4 and IPv6 chunk
+/// claims (kinds 1 and 2) and chunks it keeps reserved for a departed
+/// host in both families (kinds 4 and 5).
+fn dual_stack_ipam_records() -> Vec<u8> {
+    let prefix = |text: &str, len: u8| {
+        IpPrefix::new(text.parse().expect("literal"), len).expect("valid prefix")
+    };
+    let claims = [
+        AnnouncedClaim {
+            lamport: 1,
+            claim: Claim::Ip(prefix("10.32.1.0", 26)),
+        },
+        AnnouncedClaim {
+            lamport: 2,
+            claim: Claim::Ip(prefix("fd32:6e:f7::40", 122)),
+        },
+    ];
+    let reserved = [prefix("10.32.9.0", 26), prefix("fd32:6e:f7::1:0", 122)];
+    let mut out = Vec::new();
+    gossip::emit_records_header(&mut out, 1);
+    gossip::RecordRepr {
+        id: &PeerId([3; 32]),
+        version: 7,
+        name: b"host-c",
+        endpoints: &[],
+        claims: &claims,
+        reserved: &reserved,
+        subnets: &[],
+        neighbours: &[],
+        cert: &[],
+    }
+    .emit(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dual_stack_ipam_seed_carries_both_families() {
+        let records = dual_stack_ipam_records();
+        let Ok(gossip::Message::Records(r)) = gossip::Message::parse(&records) else {
+            panic!("dual-stack records seed does not parse")
+        };
+        let record = r.iter().next().expect("one record");
+        let claims: Vec<_> = record.claims().collect();
+        assert_eq!(claims.len(), 2);
+        assert_eq!(record.reserved().count(), 2);
+        assert!(record.reserved().any(|p| !p.is_ipv4()));
+    }
 
     #[test]
     fn every_target_has_seeds_that_pass() {

@@ -153,9 +153,11 @@ pub struct LaunchArgs {
     /// from this IPv4 range, split among the hosts in chunks claimed
     /// through the mesh; the CNI plugin asks for them over --cni-socket.
     /// Every host must give the same range. With it --overlay is optional
-    /// in bridge mode.
+    /// in bridge mode. Repeat it for dual-stack pods (bridge mode): one
+    /// IPv4 and one IPv6 range, e.g. --ipalloc-range 10.32.0.0/12
+    /// --ipalloc-range fd32::/64; every pod then gets one address of each.
     #[arg(long, value_name = "CIDR")]
-    pub ipalloc_range: Option<String>,
+    pub ipalloc_range: Vec<String>,
     /// Where IPAM records the addresses pods hold, so a restarted weft
     /// never hands one out twice [default: /var/lib/weft/ipam].
     #[arg(long, value_name = "DIR")]
@@ -291,6 +293,8 @@ fn kube_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<KubePlan
 /// `--ipalloc-range` and its companions, checked.
 struct IpamPlan {
     range: crate::ipam::AllocRange,
+    /// A second `--ipalloc-range`, IPv6 (dual-stack pods).
+    range6: Option<crate::ipam::AllocRange<std::net::Ipv6Addr>>,
     /// `--ipalloc-pod-cidr`.
     pod_cidr: Option<crate::mesh::IpPrefix>,
     dir: PathBuf,
@@ -359,12 +363,58 @@ fn widened(addr: IpAddr, range: &crate::ipam::AllocRange) -> u8 {
     ((u32::from(a) ^ base).leading_zeros() as u8).min(range.len())
 }
 
+/// The `--ipalloc-range` values: at most one IPv4 and one IPv6 range, the
+/// IPv4 one required (IPv6-only IPAM is not implemented); `None` without
+/// any. Errors name the values.
+#[allow(clippy::type_complexity)]
+fn parse_ipalloc_ranges(
+    texts: &[String],
+) -> Result<
+    Option<(
+        crate::ipam::AllocRange,
+        Option<crate::ipam::AllocRange<std::net::Ipv6Addr>>,
+    )>,
+    String,
+> {
+    use crate::ipam::AnyRange;
+    let mut v4: Option<(&str, crate::ipam::AllocRange)> = None;
+    let mut v6: Option<(&str, crate::ipam::AllocRange<std::net::Ipv6Addr>)> = None;
+    for text in texts {
+        match AnyRange::parse(text)? {
+            AnyRange::V4(r) => {
+                if let Some((first, _)) = v4 {
+                    return Err(format!(
+                        "--ipalloc-range {text:?}: a second IPv4 range (after {first:?}); give at most one IPv4 and one IPv6 range"
+                    ));
+                }
+                v4 = Some((text, r));
+            }
+            AnyRange::V6(r) => {
+                if let Some((first, _)) = v6 {
+                    return Err(format!(
+                        "--ipalloc-range {text:?}: a second IPv6 range (after {first:?}); give at most one IPv4 and one IPv6 range"
+                    ));
+                }
+                v6 = Some((text, r));
+            }
+        }
+    }
+    match (v4, v6) {
+        (None, None) => Ok(None),
+        (None, Some((text, _))) => Err(format!(
+            "--ipalloc-range {text:?} is IPv6 and no IPv4 range is given: IPv6-only IPAM is not implemented yet; add an IPv4 --ipalloc-range next to it (pods get one address of each family)"
+        )),
+        (Some((_, r4)), r6) => Ok(Some((r4, r6.map(|(_, r)| r)))),
+    }
+}
+
 /// Reads the IPAM flags (or config keys); `None` without --ipalloc-range.
 fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan>, LaunchError> {
-    let range_err = from_file(file, "ipalloc-range", args.ipalloc_range.is_some());
-    let range = match args.ipalloc_range.take() {
-        Some(r) => Some(r),
-        None => file.string("ipalloc-range").map_err(usage)?,
+    let range_err = from_file(file, "ipalloc-range", !args.ipalloc_range.is_empty());
+    let range_texts = if args.ipalloc_range.is_empty() {
+        file.list("ipalloc-range").map_err(usage)?
+    } else {
+        std::mem::take(&mut args.ipalloc_range)
     };
     let pod_err = from_file(file, "ipalloc-pod-cidr", args.ipalloc_pod_cidr.is_some());
     let pod_cidr = match args.ipalloc_pod_cidr.take() {
@@ -374,7 +424,8 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
     let dir_given = args.ipalloc_dir.is_some() || file.has("ipalloc-dir");
     let reclaim_given = args.ipalloc_reclaim_after.is_some() || file.has("ipalloc-reclaim-after");
     let masquerade = args.masquerade || file.flag("masquerade").map_err(usage)?;
-    let Some(range) = range else {
+    let ranges = parse_ipalloc_ranges(&range_texts).map_err(&range_err)?;
+    let Some((range, range6)) = ranges else {
         if dir_given || reclaim_given || pod_cidr.is_some() {
             return Err(usage(
                 "--ipalloc-dir, --ipalloc-reclaim-after and --ipalloc-pod-cidr need --ipalloc-range (IPAM is off without it)",
@@ -387,7 +438,13 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
         }
         return Ok(None);
     };
-    let range = crate::ipam::AllocRange::parse(&range).map_err(&range_err)?;
+    if masquerade {
+        if let Some(r6) = range6 {
+            return Err(usage(format!(
+                "--masquerade with the IPv6 --ipalloc-range {r6} is not implemented yet (it masquerades IPv4 only): drop --masquerade, or the IPv6 range"
+            )));
+        }
+    }
     let pod_cidr = match pod_cidr {
         Some(text) => Some(crate::ipam::parse_pod_cidr(&text, &range).map_err(&pod_err)?),
         None => None,
@@ -427,6 +484,7 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
     }
     Ok(Some(IpamPlan {
         range,
+        range6,
         pod_cidr,
         dir,
         reclaim_after,
@@ -998,12 +1056,13 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
     )?;
     if let (Some(id), Some(ipam)) = (&identity, &ipam) {
         // Peers refuse chunk claims a certificate does not cover: say so now.
-        let range = crate::mesh::Claim::Ip(ipam.range.prefix());
-        if !id.cert.covers(&range) {
-            return Err(usage(format!(
-                "this host's --cert does not cover --ipalloc-range {}: peers would refuse every chunk it claims; sign its certificate with --subnet {} (weft cert sign)",
-                ipam.range, ipam.range
-            )));
+        let ranges = std::iter::once(ipam.range.prefix()).chain(ipam.range6.map(|r| r.prefix()));
+        for range in ranges {
+            if !id.cert.covers(&crate::mesh::Claim::Ip(range)) {
+                return Err(usage(format!(
+                    "this host's --cert does not cover --ipalloc-range {range}: peers would refuse every chunk it claims; sign its certificate with --subnet {range} (weft cert sign)"
+                )));
+            }
         }
     }
     let default_iface = match &l2 {
@@ -1162,6 +1221,11 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         file.path.clone()
     };
     if let (Some(ipam), None) = (&ipam, &l2) {
+        if let Some(r6) = ipam.range6 {
+            return Err(usage(format!(
+                "the IPv6 --ipalloc-range {r6} is implemented in bridge mode only (TUN mode routes each pod's /32 through a link-local IPv4 next hop; IPv6 pods there are not implemented yet): add --iface bridge, or drop the IPv6 range"
+            )));
+        }
         // TUN mode: pods' traffic reaches the TUN device by the route of
         // the overlay prefix, so the range must lie inside it.
         let same_family = overlays
@@ -1728,7 +1792,40 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 p.dir.display(),
                 p.socket
             ));
-            Some((ipam, listener, p.dir.clone(), p.range))
+            let ipam6 = match p.range6 {
+                Some(range6) => {
+                    let own6 = plan.overlays.iter().find_map(|(a, _)| match a {
+                        IpAddr::V6(a) => Some(*a),
+                        IpAddr::V4(_) => None,
+                    });
+                    let mut ipam6 = crate::ipam::Ipam::new(
+                        range6,
+                        crate::mesh::PeerId(plan.key.public()),
+                        own6,
+                        p.reclaim_after,
+                    );
+                    let state6 =
+                        crate::ipam::store::load::<std::net::Ipv6Addr>(&p.dir).map_err(usage)?;
+                    let held6 = state6.as_ref().map_or(0, |s| s.allocations.len());
+                    if let Some(state6) = state6 {
+                        ipam6.restore(state6).map_err(usage)?;
+                    }
+                    crate::ipam::store::save(&p.dir, &ipam6.state()).map_err(usage)?;
+                    log.info(format!(
+                        "IPAM: IPv6 range {range6}, divided among the hosts in /{} chunks{}; {held6} address(es) held in {}",
+                        crate::ipam::chunk_len(&range6),
+                        if plan.kube.is_some() {
+                            " (a node's IPv6 podCIDR is not used yet)"
+                        } else {
+                            ""
+                        },
+                        crate::ipam::store::path_of::<std::net::Ipv6Addr>(&p.dir).display()
+                    ));
+                    Some(ipam6)
+                }
+                None => None,
+            };
+            Some((ipam, ipam6, listener, p.dir.clone(), p.range, p.range6))
         }
         None => None,
     };
@@ -2078,10 +2175,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 fastdp,
                 reload: Some(reload),
                 control: Some(control),
-                ipam: ipam_parts.map(|(ipam, listener, dir, range)| {
+                ipam: ipam_parts.map(|(ipam, ipam6, listener, dir, range, range6)| {
                     let l2plan = plan.l2.as_ref();
                     crate::router::ipam::IpamSetup {
                         ipam,
+                        ipam6,
                         dir,
                         listener,
                         network: crate::router::ipam::PodNetwork {
@@ -2095,6 +2193,12 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                                 crate::router::ipam::bridge_gateway(
                                     plan.overlays.iter().map(|(a, _)| *a).find(IpAddr::is_ipv4),
                                     &range,
+                                )
+                            }),
+                            gateway6: l2plan.zip(range6).and_then(|(_, r6)| {
+                                crate::router::ipam::bridge_gateway(
+                                    plan.overlays.iter().map(|(a, _)| *a).find(IpAddr::is_ipv6),
+                                    &r6,
                                 )
                             }),
                             mtu: u32::from(overlay_mtu),
@@ -2248,6 +2352,38 @@ fn interface_addresses(iface: &str, ipv6: bool) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use crate::mesh::target::PeerTarget;
+
+    #[test]
+    fn ipalloc_ranges_take_one_of_each_family_and_name_bad_values() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::parse_ipalloc_ranges(&[]), Ok(None));
+        let (v4, v6) = super::parse_ipalloc_ranges(&list(&["fd32::/64", "10.32.0.0/16"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(v4.to_string(), "10.32.0.0/16");
+        assert_eq!(v6.unwrap().to_string(), "fd32::/64");
+        let (_, none) = super::parse_ipalloc_ranges(&list(&["10.32.0.0/16"]))
+            .unwrap()
+            .unwrap();
+        assert!(none.is_none());
+        for (bad, says) in [
+            (
+                vec!["10.32.0.0/16", "10.40.0.0/16"],
+                "\"10.40.0.0/16\": a second IPv4",
+            ),
+            (
+                vec!["10.32.0.0/16", "fd32::/64", "fd40::/64"],
+                "\"fd40::/64\": a second IPv6",
+            ),
+            (vec!["fd32::/64"], "IPv6-only IPAM is not implemented"),
+            (vec!["10.32.0.0/16", "fd32::/124"], "fd32::/124"),
+            (vec!["10.32.0.0/16", "fd32::1/64"], "did you mean fd32::/64"),
+            (vec!["10.32.0.0/16", "fd32::zz/64"], "fd32::zz"),
+        ] {
+            let e = super::parse_ipalloc_ranges(&list(&bad)).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn the_same_peer_list_serves_every_host() {

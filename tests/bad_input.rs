@@ -441,6 +441,65 @@ fn malformed_ipam_flags() {
             &needles,
         );
     }
+    // Two ranges (issue 16): one of each family, an IPv6 range wide
+    // enough, and no IPv6 range where it is not implemented yet.
+    for (what, extra, needles) in [
+        (
+            "two IPv4 ranges",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-range",
+                "10.41.0.0/16",
+            ],
+            vec!["10.41.0.0/16", "second IPv4"],
+        ),
+        (
+            "two IPv6 ranges",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-range",
+                "fd32::/64",
+                "--ipalloc-range",
+                "fd33::/64",
+            ],
+            vec!["fd33::/64", "second IPv6"],
+        ),
+        (
+            "a too small IPv6 range",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-range",
+                "fd32::/124",
+            ],
+            vec!["fd32::/124", "1-120"],
+        ),
+        (
+            "an IPv6 range in TUN mode",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-range",
+                "fd32::/64",
+            ],
+            vec!["fd32::/64", "bridge mode only"],
+        ),
+        (
+            "--masquerade with an IPv6 range",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-range",
+                "fd32::/64",
+                "--masquerade",
+            ],
+            vec!["--masquerade", "fd32::/64", "not implemented"],
+        ),
+    ] {
+        expect_rejected(a, what, &ipam(&extra), &[], &[], &needles);
+    }
     expect_rejected(
         a,
         "--ipalloc-reclaim-after",

@@ -136,6 +136,8 @@ fn answer(state: &mut FakeState, request: CniRequest, mode: AttachMode) -> CniRe
                     mtu: MTU,
                     mode,
                     bridge: Some("weft".into()),
+                    address6: None,
+                    gateway6: None,
                 },
                 AttachMode::Tun => PodAttachment {
                     address: PodAddress {
@@ -146,6 +148,8 @@ fn answer(state: &mut FakeState, request: CniRequest, mode: AttachMode) -> CniRe
                     mtu: MTU,
                     mode,
                     bridge: None,
+                    address6: None,
+                    gateway6: None,
                 },
             };
             state.held.insert(key, attachment.clone());

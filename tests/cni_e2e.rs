@@ -17,6 +17,8 @@ use std::time::Duration;
 const RANGE: &str = "10.32.0.0/16";
 const ROUTED_RANGE: &str = "10.40.128.0/17";
 const V11: &str = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#;
+/// The IPv6 pod range of the dual-stack case (a ULA).
+const RANGE6: &str = "fd32:6e:f7::/64";
 
 #[test]
 fn pods_on_two_weft_hosts_reach_each_other() {
@@ -538,4 +540,174 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
     } else {
         eprintln!("kernel without nftables owner tables: a killed weft's table stays until the next launch");
     }
+}
+
+/// The address (without prefix) of family `v6` in an ADD result, and its
+/// gateway.
+fn pod_ip_of(result: &Value, v6: bool) -> (String, Option<String>) {
+    let ip = result["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ip| ip["address"].as_str().unwrap().contains(':') == v6)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {} address in {result}",
+                if v6 { "IPv6" } else { "IPv4" }
+            )
+        });
+    (
+        ip["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string(),
+        ip["gateway"].as_str().map(str::to_string),
+    )
+}
+
+/// Dual stack (issue 16): two hosts with an IPv4 and an IPv6
+/// `--ipalloc-range`, bridge mode without `--overlay` (each bridge takes
+/// its gateways from IPAM): ADD gives each pod one address of each family
+/// and both default routes, the pods reach each other over IPv4 and IPv6
+/// (ping, and a checksummed TCP transfer over IPv6), `weft status ipam`
+/// shows the IPv6 range, CHECK and DEL (twice) handle both, and after a
+/// restart of weft no address of either family is handed out twice.
+#[test]
+fn dual_stack_pods_get_both_families_and_reach_each_other() {
+    require_root!();
+    let mut net = Switched::new(2);
+    net.hosts[1].peers = vec![net.addr(0)];
+    let extra = ["--ipalloc-range", RANGE6];
+    start_without_overlay(&mut net, 0, &extra);
+    start_without_overlay(&mut net, 1, &extra);
+    net.wait_converged(&[0, 1], Duration::from_secs(30));
+    let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
+    let (pods, paths) = pod_namespaces(&hosts);
+    let logs = |net: &Switched| net.hosts.iter().map(|h| h.logs()).collect::<String>();
+
+    let results: Vec<Value> = (0..2)
+        .map(|i| add_at(WEFT, &hosts[i], &format!("pod{i}"), &paths[i], V11))
+        .collect();
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for r in &results {
+        assert_eq!(r["ips"].as_array().map(Vec::len), Some(2), "{r}");
+        let (a4, gw4) = pod_ip_of(r, false);
+        let (a6, gw6) = pod_ip_of(r, true);
+        assert!(a4.starts_with("10.32."), "{r}");
+        assert!(a6.starts_with("fd32:6e:f7:"), "{r}");
+        let gw6 = gw6.unwrap_or_else(|| panic!("no IPv6 gateway in {r}"));
+        assert!(gw4.is_some(), "{r}");
+        // Both default routes, the IPv6 one via the IPv6 gateway.
+        let routes = r["routes"].as_array().unwrap();
+        assert!(
+            routes
+                .iter()
+                .any(|x| x["dst"] == "::/0" && x["gw"] == gw6.as_str()),
+            "{r}"
+        );
+        assert!(routes.iter().any(|x| x["dst"] == "0.0.0.0/0"), "{r}");
+        v4.push(a4);
+        v6.push(a6);
+    }
+    assert_ne!(v4[0], v4[1]);
+    assert_ne!(v6[0], v6[1]);
+    // The pod's interface has both, the IPv6 one usable at once (no DAD).
+    let shown = String::from_utf8_lossy(
+        &ns_exec(
+            &pods[0].name,
+            &["ip", "-6", "-o", "addr", "show", "dev", "eth0"],
+        )
+        .stdout,
+    )
+    .to_string();
+    // (The link-local address may still be tentative: only the pod's
+    // address from IPAM skips DAD.)
+    let line = shown
+        .lines()
+        .find(|l| l.contains(&format!(" {}/", v6[0])))
+        .unwrap_or_else(|| panic!("no {} on eth0: {shown}", v6[0]));
+    assert!(
+        line.contains("nodad") && !line.contains("tentative"),
+        "{line}"
+    );
+
+    for (from, to) in [(0, 1), (1, 0)] {
+        for ip in [&v4[to], &v6[to]] {
+            assert!(
+                wait_until(Duration::from_secs(15), || ping(&pods[from].name, ip)),
+                "pod{from} cannot reach pod{to} at {ip}\n{}",
+                logs(&net)
+            );
+        }
+    }
+    let total = 4 << 20;
+    let (sent, got, n) = tcp_transfer(&pods[0].name, &pods[1].name, &v6[1], 7061, total, 61);
+    assert_eq!(n, total, "TCP over IPv6: bytes");
+    assert_eq!(sent, got, "TCP over IPv6: checksum");
+
+    // `weft status ipam` shows the IPv6 range and its chunk.
+    let status = ipam_status(&hosts[0]).expect("status ipam");
+    assert_eq!(status["ipv6"]["range"], RANGE6, "{status}");
+    assert_eq!(status["ipv6"]["chunk_len"], 122, "{status}");
+    assert_eq!(status["ipv6"]["in_use"], 1, "{status}");
+    assert!(status["ipv6"]["gateway"].is_string(), "{status}");
+    let text =
+        String::from_utf8_lossy(&ns_exec(&hosts[0], &[WEFT, "status", "ipam"]).stdout).to_string();
+    assert!(
+        text.contains(&format!("IPAM range {RANGE6} in /122 chunks")),
+        "{text}"
+    );
+
+    // CHECK finds both addresses.
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "weftnet", "type": "weft", "prevResult": results[0],
+    })
+    .to_string();
+    let out = plugin(&hosts[0], "CHECK", "pod0", &paths[0], &conf);
+    assert!(out.status.success(), "CHECK {}", show(&out));
+
+    // A restart of weft on host 0: pod0 keeps both addresses, a new pod
+    // gets others (nothing handed out twice), and still reaches pod1.
+    net.hosts[0].terminate();
+    start_without_overlay(&mut net, 0, &extra);
+    net.wait_converged(&[0, 1], Duration::from_secs(30));
+    let extra_pod = Netns::new(format!("{}-pod2", hosts[0]));
+    let extra_path = format!("/var/run/netns/{}", extra_pod.name);
+    let again = add_at(WEFT, &hosts[0], "pod2", &extra_path, V11);
+    let (a4, _) = pod_ip_of(&again, false);
+    let (a6, _) = pod_ip_of(&again, true);
+    assert!(!v4.contains(&a4), "{a4} handed out twice: {v4:?}");
+    assert!(!v6.contains(&a6), "{a6} handed out twice: {v6:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), || ping(&extra_pod.name, &v6[1])),
+        "pod2 {a6} cannot reach pod1 {} over IPv6 after the restart\n{}",
+        v6[1],
+        logs(&net)
+    );
+    assert!(
+        ping(&pods[0].name, &v6[1]),
+        "pod0 lost IPv6 after the restart"
+    );
+
+    // DEL twice releases both families.
+    for _ in 0..2 {
+        let out = plugin(&hosts[0], "DEL", "pod0", &paths[0], MINIMAL);
+        assert!(out.status.success(), "DEL {}", show(&out));
+    }
+    assert!(!link_exists(&pods[0].name, "eth0"));
+    // The status snapshot follows within a moment.
+    let mut status = None;
+    let released = wait_until(Duration::from_secs(10), || {
+        status = ipam_status(&hosts[0]);
+        status
+            .as_ref()
+            .is_some_and(|s| s["in_use"] == 1 && s["ipv6"]["in_use"] == 1)
+    });
+    assert!(released, "DEL did not release both addresses: {status:?}");
+    let out = plugin(&hosts[0], "DEL", "pod2", &extra_path, MINIMAL);
+    assert!(out.status.success(), "DEL {}", show(&out));
 }

@@ -452,6 +452,37 @@ impl Status {
             overlay_mtu,
         );
         super::l2_status::register_metrics(&mut registry, self.l2.as_ref(), &self.batching);
+        if let Some(ipam) = &self.ipam {
+            // One series per range: the IPv4 one and, dual stack, the IPv6.
+            let in_use = Family::<Labels, Gauge>::default();
+            let chunks = Family::<Labels, Gauge>::default();
+            for s in std::iter::once(ipam).chain(ipam.ipv6.as_deref()) {
+                let range: Labels = vec![("range".into(), s.range.clone())];
+                in_use.get_or_create(&range).set(i64::from(s.in_use));
+                for state in ["owned", "claiming", "refused", "reserved"] {
+                    let mine = |c: &&crate::ipam::ChunkStatus| {
+                        c.state == state && (c.owner == s.host || state == "reserved")
+                    };
+                    let n = s.chunks.iter().filter(mine).count();
+                    chunks
+                        .get_or_create(&vec![
+                            ("range".into(), s.range.clone()),
+                            ("state".into(), state.into()),
+                        ])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            registry.register(
+                "ipam_addresses_in_use",
+                "Pod addresses this host has handed out, by range",
+                in_use,
+            );
+            registry.register(
+                "ipam_chunks",
+                "Chunks of the range this host claims (owned, claiming, refused) or that are reserved for departed peers",
+                chunks,
+            );
+        }
         let mut out = String::new();
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
@@ -510,6 +541,52 @@ mod tests {
             "tx=2.0KiB/2p",
         ] {
             assert!(line.contains(want), "{want} missing from {line}");
+        }
+    }
+
+    #[test]
+    fn ipam_metrics_have_one_series_per_range() {
+        let chunk = |chunk: &str, owner: &str, state: &str| crate::ipam::ChunkStatus {
+            chunk: chunk.into(),
+            owner: owner.into(),
+            state: state.into(),
+            in_use: None,
+            size: 64,
+            reclaim_in: None,
+        };
+        let v6 = crate::ipam::IpamStatus {
+            range: "fd32::/64".into(),
+            chunk_len: 122,
+            host: "h1".into(),
+            in_use: 1,
+            chunks: vec![chunk("fd32::40/122", "h1", "owned")],
+            ..Default::default()
+        };
+        let s = Status {
+            ipam: Some(crate::ipam::IpamStatus {
+                range: "10.32.0.0/16".into(),
+                chunk_len: 26,
+                host: "h1".into(),
+                in_use: 2,
+                chunks: vec![
+                    chunk("10.32.1.0/26", "h1", "owned"),
+                    chunk("10.32.2.0/26", "h2", "owned"),
+                    chunk("10.32.3.0/26", "h3", "reserved"),
+                ],
+                ipv6: Some(Box::new(v6)),
+                ..Default::default()
+            }),
+            ..sample()
+        };
+        let m = s.render_metrics();
+        for want in [
+            "weft_ipam_addresses_in_use{range=\"10.32.0.0/16\"} 2",
+            "weft_ipam_addresses_in_use{range=\"fd32::/64\"} 1",
+            "weft_ipam_chunks{range=\"10.32.0.0/16\",state=\"owned\"} 1",
+            "weft_ipam_chunks{range=\"10.32.0.0/16\",state=\"reserved\"} 1",
+            "weft_ipam_chunks{range=\"fd32::/64\",state=\"owned\"} 1",
+        ] {
+            assert!(m.contains(want), "{want} missing from\n{m}");
         }
     }
 

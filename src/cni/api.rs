@@ -26,10 +26,15 @@
 //!
 //! `add` is idempotent for one (container_id, ifname): asked again it
 //! returns the address it gave the first time.
+//!
+//! With an IPv6 `--ipalloc-range` next to the IPv4 one (dual stack), the
+//! [`PodAttachment`] of `add` and `check` also carries `address6`
+//! (`fd32::5/64`) and `gateway6`; without one both fields are absent, so
+//! the reply is what it always was and an older plugin reads it unchanged.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::SocketAddr as UnixAddr;
 use std::str::FromStr;
@@ -185,6 +190,53 @@ impl<'de> Deserialize<'de> for PodAddress {
     }
 }
 
+/// An IPv6 address with a prefix length, `fd32::5/64` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodAddress6 {
+    /// The pod's address.
+    pub addr: Ipv6Addr,
+    /// The prefix length of the network it is on (0-128).
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for PodAddress6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for PodAddress6 {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PodAddress6, String> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} in {s:?} is not an IPv6 address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= 128)
+            .ok_or_else(|| format!("prefix length {len:?} in {s:?} is not 0-128"))?;
+        Ok(PodAddress6 { addr, prefix_len })
+    }
+}
+
+impl Serialize for PodAddress6 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PodAddress6 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PodAddress6, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// What `add` and `check` answer: everything the plugin needs to set up
 /// the pod's interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +255,14 @@ pub struct PodAttachment {
     /// Bridge mode: the name of the bridge to attach the host end of the
     /// veth to. TUN mode: `null`.
     pub bridge: Option<String>,
+    /// Dual stack: the pod's IPv6 address, with the prefix length of the
+    /// IPv6 range. Absent without an IPv6 range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<PodAddress6>,
+    /// Dual stack: the pods' IPv6 gateway on the bridge (the host's IPv6
+    /// address in the range, or the bridge's from IPAM). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// The successful replies, by request.
@@ -373,6 +433,8 @@ mod tests {
             mtu: 1376,
             mode: AttachMode::Bridge,
             bridge: Some("weft".into()),
+            address6: None,
+            gateway6: None,
         })));
         let text = serde_json::to_string(&add).unwrap();
         assert_eq!(
@@ -380,6 +442,28 @@ mod tests {
             r#"{"ok":true,"address":"10.32.0.5/12","gateway":null,"mtu":1376,"mode":"bridge","bridge":"weft"}"#
         );
         assert_eq!(serde_json::from_str::<CniReply>(&text).unwrap(), add);
+
+        // Dual stack: the IPv6 fields come after the old ones.
+        let dual = CniReply(Ok(CniSuccess::Attachment(PodAttachment {
+            address: "10.32.0.5/12".parse().unwrap(),
+            gateway: Some(Ipv4Addr::new(10, 32, 0, 1)),
+            mtu: 1376,
+            mode: AttachMode::Bridge,
+            bridge: Some("weft".into()),
+            address6: Some("fd32::5/64".parse().unwrap()),
+            gateway6: Some("fd32::1".parse().unwrap()),
+        })));
+        let text = serde_json::to_string(&dual).unwrap();
+        assert_eq!(
+            text,
+            r#"{"ok":true,"address":"10.32.0.5/12","gateway":"10.32.0.1","mtu":1376,"mode":"bridge","bridge":"weft","address6":"fd32::5/64","gateway6":"fd32::1"}"#
+        );
+        assert_eq!(serde_json::from_str::<CniReply>(&text).unwrap(), dual);
+        assert!("fd32::5/129"
+            .parse::<PodAddress6>()
+            .unwrap_err()
+            .contains("129"));
+        assert!("10.0.0.1/8".parse::<PodAddress6>().is_err());
 
         let cases = [
             (CniReply(Ok(CniSuccess::Done {})), r#"{"ok":true}"#),

@@ -5,7 +5,7 @@
 //! new bridge, and the bridge's gateway address.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use rscni_types::error::Error;
@@ -235,6 +235,17 @@ fn configure(
             IpAddr::V4(pod_plan.address.addr()),
             pod_plan.address.prefix_len(),
         )?;
+        // The sys layer adds IPv6 addresses without duplicate address
+        // detection (IFA_F_NODAD): IPAM made it unique, and a tentative
+        // address could not be used for the first second or two.
+        if let Some(address6) = pod_plan.address6 {
+            rtnl.add_address(
+                pod.index,
+                &pod_plan.ifname,
+                IpAddr::V6(address6.addr()),
+                address6.prefix_len(),
+            )?;
+        }
         rtnl.set_up(pod.index, &pod_plan.ifname)?;
         if let Some(lo) = rtnl.link("lo")? {
             rtnl.set_up(lo.index, "lo")?;
@@ -244,6 +255,15 @@ fn configure(
         }
         for route in &pod_plan.pod_routes {
             add_route(&mut rtnl, route, pod.index, &pod_plan.ifname)?;
+        }
+        for route in &pod_plan.pod_routes6 {
+            rtnl.add_route(
+                route.dst.addr().into(),
+                route.dst.prefix_len(),
+                Some(IpAddr::V6(route.gateway)),
+                pod.index,
+                &pod_plan.ifname,
+            )?;
         }
         Ok(pod.mac_text())
     })
@@ -305,29 +325,25 @@ pub fn reattach_pods(bridge: &str) -> Result<Vec<String>, String> {
 /// `bridge`, so pods route through it and, by the prefix route the kernel
 /// adds with it, this host reaches the pod network through the bridge.
 /// Already there is fine.
-pub fn add_bridge_gateway(bridge: &str, gateway: Ipv4Addr, prefix_len: u8) -> Result<(), String> {
+pub fn add_bridge_gateway(bridge: &str, gateway: IpAddr, prefix_len: u8) -> Result<(), String> {
     let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
     let br = rtnl
         .link(bridge)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("bridge {bridge} not found"))?;
-    rtnl.add_address(br.index, bridge, IpAddr::V4(gateway), prefix_len)
+    rtnl.add_address(br.index, bridge, gateway, prefix_len)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
 /// Takes the gateway off `bridge` again (weft stops, or the gateway is no
 /// longer IPAM's); a bridge or address already gone is fine.
-pub fn remove_bridge_gateway(
-    bridge: &str,
-    gateway: Ipv4Addr,
-    prefix_len: u8,
-) -> Result<(), String> {
+pub fn remove_bridge_gateway(bridge: &str, gateway: IpAddr, prefix_len: u8) -> Result<(), String> {
     let mut rtnl = Netlink::open().map_err(|e| e.to_string())?;
     let Some(br) = rtnl.link(bridge).map_err(|e| e.to_string())? else {
         return Ok(());
     };
-    match rtnl.delete_address(br.index, bridge, IpAddr::V4(gateway), prefix_len) {
+    match rtnl.delete_address(br.index, bridge, gateway, prefix_len) {
         Err(e) if !e.is_not_found() => Err(e.to_string()),
         _ => Ok(()),
     }

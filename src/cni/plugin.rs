@@ -19,10 +19,10 @@
 //! holds), [`CODE_WEFT_PROTOCOL`] (weft answered something undocumented).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rscni_types::error::Error;
-use rscni_types::ipnet::{IpNet, Ipv4Net};
+use rscni_types::ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rscni_types::legacy;
 use rscni_types::types::{
     CNIResult, CNIResultWithVersion, Cmd, ContainerId, ErrorResult, Interface, InterfaceName,
@@ -364,6 +364,15 @@ pub struct PlannedRoute {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// An IPv6 route to add in the pod (dual stack): `dst` via `gateway`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedRoute6 {
+    /// Destination.
+    pub dst: Ipv6Net,
+    /// Next hop.
+    pub gateway: Ipv6Addr,
+}
+
 /// Everything ADD does to the system, derived from weft's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachPlan {
@@ -390,6 +399,13 @@ pub struct AttachPlan {
     pub pod_routes: Vec<PlannedRoute>,
     /// Routes on the host via the host end.
     pub host_routes: Vec<PlannedRoute>,
+    /// Dual stack: the pod's IPv6 address and prefix (added without
+    /// duplicate address detection: usable at once).
+    pub address6: Option<Ipv6Net>,
+    /// Dual stack: the IPv6 gateway reported in the result.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Dual stack: IPv6 routes inside the pod (`::/0` via the gateway).
+    pub pod_routes6: Vec<PlannedRoute6>,
 }
 
 /// What ADD made: the hardware addresses for the result.
@@ -562,6 +578,10 @@ pub struct AddReply {
     pub mtu: u32,
     /// Bridge or routed.
     pub mode: Mode,
+    /// Dual stack: the pod's IPv6 address and the IPv6 range's prefix.
+    pub address6: Option<Ipv6Net>,
+    /// Dual stack: the pods' IPv6 gateway, if any.
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 /// Checks weft's `add`/`check` answer beyond what its types guarantee.
@@ -609,11 +629,43 @@ pub fn validate_attachment(reply: &PodAttachment) -> Result<AddReply, Error> {
             )));
         }
     }
+    let address6 = match reply.address6 {
+        None => None,
+        Some(_) if mode == Mode::Routed => {
+            return Err(protocol(
+                "\"address6\" in TUN mode: IPv6 pod addresses are given in bridge mode only"
+                    .to_string(),
+            ))
+        }
+        Some(a) => Some(
+            Ipv6Net::new(a.addr, a.prefix_len)
+                .map_err(|_| protocol(format!("\"address6\": {a} has no valid prefix length")))?,
+        ),
+    };
+    let gateway6 = match (address6, reply.gateway6) {
+        (Some(net), Some(gw)) => {
+            if !net.contains(&gw) || gw == net.addr() {
+                return Err(protocol(format!(
+                    "\"gateway6\": {gw} is not another address in the pod's subnet {}",
+                    net.trunc()
+                )));
+            }
+            Some(gw)
+        }
+        (None, Some(gw)) => {
+            return Err(protocol(format!(
+                "\"gateway6\": {gw} without an \"address6\""
+            )))
+        }
+        (_, None) => None,
+    };
     Ok(AddReply {
         address,
         gateway,
         mtu: reply.mtu,
         mode,
+        address6,
+        gateway6,
     })
 }
 
@@ -669,6 +721,17 @@ pub fn plan_attachment(network: &str, att: &Attachment, reply: &AddReply) -> Att
         mode: reply.mode.clone(),
         pod_routes,
         host_routes,
+        address6: reply.address6,
+        gateway6: reply.gateway6,
+        pod_routes6: reply
+            .gateway6
+            .map(|gateway| {
+                vec![PlannedRoute6 {
+                    dst: Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 0).unwrap_or_default(),
+                    gateway,
+                }]
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -704,6 +767,13 @@ pub fn build_result(
         address: IpNet::V4(plan.address),
         gateway: plan.gateway.map(IpAddr::V4),
     });
+    if let Some(address6) = plan.address6 {
+        result.ips.push(IpConfig {
+            interface: Some(pod_index),
+            address: IpNet::V6(address6),
+            gateway: plan.gateway6.map(IpAddr::V6),
+        });
+    }
     for route in &plan.pod_routes {
         if route.dst.prefix_len() == 0 {
             result.routes.push(Route {
@@ -716,6 +786,17 @@ pub fn build_result(
                 scope: None,
             });
         }
+    }
+    for route in &plan.pod_routes6 {
+        result.routes.push(Route {
+            dst: IpNet::V6(route.dst),
+            gw: Some(IpAddr::V6(route.gateway)),
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        });
     }
     result
 }
@@ -807,9 +888,11 @@ fn check(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
     let att = &att;
     // The address to find: weft's answer when it gives one, else what ADD
     // reported (prevResult).
+    let mut expected6: Option<Ipv6Addr> = None;
     let expected: Option<(Ipv4Addr, Option<u32>)> = match &reply {
         CniSuccess::Attachment(a) => {
             let r = validate_attachment(a)?;
+            expected6 = r.address6.map(|n| n.addr());
             Some((r.address.addr(), Some(r.mtu)))
         }
         _ => None,
@@ -857,6 +940,14 @@ fn check(inv: &Invocation, system: &mut dyn System) -> Result<(), Error> {
                 return Err(check_failed(format!(
                     "{} in {netns} has MTU {}, weft's overlay MTU is {mtu}",
                     att.ifname, found.pod_mtu
+                )));
+            }
+        }
+        if let Some(ip6) = expected6 {
+            if !addresses.iter().any(|(a, _)| *a == IpAddr::V6(ip6)) {
+                return Err(check_failed(format!(
+                    "{} in {netns} does not have the IPv6 address {ip6} weft holds for {} {}",
+                    att.ifname, att.container_id, att.ifname
                 )));
             }
         }
@@ -1054,6 +1145,8 @@ mod tests {
             mtu: 1376,
             mode: AttachMode::Bridge,
             bridge: Some("weft".into()),
+            address6: None,
+            gateway6: None,
         }))
     }
 
@@ -1067,6 +1160,8 @@ mod tests {
             mtu: 1410,
             mode: AttachMode::Tun,
             bridge: None,
+            address6: None,
+            gateway6: None,
         }))
     }
 

@@ -68,15 +68,97 @@ use crate::mesh::peer::PeerId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 /// How long a new chunk claim must stand unrefused before addresses are
 /// handed out from it.
 pub const CLAIM_SETTLE: Duration = Duration::from_secs(2);
 
-/// Widest chunk: 64 addresses.
-const WIDEST_CHUNK: u8 = 26;
+/// An address family IPAM allocates from: IPv4 (the default everywhere)
+/// or IPv6. Inside the allocator an address is a number (`u128`, the
+/// IPv4 value for IPv4), so one set of chunk arithmetic serves both.
+pub trait Family:
+    Copy
+    + Ord
+    + Hash
+    + fmt::Display
+    + fmt::Debug
+    + FromStr
+    + Into<IpAddr>
+    + Serialize
+    + for<'de> Deserialize<'de>
+    + Send
+    + Sync
+    + 'static
+{
+    /// Bits in an address.
+    const BITS: u8;
+    /// `IPv4` or `IPv6`, for messages.
+    const NAME: &'static str;
+    /// A range to show in messages.
+    const EXAMPLE: &'static str;
+    /// Longest range prefix accepted: room for 16 chunks of 16 addresses
+    /// in IPv6 (/120), room for one pod besides the range's ends in IPv4.
+    const LONGEST_RANGE: u8;
+    /// The state file in `--ipalloc-dir` ([`store`]): IPv6 has its own, so
+    /// an IPv4 state of an earlier weft loads unchanged.
+    const STORE_FILE: &'static str;
+    /// The address as a number.
+    fn to_num(self) -> u128;
+    /// The address of a number (the low [`BITS`](Self::BITS) bits).
+    fn from_num(n: u128) -> Self;
+    /// `ip` if it is of this family.
+    fn from_ip(ip: IpAddr) -> Option<Self>;
+}
+
+impl Family for Ipv4Addr {
+    const BITS: u8 = 32;
+    const NAME: &'static str = "IPv4";
+    const EXAMPLE: &'static str = "10.32.0.0/12";
+    const LONGEST_RANGE: u8 = 30;
+    const STORE_FILE: &'static str = "allocations.json";
+    fn to_num(self) -> u128 {
+        u128::from(u32::from(self))
+    }
+    fn from_num(n: u128) -> Self {
+        Ipv4Addr::from(n as u32)
+    }
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl Family for Ipv6Addr {
+    const BITS: u8 = 128;
+    const NAME: &'static str = "IPv6";
+    const EXAMPLE: &'static str = "fd32::/64";
+    const LONGEST_RANGE: u8 = 120;
+    const STORE_FILE: &'static str = "allocations6.json";
+    fn to_num(self) -> u128 {
+        u128::from(self)
+    }
+    fn from_num(n: u128) -> Self {
+        Ipv6Addr::from(n)
+    }
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
+}
+
+/// The low `bits` bits set (`bits` up to 128).
+fn low_mask(bits: u32) -> u128 {
+    u128::MAX.checked_shr(128 - bits.min(128)).unwrap_or(0)
+}
 
 /// Where this host's pod addresses come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,43 +173,98 @@ pub enum PodRange {
     Awaiting,
 }
 
-/// An IPv4 `--ipalloc-range`, checked: at most /30 (a range needs room for
-/// its network and broadcast address and at least one pod).
+/// An `--ipalloc-range` of one family (IPv4 unless said), checked: at
+/// most /30 in IPv4 (a range needs room for its network and broadcast
+/// address and at least one pod), at most /120 in IPv6 (16 chunks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AllocRange {
-    base: u32,
+pub struct AllocRange<A: Family = Ipv4Addr> {
+    base: u128,
     len: u8,
+    family: PhantomData<A>,
 }
 
-impl AllocRange {
+impl AllocRange<Ipv4Addr> {
     /// Parses `10.32.0.0/12`; errors name the value and say what is wanted.
     pub fn parse(text: &str) -> Result<AllocRange, String> {
+        AllocRange::checked(text)
+    }
+}
+
+impl AllocRange<Ipv6Addr> {
+    /// Parses `fd32::/64`; errors name the value and say what is wanted.
+    pub fn parse_v6(text: &str) -> Result<AllocRange<Ipv6Addr>, String> {
+        AllocRange::checked(text)
+    }
+}
+
+/// One `--ipalloc-range` of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyRange {
+    /// An IPv4 range.
+    V4(AllocRange<Ipv4Addr>),
+    /// An IPv6 range.
+    V6(AllocRange<Ipv6Addr>),
+}
+
+impl AnyRange {
+    /// Parses a range of either family (a `:` says IPv6).
+    pub fn parse(text: &str) -> Result<AnyRange, String> {
+        let addr = text.split('/').next().unwrap_or_default();
+        if addr.contains(':') {
+            AllocRange::parse_v6(text).map(AnyRange::V6)
+        } else {
+            AllocRange::parse(text).map(AnyRange::V4)
+        }
+    }
+}
+
+impl<A: Family> AllocRange<A> {
+    /// Parses a range of family `A`; errors name the value and say what
+    /// is wanted.
+    pub fn checked(text: &str) -> Result<AllocRange<A>, String> {
         let (addr, len) = text.split_once('/').ok_or_else(|| {
-            format!("--ipalloc-range {text:?} is not a CIDR range; write it like 10.32.0.0/12")
+            format!(
+                "--ipalloc-range {text:?} is not a CIDR range; write it like {}",
+                A::EXAMPLE
+            )
         })?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| {
-            format!("--ipalloc-range {text:?}: {addr:?} is not an IPv4 address (IPv6 ranges are not supported)")
+        let other = if A::BITS == 32 { "IPv6" } else { "IPv4" };
+        let addr: A = addr.parse().map_err(|_| {
+            format!(
+                "--ipalloc-range {text:?}: {addr:?} is not an {} address (an {other} range goes in a --ipalloc-range of its own)",
+                A::NAME
+            )
         })?;
+        let longest = A::LONGEST_RANGE;
         let len: u8 = len
             .parse()
             .ok()
-            .filter(|l| (1..=30).contains(l))
-            .ok_or_else(|| format!("--ipalloc-range {text:?}: the prefix length must be 1-30"))?;
-        let base = u32::from(addr);
-        let mask = u32::MAX << (32 - u32::from(len));
-        if base & !mask != 0 {
+            .filter(|l| (1..=longest).contains(l))
+            .ok_or_else(|| {
+                if A::BITS == 128 {
+                    format!("--ipalloc-range {text:?}: the prefix length must be 1-{longest} (an IPv6 range needs at least 256 addresses, 16 chunks; a /64 is usual)")
+                } else {
+                    format!("--ipalloc-range {text:?}: the prefix length must be 1-{longest}")
+                }
+            })?;
+        let base = addr.to_num();
+        let host = low_mask(u32::from(A::BITS - len));
+        if base & host != 0 {
             return Err(format!(
                 "--ipalloc-range {text:?} has host bits set; did you mean {}/{len}?",
-                Ipv4Addr::from(base & mask)
+                A::from_num(base & !host)
             ));
         }
-        Ok(AllocRange { base, len })
+        Ok(AllocRange {
+            base,
+            len,
+            family: PhantomData,
+        })
     }
 
     /// The range as a prefix.
     pub fn prefix(&self) -> IpPrefix {
-        IpPrefix::new(IpAddr::V4(Ipv4Addr::from(self.base)), self.len)
-            .expect("length checked at parse")
+        IpPrefix::new(A::from_num(self.base).into(), self.len).expect("length checked at parse")
     }
 
     /// The prefix length.
@@ -137,20 +274,24 @@ impl AllocRange {
     }
 
     /// Whether `addr` lies in the range.
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - u32::from(self.len));
-        u32::from(addr) & mask == self.base
+    pub fn contains(&self, addr: A) -> bool {
+        let (first, last) = self.ends();
+        (first..=last).contains(&addr.to_num())
     }
 
-    /// First and last address (network and broadcast: never handed out).
-    fn ends(&self) -> (u32, u32) {
-        (self.base, self.base | (u32::MAX >> self.len))
+    /// First and last address (network and broadcast, or the IPv6
+    /// subnet-router anycast address and the last: never handed out).
+    fn ends(&self) -> (u128, u128) {
+        (
+            self.base,
+            self.base | low_mask(u32::from(A::BITS - self.len)),
+        )
     }
 }
 
-impl fmt::Display for AllocRange {
+impl<A: Family> fmt::Display for AllocRange<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.len)
+        write!(f, "{}/{}", A::from_num(self.base), self.len)
     }
 }
 
@@ -168,23 +309,33 @@ pub fn parse_pod_cidr(text: &str, range: &AllocRange) -> Result<IpPrefix, String
     Ok(prefix)
 }
 
-/// The chunk length for a range: /26 chunks for ranges of /22 and wider
-/// (at least 16 chunks), else the range cut in 16 (down to /30, 4
-/// addresses), or the range itself when it is that small.
-pub fn chunk_len(range: &AllocRange) -> u8 {
-    (range.len + 4).clamp(WIDEST_CHUNK, 30).max(range.len)
+/// The chunk length for a range: chunks of 64 addresses (/26, or /122 in
+/// IPv6) for ranges 16 times that size and wider, else the range cut in 16
+/// (down to 4 addresses, /30 or /126), or the range itself when it is that
+/// small.
+///
+/// IPv6 chunks hold 64 addresses like IPv4's: a host needs as many
+/// addresses in either family (each pod takes one of each), the per-chunk
+/// state and `weft status ipam` stay small, and a /64 range still has 2^58
+/// chunks, so hosts (which start their search at an offset derived from
+/// their identity) practically never race for the same one.
+pub fn chunk_len<A: Family>(range: &AllocRange<A>) -> u8 {
+    (range.len + 4)
+        .clamp(A::BITS - 6, A::BITS - 2)
+        .max(range.len)
 }
 
 /// One pod interface's address, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
+#[serde(bound = "")]
+pub struct Allocation<A: Family = Ipv4Addr> {
     /// Which pod interface.
     #[serde(flatten)]
     pub key: AttachmentKey,
     /// The pod's network namespace as the runtime gave it.
     pub netns: String,
     /// The address.
-    pub address: Ipv4Addr,
+    pub address: A,
 }
 
 /// A departed peer's chunk this host keeps reserved.
@@ -200,21 +351,35 @@ pub struct Reservation {
     pub since: u64,
 }
 
-/// Everything IPAM persists (`allocations.json` in `--ipalloc-dir`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct State {
+/// Everything IPAM persists (`allocations.json` in `--ipalloc-dir`, and
+/// `allocations6.json` for an IPv6 range).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct State<A: Family = Ipv4Addr> {
     /// The range the allocations were made from.
     pub range: String,
     /// The chunks this host claims.
     pub chunks: Vec<String>,
     /// Addresses given to pods.
-    pub allocations: Vec<Allocation>,
+    pub allocations: Vec<Allocation<A>>,
     /// Departed peers' chunks kept reserved.
     pub reservations: Vec<Reservation>,
     /// The bridge's own address, the pods' gateway (bridge mode without
     /// an `--overlay` inside the range; see [`Ipam::want_bridge_gateway`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
+}
+
+impl<A: Family> Default for State<A> {
+    fn default() -> Self {
+        State {
+            range: String::new(),
+            chunks: Vec::new(),
+            allocations: Vec::new(),
+            reservations: Vec::new(),
+            gateway: None,
+        }
+    }
 }
 
 /// What the mesh says, fed to [`Ipam::update_view`].
@@ -223,7 +388,7 @@ pub struct MeshView {
     /// Whether this host has announced its claims (synchronised with the
     /// mesh): before that, ownership is not known and nothing is claimed.
     pub announced: bool,
-    /// Every accepted IPv4 prefix claim and its owner (this host included),
+    /// Every accepted IP prefix claim of the allocator's family and its owner (this host included),
     /// from the claim resolution over live peers.
     pub owned: Vec<(IpPrefix, PeerId)>,
     /// This host's claims refused because another host owns them.
@@ -312,6 +477,10 @@ pub struct IpamStatus {
     /// gateway (bridge mode without an `--overlay` inside the range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The IPv6 range's allocator, when a second `--ipalloc-range` gives
+    /// one (the IPv4 range's status is the outer one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Box<IpamStatus>>,
 }
 
 impl IpamStatus {
@@ -350,20 +519,24 @@ impl IpamStatus {
                 c.chunk, c.state, c.owner
             ));
         }
+        if let Some(v6) = &self.ipv6 {
+            out.push_str(&v6.render_text());
+        }
         out
     }
 }
 
-/// The allocator of one host. See the module documentation.
-pub struct Ipam {
-    range: AllocRange,
+/// The allocator of one host for one family (IPv4 unless said). See the
+/// module documentation.
+pub struct Ipam<A: Family = Ipv4Addr> {
+    range: AllocRange<A>,
     chunk_len: u8,
     me: PeerId,
     /// Addresses never handed out: the range's ends, the host's own.
-    excluded: BTreeSet<u32>,
+    excluded: BTreeSet<u128>,
     chunks: BTreeMap<IpPrefix, OwnChunk>,
-    allocations: BTreeMap<AttachmentKey, Allocation>,
-    used: BTreeSet<u32>,
+    allocations: BTreeMap<AttachmentKey, Allocation<A>>,
+    used: BTreeSet<u128>,
     reservations: BTreeMap<IpPrefix, Reservation>,
     reclaim_after: Duration,
     view: MeshView,
@@ -377,22 +550,22 @@ pub struct Ipam {
     /// That address, once taken: in `used` (so its chunk stays claimed
     /// and it is never handed to a pod), not in `allocations` (no DEL or
     /// GC releases it).
-    gateway: Option<Ipv4Addr>,
+    gateway: Option<A>,
 }
 
-impl Ipam {
+impl<A: Family> Ipam<A> {
     /// An allocator for `range` on the host `me`; `own_address` (the
     /// host's overlay address, if any) is never handed out.
     pub fn new(
-        range: AllocRange,
+        range: AllocRange<A>,
         me: PeerId,
-        own_address: Option<Ipv4Addr>,
+        own_address: Option<A>,
         reclaim_after: Duration,
-    ) -> Ipam {
+    ) -> Ipam<A> {
         let (first, last) = range.ends();
         let mut excluded = BTreeSet::from([first, last]);
         if let Some(a) = own_address.filter(|a| range.contains(*a)) {
-            excluded.insert(u32::from(a));
+            excluded.insert(a.to_num());
         }
         Ipam {
             range,
@@ -418,18 +591,18 @@ impl Ipam {
     /// persisted, so it survives restarts and is never handed out twice.
     /// `want = false` (a host address in the range is the gateway now)
     /// releases one held from an earlier run and returns it.
-    pub fn want_bridge_gateway(&mut self, want: bool) -> Option<Ipv4Addr> {
+    pub fn want_bridge_gateway(&mut self, want: bool) -> Option<A> {
         self.want_gateway = want;
         if want {
             return None;
         }
         let old = self.gateway.take()?;
-        self.used.remove(&u32::from(old));
+        self.used.remove(&old.to_num());
         Some(old)
     }
 
     /// The bridge's address from IPAM, once taken.
-    pub fn gateway(&self) -> Option<Ipv4Addr> {
+    pub fn gateway(&self) -> Option<A> {
         self.gateway
     }
 
@@ -437,7 +610,7 @@ impl Ipam {
     /// yet. `Ok(Some((address, new)))`; `Ok(None)` when none is wanted;
     /// `Err` as for [`allocate`](Self::allocate) (a chunk claim settling:
     /// ask again).
-    pub fn ensure_gateway(&mut self, now: Instant) -> Result<Option<(Ipv4Addr, bool)>, AllocError> {
+    pub fn ensure_gateway(&mut self, now: Instant) -> Result<Option<(A, bool)>, AllocError> {
         if !self.want_gateway {
             return Ok(None);
         }
@@ -477,7 +650,16 @@ impl Ipam {
                 self.range, self.chunk_len
             ));
         };
-        if !cidr.is_ipv4() || cidr.len() > 30 || !self.range.prefix().contains(&cidr) {
+        if A::BITS != 32 {
+            return Err(format!(
+                "a pod range of this host's own ({cidr}) is implemented for IPv4 only: the IPv6 --ipalloc-range {} is divided in chunks",
+                self.range
+            ));
+        }
+        if cidr.is_ipv4() != (A::BITS == 32)
+            || cidr.len() > A::LONGEST_RANGE
+            || !self.range.prefix().contains(&cidr)
+        {
             return Err(format!(
                 "this host's pod range {cidr} does not lie inside --ipalloc-range {} (or is longer than /30): give every host the same --ipalloc-range that holds all nodes' pod CIDRs (the cluster's pod CIDR)",
                 self.range
@@ -485,12 +667,12 @@ impl Ipam {
         }
         let used = &self.used;
         self.chunks
-            .retain(|c, _| !cidr.contains(c) && used.range(bounds(c)).next().is_some());
+            .retain(|c, _| !cidr.contains(c) && used.range(bounds::<A>(c)).next().is_some());
         self.chunks.entry(cidr).or_insert(OwnChunk {
             claimed_at: None,
             confirmed: false,
         });
-        let r = bounds(&cidr);
+        let r = bounds::<A>(&cidr);
         self.excluded.insert(*r.start());
         self.excluded.insert(*r.end());
         self.pod_range = PodRange::Fixed(cidr);
@@ -504,13 +686,13 @@ impl Ipam {
     /// Whether a claim looks like a chunk of the range: inside it and
     /// wider than a host address (chunks, and hosts' pod ranges).
     fn chunk_like(&self, p: &IpPrefix) -> bool {
-        p.len() <= 30 && self.range.prefix().contains(p)
+        p.len() <= A::BITS - 2 && self.range.prefix().contains(p)
     }
 
     /// Takes back a persisted state: its allocations, the chunks they lie
     /// in (claimed again) and its reservations. A state of another range
     /// with live allocations is refused, naming both ranges.
-    pub fn restore(&mut self, state: State) -> Result<(), String> {
+    pub fn restore(&mut self, state: State<A>) -> Result<(), String> {
         if state.range != self.range.to_string() && !state.allocations.is_empty() {
             return Err(format!(
                 "--ipalloc-range {} differs from the range {} of the {} addresses held in the IPAM directory; pods still use them: keep the old range, or remove the directory once no pod uses it",
@@ -528,7 +710,7 @@ impl Ipam {
                 claimed_at: None,
                 confirmed: false,
             });
-            self.used.insert(u32::from(a.address));
+            self.used.insert(a.address.to_num());
             self.allocations.insert(a.key.clone(), a);
         }
         if state.range == self.range.to_string() {
@@ -550,13 +732,13 @@ impl Ipam {
             }
             // Pods of the earlier run route through it: keep it.
             if let Some(g) = state.gateway.filter(|g| self.range.contains(*g)) {
-                if !self.used.contains(&u32::from(g)) && !self.excluded.contains(&u32::from(g)) {
+                if !self.used.contains(&g.to_num()) && !self.excluded.contains(&g.to_num()) {
                     let chunk = self.chunk_of(g);
                     self.chunks.entry(chunk).or_insert(OwnChunk {
                         claimed_at: None,
                         confirmed: false,
                     });
-                    self.used.insert(u32::from(g));
+                    self.used.insert(g.to_num());
                     self.gateway = Some(g);
                 }
             }
@@ -574,7 +756,7 @@ impl Ipam {
     }
 
     /// What to persist.
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> State<A> {
         State {
             range: self.range.to_string(),
             chunks: self.chunks.keys().map(|c| c.to_string()).collect(),
@@ -585,7 +767,7 @@ impl Ipam {
     }
 
     /// The range.
-    pub fn range(&self) -> AllocRange {
+    pub fn range(&self) -> AllocRange<A> {
         self.range
     }
 
@@ -594,25 +776,27 @@ impl Ipam {
         self.chunks.keys().copied().collect()
     }
 
-    fn chunk_of(&self, addr: Ipv4Addr) -> IpPrefix {
+    fn chunk_of(&self, addr: A) -> IpPrefix {
         if let PodRange::Fixed(cidr) = self.pod_range {
-            if cidr.contains_addr(IpAddr::V4(addr)) {
+            if cidr.contains_addr(addr.into()) {
                 return cidr;
             }
         }
-        IpPrefix::new(IpAddr::V4(addr), self.chunk_len).expect("chunk length is at most 32")
+        IpPrefix::new(addr.into(), self.chunk_len).expect("chunk length fits the family")
     }
 
-    fn chunk_bounds(&self, chunk: &IpPrefix) -> (u32, u32) {
-        let r = bounds(chunk);
+    fn chunk_bounds(&self, chunk: &IpPrefix) -> (u128, u128) {
+        let r = bounds::<A>(chunk);
         (*r.start(), *r.end())
     }
 
-    /// Addresses a chunk can hand out (its size less excluded addresses).
+    /// Addresses a chunk can hand out (its size less excluded addresses;
+    /// a wider claim seen in the view counts as at most `u32::MAX`).
     fn capacity(&self, chunk: &IpPrefix) -> u32 {
         let (lo, hi) = self.chunk_bounds(chunk);
-        let excluded = self.excluded.range(lo..=hi).count() as u32;
-        (hi - lo + 1) - excluded
+        let excluded = self.excluded.range(lo..=hi).count() as u128;
+        let size = (hi - lo).saturating_add(1);
+        u32::try_from(size.saturating_sub(excluded)).unwrap_or(u32::MAX)
     }
 
     fn in_use(&self, chunk: &IpPrefix) -> u32 {
@@ -644,7 +828,9 @@ impl Ipam {
         for (chunk, own) in self.chunks.iter_mut() {
             own.confirmed = view.announced && owner_of.get(chunk) == Some(&me);
             let fixed = self.pod_range == PodRange::Fixed(*chunk);
-            if refused.contains(chunk) && !fixed && self.used.range(bounds(chunk)).next().is_none()
+            if refused.contains(chunk)
+                && !fixed
+                && self.used.range(bounds::<A>(chunk)).next().is_none()
             {
                 drop.push(*chunk);
             }
@@ -696,7 +882,7 @@ impl Ipam {
     }
 
     /// The address held for `key`, if any.
-    pub fn lookup(&self, key: &AttachmentKey) -> Option<Ipv4Addr> {
+    pub fn lookup(&self, key: &AttachmentKey) -> Option<A> {
         self.allocations.get(key).map(|a| a.address)
     }
 
@@ -709,7 +895,7 @@ impl Ipam {
         key: &AttachmentKey,
         netns: &str,
         now: Instant,
-    ) -> Result<(Ipv4Addr, bool), AllocError> {
+    ) -> Result<(A, bool), AllocError> {
         check_key(key)?;
         if let Some(a) = self.allocations.get(key) {
             return Ok((a.address, false));
@@ -732,7 +918,7 @@ impl Ipam {
     /// A free address from a confirmed chunk, marked used. With none free
     /// it claims a new chunk (the caller persists and announces, then asks
     /// again once it settles).
-    fn take_free(&mut self, now: Instant) -> Result<Ipv4Addr, AllocError> {
+    fn take_free(&mut self, now: Instant) -> Result<A, AllocError> {
         if self.pod_range == PodRange::Awaiting {
             return Err(AllocError::Pending(
                 "waiting for the Kubernetes API to say whether this node has a podCIDR (see weft's log)".into(),
@@ -751,10 +937,12 @@ impl Ipam {
             .collect();
         for chunk in usable {
             let (lo, hi) = self.chunk_bounds(&chunk);
+            // Chunks of this host hold at most 64 addresses (a pod range
+            // of its own is IPv4, at most 2^30): the scan is short.
             let free = (lo..=hi).find(|a| !self.used.contains(a) && !self.excluded.contains(a));
             if let Some(a) = free {
                 self.used.insert(a);
-                return Ok(Ipv4Addr::from(a));
+                return Ok(A::from_num(a));
             }
         }
         if !self.view.announced {
@@ -819,20 +1007,27 @@ impl Ipam {
         if self.pod_range != PodRange::Divided {
             return None;
         }
-        let count: u64 = 1 << (self.chunk_len - self.range.len);
+        let count: u128 = 1 << (self.chunk_len - self.range.len);
         let seed = self
             .me
             .0
             .iter()
             .take(8)
-            .fold(0u64, |h, b| h << 8 | u64::from(*b));
+            .fold(0u128, |h, b| h << 8 | u128::from(*b));
         let start = seed % count;
-        let step = 1u64 << (32 - self.chunk_len);
-        (0..count)
+        let step = 1u128 << (A::BITS - self.chunk_len);
+        // An IPv6 range has up to 2^120 chunks: look at the next 2^20 from
+        // the start (more than hosts could ever own), not all of them.
+        let probes = if A::BITS == 32 {
+            count
+        } else {
+            count.min(1 << 20)
+        };
+        (0..probes)
             .map(|i| (start + i) % count)
             .map(|i| {
-                let a = u64::from(self.range.base) + i * step;
-                self.chunk_of(Ipv4Addr::from(a as u32))
+                let a = self.range.base + i * step;
+                self.chunk_of(A::from_num(a))
             })
             .find(|c| {
                 self.capacity(c) > 0
@@ -857,7 +1052,7 @@ impl Ipam {
     pub fn release(&mut self, key: &AttachmentKey) -> bool {
         match self.allocations.remove(key) {
             Some(a) => {
-                self.used.remove(&u32::from(a.address));
+                self.used.remove(&a.address.to_num());
                 true
             }
             None => false,
@@ -963,7 +1158,7 @@ impl Ipam {
         let range = self.range.prefix();
         let gateway_in = |chunk: &IpPrefix| -> u32 {
             self.gateway
-                .is_some_and(|g| chunk.contains_addr(IpAddr::V4(g)))
+                .is_some_and(|g| chunk.contains_addr(g.into()))
                 .into()
         };
         let mut chunks = Vec::new();
@@ -1046,15 +1241,22 @@ impl Ipam {
             },
             awaiting_pod_cidr: self.pod_range == PodRange::Awaiting,
             gateway: self.gateway.map(|g| g.to_string()),
+            ipv6: None,
         }
     }
 }
 
-/// The first and last address of an IPv4 chunk (every chunk is IPv4: the
-/// range is, and the view passes IPv4 prefixes only).
-fn bounds(chunk: &IpPrefix) -> std::ops::RangeInclusive<u32> {
-    let first = (chunk.bits() >> 96) as u32;
-    first..=(first | (u32::MAX.checked_shr(u32::from(chunk.len())).unwrap_or(0)))
+/// The first and last address of a chunk of family `A`, as numbers (the
+/// driver passes each allocator prefixes of its own family only; one of
+/// the other family or longer than an address gives its network address
+/// alone).
+fn bounds<A: Family>(chunk: &IpPrefix) -> std::ops::RangeInclusive<u128> {
+    let first = match A::from_ip(chunk.addr()) {
+        Some(a) => a.to_num(),
+        None => return 0..=0,
+    };
+    let host_bits = u32::from(A::BITS.saturating_sub(chunk.len()));
+    first..=(first | low_mask(host_bits))
 }
 
 /// Longest container id or interface name accepted.

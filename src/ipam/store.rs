@@ -3,23 +3,29 @@
 //! one, directory synced), so a crash leaves the old state or the new one,
 //! never half of either.
 
-use super::State;
+use super::{Family, State};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The file name inside the IPAM directory.
+/// The file name inside the IPAM directory (of the IPv4 range; the IPv6
+/// range's is [`Family::STORE_FILE`], `allocations6.json`).
 pub const FILE: &str = "allocations.json";
 
-/// The state file of `dir`.
+/// The IPv4 state file of `dir`.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-/// Reads the state of `dir`: `None` when there is none yet; an error names
-/// the file and what is wrong with it.
-pub fn load(dir: &Path) -> Result<Option<State>, String> {
-    let file = path(dir);
+/// The state file of family `A` in `dir`.
+pub fn path_of<A: Family>(dir: &Path) -> PathBuf {
+    dir.join(A::STORE_FILE)
+}
+
+/// Reads the state of family `A` in `dir`: `None` when there is none yet;
+/// an error names the file and what is wrong with it.
+pub fn load<A: Family>(dir: &Path) -> Result<Option<State<A>>, String> {
+    let file = path_of::<A>(dir);
     let text = match fs::read_to_string(&file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -35,15 +41,15 @@ pub fn load(dir: &Path) -> Result<Option<State>, String> {
 
 /// Writes `state` to `dir` atomically, creating the directory (mode 0700)
 /// if needed.
-pub fn save(dir: &Path, state: &State) -> Result<(), String> {
+pub fn save<A: Family>(dir: &Path, state: &State<A>) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("cannot create the IPAM directory {}: {e}", dir.display()))?;
-    let file = path(dir);
-    let tmp = dir.join(format!(".{FILE}.tmp"));
+    let file = path_of::<A>(dir);
+    let tmp = dir.join(format!(".{}.tmp", A::STORE_FILE));
     let text = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
@@ -67,8 +73,8 @@ mod tests {
     fn state_round_trips_and_a_missing_file_is_no_state() {
         let dir = std::env::temp_dir().join(format!("weft-ipam-store-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        assert_eq!(load(&dir).unwrap(), None);
-        let state = State {
+        assert_eq!(load::<std::net::Ipv4Addr>(&dir).unwrap(), None);
+        let state: State = State {
             range: "10.32.0.0/16".into(),
             chunks: vec!["10.32.0.0/26".into()],
             ..State::default()
@@ -77,7 +83,9 @@ mod tests {
         assert_eq!(load(&dir).unwrap(), Some(state));
         assert!(!dir.join(".allocations.json.tmp").exists());
         fs::write(path(&dir), b"{nonsense").unwrap();
-        assert!(load(&dir).unwrap_err().contains("allocations.json"));
+        assert!(load::<std::net::Ipv4Addr>(&dir)
+            .unwrap_err()
+            .contains("allocations.json"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -18,7 +18,7 @@ fn p(s: &str) -> IpPrefix {
 }
 
 /// A view in which `me` owns its claims and `others` own theirs.
-fn view(ipam: &Ipam, others: &[(IpPrefix, PeerId)]) -> MeshView {
+fn view<A: Family>(ipam: &Ipam<A>, others: &[(IpPrefix, PeerId)]) -> MeshView {
     let mut owned: Vec<(IpPrefix, PeerId)> = others.to_vec();
     let mut refused = Vec::new();
     for c in ipam.claims() {
@@ -40,12 +40,12 @@ fn view(ipam: &Ipam, others: &[(IpPrefix, PeerId)]) -> MeshView {
 
 /// Runs `step` until it gives an answer, settling any claim it makes
 /// (view, clock) on the way.
-fn settled<T>(
-    ipam: &mut Ipam,
+fn settled<T, A: Family>(
+    ipam: &mut Ipam<A>,
     others: &[(IpPrefix, PeerId)],
     now: &mut Instant,
     what: &str,
-    mut step: impl FnMut(&mut Ipam, Instant) -> Result<T, AllocError>,
+    mut step: impl FnMut(&mut Ipam<A>, Instant) -> Result<T, AllocError>,
 ) -> T {
     for _ in 0..4 {
         match step(ipam, *now) {
@@ -659,4 +659,233 @@ fn the_gateway_survives_a_restart_and_goes_when_a_host_address_is_the_gateway() 
     third.update_view(v, 0);
     let c = third.allocate(&key("c"), "ns", now).unwrap().0;
     assert_eq!(c, g, "the released gateway is the first free address");
+}
+
+// ---- IPv6 ---------------------------------------------------------------
+
+/// Allocates `c` from an IPv6 allocator, settling any claim on the way.
+fn add6(
+    ipam: &mut Ipam<Ipv6Addr>,
+    c: &str,
+    others: &[(IpPrefix, PeerId)],
+    now: &mut Instant,
+) -> Ipv6Addr {
+    settled(ipam, others, now, c, |i, t| {
+        i.allocate(&key(c), "/proc/1/ns/net", t).map(|(a, _)| a)
+    })
+}
+
+#[test]
+fn ipv6_ranges_parse_and_refuse_by_value() {
+    let r = AllocRange::parse_v6("fd32::/64").unwrap();
+    assert_eq!(r.to_string(), "fd32::/64");
+    assert_eq!(chunk_len(&r), 122);
+    assert_eq!(chunk_len(&AllocRange::parse_v6("fd32::/112").unwrap()), 122);
+    assert_eq!(chunk_len(&AllocRange::parse_v6("fd32::/118").unwrap()), 122);
+    assert_eq!(chunk_len(&AllocRange::parse_v6("fd32::/120").unwrap()), 124);
+    assert_eq!(chunk_len(&AllocRange::parse_v6("::/1").unwrap()), 122);
+    for (bad, says) in [
+        ("fd32::", "CIDR"),
+        ("10.32.0.0/16", "IPv6"),
+        ("fd32::/121", "1-120"),
+        ("fd32::/0", "1-120"),
+        ("fd32::/129", "1-120"),
+        ("fd32::1/64", "fd32::/64"),
+        ("fd32::/x", "1-120"),
+    ] {
+        let e = AllocRange::parse_v6(bad).unwrap_err();
+        assert!(e.contains(says) && e.contains(bad), "{bad}: {e}");
+    }
+    assert!(AllocRange::parse_v6("fd32::/121")
+        .unwrap_err()
+        .contains("at least 256 addresses"));
+    // Either family by its text.
+    assert!(matches!(
+        AnyRange::parse("fd32::/64"),
+        Ok(AnyRange::V6(r)) if r.to_string() == "fd32::/64"
+    ));
+    assert!(matches!(
+        AnyRange::parse("10.32.0.0/16"),
+        Ok(AnyRange::V4(r)) if r.to_string() == "10.32.0.0/16"
+    ));
+    assert!(AnyRange::parse("fd32::/200")
+        .unwrap_err()
+        .contains("fd32::/200"));
+    assert!(AnyRange::parse("nonsense")
+        .unwrap_err()
+        .contains("nonsense"));
+    // The IPv4 parser names the way to an IPv6 range.
+    let e = AllocRange::parse("fd00::/64").unwrap_err();
+    assert!(e.contains("IPv4") && e.contains("of its own"), "{e}");
+}
+
+#[test]
+fn an_ipv6_range_is_claimed_in_122_chunks_and_hands_out_distinct_addresses() {
+    let range = AllocRange::parse_v6("fd32::/64").unwrap();
+    let own: Ipv6Addr = "fd32::1".parse().unwrap();
+    let mut ipam = Ipam::new(range, id(1), Some(own), Duration::from_secs(3600));
+    let mut now = Instant::now();
+    let mut seen = BTreeSet::new();
+    for i in 0..70 {
+        let a = add6(&mut ipam, &format!("c{i}"), &[], &mut now);
+        assert!(range.contains(a), "{a}");
+        assert_ne!(a, own);
+        assert_ne!(a, "fd32::".parse::<Ipv6Addr>().unwrap());
+        assert!(seen.insert(a), "{a} handed out twice");
+    }
+    // 70 addresses need two chunks of 64, both /122, inside the range.
+    let claims = ipam.claims();
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    assert!(claims
+        .iter()
+        .all(|c| c.len() == 122 && !c.is_ipv4() && range.prefix().contains(c)));
+    let status = ipam.status("me", &|p| p.to_string(), 0);
+    assert_eq!(status.range, "fd32::/64");
+    assert_eq!(status.chunk_len, 122);
+    assert_eq!(status.in_use, 70);
+    assert!(status.render_text().contains("fd32::/64 in /122 chunks"));
+    // Idempotent, released, and free again.
+    let a = ipam.lookup(&key("c5")).unwrap();
+    assert_eq!(ipam.allocate(&key("c5"), "ns", now).unwrap(), (a, false));
+    assert!(ipam.release(&key("c5")));
+    assert!(!ipam.release(&key("c5")));
+    assert_eq!(ipam.gc(&[key("c1")]), 68);
+    assert_eq!(ipam.lookup(&key("c1")).map(|_| ()), Some(()));
+    // Two hosts start their search at different chunks of the /64.
+    let mut other = Ipam::new(range, id(2), None, Duration::ZERO);
+    let b = add6(&mut other, "x", &[], &mut now);
+    let chunk_b = IpPrefix::new(IpAddr::V6(b), 122).unwrap();
+    assert!(!claims.contains(&chunk_b));
+    // A pod range of its own is IPv4 only.
+    let e = ipam.set_pod_cidr(Some(p("fd32::/120"))).unwrap_err();
+    assert!(e.contains("IPv4 only"), "{e}");
+}
+
+/// Every address of a small range at either end of the IPv6 space: the
+/// chunk math neither overflows nor hands out the range's ends.
+#[test]
+fn ipv6_chunk_math_holds_at_both_ends_of_the_address_space() {
+    for (text, first, last) in [
+        (
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ),
+        ("::/120", "::", "::ff"),
+    ] {
+        let range = AllocRange::parse_v6(text).unwrap();
+        assert_eq!(chunk_len(&range), 124);
+        let (first, last): (Ipv6Addr, Ipv6Addr) = (first.parse().unwrap(), last.parse().unwrap());
+        let mut ipam = Ipam::new(range, id(3), None, Duration::ZERO);
+        let mut now = Instant::now();
+        let mut seen = BTreeSet::new();
+        for i in 0..254 {
+            let a = add6(&mut ipam, &format!("p{i}"), &[], &mut now);
+            assert!(range.contains(a) && a != first && a != last, "{text}: {a}");
+            assert!(seen.insert(a), "{text}: {a} twice");
+        }
+        assert_eq!(ipam.claims().len(), 16, "{text}");
+        ipam.update_view(view(&ipam, &[]), 0);
+        let e = ipam.allocate(&key("one-more"), "ns", now).unwrap_err();
+        assert!(matches!(e, AllocError::Exhausted(_)), "{text}: {e}");
+        assert!(ipam.ready().is_err());
+        let status = ipam.status("me", &|p| p.to_string(), 0);
+        let sizes: u32 = status.chunks.iter().map(|c| c.size).sum();
+        assert_eq!(sizes, 254, "{text}");
+    }
+}
+
+#[test]
+fn ipv6_allocations_persist_beside_an_unchanged_ipv4_state() {
+    let dir = std::env::temp_dir().join(format!("weft-ipam-dual-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // An IPv4 state as an earlier weft wrote it loads as it was.
+    let old = r#"{
+  "range": "10.32.0.0/16",
+  "chunks": ["10.32.1.0/26"],
+  "allocations": [{"container_id": "a", "ifname": "eth0", "netns": "/proc/1/ns/net", "address": "10.32.1.2"}],
+  "reservations": []
+}"#;
+    std::fs::write(dir.join("allocations.json"), old).unwrap();
+    let v4 = store::load::<Ipv4Addr>(&dir).unwrap().unwrap();
+    assert_eq!(v4.allocations[0].address, Ipv4Addr::new(10, 32, 1, 2));
+    assert_eq!(store::load::<Ipv6Addr>(&dir).unwrap(), None);
+
+    let range = AllocRange::parse_v6("fd32::/64").unwrap();
+    let mut now = Instant::now();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::ZERO);
+    let a = add6(&mut ipam, "a", &[], &mut now);
+    let b = add6(&mut ipam, "b", &[], &mut now);
+    assert!(ipam.release(&key("b")));
+    store::save(&dir, &ipam.state()).unwrap();
+    assert!(dir.join("allocations6.json").exists());
+    // The IPv4 file is untouched by the IPv6 one.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("allocations.json")).unwrap(),
+        old
+    );
+
+    let mut again = Ipam::new(range, id(1), None, Duration::ZERO);
+    again
+        .restore(store::load::<Ipv6Addr>(&dir).unwrap().unwrap())
+        .unwrap();
+    assert_eq!(again.claims(), ipam.claims());
+    assert_eq!(again.lookup(&key("a")), Some(a));
+    again.update_view(view(&again, &[]), 0);
+    let (c, _) = again.allocate(&key("c"), "ns", now).unwrap();
+    assert_ne!(c, a, "a held address is never handed out twice");
+    assert_eq!(c, b);
+    // Another IPv6 range with live allocations is refused, naming both.
+    let other = AllocRange::parse_v6("fd40::/64").unwrap();
+    let e = Ipam::new(other, id(1), None, Duration::ZERO)
+        .restore(store::load::<Ipv6Addr>(&dir).unwrap().unwrap())
+        .unwrap_err();
+    assert!(e.contains("fd40::/64") && e.contains("fd32::/64"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn departed_peers_ipv6_chunks_stay_reserved_until_timeout_or_rmpeer() {
+    let range = AllocRange::parse_v6("fd32::/120").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(100));
+    let mut now = Instant::now();
+    let theirs: Vec<IpPrefix> = ["fd32::/124", "fd32::10/124", "fd32::20/124"]
+        .iter()
+        .map(|s| p(s))
+        .collect();
+    let mut gone = view(&ipam, &[]);
+    // A departed peer's IPv4 claims are not this allocator's business.
+    gone.departed = vec![(id(2), "b".into(), theirs.clone())];
+    gone.live_names = vec!["c".into()];
+    assert!(ipam.update_view(gone.clone(), 1000));
+    let status = ipam.status("me", &|p| p.to_string(), 1010);
+    let reserved: Vec<_> = status
+        .chunks
+        .iter()
+        .filter(|c| c.state == "reserved")
+        .collect();
+    assert_eq!(reserved.len(), 3);
+    assert_eq!(reserved[0].reclaim_in, Some(90));
+    assert_eq!(ipam.reserved_chunks(), theirs);
+    for i in 0..40 {
+        let _ = add6(&mut ipam, &format!("c{i}"), &[], &mut now);
+        let v = MeshView {
+            departed: gone.departed.clone(),
+            live_names: gone.live_names.clone(),
+            ..view(&ipam, &[])
+        };
+        ipam.update_view(v, 1000);
+    }
+    assert!(ipam.claims().iter().all(|c| !theirs.contains(c)));
+    let mut again = Ipam::new(range, id(1), None, Duration::from_secs(100));
+    again.restore(ipam.state()).unwrap();
+    assert_eq!(again.rmpeer("b").unwrap(), theirs);
+    assert!(theirs.iter().all(|c| again.claims().contains(c)));
+    let mut v = view(&ipam, &[]);
+    v.departed = Vec::new();
+    ipam.update_view(v.clone(), 1099);
+    assert_eq!(ipam.state().reservations.len(), 3);
+    assert!(ipam.update_view(v, 1100));
+    assert!(ipam.state().reservations.is_empty());
 }

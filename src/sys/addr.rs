@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::link::Link;
@@ -45,6 +47,10 @@ fn parse_address(message: &AddressMessage) -> Option<Address> {
     })
 }
 
+/// The message for `ip/prefix_len` on link `index`. IPv6 addresses carry
+/// IFA_F_NODAD (in the header and in IFA_FLAGS): weft's addresses are
+/// unique by construction (IPAM, `--overlay`), and duplicate address
+/// detection would leave them tentative, unusable, for a second or more.
 fn address_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
     let mut message = AddressMessage::default();
     message.header.family = family(ip);
@@ -52,6 +58,12 @@ fn address_message(index: u32, ip: IpAddr, prefix_len: u8) -> AddressMessage {
     message.header.index = index;
     message.attributes.push(AddressAttribute::Local(ip));
     message.attributes.push(AddressAttribute::Address(ip));
+    if ip.is_ipv6() {
+        message.header.flags = AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
     message
 }
 
