@@ -614,6 +614,46 @@ fn malformed_kube_flags() {
             vec!["--ipalloc-pod-cidr", "10.40.7.0/24"],
             vec!["--ipalloc-pod-cidr", "need --ipalloc-range"],
         ),
+        (
+            "an IPv6 pod range outside the IPv6 range",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-range",
+                "fd32::/48",
+                "--ipalloc-pod-cidr",
+                "fd33:0:0:7::/64",
+            ],
+            vec!["fd33:0:0:7::/64", "fd32::/48", "does not lie inside"],
+        ),
+        (
+            "an IPv6 pod range without an IPv6 range",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-pod-cidr",
+                "fd32:0:0:7::/64",
+            ],
+            vec![
+                "fd32:0:0:7::/64",
+                "no IPv6 --ipalloc-range",
+                "add an IPv6 --ipalloc-range",
+            ],
+        ),
+        (
+            "two IPv6 pod ranges",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-range",
+                "fd32::/48",
+                "--ipalloc-pod-cidr",
+                "fd32:0:0:7::/64",
+                "--ipalloc-pod-cidr",
+                "fd32:0:0:8::/64",
+            ],
+            vec!["fd32:0:0:7::/64", "fd32:0:0:8::/64", "second IPv6"],
+        ),
     ] {
         expect_rejected(a, what, &args(&extra), &no_node, &[], &needles);
     }
