@@ -146,6 +146,20 @@ fn peers_come_from_the_node_list() {
     );
 }
 
+/// Two weft hosts and the API's, which lists them as node0 and node1 with
+/// the pod CIDRs given (see [`node`]).
+fn two_nodes(pod_cidrs: [Option<&str>; 2]) -> (Switched, FakeApi) {
+    let (net, api) = setup(2);
+    let nodes = (0..2)
+        .map(|i| {
+            let ip = net.hosts[i].underlay.to_string();
+            node(&format!("node{i}"), &ip, pod_cidrs[i])
+        })
+        .collect();
+    api.set_nodes(nodes);
+    (net, api)
+}
+
 /// Starts host `i` as node `node_name` in bridge mode with IPAM over
 /// 10.32.0.0/16, plus `extra`.
 fn start_ipam(net: &mut Switched, i: usize, api: &FakeApi, node_name: &str, extra: &[&str]) {
@@ -165,14 +179,8 @@ fn start_ipam(net: &mut Switched, i: usize, api: &FakeApi, node_name: &str, extr
 #[test]
 fn pods_get_addresses_from_their_nodes_pod_cidr() {
     require_root!();
-    let (mut net, api) = setup(2);
-    let ips: Vec<String> = net.hosts.iter().map(|h| h.underlay.to_string()).collect();
-    let ip = |i: usize| ips[i].clone();
     // node0's range comes from the API, node1's from --ipalloc-pod-cidr.
-    api.set_nodes(vec![
-        node("node0", &ip(0), Some("10.32.7.0/24")),
-        node("node1", &ip(1), None),
-    ]);
+    let (mut net, api) = two_nodes([Some("10.32.7.0/24"), None]);
     start_ipam(&mut net, 0, &api, "node0", &[]);
     start_ipam(
         &mut net,
@@ -269,12 +277,9 @@ fn address_of(result: &serde_json::Value, v6: bool) -> String {
 #[test]
 fn dual_stack_pods_get_ipv6_addresses_from_their_nodes_pod_cidrs() {
     require_root!();
-    let (mut net, api) = setup(2);
-    let ips: Vec<String> = net.hosts.iter().map(|h| h.underlay.to_string()).collect();
-    let ip = |i: usize| ips[i].clone();
-    api.set_nodes(vec![
-        node("node0", &ip(0), Some("10.32.7.0/24,fd32:0:0:7::/64")),
-        node("node1", &ip(1), Some("10.32.9.0/24,fd32:0:0:99::/64")),
+    let (mut net, api) = two_nodes([
+        Some("10.32.7.0/24,fd32:0:0:7::/64"),
+        Some("10.32.9.0/24,fd32:0:0:99::/64"),
     ]);
     let range6 = ["--ipalloc-range", "fd32::/48"];
     start_ipam(&mut net, 0, &api, "node0", &range6);
@@ -370,12 +375,14 @@ fn dual_stack_pods_get_ipv6_addresses_from_their_nodes_pod_cidrs() {
         "{text}"
     );
 
+    // Host 0's IPv6 pod range came from the API, after the startup log
+    // said it waits for it.
     let log0 = net.hosts[0].logs();
     assert!(
-        log0.contains("IPAM hands out addresses from this host's pod range fd32:0:0:7::/64 only"),
+        log0.contains("IPAM: IPv6 range fd32::/48, this host's pod range is node node0's IPv6 spec.podCIDRs entry from the Kubernetes API")
+            && log0.contains("Kubernetes: IPAM hands out addresses from this host's pod range fd32:0:0:7::/64 only"),
         "{log0}"
     );
-    assert!(!log0.contains("not used"), "{log0}");
     let log1 = net.hosts[1].logs();
     assert!(
         log1.contains("IPAM: IPv6 range fd32::/48, IPAM hands out addresses from this host's pod range fd32:0:0:9::/64 only"),

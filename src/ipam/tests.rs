@@ -474,12 +474,11 @@ fn divided_hosts_avoid_other_hosts_pod_ranges_and_show_them() {
     );
 }
 
-#[test]
-fn under_kube_nothing_is_handed_out_until_the_api_said_then_chunks_or_the_pod_range() {
-    let range = AllocRange::parse("10.32.0.0/16").unwrap();
-    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+/// `--kube`: told to wait, the allocator hands nothing out and claims
+/// nothing, even with the mesh synchronised.
+fn awaits_the_api<A: Family>(ipam: &mut Ipam<A>) {
     ipam.await_pod_cidr();
-    let v = view(&ipam, &[]);
+    let v = view(ipam, &[]);
     ipam.update_view(v, 0);
     match ipam.allocate(&key("a"), "/proc/1/ns/net", Instant::now()) {
         Err(AllocError::Pending(why)) => assert!(why.contains("Kubernetes API"), "{why}"),
@@ -487,6 +486,13 @@ fn under_kube_nothing_is_handed_out_until_the_api_said_then_chunks_or_the_pod_ra
     }
     assert!(ipam.ready().unwrap_err().contains("podCIDR"));
     assert!(ipam.claims().is_empty());
+}
+
+#[test]
+fn under_kube_nothing_is_handed_out_until_the_api_said_then_chunks_or_the_pod_range() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    awaits_the_api(&mut ipam);
     assert!(ipam
         .status("h", &|_| String::new(), 0)
         .render_text()
@@ -860,15 +866,7 @@ fn an_ipv6_pod_cidr_is_one_chunk_never_hands_out_its_ends_and_survives_a_restart
 fn under_kube_the_ipv6_allocator_waits_for_the_api_too() {
     let range = AllocRange::parse_v6("fd32::/48").unwrap();
     let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
-    ipam.await_pod_cidr();
-    let v = view(&ipam, &[]);
-    ipam.update_view(v, 0);
-    match ipam.allocate(&key("a"), "/proc/1/ns/net", Instant::now()) {
-        Err(AllocError::Pending(why)) => assert!(why.contains("Kubernetes API"), "{why}"),
-        other => panic!("{other:?}"),
-    }
-    assert!(ipam.ready().unwrap_err().contains("podCIDR"));
-    assert!(ipam.claims().is_empty());
+    awaits_the_api(&mut ipam);
     ipam.set_pod_cidr(Some(p("fd32:0:0:9::/64"))).unwrap();
     let mut now = Instant::now();
     let a = add6(&mut ipam, "a", &[], &mut now);

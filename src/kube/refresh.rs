@@ -242,6 +242,14 @@ mod tests {
         }
     }
 
+    /// The request handing `cidr` to the allocator of its family.
+    fn pod_cidr(cidr: &str, ipv6: bool) -> ControlRequest {
+        ControlRequest::KubePodCidr {
+            cidr: Some(cidr.parse().unwrap()),
+            ipv6,
+        }
+    }
+
     fn nodes(list: &[String]) -> Result<Vec<super::super::KubeNode>, String> {
         super::super::parse_node_list(format!(r#"{{"items":[{}]}}"#, list.join(",")).as_bytes())
     }
@@ -266,10 +274,7 @@ mod tests {
                 ControlRequest::Connect {
                     peer: "198.18.0.2:6783".into()
                 },
-                ControlRequest::KubePodCidr {
-                    cidr: Some("10.244.1.0/24".parse().unwrap()),
-                    ipv6: false
-                }
+                pod_cidr("10.244.1.0/24", false)
             ]
         );
         assert!(state.take(&s, Err("down".into()), &ask));
@@ -332,25 +337,13 @@ mod tests {
         assert_eq!(
             asked.take(),
             vec![
-                ControlRequest::KubePodCidr {
-                    cidr: Some("10.244.1.0/24".parse().unwrap()),
-                    ipv6: false
-                },
-                ControlRequest::KubePodCidr {
-                    cidr: Some("fd00:10:244:1::/64".parse().unwrap()),
-                    ipv6: true
-                }
+                pod_cidr("10.244.1.0/24", false),
+                pod_cidr("fd00:10:244:1::/64", true)
             ]
         );
         // Only the IPv6 range changes: only it is sent.
         assert!(state.take(&s, dual("fd00:10:244:9::/64"), &ask));
-        assert_eq!(
-            asked.take(),
-            vec![ControlRequest::KubePodCidr {
-                cidr: Some("fd00:10:244:9::/64".parse().unwrap()),
-                ipv6: true
-            }]
-        );
+        assert_eq!(asked.take(), vec![pod_cidr("fd00:10:244:9::/64", true)]);
         // A malformed IPv6 range is logged, not sent; IPv4 stays.
         assert!(state.take(&s, dual("fd00:10:244:9::1/64"), &ask));
         assert!(asked.take().is_empty());
@@ -358,24 +351,12 @@ mod tests {
         s.pod_cidr = false;
         let mut state = Refresh::new(&s);
         assert!(state.take(&s, dual("fd00:10:244:1::/64"), &ask));
-        assert_eq!(
-            asked.take(),
-            vec![ControlRequest::KubePodCidr {
-                cidr: Some("fd00:10:244:1::/64".parse().unwrap()),
-                ipv6: true
-            }]
-        );
+        assert_eq!(asked.take(), vec![pod_cidr("fd00:10:244:1::/64", true)]);
         // IPAM without an IPv6 range: the IPv6 podCIDR is never sent.
         let s = setup();
         let mut state = Refresh::new(&s);
         assert!(state.take(&s, dual("fd00:10:244:1::/64"), &ask));
-        assert_eq!(
-            asked.take(),
-            vec![ControlRequest::KubePodCidr {
-                cidr: Some("10.244.1.0/24".parse().unwrap()),
-                ipv6: false
-            }]
-        );
+        assert_eq!(asked.take(), vec![pod_cidr("10.244.1.0/24", false)]);
         assert_eq!(state.unused6, Some("fd00:10:244:1::/64".parse().unwrap()));
     }
 }
