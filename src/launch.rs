@@ -153,9 +153,10 @@ pub struct LaunchArgs {
     /// from this IPv4 range, split among the hosts in chunks claimed
     /// through the mesh; the CNI plugin asks for them over --cni-socket.
     /// Every host must give the same range. With it --overlay is optional
-    /// in bridge mode. Repeat it for dual-stack pods (bridge mode): one
-    /// IPv4 and one IPv6 range, e.g. --ipalloc-range 10.32.0.0/12
-    /// --ipalloc-range fd32::/64; every pod then gets one address of each.
+    /// in bridge mode. Repeat it for dual-stack pods: one IPv4 and one
+    /// IPv6 range, e.g. --ipalloc-range 10.32.0.0/12 --ipalloc-range
+    /// fd32::/64; every pod then gets one address of each. In TUN mode
+    /// each range must lie inside the --overlay prefix of its family.
     #[arg(long, value_name = "CIDR")]
     pub ipalloc_range: Vec<String>,
     /// Where IPAM records the addresses pods hold, so a restarted weft
@@ -181,9 +182,10 @@ pub struct LaunchArgs {
     pub ipalloc_pod_cidr: Vec<String>,
     /// NAT for pods: what they send to addresses outside --ipalloc-range
     /// leaves with this host's address (an nftables masquerade rule in
-    /// table `ip weft` of this network namespace, removed at exit), as
-    /// flannel's --ip-masq. The host must forward IPv4
-    /// (net.ipv4.ip_forward=1). Needs --ipalloc-range.
+    /// table `ip weft`, and `ip6 weft` for an IPv6 range, of this network
+    /// namespace, removed at exit), as flannel's --ip-masq. The host must
+    /// forward (net.ipv4.ip_forward=1, net.ipv6.conf.all.forwarding=1 for
+    /// IPv6). Needs --ipalloc-range.
     #[arg(long)]
     pub masquerade: bool,
     /// Peers from the Kubernetes API: every node's InternalIP but this
@@ -367,6 +369,43 @@ fn widened(addr: IpAddr, range: &crate::ipam::AllocRange) -> u8 {
     ((u32::from(a) ^ base).leading_zeros() as u8).min(range.len())
 }
 
+/// The prefix length of `addr`'s prefix wide enough to hold `range` (the
+/// suggestion in the TUN-mode error), IPv6.
+fn widened6(addr: IpAddr, range: &crate::ipam::AllocRange<std::net::Ipv6Addr>) -> u8 {
+    let (IpAddr::V6(a), IpAddr::V6(b)) = (addr, range.prefix().addr()) else {
+        return 0;
+    };
+    ((u128::from(a) ^ u128::from(b)).leading_zeros() as u8).min(range.len())
+}
+
+/// TUN mode: the pod range `range` (`text`) must lie inside the `--overlay`
+/// prefix of its family, whose route carries the pods' traffic to the TUN
+/// device. `widen`: the prefix length that would hold it.
+fn tun_range_inside_overlay(
+    overlays: &[(IpAddr, u8)],
+    range: crate::mesh::IpPrefix,
+    text: &str,
+    widen: impl Fn(IpAddr) -> u8,
+) -> Result<(), LaunchError> {
+    let family = if range.is_ipv4() { "IPv4" } else { "IPv6" };
+    let Some(&(addr, len)) = overlays
+        .iter()
+        .find(|(a, _)| a.is_ipv4() == range.is_ipv4())
+    else {
+        return Err(usage(format!(
+            "--ipalloc-range {text} without an {family} --overlay is implemented in bridge mode only: TUN mode needs an overlay address of the range's family to route pods' traffic through the TUN device. Add --iface bridge, or give this host an {family} --overlay ADDR/PREFIX whose prefix holds the range"
+        )));
+    };
+    let prefix = crate::mesh::IpPrefix::new(addr, len);
+    if !prefix.is_some_and(|p| p.contains(&range)) {
+        return Err(usage(format!(
+            "--ipalloc-range {text} must lie inside the --overlay prefix {addr}/{len} in TUN mode (the TUN device's route carries the pods' traffic); widen --overlay (e.g. {addr}/{}) or use --iface bridge",
+            widen(addr)
+        )));
+    }
+    Ok(())
+}
+
 /// The `--ipalloc-range` values: at most one IPv4 and one IPv6 range, the
 /// IPv4 one required (IPv6-only IPAM is not implemented); `None` without
 /// any. Errors name the values.
@@ -507,13 +546,6 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
         }
         return Ok(None);
     };
-    if masquerade {
-        if let Some(r6) = range6 {
-            return Err(usage(format!(
-                "--masquerade with the IPv6 --ipalloc-range {r6} is not implemented yet (it masquerades IPv4 only): drop --masquerade, or the IPv6 range"
-            )));
-        }
-    }
     let (pod_cidr, pod_cidr6) =
         parse_pod_cidrs(&pod_cidr_texts, &range, range6.as_ref()).map_err(&pod_err)?;
     let dir = match args.ipalloc_dir.take() {
@@ -1289,28 +1321,19 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         file.path.clone()
     };
     if let (Some(ipam), None) = (&ipam, &l2) {
-        if let Some(r6) = ipam.range6 {
-            return Err(usage(format!(
-                "the IPv6 --ipalloc-range {r6} is implemented in bridge mode only (TUN mode routes each pod's /32 through a link-local IPv4 next hop; IPv6 pods there are not implemented yet): add --iface bridge, or drop the IPv6 range"
-            )));
-        }
         // TUN mode: pods' traffic reaches the TUN device by the route of
-        // the overlay prefix, so the range must lie inside it.
-        let same_family = overlays
-            .iter()
-            .find(|(a, _)| a.is_ipv4() == ipam.range.prefix().is_ipv4());
-        let Some(&(addr, len)) = same_family else {
-            return Err(usage(
-                "--ipalloc-range without an --overlay of its family is implemented in bridge mode only: TUN mode needs an overlay address to route pods' traffic through the TUN device. Add --iface bridge, or give this host --overlay ADDR/PREFIX",
-            ));
-        };
-        let prefix = crate::mesh::IpPrefix::new(addr, len);
-        if !prefix.is_some_and(|p| p.contains(&ipam.range.prefix())) {
-            return Err(usage(format!(
-                "--ipalloc-range {} must lie inside the --overlay prefix {addr}/{len} in TUN mode (the TUN device's route carries the pods' traffic); widen --overlay (e.g. {addr}/{}) or use --iface bridge",
-                ipam.range,
-                widened(addr, &ipam.range)
-            )));
+        // the overlay prefix, so each range must lie inside the overlay
+        // prefix of its family.
+        tun_range_inside_overlay(
+            &overlays,
+            ipam.range.prefix(),
+            &ipam.range.to_string(),
+            |addr| widened(addr, &ipam.range),
+        )?;
+        if let Some(r6) = &ipam.range6 {
+            tun_range_inside_overlay(&overlays, r6.prefix(), &r6.to_string(), |addr| {
+                widened6(addr, r6)
+            })?;
         }
     }
     Ok(Plan {
@@ -1889,6 +1912,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     }
     check_overlay_route(&plan)?;
     let masquerade = install_masquerade(plan.ipam.as_ref(), &underlay_iface, log)?;
+    if plan.l2.is_none() {
+        if let Some(r6) = plan.ipam.as_ref().and_then(|p| p.range6.as_ref()) {
+            warn_unless_ipv6_forwarding(r6, &underlay_iface, log);
+        }
+    }
 
     // The control thread sends heartbeats, probes and relayed datagrams
     // through a handle on the first socket (it never reads from it).
@@ -2286,10 +2314,62 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// TUN mode with an IPv6 pod range: the kernel forwards pods' IPv6
+/// packets between their veths and the TUN device only with
+/// `net.ipv6.conf.all.forwarding = 1` (IPv6 has no per-link switch, as
+/// IPv4 has for routed pods' veths). weft does not set it: on a host that
+/// takes its IPv6 route from router advertisements, forwarding stops
+/// accepting them. Kubernetes nodes with IPv6 pods need it anyway.
+fn warn_unless_ipv6_forwarding(
+    range6: &crate::ipam::AllocRange<std::net::Ipv6Addr>,
+    underlay: &str,
+    log: &mut StartupLog,
+) {
+    warn_unless_forwarding(
+        underlay,
+        true,
+        &format!("IPv6 pods ({range6}) in TUN mode"),
+        "pods cannot reach other hosts over IPv6 until net.ipv6.conf.all.forwarding = 1",
+        log,
+    );
+}
+
+/// Warns, as `context`, when `underlay` does not forward IPv4 (IPv6 with
+/// `v6`): `consequence` says what then fails and what to set.
+fn warn_unless_forwarding(
+    underlay: &str,
+    v6: bool,
+    context: &str,
+    consequence: &str,
+    log: &mut StartupLog,
+) {
+    let (family, sysctl) = if v6 {
+        ("IPv6", "ipv6")
+    } else {
+        ("IPv4", "ipv4")
+    };
+    let forwards = crate::sys::Netlink::open().and_then(|mut r| {
+        if v6 {
+            r.ipv6_forwarding(underlay)
+        } else {
+            r.ipv4_forwarding(underlay)
+        }
+    });
+    match forwards {
+        Ok(Some(false)) => log.warn(format!(
+            "{context}: {underlay} does not forward {family} (net.{sysctl}.conf.{underlay}.forwarding = 0): {consequence}"
+        )),
+        Ok(_) => {}
+        Err(e) => log.warn(format!(
+            "{context}: cannot read whether {underlay} forwards {family}: {e}"
+        )),
+    }
+}
+
 /// `--masquerade`: NAT for pods leaving the pod network, in this network
 /// namespace only (`src/cni/nft.rs`); the table goes when the guard drops.
-/// Warns when `underlay` does not forward IPv4 (then replies to pods'
-/// masqueraded packets are not forwarded back to them).
+/// Warns when `underlay` does not forward a family it masquerades (then
+/// replies to pods' masqueraded packets are not forwarded back to them).
 fn install_masquerade(
     ipam: Option<&IpamPlan>,
     underlay: &str,
@@ -2298,33 +2378,40 @@ fn install_masquerade(
     let Some(p) = ipam.filter(|p| p.masquerade) else {
         return Ok(None);
     };
-    let IpAddr::V4(net) = p.range.prefix().addr() else {
-        return Ok(None);
-    };
-    let nat = crate::sys::nft::Masquerade::install((net, p.range.len())).map_err(|e| {
+    let mut ranges = vec![(p.range.prefix().addr(), p.range.len())];
+    if let Some(r6) = &p.range6 {
+        ranges.push((r6.prefix().addr(), r6.len()));
+    }
+    let nat = crate::sys::nft::Masquerade::install(&ranges).map_err(|e| {
         usage(format!(
             "--masquerade: {e}; weft needs CAP_NET_ADMIN and a kernel with nf_tables and NAT (nf_nat, nft_masq)"
         ))
     })?;
-    log.info(format!(
-        "--masquerade: nftables table ip {} chain {}: {}{}",
-        crate::sys::nft::TABLE,
-        crate::sys::nft::CHAIN,
-        nat.rule(),
-        if nat.owned() {
-            " (owned by weft: the kernel removes it when weft exits)"
-        } else {
-            " (removed when weft exits)"
-        }
-    ));
-    match crate::sys::Netlink::open().and_then(|mut r| r.ipv4_forwarding(underlay)) {
-        Ok(Some(false)) => log.warn(format!(
-            "--masquerade: {underlay} does not forward IPv4 (net.ipv4.conf.{underlay}.forwarding = 0): pods cannot reach beyond this host until net.ipv4.ip_forward = 1 (Kubernetes nodes need it anyway)"
-        )),
-        Ok(_) => {}
-        Err(e) => log.warn(format!(
-            "--masquerade: cannot read whether {underlay} forwards IPv4: {e}"
-        )),
+    for rule in nat.rules() {
+        log.info(format!(
+            "--masquerade: nftables {rule}{}",
+            if nat.owned() {
+                " (owned by weft: the kernel removes it when weft exits)"
+            } else {
+                " (removed when weft exits)"
+            }
+        ));
+    }
+    warn_unless_forwarding(
+        underlay,
+        false,
+        "--masquerade",
+        "pods cannot reach beyond this host until net.ipv4.ip_forward = 1 (Kubernetes nodes need it anyway)",
+        log,
+    );
+    if p.range6.is_some() {
+        warn_unless_forwarding(
+            underlay,
+            true,
+            "--masquerade",
+            "pods' IPv6 traffic cannot reach beyond this host until net.ipv6.conf.all.forwarding = 1",
+            log,
+        );
     }
     Ok(Some(nat))
 }

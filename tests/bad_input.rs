@@ -487,15 +487,16 @@ fn malformed_ipam_flags() {
             vec!["fd32::/64", "bridge mode only"],
         ),
         (
-            "--masquerade with an IPv6 range",
+            "an IPv6 range outside the IPv6 overlay prefix in TUN mode",
             vec![
+                "--overlay",
+                "fd40::1/64",
                 "--ipalloc-range",
                 "10.40.0.0/16",
                 "--ipalloc-range",
                 "fd32::/64",
-                "--masquerade",
             ],
-            vec!["--masquerade", "fd32::/64", "not implemented"],
+            vec!["fd32::/64", "fd40::1/64", "must lie inside"],
         ),
     ] {
         expect_rejected(a, what, &ipam(&extra), &[], &[], &needles);

@@ -19,6 +19,9 @@ const ROUTED_RANGE: &str = "10.40.128.0/17";
 const V11: &str = r#"{"cniVersion":"1.1.0","name":"weftnet","type":"weft"}"#;
 /// The IPv6 pod range of the dual-stack case (a ULA).
 const RANGE6: &str = "fd32:6e:f7::/64";
+/// The IPv6 pod range of routed (TUN mode) pods, inside the overlay
+/// prefix fd40::/48.
+const ROUTED_RANGE6: &str = "fd40:0:0:1::/64";
 
 #[test]
 fn pods_on_two_weft_hosts_reach_each_other() {
@@ -118,18 +121,68 @@ fn routed_pods_on_two_weft_hosts_reach_each_other() {
     require_root!();
     // TUN mode: the range lies inside the hosts' overlay prefix
     // (10.40.0.0/16), whose route to weft0 carries the pods' traffic.
-    let net = Switched::ipam_pair(ROUTED_RANGE, &[]);
+    // Dual stack: the IPv6 range inside the IPv6 overlay prefix fd40::/48;
+    // the hosts forward IPv6 (as Kubernetes nodes with IPv6 pods must).
+    let mut net = Switched::new(2);
+    net.hosts[1].peers = vec![net.addr(0)];
+    for (i, host) in net.hosts.iter_mut().enumerate() {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &host.ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        );
+        let overlay6 = format!("fd40::{}/48", i + 1);
+        let args = ipam_launch_args(
+            host,
+            ROUTED_RANGE,
+            &["--overlay", &overlay6, "--ipalloc-range", ROUTED_RANGE6],
+        );
+        host.start_with(&args, &[]);
+    }
+    net.wait_converged(&[0, 1], Duration::from_secs(30));
     let hosts = [net.hosts[0].ns.clone(), net.hosts[1].ns.clone()];
     let (pods, paths) = pod_namespaces(&hosts);
     let logs = || net.hosts.iter().map(|h| h.logs()).collect::<String>();
     let mut ips = Vec::new();
+    let mut ips6 = Vec::new();
     for i in 0..2 {
         let r = add(&hosts[i], &format!("pod{i}"), &paths[i]);
         let a = r["ips"][0]["address"].as_str().unwrap().to_string();
         assert!(a.starts_with("10.40.") && a.ends_with("/32"), "{a}");
         assert_eq!(r["routes"][0]["gw"], "169.254.1.1");
         ips.push(a.trim_end_matches("/32").to_string());
+        // The IPv6 address is a /128 from the IPv6 range, routed via the
+        // link-local next hop.
+        let six = r["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|ip| ip["address"].as_str().unwrap().contains(':'))
+            .unwrap_or_else(|| panic!("no IPv6 address in {r}"));
+        let a6 = six["address"].as_str().unwrap();
+        let in_range = a6
+            .strip_suffix("/128")
+            .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
+            .is_some_and(|a| a.segments()[..4] == [0xfd40, 0, 0, 1]);
+        assert!(in_range, "{a6} is not a /128 in {ROUTED_RANGE6}: {r}");
+        assert_eq!(six["gateway"], "fe80::1", "{r}");
+        assert!(
+            r["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["dst"] == "::/0" && x["gw"] == "fe80::1"),
+            "{r}"
+        );
+        ips6.push(a6.trim_end_matches("/128").to_string());
     }
+    assert_ne!(ips6[0], ips6[1]);
     // The host reaches its own pod over the veth, and pods each other
     // through the hosts' TUN devices and the overlay.
     assert!(
@@ -170,6 +223,36 @@ fn routed_pods_on_two_weft_hosts_reach_each_other() {
         diag(),
         logs()
     );
+    // IPv6: the host reaches its pod, pods each other, and a checksummed
+    // TCP transfer crosses the overlay.
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(&hosts[0], &ips6[0])),
+        "host0 cannot reach its pod {} over IPv6\n{}",
+        ips6[0],
+        diag()
+    );
+    for (from, to) in [(0, 1), (1, 0)] {
+        assert!(
+            wait_until(Duration::from_secs(15), || ping(
+                &pods[from].name,
+                &ips6[to]
+            )),
+            "pod{from} cannot reach pod{to} at {}\n{}\n{}",
+            ips6[to],
+            diag(),
+            logs()
+        );
+    }
+    let total = 4 << 20;
+    let (sent, got, n) = tcp_transfer(&pods[0].name, &pods[1].name, &ips6[1], 7062, total, 62);
+    assert_eq!(n, total, "TCP over IPv6 between routed pods: bytes");
+    assert_eq!(sent, got, "TCP over IPv6 between routed pods: checksum");
+    // DEL removes the pod's veth, and with it the host's /128 route.
+    let out = plugin(&hosts[0], "DEL", "pod0", &paths[0], MINIMAL);
+    assert!(out.status.success(), "DEL {}", show(&out));
+    let routes6 =
+        String::from_utf8_lossy(&ns_exec(&hosts[0], &["ip", "-6", "route"]).stdout).to_string();
+    assert!(!routes6.contains(&ips6[0]), "{routes6}");
 }
 
 /// One pod namespace per host (`HOST-pod`), and their paths as a runtime
@@ -402,7 +485,12 @@ fn bridge_pods_without_overlay_route_through_the_bridges_ipam_address() {
 
 /// `nft list table ip weft` in `ns`: the table's text, or None.
 fn weft_table(ns: &str) -> Option<String> {
-    let out = ns_exec(ns, &["nft", "list", "table", "ip", "weft"]);
+    weft_table_of(ns, "ip")
+}
+
+/// `nft list table FAMILY weft` in `ns` (None: no such table).
+fn weft_table_of(ns: &str, family: &str) -> Option<String> {
+    let out = ns_exec(ns, &["nft", "list", "table", family, "weft"]);
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).to_string())
@@ -413,17 +501,17 @@ fn weft_table(ns: &str) -> Option<String> {
 fn source_seen(
     from: &str,
     at: &str,
-    to: std::net::Ipv4Addr,
+    to: impl Into<std::net::IpAddr>,
     port: u16,
 ) -> Option<std::net::IpAddr> {
     use std::net::UdpSocket;
+    let to: std::net::IpAddr = to.into();
+    let any = if to.is_ipv4() { "0.0.0.0" } else { "::" };
     // A socket keeps the namespace it was made in.
-    let rx = in_netns(at, move || {
-        UdpSocket::bind(("0.0.0.0", port)).expect("bind")
-    });
+    let rx = in_netns(at, move || UdpSocket::bind((any, port)).expect("bind"));
     rx.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let tx = in_netns(from, || UdpSocket::bind("0.0.0.0:0").expect("bind"));
+    let tx = in_netns(from, move || UdpSocket::bind((any, 0)).expect("bind"));
     let mut buf = [0u8; 64];
     for _ in 0..10 {
         let _ = tx.send_to(b"weft masquerade test", (to, port));
@@ -439,6 +527,7 @@ fn source_seen(
 /// host's address; pod-to-pod traffic keeps the pods' addresses; without
 /// it (the other host) the outside cannot answer. The nftables table lives
 /// in weft's namespace only and goes when weft stops, even when killed.
+/// Dual stack: the same for IPv6, through a table `ip6 weft`.
 #[test]
 fn masquerade_takes_pods_beyond_the_pod_network() {
     require_root!();
@@ -449,7 +538,15 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
     for h in &hosts {
         run(
             "ip",
-            &["netns", "exec", h, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            &[
+                "netns",
+                "exec",
+                h,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
         );
     }
     // The outside: on the underlay switch, with no route to the pod range.
@@ -469,8 +566,27 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
             "u0",
         ],
     );
-    start_without_overlay(&mut net, 0, &["--masquerade"]);
-    start_without_overlay(&mut net, 1, &[]);
+    // IPv6 on the same switch: host 0 and the outside.
+    let host6: std::net::Ipv6Addr = "2001:2:0:7::10".parse().unwrap();
+    let outside6: std::net::Ipv6Addr = "2001:2:0:7::200".parse().unwrap();
+    for (ns, a) in [(&hosts[0], host6), (&outside.name, outside6)] {
+        run(
+            "ip",
+            &[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                "u0",
+                "nodad",
+            ],
+        );
+    }
+    let masq = ["--masquerade", "--ipalloc-range", RANGE6];
+    start_without_overlay(&mut net, 0, &masq);
+    start_without_overlay(&mut net, 1, &["--ipalloc-range", RANGE6]);
     net.wait_converged(&[0, 1], Duration::from_secs(30));
     let logs = |net: &Switched| net.hosts.iter().map(|h| h.logs()).collect::<String>();
 
@@ -484,11 +600,24 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
     );
     assert_eq!(weft_table(&hosts[1]), None, "host 1 has no --masquerade");
     assert_eq!(weft_table(&outside.name), None);
+    let table6 =
+        weft_table_of(&hosts[0], "ip6").unwrap_or_else(|| panic!("no ip6 table\n{}", logs(&net)));
+    assert!(
+        table6.contains("type nat hook postrouting priority srcnat; policy accept;")
+            && table6.contains(&format!(
+                "ip6 saddr {RANGE6} ip6 daddr != {RANGE6} masquerade fully-random"
+            )),
+        "{table6}"
+    );
+    assert_eq!(weft_table_of(&hosts[1], "ip6"), None);
 
     let (pods, paths) = pod_namespaces(&hosts);
     let mut ips = Vec::new();
+    let mut ips6 = Vec::new();
     for i in 0..2 {
-        ips.push(pod_ip(&add(&hosts[i], &format!("pod{i}"), &paths[i])));
+        let r = add(&hosts[i], &format!("pod{i}"), &paths[i]);
+        ips.push(pod_ip_of(&r, false).0);
+        ips6.push(pod_ip_of(&r, true).0);
     }
 
     // Pod on host 0 to the outside, and back.
@@ -521,11 +650,37 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
         "pod1 on host 1 (no --masquerade) reached the outside"
     );
 
-    // weft stops: the table goes with it.
+    // IPv6: the pod reaches the outside with host 0's IPv6 address, and
+    // pod to pod keeps the pod's own.
+    let out6 = outside6.to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(&pods[0].name, &out6)),
+        "pod0 {} cannot reach the outside {out6}\n{}",
+        ips6[0],
+        logs(&net)
+    );
+    assert_eq!(
+        source_seen(&pods[0].name, &outside.name, outside6, 47003),
+        Some(std::net::IpAddr::V6(host6)),
+        "the outside sees host 0's IPv6 address"
+    );
+    let pod1_6: std::net::Ipv6Addr = ips6[1].parse().unwrap();
+    assert_eq!(
+        source_seen(&pods[0].name, &pods[1].name, pod1_6, 47004),
+        Some(ips6[0].parse().unwrap()),
+        "pod1 sees pod0's own IPv6 address"
+    );
+
+    // weft stops: the tables go with it.
     net.hosts[0].terminate();
     assert_eq!(weft_table(&hosts[0]), None, "table left after SIGTERM");
-    // Killed: the kernel removes the table it tied to weft's socket.
-    start_without_overlay(&mut net, 0, &["--masquerade"]);
+    assert_eq!(
+        weft_table_of(&hosts[0], "ip6"),
+        None,
+        "ip6 table left after SIGTERM"
+    );
+    // Killed: the kernel removes the tables it tied to weft's socket.
+    start_without_overlay(&mut net, 0, &masq);
     assert!(
         wait_until(Duration::from_secs(10), || weft_table(&hosts[0]).is_some()),
         "{}",
@@ -534,7 +689,8 @@ fn masquerade_takes_pods_beyond_the_pod_network() {
     if net.hosts[0].logs().contains("owned by weft") {
         net.hosts[0].kill9();
         assert!(
-            wait_until(Duration::from_secs(5), || weft_table(&hosts[0]).is_none()),
+            wait_until(Duration::from_secs(5), || weft_table(&hosts[0]).is_none()
+                && weft_table_of(&hosts[0], "ip6").is_none()),
             "table left after SIGKILL"
         );
     } else {

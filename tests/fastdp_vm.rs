@@ -205,16 +205,8 @@ fn vm_fastdp_ping_and_tcp_through_the_kernel_datapath() {
         ));
         return;
     }
-    let flows_line = run
-        .console
-        .lines()
-        .find(|l| l.starts_with("fastdp: bytes switched by weft's flows"))
+    let bytes = last_number(&run.console, "fastdp: bytes switched by weft's flows")
         .expect("flow byte count line");
-    let bytes: u64 = flows_line
-        .rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("byte count");
     assert!(bytes >= 8 << 20, "kernel flows carried only {bytes} bytes");
 }
 
@@ -248,26 +240,22 @@ fn vm_weft_launch_fastdp_proves_falls_back_and_retries() {
             .contains("fastdp-launch: sleeve TCP: sent 8388608"));
         return;
     }
-    let bytes: u64 = run
-        .console
-        .lines()
-        .find(|l| l.starts_with("fastdp-launch: bytes switched by weft's flows"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("flow byte count line");
+    let bytes = last_number(
+        &run.console,
+        "fastdp-launch: bytes switched by weft's flows",
+    )
+    .expect("flow byte count line");
     assert!(bytes >= 8 << 20, "kernel flows carried only {bytes} bytes");
     assert!(
         run.console
             .contains("(sleeve: fastdp failed: heartbeat of 1500 bytes"),
         "no fallback reason in the status output"
     );
-    let bytes6: u64 = run
-        .console
-        .lines()
-        .find(|l| l.starts_with("fastdp-launch: IPv6 underlay: bytes switched by weft's flows"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .expect("IPv6 flow byte count line");
+    let bytes6 = last_number(
+        &run.console,
+        "fastdp-launch: IPv6 underlay: bytes switched by weft's flows",
+    )
+    .expect("IPv6 flow byte count line");
     assert!(
         bytes6 >= 8 << 20,
         "kernel flows with IPv6 tunnel keys carried only {bytes6} bytes"
@@ -277,4 +265,14 @@ fn vm_weft_launch_fastdp_proves_falls_back_and_retries() {
             .contains("actions:set(tunnel(vni=1,dst=2001:2::2,ttl=64,csum)),output:"),
         "no flow with an IPv6 tunnel key in the console"
     );
+}
+
+/// The number at the end of the first console line starting with
+/// `prefix` (None: no such line, or it ends in no number).
+fn last_number(console: &str, prefix: &str) -> Option<u64> {
+    console
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.trim().parse().ok())
 }

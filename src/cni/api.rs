@@ -32,6 +32,7 @@
 //! (`fd32::5/64`) and `gateway6`; without one both fields are absent, so
 //! the reply is what it always was and an older plugin reads it unchanged.
 
+use crate::ipam::Family;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -143,95 +144,52 @@ pub enum AttachMode {
     Tun,
 }
 
-/// An IPv4 address with a prefix length, `10.32.0.5/12` on the wire.
+/// An address with a prefix length: `10.32.0.5/12` (IPv4, the default)
+/// or `fd32::5/64` ([`PodAddress6`]) on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PodAddress {
+pub struct PodAddress<A: Family = Ipv4Addr> {
     /// The pod's address.
-    pub addr: Ipv4Addr,
-    /// The prefix length of the network it is on (0-32).
+    pub addr: A,
+    /// The prefix length of the network it is on (0-32, or 0-128).
     pub prefix_len: u8,
 }
 
-impl fmt::Display for PodAddress {
+/// An IPv6 address with a prefix length, `fd32::5/64` on the wire.
+pub type PodAddress6 = PodAddress<Ipv6Addr>;
+
+impl<A: Family> fmt::Display for PodAddress<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
     }
 }
 
-impl FromStr for PodAddress {
+impl<A: Family> FromStr for PodAddress<A> {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<PodAddress, String> {
+    fn from_str(s: &str) -> Result<PodAddress<A>, String> {
         let (addr, len) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-        let addr: Ipv4Addr = addr
+        let addr: A = addr
             .parse()
-            .map_err(|_| format!("{addr:?} in {s:?} is not an IPv4 address"))?;
+            .map_err(|_| format!("{addr:?} in {s:?} is not an {} address", A::NAME))?;
         let prefix_len: u8 = len
             .parse()
             .ok()
-            .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("prefix length {len:?} in {s:?} is not 0-32"))?;
+            .filter(|l| *l <= A::BITS)
+            .ok_or_else(|| format!("prefix length {len:?} in {s:?} is not 0-{}", A::BITS))?;
         Ok(PodAddress { addr, prefix_len })
     }
 }
 
-impl Serialize for PodAddress {
+impl<A: Family> Serialize for PodAddress<A> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for PodAddress {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PodAddress, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// An IPv6 address with a prefix length, `fd32::5/64` on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PodAddress6 {
-    /// The pod's address.
-    pub addr: Ipv6Addr,
-    /// The prefix length of the network it is on (0-128).
-    pub prefix_len: u8,
-}
-
-impl fmt::Display for PodAddress6 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-impl FromStr for PodAddress6 {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<PodAddress6, String> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not ADDRESS/LENGTH"))?;
-        let addr: Ipv6Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} in {s:?} is not an IPv6 address"))?;
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= 128)
-            .ok_or_else(|| format!("prefix length {len:?} in {s:?} is not 0-128"))?;
-        Ok(PodAddress6 { addr, prefix_len })
-    }
-}
-
-impl Serialize for PodAddress6 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PodAddress6 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PodAddress6, D::Error> {
+impl<'de, A: Family> Deserialize<'de> for PodAddress<A> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PodAddress<A>, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
@@ -256,11 +214,13 @@ pub struct PodAttachment {
     /// veth to. TUN mode: `null`.
     pub bridge: Option<String>,
     /// Dual stack: the pod's IPv6 address, with the prefix length of the
-    /// IPv6 range. Absent without an IPv6 range.
+    /// IPv6 range (bridge mode) or as a /128 (TUN mode). Absent without an
+    /// IPv6 range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address6: Option<PodAddress6>,
     /// Dual stack: the pods' IPv6 gateway on the bridge (the host's IPv6
-    /// address in the range, or the bridge's from IPAM). Absent otherwise.
+    /// address in the range, or the bridge's from IPAM). Absent otherwise
+    /// (TUN mode: the plugin routes via a link-local next hop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway6: Option<Ipv6Addr>,
 }

@@ -217,6 +217,16 @@ fn configure(
     for route in &plan.host_routes {
         add_route(host, route, link.index, &plan.host_veth).map_err(setup)?;
     }
+    for dst in &plan.host_routes6 {
+        host.add_route(
+            dst.addr().into(),
+            dst.prefix_len(),
+            None,
+            link.index,
+            &plan.host_veth,
+        )
+        .map_err(setup)?;
+    }
 
     let pod_plan = plan.clone();
     let host_hw = link.hw.clone();
@@ -255,6 +265,9 @@ fn configure(
         }
         for route in &pod_plan.pod_routes {
             add_route(&mut rtnl, route, pod.index, &pod_plan.ifname)?;
+        }
+        if let Some(next_hop) = pod_plan.next_hop6 {
+            rtnl.set_neighbour(pod.index, &pod_plan.ifname, next_hop.into(), &host_hw)?;
         }
         for route in &pod_plan.pod_routes6 {
             rtnl.add_route(

@@ -50,6 +50,11 @@ pub const CODE_WEFT_PROTOCOL: u32 = 102;
 /// the veth answers ARP for it (proxy ARP), as in Calico.
 pub const ROUTED_NEXT_HOP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// The IPv6 next hop of a routed pod (dual stack in TUN mode): a
+/// link-local address the pod holds a permanent neighbour entry for (the
+/// host end's MAC), so nothing on the host has to answer for it.
+pub const ROUTED_NEXT_HOP6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
 /// Prefix of the host end of every pod veth; the rest is 8 hex digits of
 /// a hash of the container id and interface name, so DEL finds it without
 /// state.
@@ -406,6 +411,12 @@ pub struct AttachPlan {
     pub gateway6: Option<Ipv6Addr>,
     /// Dual stack: IPv6 routes inside the pod (`::/0` via the gateway).
     pub pod_routes6: Vec<PlannedRoute6>,
+    /// Dual stack, routed mode: the IPv6 next hop the pod gets a permanent
+    /// neighbour entry for (the host end's MAC).
+    pub next_hop6: Option<Ipv6Addr>,
+    /// Dual stack, routed mode: IPv6 routes on the host via the host end
+    /// (the pod's /128).
+    pub host_routes6: Vec<Ipv6Net>,
 }
 
 /// What ADD made: the hardware addresses for the result.
@@ -631,18 +642,14 @@ pub fn validate_attachment(reply: &PodAttachment) -> Result<AddReply, Error> {
     }
     let address6 = match reply.address6 {
         None => None,
-        Some(_) if mode == Mode::Routed => {
-            return Err(protocol(
-                "\"address6\" in TUN mode: IPv6 pod addresses are given in bridge mode only"
-                    .to_string(),
-            ))
-        }
         Some(a) => Some(
             Ipv6Net::new(a.addr, a.prefix_len)
                 .map_err(|_| protocol(format!("\"address6\": {a} has no valid prefix length")))?,
         ),
     };
     let gateway6 = match (address6, reply.gateway6) {
+        // Routed pods always use the link-local next hop.
+        (Some(_), Some(_)) if mode == Mode::Routed => None,
         (Some(net), Some(gw)) => {
             if !net.contains(&gw) || gw == net.addr() {
                 return Err(protocol(format!(
@@ -709,6 +716,19 @@ pub fn plan_attachment(network: &str, att: &Attachment, reply: &AddReply) -> Att
             }],
         ),
     };
+    // Routed pods get their IPv6 address as a /128 and `::/0` via the
+    // link-local next hop; the host routes the /128 to the veth.
+    let routed6 = reply.mode == Mode::Routed && reply.address6.is_some();
+    let (address6, gateway6) = if routed6 {
+        (
+            reply
+                .address6
+                .and_then(|a| Ipv6Net::new(a.addr(), 128).ok()),
+            Some(ROUTED_NEXT_HOP6),
+        )
+    } else {
+        (reply.address6, reply.gateway6)
+    };
     AttachPlan {
         netns: att.netns.clone().unwrap_or_default(),
         ifname: att.ifname.clone(),
@@ -721,10 +741,9 @@ pub fn plan_attachment(network: &str, att: &Attachment, reply: &AddReply) -> Att
         mode: reply.mode.clone(),
         pod_routes,
         host_routes,
-        address6: reply.address6,
-        gateway6: reply.gateway6,
-        pod_routes6: reply
-            .gateway6
+        address6,
+        gateway6,
+        pod_routes6: gateway6
             .map(|gateway| {
                 vec![PlannedRoute6 {
                     dst: Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 0).unwrap_or_default(),
@@ -732,6 +751,8 @@ pub fn plan_attachment(network: &str, att: &Attachment, reply: &AddReply) -> Att
                 }]
             })
             .unwrap_or_default(),
+        next_hop6: routed6.then_some(ROUTED_NEXT_HOP6),
+        host_routes6: address6.filter(|_| routed6).into_iter().collect(),
     }
 }
 
@@ -1433,6 +1454,61 @@ mod tests {
         assert!(v["interfaces"][1].get("mtu").is_none());
         assert_eq!(v["ips"][0]["address"], "10.32.0.7/32");
         assert_eq!(v["routes"][0]["gw"], "169.254.1.1");
+    }
+
+    #[test]
+    fn add_in_tun_mode_dual_stack_routes_ipv6_via_the_link_local_next_hop() {
+        let mut reply = tun_reply();
+        if let Ok(CniSuccess::Attachment(a)) = &mut reply {
+            a.address6 = Some("fd40:0:0:1::9/128".parse().unwrap());
+            // A gateway from weft is not used in routed mode.
+            a.gateway6 = Some("fd40:0:0:1::1".parse().unwrap());
+        }
+        let mut fake = Fake {
+            reply: Some(reply),
+            ..Fake::default()
+        };
+        let out = run_with(&add_env("ADD"), MINIMAL, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        let plan = &fake.attached[0];
+        assert_eq!(plan.address6.unwrap().to_string(), "fd40:0:0:1::9/128");
+        assert_eq!(plan.next_hop6, Some(ROUTED_NEXT_HOP6));
+        assert_eq!(plan.gateway6, Some(ROUTED_NEXT_HOP6));
+        assert_eq!(
+            plan.pod_routes6,
+            [PlannedRoute6 {
+                dst: "::/0".parse().unwrap(),
+                gateway: ROUTED_NEXT_HOP6
+            }]
+        );
+        assert_eq!(
+            plan.host_routes6,
+            ["fd40:0:0:1::9/128".parse::<Ipv6Net>().unwrap()]
+        );
+        let v = json(&out.stdout);
+        assert_eq!(v["ips"][1]["address"], "fd40:0:0:1::9/128");
+        assert_eq!(v["ips"][1]["gateway"], "fe80::1");
+        assert!(v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "::/0" && r["gw"] == "fe80::1"));
+        // Bridge mode keeps the range's prefix and plans no host route.
+        let mut bridge = bridge_reply();
+        if let Ok(CniSuccess::Attachment(a)) = &mut bridge {
+            a.address6 = Some("fd32::5/64".parse().unwrap());
+            a.gateway6 = Some("fd32::1".parse().unwrap());
+        }
+        let mut fake = Fake {
+            reply: Some(bridge),
+            ..Fake::default()
+        };
+        let out = run_with(&add_env("ADD"), MINIMAL, &mut fake);
+        assert_eq!(out.exit, 0, "{}", out.stdout);
+        let plan = &fake.attached[0];
+        assert_eq!(plan.address6.unwrap().to_string(), "fd32::5/64");
+        assert_eq!(plan.next_hop6, None);
+        assert!(plan.host_routes6.is_empty());
     }
 
     #[test]

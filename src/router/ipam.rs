@@ -444,10 +444,13 @@ impl IpamDriver {
                 prefix_len: if bridge { self.ipam.range().len() } else { 32 },
             },
             gateway: if bridge { self.gateway() } else { None },
-            // IPv6 ranges run in bridge mode only (launch refuses others).
+            // Routed (TUN) pods get a /128, as IPv4 ones a /32.
             address6: addr6.map(|addr| PodAddress6 {
                 addr,
-                prefix_len: self.ipam6.as_ref().map_or(128, |i| i.range().len()),
+                prefix_len: match &self.ipam6 {
+                    Some(i) if bridge => i.range().len(),
+                    _ => 128,
+                },
             }),
             gateway6: if bridge && addr6.is_some() {
                 self.gateway6()

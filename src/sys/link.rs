@@ -6,8 +6,9 @@ use std::os::fd::RawFd;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecInet, AfSpecUnspec, InetDevConf, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, InetDevConf, InfoBridgePort, InfoData, InfoKind,
+    InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
+    XdpAttached,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -345,6 +346,17 @@ impl Netlink {
     /// Whether link `name` forwards IPv4 (`net.ipv4.conf.NAME.forwarding`);
     /// `None` when there is no such link or the kernel did not say.
     pub fn ipv4_forwarding(&mut self, name: &str) -> Result<Option<bool>> {
+        self.forwarding(name, false)
+    }
+
+    /// Whether link `name` forwards IPv6 (`net.ipv6.conf.NAME.forwarding`,
+    /// which `net.ipv6.conf.all.forwarding` sets on every link); `None`
+    /// when there is no such link or the kernel did not say.
+    pub fn ipv6_forwarding(&mut self, name: &str) -> Result<Option<bool>> {
+        self.forwarding(name, true)
+    }
+
+    fn forwarding(&mut self, name: &str, v6: bool) -> Result<Option<bool>> {
         let mut message = LinkMessage::default();
         message
             .attributes
@@ -358,15 +370,20 @@ impl Netlink {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
+        let of_spec = |s: &AfSpecUnspec| match s {
+            AfSpecUnspec::Inet(inet) if !v6 => inet.iter().find_map(|i| match i {
+                AfSpecInet::DevConf(conf) => Some(conf.forwarding != 0),
+                _ => None,
+            }),
+            AfSpecUnspec::Inet6(inet6) if v6 => inet6.iter().find_map(|i| match i {
+                AfSpecInet6::DevConf(conf) => Some(conf.forwarding != 0),
+                _ => None,
+            }),
+            _ => None,
+        };
         Ok(replies.iter().find_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(|s| match s {
-                    AfSpecUnspec::Inet(inet) => inet.iter().find_map(|i| match i {
-                        AfSpecInet::DevConf(conf) => Some(conf.forwarding != 0),
-                        _ => None,
-                    }),
-                    _ => None,
-                }),
+                LinkAttribute::AfSpecUnspec(specs) => specs.iter().find_map(of_spec),
                 _ => None,
             }),
             _ => None,

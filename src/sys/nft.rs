@@ -1,5 +1,6 @@
-//! NAT for pods (`weft launch --masquerade`): one nftables table in the
-//! network namespace weft runs in, made at launch and removed at exit:
+//! NAT for pods (`weft launch --masquerade`): one nftables table per pod
+//! range's family in the network namespace weft runs in, made at launch
+//! and removed at exit:
 //!
 //! ```text
 //! table ip weft {
@@ -8,15 +9,23 @@
 //!         ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade fully-random
 //!     }
 //! }
+//! table ip6 weft {
+//!     chain postrouting {
+//!         type nat hook postrouting priority srcnat; policy accept;
+//!         ip6 saddr fd32::/64 ip6 daddr != fd32::/64 masquerade fully-random
+//!     }
+//! }
 //! ```
 //!
-//! What pods send to an address outside `--ipalloc-range` leaves with this
-//! host's address (as flannel's `--ip-masq` and weave-kube's NAT rules do);
-//! traffic between pods, on any host, keeps its addresses. The table is
-//! created with the kernel's owner flag (Linux 5.12 and later): it belongs
-//! to weft's netlink socket, so the kernel removes it when that socket
-//! closes, even if weft is killed, and no other process can change it.
-//! On older kernels it is an ordinary table, replaced at the next launch.
+//! (the `ip6` table only with an IPv6 `--ipalloc-range`). What pods send
+//! to an address outside their range leaves with this host's address (as
+//! flannel's `--ip-masq` and weave-kube's NAT rules do); traffic between
+//! pods, on any host, keeps its addresses. Both tables are made in one
+//! transaction, with the kernel's owner flag (Linux 5.12 and later): they
+//! belong to weft's netlink socket, so the kernel removes them when that
+//! socket closes, even if weft is killed, and no other process can change
+//! them. On older kernels they are ordinary tables, replaced at the next
+//! launch.
 //!
 //! Spoken over nfnetlink (`NETLINK_NETFILTER`) with `netlink-sys`'s
 //! socket, like [`crate::sys`]: no crate fits. `rustables` is
@@ -28,11 +37,11 @@
 //! to delete the table.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-/// The table's name (family `ip`).
+/// The tables' name (in family `ip`, and `ip6` for an IPv6 range).
 pub const TABLE: &str = "weft";
 /// The chain's name.
 pub const CHAIN: &str = "postrouting";
@@ -54,6 +63,7 @@ const NFNL_MSG_BATCH_END: u16 = 0x11;
 // linux/netfilter.h
 const NFPROTO_UNSPEC: u8 = 0;
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 const NF_ACCEPT: u32 = 1;
 const NF_INET_POST_ROUTING: u32 = 4;
 /// `priority srcnat`.
@@ -107,6 +117,39 @@ const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 /// Offsets of the IPv4 source and destination address.
 const IPV4_SADDR: u32 = 12;
 const IPV4_DADDR: u32 = 16;
+/// Offsets of the IPv6 source and destination address.
+const IPV6_SADDR: u32 = 8;
+const IPV6_DADDR: u32 = 24;
+
+/// A pod range to masquerade: network address and prefix length.
+pub type Range = (IpAddr, u8);
+
+/// The nftables family of a range's table: (`nfgenmsg` family, name as
+/// `nft` writes it, payload offsets of source and destination address).
+fn family(range: &Range) -> (u8, &'static str, u32, u32) {
+    match range.0 {
+        IpAddr::V4(_) => (NFPROTO_IPV4, "ip", IPV4_SADDR, IPV4_DADDR),
+        IpAddr::V6(_) => (NFPROTO_IPV6, "ip6", IPV6_SADDR, IPV6_DADDR),
+    }
+}
+
+/// The network bytes of `range` (host bits cleared) and its mask.
+fn net_and_mask(range: &Range) -> (Vec<u8>, Vec<u8>) {
+    let addr = match range.0 {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut left = usize::from(range.1);
+    let mask: Vec<u8> = (0..addr.len())
+        .map(|_| {
+            let bits = left.min(8);
+            left -= bits;
+            (0xff00u16 >> bits) as u8
+        })
+        .collect();
+    let net = addr.iter().zip(&mask).map(|(a, m)| a & m).collect();
+    (net, mask)
+}
 
 /// One batch of nfnetlink messages being built, each acknowledged.
 struct Batch {
@@ -154,12 +197,19 @@ impl Batch {
         self.seq = self.seq.wrapping_add(1);
     }
 
-    /// An nf_tables message of `kind` for the `ip` family.
-    fn nft(&mut self, kind: u16, flags: u16, what: &str, body: impl FnOnce(&mut Batch)) {
+    /// An nf_tables message of `kind` for nftables family `family`.
+    fn nft(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        family: u8,
+        what: &str,
+        body: impl FnOnce(&mut Batch),
+    ) {
         self.message(
             NFNL_SUBSYS_NFTABLES << 8 | kind,
             NLM_F_REQUEST | NLM_F_ACK | flags,
-            NFPROTO_IPV4,
+            family,
             0,
             what,
             body,
@@ -237,94 +287,117 @@ impl Batch {
         });
     }
 
-    /// `ip saddr|daddr (!=|==) prefix`: load the address, mask it, compare.
-    fn match_prefix(&mut self, offset: u32, prefix: (Ipv4Addr, u8), equal: bool) {
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix.1)).unwrap_or(0);
-        let net = u32::from(prefix.0) & mask;
+    /// `ip[6] saddr|daddr (!=|==) prefix`: load the address at `offset` of
+    /// the network header, mask it, compare.
+    fn match_prefix(&mut self, offset: u32, prefix: &Range, equal: bool) {
+        let (net, mask) = net_and_mask(prefix);
+        let len = net.len() as u32;
         self.expr("payload", |b| {
             b.be32(NFTA_PAYLOAD_DREG, REG_1);
             b.be32(NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER);
             b.be32(NFTA_PAYLOAD_OFFSET, offset);
-            b.be32(NFTA_PAYLOAD_LEN, 4);
+            b.be32(NFTA_PAYLOAD_LEN, len);
         });
         self.expr("bitwise", |b| {
             b.be32(NFTA_BITWISE_SREG, REG_1);
             b.be32(NFTA_BITWISE_DREG, REG_1);
-            b.be32(NFTA_BITWISE_LEN, 4);
-            b.data(NFTA_BITWISE_MASK, &mask.to_be_bytes());
-            b.data(NFTA_BITWISE_XOR, &[0; 4]);
+            b.be32(NFTA_BITWISE_LEN, len);
+            b.data(NFTA_BITWISE_MASK, &mask);
+            b.data(NFTA_BITWISE_XOR, &vec![0; net.len()]);
         });
         self.expr("cmp", |b| {
             b.be32(NFTA_CMP_SREG, REG_1);
             b.be32(NFTA_CMP_OP, if equal { NFT_CMP_EQ } else { NFT_CMP_NEQ });
-            b.data(NFTA_CMP_DATA, &net.to_be_bytes());
+            b.data(NFTA_CMP_DATA, &net);
         });
     }
 }
 
-/// The batch that makes the table afresh: an old table of the same name
-/// (left by a weft that was killed on a kernel without owner tables) is
-/// replaced whole, in one transaction. `owner`: with the owner flag.
-fn ruleset_batch(first_seq: u32, range: (Ipv4Addr, u8), owner: bool) -> Batch {
+/// The batch that makes the tables afresh, one per range's family: an old
+/// table of the same name (left by a weft that was killed on a kernel
+/// without owner tables) is replaced whole, all in one transaction.
+/// `owner`: with the owner flag.
+fn ruleset_batch(first_seq: u32, ranges: &[Range], owner: bool) -> Batch {
     Batch::wrapped(first_seq, |b| {
-        // Create-if-missing then delete: no error whether it existed or not.
-        b.nft(
-            NFT_MSG_NEWTABLE,
-            NLM_F_CREATE,
-            "make sure a table exists",
-            |b| b.string(NFTA_TABLE_NAME, TABLE),
-        );
-        b.nft(NFT_MSG_DELTABLE, 0, "delete the old table", |b| {
-            b.string(NFTA_TABLE_NAME, TABLE)
-        });
-        b.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, "create the table", |b| {
-            b.string(NFTA_TABLE_NAME, TABLE);
-            b.be32(NFTA_TABLE_FLAGS, if owner { NFT_TABLE_F_OWNER } else { 0 });
-        });
-        b.nft(
-            NFT_MSG_NEWCHAIN,
-            NLM_F_CREATE,
-            "create the NAT chain",
-            |b| {
-                b.string(NFTA_CHAIN_TABLE, TABLE);
-                b.string(NFTA_CHAIN_NAME, CHAIN);
-                b.nested(NFTA_CHAIN_HOOK, |b| {
-                    b.be32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING);
-                    b.be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC);
-                });
-                b.be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
-                b.string(NFTA_CHAIN_TYPE, "nat");
-            },
-        );
-        b.nft(
-            NFT_MSG_NEWRULE,
-            NLM_F_CREATE | NLM_F_APPEND,
-            "add the masquerade rule",
-            |b| {
-                b.string(NFTA_RULE_TABLE, TABLE);
-                b.string(NFTA_RULE_CHAIN, CHAIN);
-                b.nested(NFTA_RULE_EXPRESSIONS, |b| {
-                    b.match_prefix(IPV4_SADDR, range, true);
-                    b.match_prefix(IPV4_DADDR, range, false);
-                    b.expr("masq", |b| {
-                        b.be32(NFTA_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY)
+        for range in ranges {
+            let (fam, name, saddr, daddr) = family(range);
+            // Create-if-missing then delete: no error whether it existed or not.
+            b.nft(
+                NFT_MSG_NEWTABLE,
+                NLM_F_CREATE,
+                fam,
+                &format!("make sure a table {name} {TABLE} exists"),
+                |b| b.string(NFTA_TABLE_NAME, TABLE),
+            );
+            b.nft(
+                NFT_MSG_DELTABLE,
+                0,
+                fam,
+                &format!("delete the old table {name} {TABLE}"),
+                |b| b.string(NFTA_TABLE_NAME, TABLE),
+            );
+            b.nft(
+                NFT_MSG_NEWTABLE,
+                NLM_F_CREATE,
+                fam,
+                &format!("create the table {name} {TABLE}"),
+                |b| {
+                    b.string(NFTA_TABLE_NAME, TABLE);
+                    b.be32(NFTA_TABLE_FLAGS, if owner { NFT_TABLE_F_OWNER } else { 0 });
+                },
+            );
+            b.nft(
+                NFT_MSG_NEWCHAIN,
+                NLM_F_CREATE,
+                fam,
+                &format!("create the NAT chain {CHAIN} in table {name} {TABLE}"),
+                |b| {
+                    b.string(NFTA_CHAIN_TABLE, TABLE);
+                    b.string(NFTA_CHAIN_NAME, CHAIN);
+                    b.nested(NFTA_CHAIN_HOOK, |b| {
+                        b.be32(NFTA_HOOK_HOOKNUM, NF_INET_POST_ROUTING);
+                        b.be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_SRC);
                     });
-                });
-                let mut udata = vec![NFTNL_UDATA_RULE_COMMENT, (COMMENT.len() + 1) as u8];
-                udata.extend_from_slice(COMMENT.as_bytes());
-                udata.push(0);
-                b.attr(NFTA_RULE_USERDATA, &udata);
-            },
-        );
+                    b.be32(NFTA_CHAIN_POLICY, NF_ACCEPT);
+                    b.string(NFTA_CHAIN_TYPE, "nat");
+                },
+            );
+            b.nft(
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND,
+                fam,
+                &format!("add the masquerade rule to table {name} {TABLE}"),
+                |b| {
+                    b.string(NFTA_RULE_TABLE, TABLE);
+                    b.string(NFTA_RULE_CHAIN, CHAIN);
+                    b.nested(NFTA_RULE_EXPRESSIONS, |b| {
+                        b.match_prefix(saddr, range, true);
+                        b.match_prefix(daddr, range, false);
+                        b.expr("masq", |b| {
+                            b.be32(NFTA_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY)
+                        });
+                    });
+                    let mut udata = vec![NFTNL_UDATA_RULE_COMMENT, (COMMENT.len() + 1) as u8];
+                    udata.extend_from_slice(COMMENT.as_bytes());
+                    udata.push(0);
+                    b.attr(NFTA_RULE_USERDATA, &udata);
+                },
+            );
+        }
     })
 }
 
-/// The batch that deletes the table.
-fn delete_batch(first_seq: u32) -> Batch {
+/// The batch that deletes the table of `range`'s family.
+fn delete_batch(first_seq: u32, range: &Range) -> Batch {
+    let (fam, name, _, _) = family(range);
     Batch::wrapped(first_seq, |b| {
-        b.nft(NFT_MSG_DELTABLE, 0, "delete the table", |b| {
-            b.string(NFTA_TABLE_NAME, TABLE)
-        })
+        b.nft(
+            NFT_MSG_DELTABLE,
+            0,
+            fam,
+            &format!("delete the table {name} {TABLE}"),
+            |b| b.string(NFTA_TABLE_NAME, TABLE),
+        )
     })
 }
 
@@ -339,11 +412,7 @@ pub struct NftError {
 
 impl std::fmt::Display for NftError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "nftables table ip {TABLE}: {}: {}",
-            self.what, self.source
-        )
+        write!(f, "nftables: {}: {}", self.what, self.source)
     }
 }
 
@@ -431,69 +500,99 @@ fn acks(mut bytes: &[u8]) -> Vec<(u32, i32)> {
     out
 }
 
-/// The masquerade table while weft runs; dropping it removes the table.
+/// The masquerade tables while weft runs; dropping it removes them.
 pub struct Masquerade {
     socket: NfSocket,
-    range: (Ipv4Addr, u8),
+    ranges: Vec<Range>,
     owned: bool,
     removed: bool,
 }
 
 impl Masquerade {
-    /// Makes `table ip weft` for the pod range `range` in the calling
-    /// thread's network namespace (replacing one left behind).
-    pub fn install(range: (Ipv4Addr, u8)) -> Result<Masquerade, NftError> {
+    /// Makes `table ip weft` (and `table ip6 weft`) for the pod ranges
+    /// `ranges`, at most one per family, in the calling thread's network
+    /// namespace (replacing ones left behind).
+    pub fn install(ranges: &[Range]) -> Result<Masquerade, NftError> {
         let mut socket = NfSocket::open()?;
-        let owned = match socket.run(|seq| ruleset_batch(seq, range, true)) {
+        let owned = match socket.run(|seq| ruleset_batch(seq, ranges, true)) {
             Ok(()) => true,
             // Kernels before 5.12 know no owner flag.
             Err(e) if e.source.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                socket.run(|seq| ruleset_batch(seq, range, false))?;
+                socket.run(|seq| ruleset_batch(seq, ranges, false))?;
                 false
             }
             Err(e) => return Err(e),
         };
         Ok(Masquerade {
             socket,
-            range,
+            ranges: ranges.to_vec(),
             owned,
             removed: false,
         })
     }
 
-    /// The rule, as `nft list ruleset` shows it.
-    pub fn rule(&self) -> String {
-        let (net, len) = self.range;
-        format!("ip saddr {net}/{len} ip daddr != {net}/{len} masquerade fully-random")
+    /// Each table and its rule, as `nft list ruleset` shows them:
+    /// `table ip weft: ip saddr 10.32.0.0/12 ip daddr != ...`.
+    pub fn rules(&self) -> Vec<String> {
+        self.ranges
+            .iter()
+            .map(|range| {
+                let (_, name, _, _) = family(range);
+                let (net, _) = net_and_mask(range);
+                let net = match range.0 {
+                    IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(&net[..]).unwrap_or_default()),
+                    IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(&net[..]).unwrap_or_default()),
+                };
+                let len = range.1;
+                format!(
+                    "table {name} {TABLE} chain {CHAIN}: {name} saddr {net}/{len} {name} daddr != {net}/{len} masquerade fully-random"
+                )
+            })
+            .collect()
     }
 
-    /// Whether the kernel ties the table to weft's socket (Linux 5.12+):
-    /// then it goes even if weft is killed.
+    /// Whether the kernel ties the tables to weft's socket (Linux 5.12+):
+    /// then they go even if weft is killed.
     pub fn owned(&self) -> bool {
         self.owned
     }
 
-    /// Deletes the table now.
+    /// Deletes the tables now.
     pub fn remove(mut self) -> Result<(), NftError> {
         self.delete()
     }
 
+    /// Deletes each table (one transaction each: a table already gone
+    /// does not keep the other).
     fn delete(&mut self) -> Result<(), NftError> {
         if std::mem::replace(&mut self.removed, true) {
             return Ok(());
         }
-        match self.socket.run(delete_batch) {
-            Err(e) if e.source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            other => other,
+        let mut first_err = None;
+        for range in self.ranges.clone() {
+            match self.socket.run(|seq| delete_batch(seq, &range)) {
+                Err(e) if e.source.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
         }
+        first_err.map_or(Ok(()), Err)
     }
 }
 
 impl Drop for Masquerade {
     fn drop(&mut self) {
         if let Err(e) = self.delete() {
+            let tables: Vec<String> = self
+                .ranges
+                .iter()
+                .map(|r| format!("`nft delete table {} {TABLE}`", family(r).1))
+                .collect();
             tracing::warn!(
-                "{e}; remove it with `nft delete table ip {TABLE}`{}",
+                "{e}; remove it with {}{}",
+                tables.join(" and "),
                 if self.owned {
                     " (the kernel removes it anyway as weft's socket closes)"
                 } else {
@@ -507,6 +606,11 @@ impl Drop for Masquerade {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Range {
+        (IpAddr::V4(Ipv4Addr::new(a, b, c, d)), len)
+    }
 
     /// One attribute: (type without flags, nested, payload).
     type Attr = (u16, bool, Vec<u8>);
@@ -552,7 +656,7 @@ mod tests {
 
     #[test]
     fn the_batch_is_begin_five_acked_messages_end() {
-        let b = ruleset_batch(7, (Ipv4Addr::new(10, 32, 0, 0), 12), true);
+        let b = ruleset_batch(7, &[v4(10, 32, 0, 0, 12)], true);
         let m = messages(&b.buf);
         let kinds: Vec<u16> = m.iter().map(|x| x.0).collect();
         let t = |k: u16| NFNL_SUBSYS_NFTABLES << 8 | k;
@@ -594,14 +698,14 @@ mod tests {
         assert_eq!(find(&first, NFTA_TABLE_NAME), b"weft\0");
         assert!(first.iter().all(|a| a.0 != NFTA_TABLE_FLAGS));
         assert_eq!(find(&attrs(&m[3].4), NFTA_TABLE_FLAGS), 2u32.to_be_bytes());
-        let unowned = ruleset_batch(1, (Ipv4Addr::new(10, 32, 0, 0), 12), false);
+        let unowned = ruleset_batch(1, &[v4(10, 32, 0, 0, 12)], false);
         let m2 = messages(&unowned.buf);
         assert_eq!(find(&attrs(&m2[3].4), NFTA_TABLE_FLAGS), 0u32.to_be_bytes());
     }
 
     #[test]
     fn the_chain_hooks_postrouting_at_srcnat() {
-        let b = ruleset_batch(1, (Ipv4Addr::new(10, 32, 0, 0), 12), true);
+        let b = ruleset_batch(1, &[v4(10, 32, 0, 0, 12)], true);
         let chain = attrs(&messages(&b.buf)[4].4);
         assert_eq!(find(&chain, NFTA_CHAIN_TABLE), b"weft\0");
         assert_eq!(find(&chain, NFTA_CHAIN_NAME), b"postrouting\0");
@@ -634,7 +738,7 @@ mod tests {
     #[test]
     fn the_rule_matches_the_range_out_of_the_range_and_masquerades() {
         // Host bits in the given address are masked off.
-        let b = ruleset_batch(1, (Ipv4Addr::new(10, 32, 9, 9), 12), true);
+        let b = ruleset_batch(1, &[v4(10, 32, 9, 9, 12)], true);
         let rule = attrs(&messages(&b.buf)[5].4);
         assert_eq!(find(&rule, NFTA_RULE_TABLE), b"weft\0");
         assert_eq!(find(&rule, NFTA_RULE_CHAIN), b"postrouting\0");
@@ -668,9 +772,71 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_range_gets_an_ip6_table_in_the_same_transaction() {
+        let v6: Range = (IpAddr::V6("fd32:6e:f7::9".parse::<Ipv6Addr>().unwrap()), 64);
+        let b = ruleset_batch(1, &[v4(10, 32, 0, 0, 12), v6], true);
+        let m = messages(&b.buf);
+        // BEGIN, five messages per family, END.
+        assert_eq!(m.len(), 12);
+        assert_eq!(m[0].0, NFNL_MSG_BATCH_BEGIN);
+        assert_eq!(m[11].0, NFNL_MSG_BATCH_END);
+        for msg in &m[1..6] {
+            assert_eq!(msg.3, [NFPROTO_IPV4, 0, 0, 0]);
+        }
+        for msg in &m[6..11] {
+            assert_eq!(msg.3, [NFPROTO_IPV6, 0, 0, 0]);
+        }
+        assert_eq!(b.acked.len(), 10);
+        assert_eq!(b.acked[7].1, "create the table ip6 weft");
+        assert_eq!(find(&attrs(&m[8].4), NFTA_TABLE_FLAGS), 2u32.to_be_bytes());
+        let chain = attrs(&m[9].4);
+        assert_eq!(find(&chain, NFTA_CHAIN_TYPE), b"nat\0");
+        // The rule loads 16 bytes at offsets 8 and 24 of the IPv6 header.
+        let e = expressions(&attrs(&m[10].4));
+        let value = |a: &[Attr], k: u16| find(&attrs(&find(a, k)), NFTA_DATA_VALUE);
+        let mut mask = vec![0xff; 8];
+        mask.extend([0; 8]);
+        let mut net = vec![0xfd, 0x32, 0, 0x6e, 0, 0xf7];
+        net.extend([0; 10]);
+        for (i, (offset, op)) in [(8u32, NFT_CMP_EQ), (24, NFT_CMP_NEQ)]
+            .into_iter()
+            .enumerate()
+        {
+            let (load, bits, cmp) = (&e[3 * i].1, &e[3 * i + 1].1, &e[3 * i + 2].1);
+            assert_eq!(find(load, NFTA_PAYLOAD_OFFSET), offset.to_be_bytes());
+            assert_eq!(find(load, NFTA_PAYLOAD_LEN), 16u32.to_be_bytes());
+            assert_eq!(find(bits, NFTA_BITWISE_LEN), 16u32.to_be_bytes());
+            assert_eq!(value(bits, NFTA_BITWISE_MASK), mask);
+            assert_eq!(value(bits, NFTA_BITWISE_XOR), [0; 16]);
+            assert_eq!(find(cmp, NFTA_CMP_OP), op.to_be_bytes());
+            assert_eq!(value(cmp, NFTA_CMP_DATA), net);
+        }
+        assert_eq!(e[6].0, "masq");
+        // Deleting it names the family.
+        let d = delete_batch(1, &v6);
+        assert_eq!(messages(&d.buf)[1].3, [NFPROTO_IPV6, 0, 0, 0]);
+        assert_eq!(d.acked[0].1, "delete the table ip6 weft");
+    }
+
+    #[test]
+    fn masks_cover_odd_prefix_lengths() {
+        assert_eq!(
+            net_and_mask(&v4(10, 47, 255, 1, 12)),
+            (vec![10, 32, 0, 0], vec![255, 240, 0, 0])
+        );
+        assert_eq!(net_and_mask(&v4(10, 1, 2, 3, 0)).1, vec![0; 4]);
+        assert_eq!(net_and_mask(&v4(10, 1, 2, 3, 32)).0, vec![10, 1, 2, 3]);
+        let (net, mask) = net_and_mask(&(IpAddr::V6("fd32::ff:ffff".parse().unwrap()), 122));
+        assert_eq!(mask[15], 0xc0);
+        assert_eq!(mask[14], 0xff);
+        assert_eq!(net[15], 0xc0);
+        assert_eq!(net[14], 0xff);
+    }
+
+    #[test]
     fn golden_delete_batch() {
         // BEGIN (seq 5), DELTABLE "weft" (seq 6, ACK), END (seq 7).
-        let b = delete_batch(5);
+        let b = delete_batch(5, &v4(10, 32, 0, 0, 12));
         let mut want = Vec::new();
         let mut msg = |kind: u16, flags: u16, seq: u32, nfgen: [u8; 4], attrs: &[u8]| {
             want.extend_from_slice(&((20 + attrs.len()) as u32).to_ne_bytes());
@@ -689,7 +855,7 @@ mod tests {
         msg(0x0a02, 5, 6, [2, 0, 0, 0], &name);
         msg(0x11, 1, 7, [0, 0, 0, 10], &[]);
         assert_eq!(b.buf, want);
-        assert_eq!(b.acked, vec![(6, "delete the table".to_string())]);
+        assert_eq!(b.acked, vec![(6, "delete the table ip weft".to_string())]);
     }
 
     #[test]
