@@ -73,7 +73,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ),
     (
         "ipalloc-pod-cidr",
-        "string: this host's own pod range inside ipalloc-range",
+        "string, or a list of one IPv4 and one IPv6: this host's own pod ranges, each inside the ipalloc-range of its family",
     ),
     (
         "masquerade",

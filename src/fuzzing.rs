@@ -169,18 +169,30 @@ pub fn kube_nodes(data: &[u8]) {
         "the same list changed peers"
     );
     let range = crate::ipam::AllocRange::parse("10.0.0.0/8").expect("literal");
+    let range6 = crate::ipam::AllocRange::parse_v6("fd00::/8").expect("literal");
     for node in &nodes {
         assert!(!node.name.is_empty() && node.name.len() <= 253);
         assert!(node.internal_ips.len() <= 16);
         let _ = node.dial_address(true);
-        if let Ok(Some(cidr)) = node.pod_cidr_v4() {
-            assert!(cidr.is_ipv4());
-            let mut ipam = crate::ipam::Ipam::new(range, PeerId([1; 32]), None, Duration::ZERO);
-            if ipam.set_pod_cidr(Some(cidr)).is_ok() {
-                assert!(range.prefix().contains(&cidr));
-                assert_eq!(ipam.claims(), vec![cidr]);
-            }
-        }
+        pod_cidr_in(range, node.pod_cidr_v4());
+        pod_cidr_in(range6, node.pod_cidr_v6());
+    }
+}
+
+/// A node's pod range of `range`'s family, if it has one, is of that
+/// family, and becomes the allocator's one claim when it lies inside.
+fn pod_cidr_in<A: crate::ipam::Family>(
+    range: crate::ipam::AllocRange<A>,
+    cidr: Result<Option<crate::mesh::IpPrefix>, String>,
+) {
+    let Ok(Some(cidr)) = cidr else {
+        return;
+    };
+    assert_eq!(cidr.is_ipv4(), A::BITS == 32);
+    let mut ipam = crate::ipam::Ipam::new(range, PeerId([1; 32]), None, Duration::ZERO);
+    if ipam.set_pod_cidr(Some(cidr)).is_ok() {
+        assert!(range.prefix().contains(&cidr));
+        assert_eq!(ipam.claims(), vec![cidr]);
     }
 }
 

@@ -172,12 +172,14 @@ pub struct LaunchArgs {
     /// talks to [default: weft-cni].
     #[arg(long, value_name = "NAME")]
     pub cni_socket: Option<String>,
-    /// This host's own pod range, inside --ipalloc-range: IPAM hands out
-    /// addresses from it only and claims it in the mesh as this host's one
-    /// chunk (as a Kubernetes node's spec.podCIDR; --kube reads that from
-    /// the API).
+    /// This host's own pod range, inside the --ipalloc-range of its
+    /// family: IPAM hands out addresses from it only and claims it in the
+    /// mesh as this host's one chunk (as a Kubernetes node's spec.podCIDR;
+    /// --kube reads that from the API). Repeat it for dual-stack pods: at
+    /// most one IPv4 and one IPv6 CIDR, e.g. --ipalloc-pod-cidr
+    /// 10.32.7.0/24 --ipalloc-pod-cidr fd32:0:0:7::/64.
     #[arg(long, value_name = "CIDR")]
-    pub ipalloc_pod_cidr: Option<String>,
+    pub ipalloc_pod_cidr: Vec<String>,
     /// NAT for pods: what they send to addresses outside --ipalloc-range
     /// leaves with this host's address (an nftables masquerade rule in
     /// table `ip weft`, and `ip6 weft` for an IPv6 range, of this network
@@ -297,8 +299,10 @@ struct IpamPlan {
     range: crate::ipam::AllocRange,
     /// A second `--ipalloc-range`, IPv6 (dual-stack pods).
     range6: Option<crate::ipam::AllocRange<std::net::Ipv6Addr>>,
-    /// `--ipalloc-pod-cidr`.
+    /// `--ipalloc-pod-cidr`, IPv4.
     pod_cidr: Option<crate::mesh::IpPrefix>,
+    /// `--ipalloc-pod-cidr`, IPv6 (inside `range6`).
+    pod_cidr6: Option<crate::mesh::IpPrefix>,
     dir: PathBuf,
     reclaim_after: Duration,
     socket: String,
@@ -447,6 +451,70 @@ fn parse_ipalloc_ranges(
     }
 }
 
+/// The `--ipalloc-pod-cidr` values: at most one IPv4 pod range, inside
+/// `range`, and one IPv6, inside `range6` (an IPv6 one without an IPv6
+/// range is refused). Errors name the values and say what to do.
+fn parse_pod_cidrs(
+    texts: &[String],
+    range: &crate::ipam::AllocRange,
+    range6: Option<&crate::ipam::AllocRange<std::net::Ipv6Addr>>,
+) -> Result<(Option<crate::mesh::IpPrefix>, Option<crate::mesh::IpPrefix>), String> {
+    let mut v4: Option<(&str, crate::mesh::IpPrefix)> = None;
+    let mut v6: Option<(&str, crate::mesh::IpPrefix)> = None;
+    for text in texts {
+        let ipv6 = crate::ipam::AnyRange::is_ipv6_text(text);
+        let (slot, family) = if ipv6 {
+            (&mut v6, "IPv6")
+        } else {
+            (&mut v4, "IPv4")
+        };
+        if let Some((first, _)) = slot {
+            return Err(format!(
+                "--ipalloc-pod-cidr {text:?}: a second {family} pod range (after {first:?}); give at most one IPv4 and one IPv6 --ipalloc-pod-cidr, this host's own pod range of each family"
+            ));
+        }
+        let cidr = match (ipv6, range6) {
+            (false, _) => crate::ipam::parse_pod_cidr(text, range)?,
+            (true, Some(r6)) => crate::ipam::parse_pod_cidr(text, r6)?,
+            (true, None) => {
+                return Err(format!(
+                    "--ipalloc-pod-cidr {text} is IPv6, and no IPv6 --ipalloc-range is given to hold it: add an IPv6 --ipalloc-range that holds it (the same on every host, e.g. the cluster's IPv6 pod CIDR), or drop this --ipalloc-pod-cidr"
+                ))
+            }
+        };
+        *slot = Some((text, cidr));
+    }
+    Ok((v4.map(|(_, c)| c), v6.map(|(_, c)| c)))
+}
+
+/// Where one family's pod addresses come from at start: this host's
+/// `--ipalloc-pod-cidr`, the node's podCIDR under `--kube` (nothing is
+/// handed out until the API has said), or chunks of the range. Returns it
+/// for the startup log.
+fn start_pod_range<A: crate::ipam::Family>(
+    ipam: &mut crate::ipam::Ipam<A>,
+    pod_cidr: Option<crate::mesh::IpPrefix>,
+    kube: Option<&KubePlan>,
+) -> Result<String, LaunchError> {
+    let chunk_len = crate::ipam::chunk_len(&ipam.range());
+    Ok(match (pod_cidr, kube) {
+        (Some(cidr), _) => ipam.set_pod_cidr(Some(cidr)).map_err(usage)?,
+        (None, Some(k)) => {
+            ipam.await_pod_cidr();
+            let entry = if A::BITS == 32 {
+                "spec.podCIDR"
+            } else {
+                "IPv6 spec.podCIDRs entry"
+            };
+            format!(
+                "this host's pod range is node {}'s {entry} from the Kubernetes API when it has one, else /{chunk_len} chunks (nothing is handed out until the API answers)",
+                k.node
+            )
+        }
+        (None, None) => format!("divided among the hosts in /{chunk_len} chunks"),
+    })
+}
+
 /// Reads the IPAM flags (or config keys); `None` without --ipalloc-range.
 fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan>, LaunchError> {
     let range_err = from_file(file, "ipalloc-range", !args.ipalloc_range.is_empty());
@@ -455,17 +523,18 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
     } else {
         std::mem::take(&mut args.ipalloc_range)
     };
-    let pod_err = from_file(file, "ipalloc-pod-cidr", args.ipalloc_pod_cidr.is_some());
-    let pod_cidr = match args.ipalloc_pod_cidr.take() {
-        Some(p) => Some(p),
-        None => file.string("ipalloc-pod-cidr").map_err(usage)?,
+    let pod_err = from_file(file, "ipalloc-pod-cidr", !args.ipalloc_pod_cidr.is_empty());
+    let pod_cidr_texts = if args.ipalloc_pod_cidr.is_empty() {
+        file.list("ipalloc-pod-cidr").map_err(usage)?
+    } else {
+        std::mem::take(&mut args.ipalloc_pod_cidr)
     };
     let dir_given = args.ipalloc_dir.is_some() || file.has("ipalloc-dir");
     let reclaim_given = args.ipalloc_reclaim_after.is_some() || file.has("ipalloc-reclaim-after");
     let masquerade = args.masquerade || file.flag("masquerade").map_err(usage)?;
     let ranges = parse_ipalloc_ranges(&range_texts).map_err(&range_err)?;
     let Some((range, range6)) = ranges else {
-        if dir_given || reclaim_given || pod_cidr.is_some() {
+        if dir_given || reclaim_given || !pod_cidr_texts.is_empty() {
             return Err(usage(
                 "--ipalloc-dir, --ipalloc-reclaim-after and --ipalloc-pod-cidr need --ipalloc-range (IPAM is off without it)",
             ));
@@ -477,10 +546,8 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
         }
         return Ok(None);
     };
-    let pod_cidr = match pod_cidr {
-        Some(text) => Some(crate::ipam::parse_pod_cidr(&text, &range).map_err(&pod_err)?),
-        None => None,
-    };
+    let (pod_cidr, pod_cidr6) =
+        parse_pod_cidrs(&pod_cidr_texts, &range, range6.as_ref()).map_err(&pod_err)?;
     let dir = match args.ipalloc_dir.take() {
         Some(d) => d,
         None => file
@@ -518,6 +585,7 @@ fn ipam_plan(args: &mut LaunchArgs, file: &ConfigFile) -> Result<Option<IpamPlan
         range,
         range6,
         pod_cidr,
+        pod_cidr6,
         dir,
         reclaim_after,
         socket,
@@ -1787,21 +1855,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                 own,
                 p.reclaim_after,
             );
-            let how = match (p.pod_cidr, &plan.kube) {
-                (Some(cidr), _) => ipam.set_pod_cidr(Some(cidr)).map_err(usage)?,
-                (None, Some(k)) => {
-                    ipam.await_pod_cidr();
-                    format!(
-                        "this host's pod range is node {}'s spec.podCIDR from the Kubernetes API when it has one, else /{} chunks (nothing is handed out until the API answers)",
-                        k.node,
-                        crate::ipam::chunk_len(&p.range)
-                    )
-                }
-                (None, None) => format!(
-                    "divided among the hosts in /{} chunks",
-                    crate::ipam::chunk_len(&p.range)
-                ),
-            };
+            let how = start_pod_range(&mut ipam, p.pod_cidr, plan.kube.as_ref())?;
             let state = crate::ipam::store::load(&p.dir).map_err(usage)?;
             let held = state.as_ref().map_or(0, |s| s.allocations.len());
             if let Some(state) = state {
@@ -1827,6 +1881,9 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                         own6,
                         p.reclaim_after,
                     );
+                    // Before the state is restored, as in IPv4: a pod range
+                    // of its own is taken back as one chunk.
+                    let how6 = start_pod_range(&mut ipam6, p.pod_cidr6, plan.kube.as_ref())?;
                     let state6 =
                         crate::ipam::store::load::<std::net::Ipv6Addr>(&p.dir).map_err(usage)?;
                     let held6 = state6.as_ref().map_or(0, |s| s.allocations.len());
@@ -1835,13 +1892,7 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
                     }
                     crate::ipam::store::save(&p.dir, &ipam6.state()).map_err(usage)?;
                     log.info(format!(
-                        "IPAM: IPv6 range {range6}, divided among the hosts in /{} chunks{}; {held6} address(es) held in {}",
-                        crate::ipam::chunk_len(&range6),
-                        if plan.kube.is_some() {
-                            " (a node's IPv6 podCIDR is not used yet)"
-                        } else {
-                            ""
-                        },
+                        "IPAM: IPv6 range {range6}, {how6}; {held6} address(es) held in {}",
                         crate::ipam::store::path_of::<std::net::Ipv6Addr>(&p.dir).display()
                     ));
                     Some(ipam6)
@@ -2152,6 +2203,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
         every: k.every,
         fixed: plan.peers.iter().filter_map(PeerTarget::addr).collect(),
         pod_cidr: plan.ipam.as_ref().is_some_and(|p| p.pod_cidr.is_none()),
+        pod_cidr6: plan
+            .ipam
+            .as_ref()
+            .is_some_and(|p| p.range6.is_some() && p.pod_cidr6.is_none()),
+        ipv4_only_ipam: plan.ipam.as_ref().is_some_and(|p| p.range6.is_none()),
     });
     if let Some(k) = &kube {
         tracing::info!(
@@ -2159,10 +2215,11 @@ fn launch(args: LaunchArgs, log: &mut StartupLog) -> Result<(), LaunchError> {
             k.api.nodes_url(),
             k.every.as_secs(),
             k.node,
-            if k.pod_cidr {
-                "; its spec.podCIDR is the pod range"
-            } else {
-                ""
+            match (k.pod_cidr, k.pod_cidr6) {
+                (true, true) => "; its spec.podCIDRs are the pod ranges (one IPv4, one IPv6)",
+                (true, false) => "; its spec.podCIDR is the pod range",
+                (false, true) => "; its IPv6 spec.podCIDRs entry is the IPv6 pod range",
+                (false, false) => "",
             }
         );
     }
@@ -2469,6 +2526,62 @@ mod tests {
         ] {
             let e = super::parse_ipalloc_ranges(&list(&bad)).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn pod_cidrs_take_one_of_each_family_inside_its_range() {
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let range = crate::ipam::AllocRange::parse("10.32.0.0/16").unwrap();
+        let range6 = crate::ipam::AllocRange::parse_v6("fd32::/48").unwrap();
+        let both = Some(&range6);
+        assert_eq!(super::parse_pod_cidrs(&[], &range, both), Ok((None, None)));
+        let (v4, v6) =
+            super::parse_pod_cidrs(&list(&["fd32:0:0:7::/64", "10.32.7.0/24"]), &range, both)
+                .unwrap();
+        assert_eq!(v4, Some("10.32.7.0/24".parse().unwrap()));
+        assert_eq!(v6, Some("fd32:0:0:7::/64".parse().unwrap()));
+        let (v4, v6) = super::parse_pod_cidrs(&list(&["fd32:0:0:7::/64"]), &range, both).unwrap();
+        assert_eq!((v4, v6.is_some()), (None, true));
+        for (bad, r6, says) in [
+            (
+                vec!["10.32.7.0/24", "fd33::/64"],
+                both,
+                vec!["fd33::/64", "does not lie inside --ipalloc-range fd32::/48"],
+            ),
+            (
+                vec!["fd32:0:0:7::/64"],
+                None,
+                vec![
+                    "fd32:0:0:7::/64",
+                    "no IPv6 --ipalloc-range",
+                    "add an IPv6 --ipalloc-range",
+                ],
+            ),
+            (
+                vec!["fd32:0:0:7::/64", "10.32.7.0/24", "fd32:0:0:8::/64"],
+                both,
+                vec![
+                    "\"fd32:0:0:8::/64\": a second IPv6",
+                    "after \"fd32:0:0:7::/64\"",
+                ],
+            ),
+            (
+                vec!["10.32.7.0/24", "10.32.8.0/24"],
+                both,
+                vec!["\"10.32.8.0/24\": a second IPv4", "after \"10.32.7.0/24\""],
+            ),
+            (vec!["fd32::1/64"], both, vec!["fd32::1/64", "host bits"]),
+            (
+                vec!["10.99.0.0/24"],
+                both,
+                vec!["10.99.0.0/24", "10.32.0.0/16"],
+            ),
+        ] {
+            let e = super::parse_pod_cidrs(&list(&bad), &range, r6).unwrap_err();
+            for s in says {
+                assert!(e.contains(s), "{bad:?}: {s:?} not in {e}");
+            }
         }
     }
 

@@ -559,6 +559,12 @@ fn malformed_kube_flags() {
         args
     };
     let no_node = [("NODE_NAME", ""), ("KUBERNETES_SERVICE_HOST", "")];
+    let dual = [
+        "--ipalloc-range",
+        "10.40.0.0/16",
+        "--ipalloc-range",
+        "fd32::/48",
+    ];
     let missing = a.path("no-such-token").display().to_string();
     for (what, extra, needles) in [
         (
@@ -615,7 +621,53 @@ fn malformed_kube_flags() {
             vec!["--ipalloc-pod-cidr", "10.40.7.0/24"],
             vec!["--ipalloc-pod-cidr", "need --ipalloc-range"],
         ),
+        (
+            "an IPv6 pod range outside the IPv6 range",
+            [&dual[..], &["--ipalloc-pod-cidr", "fd33:0:0:7::/64"]].concat(),
+            vec!["fd33:0:0:7::/64", "fd32::/48", "does not lie inside"],
+        ),
+        (
+            "an IPv6 pod range without an IPv6 range",
+            vec![
+                "--ipalloc-range",
+                "10.40.0.0/16",
+                "--ipalloc-pod-cidr",
+                "fd32:0:0:7::/64",
+            ],
+            vec![
+                "fd32:0:0:7::/64",
+                "no IPv6 --ipalloc-range",
+                "add an IPv6 --ipalloc-range",
+            ],
+        ),
+        (
+            "two IPv6 pod ranges",
+            [
+                &dual[..],
+                &["--ipalloc-pod-cidr", "fd32:0:0:7::/64"],
+                &["--ipalloc-pod-cidr", "fd32:0:0:8::/64"],
+            ]
+            .concat(),
+            vec!["fd32:0:0:7::/64", "fd32:0:0:8::/64", "second IPv6"],
+        ),
     ] {
         expect_rejected(a, what, &args(&extra), &no_node, &[], &needles);
     }
+    // The config key takes a list, like ipalloc-range; its errors name
+    // the file and the key.
+    let config = a.path("pod-cidrs.toml");
+    std::fs::write(
+        &config,
+        "ipalloc-range = [\"10.40.0.0/16\", \"fd32::/48\"]\nipalloc-pod-cidr = [\"10.40.7.0/24\", \"fd33:0:0:7::/64\"]\n",
+    )
+    .expect("write");
+    let config = config.display().to_string();
+    expect_rejected(
+        a,
+        "an IPv6 pod range outside the IPv6 range, from the config file",
+        &args(&["--config", &config]),
+        &no_node,
+        &[],
+        &[&config, "ipalloc-pod-cidr", "fd33:0:0:7::/64", "fd32::/48"],
+    );
 }

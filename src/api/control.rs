@@ -45,13 +45,19 @@ pub enum ControlRequest {
         /// The departed peer's name.
         name: String,
     },
-    /// This node's pod range from the Kubernetes API (`--kube`): IPAM
-    /// hands addresses out of it. In-process only: never read from the
-    /// socket.
+    /// This node's pod range of one family from the Kubernetes API
+    /// (`--kube`): that family's IPAM hands addresses out of it. One
+    /// request per family, so each changes alone. In-process only: never
+    /// read from the socket.
     #[serde(skip)]
     KubePodCidr {
-        /// `None`: the node has no podCIDR (IPAM divides the range).
+        /// `None`: the node has no podCIDR of the family (IPAM divides the
+        /// range).
         cidr: Option<crate::mesh::claims::IpPrefix>,
+        /// The family: IPv6 (the IPv6 `--ipalloc-range`'s allocator), or
+        /// IPv4 (false, what a sender from before dual stack means).
+        #[serde(default)]
+        ipv6: bool,
     },
 }
 

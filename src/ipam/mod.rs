@@ -207,10 +207,15 @@ pub enum AnyRange {
 }
 
 impl AnyRange {
+    /// Whether a range as written is meant as IPv6 (its address holds a
+    /// `:`), before it is parsed.
+    pub fn is_ipv6_text(text: &str) -> bool {
+        text.split('/').next().unwrap_or_default().contains(':')
+    }
+
     /// Parses a range of either family (a `:` says IPv6).
     pub fn parse(text: &str) -> Result<AnyRange, String> {
-        let addr = text.split('/').next().unwrap_or_default();
-        if addr.contains(':') {
+        if AnyRange::is_ipv6_text(text) {
             AllocRange::parse_v6(text).map(AnyRange::V6)
         } else {
             AllocRange::parse(text).map(AnyRange::V4)
@@ -295,11 +300,11 @@ impl<A: Family> fmt::Display for AllocRange<A> {
     }
 }
 
-/// Parses `--ipalloc-pod-cidr`: an IPv4 CIDR inside `range`; errors name
-/// the value (and the range) and say what is wanted.
-pub fn parse_pod_cidr(text: &str, range: &AllocRange) -> Result<IpPrefix, String> {
-    let checked =
-        AllocRange::parse(text).map_err(|e| e.replace("--ipalloc-range", "--ipalloc-pod-cidr"))?;
+/// Parses `--ipalloc-pod-cidr`: a CIDR of `range`'s family inside
+/// `range`; errors name the value (and the range) and say what is wanted.
+pub fn parse_pod_cidr<A: Family>(text: &str, range: &AllocRange<A>) -> Result<IpPrefix, String> {
+    let checked = AllocRange::<A>::checked(text)
+        .map_err(|e| e.replace("--ipalloc-range", "--ipalloc-pod-cidr"))?;
     let prefix = checked.prefix();
     if !range.prefix().contains(&prefix) {
         return Err(format!(
@@ -446,7 +451,8 @@ pub struct ChunkStatus {
     pub state: String,
     /// Addresses in use (known for this host's chunks only).
     pub in_use: Option<u32>,
-    /// Addresses the chunk can hand out.
+    /// Addresses the chunk can hand out (`u32::MAX`: that many or more,
+    /// an IPv6 pod range).
     pub size: u32,
     /// Reserved chunks: seconds until they are reclaimed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -506,9 +512,10 @@ impl IpamStatus {
             out.push_str("  no chunk claimed yet (the first pod claims one)\n");
         }
         for c in &self.chunks {
+            let size = size_text(c.size, &c.chunk);
             let use_text = match c.in_use {
-                Some(n) => format!("{n}/{} in use", c.size),
-                None => format!("{} addresses", c.size),
+                Some(n) => format!("{n}/{size} in use"),
+                None => format!("{size} addresses"),
             };
             let reclaim = c
                 .reclaim_in
@@ -650,19 +657,16 @@ impl<A: Family> Ipam<A> {
                 self.range, self.chunk_len
             ));
         };
-        if A::BITS != 32 {
-            return Err(format!(
-                "a pod range of this host's own ({cidr}) is implemented for IPv4 only: the IPv6 --ipalloc-range {} is divided in chunks",
-                self.range
-            ));
-        }
         if cidr.is_ipv4() != (A::BITS == 32)
             || cidr.len() > A::LONGEST_RANGE
             || !self.range.prefix().contains(&cidr)
         {
             return Err(format!(
-                "this host's pod range {cidr} does not lie inside --ipalloc-range {} (or is longer than /30): give every host the same --ipalloc-range that holds all nodes' pod CIDRs (the cluster's pod CIDR)",
-                self.range
+                "this host's pod range {cidr} does not lie inside the {} --ipalloc-range {} (or is longer than /{}): give every host the same --ipalloc-range that holds all nodes' {} pod CIDRs (the cluster's pod CIDR)",
+                A::NAME,
+                self.range,
+                A::LONGEST_RANGE,
+                A::NAME
             ));
         }
         let used = &self.used;
@@ -678,7 +682,7 @@ impl<A: Family> Ipam<A> {
         self.pod_range = PodRange::Fixed(cidr);
         Ok(format!(
             "IPAM hands out addresses from this host's pod range {cidr} only ({} addresses, inside --ipalloc-range {}); this host claims it in the mesh",
-            self.capacity(&cidr),
+            count_text(self.capacity_wide(&cidr)),
             self.range
         ))
     }
@@ -791,12 +795,19 @@ impl<A: Family> Ipam<A> {
     }
 
     /// Addresses a chunk can hand out (its size less excluded addresses;
-    /// a wider claim seen in the view counts as at most `u32::MAX`).
+    /// a wider one, such as an IPv6 pod range, counts as at most
+    /// `u32::MAX`).
     fn capacity(&self, chunk: &IpPrefix) -> u32 {
+        u32::try_from(self.capacity_wide(chunk)).unwrap_or(u32::MAX)
+    }
+
+    /// [`capacity`](Self::capacity) in full (an IPv6 /64 pod range holds
+    /// 2^64 - 2).
+    fn capacity_wide(&self, chunk: &IpPrefix) -> u128 {
         let (lo, hi) = self.chunk_bounds(chunk);
         let excluded = self.excluded.range(lo..=hi).count() as u128;
         let size = (hi - lo).saturating_add(1);
-        u32::try_from(size.saturating_sub(excluded)).unwrap_or(u32::MAX)
+        size.saturating_sub(excluded)
     }
 
     fn in_use(&self, chunk: &IpPrefix) -> u32 {
@@ -937,8 +948,10 @@ impl<A: Family> Ipam<A> {
             .collect();
         for chunk in usable {
             let (lo, hi) = self.chunk_bounds(&chunk);
-            // Chunks of this host hold at most 64 addresses (a pod range
-            // of its own is IPv4, at most 2^30): the scan is short.
+            // The scan stops at the first free address, past the used and
+            // excluded ones only (a chunk holds 64 addresses; a pod range
+            // of its own, up to 2^64 in IPv6, as many as pods were given):
+            // it is short.
             let free = (lo..=hi).find(|a| !self.used.contains(a) && !self.excluded.contains(a));
             if let Some(a) = free {
                 self.used.insert(a);
@@ -1086,7 +1099,9 @@ impl<A: Family> Ipam<A> {
                     "waiting for the Kubernetes API to say whether this node has a podCIDR".into(),
                 )
             }
-            PodRange::Fixed(cidr) if self.in_use(&cidr) >= self.capacity(&cidr) => {
+            PodRange::Fixed(cidr)
+                if u128::from(self.in_use(&cidr)) >= self.capacity_wide(&cidr) =>
+            {
                 return Err(format!("this host's pod range {cidr} is full"))
             }
             PodRange::Fixed(_) => return Ok(()),
@@ -1177,7 +1192,8 @@ impl<A: Family> Ipam<A> {
                 .into(),
                 // The gateway is the bridge's, not a pod's: shown apart.
                 in_use: Some(self.in_use(chunk) - gateway_in(chunk)),
-                size: self.capacity(chunk) - gateway_in(chunk),
+                size: u32::try_from(self.capacity_wide(chunk) - u128::from(gateway_in(chunk)))
+                    .unwrap_or(u32::MAX),
                 reclaim_in: None,
             });
         }
@@ -1243,6 +1259,32 @@ impl<A: Family> Ipam<A> {
             gateway: self.gateway.map(|g| g.to_string()),
             ipv6: None,
         }
+    }
+}
+
+/// A number of addresses for people: exact below 2^32, else as the power
+/// of two above it less the rest (`2^64 - 2` for an IPv6 /64 pod range).
+fn count_text(n: u128) -> String {
+    if n < 1 << 32 {
+        return n.to_string();
+    }
+    match n.checked_next_power_of_two() {
+        Some(p) if p == n => format!("2^{}", p.trailing_zeros()),
+        Some(p) => format!("2^{} - {}", p.trailing_zeros(), p - n),
+        None => format!("2^128 - {}", u128::MAX - n + 1),
+    }
+}
+
+/// The size of a chunk in `weft status ipam`: its count, or for a range of
+/// 2^32 addresses and more (IPv6 pod ranges, whose [`ChunkStatus::size`]
+/// stops at `u32::MAX`) the power of two of its prefix.
+fn size_text(size: u32, chunk: &str) -> String {
+    match chunk.parse::<IpPrefix>() {
+        Ok(p) if size == u32::MAX => {
+            let bits = if p.is_ipv4() { 32 } else { 128 };
+            format!("~2^{}", bits - p.len())
+        }
+        _ => size.to_string(),
     }
 }
 

@@ -474,12 +474,11 @@ fn divided_hosts_avoid_other_hosts_pod_ranges_and_show_them() {
     );
 }
 
-#[test]
-fn under_kube_nothing_is_handed_out_until_the_api_said_then_chunks_or_the_pod_range() {
-    let range = AllocRange::parse("10.32.0.0/16").unwrap();
-    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+/// `--kube`: told to wait, the allocator hands nothing out and claims
+/// nothing, even with the mesh synchronised.
+fn awaits_the_api<A: Family>(ipam: &mut Ipam<A>) {
     ipam.await_pod_cidr();
-    let v = view(&ipam, &[]);
+    let v = view(ipam, &[]);
     ipam.update_view(v, 0);
     match ipam.allocate(&key("a"), "/proc/1/ns/net", Instant::now()) {
         Err(AllocError::Pending(why)) => assert!(why.contains("Kubernetes API"), "{why}"),
@@ -487,6 +486,13 @@ fn under_kube_nothing_is_handed_out_until_the_api_said_then_chunks_or_the_pod_ra
     }
     assert!(ipam.ready().unwrap_err().contains("podCIDR"));
     assert!(ipam.claims().is_empty());
+}
+
+#[test]
+fn under_kube_nothing_is_handed_out_until_the_api_said_then_chunks_or_the_pod_range() {
+    let range = AllocRange::parse("10.32.0.0/16").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    awaits_the_api(&mut ipam);
     assert!(ipam
         .status("h", &|_| String::new(), 0)
         .render_text()
@@ -756,9 +762,115 @@ fn an_ipv6_range_is_claimed_in_122_chunks_and_hands_out_distinct_addresses() {
     let b = add6(&mut other, "x", &[], &mut now);
     let chunk_b = IpPrefix::new(IpAddr::V6(b), 122).unwrap();
     assert!(!claims.contains(&chunk_b));
-    // A pod range of its own is IPv4 only.
-    let e = ipam.set_pod_cidr(Some(p("fd32::/120"))).unwrap_err();
-    assert!(e.contains("IPv4 only"), "{e}");
+    // A pod range of its own works in IPv6 too: new pods get addresses
+    // from it, the chunks holding earlier ones stay claimed.
+    let said = ipam.set_pod_cidr(Some(p("fd32::7:0/120"))).unwrap();
+    assert!(
+        said.contains("fd32::7:0/120") && said.contains("254 addresses"),
+        "{said}"
+    );
+    let c = add6(&mut ipam, "after", &[], &mut now);
+    assert!(p("fd32::7:0/120").contains_addr(IpAddr::V6(c)), "{c}");
+    assert!(ipam.claims().contains(&p("fd32::7:0/120")));
+    assert!(ipam.claims().iter().any(|k| k.len() == 122));
+}
+
+#[test]
+fn an_ipv6_pod_cidr_is_one_chunk_never_hands_out_its_ends_and_survives_a_restart() {
+    let range = AllocRange::parse_v6("fd32::/48").unwrap();
+    for (bad, says) in [
+        ("fd33::/64", "does not lie inside --ipalloc-range fd32::/48"),
+        ("fd32::1/64", "host bits"),
+        ("fd32::/121", "1-120"),
+        ("10.32.7.0/24", "IPv6"),
+        ("fd32::", "CIDR"),
+    ] {
+        let e = parse_pod_cidr(bad, &range).unwrap_err();
+        assert!(e.contains(bad) && e.contains(says), "{bad}: {e}");
+        assert!(e.contains("--ipalloc-pod-cidr"), "{e}");
+    }
+    let cidr = parse_pod_cidr("fd32:0:0:7::/64", &range).unwrap();
+    assert_eq!(cidr, p("fd32:0:0:7::/64"));
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    // The wrong family, or outside the range, is refused naming both.
+    let e = ipam.set_pod_cidr(Some(p("10.32.7.0/24"))).unwrap_err();
+    assert!(e.contains("10.32.7.0/24") && e.contains("fd32::/48"), "{e}");
+    let e = ipam.set_pod_cidr(Some(p("fd32::/124"))).unwrap_err();
+    assert!(e.contains("/120") && e.contains("IPv6"), "{e}");
+    let said = ipam.set_pod_cidr(Some(cidr)).unwrap();
+    assert!(
+        said.contains("fd32:0:0:7::/64") && said.contains("2^64 - 2 addresses"),
+        "{said}"
+    );
+    assert_eq!(ipam.claims(), vec![cidr], "claimed as one chunk");
+    let mut now = Instant::now();
+    assert!(matches!(
+        ipam.allocate(&key("a"), "/proc/1/ns/net", now),
+        Err(AllocError::Pending(_))
+    ));
+    let mut seen = BTreeSet::new();
+    for i in 0..70 {
+        let a = add6(&mut ipam, &format!("c{i}"), &[], &mut now);
+        assert!(cidr.contains_addr(IpAddr::V6(a)), "{a} outside {cidr}");
+        assert!(seen.insert(a), "{a} handed out twice");
+    }
+    // Never the subnet-router anycast address (the first) and, like a
+    // chunk's range, never the last.
+    let first: Ipv6Addr = "fd32:0:0:7::".parse().unwrap();
+    let last: Ipv6Addr = "fd32:0:0:7:ffff:ffff:ffff:ffff".parse().unwrap();
+    assert!(!seen.contains(&first) && !seen.contains(&last));
+    assert_eq!(seen.first(), Some(&"fd32:0:0:7::1".parse().unwrap()));
+    // 70 pods, still one claim: the pod range, not /122 chunks.
+    assert_eq!(ipam.claims(), vec![cidr]);
+    assert!(ipam.ready().is_ok());
+    let s = ipam.status("host-a", &|_| "other".into(), 0);
+    assert_eq!(s.pod_cidr.as_deref(), Some("fd32:0:0:7::/64"));
+    assert_eq!(s.chunks.len(), 1);
+    assert_eq!(s.chunks[0].in_use, Some(70));
+    let text = s.render_text();
+    assert!(
+        text.contains("hands out its pod range fd32:0:0:7::/64 only")
+            && text.contains("70/~2^64 in use"),
+        "{text}"
+    );
+    // Persisted and restored: the same addresses, the same one claim.
+    let state = ipam.state();
+    assert_eq!(state.chunks, vec!["fd32:0:0:7::/64".to_string()]);
+    let dir = std::env::temp_dir().join(format!("weft-ipam-pod6-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    store::save(&dir, &state).unwrap();
+    let loaded = store::load::<Ipv6Addr>(&dir).unwrap().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded, state);
+    let mut again = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    again.set_pod_cidr(Some(cidr)).unwrap();
+    again.restore(loaded).unwrap();
+    assert_eq!(again.claims(), vec![cidr]);
+    for i in 0..70 {
+        let k = key(&format!("c{i}"));
+        assert_eq!(again.lookup(&k), ipam.lookup(&k));
+    }
+    let b = add6(&mut again, "new", &[], &mut now);
+    assert!(
+        cidr.contains_addr(IpAddr::V6(b)) && !seen.contains(&b),
+        "{b}"
+    );
+    // A host dividing the range avoids another host's IPv6 pod range.
+    let mut other = Ipam::new(range, id(2), None, Duration::ZERO);
+    let o = add6(&mut other, "x", &[(cidr, id(1))], &mut now);
+    assert!(!cidr.contains_addr(IpAddr::V6(o)), "{o}");
+}
+
+#[test]
+fn under_kube_the_ipv6_allocator_waits_for_the_api_too() {
+    let range = AllocRange::parse_v6("fd32::/48").unwrap();
+    let mut ipam = Ipam::new(range, id(1), None, Duration::from_secs(3600));
+    awaits_the_api(&mut ipam);
+    ipam.set_pod_cidr(Some(p("fd32:0:0:9::/64"))).unwrap();
+    let mut now = Instant::now();
+    let a = add6(&mut ipam, "a", &[], &mut now);
+    assert_eq!(a, "fd32:0:0:9::1".parse::<Ipv6Addr>().unwrap());
 }
 
 /// Every address of a small range at either end of the IPv6 space: the

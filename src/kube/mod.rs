@@ -5,7 +5,8 @@
 //! `--kube-node-name`, or `NODE_NAME` that the DaemonSet sets from the
 //! downward API), each with this host's own listen port. This node's
 //! `spec.podCIDR` (or the first IPv4 of `spec.podCIDRs`), when set, is the
-//! range IPAM hands pod addresses out of.
+//! range IPAM hands pod addresses out of; the first IPv6 entry is the
+//! IPv6 one (dual stack).
 //!
 //! The core here is sans-IO and total: [`parse_node_list`] takes any bytes
 //! (bounded: [`MAX_BODY`], [`MAX_NODES`]) and [`PeerSync`] turns successive
@@ -159,6 +160,20 @@ impl KubeNode {
     /// first IPv4 of `spec.podCIDRs`; `Ok(None)` when it has none. A
     /// malformed value is an error naming it.
     pub fn pod_cidr_v4(&self) -> Result<Option<IpPrefix>, String> {
+        self.pod_cidr_of(true)
+    }
+
+    /// The node's IPv6 pod range: `spec.podCIDR` when it is IPv6, else the
+    /// first IPv6 of `spec.podCIDRs` (a dual-stack node lists one of each
+    /// family); `Ok(None)` when it has none. A malformed value is an error
+    /// naming it.
+    pub fn pod_cidr_v6(&self) -> Result<Option<IpPrefix>, String> {
+        self.pod_cidr_of(false)
+    }
+
+    /// The first pod range of the family (`v4`), checking every value
+    /// before it.
+    fn pod_cidr_of(&self, v4: bool) -> Result<Option<IpPrefix>, String> {
         let candidates = self.pod_cidr.iter().chain(self.pod_cidrs.iter());
         for text in candidates {
             let parsed = parse_cidr(text).map_err(|e| {
@@ -167,7 +182,7 @@ impl KubeNode {
                     self.name
                 )
             })?;
-            if parsed.is_ipv4() {
+            if parsed.is_ipv4() == v4 {
                 return Ok(Some(parsed));
             }
         }
@@ -204,6 +219,8 @@ pub struct NodeView {
     pub found_self: bool,
     /// This node's IPv4 pod range (`Err`: malformed in the API).
     pub pod_cidr: Result<Option<IpPrefix>, String>,
+    /// This node's IPv6 pod range (`Err`: malformed in the API).
+    pub pod_cidr6: Result<Option<IpPrefix>, String>,
     /// Every other node with an address to dial: name and address.
     pub peers: BTreeMap<String, SocketAddr>,
     /// Other nodes without any InternalIP.
@@ -217,10 +234,12 @@ pub fn view(nodes: &[KubeNode], me: &str, port: u16, v6: bool) -> NodeView {
     let mut without_address = Vec::new();
     let mut found_self = false;
     let mut pod_cidr = Ok(None);
+    let mut pod_cidr6 = Ok(None);
     for node in nodes {
         if node.name == me {
             found_self = true;
             pod_cidr = node.pod_cidr_v4();
+            pod_cidr6 = node.pod_cidr_v6();
             continue;
         }
         match node.dial_address(v6) {
@@ -233,6 +252,7 @@ pub fn view(nodes: &[KubeNode], me: &str, port: u16, v6: bool) -> NodeView {
     NodeView {
         found_self,
         pod_cidr,
+        pod_cidr6,
         peers,
         without_address,
     }

@@ -31,8 +31,15 @@ pub struct RefreshSetup {
     pub every: Duration,
     /// The `--peer` addresses: never connected or forgotten from here.
     pub fixed: Vec<SocketAddr>,
-    /// Whether IPAM wants this node's pod range (`--ipalloc-range`).
+    /// Whether IPAM wants this node's IPv4 pod range (`--ipalloc-range`
+    /// without an IPv4 `--ipalloc-pod-cidr`).
     pub pod_cidr: bool,
+    /// Whether IPAM wants this node's IPv6 pod range (an IPv6
+    /// `--ipalloc-range` without an IPv6 `--ipalloc-pod-cidr`).
+    pub pod_cidr6: bool,
+    /// IPAM runs without an IPv6 range: the node's IPv6 podCIDR is not
+    /// used, and the log says so once.
+    pub ipv4_only_ipam: bool,
 }
 
 /// How long to wait for the router to take a request.
@@ -75,6 +82,9 @@ struct Refresh {
     found_self: Option<bool>,
     without_address: Vec<String>,
     pod_cidr: Option<Result<Option<IpPrefix>, String>>,
+    pod_cidr6: Option<Result<Option<IpPrefix>, String>>,
+    /// The IPv6 podCIDR last logged as not used (IPAM without IPv6).
+    unused6: Option<IpPrefix>,
 }
 
 impl Refresh {
@@ -86,6 +96,8 @@ impl Refresh {
             found_self: None,
             without_address: Vec::new(),
             pod_cidr: None,
+            pod_cidr6: None,
+            unused6: None,
         }
     }
 
@@ -159,17 +171,49 @@ impl Refresh {
                 Some(r) => tracing::warn!("Kubernetes: {what}: {}", r.message),
             }
         }
-        if setup.pod_cidr && v.found_self && self.pod_cidr.as_ref() != Some(&v.pod_cidr) {
-            match &v.pod_cidr {
-                Err(e) => tracing::error!("Kubernetes: {e}; IPAM keeps its range as it is"),
-                Ok(cidr) => match ask(ControlRequest::KubePodCidr { cidr: *cidr }) {
-                    None => return false,
-                    Some(r) if r.ok => tracing::info!("Kubernetes: {}", r.message),
-                    Some(r) => tracing::error!("Kubernetes: {}", r.message),
-                },
-            }
-            self.pod_cidr = Some(v.pod_cidr);
+        if !v.found_self {
+            return true;
         }
+        if setup.pod_cidr && !Self::pass_pod_cidr(&mut self.pod_cidr, &v.pod_cidr, false, ask) {
+            return false;
+        }
+        if setup.pod_cidr6 && !Self::pass_pod_cidr(&mut self.pod_cidr6, &v.pod_cidr6, true, ask) {
+            return false;
+        }
+        let unused6 = v.pod_cidr6.clone().ok().flatten();
+        if setup.ipv4_only_ipam && self.unused6 != unused6 {
+            if let Some(cidr) = unused6 {
+                tracing::info!(
+                    "Kubernetes: node {}'s IPv6 podCIDR {cidr} is not used: IPAM has no IPv6 --ipalloc-range, so pods get IPv4 addresses only (for dual-stack pods add an IPv6 --ipalloc-range that holds every node's IPv6 podCIDR)",
+                    setup.node
+                );
+            }
+            self.unused6 = unused6;
+        }
+        true
+    }
+
+    /// Hands this node's pod range of one family (`ipv6`) to IPAM when it
+    /// changed since `last`; `false` once the router is gone.
+    fn pass_pod_cidr(
+        last: &mut Option<Result<Option<IpPrefix>, String>>,
+        cidr: &Result<Option<IpPrefix>, String>,
+        ipv6: bool,
+        ask: &dyn Fn(ControlRequest) -> Option<ControlReply>,
+    ) -> bool {
+        if last.as_ref() == Some(cidr) {
+            return true;
+        }
+        let family = if ipv6 { "IPv6" } else { "IPv4" };
+        match cidr {
+            Err(e) => tracing::error!("Kubernetes: {e}; IPAM keeps its {family} range as it is"),
+            Ok(cidr) => match ask(ControlRequest::KubePodCidr { cidr: *cidr, ipv6 }) {
+                None => return false,
+                Some(r) if r.ok => tracing::info!("Kubernetes: {}", r.message),
+                Some(r) => tracing::error!("Kubernetes: {}", r.message),
+            },
+        }
+        *last = Some(cidr.clone());
         true
     }
 }
@@ -193,6 +237,16 @@ mod tests {
             every: Duration::from_secs(1),
             fixed: vec![],
             pod_cidr: true,
+            pod_cidr6: false,
+            ipv4_only_ipam: true,
+        }
+    }
+
+    /// The request handing `cidr` to the allocator of its family.
+    fn pod_cidr(cidr: &str, ipv6: bool) -> ControlRequest {
+        ControlRequest::KubePodCidr {
+            cidr: Some(cidr.parse().unwrap()),
+            ipv6,
         }
     }
 
@@ -220,9 +274,7 @@ mod tests {
                 ControlRequest::Connect {
                     peer: "198.18.0.2:6783".into()
                 },
-                ControlRequest::KubePodCidr {
-                    cidr: Some("10.244.1.0/24".parse().unwrap())
-                }
+                pod_cidr("10.244.1.0/24", false)
             ]
         );
         assert!(state.take(&s, Err("down".into()), &ask));
@@ -256,7 +308,55 @@ mod tests {
         assert!(state.take(&s, nodes(&[node_json("host1", &[], None)]), &ask));
         assert_eq!(
             asked.take(),
-            vec![ControlRequest::KubePodCidr { cidr: None }]
+            vec![ControlRequest::KubePodCidr {
+                cidr: None,
+                ipv6: false
+            }]
         );
+    }
+
+    #[test]
+    fn each_family_of_a_dual_stack_node_reaches_its_allocator_alone() {
+        let mut s = setup();
+        s.pod_cidr6 = true;
+        s.ipv4_only_ipam = false;
+        let asked = RefCell::new(Vec::new());
+        let ask = |r: ControlRequest| {
+            asked.borrow_mut().push(r);
+            Some(ControlReply::done("ok"))
+        };
+        let mut state = Refresh::new(&s);
+        let dual = |v6: &str| {
+            nodes(&[node_json(
+                "host1",
+                &["198.18.0.1"],
+                Some(&format!("10.244.1.0/24,{v6}")),
+            )])
+        };
+        assert!(state.take(&s, dual("fd00:10:244:1::/64"), &ask));
+        assert_eq!(
+            asked.take(),
+            vec![
+                pod_cidr("10.244.1.0/24", false),
+                pod_cidr("fd00:10:244:1::/64", true)
+            ]
+        );
+        // Only the IPv6 range changes: only it is sent.
+        assert!(state.take(&s, dual("fd00:10:244:9::/64"), &ask));
+        assert_eq!(asked.take(), vec![pod_cidr("fd00:10:244:9::/64", true)]);
+        // A malformed IPv6 range is logged, not sent; IPv4 stays.
+        assert!(state.take(&s, dual("fd00:10:244:9::1/64"), &ask));
+        assert!(asked.take().is_empty());
+        // --ipalloc-pod-cidr gave the IPv4 range: only IPv6 from the API.
+        s.pod_cidr = false;
+        let mut state = Refresh::new(&s);
+        assert!(state.take(&s, dual("fd00:10:244:1::/64"), &ask));
+        assert_eq!(asked.take(), vec![pod_cidr("fd00:10:244:1::/64", true)]);
+        // IPAM without an IPv6 range: the IPv6 podCIDR is never sent.
+        let s = setup();
+        let mut state = Refresh::new(&s);
+        assert!(state.take(&s, dual("fd00:10:244:1::/64"), &ask));
+        assert_eq!(asked.take(), vec![pod_cidr("10.244.1.0/24", false)]);
+        assert_eq!(state.unused6, Some("fd00:10:244:1::/64".parse().unwrap()));
     }
 }

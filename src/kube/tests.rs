@@ -2,7 +2,9 @@
 
 use super::*;
 
-/// A node object as the API writes it (trimmed).
+/// A node object as the API writes it (trimmed). `pod_cidr` may list a
+/// dual-stack node's two ranges, comma-separated: `spec.podCIDR` is the
+/// first, `spec.podCIDRs` all.
 pub fn node_json(name: &str, ips: &[&str], pod_cidr: Option<&str>) -> String {
     let addrs: Vec<String> = ips
         .iter()
@@ -10,7 +12,14 @@ pub fn node_json(name: &str, ips: &[&str], pod_cidr: Option<&str>) -> String {
         .chain([format!(r#"{{"type":"Hostname","address":"{name}"}}"#)])
         .collect();
     let spec = match pod_cidr {
-        Some(c) => format!(r#"{{"podCIDR":"{c}","podCIDRs":["{c}"],"providerID":"x"}}"#),
+        Some(c) => {
+            let all: Vec<String> = c.split(',').map(|c| format!("{c:?}")).collect();
+            format!(
+                r#"{{"podCIDR":{},"podCIDRs":[{}],"providerID":"x"}}"#,
+                all[0],
+                all.join(",")
+            )
+        }
         None => "{}".into(),
     };
     format!(
@@ -74,6 +83,59 @@ fn the_first_ipv4_pod_cidr_is_taken_and_malformed_ones_are_named() {
             .pod_cidr_v4()
             .unwrap_err();
         assert!(e.contains(bad) && e.contains("node a"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_dual_stack_node_gives_one_pod_cidr_of_each_family() {
+    // kube-controller-manager lists the IPv4 range first on an IPv4-first
+    // cluster, the IPv6 one first on an IPv6-first one.
+    for cidrs in [
+        "10.244.3.0/24,fd00:10:244:3::/64",
+        "fd00:10:244:3::/64,10.244.3.0/24",
+    ] {
+        let body = list(&[node_json("a", &["198.18.0.1"], Some(cidrs))]);
+        let node = parse_node_list(body.as_bytes()).unwrap().remove(0);
+        assert_eq!(
+            node.pod_cidr_v4().unwrap(),
+            Some("10.244.3.0/24".parse().unwrap()),
+            "{cidrs}"
+        );
+        assert_eq!(
+            node.pod_cidr_v6().unwrap(),
+            Some("fd00:10:244:3::/64".parse().unwrap()),
+            "{cidrs}"
+        );
+        let v = view(&[node], "a", 6783, false);
+        assert_eq!(v.pod_cidr6, Ok(Some("fd00:10:244:3::/64".parse().unwrap())));
+    }
+    // Single stack: no IPv6 range, and no IPv4 one on an IPv6-only node.
+    let body = list(&[
+        node_json("v4", &[], Some("10.244.1.0/24")),
+        node_json("v6", &[], Some("fd00:10:244:2::/64")),
+        node_json("none", &[], None),
+    ]);
+    let nodes = parse_node_list(body.as_bytes()).unwrap();
+    assert_eq!(nodes[0].pod_cidr_v6().unwrap(), None);
+    assert_eq!(nodes[1].pod_cidr_v4().unwrap(), None);
+    assert_eq!(
+        nodes[1].pod_cidr_v6().unwrap(),
+        Some("fd00:10:244:2::/64".parse().unwrap())
+    );
+    assert_eq!(nodes[2].pod_cidr_v6().unwrap(), None);
+    assert_eq!(view(&nodes, "none", 6783, false).pod_cidr6, Ok(None));
+    // Malformed IPv6 entries are named, with the node.
+    for bad in ["fd00:1::1/64", "fd00:1::", "fd00:zz::/64", "fd00:1::/129"] {
+        let body = format!(
+            r#"{{"items":[{{"metadata":{{"name":"a"}},"spec":{{"podCIDR":"10.244.3.0/24","podCIDRs":["10.244.3.0/24","{bad}"]}}}}]}}"#
+        );
+        let node = parse_node_list(body.as_bytes()).unwrap().remove(0);
+        let e = node.pod_cidr_v6().unwrap_err();
+        assert!(e.contains(bad) && e.contains("node a"), "{bad}: {e}");
+        let v = view(&[node], "a", 6783, false);
+        assert!(v.pod_cidr6.is_err(), "{bad}");
+        // The IPv4 range before it still counts.
+        assert_eq!(v.pod_cidr, Ok(Some("10.244.3.0/24".parse().unwrap())));
     }
 }
 

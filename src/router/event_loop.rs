@@ -2350,9 +2350,9 @@ impl Router {
                 ControlRequest::Connect { peer } | ControlRequest::Forget { peer } => {
                     PeerTarget::parse(peer)
                 }
-                ControlRequest::KubePodCidr { cidr } => {
+                ControlRequest::KubePodCidr { cidr, ipv6 } => {
                     let reply = match self.ipam.as_mut() {
-                        Some(ipam) => match ipam.set_pod_cidr(*cidr, &mut self.mesh, now) {
+                        Some(ipam) => match ipam.set_pod_cidr(*cidr, *ipv6, &mut self.mesh, now) {
                             Ok(done) => ControlReply::done(done),
                             Err(why) => ControlReply::refused(why),
                         },

@@ -617,17 +617,28 @@ impl IpamDriver {
         ))
     }
 
-    /// This node's pod range from the Kubernetes API (`None`: it has
-    /// none; the range is divided in chunks).
+    /// This node's pod range of one family (`ipv6`) from the Kubernetes
+    /// API (`None`: it has none; that family's range is divided in
+    /// chunks).
     pub fn set_pod_cidr(
         &mut self,
         cidr: Option<IpPrefix>,
+        ipv6: bool,
         mesh: &mut Node,
         now: Instant,
     ) -> Result<String, String> {
-        // An IPv6 podCIDR never comes here (the watcher passes IPv4 ones):
-        // the IPv6 range stays divided in chunks.
-        let done = self.ipam.set_pod_cidr(cidr)?;
+        let done = match (ipv6, self.ipam6.as_mut()) {
+            (false, _) => self.ipam.set_pod_cidr(cidr)?,
+            (true, Some(ipam6)) => ipam6.set_pod_cidr(cidr)?,
+            (true, None) => {
+                return Ok(match cidr {
+                    Some(c) => format!(
+                        "this node's IPv6 podCIDR {c} is not used: IPAM has no IPv6 --ipalloc-range (pods get IPv4 addresses only)"
+                    ),
+                    None => "no IPv6 --ipalloc-range: IPAM hands out IPv4 addresses only".into(),
+                })
+            }
+        };
         self.update_views(mesh);
         self.persist_or_log();
         self.push_claims(mesh, now);

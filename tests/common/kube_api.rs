@@ -187,10 +187,17 @@ fn serve(stream: std::net::TcpStream, config: &Arc<rustls::ServerConfig>, state:
     let _ = tls.flush();
 }
 
-/// A node object as the API writes it.
+/// A node object as the API writes it. `pod_cidr` may list a dual-stack
+/// node's two ranges, comma-separated (`10.32.7.0/24,fd32:0:0:7::/64`):
+/// `spec.podCIDR` is the first, `spec.podCIDRs` all, as
+/// kube-controller-manager writes them.
 pub fn node(name: &str, ip: &str, pod_cidr: Option<&str>) -> String {
     let spec = match pod_cidr {
-        Some(c) => format!(r#"{{"podCIDR":"{c}","podCIDRs":["{c}"]}}"#),
+        Some(c) => {
+            let first = c.split(',').next().unwrap_or_default();
+            let all = c.replace(',', r#"",""#);
+            format!(r#"{{"podCIDR":"{first}","podCIDRs":["{all}"]}}"#)
+        }
         None => "{}".into(),
     };
     format!(
