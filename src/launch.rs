@@ -191,8 +191,9 @@ pub struct LaunchArgs {
     /// Peers from the Kubernetes API: every node's InternalIP but this
     /// node's, with this host's listen port, re-read every --kube-refresh
     /// (new nodes connected, removed ones forgotten; --peer still works
-    /// alongside). With --ipalloc-range, this node's spec.podCIDR, when
-    /// set, is its pod range. Needs get/list on nodes.
+    /// alongside). With --ipalloc-range, this node's spec.podCIDR(s), when
+    /// set, are its pod ranges (the IPv4 entry for the IPv4 range, the
+    /// IPv6 entry for an IPv6 range). Needs get/list on nodes.
     #[arg(long)]
     pub kube: bool,
     /// The Kubernetes API server, e.g. https://10.0.0.1:6443, or

@@ -16,7 +16,9 @@
 
 vm_checks_verdict=""
 
-say() { echo "$NAME: $*"; }
+# say: a line of the script's, with the seconds since the VM booted (so
+# a slow or timed-out run shows where its time went).
+say() { echo "$NAME: $* ($(cut -d' ' -f1 /proc/uptime) s)"; }
 
 fail() {
     echo "$NAME: FAIL: $*"

@@ -119,7 +119,7 @@ mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
 mkdir -p /host/run/netns
 cp /guest-args /host/tmp/guest-args
-echo "vm-init: kernel $(cat /proc/sys/kernel/osrelease), running guest script"
+echo "vm-init: kernel $(cat /proc/sys/kernel/osrelease), running guest script ($(cut -d' ' -f1 /proc/uptime) s after boot)"
 chroot /host /bin/sh -c '
     export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
     set --
