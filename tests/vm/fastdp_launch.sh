@@ -85,19 +85,17 @@ start() { # host-ns overlay-ip listen peer-args...
         --trusted-subnet $trusted --overlay "$overlay/24" --listen "$listen" \
         --secret-file /tmp/fl-secret --config /tmp/fl-weft.toml --name "$ns" "$@" >"/tmp/$ns.log" 2>&1 &
     pids+=($!)
+    # Wait for what this mode makes: the bridge, and in fastdp mode the
+    # datapath port too (in auto mode on a known-bad kernel there is none:
+    # waiting for it cost 300 rounds of two `ip` runs, ~200 s under TCG).
+    local want=(weft)
+    [[ $mode == fastdp ]] && want+=(weft-odp)
+    up() { local d; for d in "${want[@]}"; do ip -n "$ns" link show "$d" >/dev/null 2>&1 || return 1; done; }
     for _ in $(seq 300); do
-        ip -n "$ns" link show weft >/dev/null 2>&1 && ip -n "$ns" link show weft-odp >/dev/null 2>&1 && break
+        up && break
         sleep 0.1
     done
-    if [[ $mode == fastdp ]]; then
-        ip -n "$ns" link show weft-odp >/dev/null 2>&1 || fail "bridge weft / datapath port weft-odp did not appear in $ns"
-    else
-        for _ in $(seq 300); do
-            ip -n "$ns" link show weft >/dev/null 2>&1 && break
-            sleep 0.1
-        done
-        ip -n "$ns" link show weft >/dev/null 2>&1 || fail "bridge weft did not appear in $ns"
-    fi
+    up || fail "${want[*]} did not appear in $ns"
 }
 container() { # host-ns container-ns address [mtu: the bridge's, 1416 over IPv4 at 1500]
     local mtu=${4:-1416}
