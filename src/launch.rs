@@ -358,35 +358,22 @@ pub fn parse_duration(text: &str, flag: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{flag} {text:?} is too long"))
 }
 
-/// The longest prefix length for `addr` whose prefix holds all of `range`.
-fn widened(addr: IpAddr, range: &crate::ipam::AllocRange) -> u8 {
-    let IpAddr::V4(a) = addr else {
-        return 0;
+/// The longest prefix length for `addr` whose prefix holds all of `range`
+/// (0 when the families differ).
+fn widened(addr: IpAddr, range: crate::mesh::IpPrefix) -> u8 {
+    let common = match (addr, range.addr()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
+        _ => 0,
     };
-    let base = match range.prefix().addr() {
-        IpAddr::V4(b) => u32::from(b),
-        IpAddr::V6(_) => return 0,
-    };
-    ((u32::from(a) ^ base).leading_zeros() as u8).min(range.len())
+    (common as u8).min(range.len())
 }
 
-/// The prefix length of `addr`'s prefix wide enough to hold `range` (the
-/// suggestion in the TUN-mode error), IPv6.
-fn widened6(addr: IpAddr, range: &crate::ipam::AllocRange<std::net::Ipv6Addr>) -> u8 {
-    let (IpAddr::V6(a), IpAddr::V6(b)) = (addr, range.prefix().addr()) else {
-        return 0;
-    };
-    ((u128::from(a) ^ u128::from(b)).leading_zeros() as u8).min(range.len())
-}
-
-/// TUN mode: the pod range `range` (`text`) must lie inside the `--overlay`
-/// prefix of its family, whose route carries the pods' traffic to the TUN
-/// device. `widen`: the prefix length that would hold it.
+/// TUN mode: the pod range `range` must lie inside the `--overlay` prefix
+/// of its family, whose route carries the pods' traffic to the TUN device.
 fn tun_range_inside_overlay(
     overlays: &[(IpAddr, u8)],
     range: crate::mesh::IpPrefix,
-    text: &str,
-    widen: impl Fn(IpAddr) -> u8,
 ) -> Result<(), LaunchError> {
     let family = if range.is_ipv4() { "IPv4" } else { "IPv6" };
     let Some(&(addr, len)) = overlays
@@ -394,14 +381,14 @@ fn tun_range_inside_overlay(
         .find(|(a, _)| a.is_ipv4() == range.is_ipv4())
     else {
         return Err(usage(format!(
-            "--ipalloc-range {text} without an {family} --overlay is implemented in bridge mode only: TUN mode needs an overlay address of the range's family to route pods' traffic through the TUN device. Add --iface bridge, or give this host an {family} --overlay ADDR/PREFIX whose prefix holds the range"
+            "--ipalloc-range {range} without an {family} --overlay is implemented in bridge mode only: TUN mode needs an overlay address of the range's family to route pods' traffic through the TUN device. Add --iface bridge, or give this host an {family} --overlay ADDR/PREFIX whose prefix holds the range"
         )));
     };
     let prefix = crate::mesh::IpPrefix::new(addr, len);
     if !prefix.is_some_and(|p| p.contains(&range)) {
         return Err(usage(format!(
-            "--ipalloc-range {text} must lie inside the --overlay prefix {addr}/{len} in TUN mode (the TUN device's route carries the pods' traffic); widen --overlay (e.g. {addr}/{}) or use --iface bridge",
-            widen(addr)
+            "--ipalloc-range {range} must lie inside the --overlay prefix {addr}/{len} in TUN mode (the TUN device's route carries the pods' traffic); widen --overlay (e.g. {addr}/{}) or use --iface bridge",
+            widened(addr, range)
         )));
     }
     Ok(())
@@ -1325,16 +1312,9 @@ fn build_plan(mut args: LaunchArgs, log: &mut StartupLog) -> Result<Plan, Launch
         // TUN mode: pods' traffic reaches the TUN device by the route of
         // the overlay prefix, so each range must lie inside the overlay
         // prefix of its family.
-        tun_range_inside_overlay(
-            &overlays,
-            ipam.range.prefix(),
-            &ipam.range.to_string(),
-            |addr| widened(addr, &ipam.range),
-        )?;
+        tun_range_inside_overlay(&overlays, ipam.range.prefix())?;
         if let Some(r6) = &ipam.range6 {
-            tun_range_inside_overlay(&overlays, r6.prefix(), &r6.to_string(), |addr| {
-                widened6(addr, r6)
-            })?;
+            tun_range_inside_overlay(&overlays, r6.prefix())?;
         }
     }
     Ok(Plan {
